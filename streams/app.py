@@ -1,0 +1,170 @@
+"""The Faust app: topics, the journeys table, and the ingest and journey agents.
+
+A thin adapter. Parsing lives in `core.events`, journeys in `core.engine`; this module moves
+bytes between Kafka and those functions.
+
+Ingest reads raw clickstream messages, dead-letters what is invalid, and repartitions the
+valid events by identity. It sends ONE message per target partition per input message (a
+JSON array), since Faust's cost is per message, not per event. The journey agent applies
+each event to the identity's journey, held in a changelog-backed table whose changelog
+partition is the message's partition, and publishes the outputs keyed by identity.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import orjson
+from pydantic import ValidationError
+
+from streams.core.deadletter import dead_letter
+from streams.core.engine import Engine, partition_for
+from streams.core.events import ClickEvent, Rejection, decode_message
+from streams.core.matching import CompiledConfig
+from streams.core.outputs import OutputEvent
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def faust_broker_url(bootstrap: str) -> str:
+    return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
+
+
+def broker_credentials(settings: Settings) -> Any:
+    context = settings.ssl_context()
+    if settings.kafka_sasl_mechanism:
+        password = settings.kafka_sasl_password
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=password.get_secret_value() if password else None,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+class ConversionsApp:
+    """Builds the Faust app for one settings object and one compiled funnel configuration."""
+
+    def __init__(self, settings: Settings, config: CompiledConfig) -> None:
+        assert settings.kafka_bootstrap_servers, "KAFKA_BOOTSTRAP_SERVERS must be set"
+        self.settings = settings
+        self.config = config
+        self.app = faust.App(
+            settings.app_id,
+            broker=faust_broker_url(settings.kafka_bootstrap_servers),
+            broker_credentials=broker_credentials(settings),
+            store=settings.table_store,
+            datadir=str(settings.data_dir),
+            topic_partitions=settings.partitions,
+            topic_replication_factor=settings.replication_factor,
+            topic_allow_declare=False,
+            table_standby_replicas=settings.table_standby_replicas,
+            processing_guarantee=settings.processing_guarantee,
+            broker_rebalance_timeout=settings.rebalance_timeout_s,
+            broker_session_timeout=settings.session_timeout_s,
+            broker_heartbeat_interval=settings.heartbeat_interval_s,
+            broker_commit_interval=settings.commit_interval_s,
+            broker_max_poll_records=settings.max_poll_records,
+            consumer_auto_offset_reset="earliest",
+            web_enabled=settings.web_enabled,
+            web_bind=settings.web_host,
+            web_host=settings.web_host,
+            web_port=settings.web_port,
+            web_in_thread=False,
+            producer_max_request_size=max(settings.max_message_bytes * 2, 1_048_576),
+            consumer_max_fetch_size=max(settings.max_message_bytes * 2, 4_194_304),
+        )
+        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.source = self.app.topic(*map(settings.topic, settings.topic_clickstream), **raw)
+        self.events_topic = self.app.topic(settings.topic(settings.topic_events), **raw)
+        self.output_topics = {
+            kind: self.app.topic(name, **raw) for kind, name in settings.output_topics.items()
+        }
+        self.journeys = self.app.Table(
+            "journeys",
+            default=None,
+            partitions=settings.partitions,
+            key_type=str,
+            value_type=bytes,
+            key_serializer="json",
+            value_serializer="raw",
+        )
+        self.engine = Engine(config, self.journeys, settings.partitions)
+        self.journeys.on_recover(self._rebuild_deadlines)
+        self.app.agent(self.source, name="ingest")(self._ingest)
+        self.app.agent(self.events_topic, name="journeys")(self._journeys)
+
+    # ---- ingest -----------------------------------------------------------------------
+
+    async def _ingest(self, stream: faust.StreamT[bytes]) -> None:
+        partitions = self.settings.partitions
+        async for event in stream.events():
+            message = event.message
+            decoded = decode_message(
+                event.value,
+                max_bytes=self.settings.max_message_bytes,
+                max_batch=self.settings.max_batch_events,
+            )
+            if decoded.rejects:
+                await self._dead_letter(decoded.rejects, message)
+            by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
+            for click in decoded.events:
+                by_partition[partition_for(click.identity, partitions)].append(click.to_json_dict())
+            for partition, items in by_partition.items():
+                await self.events_topic.send(
+                    key=str(partition).encode(), value=orjson.dumps(items), partition=partition
+                )
+
+    async def _dead_letter(self, rejects: Iterable[Rejection], message: Any) -> None:
+        moment = datetime.fromtimestamp(message.timestamp, UTC) if message.timestamp else datetime.now(UTC)
+        for rejection in rejects:
+            record = dead_letter(
+                rejection, source_topic=message.topic, source_partition=message.partition,
+                source_offset=message.offset, timestamp=moment,
+            )
+            log.debug("dead-lettered %s:%s@%s: %s", message.topic, message.partition,
+                      message.offset, rejection.reason)
+            await self.publish([record])
+
+    # ---- journeys ---------------------------------------------------------------------
+
+    async def _journeys(self, stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            message = event.message
+            outputs: list[OutputEvent] = []
+            for item in orjson.loads(event.value):
+                try:
+                    click = ClickEvent.model_validate(item)
+                except ValidationError as exc:  # only a foreign producer on the internal topic
+                    await self._dead_letter(
+                        [Rejection("invalid_event", str(exc), orjson.dumps(item))], message
+                    )
+                    continue
+                outputs.extend(self.engine.process(click, message.partition))
+            await self.publish(outputs)
+
+    async def _rebuild_deadlines(self) -> None:
+        by_partition: dict[int, list[str]] = defaultdict(list)
+        for identity in list(self.journeys.keys()):
+            by_partition[partition_for(identity, self.settings.partitions)].append(identity)
+        total = sum(self.engine.rebuild_deadlines(p, ids) for p, ids in by_partition.items())
+        log.info("journeys recovered: %d journeys in %d partitions indexed for deadlines",
+                 total, len(by_partition))
+
+    # ---- output -----------------------------------------------------------------------
+
+    async def publish(self, outputs: Iterable[OutputEvent]) -> None:
+        for output in outputs:
+            identity = output.identity
+            await self.output_topics[output.type].send(
+                key=identity.encode() if identity is not None else None, value=output.to_json()
+            )

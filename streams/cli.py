@@ -1,0 +1,182 @@
+"""The `conversions` command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from streams.core.config_loader import ConfigError, load_config
+from streams.core.matching import compile_config
+from streams.logging_setup import setup_logging
+from streams.settings import DEFAULT_FUNNELS, SettingsError, load_settings
+
+
+def _fail(message: str) -> None:
+    click.secho(message, fg="red", err=True)
+    sys.exit(2)
+
+
+def _settings(**overrides: Any) -> Any:
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+@click.group()
+@click.version_option(package_name="conversion-streams")
+def main() -> None:
+    """Conversion Streams: real-time micro- and macroconversions from clickstream events."""
+
+
+@main.command("check-config")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def check_config(path: Path) -> None:
+    """Validate a funnel configuration file; exit 2 with file, line and reason if it is bad."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        _fail(str(exc))
+    click.echo(
+        f"{path}: OK ({len(config.goals)} goals, {len(config.funnels)} funnels, "
+        f"{len(config.micro)} micro, {len(config.alerts)} alerts)"
+    )
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=DEFAULT_FUNNELS, show_default=True, help="Funnel configuration (YAML).")
+@click.option("--input", "input_path", default="-", show_default=True,
+              help="NDJSON events (one message value per line), or - for stdin.")
+@click.option("--partitions", type=int, default=None,
+              help="Partitions to model (watermarks are per partition); default: the setting.")
+@click.option("--flush/--no-flush", default=False, show_default=True,
+              help="At the end, let time run out: close open sessions and attempts.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr (default: when stderr is a terminal).")
+def process(config_path: Path, input_path: str, partitions: int | None, flush: bool,
+            progress: bool | None) -> None:
+    """Run the engine over a file, with no Kafka, and write every output as NDJSON to stdout."""
+    from streams.offline import OfflineRun, open_input
+    from streams.progress import line_progress
+
+    try:
+        config = compile_config(load_config(config_path))
+    except ConfigError as exc:
+        _fail(str(exc))
+    settings = _settings()
+    run = OfflineRun(config, partitions or settings.partitions, source=f"file:{input_path}",
+                     max_message_bytes=settings.max_message_bytes,
+                     max_batch_events=settings.max_batch_events)
+    out = sys.stdout.buffer
+    show = sys.stderr.isatty() if progress is None else progress
+    with open_input(input_path) as stream, line_progress(stream, input_path, show) as lines:
+        for output in run.run(lines):
+            out.write(output.to_json() + b"\n")
+        if flush:
+            for output in run.flush():
+                out.write(output.to_json() + b"\n")
+    out.flush()
+    click.echo(f"{run.lines} lines, {run.events} events, {run.rejected} rejected", err=True)
+
+
+@main.command()
+@click.option("--config", "funnels", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Funnel configuration (YAML); default: CONVERSIONS_FUNNELS or the example.")
+@click.option("--partitions", type=int, default=None)
+@click.option("--web-port", type=int, default=None)
+@click.option("--app-id", default=None)
+def worker(funnels: Path | None, partitions: int | None, web_port: int | None, app_id: str | None) -> None:
+    """Run a worker against KAFKA_BOOTSTRAP_SERVERS (see `conversions demo` for a local one)."""
+    settings = _settings(funnels=funnels, partitions=partitions, web_port=web_port, app_id=app_id)
+    setup_logging(settings.log_level)
+    if not settings.kafka_bootstrap_servers:
+        _fail("KAFKA_BOOTSTRAP_SERVERS is not set: point it at a broker, "
+              "or run `conversions demo` for an embedded one")
+    try:
+        load_config(settings.funnels)
+    except ConfigError as exc:
+        _fail(str(exc))
+    from streams.worker import run_worker
+
+    run_worker(settings)
+
+
+@main.command()
+@click.option("--check", is_flag=True, help="Exit 1 if the committed schemas differ from the models.")
+def schemas(check: bool) -> None:
+    """Write schemas/*.json from the pydantic models."""
+    from streams import schemas as schema_files
+
+    if check:
+        drifted = schema_files.drift()
+        if drifted:
+            click.secho(f"schemas out of date: {', '.join(drifted)} (run `conversions schemas`)",
+                        fg="red", err=True)
+            sys.exit(1)
+        click.echo("schemas up to date")
+        return
+    for path in schema_files.write():
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option("--users", type=int, default=1_000, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--days", type=float, default=7.0, show_default=True)
+@click.option("--bad-rate", type=float, default=0.0, show_default=True,
+              help="Share of extra malformed events mixed in.")
+@click.option("--output", "output_path", default="-", show_default=True,
+              help="NDJSON file to write, or - for stdout.")
+def simulate(users: int, seed: int, days: float, bad_rate: float, output_path: str) -> None:
+    """Generate realistic shop traffic as NDJSON (see `conversions demo` to send it to Kafka)."""
+    from streams.simulate import Simulator
+
+    sim = Simulator(seed=seed, users=users, days=days, bad_rate=bad_rate)
+    target = sys.stdout.buffer if output_path == "-" else open(output_path, "wb")  # noqa: SIM115
+    count = 0
+    with target:
+        for line in sim.lines():
+            target.write(line + b"\n")
+            count += 1
+    click.echo(f"{count} lines", err=True)
+
+
+@main.command()
+@click.option("--rate", type=float, default=200.0, show_default=True, help="Events per second.")
+@click.option("--users", type=int, default=20_000, show_default=True)
+@click.option("--seconds", type=float, default=None, help="Stop after this long (default: Ctrl-C).")
+def demo(rate: float, users: int, seconds: float | None) -> None:
+    """Embedded broker and Redis, a worker, simulated shop traffic and a live summary."""
+    from streams.demo import run_demo
+
+    settings = _settings()
+    setup_logging("WARNING")
+    sys.exit(run_demo(settings, rate=rate, users=users, seconds=seconds))
+
+
+@main.command()
+def infra() -> None:
+    """Start a local broker and Redis, print their addresses, run until Ctrl-C."""
+    import time
+
+    from streams.infra import LocalInfra
+
+    setup_logging("INFO")
+    with LocalInfra() as local:
+        click.echo(orjson.dumps({"KAFKA_BOOTSTRAP_SERVERS": local.kafka_bootstrap,
+                                 "REDIS_URL": local.redis_url}).decode())
+        click.echo(f"export KAFKA_BOOTSTRAP_SERVERS={local.kafka_bootstrap} REDIS_URL={local.redis_url}")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            click.echo("stopping", err=True)
+
+
+if __name__ == "__main__":
+    main()

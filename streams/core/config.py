@@ -1,0 +1,216 @@
+"""The funnel configuration (CONTRACT section 2) as pydantic models, validated as a whole."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from streams.core.durations import parse_duration_ms, parse_optional_duration_ms
+from streams.core.glob import Glob
+
+Duration = Annotated[int, BeforeValidator(parse_duration_ms)]
+OptionalDuration = Annotated[int | None, BeforeValidator(parse_optional_duration_ms)]
+Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+FIELD_ROOTS = frozenset(
+    {"event", "event_id", "user_id", "anonymous_id", "session_id", "page", "campaign", "context", "properties"}
+)
+DERIVED_BREAKDOWNS = frozenset({"landing_page", "channel"})
+MATCH_KEYS = frozenset({"event", "url", "goal"})
+MAX_FIELD_PATH_DEPTH = 8
+
+
+def check_field_path(path: str) -> str:
+    parts = path.split(".")
+    if parts[0] not in FIELD_ROOTS or any(not p for p in parts) or len(parts) > MAX_FIELD_PATH_DEPTH:
+        raise ValueError(
+            f"unknown field path {path!r}: it must start with one of {', '.join(sorted(FIELD_ROOTS))}"
+        )
+    return path
+
+
+class LocatedError(ValueError):
+    """A whole-file check that knows where in the file the problem is."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        self.loc = loc
+        super().__init__(message)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Match(BaseModel):
+    """A conjunction: event name(s), a glob on the URL path, a goal, equality on field paths."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    event: str | list[str] | None = None
+    url: str | None = None
+    goal: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _valid_glob(cls, value: str | None) -> str | None:
+        if value is not None:
+            Glob(value)
+        return value
+
+    @field_validator("event")
+    @classmethod
+    def _names(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not value:
+            raise ValueError("event list must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> Match:
+        for key, value in (self.model_extra or {}).items():
+            if "." not in key:
+                raise ValueError(
+                    f"unknown match key {key!r}: use event, url, goal or a dotted field path "
+                    "such as properties.category"
+                )
+            check_field_path(key)
+            if isinstance(value, dict | list):
+                raise ValueError(f"{key}: only equality on a scalar value is supported")
+        if self.event is None and self.url is None and self.goal is None and not self.model_extra:
+            raise ValueError("a match needs at least one condition")
+        return self
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Goal(_Strict):
+    name: Name
+    match: Match
+    value: str | None = None
+
+    @field_validator("value")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        return None if value is None else check_field_path(value)
+
+
+class Step(_Strict):
+    name: Name
+    match: Match
+    within: OptionalDuration = None
+
+
+class Exclusion(_Strict):
+    match: Match
+
+
+class Funnel(_Strict):
+    name: Name
+    scope: Literal["user", "session"] = "user"
+    order: Literal["sequential", "strict", "any"] = "sequential"
+    window: OptionalDuration = 7 * 86_400_000
+    stalled_after: OptionalDuration = None
+    steps: list[Step] = Field(min_length=2, max_length=50)
+    exclusions: list[Exclusion] = Field(default_factory=list)
+    breakdowns: list[str] = Field(default_factory=list, max_length=10)
+
+    @field_validator("breakdowns")
+    @classmethod
+    def _breakdown_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if path not in DERIVED_BREAKDOWNS:
+                check_field_path(path)
+        return value
+
+    @model_validator(mode="after")
+    def _unique_steps(self) -> Funnel:
+        names = [s.name for s in self.steps]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate step names: {', '.join(dupes)}")
+        if self.steps[0].within is not None:
+            raise ValueError("the first step cannot have `within` (there is no step before it)")
+        return self
+
+    def step_index(self, name: str) -> int:
+        return [s.name for s in self.steps].index(name)
+
+
+class Micro(_Strict):
+    name: Name
+    match: Match
+
+
+class AlertRule(_Strict):
+    funnel: Name
+    step: Name
+    window: Duration
+    baseline: Duration
+    min_entered: int = Field(default=50, ge=1)
+    relative_drop: float | None = Field(default=None, gt=0, lt=1)
+    drop_below: float | None = Field(default=None, gt=0, le=1)
+    by: list[str] = Field(default_factory=list, max_length=5)
+
+    @model_validator(mode="after")
+    def _threshold(self) -> AlertRule:
+        if self.relative_drop is None and self.drop_below is None:
+            raise ValueError("an alert needs relative_drop, drop_below or both")
+        if self.baseline <= self.window:
+            raise ValueError("baseline must be longer than window")
+        return self
+
+
+class FunnelConfig(_Strict):
+    version: Literal[1]
+    session_timeout: Duration = 30 * 60_000
+    late_tolerance: Duration = 10 * 60_000
+    page_view_events: list[str] = Field(default_factory=lambda: ["page_view"])
+    goals: list[Goal] = Field(default_factory=list)
+    funnels: list[Funnel] = Field(default_factory=list)
+    micro: list[Micro] = Field(default_factory=list)
+    alerts: list[AlertRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> FunnelConfig:
+        for kind, items in (("goals", self.goals), ("funnels", self.funnels), ("micro", self.micro)):
+            seen: set[str] = set()
+            for i, item in enumerate(items):
+                if item.name in seen:
+                    raise LocatedError((kind, i, "name"), f"duplicate name {item.name!r}")
+                seen.add(item.name)
+        goal_names = {g.name for g in self.goals}
+        matches: list[tuple[tuple[str | int, ...], Match]] = [
+            (("micro", i), m.match) for i, m in enumerate(self.micro)
+        ]
+        for f, funnel in enumerate(self.funnels):
+            matches += [(("funnels", f, "steps", i), s.match) for i, s in enumerate(funnel.steps)]
+            matches += [(("funnels", f, "exclusions", i), e.match) for i, e in enumerate(funnel.exclusions)]
+        for loc, match in matches:
+            if match.goal is not None and match.goal not in goal_names:
+                raise LocatedError((*loc, "match", "goal"), f"unknown goal {match.goal!r}")
+        for i, goal in enumerate(self.goals):
+            if goal.match.goal is not None:
+                raise LocatedError(("goals", i, "match", "goal"), "a goal cannot match on another goal")
+        funnels = {f.name: f for f in self.funnels}
+        for i, rule in enumerate(self.alerts):
+            funnel = funnels.get(rule.funnel)
+            if funnel is None:
+                raise LocatedError(("alerts", i, "funnel"), f"unknown funnel {rule.funnel!r}")
+            step_names = [s.name for s in funnel.steps]
+            if rule.step not in step_names:
+                raise LocatedError(("alerts", i, "step"), f"funnel {funnel.name} has no step {rule.step!r}")
+            if step_names.index(rule.step) == 0:
+                raise LocatedError(
+                    ("alerts", i, "step"),
+                    f"{rule.step!r} is the first step; an alert judges the transition into a step "
+                    "from the one before",
+                )
+            unknown_by = [path for path in rule.by if path not in funnel.breakdowns]
+            if unknown_by:
+                raise LocatedError(
+                    ("alerts", i, "by"),
+                    f"{unknown_by} must be among the funnel's breakdowns {funnel.breakdowns}",
+                )
+        return self

@@ -1,0 +1,289 @@
+"""The clickstream event (CONTRACT section 1) and the decoding of raw Kafka message values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_TIMESTAMP = datetime(2100, 1, 1, tzinfo=UTC)
+MAX_NESTING = 16
+
+RejectReason = Literal[
+    "too_large",
+    "invalid_utf8",
+    "invalid_json",
+    "not_an_object",
+    "empty_batch",
+    "batch_too_large",
+    "too_deeply_nested",
+    "invalid_event",
+    "late_event",
+]
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """RFC 3339 with offset, a naive "YYYY-MM-DD HH:MM:SS" read as UTC, or epoch milliseconds."""
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be a string or integer epoch milliseconds")
+    if isinstance(value, int):
+        try:
+            parsed = _EPOCH + timedelta(milliseconds=value)
+        except OverflowError:
+            raise ValueError(f"timestamp {value} ms is out of range") from None
+    elif isinstance(value, str):
+        if len(value) > 40:
+            raise ValueError("timestamp string is too long")
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(
+                f"unparseable timestamp {value!r}: use RFC 3339 with an offset, "
+                "'YYYY-MM-DD HH:MM:SS' (UTC) or epoch milliseconds"
+            ) from None
+        parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    else:
+        raise ValueError("timestamp must be a string or integer epoch milliseconds")
+    if not EARLIEST_TIMESTAMP <= parsed < LATEST_TIMESTAMP:
+        raise ValueError(f"timestamp {parsed.isoformat()} is outside 2000-01-01..2100-01-01")
+    return parsed
+
+
+def to_epoch_ms(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000 + delta.microseconds // 1_000
+
+
+def from_epoch_ms(ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def nesting_depth(value: Any, depth: int = 0) -> int:
+    if isinstance(value, dict):
+        return max((nesting_depth(v, depth + 1) for v in value.values()), default=depth + 1)
+    if isinstance(value, list):
+        return max((nesting_depth(v, depth + 1) for v in value), default=depth + 1)
+    return depth
+
+
+class Page(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    url: str | None = Field(default=None, max_length=8192)
+    referrer: str | None = Field(default=None, max_length=8192)
+    title: str | None = Field(default=None, max_length=2048)
+
+
+class Campaign(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    source: str | None = Field(default=None, max_length=256)
+    medium: str | None = Field(default=None, max_length=256)
+    name: str | None = Field(default=None, max_length=256)
+    term: str | None = Field(default=None, max_length=256)
+    content: str | None = Field(default=None, max_length=256)
+
+    def key(self) -> tuple[str | None, str | None, str | None]:
+        return (self.source, self.medium, self.name)
+
+
+_UTM_FIELDS = ("source", "medium", "name", "term", "content")
+_UTM_PARAMS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
+
+
+def campaign_from_url(url: str | None) -> Campaign | None:
+    if not url or "utm_" not in url:
+        return None
+    query = parse_qs(urlsplit(url).query)
+    values = {f: query[p][0][:256] for f, p in zip(_UTM_FIELDS, _UTM_PARAMS, strict=True) if p in query}
+    return Campaign(**values) if values else None
+
+
+def url_path(url: str | None) -> str | None:
+    """The path of a URL, which is what landing pages and `url` globs are about."""
+    if not url:
+        return None
+    try:
+        return urlsplit(url).path or "/"
+    except ValueError:
+        return None
+
+
+class ClickEvent(BaseModel):
+    """One clickstream event; `campaign` is derived from the page's utm_* parameters when absent."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    event_id: str = Field(min_length=1, max_length=256)
+    event: str = Field(min_length=1, max_length=256)
+    user_id: str | None = Field(default=None, min_length=1, max_length=256)
+    anonymous_id: str | None = Field(default=None, min_length=1, max_length=256)
+    session_id: str | None = Field(default=None, min_length=1, max_length=256)
+    timestamp: Annotated[
+        datetime,
+        WithJsonSchema({
+            "anyOf": [
+                {"type": "string", "format": "date-time", "description": "RFC 3339 with offset"},
+                {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$",
+                 "description": "naive, read as UTC"},
+                {"type": "integer", "description": "epoch milliseconds"},
+            ]
+        }),
+    ]
+    page: Page | None = None
+    campaign: Campaign | None = None
+    context: dict[str, Any] = Field(default_factory=dict)
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+    _ts_ms: int = PrivateAttr(default=0)
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _parse_timestamp(cls, value: Any) -> datetime:
+        return parse_timestamp(value)
+
+    @field_validator("context", "properties")
+    @classmethod
+    def _shallow_enough(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if nesting_depth(value) > MAX_NESTING:
+            raise ValueError(f"nested deeper than {MAX_NESTING} levels")
+        return value
+
+    @model_validator(mode="after")
+    def _identity_and_campaign(self) -> ClickEvent:
+        if self.user_id is None and self.anonymous_id is None:
+            raise ValueError("one of user_id or anonymous_id is required")
+        if self.campaign is None and self.page is not None:
+            derived = campaign_from_url(self.page.url)
+            if derived is not None:
+                object.__setattr__(self, "campaign", derived)
+        return self
+
+    def model_post_init(self, _context: Any) -> None:
+        self._ts_ms = to_epoch_ms(self.timestamp)
+
+    @property
+    def ts_ms(self) -> int:
+        return self._ts_ms
+
+    @property
+    def identity(self) -> str:
+        """Who the journey belongs to: the user id, else the anonymous id."""
+        return self.user_id if self.user_id is not None else self.anonymous_id  # type: ignore[return-value]
+
+    def lookup(self, path: tuple[str, ...]) -> Any:
+        """The value at a dotted field path such as ("properties", "category"), or None."""
+        value: Any = self
+        for part in path:
+            if isinstance(value, dict):
+                value = value.get(part)
+            elif isinstance(value, BaseModel):
+                value = getattr(value, part, None)
+            else:
+                return None
+            if value is None:
+                return None
+        return value
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Input that could not become an event, with a machine-readable reason."""
+
+    reason: RejectReason
+    detail: str
+    original: bytes
+    index: int | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Decoded:
+    events: list[ClickEvent] = field(default_factory=list)
+    rejects: list[Rejection] = field(default_factory=list)
+
+
+def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": ".".join(str(p) for p in err["loc"]), "type": err["type"], "msg": err["msg"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def _validate_one(obj: Any) -> ClickEvent | Rejection:
+    """Validate one decoded JSON value; a Rejection comes back without its original bytes."""
+    if not isinstance(obj, dict):
+        return Rejection("not_an_object", f"expected a JSON object, got {type(obj).__name__}", b"")
+    try:
+        return ClickEvent.model_validate(obj)
+    except ValidationError as exc:
+        errors = _validation_errors(exc)
+        detail = "; ".join(f"{e['loc'] or 'event'}: {e['msg']}" for e in errors)
+        reason: RejectReason = "too_deeply_nested" if "nested deeper" in detail else "invalid_event"
+        return Rejection(reason, detail, b"", None, errors)
+
+
+def decode_message(raw: bytes | None, *, max_bytes: int = 1_000_000, max_batch: int = 10_000) -> Decoded:
+    """Turn one Kafka message value (an event object or a batch array) into events and rejections.
+
+    Never raises: every way the input can be wrong becomes a Rejection carrying the original bytes
+    (for one bad element of a batch, that element re-encoded, with its index).
+    """
+    out = Decoded()
+    raw = raw or b""
+    if len(raw) > max_bytes:
+        out.rejects.append(
+            Rejection("too_large", f"message is {len(raw)} bytes, the limit is {max_bytes}", raw)
+        )
+        return out
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        message = str(exc)
+        reason: RejectReason = "invalid_json"
+        if "UTF-8" in message:
+            reason = "invalid_utf8"
+        elif "depth limit" in message or "recursion" in message:
+            reason = "too_deeply_nested"
+        out.rejects.append(Rejection(reason, message, raw))
+        return out
+    if not isinstance(parsed, list):
+        result = _validate_one(parsed)
+        if isinstance(result, ClickEvent):
+            out.events.append(result)
+        else:
+            out.rejects.append(Rejection(result.reason, result.detail, raw, None, result.errors))
+        return out
+    if not parsed:
+        out.rejects.append(Rejection("empty_batch", "the batch array is empty", raw))
+    elif len(parsed) > max_batch:
+        out.rejects.append(
+            Rejection("batch_too_large", f"{len(parsed)} events, the limit is {max_batch}", raw)
+        )
+    else:
+        for index, obj in enumerate(parsed):
+            result = _validate_one(obj)
+            if isinstance(result, ClickEvent):
+                out.events.append(result)
+            else:
+                original = orjson.dumps(obj)
+                out.rejects.append(Rejection(result.reason, result.detail, original, index, result.errors))
+    return out

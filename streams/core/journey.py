@@ -1,0 +1,426 @@
+"""The journey state machine: (journey, event) -> (journey, outputs), deterministic, in event time.
+
+A journey is one identity's history as far as funnels care: first touch, the open session,
+one attempt per funnel, the microconversions since the last macroconversion and the
+fingerprints of recent event ids. Deadlines (session timeout, funnel window, step `within`,
+`stalled_after`) fire in chronological order whatever the jumps in time between calls, so
+the outputs depend only on the events, never on when a timer happened to run.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from streams.core.channel import classify_channel
+from streams.core.events import ClickEvent, from_epoch_ms, url_path
+from streams.core.ids import output_id, short_hash
+from streams.core.matching import CompiledConfig, CompiledFunnel
+from streams.core.outputs import (
+    DeadLetter,
+    Dropoff,
+    DropoffReason,
+    FirstTouch,
+    MacroConversion,
+    MicroConversion,
+    OutputEvent,
+    SessionSummary,
+    Stalled,
+)
+
+STATE_VERSION = 1
+RECENT_EVENT_IDS = 32
+MAX_PATH = 50
+MAX_BREAKDOWN_VALUE = 100
+
+
+@dataclass(slots=True)
+class Session:
+    id: str
+    start: int
+    last: int
+    landing: str | None
+    channel: str
+    campaign: list[str | None] | None
+    page_views: int = 0
+    events: int = 0
+    micros: int = 0
+    goals: list[str] = field(default_factory=list)
+
+    def pack(self) -> list[Any]:
+        return [self.id, self.start, self.last, self.landing, self.channel, self.campaign,
+                self.page_views, self.events, self.micros, self.goals]
+
+    @classmethod
+    def unpack(cls, raw: list[Any]) -> Session:
+        return cls(*raw)
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try at a funnel: when it started, its progress, and the breakdowns it entered with."""
+
+    start: int
+    last: int
+    reached: int
+    done_mask: int
+    session_id: str | None
+    breakdowns: dict[str, str | None]
+    stalled: bool = False
+
+    def pack(self) -> list[Any]:
+        return [self.start, self.last, self.reached, self.done_mask, self.session_id,
+                self.breakdowns, self.stalled]
+
+    @classmethod
+    def unpack(cls, raw: list[Any]) -> Attempt:
+        return cls(*raw)
+
+
+@dataclass(slots=True)
+class Journey:
+    user_id: str | None
+    anonymous_id: str | None
+    first_touch: int | None = None
+    first_landing: str | None = None
+    first_channel: str | None = None
+    last_ts: int = 0
+    sessions: int = 0
+    page_views: int = 0
+    session: Session | None = None
+    attempts: dict[str, Attempt] = field(default_factory=dict)
+    path: list[str] = field(default_factory=list)
+    seen: list[int] = field(default_factory=list)
+
+    @property
+    def identity(self) -> str:
+        return self.user_id if self.user_id is not None else self.anonymous_id  # type: ignore[return-value]
+
+    def dumps(self) -> bytes:
+        return orjson.dumps([
+            STATE_VERSION, self.user_id, self.anonymous_id, self.first_touch, self.first_landing,
+            self.first_channel, self.last_ts, self.sessions, self.page_views,
+            self.session.pack() if self.session else None,
+            {name: a.pack() for name, a in self.attempts.items()},
+            self.path, self.seen,
+        ])
+
+    @classmethod
+    def loads(cls, raw: bytes) -> Journey:
+        data = orjson.loads(raw)
+        if data[0] != STATE_VERSION:
+            raise ValueError(f"unknown journey state version {data[0]}")
+        (_, user_id, anonymous_id, first_touch, first_landing, first_channel, last_ts, sessions,
+         page_views, session, attempts, path, seen) = data
+        return cls(
+            user_id, anonymous_id, first_touch, first_landing, first_channel, last_ts, sessions,
+            page_views, Session.unpack(session) if session else None,
+            {name: Attempt.unpack(a) for name, a in attempts.items()}, path, seen,
+        )
+
+
+Outputs = list[OutputEvent]
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    at: int
+    order: int
+    funnel: str
+    action: Callable[[], None]
+
+
+class JourneyMachine:
+    """Applies events and the passing of event time to journeys, for one compiled configuration."""
+
+    def __init__(self, config: CompiledConfig) -> None:
+        self.config = config
+
+    # ---- time -------------------------------------------------------------------------
+
+    def next_deadline(self, journey: Journey) -> int | None:
+        """The earliest event time at which `advance` would change this journey."""
+        due = self._due(journey, [])
+        return min((d.at for d in due), default=None)
+
+    def advance(self, journey: Journey, now: int) -> Outputs:
+        """Fire every deadline strictly before `now`, earliest first."""
+        out: Outputs = []
+        while True:
+            due = [d for d in self._due(journey, out) if d.at < now]
+            if not due:
+                return out
+            min(due, key=lambda d: (d.at, d.order, d.funnel)).action()
+
+    def _due(self, journey: Journey, out: Outputs) -> list[_Due]:
+        due: list[_Due] = []
+        session = journey.session
+        if session is not None:
+            end = session.last + self.config.session_timeout
+            due.append(_Due(end, 0, "", lambda: self._close_session(journey, end, out)))
+        for name, attempt in journey.attempts.items():
+            funnel = self.config.funnels_by_name.get(name)
+            if funnel is None:
+                due.append(_Due(0, 1, name, lambda n=name: journey.attempts.pop(n, None)))  # type: ignore[misc]
+                continue
+            due.extend(self._attempt_deadlines(journey, funnel, attempt, out))
+        return due
+
+    def _attempt_deadlines(
+        self, journey: Journey, funnel: CompiledFunnel, attempt: Attempt, out: Outputs
+    ) -> list[_Due]:
+        due: list[_Due] = []
+        if funnel.window is not None:
+            at = attempt.start + funnel.window
+            due.append(_Due(at, 2, funnel.name,
+                            lambda: self._drop(journey, funnel, "window_expired", at, out)))
+        if funnel.order != "any":
+            within = funnel.steps[attempt.reached + 1].within
+            if within is not None:
+                at = attempt.last + within
+                due.append(_Due(at, 3, funnel.name,
+                                lambda: self._drop(journey, funnel, "step_timeout", at, out)))
+        if funnel.stalled_after is not None and not attempt.stalled:
+            at = attempt.last + funnel.stalled_after
+            due.append(_Due(at, 4, funnel.name, lambda: self._stall(journey, funnel, at, out)))
+        return due
+
+    # ---- events -----------------------------------------------------------------------
+
+    def apply(self, journey: Journey | None, event: ClickEvent) -> tuple[Journey, Outputs]:
+        if journey is None:
+            journey = Journey(event.user_id, event.anonymous_id)
+        fingerprint = short_hash(event.event_id)
+        if fingerprint in journey.seen:
+            return journey, []
+        journey.seen.append(fingerprint)
+        del journey.seen[:-RECENT_EVENT_IDS]
+        if journey.last_ts - event.ts_ms > self.config.late_tolerance:
+            return journey, [self._late(journey, event)]
+
+        now = max(event.ts_ms, journey.last_ts)
+        out = self.advance(journey, now)
+        session = self._session_for(journey, event, now, out)
+        if event.event in self.config.page_view_events:
+            session.page_views += 1
+            journey.page_views += 1
+        if session.landing is None and event.page is not None:
+            session.landing = url_path(event.page.url)
+        session.events += 1
+        session.last = now
+        journey.last_ts = now
+
+        goals_hit = [g for g in self.config.goals if g.matcher.matches(event)]
+        goal_names = [g.name for g in goals_hit]
+        dimensions = self._breakdowns(self.config.breakdowns, event, session)
+        for micro in self.config.micro:
+            if micro.matcher.matches(event, goal_names):
+                self._record_micro(journey, session, micro.name)
+                out.append(self._micro(journey, event, session, micro.name, dimensions))
+        for funnel in self.config.funnels:
+            self._step_funnel(journey, funnel, event, now, goal_names, out)
+        for goal in goals_hit:
+            out.append(self._macro(journey, event, session, goal.name, goal.value_path, dimensions))
+            session.goals.append(goal.name)
+            journey.path = []
+        return journey, out
+
+    def _session_for(self, journey: Journey, event: ClickEvent, now: int, out: Outputs) -> Session:
+        current = journey.session
+        campaign = list(event.campaign.key()) if event.campaign is not None else None
+        if current is not None:
+            same_id = event.session_id is None or event.session_id == current.id
+            same_campaign = campaign is None or campaign == current.campaign
+            if same_id and same_campaign:
+                return current
+            self._close_session(journey, now, out)
+        page_url = event.page.url if event.page is not None else None
+        referrer = event.page.referrer if event.page is not None else None
+        channel = classify_channel(event.campaign, referrer, page_url)
+        landing = url_path(page_url)
+        session_id = event.session_id or "s-" + output_id(journey.identity, now)[:16]
+        session = Session(session_id, now, now, landing, channel, campaign)
+        journey.session = session
+        journey.sessions += 1
+        if journey.first_touch is None:
+            journey.first_touch = now
+            journey.first_landing = landing
+            journey.first_channel = channel
+        return session
+
+    def _close_session(self, journey: Journey, at: int, out: Outputs) -> None:
+        session = journey.session
+        if session is None:
+            return
+        for name in [n for n, a in journey.attempts.items() if a.session_id == session.id]:
+            funnel = self.config.funnels_by_name[name]
+            if funnel.scope == "session":
+                self._drop(journey, funnel, "session_ended", at, out)
+        campaign = session.campaign
+        out.append(SessionSummary(
+            id=output_id("session", journey.identity, session.id, session.start),
+            user_id=journey.user_id, anonymous_id=journey.anonymous_id, session_id=session.id,
+            timestamp=from_epoch_ms(session.last), started_at=from_epoch_ms(session.start),
+            ended_at=from_epoch_ms(session.last), duration_ms=session.last - session.start,
+            landing_page=session.landing, channel=session.channel,
+            campaign=dict(zip(("source", "medium", "name"), campaign, strict=True)) if campaign else None,
+            page_views=session.page_views, events=session.events, microconversions=session.micros,
+            conversions=list(session.goals),
+        ))
+        journey.session = None
+
+    # ---- funnels ----------------------------------------------------------------------
+
+    def _step_funnel(
+        self, journey: Journey, funnel: CompiledFunnel, event: ClickEvent, now: int,
+        goal_names: list[str], out: Outputs,
+    ) -> None:
+        attempt = journey.attempts.get(funnel.name)
+        if attempt is not None and any(m.matches(event, goal_names) for m in funnel.exclusions):
+            self._drop(journey, funnel, "excluded", now, out)
+            return
+        matched = [i for i, s in enumerate(funnel.steps) if s.matcher.matches(event, goal_names)]
+        if not matched:
+            return
+        session = journey.session
+        assert session is not None
+        if attempt is None:
+            first = 0 if funnel.order != "any" else matched[0]
+            if first not in matched:
+                return
+            attempt = Attempt(now, now, first, 1 << first, session.id,
+                              self._breakdowns(funnel.breakdowns, event, session))
+            journey.attempts[funnel.name] = attempt
+            self._reach(journey, funnel, attempt, first, event, now, out)
+            return
+        if funnel.order == "any":
+            todo = [i for i in matched if not attempt.done_mask >> i & 1]
+            if todo:
+                self._reach(journey, funnel, attempt, todo[0], event, now, out)
+            return
+        expected = attempt.reached + 1
+        if expected in matched:
+            self._reach(journey, funnel, attempt, expected, event, now, out)
+        elif funnel.order == "strict" and any(i != attempt.reached for i in matched):
+            self._drop(journey, funnel, "out_of_order", now, out)
+            if 0 in matched:
+                self._step_funnel(journey, funnel, event, now, goal_names, out)
+
+    def _reach(
+        self, journey: Journey, funnel: CompiledFunnel, attempt: Attempt, index: int,
+        event: ClickEvent, now: int, out: Outputs,
+    ) -> None:
+        attempt.done_mask |= 1 << index
+        attempt.reached = max(attempt.reached, index) if funnel.order == "any" else index
+        attempt.last = now
+        attempt.stalled = False
+        complete = attempt.done_mask == (1 << len(funnel.steps)) - 1
+        step = funnel.steps[index]
+        session = journey.session
+        assert session is not None
+        self._record_micro(journey, session, step.name)
+        out.append(MicroConversion(
+            id=output_id("micro", journey.identity, event.event_id, funnel.name, step.name),
+            user_id=journey.user_id, anonymous_id=journey.anonymous_id, session_id=session.id,
+            timestamp=event.timestamp, kind="milestone", name=step.name, funnel=funnel.name,
+            step=step.name, step_index=index, final=complete, event=event.event,
+            event_id=event.event_id, landing_page=session.landing, channel=session.channel,
+            breakdowns=attempt.breakdowns,
+        ))
+        if complete:
+            del journey.attempts[funnel.name]
+
+    def _drop(
+        self, journey: Journey, funnel: CompiledFunnel, reason: DropoffReason, at: int, out: Outputs
+    ) -> None:
+        attempt = journey.attempts.pop(funnel.name)
+        out.append(Dropoff(
+            id=output_id("dropoff", journey.identity, funnel.name, attempt.start, reason),
+            user_id=journey.user_id, anonymous_id=journey.anonymous_id,
+            session_id=attempt.session_id, timestamp=from_epoch_ms(at), funnel=funnel.name,
+            step=funnel.steps[attempt.reached].name, step_index=attempt.reached, reason=reason,
+            started_at=from_epoch_ms(attempt.start), time_in_funnel_ms=attempt.last - attempt.start,
+            breakdowns=attempt.breakdowns,
+        ))
+
+    def _stall(self, journey: Journey, funnel: CompiledFunnel, at: int, out: Outputs) -> None:
+        attempt = journey.attempts[funnel.name]
+        attempt.stalled = True
+        out.append(Stalled(
+            id=output_id("stalled", journey.identity, funnel.name, attempt.start, attempt.last),
+            user_id=journey.user_id, anonymous_id=journey.anonymous_id,
+            session_id=attempt.session_id, timestamp=from_epoch_ms(at), funnel=funnel.name,
+            step=funnel.steps[attempt.reached].name, step_index=attempt.reached,
+            started_at=from_epoch_ms(attempt.start), idle_ms=at - attempt.last,
+            breakdowns=attempt.breakdowns,
+        ))
+
+    # ---- conversions ------------------------------------------------------------------
+
+    @staticmethod
+    def _record_micro(journey: Journey, session: Session, name: str) -> None:
+        session.micros += 1
+        journey.path.append(name)
+        del journey.path[:-MAX_PATH]
+
+    @staticmethod
+    def _micro(
+        journey: Journey, event: ClickEvent, session: Session, name: str, dimensions: dict[str, str | None]
+    ) -> MicroConversion:
+        return MicroConversion(
+            id=output_id("micro", journey.identity, event.event_id, "", name),
+            user_id=journey.user_id, anonymous_id=journey.anonymous_id, session_id=session.id,
+            timestamp=event.timestamp, kind="secondary", name=name, event=event.event,
+            event_id=event.event_id, landing_page=session.landing, channel=session.channel,
+            breakdowns=dimensions,
+        )
+
+    @staticmethod
+    def _macro(
+        journey: Journey, event: ClickEvent, session: Session, goal: str,
+        value_path: tuple[str, ...] | None, dimensions: dict[str, str | None],
+    ) -> MacroConversion:
+        raw_value = event.lookup(value_path) if value_path else None
+        value = float(raw_value) if isinstance(raw_value, int | float) and not isinstance(raw_value, bool) else None
+        currency = event.properties.get("currency")
+        first_touch = journey.first_touch if journey.first_touch is not None else event.ts_ms
+        return MacroConversion(
+            id=output_id("macro", journey.identity, event.event_id, goal),
+            user_id=journey.user_id, anonymous_id=journey.anonymous_id, session_id=session.id,
+            timestamp=event.timestamp, goal=goal, value=value,
+            currency=currency if isinstance(currency, str) else None,
+            decision_time_ms=max(0, event.ts_ms - first_touch), micro_path=list(journey.path),
+            landing_page=session.landing, channel=session.channel,
+            first_touch=FirstTouch(timestamp=from_epoch_ms(first_touch),
+                                   landing_page=journey.first_landing, channel=journey.first_channel),
+            page_views=journey.page_views, sessions=journey.sessions, event=event.event,
+            event_id=event.event_id, breakdowns=dimensions,
+        )
+
+    @staticmethod
+    def _breakdowns(paths: tuple[str, ...], event: ClickEvent, session: Session) -> dict[str, str | None]:
+        values: dict[str, str | None] = {}
+        for path in paths:
+            if path == "landing_page":
+                value: Any = session.landing
+            elif path == "channel":
+                value = session.channel
+            else:
+                value = event.lookup(tuple(path.split(".")))
+            values[path] = None if value is None else str(value)[:MAX_BREAKDOWN_VALUE]
+        return values
+
+    @staticmethod
+    def _late(journey: Journey, event: ClickEvent) -> DeadLetter:
+        lateness = journey.last_ts - event.ts_ms
+        return DeadLetter(
+            id=output_id("late", journey.identity, event.event_id),
+            user_id=journey.user_id, anonymous_id=journey.anonymous_id, session_id=event.session_id,
+            timestamp=event.timestamp, reason="late_event",
+            detail=f"event is {lateness} ms older than the journey's latest event, past the late tolerance",
+            original_b64=base64.b64encode(orjson.dumps(event.to_json_dict())).decode(),
+        )

@@ -1,0 +1,154 @@
+"""Output events (CONTRACT section 3). Every one has a deterministic id, a type and an event time."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+Breakdowns = dict[str, str | None]
+
+
+class OutputEvent(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    type: str
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    session_id: str | None = None
+    timestamp: datetime
+
+    @property
+    def identity(self) -> str | None:
+        return self.user_id if self.user_id is not None else self.anonymous_id
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+
+class FunnelOutput(OutputEvent):
+    funnel: str
+    step: str
+    step_index: int
+    breakdowns: Breakdowns = Field(default_factory=dict)
+
+
+class MicroConversion(OutputEvent):
+    """A milestone step reached (kind=milestone, with funnel/step) or a secondary action."""
+
+    type: Literal["micro"] = "micro"
+    kind: Literal["milestone", "secondary"]
+    name: str
+    funnel: str | None = None
+    step: str | None = None
+    step_index: int | None = None
+    final: bool = False
+    event: str
+    event_id: str
+    landing_page: str | None = None
+    channel: str | None = None
+    breakdowns: Breakdowns = Field(default_factory=dict)
+
+
+class FirstTouch(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timestamp: datetime
+    landing_page: str | None
+    channel: str | None
+
+
+class MacroConversion(OutputEvent):
+    type: Literal["macro"] = "macro"
+    goal: str
+    value: float | None = None
+    currency: str | None = None
+    decision_time_ms: int
+    micro_path: list[str]
+    landing_page: str | None = None
+    channel: str | None = None
+    first_touch: FirstTouch
+    page_views: int
+    sessions: int
+    event: str
+    event_id: str
+    breakdowns: Breakdowns = Field(default_factory=dict)
+
+
+DropoffReason = Literal["window_expired", "step_timeout", "session_ended", "excluded", "out_of_order"]
+
+
+class Dropoff(FunnelOutput):
+    """A funnel attempt that ended without its goal; `step` is the last step reached."""
+
+    type: Literal["dropoff"] = "dropoff"
+    reason: DropoffReason
+    started_at: datetime
+    time_in_funnel_ms: int
+
+
+class Stalled(FunnelOutput):
+    """Not final: an attempt with no progress for `stalled_after` (the abandoned cart)."""
+
+    type: Literal["stalled"] = "stalled"
+    started_at: datetime
+    idle_ms: int
+
+
+class SessionSummary(OutputEvent):
+    type: Literal["session"] = "session"
+    started_at: datetime
+    ended_at: datetime
+    duration_ms: int
+    landing_page: str | None
+    channel: str
+    campaign: dict[str, str | None] | None = None
+    page_views: int
+    events: int
+    microconversions: int
+    conversions: list[str]
+
+
+class Alert(OutputEvent):
+    type: Literal["alert"] = "alert"
+    funnel: str
+    step: str
+    step_index: int
+    state: Literal["fired", "resolved"]
+    rate: float | None
+    baseline_rate: float | None
+    entered: int
+    baseline_entered: int
+    by: dict[str, str | None] = Field(default_factory=dict)
+    window: str
+    baseline: str
+
+
+class DeadLetter(OutputEvent):
+    type: Literal["deadletter"] = "deadletter"
+    reason: str
+    detail: str
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+    original_b64: str
+    batch_index: int | None = None
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+
+
+AnyOutput = Annotated[
+    MicroConversion | MacroConversion | Dropoff | Stalled | SessionSummary | Alert | DeadLetter,
+    Field(discriminator="type"),
+]
+OUTPUT_MODELS: dict[str, type[OutputEvent]] = {
+    "micro": MicroConversion,
+    "macro": MacroConversion,
+    "dropoff": Dropoff,
+    "stalled": Stalled,
+    "session": SessionSummary,
+    "alert": Alert,
+    "deadletter": DeadLetter,
+}

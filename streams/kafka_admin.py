@@ -1,0 +1,75 @@
+"""Topic creation on the broker, waiting out a broker that is not up yet."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka connection options (bootstrap, TLS, SASL) shared by every client we make."""
+    assert settings.kafka_bootstrap_servers, "no KAFKA_BOOTSTRAP_SERVERS"
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    context = settings.ssl_context()
+    if context is not None:
+        options["ssl_context"] = context
+    if settings.kafka_sasl_mechanism:
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        password = settings.kafka_sasl_password
+        options["sasl_plain_password"] = password.get_secret_value() if password else None
+    return options
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    return f"{settings.app_id}-{table}-changelog"
+
+
+def required_topics(settings: Settings) -> dict[str, int]:
+    """Every topic the worker reads or writes, with its partition count."""
+    n = settings.partitions
+    names = [*map(settings.topic, settings.topic_clickstream), settings.topic(settings.topic_events),
+             *settings.output_topics.values(), changelog_topic(settings, "journeys")]
+    return dict.fromkeys(names, n)
+
+
+async def ensure_topics(settings: Settings, wait_s: float = 300.0) -> list[str]:
+    """Create the missing topics; retry with a log line while the broker is unreachable."""
+    wanted = required_topics(settings)
+    deadline = time.monotonic() + wait_s
+    delay = 0.5
+    while True:
+        admin = AIOKafkaAdminClient(**kafka_client_options(settings), request_timeout_ms=10_000)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [name for name in wanted if name not in existing]
+            if missing:
+                await admin.create_topics(
+                    [NewTopic(name, wanted[name], settings.replication_factor) for name in missing]
+                )
+                log.info("created topics: %s", ", ".join(missing))
+            return missing
+        except (KafkaConnectionError, KafkaError, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Kafka at {settings.kafka_bootstrap_servers} unreachable for {wait_s:.0f} s: {exc}"
+                ) from exc
+            log.warning("Kafka at %s not reachable yet (%s); retrying in %.1f s",
+                        settings.kafka_bootstrap_servers, exc.__class__.__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        finally:
+            await admin.close()

@@ -1,0 +1,168 @@
+"""Every setting of the worker in one frozen, typed model, read from the environment and CLI flags.
+
+Kafka and Redis use their conventional names (`KAFKA_BOOTSTRAP_SERVERS`, `KAFKA_SASL_USERNAME`,
+`REDIS_URL`, ...); everything else is `CONVERSIONS_<FIELD>`. An unknown `CONVERSIONS_*`
+variable or an invalid value stops the worker at start with the variable's name and the reason.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
+
+ENV_PREFIX = "CONVERSIONS_"
+DEFAULT_FUNNELS = Path(__file__).resolve().parent.parent / "schemas" / "examples" / "funnels.yaml"
+
+
+def _env(name: str, default: Any = None) -> Any:
+    return Field(default=default, validation_alias=AliasChoices(name, f"{ENV_PREFIX}{name}"))
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message names each variable and what is wrong."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, populate_by_name=True
+    )
+
+    # Kafka: None means "start the embedded local broker" (demo, tests)
+    kafka_bootstrap_servers: str | None = _env("KAFKA_BOOTSTRAP_SERVERS")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = _env(
+        "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = _env(
+        "KAFKA_SASL_MECHANISM"
+    )
+    kafka_sasl_username: str | None = _env("KAFKA_SASL_USERNAME")
+    kafka_sasl_password: SecretStr | None = _env("KAFKA_SASL_PASSWORD")
+    kafka_ssl_cafile: Path | None = _env("KAFKA_SSL_CAFILE")
+    kafka_ssl_certfile: Path | None = _env("KAFKA_SSL_CERTFILE")
+    kafka_ssl_keyfile: Path | None = _env("KAFKA_SSL_KEYFILE")
+
+    # Redis: None means "start the embedded local redis-server"
+    redis_url: SecretStr | None = _env("REDIS_URL")
+
+    app_id: str = Field(default="conversions", pattern=r"^[A-Za-z0-9._-]+$")
+    funnels: Path = DEFAULT_FUNNELS
+    topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
+    topic_clickstream: Annotated[list[str], NoDecode] = ["clickstream"]
+    topic_events: str = "clickstream.events"
+    topic_micro: str = "conversions.micro"
+    topic_macro: str = "conversions.macro"
+    topic_dropoffs: str = "funnel.dropoffs"
+    topic_alerts: str = "funnel.alerts"
+    topic_sessions: str = "journeys.sessions"
+    topic_deadletter: str = "clickstream.deadletter"
+    partitions: int = Field(default=4, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1, le=10)
+    create_topics: bool = True
+
+    max_message_bytes: int = Field(default=1_000_000, ge=1_024)
+    max_batch_events: int = Field(default=10_000, ge=1)
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    rebalance_timeout_s: float = Field(default=60.0, gt=0)
+    session_timeout_s: float = Field(default=60.0, gt=0)
+    heartbeat_interval_s: float = Field(default=3.0, gt=0)
+    commit_interval_s: float = Field(default=2.0, gt=0)
+    max_poll_records: int | None = Field(default=None, ge=1)
+    table_store: str = "memory://"
+    table_standby_replicas: int = Field(default=0, ge=0)
+    data_dir: Path = Path("var/conversions")
+
+    web_enabled: bool = True
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("topic_clickstream", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL"):
+            if self.kafka_sasl_mechanism is None:
+                raise ValueError("KAFKA_SASL_MECHANISM is required with a SASL security protocol")
+            if not self.kafka_sasl_username or self.kafka_sasl_password is None:
+                raise ValueError("KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required for SASL")
+        if not self.topic_clickstream:
+            raise ValueError("at least one clickstream topic is needed")
+        return self
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def output_topics(self) -> dict[str, str]:
+        """Output type -> full topic name."""
+        return {
+            "micro": self.topic(self.topic_micro),
+            "macro": self.topic(self.topic_macro),
+            "dropoff": self.topic(self.topic_dropoffs),
+            "stalled": self.topic(self.topic_dropoffs),
+            "alert": self.topic(self.topic_alerts),
+            "session": self.topic(self.topic_sessions),
+            "deadletter": self.topic(self.topic_deadletter),
+        }
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.kafka_security_protocol.endswith("SSL"):
+            return None
+        context = ssl.create_default_context(
+            cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+        )
+        if self.kafka_ssl_certfile:
+            context.load_cert_chain(
+                str(self.kafka_ssl_certfile),
+                str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+            )
+        return context
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings fit for a log line: secrets masked, credentials in URLs removed."""
+        data = self.model_dump(mode="json")
+        for key in ("kafka_sasl_password", "redis_url"):
+            if data.get(key):
+                data[key] = "**********"
+        return data
+
+
+def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+    problems = []
+    for variable in sorted(environ):
+        if variable.startswith(ENV_PREFIX) and variable not in known:
+            close = difflib.get_close_matches(variable, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(f"{variable}: unknown setting{hint}")
+    return problems
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, then explicit overrides (CLI flags), or a SettingsError."""
+    problems = _unknown_variables(os.environ)
+    if problems:
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems))
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            lines.append(f"{field}: {err['msg'].removeprefix('Value error, ')}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+    except SourceError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from None

@@ -1,0 +1,40 @@
+"""Running the Faust worker for real: topics first, then the app, with clear logs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+
+from streams.app import ConversionsApp
+from streams.core.config_loader import load_config
+from streams.core.matching import compile_config
+from streams.kafka_admin import ensure_topics
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def build(settings: Settings) -> ConversionsApp:
+    config = compile_config(load_config(settings.funnels))
+    return ConversionsApp(settings, config)
+
+
+def run_worker(settings: Settings) -> None:
+    """Blocks until the worker is stopped (SIGTERM / Ctrl-C)."""
+    conversions = build(settings)
+    log.info("starting worker %s: kafka=%s partitions=%d funnels=%s",
+             settings.app_id, settings.kafka_bootstrap_servers, settings.partitions, settings.funnels)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    if settings.create_topics:
+        loop.run_until_complete(ensure_topics(settings))
+    worker = faust.Worker(
+        conversions.app,
+        loop=loop,
+        loglevel=settings.log_level.lower(),
+        quiet=True,
+        override_logging=False,
+    )
+    worker.execute_from_commandline()
