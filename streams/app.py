@@ -4,15 +4,18 @@ A thin adapter. Parsing lives in `core.events`, journeys in `core.engine`; this 
 bytes between Kafka and those functions.
 
 Ingest reads raw clickstream messages, dead-letters what is invalid, and repartitions the
-valid events by identity. It sends ONE message per target partition per input message (a
-JSON array), since Faust's cost is per message, not per event. The journey agent applies
-each event to the identity's journey, held in a changelog-backed table whose changelog
-partition is the message's partition, and publishes the outputs keyed by identity.
+valid events by identity. It sends ONE message per target partition per input message
+(`RepartitionBatch`), since Faust's cost is per message, not per event, and every such
+message carries its source's watermark; a timer repeats the watermarks to partitions that
+got no events, and says when a source has gone idle. The journey agent applies each event
+to the identity's journey, held in a changelog-backed table whose changelog partition is
+the message's partition, and publishes the outputs keyed by identity.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -27,6 +30,7 @@ from streams.core.engine import Engine, partition_for
 from streams.core.events import ClickEvent, Rejection, decode_message
 from streams.core.matching import CompiledConfig
 from streams.core.outputs import OutputEvent
+from streams.core.repartition import RepartitionBatch, source_name
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,14 +98,17 @@ class ConversionsApp:
             default=None,
             partitions=settings.partitions,
             key_type=str,
-            value_type=bytes,
-            key_serializer="json",
-            value_serializer="raw",
+            value_type=bytes,  # raw bytes: journeys serialize themselves compactly
         )
         self.engine = Engine(config, self.journeys, settings.partitions)
         self.journeys.on_recover(self._rebuild_deadlines)
         self.app.agent(self.source, name="ingest")(self._ingest)
         self.app.agent(self.events_topic, name="journeys")(self._journeys)
+        self.app.timer(settings.watermark_interval_s, name="watermarks")(self._announce_watermarks)
+        # ingest side: per source, how far its event time has got and when it last had input
+        self._source_watermarks: dict[str, int] = {}
+        self._source_seen_at: dict[str, float] = {}
+        self._announced: dict[tuple[str, int], int | None] = {}
 
     # ---- ingest -----------------------------------------------------------------------
 
@@ -116,13 +123,35 @@ class ConversionsApp:
             )
             if decoded.rejects:
                 await self._dead_letter(decoded.rejects, message)
+            source = source_name(message.topic, message.partition)
+            self._source_seen_at[source] = time.monotonic()
+            if not decoded.events:
+                continue
+            watermark = max(self._source_watermarks.get(source, 0), *(c.ts_ms for c in decoded.events))
+            self._source_watermarks[source] = watermark
             by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
             for click in decoded.events:
                 by_partition[partition_for(click.identity, partitions)].append(click.to_json_dict())
             for partition, items in by_partition.items():
-                await self.events_topic.send(
-                    key=str(partition).encode(), value=orjson.dumps(items), partition=partition
-                )
+                await self._send_batch(partition, RepartitionBatch(source, watermark, items))
+
+    async def _send_batch(self, partition: int, batch: RepartitionBatch) -> None:
+        self._announced[(batch.source, partition)] = None if batch.idle else batch.watermark
+        await self.events_topic.send(
+            key=str(partition).encode(), value=batch.encode(), partition=partition
+        )
+
+    async def _announce_watermarks(self) -> None:
+        """Tell every partition how far each source has got, or that it has gone idle."""
+        idle_before = time.monotonic() - self.settings.source_idle_s
+        for source, watermark in list(self._source_watermarks.items()):
+            idle = self._source_seen_at.get(source, 0.0) < idle_before
+            for partition in range(self.settings.partitions):
+                announced = self._announced.get((source, partition), -1)
+                if idle and announced is not None:
+                    await self._send_batch(partition, RepartitionBatch(source, None, [], idle=True))
+                elif not idle and announced != watermark:
+                    await self._send_batch(partition, RepartitionBatch(source, watermark, []))
 
     async def _dead_letter(self, rejects: Iterable[Rejection], message: Any) -> None:
         moment = datetime.fromtimestamp(message.timestamp, UTC) if message.timestamp else datetime.now(UTC)
@@ -140,16 +169,25 @@ class ConversionsApp:
     async def _journeys(self, stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             message = event.message
+            try:
+                batch = RepartitionBatch.decode(event.value)
+            except ValueError as exc:  # only a foreign producer on the internal topic
+                await self._dead_letter([Rejection("invalid_json", str(exc), event.value or b"")], message)
+                continue
             outputs: list[OutputEvent] = []
-            for item in orjson.loads(event.value):
+            for item in batch.events:
                 try:
                     click = ClickEvent.model_validate(item)
-                except ValidationError as exc:  # only a foreign producer on the internal topic
+                except ValidationError as exc:
                     await self._dead_letter(
                         [Rejection("invalid_event", str(exc), orjson.dumps(item))], message
                     )
                     continue
                 outputs.extend(self.engine.process(click, message.partition))
+            if batch.idle:
+                outputs.extend(self.engine.forget_source(message.partition, batch.source))
+            elif batch.watermark is not None:
+                outputs.extend(self.engine.observe(message.partition, batch.source, batch.watermark))
             await self.publish(outputs)
 
     async def _rebuild_deadlines(self) -> None:

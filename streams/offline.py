@@ -53,6 +53,9 @@ class OfflineRun:
             self.events += 1
             self._latest_ms = max(self._latest_ms or event.ts_ms, event.ts_ms)
             out.extend(self.engine.process(event))
+        if self._latest_ms is not None:
+            for partition in range(self.partitions):
+                out.extend(self.engine.observe(partition, self.source, self._latest_ms))
         return out
 
     def run(self, lines: Iterable[bytes]) -> Iterator[OutputEvent]:
@@ -64,7 +67,7 @@ class OfflineRun:
         out: list[OutputEvent] = []
         far_future = 4_102_444_800_000  # 2100-01-01
         for partition in range(self.partitions):
-            out.extend(self.engine.advance_partition(partition, far_future + self.config.late_tolerance))
+            out.extend(self.engine.observe(partition, self.source, far_future + self.config.late_tolerance))
         return out
 
 

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
     commit_interval_s: float = Field(default=2.0, gt=0)
     max_poll_records: int | None = Field(default=None, ge=1)
+    watermark_interval_s: float = Field(default=1.0, gt=0)
+    source_idle_s: float = Field(default=10.0, gt=0)
     table_store: str = "memory://"
     table_standby_replicas: int = Field(default=0, ge=0)
     data_dir: Path = Path("var/conversions")

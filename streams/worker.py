@@ -26,6 +26,7 @@ def run_worker(settings: Settings) -> None:
     conversions = build(settings)
     log.info("starting worker %s: kafka=%s partitions=%d funnels=%s",
              settings.app_id, settings.kafka_bootstrap_servers, settings.partitions, settings.funnels)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     if settings.create_topics:

@@ -1,9 +1,13 @@
 """Many journeys at once: a state store, per-partition watermarks and a deadline index.
 
 This is what both the Kafka worker and offline mode drive. Events of one identity always
-land in the same partition (`partition_for`), every partition keeps its own watermark (the
-latest event time seen there, less the late tolerance) and a heap of the journeys' next
-deadlines, so timeouts fire for journeys that receive no new event without scanning them all.
+land in the same partition (`partition_for`). Each partition keeps a heap of its journeys'
+next deadlines, so timeouts fire for journeys that receive no new event without scanning
+them all, and a watermark aligned over its sources: every source (a partition of an input
+topic) reports how far its event time has got, and the partition's watermark is the
+slowest source's, less the late tolerance. A fast source therefore cannot fire a deadline
+before a slow source has delivered the event that would have kept it open, which makes
+the outputs independent of how Kafka interleaves the sources.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ def partition_for(identity: str, partitions: int) -> int:
 
 @dataclass(slots=True)
 class _PartitionClock:
-    max_event_ts: int | None = None
+    sources: dict[str, int] = field(default_factory=dict)
+    floor: int | None = None
+    """The watermark reached so far: it never goes back, even when every source goes idle."""
     heap: list[tuple[int, str]] = field(default_factory=list)
     scheduled: dict[str, int] = field(default_factory=dict)
 
@@ -43,32 +49,44 @@ class Engine:
 
     def watermark(self, partition: int) -> int | None:
         clock = self._clocks.get(partition)
-        if clock is None or clock.max_event_ts is None:
+        if clock is None:
             return None
-        return clock.max_event_ts - self.config.late_tolerance
+        if clock.sources:
+            current = min(clock.sources.values()) - self.config.late_tolerance
+            if clock.floor is None or current > clock.floor:
+                clock.floor = current
+        return clock.floor
 
     def load(self, identity: str) -> Journey | None:
         raw = self.store.get(identity)
         return Journey.loads(raw) if raw is not None else None
 
     def process(self, event: ClickEvent, partition: int | None = None) -> Outputs:
-        """Apply one event, then fire whatever the partition's new watermark makes due."""
+        """Apply one event to its journey. Deadlines fire in `observe`, when sources move on."""
         if partition is None:
             partition = self.partition_of(event.identity)
         clock = self._clocks.setdefault(partition, _PartitionClock())
         journey, out = self.machine.apply(self.load(event.identity), event)
         self._save(clock, journey)
-        if clock.max_event_ts is None or event.ts_ms > clock.max_event_ts:
-            clock.max_event_ts = event.ts_ms
-        out.extend(self._fire_due(partition, clock))
         return out
 
-    def advance_partition(self, partition: int, event_time: int) -> Outputs:
-        """Move a partition's clock forward with no event (idle partitions, end of a replay)."""
+    def observe(self, partition: int, source: str, event_time: int) -> Outputs:
+        """A source has delivered everything up to `event_time`: fire what that makes due."""
         clock = self._clocks.setdefault(partition, _PartitionClock())
-        if clock.max_event_ts is None or event_time > clock.max_event_ts:
-            clock.max_event_ts = event_time
+        if event_time > clock.sources.get(source, event_time - 1):
+            clock.sources[source] = event_time
         return self._fire_due(partition, clock)
+
+    def forget_source(self, partition: int, source: str) -> Outputs:
+        """Stop waiting for a source (gone idle, or moved to another worker)."""
+        clock = self._clocks.get(partition)
+        if clock is None or clock.sources.pop(source, None) is None:
+            return []
+        return self._fire_due(partition, clock)
+
+    def sources(self, partition: int) -> dict[str, int]:
+        clock = self._clocks.get(partition)
+        return dict(clock.sources) if clock else {}
 
     def rebuild_deadlines(self, partition: int, identities: Iterable[str]) -> int:
         """Index the deadlines of journeys already in the store (after recovery or assignment)."""
@@ -77,7 +95,6 @@ class Engine:
         for identity in identities:
             journey = self.load(identity)
             if journey is not None:
-                clock.max_event_ts = max(clock.max_event_ts or journey.last_ts, journey.last_ts)
                 self._schedule(clock, journey)
                 count += 1
         return count

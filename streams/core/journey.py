@@ -40,6 +40,7 @@ MAX_BREAKDOWN_VALUE = 100
 
 @dataclass(slots=True)
 class Session:
+    number: int
     id: str
     start: int
     last: int
@@ -52,7 +53,7 @@ class Session:
     goals: list[str] = field(default_factory=list)
 
     def pack(self) -> list[Any]:
-        return [self.id, self.start, self.last, self.landing, self.channel, self.campaign,
+        return [self.number, self.id, self.start, self.last, self.landing, self.channel, self.campaign,
                 self.page_views, self.events, self.micros, self.goals]
 
     @classmethod
@@ -64,6 +65,7 @@ class Session:
 class Attempt:
     """One try at a funnel: when it started, its progress, and the breakdowns it entered with."""
 
+    number: int
     start: int
     last: int
     reached: int
@@ -73,7 +75,7 @@ class Attempt:
     stalled: bool = False
 
     def pack(self) -> list[Any]:
-        return [self.start, self.last, self.reached, self.done_mask, self.session_id,
+        return [self.number, self.start, self.last, self.reached, self.done_mask, self.session_id,
                 self.breakdowns, self.stalled]
 
     @classmethod
@@ -89,6 +91,8 @@ class Journey:
     first_landing: str | None = None
     first_channel: str | None = None
     last_ts: int = 0
+    sequence: int = 0
+    """Numbers sessions and attempts, so ids stay unique when two start in the same millisecond."""
     sessions: int = 0
     page_views: int = 0
     session: Session | None = None
@@ -103,7 +107,7 @@ class Journey:
     def dumps(self) -> bytes:
         return orjson.dumps([
             STATE_VERSION, self.user_id, self.anonymous_id, self.first_touch, self.first_landing,
-            self.first_channel, self.last_ts, self.sessions, self.page_views,
+            self.first_channel, self.last_ts, self.sequence, self.sessions, self.page_views,
             self.session.pack() if self.session else None,
             {name: a.pack() for name, a in self.attempts.items()},
             self.path, self.seen,
@@ -114,11 +118,11 @@ class Journey:
         data = orjson.loads(raw)
         if data[0] != STATE_VERSION:
             raise ValueError(f"unknown journey state version {data[0]}")
-        (_, user_id, anonymous_id, first_touch, first_landing, first_channel, last_ts, sessions,
-         page_views, session, attempts, path, seen) = data
+        (_, user_id, anonymous_id, first_touch, first_landing, first_channel, last_ts, sequence,
+         sessions, page_views, session, attempts, path, seen) = data
         return cls(
-            user_id, anonymous_id, first_touch, first_landing, first_channel, last_ts, sessions,
-            page_views, Session.unpack(session) if session else None,
+            user_id, anonymous_id, first_touch, first_landing, first_channel, last_ts, sequence,
+            sessions, page_views, Session.unpack(session) if session else None,
             {name: Attempt.unpack(a) for name, a in attempts.items()}, path, seen,
         )
 
@@ -230,20 +234,26 @@ class JourneyMachine:
         return journey, out
 
     def _session_for(self, journey: Journey, event: ClickEvent, now: int, out: Outputs) -> Session:
+        """The open session, or a new one on a new session id or campaign.
+
+        An event older than the journey's latest (late, but within the tolerance) joins the open
+        session whatever it carries: reopening the past would depend on arrival order.
+        """
         current = journey.session
         campaign = list(event.campaign.key()) if event.campaign is not None else None
         if current is not None:
             same_id = event.session_id is None or event.session_id == current.id
             same_campaign = campaign is None or campaign == current.campaign
-            if same_id and same_campaign:
+            if (same_id and same_campaign) or event.ts_ms < journey.last_ts:
                 return current
             self._close_session(journey, now, out)
         page_url = event.page.url if event.page is not None else None
         referrer = event.page.referrer if event.page is not None else None
         channel = classify_channel(event.campaign, referrer, page_url)
         landing = url_path(page_url)
-        session_id = event.session_id or "s-" + output_id(journey.identity, now)[:16]
-        session = Session(session_id, now, now, landing, channel, campaign)
+        journey.sequence += 1
+        session_id = event.session_id or "s-" + output_id(journey.identity, journey.sequence)[:16]
+        session = Session(journey.sequence, session_id, now, now, landing, channel, campaign)
         journey.session = session
         journey.sessions += 1
         if journey.first_touch is None:
@@ -262,7 +272,7 @@ class JourneyMachine:
                 self._drop(journey, funnel, "session_ended", at, out)
         campaign = session.campaign
         out.append(SessionSummary(
-            id=output_id("session", journey.identity, session.id, session.start),
+            id=output_id("session", journey.identity, session.number),
             user_id=journey.user_id, anonymous_id=journey.anonymous_id, session_id=session.id,
             timestamp=from_epoch_ms(session.last), started_at=from_epoch_ms(session.start),
             ended_at=from_epoch_ms(session.last), duration_ms=session.last - session.start,
@@ -292,7 +302,8 @@ class JourneyMachine:
             first = 0 if funnel.order != "any" else matched[0]
             if first not in matched:
                 return
-            attempt = Attempt(now, now, first, 1 << first, session.id,
+            journey.sequence += 1
+            attempt = Attempt(journey.sequence, now, now, first, 1 << first, session.id,
                               self._breakdowns(funnel.breakdowns, event, session))
             journey.attempts[funnel.name] = attempt
             self._reach(journey, funnel, attempt, first, event, now, out)
@@ -339,7 +350,7 @@ class JourneyMachine:
     ) -> None:
         attempt = journey.attempts.pop(funnel.name)
         out.append(Dropoff(
-            id=output_id("dropoff", journey.identity, funnel.name, attempt.start, reason),
+            id=output_id("dropoff", journey.identity, funnel.name, attempt.number),
             user_id=journey.user_id, anonymous_id=journey.anonymous_id,
             session_id=attempt.session_id, timestamp=from_epoch_ms(at), funnel=funnel.name,
             step=funnel.steps[attempt.reached].name, step_index=attempt.reached, reason=reason,
@@ -351,7 +362,7 @@ class JourneyMachine:
         attempt = journey.attempts[funnel.name]
         attempt.stalled = True
         out.append(Stalled(
-            id=output_id("stalled", journey.identity, funnel.name, attempt.start, attempt.last),
+            id=output_id("stalled", journey.identity, funnel.name, attempt.number, attempt.last),
             user_id=journey.user_id, anonymous_id=journey.anonymous_id,
             session_id=attempt.session_id, timestamp=from_epoch_ms(at), funnel=funnel.name,
             step=funnel.steps[attempt.reached].name, step_index=attempt.reached,
