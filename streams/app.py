@@ -58,7 +58,7 @@ def broker_credentials(settings: Settings) -> Any:
 class ConversionsApp:
     """Builds the Faust app for one settings object and one compiled funnel configuration."""
 
-    def __init__(self, settings: Settings, config: CompiledConfig) -> None:
+    def __init__(self, settings: Settings, config: CompiledConfig, sources: Iterable[str]) -> None:
         assert settings.kafka_bootstrap_servers, "KAFKA_BOOTSTRAP_SERVERS must be set"
         self.settings = settings
         self.config = config
@@ -100,7 +100,8 @@ class ConversionsApp:
             key_type=str,
             value_type=bytes,  # raw bytes: journeys serialize themselves compactly
         )
-        self.engine = Engine(config, self.journeys, settings.partitions)
+        self.source_topics = frozenset(map(settings.topic, settings.topic_clickstream))
+        self.engine = Engine(config, self.journeys, settings.partitions, expected_sources=sources)
         self.journeys.on_recover(self._rebuild_deadlines)
         self.app.agent(self.source, name="ingest")(self._ingest)
         self.app.agent(self.events_topic, name="journeys")(self._journeys)
@@ -108,7 +109,7 @@ class ConversionsApp:
         # ingest side: per source, how far its event time has got and when it last had input
         self._source_watermarks: dict[str, int] = {}
         self._source_seen_at: dict[str, float] = {}
-        self._announced: dict[tuple[str, int], int | None] = {}
+        self._announced: dict[tuple[str, int], tuple[int | None, float]] = {}
 
     # ---- ingest -----------------------------------------------------------------------
 
@@ -136,22 +137,41 @@ class ConversionsApp:
                 await self._send_batch(partition, RepartitionBatch(source, watermark, items))
 
     async def _send_batch(self, partition: int, batch: RepartitionBatch) -> None:
-        self._announced[(batch.source, partition)] = None if batch.idle else batch.watermark
+        self._announced[(batch.source, partition)] = (
+            None if batch.idle else batch.watermark, time.monotonic()
+        )
         await self.events_topic.send(
             key=str(partition).encode(), value=batch.encode(), partition=partition
         )
 
     async def _announce_watermarks(self) -> None:
-        """Tell every partition how far each source has got, or that it has gone idle."""
-        idle_before = time.monotonic() - self.settings.source_idle_s
-        for source, watermark in list(self._source_watermarks.items()):
-            idle = self._source_seen_at.get(source, 0.0) < idle_before
+        """Tell every partition how far each of our sources has got, or that it is idle.
+
+        A source is ours while this worker's consumer is assigned it. A change is sent at
+        once; an unchanged state again every `watermark_refresh_s`, so that a journey
+        partition that moved to another worker learns it too.
+        """
+        now = time.monotonic()
+        ours = {source_name(tp.topic, tp.partition) for tp in self.app.consumer.assignment()
+                if tp.topic in self.source_topics}
+        for source in set(self._source_seen_at) - ours:  # revoked: its new owner speaks for it
+            self._source_seen_at.pop(source)
+            self._source_watermarks.pop(source, None)
+        for source in ours:
+            self._source_seen_at.setdefault(source, now)
+        idle_before = now - self.settings.source_idle_s
+        stale_before = now - self.settings.watermark_refresh_s
+        for source, seen_at in list(self._source_seen_at.items()):
+            idle = seen_at < idle_before
+            watermark = None if idle else self._source_watermarks.get(source)
+            if watermark is None and not idle:
+                continue  # assigned, no event yet, not idle yet: nothing to say
             for partition in range(self.settings.partitions):
-                announced = self._announced.get((source, partition), -1)
-                if idle and announced is not None:
-                    await self._send_batch(partition, RepartitionBatch(source, None, [], idle=True))
-                elif not idle and announced != watermark:
-                    await self._send_batch(partition, RepartitionBatch(source, watermark, []))
+                announced, sent_at = self._announced.get((source, partition), (-1, 0.0))
+                if announced != watermark or sent_at < stale_before:
+                    await self._send_batch(
+                        partition, RepartitionBatch(source, watermark, [], idle=idle)
+                    )
 
     async def _dead_letter(self, rejects: Iterable[Rejection], message: Any) -> None:
         moment = datetime.fromtimestamp(message.timestamp, UTC) if message.timestamp else datetime.now(UTC)

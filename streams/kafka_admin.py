@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from streams.core.repartition import source_name
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,3 +74,20 @@ async def ensure_topics(settings: Settings, wait_s: float = 300.0) -> list[str]:
             delay = min(delay * 2, 10.0)
         finally:
             await admin.close()
+
+
+async def source_partitions(settings: Settings) -> list[str]:
+    """Every partition of the clickstream topics, as source names ("topic/partition")."""
+    topics = [settings.topic(t) for t in settings.topic_clickstream]
+    admin = AIOKafkaAdminClient(**kafka_client_options(settings), request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    sources = []
+    for topic in described:
+        if topic["error_code"] or not topic["partitions"]:
+            raise RuntimeError(f"clickstream topic {topic['topic']!r} does not exist on the broker")
+        sources += [source_name(topic["topic"], p["partition"]) for p in topic["partitions"]]
+    return sorted(sources)

@@ -32,7 +32,7 @@ class OfflineRun:
     rejected: int = 0
 
     def __post_init__(self) -> None:
-        self.engine = Engine(self.config, self.store, self.partitions)
+        self.engine = Engine(self.config, self.store, self.partitions, expected_sources=[self.source])
         self._latest_ms: int | None = None
 
     def feed(self, line: bytes) -> list[OutputEvent]:

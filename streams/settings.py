@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     max_poll_records: int | None = Field(default=None, ge=1)
     watermark_interval_s: float = Field(default=1.0, gt=0)
     source_idle_s: float = Field(default=10.0, gt=0)
+    watermark_refresh_s: float = Field(default=10.0, gt=0)
     table_store: str = "memory://"
     table_standby_replicas: int = Field(default=0, ge=0)
     data_dir: Path = Path("var/conversions")

@@ -10,20 +10,15 @@ import faust
 from streams.app import ConversionsApp
 from streams.core.config_loader import load_config
 from streams.core.matching import compile_config
-from streams.kafka_admin import ensure_topics
+from streams.kafka_admin import ensure_topics, source_partitions
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def build(settings: Settings) -> ConversionsApp:
-    config = compile_config(load_config(settings.funnels))
-    return ConversionsApp(settings, config)
-
-
 def run_worker(settings: Settings) -> None:
     """Blocks until the worker is stopped (SIGTERM / Ctrl-C)."""
-    conversions = build(settings)
+    config = compile_config(load_config(settings.funnels))
     log.info("starting worker %s: kafka=%s partitions=%d funnels=%s",
              settings.app_id, settings.kafka_bootstrap_servers, settings.partitions, settings.funnels)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -31,6 +26,9 @@ def run_worker(settings: Settings) -> None:
     asyncio.set_event_loop(loop)
     if settings.create_topics:
         loop.run_until_complete(ensure_topics(settings))
+    sources = loop.run_until_complete(source_partitions(settings))
+    log.info("event time waits for %d source partitions: %s", len(sources), ", ".join(sources))
+    conversions = ConversionsApp(settings, config, sources)
     worker = faust.Worker(
         conversions.app,
         loop=loop,

@@ -30,6 +30,8 @@ def partition_for(identity: str, partitions: int) -> int:
 @dataclass(slots=True)
 class _PartitionClock:
     sources: dict[str, int] = field(default_factory=dict)
+    waiting_for: set[str] = field(default_factory=set)
+    """Expected sources not heard from yet: until each reports (or idles), no deadline fires."""
     floor: int | None = None
     """The watermark reached so far: it never goes back, even when every source goes idle."""
     heap: list[tuple[int, str]] = field(default_factory=list)
@@ -37,19 +39,32 @@ class _PartitionClock:
 
 
 class Engine:
-    def __init__(self, config: CompiledConfig, store: MutableMapping[str, bytes], partitions: int) -> None:
+    def __init__(
+        self,
+        config: CompiledConfig,
+        store: MutableMapping[str, bytes],
+        partitions: int,
+        expected_sources: Iterable[str] = (),
+    ) -> None:
         self.machine = JourneyMachine(config)
         self.config = config
         self.store = store
         self.partitions = partitions
+        self.expected_sources = frozenset(expected_sources)
         self._clocks: dict[int, _PartitionClock] = {}
+
+    def _clock(self, partition: int) -> _PartitionClock:
+        clock = self._clocks.get(partition)
+        if clock is None:
+            clock = self._clocks[partition] = _PartitionClock(waiting_for=set(self.expected_sources))
+        return clock
 
     def partition_of(self, identity: str) -> int:
         return partition_for(identity, self.partitions)
 
     def watermark(self, partition: int) -> int | None:
         clock = self._clocks.get(partition)
-        if clock is None:
+        if clock is None or clock.waiting_for:
             return None
         if clock.sources:
             current = min(clock.sources.values()) - self.config.late_tolerance
@@ -65,22 +80,25 @@ class Engine:
         """Apply one event to its journey. Deadlines fire in `observe`, when sources move on."""
         if partition is None:
             partition = self.partition_of(event.identity)
-        clock = self._clocks.setdefault(partition, _PartitionClock())
+        clock = self._clock(partition)
         journey, out = self.machine.apply(self.load(event.identity), event)
         self._save(clock, journey)
         return out
 
     def observe(self, partition: int, source: str, event_time: int) -> Outputs:
         """A source has delivered everything up to `event_time`: fire what that makes due."""
-        clock = self._clocks.setdefault(partition, _PartitionClock())
+        clock = self._clock(partition)
+        clock.waiting_for.discard(source)
         if event_time > clock.sources.get(source, event_time - 1):
             clock.sources[source] = event_time
         return self._fire_due(partition, clock)
 
     def forget_source(self, partition: int, source: str) -> Outputs:
         """Stop waiting for a source (gone idle, or moved to another worker)."""
-        clock = self._clocks.get(partition)
-        if clock is None or clock.sources.pop(source, None) is None:
+        clock = self._clock(partition)
+        was_waiting = source in clock.waiting_for
+        clock.waiting_for.discard(source)
+        if clock.sources.pop(source, None) is None and not was_waiting:
             return []
         return self._fire_due(partition, clock)
 
@@ -90,7 +108,7 @@ class Engine:
 
     def rebuild_deadlines(self, partition: int, identities: Iterable[str]) -> int:
         """Index the deadlines of journeys already in the store (after recovery or assignment)."""
-        clock = self._clocks.setdefault(partition, _PartitionClock())
+        clock = self._clock(partition)
         count = 0
         for identity in identities:
             journey = self.load(identity)

@@ -10,6 +10,7 @@ the outputs depend only on the events, never on when a timer happened to run.
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -428,10 +429,13 @@ class JourneyMachine:
     @staticmethod
     def _late(journey: Journey, event: ClickEvent) -> DeadLetter:
         lateness = journey.last_ts - event.ts_ms
+        original = orjson.dumps(event.to_json_dict())
         return DeadLetter(
             id=output_id("late", journey.identity, event.event_id),
             user_id=journey.user_id, anonymous_id=journey.anonymous_id, session_id=event.session_id,
             timestamp=event.timestamp, reason="late_event",
             detail=f"event is {lateness} ms older than the journey's latest event, past the late tolerance",
-            original_b64=base64.b64encode(orjson.dumps(event.to_json_dict())).decode(),
+            original_b64=base64.b64encode(original).decode(),
+            original_size=len(original),
+            original_sha256=hashlib.sha256(original).hexdigest(),
         )

@@ -133,6 +133,9 @@ class DeadLetter(OutputEvent):
     detail: str
     errors: list[dict[str, Any]] = Field(default_factory=list)
     original_b64: str
+    original_size: int
+    original_sha256: str
+    original_truncated: bool = False
     batch_index: int | None = None
     source_topic: str | None = None
     source_partition: int | None = None

@@ -1,0 +1,88 @@
+"""Shared test helpers: reading topics back, event builders, comparisons."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.core.events import ClickEvent
+from streams.kafka_admin import kafka_client_options
+from streams.settings import Settings
+
+_ids = itertools.count()
+
+
+def event(name: str, at: str, user: str = "u1", **fields: Any) -> dict[str, Any]:
+    """A valid event dict; `at` is "HH:MM" or "HH:MM:SS" on 2024-03-13, or a full timestamp."""
+    timestamp = at if "T" in at else f"2024-03-13T{at if at.count(':') == 2 else at + ':00'}Z"
+    body: dict[str, Any] = {"event_id": f"e{next(_ids)}", "event": name, "user_id": user,
+                            "timestamp": timestamp}
+    body.update(fields)
+    return body
+
+
+def click(name: str, at: str, user: str = "u1", **fields: Any) -> ClickEvent:
+    return ClickEvent.model_validate(event(name, at, user, **fields))
+
+
+def summarize(outputs: Iterable[dict[str, Any]]) -> Counter[tuple[Any, ...]]:
+    return Counter(
+        (o["type"], o.get("funnel"), o.get("step") or o.get("goal") or o.get("name") or o.get("reason"))
+        for o in outputs
+    )
+
+
+def comparable(output: dict[str, Any]) -> dict[str, Any]:
+    """An output without what legitimately differs between Kafka and offline: where a dead
+    letter came from (topic/partition/offset) and, therefore, its id and time."""
+    if output["type"] != "deadletter":
+        return output
+    return {k: v for k, v in output.items()
+            if k not in {"id", "timestamp", "source_topic", "source_partition", "source_offset"}}
+
+
+async def read_topics(
+    settings: Settings, topics: list[str], *, expect: int | None = None, quiet_s: float = 4.0,
+    timeout_s: float = 120.0,
+) -> list[dict[str, Any]]:
+    """Everything on `topics` from the beginning, until `expect` records have arrived (and the
+    topics then stay quiet for `quiet_s`), or until they stay quiet for `quiet_s`."""
+    consumer = AIOKafkaConsumer(**kafka_client_options(settings), auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(t, p) for t in topics
+                      for p in (consumer.partitions_for_topic(t) or await _partitions(consumer, t))]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        records: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        last_new = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            fresh = [orjson.loads(m.value) for msgs in batch.values() for m in msgs]
+            if fresh:
+                records.extend(fresh)
+                last_new = time.monotonic()
+            elif time.monotonic() - last_new >= quiet_s and (expect is None or len(records) >= expect):
+                break
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    for _ in range(50):
+        await consumer._client.force_metadata_update()
+        found = consumer.partitions_for_topic(topic)
+        if found:
+            return set(found)
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"topic {topic} does not exist")
