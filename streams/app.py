@@ -87,12 +87,9 @@ class ConversionsApp:
             producer_max_request_size=max(settings.max_message_bytes * 2, 1_048_576),
             consumer_max_fetch_size=max(settings.max_message_bytes * 2, 4_194_304),
         )
-        raw = {"key_serializer": "raw", "value_serializer": "raw"}
-        self.source = self.app.topic(*map(settings.topic, settings.topic_clickstream), **raw)
-        self.events_topic = self.app.topic(settings.topic(settings.topic_events), **raw)
-        self.output_topics = {
-            kind: self.app.topic(name, **raw) for kind, name in settings.output_topics.items()
-        }
+        self.source = self._raw_topic(*map(settings.topic, settings.topic_clickstream))
+        self.events_topic = self._raw_topic(settings.topic(settings.topic_events))
+        self.output_topics = {kind: self._raw_topic(name) for kind, name in settings.output_topics.items()}
         self.journeys = self.app.Table(
             "journeys",
             default=None,
@@ -110,6 +107,9 @@ class ConversionsApp:
         self._source_watermarks: dict[str, int] = {}
         self._source_seen_at: dict[str, float] = {}
         self._announced: dict[tuple[str, int], tuple[int | None, float]] = {}
+
+    def _raw_topic(self, *names: str) -> faust.TopicT:
+        return self.app.topic(*names, key_serializer="raw", value_serializer="raw")
 
     # ---- ingest -----------------------------------------------------------------------
 
@@ -138,11 +138,10 @@ class ConversionsApp:
 
     async def _send_batch(self, partition: int, batch: RepartitionBatch) -> None:
         self._announced[(batch.source, partition)] = (
-            None if batch.idle else batch.watermark, time.monotonic()
+            None if batch.idle else batch.watermark,
+            time.monotonic(),
         )
-        await self.events_topic.send(
-            key=str(partition).encode(), value=batch.encode(), partition=partition
-        )
+        await self.events_topic.send(key=str(partition).encode(), value=batch.encode(), partition=partition)
 
     async def _announce_watermarks(self) -> None:
         """Tell every partition how far each of our sources has got, or that it is idle.
@@ -152,8 +151,11 @@ class ConversionsApp:
         partition that moved to another worker learns it too.
         """
         now = time.monotonic()
-        ours = {source_name(tp.topic, tp.partition) for tp in self.app.consumer.assignment()
-                if tp.topic in self.source_topics}
+        ours = {
+            source_name(tp.topic, tp.partition)
+            for tp in self.app.consumer.assignment()
+            if tp.topic in self.source_topics
+        }
         for source in set(self._source_seen_at) - ours:  # revoked: its new owner speaks for it
             self._source_seen_at.pop(source)
             self._source_watermarks.pop(source, None)
@@ -169,19 +171,25 @@ class ConversionsApp:
             for partition in range(self.settings.partitions):
                 announced, sent_at = self._announced.get((source, partition), (-1, 0.0))
                 if announced != watermark or sent_at < stale_before:
-                    await self._send_batch(
-                        partition, RepartitionBatch(source, watermark, [], idle=idle)
-                    )
+                    await self._send_batch(partition, RepartitionBatch(source, watermark, [], idle=idle))
 
     async def _dead_letter(self, rejects: Iterable[Rejection], message: Any) -> None:
         moment = datetime.fromtimestamp(message.timestamp, UTC) if message.timestamp else datetime.now(UTC)
         for rejection in rejects:
             record = dead_letter(
-                rejection, source_topic=message.topic, source_partition=message.partition,
-                source_offset=message.offset, timestamp=moment,
+                rejection,
+                source_topic=message.topic,
+                source_partition=message.partition,
+                source_offset=message.offset,
+                timestamp=moment,
             )
-            log.debug("dead-lettered %s:%s@%s: %s", message.topic, message.partition,
-                      message.offset, rejection.reason)
+            log.debug(
+                "dead-lettered %s:%s@%s: %s",
+                message.topic,
+                message.partition,
+                message.offset,
+                rejection.reason,
+            )
             await self.publish([record])
 
     # ---- journeys ---------------------------------------------------------------------
@@ -215,8 +223,11 @@ class ConversionsApp:
         for identity in list(self.journeys.keys()):
             by_partition[partition_for(identity, self.settings.partitions)].append(identity)
         total = sum(self.engine.rebuild_deadlines(p, ids) for p, ids in by_partition.items())
-        log.info("journeys recovered: %d journeys in %d partitions indexed for deadlines",
-                 total, len(by_partition))
+        log.info(
+            "journeys recovered: %d journeys in %d partitions indexed for deadlines",
+            total,
+            len(by_partition),
+        )
 
     # ---- output -----------------------------------------------------------------------
 

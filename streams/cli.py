@@ -48,18 +48,41 @@ def check_config(path: Path) -> None:
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=DEFAULT_FUNNELS, show_default=True, help="Funnel configuration (YAML).")
-@click.option("--input", "input_path", default="-", show_default=True,
-              help="NDJSON events (one message value per line), or - for stdin.")
-@click.option("--partitions", type=int, default=None,
-              help="Partitions to model (watermarks are per partition); default: the setting.")
-@click.option("--flush/--no-flush", default=False, show_default=True,
-              help="At the end, let time run out: close open sessions and attempts.")
-@click.option("--progress/--no-progress", default=None,
-              help="Progress bar on stderr (default: when stderr is a terminal).")
-def process(config_path: Path, input_path: str, partitions: int | None, flush: bool,
-            progress: bool | None) -> None:
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_FUNNELS,
+    show_default=True,
+    help="Funnel configuration (YAML).",
+)
+@click.option(
+    "--input",
+    "input_path",
+    default="-",
+    show_default=True,
+    help="NDJSON events (one message value per line), or - for stdin.",
+)
+@click.option(
+    "--partitions",
+    type=int,
+    default=None,
+    help="Partitions to model (watermarks are per partition); default: the setting.",
+)
+@click.option(
+    "--flush/--no-flush",
+    default=False,
+    show_default=True,
+    help="At the end, let time run out: close open sessions and attempts.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr (default: when stderr is a terminal).",
+)
+def process(
+    config_path: Path, input_path: str, partitions: int | None, flush: bool, progress: bool | None
+) -> None:
     """Run the engine over a file, with no Kafka, and write every output as NDJSON to stdout."""
     from streams.offline import OfflineRun, open_input
     from streams.progress import line_progress
@@ -69,9 +92,13 @@ def process(config_path: Path, input_path: str, partitions: int | None, flush: b
     except ConfigError as exc:
         _fail(str(exc))
     settings = _settings()
-    run = OfflineRun(config, partitions or settings.partitions, source=f"file:{input_path}",
-                     max_message_bytes=settings.max_message_bytes,
-                     max_batch_events=settings.max_batch_events)
+    run = OfflineRun(
+        config,
+        partitions or settings.partitions,
+        source=f"file:{input_path}",
+        max_message_bytes=settings.max_message_bytes,
+        max_batch_events=settings.max_batch_events,
+    )
     out = sys.stdout.buffer
     show = sys.stderr.isatty() if progress is None else progress
     with open_input(input_path) as stream, line_progress(stream, input_path, show) as lines:
@@ -85,8 +112,13 @@ def process(config_path: Path, input_path: str, partitions: int | None, flush: b
 
 
 @main.command()
-@click.option("--config", "funnels", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Funnel configuration (YAML); default: CONVERSIONS_FUNNELS or the example.")
+@click.option(
+    "--config",
+    "funnels",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Funnel configuration (YAML); default: CONVERSIONS_FUNNELS or the example.",
+)
 @click.option("--partitions", type=int, default=None)
 @click.option("--web-port", type=int, default=None)
 @click.option("--app-id", default=None)
@@ -95,8 +127,10 @@ def worker(funnels: Path | None, partitions: int | None, web_port: int | None, a
     settings = _settings(funnels=funnels, partitions=partitions, web_port=web_port, app_id=app_id)
     setup_logging(settings.log_level)
     if not settings.kafka_bootstrap_servers:
-        _fail("KAFKA_BOOTSTRAP_SERVERS is not set: point it at a broker, "
-              "or run `conversions demo` for an embedded one")
+        _fail(
+            "KAFKA_BOOTSTRAP_SERVERS is not set: point it at a broker, "
+            "or run `conversions demo` for an embedded one"
+        )
     try:
         load_config(settings.funnels)
     except ConfigError as exc:
@@ -115,8 +149,11 @@ def schemas(check: bool) -> None:
     if check:
         drifted = schema_files.drift()
         if drifted:
-            click.secho(f"schemas out of date: {', '.join(drifted)} (run `conversions schemas`)",
-                        fg="red", err=True)
+            click.secho(
+                f"schemas out of date: {', '.join(drifted)} (run `conversions schemas`)",
+                fg="red",
+                err=True,
+            )
             sys.exit(1)
         click.echo("schemas up to date")
         return
@@ -128,10 +165,20 @@ def schemas(check: bool) -> None:
 @click.option("--users", type=int, default=1_000, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--days", type=float, default=7.0, show_default=True)
-@click.option("--bad-rate", type=float, default=0.0, show_default=True,
-              help="Share of extra malformed events mixed in.")
-@click.option("--output", "output_path", default="-", show_default=True,
-              help="NDJSON file to write, or - for stdout.")
+@click.option(
+    "--bad-rate",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Share of extra malformed events mixed in.",
+)
+@click.option(
+    "--output",
+    "output_path",
+    default="-",
+    show_default=True,
+    help="NDJSON file to write, or - for stdout.",
+)
 def simulate(users: int, seed: int, days: float, bad_rate: float, output_path: str) -> None:
     """Generate realistic shop traffic as NDJSON (see `conversions demo` to send it to Kafka)."""
     from streams.simulate import Simulator
@@ -153,10 +200,14 @@ def simulate(users: int, seed: int, days: float, bad_rate: float, output_path: s
 def demo(rate: float, users: int, seconds: float | None) -> None:
     """Embedded broker and Redis, a worker, simulated shop traffic and a live summary."""
     from streams.demo import run_demo
+    from streams.infra import InfraError
 
     settings = _settings()
     setup_logging("WARNING")
-    sys.exit(run_demo(settings, rate=rate, users=users, seconds=seconds))
+    try:
+        sys.exit(run_demo(settings, rate=rate, users=users, seconds=seconds))
+    except InfraError as exc:
+        _fail(f"could not start the local infrastructure: {exc}")
 
 
 @main.command()
@@ -164,12 +215,19 @@ def infra() -> None:
     """Start a local broker and Redis, print their addresses, run until Ctrl-C."""
     import time
 
-    from streams.infra import LocalInfra
+    from streams.infra import InfraError, LocalInfra
 
     setup_logging("INFO")
-    with LocalInfra() as local:
-        click.echo(orjson.dumps({"KAFKA_BOOTSTRAP_SERVERS": local.kafka_bootstrap,
-                                 "REDIS_URL": local.redis_url}).decode())
+    try:
+        local = LocalInfra().start()
+    except InfraError as exc:
+        _fail(f"could not start the local infrastructure: {exc}")
+    with local:
+        click.echo(
+            orjson.dumps(
+                {"KAFKA_BOOTSTRAP_SERVERS": local.kafka_bootstrap, "REDIS_URL": local.redis_url}
+            ).decode()
+        )
         click.echo(f"export KAFKA_BOOTSTRAP_SERVERS={local.kafka_bootstrap} REDIS_URL={local.redis_url}")
         try:
             while True:

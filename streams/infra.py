@@ -24,6 +24,13 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 30.0
 
+LOCAL_BROKER_ENV = {
+    # Tansu waits a whole rebalance timeout on every group join: keep it short locally.
+    "CONVERSIONS_REBALANCE_TIMEOUT_S": "3",
+    "CONVERSIONS_SESSION_TIMEOUT_S": "6",
+    "CONVERSIONS_HEARTBEAT_INTERVAL_S": "1",
+}
+
 
 class InfraError(RuntimeError):
     pass
@@ -79,7 +86,9 @@ def _kafka_answers(port: int) -> bool:
 
 
 def find_redis_server() -> str:
-    path = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    path = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
     if path is None:
         raise InfraError(
             "redis-server not found: install it (`apt-get install redis-server`), "
@@ -135,12 +144,29 @@ def start_redis(workdir: Path, port: int | None = None, persistent: bool = False
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "redis.log"
     args = [
-        find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-        "--save", "", "--appendonly", "yes" if persistent else "no", "--appendfsync", "everysec",
-        "--protected-mode", "yes", "--daemonize", "no", "--logfile", str(log_path),
+        find_redis_server(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if persistent else "no",
+        "--appendfsync",
+        "everysec",
+        "--protected-mode",
+        "yes",
+        "--daemonize",
+        "no",
+        "--logfile",
+        str(log_path),
     ]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+    )
     server = RedisServer("redis-server", process, log_path, port=port, data_dir=data_dir)
     try:
         _wait_for(lambda: _redis_answers(port), f"redis-server on port {port}", process, log_path)
@@ -168,14 +194,29 @@ def start_broker(workdir: Path, port: int | None = None) -> KafkaBroker:
     address = f"tcp://127.0.0.1:{port}"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [find_tansu(), "broker", "--listener-url", address, "--advertised-listener-url", address,
-             "--storage-engine", "memory://tansu/"],
-            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                find_tansu(),
+                "broker",
+                "--listener-url",
+                address,
+                "--advertised-listener-url",
+                address,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             env={**os.environ, "RUST_LOG": os.environ.get("TANSU_LOG", "warn")},
         )
     broker = KafkaBroker("tansu", process, log_path, port=port)
     try:
-        _wait_for(lambda: _port_open(port) and _kafka_answers(port), f"tansu on port {port}", process, log_path)
+        _wait_for(
+            lambda: _port_open(port) and _kafka_answers(port),
+            f"tansu on port {port}",
+            process,
+            log_path,
+        )
     except BaseException:
         broker.stop()
         raise
@@ -197,7 +238,7 @@ class LocalInfra:
         self._given_redis = redis_url
         self._redis_persistent = redis_persistent
         self._own_workdir = workdir is None
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="conversions-infra-"))
+        self.workdir = (workdir or Path(tempfile.mkdtemp(prefix="conversions-infra-"))).resolve()
         self.broker: KafkaBroker | None = None
         self.redis: RedisServer | None = None
 
@@ -237,7 +278,10 @@ class LocalInfra:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 

@@ -41,8 +41,12 @@ def changelog_topic(settings: Settings, table: str) -> str:
 def required_topics(settings: Settings) -> dict[str, int]:
     """Every topic the worker reads or writes, with its partition count."""
     n = settings.partitions
-    names = [*map(settings.topic, settings.topic_clickstream), settings.topic(settings.topic_events),
-             *settings.output_topics.values(), changelog_topic(settings, "journeys")]
+    names = [
+        *map(settings.topic, settings.topic_clickstream),
+        settings.topic(settings.topic_events),
+        *settings.output_topics.values(),
+        changelog_topic(settings, "journeys"),
+    ]
     return dict.fromkeys(names, n)
 
 
@@ -68,8 +72,12 @@ async def ensure_topics(settings: Settings, wait_s: float = 300.0) -> list[str]:
                 raise RuntimeError(
                     f"Kafka at {settings.kafka_bootstrap_servers} unreachable for {wait_s:.0f} s: {exc}"
                 ) from exc
-            log.warning("Kafka at %s not reachable yet (%s); retrying in %.1f s",
-                        settings.kafka_bootstrap_servers, exc.__class__.__name__, delay)
+            log.warning(
+                "Kafka at %s not reachable yet (%s); retrying in %.1f s",
+                settings.kafka_bootstrap_servers,
+                exc.__class__.__name__,
+                delay,
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
         finally:

@@ -47,8 +47,15 @@ class OfflineRun:
         moment = from_epoch_ms(self._latest_ms) if self._latest_ms is not None else EPOCH
         for rejection in decoded.rejects:
             self.rejected += 1
-            out.append(dead_letter(rejection, source_topic=self.source, source_partition=None,
-                                   source_offset=self.lines, timestamp=moment))
+            out.append(
+                dead_letter(
+                    rejection,
+                    source_topic=self.source,
+                    source_partition=None,
+                    source_offset=self.lines,
+                    timestamp=moment,
+                )
+            )
         for event in decoded.events:
             self.events += 1
             self._latest_ms = max(self._latest_ms or event.ts_ms, event.ts_ms)
@@ -72,4 +79,4 @@ class OfflineRun:
 
 
 def open_input(path: str) -> BinaryIO:
-    return sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+    return sys.stdin.buffer if path == "-" else open(path, "rb")

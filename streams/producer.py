@@ -42,8 +42,8 @@ async def produce_lines(settings: Settings, lines: Iterable[bytes], topic: str |
     await producer.start()
     count = 0
     try:
-        for line in lines:
-            line = line.rstrip(b"\r\n")
+        for raw in lines:
+            line = raw.rstrip(b"\r\n")
             if line:
                 await producer.send(topic, line, key=identity_key(line))
                 count += 1

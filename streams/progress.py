@@ -19,7 +19,12 @@ def line_progress(stream: BinaryIO, name: str, show: bool) -> Iterator[Iterator[
     total: int | None = None
     with contextlib.suppress(OSError, ValueError):
         total = os.fstat(stream.fileno()).st_size or None
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         task = progress.add_task(name, total=total)
 

@@ -22,7 +22,9 @@ def generated() -> dict[str, bytes]:
     }
     models.update({f"output-{kind}.json": model for kind, model in OUTPUT_MODELS.items()})
     files = {
-        name: model.model_json_schema(mode="validation" if name.startswith(("click", "funnel")) else "serialization")
+        name: model.model_json_schema(
+            mode="validation" if name.startswith(("click", "funnel")) else "serialization"
+        )
         for name, model in models.items()
     }
     files["output-any.json"] = TypeAdapter(AnyOutput).json_schema(mode="serialization")
@@ -46,6 +48,7 @@ def write(directory: Path = SCHEMA_DIR) -> list[Path]:
 def drift(directory: Path = SCHEMA_DIR) -> list[str]:
     """Names of schema files that differ from (or are missing next to) the models."""
     return [
-        name for name, content in generated().items()
+        name
+        for name, content in generated().items()
         if not (directory / name).exists() or (directory / name).read_bytes() != content
     ]

@@ -19,7 +19,11 @@ PLATFORM_WEIGHTS = (0.45, 0.25, 0.15, 0.15)
 # (campaign or None, referrer, weight)
 CHANNELS: tuple[tuple[dict[str, str] | None, str | None, float], ...] = (
     ({"source": "google", "medium": "cpc", "name": "spring"}, "https://www.google.com/", 0.25),
-    ({"source": "facebook", "medium": "social", "name": "retarget"}, "https://www.facebook.com/", 0.15),
+    (
+        {"source": "facebook", "medium": "social", "name": "retarget"},
+        "https://www.facebook.com/",
+        0.15,
+    ),
     ({"source": "newsletter", "medium": "email", "name": "weekly"}, None, 0.10),
     (None, "https://www.google.com/", 0.20),
     (None, "https://blog.example.org/best-headphones", 0.08),
@@ -50,6 +54,7 @@ class FunnelRates:
     share: float = 0.03
     tutorial: float = 0.04
     refund: float = 0.02
+    signup: float = 0.2
 
 
 @dataclass
@@ -62,6 +67,8 @@ class Simulator:
     anonymous_share: float = 0.3
     explicit_session_share: float = 0.5
     bad_rate: float = 0.0
+    gap_scale: float = 1.0
+    """Multiplies the seconds between a session's events (the live demo compresses time)."""
     incident: Incident | None = None
     rates: FunnelRates = field(default_factory=FunnelRates)
 
@@ -80,7 +87,7 @@ class Simulator:
             sessions = max(1, round(rng.expovariate(1 / self.sessions_per_user)))
             for s in range(sessions):
                 at = self.start + timedelta(seconds=rng.uniform(0, self.days * 86_400))
-                for event in self._session(rng, identity, platform, u, s, at):
+                for event in self.session(rng, identity, platform, u, s, at):
                     out.append((event.pop("_at"), counter, event))
                     counter += 1
         out.sort(key=lambda item: (item[0], item[1]))
@@ -94,30 +101,43 @@ class Simulator:
                 yield bad_event(rng, event)
             yield orjson.dumps(event)
 
-    def _session(
-        self, rng: random.Random, identity: dict[str, str], platform: str, u: int, s: int, at: datetime
+    def session(
+        self,
+        rng: random.Random,
+        identity: dict[str, str],
+        platform: str,
+        u: int,
+        s: int,
+        at: datetime,
     ) -> Iterator[dict[str, Any]]:
+        """One visit's events, each with its moment in "_at" (a datetime)."""
         campaign, referrer, _ = rng.choices(CHANNELS, [c[2] for c in CHANNELS])[0]
         landing = rng.choice(LANDING_PAGES)
         session_id = f"sess-{self.seed}-{u}-{s}" if rng.random() < self.explicit_session_share else None
         query = ""
         if campaign is not None and rng.random() < 0.5:
-            query = f"?utm_source={campaign['source']}&utm_medium={campaign['medium']}&utm_campaign={campaign['name']}"
+            query = (
+                f"?utm_source={campaign['source']}&utm_medium={campaign['medium']}"
+                f"&utm_campaign={campaign['name']}"
+            )
             campaign = None  # carried only by the URL: the engine derives it
         seq = 0
 
-        def emit(name: str, path: str, properties: dict[str, Any] | None = None,
-                 first: bool = False) -> dict[str, Any]:
+        def emit(
+            name: str, path: str, properties: dict[str, Any] | None = None, first: bool = False
+        ) -> dict[str, Any]:
             nonlocal at, seq
-            at += timedelta(seconds=rng.uniform(5, 120))
+            at += timedelta(seconds=rng.uniform(5, 120) * self.gap_scale)
             seq += 1
             event: dict[str, Any] = {
                 "event_id": f"ev-{self.seed}-{u}-{s}-{seq}",
                 "event": name,
                 **identity,
                 "timestamp": at.isoformat().replace("+00:00", "Z"),
-                "page": {"url": f"https://shop.example{path}{query if first else ''}",
-                         "referrer": referrer if first else f"https://shop.example{landing}"},
+                "page": {
+                    "url": f"https://shop.example{path}{query if first else ''}",
+                    "referrer": referrer if first else f"https://shop.example{landing}",
+                },
                 "context": {"platform": platform, "locale": "en-US"},
                 "properties": properties or {},
                 "_at": at,
@@ -135,6 +155,8 @@ class Simulator:
             yield emit("newsletter_signup", landing)
         if rng.random() < rates.tutorial:
             yield emit("video_play", landing, {"category": "tutorial"})
+        if landing == "/pricing" and rng.random() < rates.signup:
+            yield emit("signup", "/signup")
         if rng.random() >= rates.product_view:
             return
         yield emit("page_view", f"/p/{product[1:]}")
@@ -156,7 +178,11 @@ class Simulator:
         yield emit("payment_details", "/checkout/payment")
         if rng.random() >= rates.purchase:
             return
-        yield emit("purchase", "/checkout/done", {"value": price, "currency": "EUR", "order_id": f"o-{u}-{s}"})
+        yield emit(
+            "purchase",
+            "/checkout/done",
+            {"value": price, "currency": "EUR", "order_id": f"o-{u}-{s}"},
+        )
         if rng.random() < rates.refund:
             yield emit("refund", "/account/orders", {"order_id": f"o-{u}-{s}"})
 

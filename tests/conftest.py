@@ -10,14 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from streams.infra import LocalInfra
+from streams.infra import LOCAL_BROKER_ENV, LocalInfra
 from streams.settings import Settings
 
 FAST_GROUP_ENV = {
-    # Tansu waits a whole rebalance timeout on every group join: keep it short in tests.
-    "CONVERSIONS_REBALANCE_TIMEOUT_S": "3",
-    "CONVERSIONS_SESSION_TIMEOUT_S": "6",
-    "CONVERSIONS_HEARTBEAT_INTERVAL_S": "1",
+    **LOCAL_BROKER_ENV,
     "CONVERSIONS_COMMIT_INTERVAL_S": "0.5",
     "CONVERSIONS_WATERMARK_INTERVAL_S": "0.5",
     "CONVERSIONS_WEB_ENABLED": "false",

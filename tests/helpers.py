@@ -22,8 +22,12 @@ _ids = itertools.count()
 def event(name: str, at: str, user: str = "u1", **fields: Any) -> dict[str, Any]:
     """A valid event dict; `at` is "HH:MM" or "HH:MM:SS" on 2024-03-13, or a full timestamp."""
     timestamp = at if "T" in at else f"2024-03-13T{at if at.count(':') == 2 else at + ':00'}Z"
-    body: dict[str, Any] = {"event_id": f"e{next(_ids)}", "event": name, "user_id": user,
-                            "timestamp": timestamp}
+    body: dict[str, Any] = {
+        "event_id": f"e{next(_ids)}",
+        "event": name,
+        "user_id": user,
+        "timestamp": timestamp,
+    }
     body.update(fields)
     return body
 
@@ -34,7 +38,11 @@ def click(name: str, at: str, user: str = "u1", **fields: Any) -> ClickEvent:
 
 def summarize(outputs: Iterable[dict[str, Any]]) -> Counter[tuple[Any, ...]]:
     return Counter(
-        (o["type"], o.get("funnel"), o.get("step") or o.get("goal") or o.get("name") or o.get("reason"))
+        (
+            o["type"],
+            o.get("funnel"),
+            o.get("step") or o.get("goal") or o.get("name") or o.get("reason"),
+        )
         for o in outputs
     )
 
@@ -44,22 +52,36 @@ def comparable(output: dict[str, Any]) -> dict[str, Any]:
     letter came from (topic/partition/offset) and, therefore, its id and time."""
     if output["type"] != "deadletter":
         return output
-    return {k: v for k, v in output.items()
-            if k not in {"id", "timestamp", "source_topic", "source_partition", "source_offset"}}
+    return {
+        k: v
+        for k, v in output.items()
+        if k not in {"id", "timestamp", "source_topic", "source_partition", "source_offset"}
+    }
 
 
 async def read_topics(
-    settings: Settings, topics: list[str], *, expect: int | None = None, quiet_s: float = 4.0,
+    settings: Settings,
+    topics: list[str],
+    *,
+    expect: int | None = None,
+    quiet_s: float = 4.0,
     timeout_s: float = 120.0,
 ) -> list[dict[str, Any]]:
     """Everything on `topics` from the beginning, until `expect` records have arrived (and the
     topics then stay quiet for `quiet_s`), or until they stay quiet for `quiet_s`."""
-    consumer = AIOKafkaConsumer(**kafka_client_options(settings), auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        **kafka_client_options(settings),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
     await consumer.start()
     try:
-        partitions = [TopicPartition(t, p) for t in topics
-                      for p in (consumer.partitions_for_topic(t) or await _partitions(consumer, t))]
+        partitions = [
+            TopicPartition(t, p)
+            for t in topics
+            for p in (consumer.partitions_for_topic(t) or await _partitions(consumer, t))
+        ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         records: list[dict[str, Any]] = []

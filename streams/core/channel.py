@@ -6,19 +6,49 @@ from urllib.parse import urlsplit
 
 from streams.core.events import Campaign
 
-SEARCH_ENGINES = ("google.", "bing.", "duckduckgo.", "yahoo.", "baidu.", "yandex.", "ecosia.", "qwant.")
+SEARCH_ENGINES = (
+    "google.",
+    "bing.",
+    "duckduckgo.",
+    "yahoo.",
+    "baidu.",
+    "yandex.",
+    "ecosia.",
+    "qwant.",
+)
 SOCIAL_NETWORKS = (
-    "facebook.", "instagram.", "t.co", "twitter.", "x.com", "linkedin.", "lnkd.in", "reddit.",
-    "pinterest.", "tiktok.", "youtube.", "youtu.be",
+    "facebook.",
+    "instagram.",
+    "t.co",
+    "twitter.",
+    "x.com",
+    "linkedin.",
+    "lnkd.in",
+    "reddit.",
+    "pinterest.",
+    "tiktok.",
+    "youtube.",
+    "youtu.be",
 )
 WEBMAIL = ("mail.google.", "outlook.", "mail.yahoo.", "webmail.", "mail.")
 
 _MEDIUM_CHANNELS = {
-    "cpc": "paid_search", "ppc": "paid_search", "paidsearch": "paid_search", "sem": "paid_search",
-    "email": "email", "e-mail": "email", "newsletter": "email",
-    "social": "social", "paid_social": "paid_social", "paidsocial": "paid_social",
-    "display": "display", "banner": "display", "cpm": "display",
-    "affiliate": "affiliate", "referral": "referral", "organic": "search",
+    "cpc": "paid_search",
+    "ppc": "paid_search",
+    "paidsearch": "paid_search",
+    "sem": "paid_search",
+    "email": "email",
+    "e-mail": "email",
+    "newsletter": "email",
+    "social": "social",
+    "paid_social": "paid_social",
+    "paidsocial": "paid_social",
+    "display": "display",
+    "banner": "display",
+    "cpm": "display",
+    "affiliate": "affiliate",
+    "referral": "referral",
+    "organic": "search",
 }
 
 
@@ -33,11 +63,9 @@ def _host(url: str | None) -> str:
 
 
 def _host_in(host: str, names: tuple[str, ...]) -> bool:
-    """"google." matches any google.* host or subdomain; "t.co" only that host and its subdomains."""
+    """ "google." matches any google.* host or subdomain; "t.co" only that host and its subdomains."""
     dotted = f".{host}"
-    return any(
-        f".{n}" in dotted if n.endswith(".") else (host == n or host.endswith(f".{n}")) for n in names
-    )
+    return any(f".{n}" in dotted if n.endswith(".") else (host == n or host.endswith(f".{n}")) for n in names)
 
 
 def classify_channel(campaign: Campaign | None, referrer: str | None, page_url: str | None) -> str:

@@ -14,7 +14,17 @@ OptionalDuration = Annotated[int | None, BeforeValidator(parse_optional_duration
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 FIELD_ROOTS = frozenset(
-    {"event", "event_id", "user_id", "anonymous_id", "session_id", "page", "campaign", "context", "properties"}
+    {
+        "event",
+        "event_id",
+        "user_id",
+        "anonymous_id",
+        "session_id",
+        "page",
+        "campaign",
+        "context",
+        "properties",
+    }
 )
 DERIVED_BREAKDOWNS = frozenset({"landing_page", "channel"})
 MATCH_KEYS = frozenset({"event", "url", "goal"})
@@ -174,12 +184,15 @@ class FunnelConfig(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> FunnelConfig:
-        for kind, items in (("goals", self.goals), ("funnels", self.funnels), ("micro", self.micro)):
-            seen: set[str] = set()
-            for i, item in enumerate(items):
-                if item.name in seen:
-                    raise LocatedError((kind, i, "name"), f"duplicate name {item.name!r}")
-                seen.add(item.name)
+        named: dict[str, list[str]] = {
+            "goals": [g.name for g in self.goals],
+            "funnels": [f.name for f in self.funnels],
+            "micro": [m.name for m in self.micro],
+        }
+        for kind, names in named.items():
+            for i, name in enumerate(names):
+                if name in names[:i]:
+                    raise LocatedError((kind, i, "name"), f"duplicate name {name!r}")
         goal_names = {g.name for g in self.goals}
         matches: list[tuple[tuple[str | int, ...], Match]] = [
             (("micro", i), m.match) for i, m in enumerate(self.micro)
@@ -195,10 +208,10 @@ class FunnelConfig(_Strict):
                 raise LocatedError(("goals", i, "match", "goal"), "a goal cannot match on another goal")
         funnels = {f.name: f for f in self.funnels}
         for i, rule in enumerate(self.alerts):
-            funnel = funnels.get(rule.funnel)
-            if funnel is None:
+            judged = funnels.get(rule.funnel)
+            if judged is None:
                 raise LocatedError(("alerts", i, "funnel"), f"unknown funnel {rule.funnel!r}")
-            step_names = [s.name for s in funnel.steps]
+            step_names = [s.name for s in judged.steps]
             if rule.step not in step_names:
                 raise LocatedError(("alerts", i, "step"), f"funnel {funnel.name} has no step {rule.step!r}")
             if step_names.index(rule.step) == 0:
@@ -207,10 +220,10 @@ class FunnelConfig(_Strict):
                     f"{rule.step!r} is the first step; an alert judges the transition into a step "
                     "from the one before",
                 )
-            unknown_by = [path for path in rule.by if path not in funnel.breakdowns]
+            unknown_by = [path for path in rule.by if path not in judged.breakdowns]
             if unknown_by:
                 raise LocatedError(
                     ("alerts", i, "by"),
-                    f"{unknown_by} must be among the funnel's breakdowns {funnel.breakdowns}",
+                    f"{unknown_by} must be among the funnel's breakdowns {judged.breakdowns}",
                 )
         return self

@@ -84,7 +84,9 @@ def parse_config(text: str, file: str = "<config>") -> FunnelConfig:
     except ConfigError as exc:
         raise ConfigError(file, exc.line, exc.reason) from None
     if not isinstance(data, dict):
-        raise ConfigError(file, lines.get(()), "the top level must be a mapping (version, goals, funnels, ...)")
+        raise ConfigError(
+            file, lines.get(()), "the top level must be a mapping (version, goals, funnels, ...)"
+        )
     try:
         return FunnelConfig.model_validate(data)
     except ValidationError as exc:

@@ -10,7 +10,6 @@ from streams.core.events import Rejection
 from streams.core.ids import output_id
 from streams.core.outputs import DeadLetter
 
-
 MAX_ORIGINAL_BYTES = 256 * 1024
 
 

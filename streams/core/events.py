@@ -136,14 +136,23 @@ class ClickEvent(BaseModel):
     session_id: str | None = Field(default=None, min_length=1, max_length=256)
     timestamp: Annotated[
         datetime,
-        WithJsonSchema({
-            "anyOf": [
-                {"type": "string", "format": "date-time", "description": "RFC 3339 with offset"},
-                {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$",
-                 "description": "naive, read as UTC"},
-                {"type": "integer", "description": "epoch milliseconds"},
-            ]
-        }),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {
+                        "type": "string",
+                        "format": "date-time",
+                        "description": "RFC 3339 with offset",
+                    },
+                    {
+                        "type": "string",
+                        "pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$",
+                        "description": "naive, read as UTC",
+                    },
+                    {"type": "integer", "description": "epoch milliseconds"},
+                ]
+            }
+        ),
     ]
     page: Page | None = None
     campaign: Campaign | None = None

@@ -54,8 +54,19 @@ class Session:
     goals: list[str] = field(default_factory=list)
 
     def pack(self) -> list[Any]:
-        return [self.number, self.id, self.start, self.last, self.landing, self.channel, self.campaign,
-                self.page_views, self.events, self.micros, self.goals]
+        return [
+            self.number,
+            self.id,
+            self.start,
+            self.last,
+            self.landing,
+            self.channel,
+            self.campaign,
+            self.page_views,
+            self.events,
+            self.micros,
+            self.goals,
+        ]
 
     @classmethod
     def unpack(cls, raw: list[Any]) -> Session:
@@ -76,8 +87,16 @@ class Attempt:
     stalled: bool = False
 
     def pack(self) -> list[Any]:
-        return [self.number, self.start, self.last, self.reached, self.done_mask, self.session_id,
-                self.breakdowns, self.stalled]
+        return [
+            self.number,
+            self.start,
+            self.last,
+            self.reached,
+            self.done_mask,
+            self.session_id,
+            self.breakdowns,
+            self.stalled,
+        ]
 
     @classmethod
     def unpack(cls, raw: list[Any]) -> Attempt:
@@ -106,25 +125,60 @@ class Journey:
         return self.user_id if self.user_id is not None else self.anonymous_id  # type: ignore[return-value]
 
     def dumps(self) -> bytes:
-        return orjson.dumps([
-            STATE_VERSION, self.user_id, self.anonymous_id, self.first_touch, self.first_landing,
-            self.first_channel, self.last_ts, self.sequence, self.sessions, self.page_views,
-            self.session.pack() if self.session else None,
-            {name: a.pack() for name, a in self.attempts.items()},
-            self.path, self.seen,
-        ])
+        return orjson.dumps(
+            [
+                STATE_VERSION,
+                self.user_id,
+                self.anonymous_id,
+                self.first_touch,
+                self.first_landing,
+                self.first_channel,
+                self.last_ts,
+                self.sequence,
+                self.sessions,
+                self.page_views,
+                self.session.pack() if self.session else None,
+                {name: a.pack() for name, a in self.attempts.items()},
+                self.path,
+                self.seen,
+            ]
+        )
 
     @classmethod
     def loads(cls, raw: bytes) -> Journey:
         data = orjson.loads(raw)
         if data[0] != STATE_VERSION:
             raise ValueError(f"unknown journey state version {data[0]}")
-        (_, user_id, anonymous_id, first_touch, first_landing, first_channel, last_ts, sequence,
-         sessions, page_views, session, attempts, path, seen) = data
+        (
+            _,
+            user_id,
+            anonymous_id,
+            first_touch,
+            first_landing,
+            first_channel,
+            last_ts,
+            sequence,
+            sessions,
+            page_views,
+            session,
+            attempts,
+            path,
+            seen,
+        ) = data
         return cls(
-            user_id, anonymous_id, first_touch, first_landing, first_channel, last_ts, sequence,
-            sessions, page_views, Session.unpack(session) if session else None,
-            {name: Attempt.unpack(a) for name, a in attempts.items()}, path, seen,
+            user_id,
+            anonymous_id,
+            first_touch,
+            first_landing,
+            first_channel,
+            last_ts,
+            sequence,
+            sessions,
+            page_views,
+            Session.unpack(session) if session else None,
+            {name: Attempt.unpack(a) for name, a in attempts.items()},
+            path,
+            seen,
         )
 
 
@@ -155,6 +209,8 @@ class JourneyMachine:
     def advance(self, journey: Journey, now: int) -> Outputs:
         """Fire every deadline strictly before `now`, earliest first."""
         out: Outputs = []
+        for name in [n for n in journey.attempts if n not in self.config.funnels_by_name]:
+            del journey.attempts[name]  # the funnel left the configuration
         while True:
             due = [d for d in self._due(journey, out) if d.at < now]
             if not due:
@@ -168,10 +224,7 @@ class JourneyMachine:
             end = session.last + self.config.session_timeout
             due.append(_Due(end, 0, "", lambda: self._close_session(journey, end, out)))
         for name, attempt in journey.attempts.items():
-            funnel = self.config.funnels_by_name.get(name)
-            if funnel is None:
-                due.append(_Due(0, 1, name, lambda n=name: journey.attempts.pop(n, None)))  # type: ignore[misc]
-                continue
+            funnel = self.config.funnels_by_name[name]
             due.extend(self._attempt_deadlines(journey, funnel, attempt, out))
         return due
 
@@ -181,14 +234,26 @@ class JourneyMachine:
         due: list[_Due] = []
         if funnel.window is not None:
             at = attempt.start + funnel.window
-            due.append(_Due(at, 2, funnel.name,
-                            lambda: self._drop(journey, funnel, "window_expired", at, out)))
+            due.append(
+                _Due(
+                    at,
+                    2,
+                    funnel.name,
+                    lambda: self._drop(journey, funnel, "window_expired", at, out),
+                )
+            )
         if funnel.order != "any":
             within = funnel.steps[attempt.reached + 1].within
             if within is not None:
                 at = attempt.last + within
-                due.append(_Due(at, 3, funnel.name,
-                                lambda: self._drop(journey, funnel, "step_timeout", at, out)))
+                due.append(
+                    _Due(
+                        at,
+                        3,
+                        funnel.name,
+                        lambda: self._drop(journey, funnel, "step_timeout", at, out),
+                    )
+                )
         if funnel.stalled_after is not None and not attempt.stalled:
             at = attempt.last + funnel.stalled_after
             due.append(_Due(at, 4, funnel.name, lambda: self._stall(journey, funnel, at, out)))
@@ -272,23 +337,37 @@ class JourneyMachine:
             if funnel.scope == "session":
                 self._drop(journey, funnel, "session_ended", at, out)
         campaign = session.campaign
-        out.append(SessionSummary(
-            id=output_id("session", journey.identity, session.number),
-            user_id=journey.user_id, anonymous_id=journey.anonymous_id, session_id=session.id,
-            timestamp=from_epoch_ms(session.last), started_at=from_epoch_ms(session.start),
-            ended_at=from_epoch_ms(session.last), duration_ms=session.last - session.start,
-            landing_page=session.landing, channel=session.channel,
-            campaign=dict(zip(("source", "medium", "name"), campaign, strict=True)) if campaign else None,
-            page_views=session.page_views, events=session.events, microconversions=session.micros,
-            conversions=list(session.goals),
-        ))
+        out.append(
+            SessionSummary(
+                id=output_id("session", journey.identity, session.number),
+                user_id=journey.user_id,
+                anonymous_id=journey.anonymous_id,
+                session_id=session.id,
+                timestamp=from_epoch_ms(session.last),
+                started_at=from_epoch_ms(session.start),
+                ended_at=from_epoch_ms(session.last),
+                duration_ms=session.last - session.start,
+                landing_page=session.landing,
+                channel=session.channel,
+                campaign=dict(zip(("source", "medium", "name"), campaign, strict=True)) if campaign else None,
+                page_views=session.page_views,
+                events=session.events,
+                microconversions=session.micros,
+                conversions=list(session.goals),
+            )
+        )
         journey.session = None
 
     # ---- funnels ----------------------------------------------------------------------
 
     def _step_funnel(
-        self, journey: Journey, funnel: CompiledFunnel, event: ClickEvent, now: int,
-        goal_names: list[str], out: Outputs,
+        self,
+        journey: Journey,
+        funnel: CompiledFunnel,
+        event: ClickEvent,
+        now: int,
+        goal_names: list[str],
+        out: Outputs,
     ) -> None:
         attempt = journey.attempts.get(funnel.name)
         if attempt is not None and any(m.matches(event, goal_names) for m in funnel.exclusions):
@@ -304,8 +383,15 @@ class JourneyMachine:
             if first not in matched:
                 return
             journey.sequence += 1
-            attempt = Attempt(journey.sequence, now, now, first, 1 << first, session.id,
-                              self._breakdowns(funnel.breakdowns, event, session))
+            attempt = Attempt(
+                journey.sequence,
+                now,
+                now,
+                first,
+                1 << first,
+                session.id,
+                self._breakdowns(funnel.breakdowns, event, session),
+            )
             journey.attempts[funnel.name] = attempt
             self._reach(journey, funnel, attempt, first, event, now, out)
             return
@@ -323,8 +409,14 @@ class JourneyMachine:
                 self._step_funnel(journey, funnel, event, now, goal_names, out)
 
     def _reach(
-        self, journey: Journey, funnel: CompiledFunnel, attempt: Attempt, index: int,
-        event: ClickEvent, now: int, out: Outputs,
+        self,
+        journey: Journey,
+        funnel: CompiledFunnel,
+        attempt: Attempt,
+        index: int,
+        event: ClickEvent,
+        now: int,
+        out: Outputs,
     ) -> None:
         attempt.done_mask |= 1 << index
         attempt.reached = max(attempt.reached, index) if funnel.order == "any" else index
@@ -335,14 +427,26 @@ class JourneyMachine:
         session = journey.session
         assert session is not None
         self._record_micro(journey, session, step.name)
-        out.append(MicroConversion(
-            id=output_id("micro", journey.identity, event.event_id, funnel.name, step.name),
-            user_id=journey.user_id, anonymous_id=journey.anonymous_id, session_id=session.id,
-            timestamp=event.timestamp, kind="milestone", name=step.name, funnel=funnel.name,
-            step=step.name, step_index=index, final=complete, event=event.event,
-            event_id=event.event_id, landing_page=session.landing, channel=session.channel,
-            breakdowns=attempt.breakdowns,
-        ))
+        out.append(
+            MicroConversion(
+                id=output_id("micro", journey.identity, event.event_id, funnel.name, step.name),
+                user_id=journey.user_id,
+                anonymous_id=journey.anonymous_id,
+                session_id=session.id,
+                timestamp=event.timestamp,
+                kind="milestone",
+                name=step.name,
+                funnel=funnel.name,
+                step=step.name,
+                step_index=index,
+                final=complete,
+                event=event.event,
+                event_id=event.event_id,
+                landing_page=session.landing,
+                channel=session.channel,
+                breakdowns=attempt.breakdowns,
+            )
+        )
         if complete:
             del journey.attempts[funnel.name]
 
@@ -350,26 +454,41 @@ class JourneyMachine:
         self, journey: Journey, funnel: CompiledFunnel, reason: DropoffReason, at: int, out: Outputs
     ) -> None:
         attempt = journey.attempts.pop(funnel.name)
-        out.append(Dropoff(
-            id=output_id("dropoff", journey.identity, funnel.name, attempt.number),
-            user_id=journey.user_id, anonymous_id=journey.anonymous_id,
-            session_id=attempt.session_id, timestamp=from_epoch_ms(at), funnel=funnel.name,
-            step=funnel.steps[attempt.reached].name, step_index=attempt.reached, reason=reason,
-            started_at=from_epoch_ms(attempt.start), time_in_funnel_ms=attempt.last - attempt.start,
-            breakdowns=attempt.breakdowns,
-        ))
+        out.append(
+            Dropoff(
+                id=output_id("dropoff", journey.identity, funnel.name, attempt.number),
+                user_id=journey.user_id,
+                anonymous_id=journey.anonymous_id,
+                session_id=attempt.session_id,
+                timestamp=from_epoch_ms(at),
+                funnel=funnel.name,
+                step=funnel.steps[attempt.reached].name,
+                step_index=attempt.reached,
+                reason=reason,
+                started_at=from_epoch_ms(attempt.start),
+                time_in_funnel_ms=attempt.last - attempt.start,
+                breakdowns=attempt.breakdowns,
+            )
+        )
 
     def _stall(self, journey: Journey, funnel: CompiledFunnel, at: int, out: Outputs) -> None:
         attempt = journey.attempts[funnel.name]
         attempt.stalled = True
-        out.append(Stalled(
-            id=output_id("stalled", journey.identity, funnel.name, attempt.number, attempt.last),
-            user_id=journey.user_id, anonymous_id=journey.anonymous_id,
-            session_id=attempt.session_id, timestamp=from_epoch_ms(at), funnel=funnel.name,
-            step=funnel.steps[attempt.reached].name, step_index=attempt.reached,
-            started_at=from_epoch_ms(attempt.start), idle_ms=at - attempt.last,
-            breakdowns=attempt.breakdowns,
-        ))
+        out.append(
+            Stalled(
+                id=output_id("stalled", journey.identity, funnel.name, attempt.number, attempt.last),
+                user_id=journey.user_id,
+                anonymous_id=journey.anonymous_id,
+                session_id=attempt.session_id,
+                timestamp=from_epoch_ms(at),
+                funnel=funnel.name,
+                step=funnel.steps[attempt.reached].name,
+                step_index=attempt.reached,
+                started_at=from_epoch_ms(attempt.start),
+                idle_ms=at - attempt.last,
+                breakdowns=attempt.breakdowns,
+            )
+        )
 
     # ---- conversions ------------------------------------------------------------------
 
@@ -381,36 +500,67 @@ class JourneyMachine:
 
     @staticmethod
     def _micro(
-        journey: Journey, event: ClickEvent, session: Session, name: str, dimensions: dict[str, str | None]
+        journey: Journey,
+        event: ClickEvent,
+        session: Session,
+        name: str,
+        dimensions: dict[str, str | None],
     ) -> MicroConversion:
         return MicroConversion(
             id=output_id("micro", journey.identity, event.event_id, "", name),
-            user_id=journey.user_id, anonymous_id=journey.anonymous_id, session_id=session.id,
-            timestamp=event.timestamp, kind="secondary", name=name, event=event.event,
-            event_id=event.event_id, landing_page=session.landing, channel=session.channel,
+            user_id=journey.user_id,
+            anonymous_id=journey.anonymous_id,
+            session_id=session.id,
+            timestamp=event.timestamp,
+            kind="secondary",
+            name=name,
+            event=event.event,
+            event_id=event.event_id,
+            landing_page=session.landing,
+            channel=session.channel,
             breakdowns=dimensions,
         )
 
     @staticmethod
     def _macro(
-        journey: Journey, event: ClickEvent, session: Session, goal: str,
-        value_path: tuple[str, ...] | None, dimensions: dict[str, str | None],
+        journey: Journey,
+        event: ClickEvent,
+        session: Session,
+        goal: str,
+        value_path: tuple[str, ...] | None,
+        dimensions: dict[str, str | None],
     ) -> MacroConversion:
         raw_value = event.lookup(value_path) if value_path else None
-        value = float(raw_value) if isinstance(raw_value, int | float) and not isinstance(raw_value, bool) else None
+        value = (
+            float(raw_value)
+            if isinstance(raw_value, int | float) and not isinstance(raw_value, bool)
+            else None
+        )
         currency = event.properties.get("currency")
         first_touch = journey.first_touch if journey.first_touch is not None else event.ts_ms
         return MacroConversion(
             id=output_id("macro", journey.identity, event.event_id, goal),
-            user_id=journey.user_id, anonymous_id=journey.anonymous_id, session_id=session.id,
-            timestamp=event.timestamp, goal=goal, value=value,
+            user_id=journey.user_id,
+            anonymous_id=journey.anonymous_id,
+            session_id=session.id,
+            timestamp=event.timestamp,
+            goal=goal,
+            value=value,
             currency=currency if isinstance(currency, str) else None,
-            decision_time_ms=max(0, event.ts_ms - first_touch), micro_path=list(journey.path),
-            landing_page=session.landing, channel=session.channel,
-            first_touch=FirstTouch(timestamp=from_epoch_ms(first_touch),
-                                   landing_page=journey.first_landing, channel=journey.first_channel),
-            page_views=journey.page_views, sessions=journey.sessions, event=event.event,
-            event_id=event.event_id, breakdowns=dimensions,
+            decision_time_ms=max(0, event.ts_ms - first_touch),
+            micro_path=list(journey.path),
+            landing_page=session.landing,
+            channel=session.channel,
+            first_touch=FirstTouch(
+                timestamp=from_epoch_ms(first_touch),
+                landing_page=journey.first_landing,
+                channel=journey.first_channel,
+            ),
+            page_views=journey.page_views,
+            sessions=journey.sessions,
+            event=event.event,
+            event_id=event.event_id,
+            breakdowns=dimensions,
         )
 
     @staticmethod
@@ -432,8 +582,11 @@ class JourneyMachine:
         original = orjson.dumps(event.to_json_dict())
         return DeadLetter(
             id=output_id("late", journey.identity, event.event_id),
-            user_id=journey.user_id, anonymous_id=journey.anonymous_id, session_id=event.session_id,
-            timestamp=event.timestamp, reason="late_event",
+            user_id=journey.user_id,
+            anonymous_id=journey.anonymous_id,
+            session_id=event.session_id,
+            timestamp=event.timestamp,
+            reason="late_event",
             detail=f"event is {lateness} ms older than the journey's latest event, past the late tolerance",
             original_b64=base64.b64encode(original).decode(),
             original_size=len(original),

@@ -113,9 +113,7 @@ def compile_config(config: FunnelConfig) -> CompiledConfig:
         late_tolerance=config.late_tolerance,
         page_view_events=frozenset(config.page_view_events),
         goals=tuple(
-            CompiledGoal(
-                g.name, Matcher.compile(g.match), tuple(g.value.split(".")) if g.value else None
-            )
+            CompiledGoal(g.name, Matcher.compile(g.match), tuple(g.value.split(".")) if g.value else None)
             for g in config.goals
         ),
         funnels=funnels,

@@ -90,6 +90,7 @@ async def read_topics_raw(settings: Settings, topic: str) -> list[tuple[int, Rep
         await consumer.seek_to_beginning(*partitions)
         end = await consumer.end_offsets(partitions)
         out: list[tuple[int, RepartitionBatch]] = []
+
         async def behind() -> bool:
             return any([await consumer.position(tp) < end[tp] for tp in partitions])
 

@@ -30,8 +30,17 @@ def traffic(users: int, seed: int) -> tuple[list[bytes], list[bytes]]:
     sim = Simulator(seed=seed, users=users, days=3, bad_rate=0.01)
     lines = list(sim.lines())
     end = sim.start + timedelta(days=60)
-    ticks = [orjson.dumps({"event_id": f"tick-{p}", "event": "tick", "user_id": f"tick-{p}",
-                           "timestamp": end.isoformat()}) for p in range(4)]
+    ticks = [
+        orjson.dumps(
+            {
+                "event_id": f"tick-{p}",
+                "event": "tick",
+                "user_id": f"tick-{p}",
+                "timestamp": end.isoformat(),
+            }
+        )
+        for p in range(4)
+    ]
     return lines, ticks
 
 
@@ -68,7 +77,14 @@ async def test_kafka_path_equals_offline_mode(
 ) -> None:
     lines, ticks = traffic(users=600, seed=11)
     expected = offline_outputs(settings, lines + ticks)
-    assert {o["type"] for o in expected} >= {"micro", "macro", "dropoff", "stalled", "session", "deadletter"}
+    assert {o["type"] for o in expected} >= {
+        "micro",
+        "macro",
+        "dropoff",
+        "stalled",
+        "session",
+        "deadletter",
+    }
 
     await ensure_topics(settings)
     start_worker(env=SOURCE_IDLE)
@@ -125,4 +141,9 @@ def _debug_diff(actual: list[dict[str, Any]], expected: list[dict[str, Any]]) ->
     a, e = canonical(actual), canonical(expected)
     only_a = sorted((a - e).elements())
     only_e = sorted((e - a).elements())
-    return "\nONLY KAFKA:\n" + "\n".join(x.decode() for x in only_a[:30]) + "\nONLY OFFLINE:\n" + "\n".join(x.decode() for x in only_e[:30])
+    return (
+        "\nONLY KAFKA:\n"
+        + "\n".join(x.decode() for x in only_a[:30])
+        + "\nONLY OFFLINE:\n"
+        + "\n".join(x.decode() for x in only_e[:30])
+    )

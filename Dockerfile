@@ -1,0 +1,11 @@
+FROM python:3.11-slim
+WORKDIR /app
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+COPY pyproject.toml README.md ./
+COPY streams ./streams
+COPY schemas ./schemas
+RUN pip install . && useradd --system --home /app conversions && mkdir -p /app/var && chown conversions /app/var
+USER conversions
+EXPOSE 6066
+ENTRYPOINT ["conversions"]
+CMD ["worker"]

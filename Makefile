@@ -1,0 +1,35 @@
+# The two commands: `make demo` runs the demo, `make test` runs every check and test.
+# Both install what they need first (scripts/bootstrap).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test unit integration lint typecheck schemas bench clean
+
+setup:
+	@./scripts/bootstrap
+
+demo: setup
+	$(PY) -m streams.cli demo
+
+test: setup lint typecheck
+	$(PY) -m streams.cli schemas --check
+	$(PY) -m pytest
+
+unit: setup
+	$(PY) -m pytest tests/unit
+
+integration: setup
+	$(PY) -m pytest tests/integration
+
+lint: setup
+	$(VENV)/bin/ruff check streams tests bench
+	$(VENV)/bin/ruff format --check streams tests bench
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+schemas: setup
+	$(PY) -m streams.cli schemas
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var

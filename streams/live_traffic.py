@@ -1,0 +1,97 @@
+"""Simulated shop traffic in real time, to Kafka: visits start at random, their events are sent
+when their moment comes, with the current time as event time."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from streams.producer import clickstream_producer, identity_key
+from streams.settings import Settings
+from streams.simulate import PLATFORM_WEIGHTS, PLATFORMS, Incident, Simulator, bad_event
+
+log = logging.getLogger(__name__)
+EVENTS_PER_VISIT = 4.5  # what the simulator's funnel rates give on average
+
+
+@dataclass
+class TrafficStats:
+    sent: int = 0
+    bad: int = 0
+    visits: int = 0
+
+
+class LiveTraffic:
+    def __init__(
+        self,
+        rate: float,
+        users: int = 20_000,
+        seed: int | None = None,
+        bad_rate: float = 0.005,
+        gap_scale: float = 0.05,
+        incident: Incident | None = None,
+    ) -> None:
+        self.rate = rate
+        self.users = users
+        self.rng = random.Random(seed)
+        self.bad_rate = bad_rate
+        self.simulator = Simulator(seed=seed or 0, users=users, gap_scale=gap_scale, incident=incident)
+        self.stats = TrafficStats()
+        self._visits = itertools.count()
+        self._platforms: dict[int, str] = {}
+
+    def _visit(self, now: datetime) -> Iterator[dict[str, Any]]:
+        u = self.rng.randrange(self.users)
+        platform = self._platforms.setdefault(u, self.rng.choices(PLATFORMS, PLATFORM_WEIGHTS)[0])
+        identity = (
+            {"user_id": f"user_live_{u:06d}"} if u % 10 >= 3 else {"anonymous_id": f"anon-live-{u:06d}"}
+        )
+        self.stats.visits += 1
+        return self.simulator.session(self.rng, identity, platform, u, next(self._visits), now)
+
+    async def run(self, settings: Settings, stop: asyncio.Event) -> TrafficStats:
+        topic = settings.topic(settings.topic_clickstream[0])
+        producer = clickstream_producer(settings)
+        await producer.start()
+        pending: list[tuple[float, int, dict[str, Any], Iterator[dict[str, Any]]]] = []
+        order = itertools.count()
+        visits_per_s = self.rate / EVENTS_PER_VISIT
+        next_visit = time.time()
+        try:
+            while not stop.is_set():
+                now = time.time()
+                while next_visit <= now:
+                    visit = self._visit(datetime.fromtimestamp(next_visit, UTC))
+                    first = next(visit, None)
+                    if first is not None:
+                        heapq.heappush(pending, (first["_at"].timestamp(), next(order), first, visit))
+                    next_visit += self.rng.expovariate(visits_per_s)
+                while pending and pending[0][0] <= now:
+                    _, _, event, visit = heapq.heappop(pending)
+                    event.pop("_at")
+                    line = orjson.dumps(event)
+                    if self.rng.random() < self.bad_rate:
+                        await producer.send(topic, bad_event(self.rng, event))
+                        self.stats.bad += 1
+                    await producer.send(topic, line, key=identity_key(line))
+                    self.stats.sent += 1
+                    following = next(visit, None)
+                    if following is not None:
+                        at = following["_at"].timestamp()
+                        heapq.heappush(pending, (at, next(order), following, visit))
+                wake = min(next_visit, pending[0][0] if pending else next_visit)
+                await asyncio.sleep(max(0.0, min(0.2, wake - time.time())))
+            await producer.flush()
+        finally:
+            await producer.stop()
+        return self.stats
