@@ -166,23 +166,48 @@ def schemas(check: bool) -> None:
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--days", type=float, default=7.0, show_default=True)
 @click.option(
-    "--bad-rate",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="Share of extra malformed events mixed in.",
+    "--bad-rate", type=float, default=0.0, show_default=True, help="Share of extra malformed events mixed in."
 )
 @click.option(
-    "--output",
-    "output_path",
-    default="-",
-    show_default=True,
-    help="NDJSON file to write, or - for stdout.",
+    "--output", "output_path", default="-", show_default=True, help="NDJSON file to write, or - for stdout."
 )
-def simulate(users: int, seed: int, days: float, bad_rate: float, output_path: str) -> None:
-    """Generate realistic shop traffic as NDJSON (see `conversions demo` to send it to Kafka)."""
+@click.option("--to-kafka", is_flag=True, help="Send to the clickstream topic instead of a file.")
+@click.option(
+    "--rate",
+    type=float,
+    default=None,
+    help="With --to-kafka: live traffic at this many events per second, in real time.",
+)
+@click.option("--seconds", type=float, default=None, help="With --rate: stop after this long.")
+def simulate(
+    users: int,
+    seed: int,
+    days: float,
+    bad_rate: float,
+    output_path: str,
+    to_kafka: bool,
+    rate: float | None,
+    seconds: float | None,
+) -> None:
+    """Generate realistic shop traffic: a week of history as NDJSON, or live to Kafka."""
+    import asyncio
+
     from streams.simulate import Simulator
 
+    if to_kafka:
+        settings = _settings()
+        setup_logging(settings.log_level)
+        if not settings.kafka_bootstrap_servers:
+            _fail("KAFKA_BOOTSTRAP_SERVERS is not set")
+        if rate is not None:
+            sent = asyncio.run(_live(settings, rate, users, seconds, bad_rate))
+        else:
+            from streams.producer import produce_lines
+
+            sim = Simulator(seed=seed, users=users, days=days, bad_rate=bad_rate)
+            sent = asyncio.run(produce_lines(settings, sim.lines()))
+        click.echo(f"{sent} events sent", err=True)
+        return
     sim = Simulator(seed=seed, users=users, days=days, bad_rate=bad_rate)
     target = sys.stdout.buffer if output_path == "-" else open(output_path, "wb")  # noqa: SIM115
     count = 0
@@ -191,6 +216,37 @@ def simulate(users: int, seed: int, days: float, bad_rate: float, output_path: s
             target.write(line + b"\n")
             count += 1
     click.echo(f"{count} lines", err=True)
+
+
+async def _live(settings: Any, rate: float, users: int, seconds: float | None, bad_rate: float) -> int:
+    import asyncio
+    import signal
+
+    from streams.live_traffic import LiveTraffic
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    if seconds is not None:
+        loop.call_later(seconds, stop.set)
+    stats = await LiveTraffic(rate=rate, users=users, bad_rate=bad_rate or 0.005).run(settings, stop)
+    return stats.sent
+
+
+@main.command()
+def topics() -> None:
+    """Create every topic the workers use (idempotent); for deployments that pre-create topics."""
+    import asyncio
+
+    from streams.kafka_admin import ensure_topics
+
+    settings = _settings()
+    setup_logging(settings.log_level)
+    if not settings.kafka_bootstrap_servers:
+        _fail("KAFKA_BOOTSTRAP_SERVERS is not set")
+    created = asyncio.run(ensure_topics(settings))
+    click.echo(f"created {len(created)} topics: {', '.join(created)}" if created else "all topics exist")
 
 
 @main.command()

@@ -4,13 +4,41 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from streams.core.durations import parse_duration_ms, parse_optional_duration_ms
 from streams.core.glob import Glob
 
-Duration = Annotated[int, BeforeValidator(parse_duration_ms)]
-OptionalDuration = Annotated[int | None, BeforeValidator(parse_optional_duration_ms)]
+_DURATION_SCHEMA = {
+    "type": "string",
+    "pattern": r"^\s*(\d+\s*(ms|s|m|h|d|w)\s*)+$",
+    "description": "a duration such as 90s, 15m, 1h30m, 7d",
+}
+Duration = Annotated[
+    int,
+    BeforeValidator(parse_duration_ms),
+    WithJsonSchema(
+        {"anyOf": [_DURATION_SCHEMA, {"type": "integer", "minimum": 1, "description": "seconds"}]}
+    ),
+]
+OptionalDuration = Annotated[
+    int | None,
+    BeforeValidator(parse_optional_duration_ms),
+    WithJsonSchema(
+        {
+            "anyOf": [_DURATION_SCHEMA, {"type": "integer", "minimum": 1}, {"enum": ["none", None]}],
+            "description": "a duration, or none for unlimited",
+        }
+    ),
+]
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 FIELD_ROOTS = frozenset(

@@ -28,11 +28,17 @@ class ConfigError(ValueError):
         super().__init__(f"{position}: {where + ': ' if where else ''}{reason}")
 
 
+MAX_DEPTH = 32
+
+
 def _construct(node: yaml.Node, path: Location, lines: dict[Location, int]) -> Any:
     """Build plain Python values from a composed YAML node, noting the line of every path."""
-    lines[path] = node.start_mark.line + 1
+    line = node.start_mark.line + 1
+    lines[path] = line
     if len(lines) > MAX_CONFIG_NODES:
-        raise ConfigError("", node.start_mark.line + 1, f"more than {MAX_CONFIG_NODES} values (alias bomb?)")
+        raise ConfigError("", line, f"more than {MAX_CONFIG_NODES} values (alias bomb?)")
+    if len(path) > MAX_DEPTH:
+        raise ConfigError("", line, f"nested deeper than {MAX_DEPTH} levels (recursive alias?)")
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
