@@ -22,8 +22,8 @@ integration: setup
 	$(PY) -m pytest tests/integration
 
 lint: setup
-	$(VENV)/bin/ruff check streams tests bench
-	$(VENV)/bin/ruff format --check streams tests bench
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 typecheck: setup
 	$(VENV)/bin/mypy
