@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.infra import LocalInfra
+from streams.infra import InfraError, LocalInfra
 from streams.kafka_admin import ensure_topics, required_topics
 from streams.settings import Settings
 
@@ -36,3 +39,25 @@ async def test_ensure_topics_creates_every_topic_once(settings: Settings) -> Non
     created = await ensure_topics(settings)
     assert sorted(created) == sorted(required_topics(settings))
     assert await ensure_topics(settings) == []
+
+
+def test_local_infra_stops_what_it_started_and_starts_nothing_it_is_given(tmp_path: Path) -> None:
+    with LocalInfra(workdir=tmp_path / "own") as own:
+        assert own.broker is not None and own.redis is not None
+        processes = [own.broker.process, own.redis.process]
+        assert all(p.poll() is None for p in processes)
+        given = LocalInfra(
+            kafka_bootstrap=own.kafka_bootstrap, redis_url=own.redis_url, workdir=tmp_path / "g"
+        )
+        with given:
+            assert given.broker is None and given.redis is None
+            assert given.kafka_bootstrap == own.kafka_bootstrap
+    assert all(p.poll() is not None for p in processes), "both processes are gone after the block"
+
+
+def test_a_failed_start_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("streams.infra.find_redis_server", lambda: "/bin/false")
+    local = LocalInfra(workdir=tmp_path / "failing")
+    with pytest.raises(InfraError, match="exited with code 1"):
+        local.start()
+    assert local.broker is not None and local.broker.process.poll() is not None
