@@ -31,9 +31,19 @@ from streams.core.events import ClickEvent, Rejection, decode_message
 from streams.core.matching import CompiledConfig
 from streams.core.outputs import OutputEvent
 from streams.core.repartition import RepartitionBatch, source_name
+from streams.counting import Counting
+from streams.metrics import Metrics
 from streams.settings import Settings
+from streams.web import register_views
 
 log = logging.getLogger(__name__)
+
+MARKER_PREFIX = "\x00"  # identities cannot contain control characters, so this never collides
+
+
+def applied_marker(partition: int, source: str) -> str:
+    """The journeys-table key holding the highest source offset applied to a partition."""
+    return f"{MARKER_PREFIX}applied:{partition}:{source}"
 
 
 def faust_broker_url(bootstrap: str) -> str:
@@ -62,6 +72,7 @@ class ConversionsApp:
         assert settings.kafka_bootstrap_servers, "KAFKA_BOOTSTRAP_SERVERS must be set"
         self.settings = settings
         self.config = config
+        self.metrics = Metrics()
         self.app = faust.App(
             settings.app_id,
             broker=faust_broker_url(settings.kafka_bootstrap_servers),
@@ -77,6 +88,7 @@ class ConversionsApp:
             broker_session_timeout=settings.session_timeout_s,
             broker_heartbeat_interval=settings.heartbeat_interval_s,
             broker_commit_interval=settings.commit_interval_s,
+            broker_commit_every=settings.commit_every,
             broker_max_poll_records=settings.max_poll_records,
             consumer_auto_offset_reset="earliest",
             web_enabled=settings.web_enabled,
@@ -107,6 +119,10 @@ class ConversionsApp:
         self._source_watermarks: dict[str, int] = {}
         self._source_seen_at: dict[str, float] = {}
         self._announced: dict[tuple[str, int], tuple[int | None, float]] = {}
+        self.counting = Counting(self) if settings.counters_enabled else None
+        if settings.web_enabled and self.counting is not None:
+            register_views(self)
+        self.app.timer(5.0, name="lag")(self._measure_lag)
 
     def _raw_topic(self, *names: str) -> faust.TopicT:
         return self.app.topic(*names, key_serializer="raw", value_serializer="raw")
@@ -124,6 +140,7 @@ class ConversionsApp:
             )
             if decoded.rejects:
                 await self._dead_letter(decoded.rejects, message)
+            self.metrics.events_in.inc(len(decoded.events))
             source = source_name(message.topic, message.partition)
             self._source_seen_at[source] = time.monotonic()
             if not decoded.events:
@@ -134,7 +151,9 @@ class ConversionsApp:
             for click in decoded.events:
                 by_partition[partition_for(click.identity, partitions)].append(click.to_json_dict())
             for partition, items in by_partition.items():
-                await self._send_batch(partition, RepartitionBatch(source, watermark, items))
+                await self._send_batch(
+                    partition, RepartitionBatch(source, watermark, items, offset=message.offset)
+                )
 
     async def _send_batch(self, partition: int, batch: RepartitionBatch) -> None:
         self._announced[(batch.source, partition)] = (
@@ -202,6 +221,11 @@ class ConversionsApp:
             except ValueError as exc:  # only a foreign producer on the internal topic
                 await self._dead_letter([Rejection("invalid_json", str(exc), event.value or b"")], message)
                 continue
+            marker = applied_marker(message.partition, batch.source)
+            if batch.offset is not None:
+                applied = self.journeys.get(marker)
+                if applied is not None and batch.offset <= int(applied):
+                    continue  # redelivered (ingest or journeys crashed): already in the table
             outputs: list[OutputEvent] = []
             for item in batch.events:
                 try:
@@ -217,10 +241,15 @@ class ConversionsApp:
             elif batch.watermark is not None:
                 outputs.extend(self.engine.observe(message.partition, batch.source, batch.watermark))
             await self.publish(outputs)
+            if batch.offset is not None:
+                # after the journeys it covers, in the same changelog partition: never ahead of them
+                self.journeys[marker] = str(batch.offset).encode()
 
     async def _rebuild_deadlines(self) -> None:
         by_partition: dict[int, list[str]] = defaultdict(list)
         for identity in list(self.journeys.keys()):
+            if identity.startswith(MARKER_PREFIX):
+                continue
             by_partition[partition_for(identity, self.settings.partitions)].append(identity)
         total = sum(self.engine.rebuild_deadlines(p, ids) for p, ids in by_partition.items())
         log.info(
@@ -231,8 +260,28 @@ class ConversionsApp:
 
     # ---- output -----------------------------------------------------------------------
 
+    async def _measure_lag(self) -> None:
+        consumer = self.app.consumer
+        # Faust keeps the committed offsets privately; a missing attribute means no reading.
+        committed_offsets = getattr(consumer, "_committed_offset", {})
+        for tp in consumer.assignment():
+            committed = committed_offsets.get(tp)
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # not fetched yet: no reading
+                continue
+            if highwater is not None:
+                self.metrics.consumer_lag.labels(tp.topic, tp.partition).set(
+                    max(0, highwater - (committed or 0))
+                )
+        for partition in range(self.settings.partitions):
+            watermark = self.engine.watermark(partition)
+            if watermark is not None:
+                self.metrics.watermark.labels(partition).set(watermark / 1000)
+
     async def publish(self, outputs: Iterable[OutputEvent]) -> None:
         for output in outputs:
+            self.metrics.outputs.labels(output.type).inc()
             identity = output.identity
             await self.output_topics[output.type].send(
                 key=identity.encode() if identity is not None else None, value=output.to_json()

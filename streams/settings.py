@@ -81,7 +81,18 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(default=60.0, gt=0)
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
     commit_interval_s: float = Field(default=2.0, gt=0)
+    commit_every: int = Field(default=10_000, ge=1)
+    """Also commit after this many messages, whatever the interval."""
     max_poll_records: int | None = Field(default=None, ge=1)
+    counters_enabled: bool = True
+    counters_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+$")
+    """Consumer group of the counters (default `<app_id>-counters`); a new one re-reads every
+    output, which the applied offsets kept in Redis then skip."""
+    counter_bucket_s: int = Field(default=60, ge=1, le=86_400)
+    counter_ttl_s: int = Field(default=8 * 86_400, ge=60)
+    counter_dedupe_s: int = Field(default=3_600, ge=60)
+    counter_batch_size: int = Field(default=2_000, ge=1)
+    counter_batch_window_s: float = Field(default=0.25, gt=0)
     watermark_interval_s: float = Field(default=1.0, gt=0)
     source_idle_s: float = Field(default=10.0, gt=0)
     watermark_refresh_s: float = Field(default=10.0, gt=0)
@@ -127,6 +138,10 @@ class Settings(BaseSettings):
             "session": self.topic(self.topic_sessions),
             "deadletter": self.topic(self.topic_deadletter),
         }
+
+    @property
+    def redis_dsn(self) -> str | None:
+        return self.redis_url.get_secret_value() if self.redis_url is not None else None
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.kafka_security_protocol.endswith("SSL"):

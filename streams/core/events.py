@@ -23,6 +23,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_TIMESTAMP = datetime(2100, 1, 1, tzinfo=UTC)
 MAX_NESTING = 16
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
 
 RejectReason = Literal[
     "too_large",
@@ -131,9 +132,9 @@ class ClickEvent(BaseModel):
 
     event_id: str = Field(min_length=1, max_length=256)
     event: str = Field(min_length=1, max_length=256)
-    user_id: str | None = Field(default=None, min_length=1, max_length=256)
-    anonymous_id: str | None = Field(default=None, min_length=1, max_length=256)
-    session_id: str | None = Field(default=None, min_length=1, max_length=256)
+    user_id: str | None = Field(default=None, min_length=1, max_length=256, pattern=PRINTABLE)
+    anonymous_id: str | None = Field(default=None, min_length=1, max_length=256, pattern=PRINTABLE)
+    session_id: str | None = Field(default=None, min_length=1, max_length=256, pattern=PRINTABLE)
     timestamp: Annotated[
         datetime,
         WithJsonSchema(

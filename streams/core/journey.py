@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from streams.core.channel import classify_channel
+from streams.core.durations import format_duration_ms
 from streams.core.events import ClickEvent, from_epoch_ms, url_path
 from streams.core.ids import output_id, short_hash
 from streams.core.matching import CompiledConfig, CompiledFunnel
@@ -34,7 +35,7 @@ from streams.core.outputs import (
 )
 
 STATE_VERSION = 1
-RECENT_EVENT_IDS = 32
+MAX_REMEMBERED_IDS = 256
 MAX_PATH = 50
 MAX_BREAKDOWN_VALUE = 100
 
@@ -119,6 +120,9 @@ class Journey:
     attempts: dict[str, Attempt] = field(default_factory=dict)
     path: list[str] = field(default_factory=list)
     seen: list[int] = field(default_factory=list)
+    """Fingerprints of the event ids applied within `late_tolerance` of the latest event..."""
+    seen_at: list[int] = field(default_factory=list)
+    """...and their event times (epoch seconds): older ones are refused as late anyway."""
 
     @property
     def identity(self) -> str:
@@ -141,6 +145,7 @@ class Journey:
                 {name: a.pack() for name, a in self.attempts.items()},
                 self.path,
                 self.seen,
+                self.seen_at,
             ]
         )
 
@@ -164,6 +169,7 @@ class Journey:
             attempts,
             path,
             seen,
+            seen_at,
         ) = data
         return cls(
             user_id,
@@ -179,6 +185,7 @@ class Journey:
             {name: Attempt.unpack(a) for name, a in attempts.items()},
             path,
             seen,
+            seen_at,
         )
 
 
@@ -267,10 +274,9 @@ class JourneyMachine:
         fingerprint = short_hash(event.event_id)
         if fingerprint in journey.seen:
             return journey, []
-        journey.seen.append(fingerprint)
-        del journey.seen[:-RECENT_EVENT_IDS]
         if journey.last_ts - event.ts_ms > self.config.late_tolerance:
             return journey, [self._late(journey, event)]
+        self._remember(journey, fingerprint, event.ts_ms)
 
         now = max(event.ts_ms, journey.last_ts)
         out = self.advance(journey, now)
@@ -298,6 +304,16 @@ class JourneyMachine:
             session.goals.append(goal.name)
             journey.path = []
         return journey, out
+
+    def _remember(self, journey: Journey, fingerprint: int, ts_ms: int) -> None:
+        """Keep the ids a duplicate could still arrive for: one older than the tolerance is late."""
+        journey.seen.append(fingerprint)
+        journey.seen_at.append(ts_ms // 1000)
+        horizon_s = (max(journey.last_ts, ts_ms) - self.config.late_tolerance) // 1000 - 1
+        keep = [i for i, at in enumerate(journey.seen_at) if at >= horizon_s][-MAX_REMEMBERED_IDS:]
+        if len(keep) < len(journey.seen):
+            journey.seen = [journey.seen[i] for i in keep]
+            journey.seen_at = [journey.seen_at[i] for i in keep]
 
     def _session_for(self, journey: Journey, event: ClickEvent, now: int, out: Outputs) -> Session:
         """The open session, or a new one on a new session id or campaign.
@@ -576,9 +592,8 @@ class JourneyMachine:
             values[path] = None if value is None else str(value)[:MAX_BREAKDOWN_VALUE]
         return values
 
-    @staticmethod
-    def _late(journey: Journey, event: ClickEvent) -> DeadLetter:
-        lateness = journey.last_ts - event.ts_ms
+    def _late(self, journey: Journey, event: ClickEvent) -> DeadLetter:
+        """Its content depends on the event alone, so a redelivered copy repeats it exactly."""
         original = orjson.dumps(event.to_json_dict())
         return DeadLetter(
             id=output_id("late", journey.identity, event.event_id),
@@ -587,7 +602,10 @@ class JourneyMachine:
             session_id=event.session_id,
             timestamp=event.timestamp,
             reason="late_event",
-            detail=f"event is {lateness} ms older than the journey's latest event, past the late tolerance",
+            detail=(
+                "older than its journey's latest event by more than the late tolerance "
+                f"({format_duration_ms(self.config.late_tolerance)})"
+            ),
             original_b64=base64.b64encode(original).decode(),
             original_size=len(original),
             original_sha256=hashlib.sha256(original).hexdigest(),

@@ -248,7 +248,7 @@ def test_late_events_within_tolerance_join_the_session_and_later_ones_are_report
     )
     assert kinds(out) == ["micro:view", "deadletter:late_event"]
     late = out[-1].model_dump()
-    assert late["reason"] == "late_event" and "past the late tolerance" in late["detail"]
+    assert late["reason"] == "late_event" and "more than the late tolerance (10m)" in late["detail"]
 
 
 def test_advance_fires_deadlines_in_order_whatever_the_jump() -> None:

@@ -1,0 +1,245 @@
+"""Rolling funnel counters as plain data: which counters an output event increments, and how
+bucketed counter hashes sum up into a funnel report. No Redis here; `redis_counters` stores them.
+
+Layout (every key also carries a shard tag, see `redis_counters`), per event-time bucket B of
+every resolution R (the finest, and the hour and day rollups), written as `R:B` below:
+
+    f:<funnel>:B   hash  e:<k> entered step k, d:<k> dropped at k, d:<k>:<reason>, st:<k> stalled,
+                         each also as <field>|<breakdown>=<value>
+    u:<funnel>:<k>:B  HyperLogLog of identities that entered step k
+    g:B            hash  n:<goal> count, v:<goal> value sum, dt:<goal> decision-time sum (ms),
+                         dth:<goal>:<le> decision-time histogram, mi total microconversions,
+                         m:<name> secondary microconversions; n:<goal>|<dim>=<value>
+    ug:<goal>:B    HyperLogLog of converting identities
+    s:B            hash  n sessions, pv page views, dur duration ms; each also |landing_page= and |channel=
+    meta           hash  latest: the latest event time counted (ms)
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from streams.core.events import to_epoch_ms
+from streams.core.matching import CompiledConfig
+
+OpKind = Literal["h", "f", "p", "m"]  # HINCRBY, HINCRBYFLOAT, PFADD, keep-the-max
+DECISION_BUCKETS_MIN = (1, 5, 15, 60, 360, 1_440, 10_080)
+COUNTED_TYPES = frozenset({"micro", "macro", "dropoff", "stalled", "session"})
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    kind: OpKind
+    key: str
+    field: str
+    amount: int | float | str
+
+
+def bucket_of(timestamp_ms: int, bucket_ms: int) -> int:
+    return timestamp_ms // bucket_ms * bucket_ms
+
+
+def _ms(value: Any) -> int:
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return to_epoch_ms(moment)
+
+
+def _with_breakdowns(
+    ops: list[Op],
+    kind: OpKind,
+    key: str,
+    base: str,
+    amount: int | float,
+    breakdowns: Mapping[str, Any],
+    dims: Iterable[str],
+) -> None:
+    ops.append(Op(kind, key, base, amount))
+    for dim in dims:
+        value = breakdowns.get(dim)
+        ops.append(Op(kind, key, f"{base}|{dim}={'' if value is None else value}", amount))
+
+
+def decision_bucket(decision_ms: int) -> str:
+    minutes = decision_ms / 60_000
+    for le in DECISION_BUCKETS_MIN:
+        if minutes <= le:
+            return str(le)
+    return "inf"
+
+
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+
+
+def resolutions(bucket_ms: int) -> tuple[int, ...]:
+    """The finest bucket and the hour and day rollups above it, finest first."""
+    return (bucket_ms, *(r for r in (HOUR_MS, DAY_MS) if r > bucket_ms and r % bucket_ms == 0))
+
+
+def increments(output: Mapping[str, Any], config: CompiledConfig, bucket_ms: int) -> list[Op]:
+    """The counter changes one output event makes, at every resolution (none for types not counted)."""
+    if output.get("type") not in COUNTED_TYPES:
+        return []
+    at = _ms(output["timestamp"])
+    ops: list[Op] = [Op("m", "meta", "latest", at)]
+    for resolution in resolutions(bucket_ms):
+        ops += _bucket_increments(output, config, f"{resolution // 1000}:{bucket_of(at, resolution)}")
+    return ops
+
+
+def _bucket_increments(output: Mapping[str, Any], config: CompiledConfig, b: str) -> list[Op]:
+    kind = output.get("type")
+    identity = output.get("user_id") or output.get("anonymous_id") or ""
+    breakdowns = output.get("breakdowns") or {}
+    ops: list[Op] = []
+    if kind == "micro":
+        ops.append(Op("h", f"g:{b}", "mi", 1))
+        if output.get("kind") == "secondary":
+            _with_breakdowns(ops, "h", f"g:{b}", f"m:{output['name']}", 1, breakdowns, ())
+            return ops
+        funnel = config.funnels_by_name.get(str(output.get("funnel")))
+        if funnel is None:
+            return ops
+        k = int(output["step_index"])
+        _with_breakdowns(ops, "h", f"f:{funnel.name}:{b}", f"e:{k}", 1, breakdowns, funnel.breakdowns)
+        ops.append(Op("p", f"u:{funnel.name}:{k}:{b}", identity, 1))
+    elif kind in ("dropoff", "stalled"):
+        funnel = config.funnels_by_name.get(str(output.get("funnel")))
+        if funnel is None:
+            return ops
+        k = int(output["step_index"])
+        key = f"f:{funnel.name}:{b}"
+        if kind == "stalled":
+            _with_breakdowns(ops, "h", key, f"st:{k}", 1, breakdowns, funnel.breakdowns)
+        else:
+            _with_breakdowns(ops, "h", key, f"d:{k}", 1, breakdowns, funnel.breakdowns)
+            ops.append(Op("h", key, f"d:{k}:{output['reason']}", 1))
+    elif kind == "macro":
+        goal = output["goal"]
+        key = f"g:{b}"
+        dims = ("channel", "landing_page", *breakdowns)
+        values = {**breakdowns, "channel": output.get("channel"), "landing_page": output.get("landing_page")}
+        _with_breakdowns(ops, "h", key, f"n:{goal}", 1, values, dims)
+        if output.get("value") is not None:
+            _with_breakdowns(ops, "f", key, f"v:{goal}", float(output["value"]), values, dims)
+        decision = int(output.get("decision_time_ms") or 0)
+        ops.append(Op("h", key, f"dt:{goal}", decision))
+        ops.append(Op("h", key, f"dth:{goal}:{decision_bucket(decision)}", 1))
+        ops.append(Op("p", f"ug:{goal}:{b}", identity, 1))
+    elif kind == "session":
+        key = f"s:{b}"
+        values = {"landing_page": output.get("landing_page"), "channel": output.get("channel")}
+        dims = ("landing_page", "channel")
+        _with_breakdowns(ops, "h", key, "n", 1, values, dims)
+        _with_breakdowns(ops, "h", key, "pv", int(output.get("page_views") or 0), values, dims)
+        _with_breakdowns(ops, "h", key, "dur", int(output.get("duration_ms") or 0), values, dims)
+    return ops
+
+
+def buckets_between(start_ms: int, end_ms: int, bucket_ms: int) -> list[int]:
+    """Buckets whose start lies in [start, end): windows are aligned to the bucket size."""
+    first = bucket_of(start_ms, bucket_ms)
+    if first < start_ms:
+        first += bucket_ms
+    return list(range(first, end_ms, bucket_ms))
+
+
+def plan_buckets(start_ms: int, end_ms: int, bucket_ms: int) -> list[str]:
+    """The `R:B` buckets that cover [start, end) exactly as the finest buckets would, using the
+    coarsest rollups that fit whole inside and finer buckets only at the edges."""
+    levels = resolutions(bucket_ms)
+    finest = levels[0]
+    start_ms = bucket_of(start_ms + finest - 1, finest)  # the first finest bucket starting inside
+
+    def cover(start: int, end: int, level: int) -> list[str]:
+        size = levels[level]
+        if level == 0:
+            return [f"{size // 1000}:{b}" for b in buckets_between(start, end, size)]
+        first = bucket_of(start + size - 1, size)
+        last = bucket_of(end, size)
+        if first >= last:
+            return cover(start, end, level - 1)
+        whole = [f"{size // 1000}:{b}" for b in range(first, last, size)]
+        return cover(start, first, level - 1) + whole + cover(last, end, level - 1)
+
+    return cover(start_ms, end_ms, len(levels) - 1) if start_ms < end_ms else []
+
+
+def sum_hashes(hashes: Iterable[Mapping[bytes | str, bytes | str]]) -> dict[str, float]:
+    total: dict[str, float] = defaultdict(float)
+    for fields in hashes:
+        for name, value in fields.items():
+            key = name.decode() if isinstance(name, bytes) else name
+            total[key] += float(value)
+    return dict(total)
+
+
+@dataclass
+class StepReport:
+    name: str
+    index: int
+    entered: int
+    unique_users: int
+    dropped: int
+    stalled: int
+    dropped_by_reason: dict[str, int]
+    rate_from_previous: float | None
+    rate_overall: float | None
+
+
+@dataclass
+class FunnelReport:
+    funnel: str
+    start_ms: int
+    end_ms: int
+    steps: list[StepReport]
+    by: str | None = None
+    breakdown: dict[str, list[StepReport]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _rate(numerator: int, denominator: int) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def step_reports(
+    funnel_steps: list[str], fields: Mapping[str, float], uniques: Mapping[int, int], suffix: str = ""
+) -> list[StepReport]:
+    reports: list[StepReport] = []
+    first = int(fields.get(f"e:0{suffix}", 0))
+    previous: int | None = None
+    for k, name in enumerate(funnel_steps):
+        entered = int(fields.get(f"e:{k}{suffix}", 0))
+        reasons = {
+            key.split(":")[2]: int(v)
+            for key, v in fields.items()
+            if not suffix and key.startswith(f"d:{k}:") and "|" not in key
+        }
+        reports.append(
+            StepReport(
+                name=name,
+                index=k,
+                entered=entered,
+                unique_users=uniques.get(k, 0),
+                dropped=int(fields.get(f"d:{k}{suffix}", 0)),
+                stalled=int(fields.get(f"st:{k}{suffix}", 0)),
+                dropped_by_reason=reasons,
+                rate_from_previous=_rate(entered, previous) if previous is not None else None,
+                rate_overall=_rate(entered, first),
+            )
+        )
+        previous = entered
+    return reports
+
+
+def breakdown_values(fields: Mapping[str, float], dim: str) -> list[str]:
+    marker = f"|{dim}="
+    return sorted({key.split(marker, 1)[1] for key in fields if key.startswith("e:") and marker in key})

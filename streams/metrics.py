@@ -1,0 +1,53 @@
+"""Prometheus metrics of one worker, in a registry of its own (served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_in = Counter("conversions_events_in", "Valid clickstream events ingested", registry=r)
+        self.dead_letters = Counter(
+            "conversions_dead_letters", "Inputs dead-lettered", ["reason"], registry=r
+        )
+        self.outputs = Counter("conversions_outputs", "Output events produced", ["type"], registry=r)
+        self.counter_messages = Counter(
+            "conversions_counter_messages", "Output messages seen by the counters", ["result"], registry=r
+        )
+        self.redis_apply = Histogram(
+            "conversions_redis_apply_seconds",
+            "Latency of one counter batch applied to Redis",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.redis_up = Gauge("conversions_redis_up", "1 when the last Redis call succeeded", registry=r)
+        self.consumer_lag = Gauge(
+            "conversions_consumer_lag",
+            "Messages behind the end of each assigned partition",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.watermark = Gauge(
+            "conversions_watermark_seconds",
+            "Event-time watermark of each journey partition (epoch s)",
+            ["partition"],
+            registry=r,
+        )
+        self.step_rate = Gauge(
+            "conversions_step_rate",
+            "Conversion into a step from the one before, over the alert window",
+            ["funnel", "step"],
+            registry=r,
+        )
+        self.alert_firing = Gauge(
+            "conversions_alert_firing",
+            "1 while an alert rule is firing",
+            ["funnel", "step", "by"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,111 @@
+"""The worker's read-only web server: funnel and goal reports as JSON, Prometheus metrics."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from streams.core.counters import bucket_of
+from streams.core.durations import parse_duration_ms
+from streams.core.events import to_epoch_ms
+from streams.redis_counters import CounterStore, QueryTooLarge
+
+if TYPE_CHECKING:
+    from faust.web import Request, Response, View
+
+    from streams.app import ConversionsApp
+
+DEFAULT_WINDOW = "15m"
+
+
+class BadQuery(ValueError):
+    pass
+
+
+def _moment(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        return to_epoch_ms(datetime.fromisoformat(text))
+    except ValueError:
+        raise BadQuery(f"unreadable time {text!r}: use RFC 3339 or epoch milliseconds") from None
+
+
+async def resolve_window(store: CounterStore, query: dict[str, str]) -> tuple[int, int]:
+    """[start, end) in event time: explicit `start`/`end`, else the last `window` up to the latest
+    event time counted (so a replay of history reads like live traffic)."""
+    try:
+        window = parse_duration_ms(query.get("window", DEFAULT_WINDOW))
+    except ValueError as exc:
+        raise BadQuery(str(exc)) from None
+    if "end" in query:
+        end = _moment(query["end"])
+    else:
+        latest = await store.latest_event_ms()
+        if latest is None:
+            latest = to_epoch_ms(datetime.now().astimezone())
+        end = bucket_of(latest, store.bucket_ms) + store.bucket_ms
+    start = _moment(query["start"]) if "start" in query else end - window
+    if start >= end:
+        raise BadQuery("start must be before end")
+    try:
+        store.check_window(start, end)
+    except QueryTooLarge as exc:
+        raise BadQuery(str(exc)) from None
+    return start, end
+
+
+def register_views(conversions: ConversionsApp) -> None:
+    app = conversions.app
+    funnels = conversions.config.funnels_by_name
+    goals = [g.name for g in conversions.config.goals]
+
+    counting = conversions.counting
+    assert counting is not None, "the views read the counters"
+
+    def store() -> CounterStore:
+        return counting.store
+
+    async def report(web: View, request: Request, name: str) -> Response:
+        funnel = funnels.get(name)
+        if funnel is None:
+            return web.json({"error": f"no funnel {name!r}", "funnels": sorted(funnels)}, status=404)
+        query = dict(request.query)
+        by = query.get("by")
+        if by is not None and by not in funnel.breakdowns:
+            return web.json(
+                {"error": f"{name} has no breakdown {by!r}", "breakdowns": list(funnel.breakdowns)},
+                status=400,
+            )
+        try:
+            start, end = await resolve_window(store(), query)
+        except BadQuery as exc:
+            return web.json({"error": str(exc)}, status=400)
+        result = await store().funnel_report(funnel, start, end, by=by)
+        return web.json(result.as_dict())
+
+    async def overview(web: View, request: Request) -> Response:
+        try:
+            start, end = await resolve_window(store(), dict(request.query))
+        except BadQuery as exc:
+            return web.json({"error": str(exc)}, status=400)
+        body: dict[str, Any] = {"start_ms": start, "end_ms": end, "funnels": {}}
+        for name, funnel in funnels.items():
+            body["funnels"][name] = (await store().funnel_report(funnel, start, end)).as_dict()
+        body["goals"] = await store().goals_report(goals, start, end)
+        return web.json(body)
+
+    async def goals_view(web: View, request: Request) -> Response:
+        try:
+            start, end = await resolve_window(store(), dict(request.query))
+        except BadQuery as exc:
+            return web.json({"error": str(exc)}, status=400)
+        return web.json(await store().goals_report(goals, start, end))
+
+    async def metrics(web: View, request: Request) -> Response:
+        return web.bytes(conversions.metrics.render(), content_type="text/plain; version=0.0.4")
+
+    app.page("/funnels/{name}")(report)
+    app.page("/funnels")(overview)
+    app.page("/goals")(goals_view)
+    app.page("/metrics")(metrics)
