@@ -235,6 +235,45 @@ async def _live(settings: Any, rate: float, users: int, seconds: float | None, b
 
 
 @main.command()
+@click.argument("funnel")
+@click.option("--window", default="1h", show_default=True, help="How far back from the end.")
+@click.option("--end", default=None, help="RFC 3339 end of the window (default: the latest counted event).")
+@click.option("--by", default=None, help="A breakdown of the funnel, e.g. context.platform.")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+def report(funnel: str, window: str, end: str | None, by: str | None, as_json: bool) -> None:
+    """A funnel's step counts and rates from the Redis counters."""
+    import asyncio
+    from datetime import datetime
+
+    from streams.core.durations import parse_duration_ms
+    from streams.report import funnel_report, print_report
+
+    settings = _settings()
+    if not settings.redis_dsn:
+        _fail("REDIS_URL is not set")
+    try:
+        config = compile_config(load_config(settings.funnels))
+    except ConfigError as exc:
+        _fail(str(exc))
+    compiled = config.funnels_by_name.get(funnel)
+    if compiled is None:
+        _fail(f"no funnel {funnel!r}; the configuration has: {', '.join(config.funnels_by_name)}")
+    assert compiled is not None
+    if by is not None and by not in compiled.breakdowns:
+        _fail(f"{funnel} has no breakdown {by!r}; it has: {', '.join(compiled.breakdowns) or 'none'}")
+    try:
+        window_ms = parse_duration_ms(window)
+        end_at = datetime.fromisoformat(end) if end else None
+    except ValueError as exc:
+        _fail(str(exc))
+    result = asyncio.run(funnel_report(settings, compiled, window_ms, end_at, by))
+    if as_json:
+        click.echo(orjson.dumps(result.as_dict()).decode())
+    else:
+        print_report(result)
+
+
+@main.command()
 def topics() -> None:
     """Create every topic the workers use (idempotent); for deployments that pre-create topics."""
     import asyncio

@@ -24,6 +24,8 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from mode import Service
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams.core.counters import increments
 from streams.kafka_admin import kafka_client_options
@@ -73,6 +75,7 @@ class Counting:
             {self.settings.output_topics[k] for k in ("micro", "macro", "dropoff", "session")}
         )
         conversions.app.add_dependency(CountersService(self))
+        conversions.app.timer(15.0, name="step_rates")(self._publish_step_rates)
 
     @property
     def store(self) -> CounterStore:
@@ -114,6 +117,22 @@ class Counting:
             if batch:
                 await self._apply(batch)
                 await consumer.commit()
+
+    async def _publish_step_rates(self) -> None:
+        """Each step's rate over the last 15 minutes of event time, for Prometheus rules."""
+        try:
+            latest = await self.store.latest_event_ms()
+            if latest is None:
+                return
+            end = latest - latest % self.store.bucket_ms + self.store.bucket_ms
+            for funnel in self.conversions.config.funnels:
+                report = await self.store.funnel_report(funnel, end - 15 * 60_000, end)
+                for step in report.steps[1:]:
+                    if step.rate_from_previous is not None:
+                        self.metrics.step_rate.labels(funnel.name, step.name).set(step.rate_from_previous)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self.metrics.redis_up.set(0)
+            log.warning("step rates not refreshed: Redis unavailable (%s)", exc.__class__.__name__)
 
     async def close(self) -> None:
         if self._kafka is not None:

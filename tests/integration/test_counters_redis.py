@@ -3,9 +3,11 @@ windows across bucket edges, a TTL on every key."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -150,3 +152,29 @@ async def test_every_key_has_a_ttl(store: CounterStore) -> None:
     assert len(keys) >= 6
     ttls = {key: await store.redis.ttl(key) for key in keys}
     assert all(ttl > 0 for ttl in ttls.values()), ttls
+
+
+async def test_report_command_reads_the_counters(
+    store: CounterStore, infra: LocalInfra, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from streams.cli import main
+
+    outputs = [milestone(0, BASE, "a"), milestone(0, BASE, "b"), milestone(1, BASE + 5, "a")]
+    await store.apply(0, batch(outputs))
+    monkeypatch.setenv("REDIS_URL", infra.redis_url)
+    monkeypatch.setenv("CONVERSIONS_APP_ID", store.app_id)
+    monkeypatch.setenv("CONVERSIONS_PARTITIONS", "2")
+    runner = CliRunner()
+    table = await asyncio.to_thread(runner.invoke, main, ["report", "checkout", "--window", "1h"])
+    assert table.exit_code == 0, table.output
+    assert "product_view" in table.output and "50.0%" in table.output
+    as_json = await asyncio.to_thread(
+        runner.invoke, main, ["report", "checkout", "--json", "--by", "context.platform"]
+    )
+    body = orjson.loads(as_json.output)
+    assert [s["entered"] for s in body["steps"][:2]] == [2, 1]
+    assert body["breakdown"]["web"][1]["rate_from_previous"] == 0.5
+    unknown = await asyncio.to_thread(runner.invoke, main, ["report", "nope"])
+    assert unknown.exit_code == 2 and "no funnel 'nope'" in unknown.output

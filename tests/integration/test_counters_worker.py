@@ -9,9 +9,11 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from streams.infra import free_port
@@ -154,3 +156,20 @@ async def test_api_refuses_bad_queries(
             assert response.status == 405, "the web server is read-only"
         async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
             assert "conversions_events_in_total" in await response.text()
+
+    now = datetime.now(UTC)
+    live = [
+        {
+            "event_id": f"live-{i}",
+            "event": name,
+            "user_id": user,
+            "timestamp": (now + timedelta(seconds=i)).isoformat(),
+        }
+        for i, (user, name) in enumerate([("a", "product_view"), ("b", "product_view"), ("a", "add_to_cart")])
+    ]
+    await produce_lines(settings, [orjson.dumps(e) for e in live])
+    rate = await wait_for(
+        lambda: get_metric(port, "conversions_step_rate", 'funnel="checkout",step="add_to_cart"'),
+        timeout_s=60,
+    )
+    assert rate == 0.5
