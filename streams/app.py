@@ -25,6 +25,7 @@ import faust
 import orjson
 from pydantic import ValidationError
 
+from streams.alerting import WATERMARK_HEADER, Alerting
 from streams.core.deadletter import dead_letter
 from streams.core.engine import Engine, partition_for
 from streams.core.events import ClickEvent, Rejection, decode_message
@@ -120,6 +121,7 @@ class ConversionsApp:
         self._source_seen_at: dict[str, float] = {}
         self._announced: dict[tuple[str, int], tuple[int | None, float]] = {}
         self.counting = Counting(self) if settings.counters_enabled else None
+        self.alerting = Alerting(self) if config.source.alerts else None
         if settings.web_enabled and self.counting is not None:
             register_views(self)
         self.app.timer(5.0, name="lag")(self._measure_lag)
@@ -146,7 +148,6 @@ class ConversionsApp:
             if not decoded.events:
                 continue
             watermark = max(self._source_watermarks.get(source, 0), *(c.ts_ms for c in decoded.events))
-            self._source_watermarks[source] = watermark
             by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
             for click in decoded.events:
                 by_partition[partition_for(click.identity, partitions)].append(click.to_json_dict())
@@ -154,6 +155,9 @@ class ConversionsApp:
                 await self._send_batch(
                     partition, RepartitionBatch(source, watermark, items, offset=message.offset)
                 )
+            # Only now may the heartbeat timer repeat it: had it run during the sends above, a
+            # partition could learn the watermark before receiving the events it covers.
+            self._source_watermarks[source] = watermark
 
     async def _send_batch(self, partition: int, batch: RepartitionBatch) -> None:
         self._announced[(batch.source, partition)] = (
@@ -240,7 +244,7 @@ class ConversionsApp:
                 outputs.extend(self.engine.forget_source(message.partition, batch.source))
             elif batch.watermark is not None:
                 outputs.extend(self.engine.observe(message.partition, batch.source, batch.watermark))
-            await self.publish(outputs)
+            await self.publish(outputs, message.partition)
             if batch.offset is not None:
                 # after the journeys it covers, in the same changelog partition: never ahead of them
                 self.journeys[marker] = str(batch.offset).encode()
@@ -279,10 +283,20 @@ class ConversionsApp:
             if watermark is not None:
                 self.metrics.watermark.labels(partition).set(watermark / 1000)
 
-    async def publish(self, outputs: Iterable[OutputEvent]) -> None:
+    async def publish(self, outputs: Iterable[OutputEvent], partition: int | None = None) -> None:
+        """Send outputs keyed by identity. From a journey partition they go to the output partition
+        of the same number, with the partition's watermark in a header: everything that partition
+        will ever emit earlier than that watermark is already before the record (see `alerting`)."""
+        headers = None
+        if partition is not None:
+            watermark = self.engine.watermark(partition)
+            headers = [(WATERMARK_HEADER, str(watermark).encode())] if watermark is not None else None
         for output in outputs:
             self.metrics.outputs.labels(output.type).inc()
             identity = output.identity
             await self.output_topics[output.type].send(
-                key=identity.encode() if identity is not None else None, value=output.to_json()
+                key=identity.encode() if identity is not None else None,
+                value=output.to_json(),
+                partition=partition,
+                headers=headers,
             )

@@ -42,6 +42,11 @@ class Metrics:
             ["funnel", "step"],
             registry=r,
         )
+        self.alert_watermark = Gauge(
+            "conversions_alert_watermark_seconds",
+            "Event time up to which alert rules are judged (epoch s)",
+            registry=r,
+        )
         self.alert_firing = Gauge(
             "conversions_alert_firing",
             "1 while an alert rule is firing",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import BinaryIO
 
+from streams.core.alerts import AlertEvaluator
 from streams.core.deadletter import dead_letter
 from streams.core.engine import Engine
 from streams.core.events import decode_message, from_epoch_ms
@@ -33,6 +34,7 @@ class OfflineRun:
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.config, self.store, self.partitions, expected_sources=[self.source])
+        self.alerts = AlertEvaluator(self.config)
         self._latest_ms: int | None = None
 
     def feed(self, line: bytes) -> list[OutputEvent]:
@@ -63,6 +65,15 @@ class OfflineRun:
         if self._latest_ms is not None:
             for partition in range(self.partitions):
                 out.extend(self.engine.observe(partition, self.source, self._latest_ms))
+        return self._with_alerts(out)
+
+    def _with_alerts(self, out: list[OutputEvent]) -> list[OutputEvent]:
+        if not self.alerts.active or self._latest_ms is None:
+            return out
+        for output in out:
+            if output.type == "micro":
+                self.alerts.observe(output.model_dump())
+        out.extend(self.alerts.advance(self._latest_ms - self.config.late_tolerance))
         return out
 
     def run(self, lines: Iterable[bytes]) -> Iterator[OutputEvent]:

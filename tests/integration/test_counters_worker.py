@@ -41,7 +41,8 @@ async def get_metric(port: int, name: str, labels: str) -> float:
         session.get(f"http://127.0.0.1:{port}/metrics") as response,
     ):
         text = await response.text()
-    match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} (\S+)$", text, re.MULTILINE)
+    selector = re.escape(name) + (rf"\{{{re.escape(labels)}\}}" if labels else "")
+    match = re.search(rf"^{selector} (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 
