@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -57,6 +58,7 @@ class Alerting:
         self.evaluator = AlertEvaluator(conversions.config)
         self.topic = self.settings.output_topics["micro"]
         self._kafka: AIOKafkaConsumer | None = None
+        self._http: aiohttp.ClientSession | None = None
         self._watermarks: dict[int, int] = {}
         self._heard_at: dict[int, float] = {}
         conversions.app.add_dependency(AlertsService(self))
@@ -120,8 +122,39 @@ class Alerting:
             )
         if alerts and self.conversions.app.is_leader():
             await self.conversions.publish(alerts)
+            if self.settings.alert_webhook_url is not None:
+                for alert in alerts:
+                    await self._post(alert)
+
+    async def _post(self, alert: Any) -> None:
+        """POST one alert; three tries, then a warning: the alert is on the topic regardless."""
+        assert self.settings.alert_webhook_url is not None
+        url = self.settings.alert_webhook_url.get_secret_value()
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.settings.alert_webhook_timeout_s)
+            )
+        for attempt in range(3):
+            try:
+                async with self._http.post(
+                    url, data=alert.to_json(), headers={"Content-Type": "application/json"}
+                ) as response:
+                    if response.status < 300:
+                        return
+                    problem = f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                problem = exc.__class__.__name__
+            await asyncio.sleep(0.5 * 2**attempt)
+        log.warning(
+            "alert webhook failed (%s) for alert %s; it is on %s regardless",
+            problem,
+            alert.id,
+            self.settings.output_topics["alert"],
+        )
 
     async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
         if self._kafka is not None:
             with contextlib.suppress(Exception):
                 await self._kafka.stop()

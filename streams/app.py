@@ -191,6 +191,15 @@ class ConversionsApp:
             watermark = None if idle else self._source_watermarks.get(source)
             if watermark is None and not idle:
                 continue  # assigned, no event yet, not idle yet: nothing to say
+            if idle and any(
+                self._announced.get((source, p), (-1, 0.0))[0] is not None
+                for p in range(self.settings.partitions)
+            ):
+                log.info(
+                    "source %s is idle (nothing for %.0f s): event time no longer waits for it",
+                    source,
+                    self.settings.source_idle_s,
+                )
             for partition in range(self.settings.partitions):
                 announced, sent_at = self._announced.get((source, partition), (-1, 0.0))
                 if announced != watermark or sent_at < stale_before:

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     counter_dedupe_s: int = Field(default=3_600, ge=60)
     counter_batch_size: int = Field(default=2_000, ge=1)
     counter_batch_window_s: float = Field(default=0.25, gt=0)
+    alert_webhook_url: SecretStr | None = None
+    """Alerts are also POSTed here as JSON (by the leader); the URL may hold a token."""
+    alert_webhook_timeout_s: float = Field(default=5.0, gt=0)
     watermark_interval_s: float = Field(default=1.0, gt=0)
     source_idle_s: float = Field(default=10.0, gt=0)
     watermark_refresh_s: float = Field(default=10.0, gt=0)
@@ -159,7 +162,7 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """Settings fit for a log line: secrets masked, credentials in URLs removed."""
         data = self.model_dump(mode="json")
-        for key in ("kafka_sasl_password", "redis_url"):
+        for key in ("kafka_sasl_password", "redis_url", "alert_webhook_url"):
             if data.get(key):
                 data[key] = "**********"
         return data

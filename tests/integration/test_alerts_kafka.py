@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
 from streams.core.config_loader import load_config
 from streams.core.matching import compile_config
@@ -51,8 +52,8 @@ async def test_kafka_raises_the_same_alerts_as_offline(
     funnels = tmp_path / "funnels.yaml"
     funnels.write_text(FUNNELS)
     start = datetime(2024, 3, 1, tzinfo=UTC)
-    incident = Incident(start + timedelta(days=4), start + timedelta(days=7), "mobile", 0.3)
-    lines = list(Simulator(seed=8, users=3_500, start=start, days=9, incident=incident).lines())
+    incident = Incident(start + timedelta(days=4), start + timedelta(days=11), "mobile", 0.3)  # a week
+    lines = list(Simulator(seed=8, users=4_000, start=start, days=13, incident=incident).lines())
     end = start + timedelta(days=40)
     # product views far ahead from enough users that every micro partition moves past the end
     closing = [
@@ -78,6 +79,8 @@ async def test_kafka_raises_the_same_alerts_as_offline(
     assert any(a["state"] == "fired" and a["by"] == {"context.platform": "mobile"} for a in expected)
 
     port = free_port()
+    received: list[dict[str, Any]] = []
+    hook = await webhook(received)
     await ensure_topics(settings)
     start_worker(
         env={
@@ -85,6 +88,7 @@ async def test_kafka_raises_the_same_alerts_as_offline(
             "CONVERSIONS_FUNNELS": str(funnels),
             "CONVERSIONS_WEB_ENABLED": "true",
             "CONVERSIONS_WEB_PORT": str(port),
+            "CONVERSIONS_ALERT_WEBHOOK_URL": hook.url,
         }
     )
     await produce_lines(settings, lines)
@@ -101,11 +105,35 @@ async def test_kafka_raises_the_same_alerts_as_offline(
 
     assert brief(actual) == brief(judged)
     assert sorted(actual, key=lambda a: a["id"]) == sorted(judged, key=lambda a: a["id"])
+    assert brief(received) == brief(actual), "the webhook got every alert"
+    await hook.runner.cleanup()
     mobile = [a for a in judged if a["by"] == {"context.platform": "mobile"}]
     labels = 'by="context.platform=mobile",funnel="checkout",step="payment"'
     assert await get_metric(port, "conversions_alert_firing", labels) == (
         1.0 if mobile[-1]["state"] == "fired" else 0.0
     )
+
+
+class Hook:
+    def __init__(self, runner: web.AppRunner, url: str) -> None:
+        self.runner = runner
+        self.url = url
+
+
+async def webhook(received: list[dict[str, Any]]) -> Hook:
+    """An HTTP endpoint on loopback that keeps what is POSTed to it."""
+
+    async def take(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/alerts", take)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return Hook(runner, f"http://127.0.0.1:{port}/alerts")
 
 
 async def _past(port: int, moment: datetime) -> float | None:
