@@ -67,7 +67,12 @@ class LiveSummary:
         )
         parts: list[object] = [head]
         if dashboard:
-            parts.append(Text(f"dashboard: {dashboard}   Ctrl-C stops everything", style="dim"))
+            parts.append(
+                Text(
+                    f"API: {dashboard}funnels  metrics: {dashboard}metrics   Ctrl-C stops everything",
+                    style="dim",
+                )
+            )
         for funnel in self.config.funnels:
             table = Table(title=f"funnel {funnel.name}", title_justify="left", expand=False)
             for column in ("step", "reached", "from previous", "overall"):
