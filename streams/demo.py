@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from streams.core.config_loader import load_config
-from streams.infra import LOCAL_BROKER_ENV, LocalInfra
+from streams.infra import LOCAL_BROKER_ENV, LocalInfra, free_port
 from streams.kafka_admin import ensure_topics, kafka_client_options
 from streams.live_traffic import LiveTraffic, TrafficStats
 from streams.settings import Settings
@@ -160,20 +160,20 @@ def run_demo(settings: Settings, rate: float, users: int, seconds: float | None)
     workdir.mkdir(parents=True, exist_ok=True)
     console.print("[bold]starting[/] broker and Redis ...")
     with LocalInfra(settings.kafka_bootstrap_servers, redis_url, workdir=workdir / "infra") as infra:
-        web_port = settings.web_port if _port_free(settings.web_host, settings.web_port) else 0
+        web_port = settings.web_port if _port_free(settings.web_host, settings.web_port) else free_port()
         env = {
             **(LOCAL_BROKER_ENV if infra.broker is not None else {}),
             "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
             "REDIS_URL": infra.redis_url,
             "CONVERSIONS_WEB_PORT": str(web_port),
-            "CONVERSIONS_WEB_ENABLED": "true" if web_port else "false",
+            "CONVERSIONS_WEB_ENABLED": "true",
             "CONVERSIONS_SOURCE_IDLE_S": "5",
         }
         live_settings = settings.model_copy(update={"kafka_bootstrap_servers": infra.kafka_bootstrap})
         asyncio.run(ensure_topics(live_settings))
         worker = WorkerProcess(env, workdir / "worker.log")
         console.print(f"[bold]starting[/] worker (log: {worker.log_path}) ...")
-        dashboard = f"http://{settings.web_host}:{web_port}/" if web_port else None
+        dashboard = f"http://{settings.web_host}:{web_port}/"
         try:
             worker.start(wait_ready_s=120)
             console.print(f"kafka {infra.kafka_bootstrap}  redis {infra.redis_url}")
