@@ -108,6 +108,27 @@ def find_tansu() -> str:
         raise InfraError(str(exc)) from exc
 
 
+def terminate(process: subprocess.Popen[bytes], name: str, timeout: float) -> int:
+    """SIGTERM, as an orchestrator would; SIGKILL to its whole process group if it will not go."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0f s; killing it", name, timeout)
+            kill_group(process)
+    return process.returncode
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to the process and its children (they were started in a session of their own)."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 @dataclass
 class ManagedProcess:
     name: str
@@ -115,16 +136,7 @@ class ManagedProcess:
     log_path: Path
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop within %.0f s; killing it", self.name, timeout)
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, self.name, timeout)
 
 
 @dataclass

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from types import TracebackType
+
+from streams.infra import kill_group, terminate
 
 READY_LINE = "Worker ready"
 ERROR_LINE = re.compile(r"^\S+ \S+ (ERROR|CRITICAL) ", re.MULTILINE)
@@ -73,23 +73,12 @@ class WorkerProcess:
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM, as an orchestrator would; SIGKILL if it will not go."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.process.returncode
+        return None if self.process is None else terminate(self.process, "worker", timeout_s)
 
     def kill(self) -> None:
         """SIGKILL: a crash, with nothing flushed or committed."""
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.process is not None:
+            kill_group(self.process)
 
     def __enter__(self) -> WorkerProcess:
         return self.start()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import orjson
@@ -40,6 +40,11 @@ MAX_PATH = 50
 MAX_BREAKDOWN_VALUE = 100
 
 
+def _pack(record: Any) -> list[Any]:
+    """A dataclass's values in field order: the compact positional form journeys are stored in."""
+    return [getattr(record, f.name) for f in fields(record)]
+
+
 @dataclass(slots=True)
 class Session:
     number: int
@@ -54,25 +59,6 @@ class Session:
     micros: int = 0
     goals: list[str] = field(default_factory=list)
 
-    def pack(self) -> list[Any]:
-        return [
-            self.number,
-            self.id,
-            self.start,
-            self.last,
-            self.landing,
-            self.channel,
-            self.campaign,
-            self.page_views,
-            self.events,
-            self.micros,
-            self.goals,
-        ]
-
-    @classmethod
-    def unpack(cls, raw: list[Any]) -> Session:
-        return cls(*raw)
-
 
 @dataclass(slots=True)
 class Attempt:
@@ -86,22 +72,6 @@ class Attempt:
     session_id: str | None
     breakdowns: dict[str, str | None]
     stalled: bool = False
-
-    def pack(self) -> list[Any]:
-        return [
-            self.number,
-            self.start,
-            self.last,
-            self.reached,
-            self.done_mask,
-            self.session_id,
-            self.breakdowns,
-            self.stalled,
-        ]
-
-    @classmethod
-    def unpack(cls, raw: list[Any]) -> Attempt:
-        return cls(*raw)
 
 
 @dataclass(slots=True)
@@ -129,65 +99,26 @@ class Journey:
         return self.user_id if self.user_id is not None else self.anonymous_id  # type: ignore[return-value]
 
     def dumps(self) -> bytes:
-        return orjson.dumps(
-            [
-                STATE_VERSION,
-                self.user_id,
-                self.anonymous_id,
-                self.first_touch,
-                self.first_landing,
-                self.first_channel,
-                self.last_ts,
-                self.sequence,
-                self.sessions,
-                self.page_views,
-                self.session.pack() if self.session else None,
-                {name: a.pack() for name, a in self.attempts.items()},
-                self.path,
-                self.seen,
-                self.seen_at,
-            ]
-        )
+        values = _pack(self)
+        values[_SESSION_AT] = _pack(self.session) if self.session else None
+        values[_ATTEMPTS_AT] = {name: _pack(a) for name, a in self.attempts.items()}
+        return orjson.dumps([STATE_VERSION, *values])
 
     @classmethod
     def loads(cls, raw: bytes) -> Journey:
-        data = orjson.loads(raw)
-        if data[0] != STATE_VERSION:
-            raise ValueError(f"unknown journey state version {data[0]}")
-        (
-            _,
-            user_id,
-            anonymous_id,
-            first_touch,
-            first_landing,
-            first_channel,
-            last_ts,
-            sequence,
-            sessions,
-            page_views,
-            session,
-            attempts,
-            path,
-            seen,
-            seen_at,
-        ) = data
-        return cls(
-            user_id,
-            anonymous_id,
-            first_touch,
-            first_landing,
-            first_channel,
-            last_ts,
-            sequence,
-            sessions,
-            page_views,
-            Session.unpack(session) if session else None,
-            {name: Attempt.unpack(a) for name, a in attempts.items()},
-            path,
-            seen,
-            seen_at,
-        )
+        version, *values = orjson.loads(raw)
+        if version != STATE_VERSION:
+            raise ValueError(f"unknown journey state version {version}")
+        journey = cls(*values)
+        if journey.session is not None:
+            journey.session = Session(*journey.session)  # type: ignore[misc]
+        journey.attempts = {name: Attempt(*a) for name, a in journey.attempts.items()}  # type: ignore[misc]
+        return journey
 
+
+_JOURNEY_FIELDS = [f.name for f in fields(Journey)]
+_SESSION_AT = _JOURNEY_FIELDS.index("session")
+_ATTEMPTS_AT = _JOURNEY_FIELDS.index("attempts")
 
 Outputs = list[OutputEvent]
 
