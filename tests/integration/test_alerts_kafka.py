@@ -108,6 +108,15 @@ async def test_kafka_raises_the_same_alerts_as_offline(
     assert brief(received) == brief(actual), "the webhook got every alert"
     await hook.runner.cleanup()
     mobile = [a for a in judged if a["by"] == {"context.platform": "mobile"}]
+
+    def in_incident(alert: dict[str, Any]) -> bool:
+        at = datetime.fromisoformat(alert["timestamp"])
+        return alert["by"] == {"context.platform": "mobile"} and incident.start < at < incident.end
+
+    fired = [a for a in actual if a["state"] == "fired"]
+    assert any(in_incident(a) for a in fired), "the incident raised an alert, on its platform"
+    false_alarms = [a for a in fired if not in_incident(a)]
+    assert len(false_alarms) <= 2, brief(false_alarms)
     labels = 'by="context.platform=mobile",funnel="checkout",step="payment"'
     assert await get_metric(port, "conversions_alert_firing", labels) == (
         1.0 if mobile[-1]["state"] == "fired" else 0.0
