@@ -47,9 +47,8 @@ def _construct(node: yaml.Node, path: Location, lines: dict[Location, int]) -> A
             key = yaml.safe_load(yaml.serialize(key_node))
             if key in result:
                 raise ConfigError("", key_node.start_mark.line + 1, f"duplicate key {key!r}")
-            lines[(*path, key)] = key_node.start_mark.line + 1
             result[key] = _construct(value_node, (*path, key), lines)
-            lines[(*path, key)] = key_node.start_mark.line + 1
+            lines[(*path, key)] = key_node.start_mark.line + 1  # a key's problems point at the key
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_construct(item, (*path, i), lines) for i, item in enumerate(node.value)]
