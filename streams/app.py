@@ -33,6 +33,7 @@ from streams.core.matching import CompiledConfig
 from streams.core.outputs import OutputEvent
 from streams.core.repartition import RepartitionBatch, source_name
 from streams.counting import Counting
+from streams.durable_table import DurableTable
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.web import register_views
@@ -111,7 +112,8 @@ class ConversionsApp:
             value_type=bytes,  # raw bytes: journeys serialize themselves compactly
         )
         self.source_topics = frozenset(map(settings.topic, settings.topic_clickstream))
-        self.engine = Engine(config, self.journeys, settings.partitions, expected_sources=sources)
+        self.state = DurableTable(self.journeys)
+        self.engine = Engine(config, self.state, settings.partitions, expected_sources=sources)
         self.journeys.on_recover(self._rebuild_deadlines)
         self.app.agent(self.source, name="ingest")(self._ingest)
         self.app.agent(self.events_topic, name="journeys")(self._journeys)
@@ -236,7 +238,7 @@ class ConversionsApp:
                 continue
             marker = applied_marker(message.partition, batch.source)
             if batch.offset is not None:
-                applied = self.journeys.get(marker)
+                applied = self.state.get(marker)
                 if applied is not None and batch.offset <= int(applied):
                     continue  # redelivered (ingest or journeys crashed): already in the table
             outputs: list[OutputEvent] = []
@@ -256,11 +258,12 @@ class ConversionsApp:
             await self.publish(outputs, message.partition)
             if batch.offset is not None:
                 # after the journeys it covers, in the same changelog partition: never ahead of them
-                self.journeys[marker] = str(batch.offset).encode()
+                self.state[marker] = str(batch.offset).encode()
+            await self.state.write_changelog(message.partition)
 
     async def _rebuild_deadlines(self) -> None:
         by_partition: dict[int, list[str]] = defaultdict(list)
-        for identity in list(self.journeys.keys()):
+        for identity in list(self.state):
             if identity.startswith(MARKER_PREFIX):
                 continue
             by_partition[partition_for(identity, self.settings.partitions)].append(identity)
