@@ -154,7 +154,14 @@ async def _run(
     return traffic.stats
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(settings: Settings, rate: float, users: int, seconds: float | None) -> int:
+    # SIGTERM before the event loop runs (while the worker starts) must still unwind the `with`
+    # blocks below, or the broker, Redis and the worker would outlive the demo
+    signal.signal(signal.SIGTERM, _interrupt)
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     workdir = Path(settings.data_dir) / "demo"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -172,9 +179,9 @@ def run_demo(settings: Settings, rate: float, users: int, seconds: float | None)
         live_settings = settings.model_copy(update={"kafka_bootstrap_servers": infra.kafka_bootstrap})
         asyncio.run(ensure_topics(live_settings))
         worker = WorkerProcess(env, workdir / "worker.log")
-        console.print(f"[bold]starting[/] worker (log: {worker.log_path}) ...")
         dashboard = f"http://{settings.web_host}:{web_port}/"
         try:
+            console.print(f"[bold]starting[/] worker (log: {worker.log_path}) ...")
             worker.start(wait_ready_s=120)
             console.print(f"kafka {infra.kafka_bootstrap}  redis {infra.redis_url}")
             stats = asyncio.run(_run(live_settings, rate, users, seconds, dashboard))
