@@ -15,7 +15,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -296,9 +295,3 @@ class LocalInfra:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def local_infra(kafka_bootstrap: str | None = None, redis_url: str | None = None) -> Iterator[LocalInfra]:
-    with LocalInfra(kafka_bootstrap, redis_url) as infra:
-        yield infra

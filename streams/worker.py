@@ -19,13 +19,7 @@ log = logging.getLogger(__name__)
 def run_worker(settings: Settings) -> None:
     """Blocks until the worker is stopped (SIGTERM / Ctrl-C)."""
     config = compile_config(load_config(settings.funnels))
-    log.info(
-        "starting worker %s: kafka=%s partitions=%d funnels=%s",
-        settings.app_id,
-        settings.kafka_bootstrap_servers,
-        settings.partitions,
-        settings.funnels,
-    )
+    log.info("starting worker %s with settings %s", settings.app_id, settings.redacted())
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

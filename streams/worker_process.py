@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 
 from streams.infra import kill_group, terminate
 
@@ -79,14 +78,3 @@ class WorkerProcess:
         """SIGKILL: a crash, with nothing flushed or committed."""
         if self.process is not None:
             kill_group(self.process)
-
-    def __enter__(self) -> WorkerProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

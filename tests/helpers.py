@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections import Counter
-from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -34,17 +32,6 @@ def event(name: str, at: str, user: str = "u1", **fields: Any) -> dict[str, Any]
 
 def click(name: str, at: str, user: str = "u1", **fields: Any) -> ClickEvent:
     return ClickEvent.model_validate(event(name, at, user, **fields))
-
-
-def summarize(outputs: Iterable[dict[str, Any]]) -> Counter[tuple[Any, ...]]:
-    return Counter(
-        (
-            o["type"],
-            o.get("funnel"),
-            o.get("step") or o.get("goal") or o.get("name") or o.get("reason"),
-        )
-        for o in outputs
-    )
 
 
 def comparable(output: dict[str, Any]) -> dict[str, Any]:

@@ -55,7 +55,6 @@ FIELD_ROOTS = frozenset(
     }
 )
 DERIVED_BREAKDOWNS = frozenset({"landing_page", "channel"})
-MATCH_KEYS = frozenset({"event", "url", "goal"})
 MAX_FIELD_PATH_DEPTH = 8
 
 

@@ -102,10 +102,6 @@ class Engine:
             return []
         return self._fire_due(partition, clock)
 
-    def sources(self, partition: int) -> dict[str, int]:
-        clock = self._clocks.get(partition)
-        return dict(clock.sources) if clock else {}
-
     def rebuild_deadlines(self, partition: int, identities: Iterable[str]) -> int:
         """Index the deadlines of journeys already in the store (after recovery or assignment)."""
         clock = self._clock(partition)
@@ -116,9 +112,6 @@ class Engine:
                 self._schedule(clock, journey)
                 count += 1
         return count
-
-    def forget_partition(self, partition: int) -> None:
-        self._clocks.pop(partition, None)
 
     def pending_deadlines(self, partition: int) -> int:
         clock = self._clocks.get(partition)
