@@ -404,17 +404,9 @@ class JourneyMachine:
         out.append(
             Dropoff(
                 id=output_id("dropoff", journey.identity, funnel.name, attempt.number),
-                user_id=journey.user_id,
-                anonymous_id=journey.anonymous_id,
-                session_id=attempt.session_id,
-                timestamp=from_epoch_ms(at),
-                funnel=funnel.name,
-                step=funnel.steps[attempt.reached].name,
-                step_index=attempt.reached,
                 reason=reason,
-                started_at=from_epoch_ms(attempt.start),
                 time_in_funnel_ms=attempt.last - attempt.start,
-                breakdowns=attempt.breakdowns,
+                **self._attempt_fields(journey, funnel, attempt, at),
             )
         )
 
@@ -424,18 +416,27 @@ class JourneyMachine:
         out.append(
             Stalled(
                 id=output_id("stalled", journey.identity, funnel.name, attempt.number, attempt.last),
-                user_id=journey.user_id,
-                anonymous_id=journey.anonymous_id,
-                session_id=attempt.session_id,
-                timestamp=from_epoch_ms(at),
-                funnel=funnel.name,
-                step=funnel.steps[attempt.reached].name,
-                step_index=attempt.reached,
-                started_at=from_epoch_ms(attempt.start),
                 idle_ms=at - attempt.last,
-                breakdowns=attempt.breakdowns,
+                **self._attempt_fields(journey, funnel, attempt, at),
             )
         )
+
+    @staticmethod
+    def _attempt_fields(
+        journey: Journey, funnel: CompiledFunnel, attempt: Attempt, at: int
+    ) -> dict[str, Any]:
+        """What a drop-off and a stall say of the attempt they end or flag."""
+        return {
+            "user_id": journey.user_id,
+            "anonymous_id": journey.anonymous_id,
+            "session_id": attempt.session_id,
+            "timestamp": from_epoch_ms(at),
+            "funnel": funnel.name,
+            "step": funnel.steps[attempt.reached].name,
+            "step_index": attempt.reached,
+            "started_at": from_epoch_ms(attempt.start),
+            "breakdowns": attempt.breakdowns,
+        }
 
     # ---- conversions ------------------------------------------------------------------
 
