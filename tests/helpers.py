@@ -95,3 +95,24 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
             return set(found)
         await asyncio.sleep(0.1)
     raise AssertionError(f"topic {topic} does not exist")
+
+
+def incident_funnels(baseline: str, min_entered: int) -> str:
+    """A checkout funnel with one alert rule on payment per platform: the planted-incident tests'."""
+    return f"""
+version: 1
+goals: [{{name: purchase, match: {{event: purchase}}}}]
+funnels:
+  - name: checkout
+    window: 1d
+    steps:
+      - {{name: product_view, match: {{event: product_view}}}}
+      - {{name: add_to_cart, match: {{event: add_to_cart}}}}
+      - {{name: shipping, match: {{event: shipping_details}}}}
+      - {{name: payment, match: {{event: payment_details}}}}
+      - {{name: purchase, match: {{goal: purchase}}}}
+    breakdowns: [context.platform]
+alerts:
+  - {{funnel: checkout, step: payment, window: 12h, baseline: {baseline}, min_entered: {min_entered},
+     relative_drop: 0.35, drop_below: 0.5, by: [context.platform]}}
+"""

@@ -22,27 +22,11 @@ from streams.producer import produce_lines
 from streams.settings import Settings
 from streams.simulate import Incident, Simulator
 from streams.worker_process import WorkerProcess
-from tests.helpers import read_topics
+from tests.helpers import incident_funnels, read_topics
 from tests.integration.test_counters_worker import get_metric, wait_for
 from tests.integration.test_journeys_kafka import SOURCE_IDLE, send_ticks
 
-FUNNELS = """
-version: 1
-goals: [{name: purchase, match: {event: purchase}}]
-funnels:
-  - name: checkout
-    window: 1d
-    steps:
-      - {name: product_view, match: {event: product_view}}
-      - {name: add_to_cart, match: {event: add_to_cart}}
-      - {name: shipping, match: {event: shipping_details}}
-      - {name: payment, match: {event: payment_details}}
-      - {name: purchase, match: {goal: purchase}}
-    breakdowns: [context.platform]
-alerts:
-  - {funnel: checkout, step: payment, window: 12h, baseline: 3d, min_entered: 15, relative_drop: 0.35,
-     drop_below: 0.5, by: [context.platform]}
-"""
+FUNNELS = incident_funnels(baseline="3d", min_entered=15)
 
 
 @pytest.mark.timeout(400)

@@ -11,6 +11,7 @@ from streams.core.config_loader import parse_config
 from streams.core.matching import compile_config
 from streams.offline import OfflineRun
 from streams.simulate import Incident, Simulator
+from tests.helpers import incident_funnels
 
 RULE = AlertRule(
     funnel="f", step="b", window="1h", baseline="6h", min_entered=20, relative_drop=0.3, drop_below=0.2
@@ -134,34 +135,16 @@ def test_same_alerts_whatever_the_watermark_steps() -> None:
     assert [a.id for a in all_at_once] == [a.id for a in gradual] and len(gradual) == 2
 
 
-INCIDENT_CONFIG = compile_config(
-    parse_config("""
-version: 1
-goals: [{name: purchase, match: {event: purchase}}]
-funnels:
-  - name: checkout
-    window: 1d
-    steps:
-      - {name: product_view, match: {event: product_view}}
-      - {name: add_to_cart, match: {event: add_to_cart}}
-      - {name: shipping, match: {event: shipping_details}}
-      - {name: payment, match: {event: payment_details}}
-      - {name: purchase, match: {goal: purchase}}
-    breakdowns: [context.platform]
-alerts:
-  - {funnel: checkout, step: payment, window: 12h, baseline: 4d, min_entered: 20, relative_drop: 0.35,
-     drop_below: 0.5, by: [context.platform]}
-""")
-)
+INCIDENT_CONFIG = compile_config(parse_config(incident_funnels(baseline="4d", min_entered=20)))
 
 
 def test_a_planted_incident_is_found_offline_on_its_platform_only() -> None:
-    """Payment after shipping falls from 0.8 to 0.3 on mobile for four days of a fortnight."""
+    """Payment after shipping falls from 0.8 to 0.3 on mobile for a week out of sixteen days."""
     start = datetime(2024, 3, 1, tzinfo=UTC)
     incident = Incident(
-        start=start + timedelta(days=6), end=start + timedelta(days=10), platform="mobile", payment_rate=0.3
+        start=start + timedelta(days=5), end=start + timedelta(days=12), platform="mobile", payment_rate=0.3
     )
-    sim = Simulator(seed=42, users=7_000, start=start, days=14, incident=incident)
+    sim = Simulator(seed=42, users=7_000, start=start, days=16, incident=incident)
     run_ = OfflineRun(INCIDENT_CONFIG, partitions=4)
     alerts = [o for o in run_.run(sim.lines()) if o.type == "alert"]
     mobile = [a.model_dump() for a in alerts if a.model_dump()["by"] == {"context.platform": "mobile"}]
