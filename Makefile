@@ -3,15 +3,19 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test unit integration lint typecheck schemas bench clean
+.PHONY: setup setup-browser demo test unit integration lint typecheck schemas bench clean
 
 setup:
 	@./scripts/bootstrap
 
+# the test command also needs Debian's chromium for the dashboard's browser test
+setup-browser:
+	@WITH_BROWSER=1 ./scripts/bootstrap
+
 demo: setup
 	$(PY) -m streams.cli demo
 
-test: setup lint typecheck
+test: setup-browser lint typecheck
 	$(PY) -m streams.cli schemas --check
 	$(PY) -m pytest
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from aiokafka.errors import KafkaError
 from mode import Service
 
 from streams.core.alerts import AlertEvaluator
+from streams.core.outputs import Alert
 from streams.kafka_admin import kafka_client_options
 
 WATERMARK_HEADER = "conversions-watermark"
@@ -61,6 +63,8 @@ class Alerting:
         self._http: aiohttp.ClientSession | None = None
         self._watermarks: dict[int, int] = {}
         self._heard_at: dict[int, float] = {}
+        self.firing: dict[tuple[str, str, str], Alert] = {}
+        self.history: deque[Alert] = deque(maxlen=20)
         conversions.app.add_dependency(AlertsService(self))
 
     def watermark(self) -> int | None:
@@ -104,10 +108,15 @@ class Alerting:
                 await self._publish(self.evaluator.advance(watermark))
                 self.conversions.metrics.alert_watermark.set(watermark / 1000)
 
-    async def _publish(self, alerts: list[Any]) -> None:
+    async def _publish(self, alerts: list[Alert]) -> None:
         metrics = self.conversions.metrics
         for alert in alerts:
             by = ",".join(f"{k}={v}" for k, v in alert.by.items())
+            self.history.appendleft(alert)
+            if alert.state == "fired":
+                self.firing[(alert.funnel, alert.step, by)] = alert
+            else:
+                self.firing.pop((alert.funnel, alert.step, by), None)
             metrics.alert_firing.labels(alert.funnel, alert.step, by).set(1 if alert.state == "fired" else 0)
             log.warning(
                 "alert %s: %s -> %s%s rate %.3f (baseline %s, %d entered) at %s",
@@ -126,7 +135,7 @@ class Alerting:
                 for alert in alerts:
                     await self._post(alert)
 
-    async def _post(self, alert: Any) -> None:
+    async def _post(self, alert: Alert) -> None:
         """POST one alert; three tries, then a warning: the alert is on the topic regardless."""
         assert self.settings.alert_webhook_url is not None
         url = self.settings.alert_webhook_url.get_secret_value()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import orjson
@@ -15,7 +15,7 @@ from streams.logging_setup import setup_logging
 from streams.settings import DEFAULT_FUNNELS, SettingsError, load_settings
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.secho(message, fg="red", err=True)
     sys.exit(2)
 
@@ -292,15 +292,43 @@ def topics() -> None:
 @click.option("--rate", type=float, default=200.0, show_default=True, help="Events per second.")
 @click.option("--users", type=int, default=20_000, show_default=True)
 @click.option("--seconds", type=float, default=None, help="Stop after this long (default: Ctrl-C).")
-def demo(rate: float, users: int, seconds: float | None) -> None:
-    """Embedded broker and Redis, a worker, simulated shop traffic and a live summary."""
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0.01),
+    default=20.0,
+    show_default=True,
+    help="How much faster than real time the simulated shop clock runs.",
+)
+@click.option(
+    "--incident-at",
+    default="40m",
+    show_default=True,
+    help="Plant an incident (mobile payment rate falls to 0.3) this far into simulated time; 'off' for none.",
+)
+@click.option(
+    "--incident-for", default="40m", show_default=True, help="How long the incident lasts (simulated)."
+)
+def demo(
+    rate: float, users: int, seconds: float | None, speed: float, incident_at: str, incident_for: str
+) -> None:
+    """Embedded broker and Redis, a worker, simulated shop traffic, the live dashboard and summary."""
+    from datetime import timedelta
+
+    from streams.core.durations import parse_duration_ms
     from streams.demo import run_demo
     from streams.infra import InfraError
+    from streams.live_traffic import LiveTraffic
 
     settings = _settings()
     setup_logging("WARNING")
     try:
-        sys.exit(run_demo(settings, rate=rate, users=users, seconds=seconds))
+        after = None if incident_at == "off" else timedelta(milliseconds=parse_duration_ms(incident_at))
+        lasting = timedelta(milliseconds=parse_duration_ms(incident_for))
+    except ValueError as exc:
+        _fail(f"--incident-at/--incident-for: {exc}")
+    traffic = LiveTraffic(rate=rate, users=users, speed=speed, incident_after=after, incident_for=lasting)
+    try:
+        sys.exit(run_demo(settings, traffic, seconds=seconds))
     except InfraError as exc:
         _fail(f"could not start the local infrastructure: {exc}")
 

@@ -68,9 +68,13 @@ class LiveSummary:
         parts: list[object] = [head]
         if dashboard:
             parts.append(
-                Text(
-                    f"API: {dashboard}funnels  metrics: {dashboard}metrics   Ctrl-C stops everything",
-                    style="dim",
+                Text.assemble(
+                    ("dashboard: ", "bold"),
+                    (dashboard, "bold cyan"),
+                    (
+                        f"   JSON: {dashboard}live  metrics: {dashboard}metrics   Ctrl-C stops everything",
+                        "dim",
+                    ),
                 )
             )
         for funnel in self.config.funnels:
@@ -122,13 +126,12 @@ async def _follow(settings: Settings, summary: LiveSummary, stop: asyncio.Event)
 
 
 async def _run(
-    settings: Settings, rate: float, users: int, seconds: float | None, dashboard: str | None
+    settings: Settings, traffic: LiveTraffic, seconds: float | None, dashboard: str | None
 ) -> TrafficStats:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    traffic = LiveTraffic(rate=rate, users=users)
     summary = LiveSummary(settings)
     started = time.monotonic()
     tasks = [
@@ -158,7 +161,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_demo(settings: Settings, rate: float, users: int, seconds: float | None) -> int:
+def run_demo(settings: Settings, traffic: LiveTraffic, seconds: float | None) -> int:
     # SIGTERM before the event loop runs (while the worker starts) must still unwind the `with`
     # blocks below, or the broker, Redis and the worker would outlive the demo
     signal.signal(signal.SIGTERM, _interrupt)
@@ -184,7 +187,10 @@ def run_demo(settings: Settings, rate: float, users: int, seconds: float | None)
             console.print(f"[bold]starting[/] worker (log: {worker.log_path}) ...")
             worker.start(wait_ready_s=120)
             console.print(f"kafka {infra.kafka_bootstrap}  redis {infra.redis_url}")
-            stats = asyncio.run(_run(live_settings, rate, users, seconds, dashboard))
+            console.print(f"[bold]open the live dashboard:[/] [bold cyan]{dashboard}[/]")
+            if traffic.speed != 1:
+                console.print(f"the simulated shop clock runs {traffic.speed:g}x faster than real time")
+            stats = asyncio.run(_run(live_settings, traffic, seconds, dashboard))
         finally:
             console.print("[bold]stopping[/] worker, broker and Redis ...")
             worker.stop()

@@ -1,5 +1,8 @@
 """Simulated shop traffic in real time, to Kafka: visits start at random, their events are sent
-when their moment comes, with the current time as event time."""
+when their moment comes, stamped with the simulated clock's time.
+
+The simulated clock starts at the real time and runs `speed` times faster, so a demo shows an
+hour of shop traffic (and a planted incident) in minutes; `rate` is events per real second."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -39,13 +42,20 @@ class LiveTraffic:
         seed: int | None = None,
         bad_rate: float = 0.005,
         gap_scale: float = 0.05,
-        incident: Incident | None = None,
+        speed: float = 1.0,
+        incident_after: timedelta | None = None,
+        incident_for: timedelta = timedelta(minutes=30),
     ) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
         self.rate = rate
+        self.speed = speed
+        self.incident_after = incident_after
+        self.incident_for = incident_for
         self.users = users
         self.rng = random.Random(seed)
         self.bad_rate = bad_rate
-        self.simulator = Simulator(seed=seed or 0, users=users, gap_scale=gap_scale, incident=incident)
+        self.simulator = Simulator(seed=seed or 0, users=users, gap_scale=gap_scale)
         self.stats = TrafficStats()
         self._visits = itertools.count()
         self._platforms: dict[int, str] = {}
@@ -59,6 +69,17 @@ class LiveTraffic:
         self.stats.visits += 1
         return self.simulator.session(self.rng, identity, platform, u, next(self._visits), now)
 
+    def _plant_incident(self, origin: float) -> None:
+        if self.incident_after is None:
+            return
+        start = datetime.fromtimestamp(origin, UTC) + self.incident_after
+        self.simulator.incident = Incident(start=start, end=start + self.incident_for)
+        log.info(
+            "planted incident: mobile payment rate 0.3 from %s to %s (simulated clock)",
+            start,
+            start + self.incident_for,
+        )
+
     async def run(self, settings: Settings, stop: asyncio.Event) -> TrafficStats:
         topic = settings.topic(settings.topic_clickstream[0])
         producer = clickstream_producer(settings)
@@ -66,15 +87,23 @@ class LiveTraffic:
         pending: list[tuple[float, int, dict[str, Any], Iterator[dict[str, Any]]]] = []
         order = itertools.count()
         visits_per_s = self.rate / EVENTS_PER_VISIT
-        next_visit = time.time()
+        origin = next_visit = time.time()
+        self._plant_incident(origin)
+
+        def simulated(real: float) -> datetime:
+            return datetime.fromtimestamp(origin + (real - origin) * self.speed, UTC)
+
+        def real(moment: datetime) -> float:
+            return origin + (moment.timestamp() - origin) / self.speed
+
         try:
             while not stop.is_set():
                 now = time.time()
                 while next_visit <= now:
-                    visit = self._visit(datetime.fromtimestamp(next_visit, UTC))
+                    visit = self._visit(simulated(next_visit))
                     first = next(visit, None)
                     if first is not None:
-                        heapq.heappush(pending, (first["_at"].timestamp(), next(order), first, visit))
+                        heapq.heappush(pending, (real(first["_at"]), next(order), first, visit))
                     next_visit += self.rng.expovariate(visits_per_s)
                 while pending and pending[0][0] <= now:
                     _, _, event, visit = heapq.heappop(pending)
@@ -87,8 +116,7 @@ class LiveTraffic:
                     self.stats.sent += 1
                     following = next(visit, None)
                     if following is not None:
-                        at = following["_at"].timestamp()
-                        heapq.heappush(pending, (at, next(order), following, visit))
+                        heapq.heappush(pending, (real(following["_at"]), next(order), following, visit))
                 wake = min(next_visit, pending[0][0] if pending else next_visit)
                 await asyncio.sleep(max(0.0, min(0.2, wake - time.time())))
             await producer.flush()

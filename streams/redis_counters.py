@@ -17,11 +17,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams.core.counters import (
+    RECENT_MACROS,
     FunnelReport,
     Op,
     breakdown_values,
@@ -68,6 +70,9 @@ for m = 1, tonumber(ARGV[4]) do
         if tonumber(amount) > tonumber(redis.call('HGET', key, field) or '0') then
           redis.call('HSET', key, field, amount)
         end
+      elseif kind == 'l' then
+        redis.call('LPUSH', key, field)
+        redis.call('LTRIM', key, 0, tonumber(amount) - 1)
       end
       touched[key] = ttl
       i = i + 4
@@ -142,6 +147,15 @@ class CounterStore:
             pipe.hget(self.prefix(shard) + "meta", "latest")
         values = [int(v) for v in await pipe.execute() if v is not None]
         return max(values) if values else None
+
+    async def recent_macros(self, limit: int = RECENT_MACROS) -> list[dict[str, Any]]:
+        """The latest macroconversions over every shard, newest first."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(self.shards):
+            pipe.lrange(self.prefix(shard) + "recent", 0, limit - 1)
+        entries = [orjson.loads(raw) for per_shard in await pipe.execute() for raw in per_shard]
+        entries.sort(key=lambda e: str(e.get("timestamp")), reverse=True)
+        return entries[:limit]
 
     async def _sum(self, keys: list[str]) -> dict[str, float]:
         pipe = self.redis.pipeline(transaction=False)

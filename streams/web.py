@@ -1,8 +1,10 @@
-"""The worker's read-only web server: funnel and goal reports as JSON, Prometheus metrics."""
+"""The worker's read-only web server: the live dashboard, funnel and goal reports as JSON,
+alerts, Prometheus metrics."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from streams.core.counters import bucket_of
@@ -16,6 +18,14 @@ if TYPE_CHECKING:
     from streams.app import ConversionsApp
 
 DEFAULT_WINDOW = "15m"
+DASHBOARD_FILES = {
+    "dashboard.js": "text/javascript",
+    "dashboard.css": "text/css",
+}
+
+
+def dashboard_asset(name: str) -> bytes:
+    return resources.files("streams").joinpath("dashboard", name).read_bytes()
 
 
 class BadQuery(ValueError):
@@ -102,6 +112,53 @@ def register_views(conversions: ConversionsApp) -> None:
             return web.json({"error": str(exc)}, status=400)
         return web.json(await store().goals_report(goals, start, end))
 
+    alerting = conversions.alerting
+
+    def alerts_body() -> dict[str, Any]:
+        if alerting is None:
+            return {"rules": 0, "firing": [], "recent": []}
+        return {
+            "rules": len(conversions.config.source.alerts),
+            "watermark_ms": alerting.watermark(),
+            "firing": [a.model_dump(mode="json") for a in alerting.firing.values()],
+            "recent": [a.model_dump(mode="json") for a in alerting.history],
+        }
+
+    async def alerts_view(web: View, request: Request) -> Response:
+        return web.json(alerts_body())
+
+    async def live(web: View, request: Request) -> Response:
+        """Everything the dashboard shows, in one request: every funnel (the chosen one broken
+        down by `by`), the goals, recent macroconversions and alerts."""
+        query = dict(request.query)
+        try:
+            start, end = await resolve_window(store(), query)
+        except BadQuery as exc:
+            return web.json({"error": str(exc)}, status=400)
+        chosen, by = query.get("funnel"), query.get("by") or None
+        body: dict[str, Any] = {
+            "start_ms": start,
+            "end_ms": end,
+            "latest_event_ms": await store().latest_event_ms(),
+            "funnels": {},
+        }
+        for name, funnel in funnels.items():
+            breakdown = by if name == chosen and by in funnel.breakdowns else None
+            report = await store().funnel_report(funnel, start, end, by=breakdown)
+            body["funnels"][name] = {"breakdowns": list(funnel.breakdowns), **report.as_dict()}
+        body["goals"] = await store().goals_report(goals, start, end)
+        body["recent_macros"] = await store().recent_macros()
+        body["alerts"] = alerts_body()
+        return web.json(body)
+
+    async def dashboard(web: View, request: Request) -> Response:
+        return web.html(dashboard_asset("index.html").decode())
+
+    async def asset(web: View, request: Request, name: str) -> Response:
+        if name not in DASHBOARD_FILES:
+            return web.text("not found", status=404)
+        return web.text(dashboard_asset(name).decode(), content_type=DASHBOARD_FILES[name])
+
     async def metrics(web: View, request: Request) -> Response:
         return web.bytes(conversions.metrics.render(), content_type="text/plain; version=0.0.4")
 
@@ -109,3 +166,7 @@ def register_views(conversions: ConversionsApp) -> None:
     app.page("/funnels")(overview)
     app.page("/goals")(goals_view)
     app.page("/metrics")(metrics)
+    app.page("/alerts")(alerts_view)
+    app.page("/live")(live)
+    app.page("/")(dashboard)
+    app.page("/dashboard/{name}")(asset)

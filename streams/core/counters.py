@@ -13,6 +13,7 @@ every resolution R (the finest, and the hour and day rollups), written as `R:B` 
     ug:<goal>:B    HyperLogLog of converting identities
     s:B            hash  n sessions, pv page views, dur duration ms; each also |landing_page= and |channel=
     meta           hash  latest: the latest event time counted (ms)
+    recent         list  the latest macroconversions, newest first (no identities), capped
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+import orjson
+
 from streams.core.events import to_epoch_ms
 from streams.core.matching import CompiledConfig
 
-OpKind = Literal["h", "f", "p", "m"]  # HINCRBY, HINCRBYFLOAT, PFADD, keep-the-max
+OpKind = Literal["h", "f", "p", "m", "l"]  # HINCRBY, HINCRBYFLOAT, PFADD, keep-the-max, capped LPUSH
+RECENT_MACROS = 20
 DECISION_BUCKETS_MIN = (1, 5, 15, 60, 360, 1_440, 10_080)
 COUNTED_TYPES = frozenset({"micro", "macro", "dropoff", "stalled", "session"})
 
@@ -86,9 +90,28 @@ def increments(output: Mapping[str, Any], config: CompiledConfig, bucket_ms: int
         return []
     at = _ms(output["timestamp"])
     ops: list[Op] = [Op("m", "meta", "latest", at)]
+    if output.get("type") == "macro":
+        ops.append(Op("l", "recent", recent_entry(output), RECENT_MACROS))
     for resolution in resolutions(bucket_ms):
         ops += _bucket_increments(output, config, f"{resolution // 1000}:{bucket_of(at, resolution)}")
     return ops
+
+
+def recent_entry(macro: Mapping[str, Any]) -> str:
+    """What the dashboard lists of a macroconversion: no identity, so nothing personal is kept."""
+    timestamp = macro["timestamp"]
+    entry = {
+        "id": macro.get("id"),
+        "timestamp": timestamp.isoformat() if isinstance(timestamp, datetime) else str(timestamp),
+        "goal": macro.get("goal"),
+        "value": macro.get("value"),
+        "currency": macro.get("currency"),
+        "channel": macro.get("channel"),
+        "landing_page": macro.get("landing_page"),
+        "decision_time_ms": macro.get("decision_time_ms"),
+        "breakdowns": macro.get("breakdowns") or {},
+    }
+    return orjson.dumps(entry).decode()
 
 
 def _bucket_increments(output: Mapping[str, Any], config: CompiledConfig, b: str) -> list[Op]:

@@ -133,9 +133,47 @@ async def test_breakdowns_and_goals(store: CounterStore) -> None:
     assert goals["micro_macro_ratio"] == 3.0
 
 
+def macro(output_id: str, at_ms: int, user: str, value: float = 10.5) -> dict[str, object]:
+    return {
+        "id": output_id,
+        "type": "macro",
+        "goal": "purchase",
+        "value": value,
+        "currency": "EUR",
+        "decision_time_ms": 90_000,
+        "user_id": user,
+        "timestamp": at_ms_iso(at_ms),
+        "channel": "email",
+        "landing_page": "/",
+        "breakdowns": {"context.platform": "ios"},
+    }
+
+
+async def test_recent_macroconversions_are_newest_first_capped_deduplicated_and_anonymous(
+    store: CounterStore,
+) -> None:
+    per_shard = {
+        shard: [
+            macro(f"m{shard}-{i}", BASE + (2 * i + shard) * 1_000, f"user-{shard}-{i}") for i in range(15)
+        ]
+        for shard in (0, 1)
+    }
+    for shard, outputs in per_shard.items():
+        await store.apply(shard, batch(outputs))
+        await store.apply(shard, batch(outputs))  # a redelivered batch adds nothing
+    recent = await store.recent_macros()
+    assert len(recent) == 20
+    assert [m["id"] for m in recent[:4]] == ["m1-14", "m0-14", "m1-13", "m0-13"]
+    assert [m["timestamp"] for m in recent] == sorted((m["timestamp"] for m in recent), reverse=True)
+    assert len({m["id"] for m in recent}) == 20
+    assert recent[0]["value"] == 10.5 and recent[0]["channel"] == "email"
+    assert not any("user" in orjson.dumps(m).decode() for m in recent), "no identity is kept"
+
+
 async def test_every_key_has_a_ttl(store: CounterStore) -> None:
     outputs = [
         milestone(0, BASE, "a"),
+        macro("m1", BASE, "a"),
         {
             "id": "s1",
             "type": "session",
