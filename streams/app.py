@@ -23,8 +23,11 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP
 from pydantic import ValidationError
 
+from streams import journey_store
 from streams.alerting import WATERMARK_HEADER, Alerting
 from streams.core.deadletter import dead_letter
 from streams.core.engine import Engine, partition_for
@@ -34,6 +37,7 @@ from streams.core.outputs import OutputEvent
 from streams.core.repartition import RepartitionBatch, source_name
 from streams.counting import Counting
 from streams.durable_table import DurableTable
+from streams.kafka_admin import kafka_client_options
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.web import register_views
@@ -46,6 +50,13 @@ MARKER_PREFIX = "\x00"  # identities cannot contain control characters, so this 
 def applied_marker(partition: int, source: str) -> str:
     """The journeys-table key holding the highest source offset applied to a partition."""
     return f"{MARKER_PREFIX}applied:{partition}:{source}"
+
+
+def partition_of_key(key: str, partitions: int) -> int:
+    """The journeys-table partition a key belongs to: a marker names it, an identity hashes to it."""
+    if key.startswith(MARKER_PREFIX):
+        return int(key.split(":", 2)[1])
+    return partition_for(key, partitions)
 
 
 def faust_broker_url(bootstrap: str) -> str:
@@ -79,7 +90,9 @@ class ConversionsApp:
             settings.app_id,
             broker=faust_broker_url(settings.kafka_bootstrap_servers),
             broker_credentials=broker_credentials(settings),
-            store=settings.table_store,
+            store=journey_store.register()
+            if settings.table_store.startswith("memory:")
+            else settings.table_store,
             datadir=str(settings.data_dir),
             topic_partitions=settings.partitions,
             topic_replication_factor=settings.replication_factor,
@@ -114,6 +127,7 @@ class ConversionsApp:
         self.source_topics = frozenset(map(settings.topic, settings.topic_clickstream))
         self.state = DurableTable(self.journeys)
         self.engine = Engine(config, self.state, settings.partitions, expected_sources=sources)
+        self._active_partitions: set[int] = set()
         self.journeys.on_recover(self._rebuild_deadlines)
         self.app.agent(self.source, name="ingest")(self._ingest)
         self.app.agent(self.events_topic, name="journeys")(self._journeys)
@@ -236,6 +250,11 @@ class ConversionsApp:
             except ValueError as exc:  # only a foreign producer on the internal topic
                 await self._dead_letter([Rejection("invalid_json", str(exc), event.value or b"")], message)
                 continue
+            if (
+                message.partition not in self._active_partitions
+                or message.tp not in self.app.consumer.assignment()
+            ):
+                continue  # revoked while in flight: its new owner processes it
             marker = applied_marker(message.partition, batch.source)
             if batch.offset is not None:
                 applied = self.state.get(marker)
@@ -262,17 +281,78 @@ class ConversionsApp:
             await self.state.write_changelog(message.partition)
 
     async def _rebuild_deadlines(self) -> None:
+        """After recovery (start or rebalance): index the deadlines of the partitions this worker
+        now owns, and drop what it keeps of partitions it neither owns nor stands by for.
+
+        The journeys agent writes the store directly (`DurableTable`), past Faust's key-to-
+        partition bookkeeping, so a memory store would otherwise keep revoked journeys, and
+        their deadlines would fire here as well as on their new owner."""
+        topic = self.settings.topic(self.settings.topic_events)
+        assignor = self.app.assignor
+        active = {tp.partition for tp in assignor.assigned_actives() if tp.topic == topic}
+        standby = {tp.partition for tp in assignor.assigned_standbys() if tp.topic == topic}
+        await self._read_changelog_tail(active - self._active_partitions)
+        self._active_partitions = active
         by_partition: dict[int, list[str]] = defaultdict(list)
-        for identity in list(self.state):
-            if identity.startswith(MARKER_PREFIX):
-                continue
-            by_partition[partition_for(identity, self.settings.partitions)].append(identity)
-        total = sum(self.engine.rebuild_deadlines(p, ids) for p, ids in by_partition.items())
+        dropped = 0
+        for key in list(self.state):
+            partition = partition_of_key(key, self.settings.partitions)
+            if partition in active:
+                if not key.startswith(MARKER_PREFIX):
+                    by_partition[partition].append(key)
+            elif partition not in standby:
+                self.state.evict(key)
+                dropped += 1
+        released = set(range(self.settings.partitions)) - active
+        self.engine.release_partitions(released)
+        self.state.forget_partitions(released - standby)
+        total = sum(self.engine.rebuild_deadlines(p, by_partition.get(p, [])) for p in sorted(active))
+        changelog = self.journeys.changelog_topic.get_topic_name()
+        positions = {p: self.journeys.persisted_offset(TP(changelog, p)) for p in sorted(active)}
         log.info(
-            "journeys recovered: %d journeys in %d partitions indexed for deadlines",
+            "journeys recovered: %d journeys in partitions %s indexed for deadlines "
+            "(changelog positions %s; standby for %s; %d keys of other workers' partitions dropped)",
             total,
-            len(by_partition),
+            sorted(active),
+            positions,
+            sorted(standby) or "none",
+            dropped,
         )
+
+    async def _read_changelog_tail(self, partitions: set[int]) -> None:
+        """Read newly assigned changelog partitions to their true end.
+
+        Faust's recovery stops at the end offset the broker reports; Tansu reports the start of
+        the last batch plus one, so the records after it (another worker's last writes) would
+        be missing. Against Kafka this reads nothing new."""
+        store = self.journeys.data
+        if not partitions or not isinstance(store, journey_store.JourneyMemoryStore):
+            return
+        changelog = self.journeys.changelog_topic.get_topic_name()
+        consumer = AIOKafkaConsumer(
+            **kafka_client_options(self.settings), enable_auto_commit=False, group_id=None
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(changelog, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            for tp in tps:
+                position = store.persisted_offset(TP(changelog, tp.partition))
+                if position is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, position + 1)
+            applied = 0
+            while batch := await consumer.getmany(timeout_ms=300, max_records=10_000):
+                for tp, records in batch.items():
+                    applied += store.apply_tail(
+                        TP(tp.topic, tp.partition),
+                        ((orjson.loads(r.key or b"null"), r.value, r.offset) for r in records),
+                    )
+            if applied:
+                log.info("journeys: %d changelog records past the reported end applied", applied)
+        finally:
+            await consumer.stop()
 
     # ---- output -----------------------------------------------------------------------
 

@@ -6,11 +6,15 @@ load offsets can be committed ahead of changelog writes, and a restart then resu
 whose effect on the table was never written (found by the restart test). Here a message's
 writes are kept in order and sent with `await` before the agent moves on; Faust's commit then
 flushes the Kafka producer itself, which does wait.
+
+Writing past the table also bypasses Faust's key-to-partition bookkeeping; the app keeps a
+store to the partitions this worker owns after every rebalance (`ConversionsApp._rebuild_deadlines`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from functools import partial
 from typing import Any
 
 
@@ -31,6 +35,17 @@ class DurableTable(MutableMapping[str, bytes]):
         del self.table.data[key]
         self._pending.append((key, None))
 
+    def evict(self, key: str) -> None:
+        """Forget a key locally, writing nothing: its partition belongs to another worker."""
+        self.table.data.pop(key, None)
+
+    def forget_partitions(self, partitions: Iterable[int]) -> None:
+        """Let the store read these changelog partitions in full if they come back."""
+        forget = getattr(self.table.data, "forget_partition", None)
+        if forget is not None:
+            for partition in partitions:
+                forget(partition)
+
     def __iter__(self) -> Iterator[str]:
         return iter(list(self.table.data.keys()))
 
@@ -41,7 +56,18 @@ class DurableTable(MutableMapping[str, bytes]):
         """Send this message's writes, in order, to the changelog partition of its input."""
         topic = self.table.changelog_topic
         pending, self._pending = self._pending, []
+        note_written = getattr(self.table.data, "note_written", None)
         for key, value in pending:
             await topic.send(
-                key=key, value=value, partition=partition, key_serializer="json", value_serializer="raw"
+                key=key,
+                value=value,
+                partition=partition,
+                key_serializer="json",
+                value_serializer="raw",
+                callback=None if note_written is None else partial(self._acknowledged, note_written),
             )
+
+    @staticmethod
+    def _acknowledged(note_written: Callable[[Any, int], None], future: Any) -> None:
+        metadata = future.result()
+        note_written(metadata.topic_partition, metadata.offset)

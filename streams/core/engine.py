@@ -113,6 +113,11 @@ class Engine:
                 count += 1
         return count
 
+    def release_partitions(self, partitions: Iterable[int]) -> None:
+        """Forget the deadlines and clocks of partitions another worker now owns."""
+        for partition in partitions:
+            self._clocks.pop(partition, None)
+
     def pending_deadlines(self, partition: int) -> int:
         clock = self._clocks.get(partition)
         return len(clock.scheduled) if clock else 0
