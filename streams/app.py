@@ -155,6 +155,7 @@ class ConversionsApp:
                 event.value,
                 max_bytes=self.settings.max_message_bytes,
                 max_batch=self.settings.max_batch_events,
+                latest_ms=int((time.time() + self.settings.max_future_skew_s) * 1000),
             )
             if decoded.rejects:
                 await self._dead_letter(decoded.rejects, message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -97,6 +98,7 @@ def process(
         partitions or settings.partitions,
         source=f"file:{input_path}",
         max_message_bytes=settings.max_message_bytes,
+        latest_ms=int((time.time() + settings.max_future_skew_s) * 1000),
         max_batch_events=settings.max_batch_events,
     )
     out = sys.stdout.buffer

@@ -27,7 +27,7 @@ from mode import Service
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from streams.core.counters import increments
+from streams.core.counters import increments, pseudonymizer
 from streams.kafka_admin import kafka_client_options
 from streams.redis_counters import CountedMessage, CounterStore, apply_with_retry
 
@@ -70,6 +70,8 @@ class Counting:
         self.settings = conversions.settings
         self.metrics = conversions.metrics
         self._store: CounterStore | None = None
+        key = self.settings.pseudonymize_key
+        self._pseudonym = pseudonymizer(key.get_secret_value().encode()) if key is not None else None
         self._kafka: AIOKafkaConsumer | None = None
         self.topics = sorted(
             {self.settings.output_topics[k] for k in ("micro", "macro", "dropoff", "session")}
@@ -153,7 +155,7 @@ class Counting:
                         tp.topic,
                         message.offset,
                         str(output.get("id", "")),
-                        increments(output, config, bucket_ms),
+                        increments(output, config, bucket_ms, self._pseudonym),
                     )
                 )
         for shard, counted in by_shard.items():

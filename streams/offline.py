@@ -27,6 +27,7 @@ class OfflineRun:
     source: str = "offline"
     max_message_bytes: int = 1_000_000
     max_batch_events: int = 10_000
+    latest_ms: int | None = None  # events stamped later are refused, as `max_future_skew_s` does on Kafka
     store: dict[str, bytes] = field(default_factory=dict)
     lines: int = 0
     events: int = 0
@@ -43,7 +44,10 @@ class OfflineRun:
         if not line.strip():
             return []
         decoded = decode_message(
-            line.rstrip(b"\r\n"), max_bytes=self.max_message_bytes, max_batch=self.max_batch_events
+            line.rstrip(b"\r\n"),
+            max_bytes=self.max_message_bytes,
+            max_batch=self.max_batch_events,
+            latest_ms=self.latest_ms,
         )
         out: list[OutputEvent] = []
         moment = from_epoch_ms(self._latest_ms) if self._latest_ms is not None else EPOCH

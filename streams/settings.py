@@ -76,6 +76,8 @@ class Settings(BaseSettings):
 
     max_message_bytes: int = Field(default=1_000_000, ge=1_024)
     max_batch_events: int = Field(default=10_000, ge=1)
+    # events stamped further than this ahead of the wall clock are dead-lettered
+    max_future_skew_s: int = Field(default=3_600, ge=0)
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     rebalance_timeout_s: float = Field(default=60.0, gt=0)
     session_timeout_s: float = Field(default=60.0, gt=0)
@@ -94,6 +96,8 @@ class Settings(BaseSettings):
     counter_batch_size: int = Field(default=2_000, ge=1)
     counter_batch_window_s: float = Field(default=0.25, gt=0)
     alert_webhook_url: SecretStr | None = None
+    # with a key, counters see HMAC-SHA256(key, identity) instead of user and anonymous ids
+    pseudonymize_key: SecretStr | None = None
     """Alerts are also POSTed here as JSON (by the leader); the URL may hold a token."""
     alert_webhook_timeout_s: float = Field(default=5.0, gt=0)
     watermark_interval_s: float = Field(default=1.0, gt=0)
@@ -162,7 +166,7 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """Settings fit for a log line: secrets masked, credentials in URLs removed."""
         data = self.model_dump(mode="json")
-        for key in ("kafka_sasl_password", "redis_url", "alert_webhook_url"):
+        for key in ("kafka_sasl_password", "redis_url", "alert_webhook_url", "pseudonymize_key"):
             if data.get(key):
                 data[key] = "**********"
         return data

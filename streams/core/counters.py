@@ -18,8 +18,10 @@ every resolution R (the finest, and the hour and day rollups), written as `R:B` 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -84,10 +86,28 @@ def resolutions(bucket_ms: int) -> tuple[int, ...]:
     return (bucket_ms, *(r for r in (HOUR_MS, DAY_MS) if r > bucket_ms and r % bucket_ms == 0))
 
 
-def increments(output: Mapping[str, Any], config: CompiledConfig, bucket_ms: int) -> list[Op]:
+def pseudonymizer(key: bytes) -> Callable[[str], str]:
+    """Identity -> a keyed hash: unique-user counts stay exact per identity, and the counters
+    hold nothing that names a user without the key."""
+
+    def pseudonym(identity: str) -> str:
+        return hmac.new(key, identity.encode(), hashlib.sha256).hexdigest()[:32]
+
+    return pseudonym
+
+
+def increments(
+    output: Mapping[str, Any],
+    config: CompiledConfig,
+    bucket_ms: int,
+    pseudonym: Callable[[str], str] | None = None,
+) -> list[Op]:
     """The counter changes one output event makes, at every resolution (none for types not counted)."""
     if output.get("type") not in COUNTED_TYPES:
         return []
+    if pseudonym is not None:
+        identity = output.get("user_id") or output.get("anonymous_id")
+        output = {**output, "user_id": pseudonym(identity) if identity else None, "anonymous_id": None}
     at = _ms(output["timestamp"])
     ops: list[Op] = [Op("m", "meta", "latest", at)]
     if output.get("type") == "macro":

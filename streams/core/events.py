@@ -35,6 +35,7 @@ RejectReason = Literal[
     "too_deeply_nested",
     "invalid_event",
     "late_event",
+    "future_timestamp",
 ]
 
 
@@ -74,12 +75,20 @@ def from_epoch_ms(ms: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=ms)
 
 
-def nesting_depth(value: Any, depth: int = 0) -> int:
-    if isinstance(value, dict):
-        return max((nesting_depth(v, depth + 1) for v in value.values()), default=depth + 1)
-    if isinstance(value, list):
-        return max((nesting_depth(v, depth + 1) for v in value), default=depth + 1)
-    return depth
+def nesting_depth(value: Any, limit: int = 1_000_000) -> int:
+    """How deep dicts and lists nest (a scalar is 0), counted without recursion, so that no
+    input can exhaust the stack; stops counting once past `limit`."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 class Page(BaseModel):
@@ -170,7 +179,7 @@ class ClickEvent(BaseModel):
     @field_validator("context", "properties")
     @classmethod
     def _shallow_enough(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if nesting_depth(value) > MAX_NESTING:
+        if nesting_depth(value, MAX_NESTING) > MAX_NESTING:
             raise ValueError(f"nested deeper than {MAX_NESTING} levels")
         return value
 
@@ -251,12 +260,34 @@ def _validate_one(obj: Any) -> ClickEvent | Rejection:
         return Rejection(reason, detail, b"", None, errors)
 
 
-def decode_message(raw: bytes | None, *, max_bytes: int = 1_000_000, max_batch: int = 10_000) -> Decoded:
+def decode_message(
+    raw: bytes | None,
+    *,
+    max_bytes: int = 1_000_000,
+    max_batch: int = 10_000,
+    latest_ms: int | None = None,
+) -> Decoded:
     """Turn one Kafka message value (an event object or a batch array) into events and rejections.
 
     Never raises: every way the input can be wrong becomes a Rejection carrying the original bytes
-    (for one bad element of a batch, that element re-encoded, with its index).
+    (for one bad element of a batch, that element re-encoded, with its index). An event stamped
+    after `latest_ms` is refused: one bad client clock would otherwise move event time ahead and
+    close everyone's sessions and funnels early.
     """
+    out = _decode(raw, max_bytes, max_batch)
+    if latest_ms is None or all(event.ts_ms <= latest_ms for event in out.events):
+        return out
+    kept = Decoded(rejects=out.rejects)
+    for event in out.events:
+        if event.ts_ms <= latest_ms:
+            kept.events.append(event)
+        else:
+            detail = f"timestamp {event.timestamp.isoformat()} is more than the allowed skew ahead of now"
+            kept.rejects.append(Rejection("future_timestamp", detail, orjson.dumps(event.to_json_dict())))
+    return kept
+
+
+def _decode(raw: bytes | None, max_bytes: int, max_batch: int) -> Decoded:
     out = Decoded()
     raw = raw or b""
     if len(raw) > max_bytes:
@@ -274,6 +305,12 @@ def decode_message(raw: bytes | None, *, max_bytes: int = 1_000_000, max_batch: 
         elif "depth limit" in message or "recursion" in message:
             reason = "too_deeply_nested"
         out.rejects.append(Rejection(reason, message, raw))
+        return out
+    # the event object, the batch array and properties nesting MAX_NESTING deep
+    if nesting_depth(parsed, MAX_NESTING + 2) > MAX_NESTING + 2:
+        out.rejects.append(
+            Rejection("too_deeply_nested", f"nested deeper than {MAX_NESTING + 2} levels", raw)
+        )
         return out
     if not isinstance(parsed, list):
         result = _validate_one(parsed)

