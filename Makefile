@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-browser demo test unit integration lint typecheck schemas bench clean
+.PHONY: setup setup-browser demo test unit integration lint typecheck schemas bench crash soak clean
 
 setup:
 	@./scripts/bootstrap
@@ -34,6 +34,18 @@ typecheck: setup
 
 schemas: setup
 	$(PY) -m streams.cli schemas
+
+# one run of every contender on the same traffic; writes bench/results/latest.json (5-10 min)
+bench: setup
+	$(PY) -m bench.run
+
+# SIGKILL the worker 20 times during a 200k-event replay; compare with an undisturbed run (~15 min)
+crash: setup
+	$(PY) -m bench.crash
+
+# 10 minutes of live traffic at half the measured rate: RSS and lag (~12 min)
+soak: setup
+	$(PY) -m bench.soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var

@@ -75,16 +75,13 @@ class Run:
             "CONVERSIONS_SOURCE_IDLE_S": "300",
             "CONVERSIONS_LOG_LEVEL": "INFO",
         }
-        self.settings = Settings(**{k.lower(): v for k, v in self._settings_env().items()})
-
-    def _settings_env(self) -> dict[str, str]:
-        return {
-            "kafka_bootstrap_servers": self.env["KAFKA_BOOTSTRAP_SERVERS"],
-            "redis_url": self.env["REDIS_URL"],
-            "app_id": self.env["CONVERSIONS_APP_ID"],
-            "topic_prefix": self.env["CONVERSIONS_TOPIC_PREFIX"],
-            "data_dir": self.env["CONVERSIONS_DATA_DIR"],
-        }
+        self.settings = Settings(
+            kafka_bootstrap_servers=infra.kafka_bootstrap,
+            redis_url=infra.redis_url,
+            app_id=unique,
+            topic_prefix=f"{unique}.",
+            data_dir=self.workdir,
+        )
 
     @property
     def source(self) -> str:

@@ -128,6 +128,9 @@ class ConversionsApp:
         self.state = DurableTable(self.journeys)
         self.engine = Engine(config, self.state, settings.partitions, expected_sources=sources)
         self._active_partitions: set[int] = set()
+        if isinstance(self.journeys.data, journey_store.JourneyMemoryStore):
+            self.journeys.data.reader = self._read_changelog
+            self.journeys.data.partitions_of = self._changelog_partitions
         self.journeys.on_recover(self._rebuild_deadlines)
         self.app.agent(self.source, name="ingest")(self._ingest)
         self.app.agent(self.events_topic, name="journeys")(self._journeys)
@@ -292,7 +295,6 @@ class ConversionsApp:
         assignor = self.app.assignor
         active = {tp.partition for tp in assignor.assigned_actives() if tp.topic == topic}
         standby = {tp.partition for tp in assignor.assigned_standbys() if tp.topic == topic}
-        await self._read_changelog_tail(active - self._active_partitions)
         self._active_partitions = active
         by_partition: dict[int, list[str]] = defaultdict(list)
         dropped = 0
@@ -320,38 +322,54 @@ class ConversionsApp:
             dropped,
         )
 
-    async def _read_changelog_tail(self, partitions: set[int]) -> None:
-        """Read newly assigned changelog partitions to their true end.
+    def _changelog_partitions(self, assigned: set[TP]) -> list[int]:
+        topics = {
+            self.settings.topic(self.settings.topic_events),
+            self.journeys.changelog_topic.get_topic_name(),
+        }
+        return sorted({tp.partition for tp in assigned if tp.topic in topics})
 
-        Faust's recovery stops at the end offset the broker reports; Tansu reports the start of
-        the last batch plus one, so the records after it (another worker's last writes) would
-        be missing. Against Kafka this reads nothing new."""
-        store = self.journeys.data
-        if not partitions or not isinstance(store, journey_store.JourneyMemoryStore):
+    async def _read_changelog(self, store: journey_store.JourneyMemoryStore, partitions: list[int]) -> None:
+        """Read journeys changelog partitions from where the store is to their true end."""
+        if not partitions:
             return
         changelog = self.journeys.changelog_topic.get_topic_name()
         consumer = AIOKafkaConsumer(
-            **kafka_client_options(self.settings), enable_auto_commit=False, group_id=None
+            **kafka_client_options(self.settings),
+            enable_auto_commit=False,
+            group_id=None,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8_388_608,
         )
+        started = time.monotonic()
         await consumer.start()
         try:
-            tps = [TopicPartition(changelog, p) for p in sorted(partitions)]
+            tps = [TopicPartition(changelog, p) for p in partitions]
             consumer.assign(tps)
+            reported = await consumer.end_offsets(tps)
             for tp in tps:
-                position = store.persisted_offset(TP(changelog, tp.partition))
-                if position is None:
-                    await consumer.seek_to_beginning(tp)
-                else:
-                    consumer.seek(tp, position + 1)
-            applied = 0
-            while batch := await consumer.getmany(timeout_ms=300, max_records=10_000):
+                consumer.seek(tp, store.position(TP(changelog, tp.partition)) + 1)
+            applied = read = 0
+            while batch := await consumer.getmany(timeout_ms=300, max_records=20_000):
+                before = read
                 for tp, records in batch.items():
-                    applied += store.apply_tail(
+                    read += len(records)
+                    applied += store.apply_read(
                         TP(tp.topic, tp.partition),
                         ((orjson.loads(r.key or b"null"), r.value, r.offset) for r in records),
+                        reported[tp],
                     )
-            if applied:
-                log.info("journeys: %d changelog records past the reported end applied", applied)
+                if read // 250_000 > before // 250_000:
+                    log.info("journeys: %d changelog records read so far", read)
+            for tp in tps:  # nothing past what Faust will be told
+                store.apply_read(TP(tp.topic, tp.partition), (), reported[tp])
+            log.info(
+                "journeys: read %d changelog records (%d applied) of partitions %s in %.1f s",
+                read,
+                applied,
+                partitions,
+                time.monotonic() - started,
+            )
         finally:
             await consumer.stop()
 

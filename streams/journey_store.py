@@ -7,8 +7,11 @@ on Tansu), so recovery undid them while the journey engine's clocks stayed ahead
 replay that followed judged events against a watermark the state had not seen (the
 two-worker test found sessions summarized twice with different contents).
 
-Tansu also reports a partition's end as the start of its last batch plus one, so recovery
-stops short of the last batch; the app reads that tail itself (`apply_tail`).
+Tansu also reports a partition's end as the start of its last batch plus one, so Faust's
+recovery stops short of the last batch, and it reads a few thousand records a second here. So
+before Faust's recovery runs, the store reads every assigned changelog partition itself, to
+its true end, with a plain consumer (`reader`, set by the app), and tells Faust to go on from
+the end the broker reports.
 
 This store skips, in recovery, every record at or below the last offset this worker wrote and
 had acknowledged in that partition (those values are here already, or newer), applies what
@@ -18,7 +21,7 @@ worker is forgotten (`forget_partition`), so it is read in full if it comes back
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from faust import stores
@@ -28,38 +31,44 @@ from faust.types import TP, EventT
 SCHEME = "journeys-memory"
 
 
+ChangelogReader = Callable[["JourneyMemoryStore", list[int]], Awaitable[None]]
+
+
 class JourneyMemoryStore(MemoryStore):  # type: ignore[type-arg]
     def __post_init__(self) -> None:
         super().__post_init__()
         self._read: dict[TP, int] = {}
+        self._reported: dict[TP, int] = {}
         self._written: dict[TP, int] = {}
+        self.reader: ChangelogReader | None = None
+        self.partitions_of: Callable[[set[TP]], list[int]] = lambda assigned: []
+
+    async def on_rebalance(
+        self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
+    ) -> None:
+        """Before Faust's recovery: read the changelog of every assigned partition ourselves, to
+        its true end, with a plain consumer (many times faster than Faust's recovery here)."""
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        if self.reader is not None:
+            await self.reader(self, self.partitions_of(assigned))
+
+    def position(self, tp: TP) -> int:
+        return self._read.get(tp, -1)
 
     def persisted_offset(self, tp: TP) -> int | None:
-        """How far recovery has read: Faust goes on from there."""
-        return self._read.get(tp)
+        """Where Faust's recovery should go on from: what we read, but never past the end the
+        broker reports (Tansu reports less than it has, and Faust refuses a position past it)."""
+        if tp not in self._read:
+            return None
+        return min(self._read[tp], self._reported.get(tp, self._read[tp]))
 
     def note_written(self, tp: TP, offset: int) -> None:
         """One of our own changelog writes was acknowledged at `offset`."""
         self._written[tp] = max(offset, self._written.get(tp, -1))
 
-    def apply_changelog_batch(
-        self,
-        batch: Iterable[EventT[Any]],
-        to_key: Callable[[Any], Any],
-        to_value: Callable[[Any], Any],
-    ) -> None:
-        """Apply what others wrote; our own writes, up to the last acknowledged one, are
-        already here, and newer than what the broker may show of them yet."""
-        fresh = []
-        for event in batch:
-            tp, offset = event.message.tp, event.message.offset
-            self._read[tp] = max(offset, self._read.get(tp, -1))
-            if offset > self._written.get(tp, -1):
-                fresh.append(event)
-        super().apply_changelog_batch(fresh, to_key, to_value)
-
-    def apply_tail(self, tp: TP, records: Iterable[tuple[str, bytes | None, int]]) -> int:
-        """Apply changelog records read past the end the broker reported; returns how many."""
+    def apply_read(self, tp: TP, records: Iterable[tuple[str, bytes | None, int]], reported_end: int) -> int:
+        """Apply changelog records read from `position(tp) + 1` on; returns how many changed
+        the state. Our own writes, up to the last acknowledged one, are here already (or newer)."""
         applied = 0
         for key, value, offset in records:
             if offset <= self._read.get(tp, -1):
@@ -72,10 +81,28 @@ class JourneyMemoryStore(MemoryStore):  # type: ignore[type-arg]
             else:
                 self.data[key] = value
             applied += 1
+        self._reported[tp] = reported_end - 1
         return applied
 
+    def apply_changelog_batch(
+        self,
+        batch: Iterable[EventT[Any]],
+        to_key: Callable[[Any], Any],
+        to_value: Callable[[Any], Any],
+    ) -> None:
+        """Faust's recovery (standby partitions, or anything our read did not cover)."""
+        fresh = []
+        for event in batch:
+            tp, offset = event.message.tp, event.message.offset
+            if offset <= self._read.get(tp, -1):
+                continue
+            self._read[tp] = offset
+            if offset > self._written.get(tp, -1):
+                fresh.append(event)
+        super().apply_changelog_batch(fresh, to_key, to_value)
+
     def forget_partition(self, partition: int) -> None:
-        for offsets in (self._read, self._written):
+        for offsets in (self._read, self._reported, self._written):
             for tp in [tp for tp in offsets if tp.partition == partition]:
                 del offsets[tp]
 

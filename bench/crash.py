@@ -1,0 +1,182 @@
+"""Crash test: replay the same traffic twice on the local broker and Redis, once undisturbed
+and once while the worker is killed with SIGKILL at random moments, and compare what users
+see: the counters' reports (Redis, through the API) and the conversion topics deduplicated by
+id. `make crash` (about 10 minutes); writes bench/results/crash.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+import urllib.request
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from bench.run import RESULTS, Run, say
+from streams.infra import LocalInfra, free_port
+from streams.kafka_admin import ensure_topics, kafka_client_options
+from streams.simulate import Simulator
+
+WORKDIR = Path(__file__).resolve().parent.parent / "var" / "crash"
+WINDOW = "start=2024-03-01T00:00:00%2B00:00&end=2024-06-01T00:00:00%2B00:00"
+COMPARED = ("micro", "macro", "dropoff", "session")
+
+
+def traffic(events: int) -> list[bytes]:
+    sim = Simulator(seed=99, users=max(1_000, events // 8), days=3, bad_rate=0.002)
+    lines = list(sim.lines())[:events]
+    end = sim.start + timedelta(days=60)
+    ticks = [
+        orjson.dumps(
+            {"event_id": f"tick-{p}", "event": "tick", "user_id": f"tick-{p}", "timestamp": end.isoformat()}
+        )
+        for p in range(8)
+    ]
+    return lines + ticks
+
+
+async def produce(run: Run, lines: list[bytes]) -> None:
+    producer = AIOKafkaProducer(**kafka_client_options(run.settings), linger_ms=5)
+    await producer.start()
+    try:
+        for line in lines:
+            event = orjson.loads(line) if line.startswith(b"{") else {}
+            if not isinstance(event, dict):
+                event = {}
+            if str(event.get("event_id", "")).startswith("tick-"):  # one per source partition
+                partition = int(event["event_id"][5:]) % run.settings.partitions
+                await producer.send(run.source, line, partition=partition)
+                continue
+            key = event.get("user_id") or event.get("anonymous_id")
+            await producer.send(run.source, line, key=key.encode() if isinstance(key, str) else None)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def report(port: int) -> Any:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/funnels?{WINDOW}", timeout=10) as response:
+            return json.loads(response.read())
+    except OSError:
+        return None
+
+
+async def outputs(run: Run) -> tuple[Counter[bytes], int]:
+    """Deduplicated conversion outputs (one content per id, asserted), and how many repeats."""
+    topics = [run.settings.output_topics[k] for k in COMPARED]
+    consumer = AIOKafkaConsumer(**kafka_client_options(run.settings), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in range(run.settings.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen: dict[str, bytes] = {}
+        repeats = 0
+        while batch := await consumer.getmany(timeout_ms=2_000, max_records=50_000):
+            for messages in batch.values():
+                for message in messages:
+                    output = orjson.loads(message.value)
+                    canonical = orjson.dumps(output, option=orjson.OPT_SORT_KEYS)
+                    previous = seen.setdefault(output["id"], canonical)
+                    if previous is not canonical:
+                        repeats += 1
+                        if previous != canonical:
+                            raise AssertionError(f"one id, two contents: {previous!r} != {canonical!r}")
+        return Counter(seen.values()), repeats
+    finally:
+        await consumer.stop()
+
+
+async def settle(port: int, timeout_s: float, target: Any = None) -> Any:
+    """Wait until the report stops changing for 20 s (or equals `target`)."""
+    deadline = time.monotonic() + timeout_s
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        current = report(port)
+        if current is not None and target is not None and current == target:
+            return current
+        if current != last:
+            last, since = current, time.monotonic()
+        elif current is not None and time.monotonic() - since > 20:
+            return current
+        await asyncio.sleep(2)
+    return last
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    lines = traffic(args.events)
+    say(f"{len(lines):,} messages of simulated traffic")
+    with LocalInfra(workdir=WORKDIR / "infra") as infra:
+        calm, crashy = Run(infra, WORKDIR, "calm"), Run(infra, WORKDIR, "crash")
+        for run in (calm, crashy):
+            await ensure_topics(run.settings)
+            await produce(run, lines)
+        say("undisturbed run")
+        port = free_port()
+        started = time.monotonic()
+        worker = calm.worker(web_port=port).start(wait_ready_s=120)
+        expected = await settle(port, timeout_s=3_600)
+        calm_seconds = time.monotonic() - started
+        worker.stop()
+        expected_outputs, _ = await outputs(calm)
+        say(f"  {calm_seconds:.0f} s, {sum(expected_outputs.values()):,} outputs")
+
+        say(f"crashing run: {args.kills} kills at random moments")
+        rng = random.Random(args.seed)
+        port = free_port()
+        started = time.monotonic()
+        worker = crashy.worker(web_port=port).start(wait_ready_s=120)
+        kills = []
+        for k in range(args.kills):
+            await asyncio.sleep(rng.uniform(2.0, args.max_gap_s))
+            worker.kill()
+            kills.append(round(time.monotonic() - started, 1))
+            say(f"  kill {k + 1} at {kills[-1]} s")
+            worker = crashy.worker(web_port=port).start(wait_ready_s=120)
+        actual = await settle(port, timeout_s=3_600, target=expected)
+        crash_seconds = time.monotonic() - started
+        worker.stop()
+        actual_outputs, repeats = await outputs(crashy)
+    equal_reports = actual == expected
+    equal_outputs = actual_outputs == expected_outputs
+    say(f"reports equal: {equal_reports}; outputs equal: {equal_outputs} ({repeats:,} repeats by id)")
+    return {
+        "events": args.events,
+        "messages": len(lines),
+        "kills": len(kills),
+        "kill_times_s": kills,
+        "undisturbed_s": round(calm_seconds),
+        "crashing_s": round(crash_seconds),
+        "outputs": sum(expected_outputs.values()),
+        "repeated_outputs_deduplicated": repeats,
+        "counter_reports_equal": equal_reports,
+        "deduplicated_outputs_equal": equal_outputs,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--max-gap-s", type=float, default=12.0)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "crash.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    raise SystemExit(0 if result["counter_reports_equal"] and result["deduplicated_outputs_equal"] else 1)
+
+
+if __name__ == "__main__":
+    main()
