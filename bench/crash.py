@@ -48,7 +48,10 @@ async def produce(run: Run, lines: list[bytes]) -> None:
     await producer.start()
     try:
         for line in lines:
-            event = orjson.loads(line) if line.startswith(b"{") else {}
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                event = {}  # a malformed line: sent as it is, unkeyed
             if not isinstance(event, dict):
                 event = {}
             if str(event.get("event_id", "")).startswith("tick-"):  # one per source partition

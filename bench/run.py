@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.core.engine import partition_for
@@ -167,28 +168,33 @@ def metrics(port: int) -> dict[str, float]:
 
 
 def pipeline(run: Run, expected: int) -> tuple[float, int]:
-    """Events per second from the first event in to the last counter applied in Redis."""
+    """Events per second from the first event in to the last counter applied in Redis: the
+    outputs have stopped growing and every one of them is counted."""
     port = free_port()
     worker = run.worker(web_port=port).start(wait_ready_s=0)
     try:
-        first = done = None
+        first = None
+        last_change, last_seen = 0.0, (-1.0, -1.0)
         deadline = time.monotonic() + 900
-        while done is None:
+        while True:
             if time.monotonic() > deadline:
                 raise RuntimeError("the pipeline did not finish:\n" + worker.tail())
             if not worker.running:
                 raise RuntimeError("the worker exited:\n" + worker.tail())
             values = metrics(port)
+            now = time.perf_counter()
             events_in = values.get("conversions_events_in_total", 0.0)
             if events_in and first is None:
-                first = time.perf_counter()
+                first = now
             produced = sum(values.get(f'conversions_outputs_total{{type="{t}"}}', 0.0) for t in COUNTED)
             counted = sum(v for k, v in values.items() if k.startswith("conversions_counter_messages_total"))
-            if events_in >= expected and produced and counted >= produced:
-                done = time.perf_counter()
+            if (produced, counted) != last_seen:
+                last_change, last_seen = now, (produced, counted)
+            elif events_in >= expected and produced and counted >= produced and now - last_change > 3.0:
+                break
             time.sleep(0.05)
         assert first is not None
-        return expected / (done - first), int(produced)
+        return expected / (last_change - first), int(produced)
     finally:
         worker.stop()
 
@@ -269,8 +275,11 @@ async def journey_states(run: Run) -> dict[str, bytes]:
         await consumer.stop()
 
 
-async def recovery(infra: LocalInfra, workdir: Path, samples: dict[str, bytes], users: int) -> float:
-    """Seconds from starting a fresh worker to its journeys (from `users` users) being indexed."""
+async def recovery(
+    infra: LocalInfra, workdir: Path, samples: dict[str, bytes], users: int
+) -> tuple[float, float]:
+    """Seconds from starting a fresh worker to its journeys (from `users` users) being indexed,
+    and the worker's resident memory then (MiB)."""
     run = Run(infra, workdir, "rec")
     await ensure_topics(run.settings)
     topic = changelog_topic(run.settings, "journeys")
@@ -297,7 +306,9 @@ async def recovery(infra: LocalInfra, workdir: Path, samples: dict[str, bytes], 
         seconds = time.perf_counter() - started
         recovered = next(line for line in worker.log_text().splitlines() if "journeys recovered" in line)
         say("  " + recovered[:160])
-        return seconds
+        assert worker.process is not None
+        rss = psutil.Process(worker.process.pid).memory_info().rss / 1_048_576
+        return seconds, rss
     finally:
         worker.stop(timeout_s=60)
 
@@ -336,8 +347,9 @@ async def measure(args: argparse.Namespace, infra: LocalInfra, workdir: Path) ->
     result["state_users"] = len(states)
     say(f"journey state {result['state_bytes_per_user']} bytes per user over {len(states):,} users")
     if args.recovery_users:
-        seconds = await recovery(infra, workdir, states, args.recovery_users)
+        seconds, rss = await recovery(infra, workdir, states, args.recovery_users)
         result["recovery_s_1m_users"] = round(seconds * 1_000_000 / args.recovery_users, 1)
+        result["worker_rss_mib_after_recovery"] = round(rss)
         result["recovery_users_measured"] = args.recovery_users
         say(f"recovery of {args.recovery_users:,} users: {seconds:.1f} s")
     return result
