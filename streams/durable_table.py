@@ -7,8 +7,9 @@ whose effect on the table was never written (found by the restart test). Here a 
 writes are kept in order and sent with `await` before the agent moves on; Faust's commit then
 flushes the Kafka producer itself, which does wait.
 
-Writing past the table also bypasses Faust's key-to-partition bookkeeping; the app keeps a
-store to the partitions this worker owns after every rebalance (`ConversionsApp._rebuild_deadlines`).
+Writing past the table also bypasses Faust's key-to-partition bookkeeping; the app trims the
+store down to the partitions this worker owns after every rebalance
+(`ConversionsApp._rebuild_deadlines`).
 """
 
 from __future__ import annotations

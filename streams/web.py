@@ -3,9 +3,15 @@ alerts, Prometheus metrics."""
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams.core.counters import bucket_of
 from streams.core.durations import parse_duration_ms
@@ -22,6 +28,24 @@ DASHBOARD_FILES = {
     "dashboard.js": "text/javascript",
     "dashboard.css": "text/css",
 }
+
+
+log = logging.getLogger(__name__)
+Handler = Callable[..., Awaitable["Response"]]
+
+
+def redis_outage_as_503(handler: Handler) -> Handler:
+    """While Redis is down the counters wait (see `apply_with_retry`); queries say so plainly."""
+
+    @functools.wraps(handler)
+    async def wrapped(web: View, request: Request, *args: Any) -> Response:
+        try:
+            return await handler(web, request, *args)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.warning("query %s: Redis unavailable (%s)", request.url, exc.__class__.__name__)
+            return web.json({"error": "Redis is unavailable; counters resume when it is back"}, status=503)
+
+    return wrapped
 
 
 def dashboard_asset(name: str) -> bytes:
@@ -76,6 +100,7 @@ def register_views(conversions: ConversionsApp) -> None:
     def store() -> CounterStore:
         return counting.store
 
+    @redis_outage_as_503
     async def report(web: View, request: Request, name: str) -> Response:
         funnel = funnels.get(name)
         if funnel is None:
@@ -94,6 +119,7 @@ def register_views(conversions: ConversionsApp) -> None:
         result = await store().funnel_report(funnel, start, end, by=by)
         return web.json(result.as_dict())
 
+    @redis_outage_as_503
     async def overview(web: View, request: Request) -> Response:
         try:
             start, end = await resolve_window(store(), dict(request.query))
@@ -105,6 +131,7 @@ def register_views(conversions: ConversionsApp) -> None:
         body["goals"] = await store().goals_report(goals, start, end)
         return web.json(body)
 
+    @redis_outage_as_503
     async def goals_view(web: View, request: Request) -> Response:
         try:
             start, end = await resolve_window(store(), dict(request.query))
@@ -127,6 +154,7 @@ def register_views(conversions: ConversionsApp) -> None:
     async def alerts_view(web: View, request: Request) -> Response:
         return web.json(alerts_body())
 
+    @redis_outage_as_503
     async def live(web: View, request: Request) -> Response:
         """Everything the dashboard shows, in one request: every funnel (the chosen one broken
         down by `by`), the goals, recent macroconversions and alerts."""

@@ -10,6 +10,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -90,6 +91,12 @@ async def test_a_30_second_redis_outage_loses_and_doubles_nothing(
         assert await committed(settings, group) == during, "offsets moved while Redis was down"
         assert "Redis unavailable" in worker.log_text()
         assert worker.running
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/funnels/checkout") as response,
+        ):
+            assert response.status == 503, "queries say Redis is down"
+            assert "Redis is unavailable" in (await response.json())["error"]
 
         redis = start_redis(tmp_path / "redis", port=redis.port, persistent=True)
         await wait_for(settled_on(port, settings, lines, ticks), timeout_s=120)
