@@ -90,9 +90,7 @@ class ConversionsApp:
             settings.app_id,
             broker=faust_broker_url(settings.kafka_bootstrap_servers),
             broker_credentials=broker_credentials(settings),
-            store=journey_store.register()
-            if settings.table_store.startswith("memory:")
-            else settings.table_store,
+            store=journey_store.register(settings.table_store),
             datadir=str(settings.data_dir),
             topic_partitions=settings.partitions,
             topic_replication_factor=settings.replication_factor,
@@ -128,7 +126,7 @@ class ConversionsApp:
         self.state = DurableTable(self.journeys)
         self.engine = Engine(config, self.state, settings.partitions, expected_sources=sources)
         self._active_partitions: set[int] = set()
-        if isinstance(self.journeys.data, journey_store.JourneyMemoryStore):
+        if isinstance(self.journeys.data, journey_store.JourneyMemoryStore | journey_store.JourneyRocksStore):
             self.journeys.data.reader = self._read_changelog
             self.journeys.data.partitions_of = self._changelog_partitions
         self.journeys.on_recover(self._rebuild_deadlines)
@@ -329,7 +327,7 @@ class ConversionsApp:
         }
         return sorted({tp.partition for tp in assigned if tp.topic in topics})
 
-    async def _read_changelog(self, store: journey_store.JourneyMemoryStore, partitions: list[int]) -> None:
+    async def _read_changelog(self, store: Any, partitions: list[int]) -> None:
         """Read journeys changelog partitions from where the store is to their true end."""
         if not partitions:
             return
@@ -354,9 +352,12 @@ class ConversionsApp:
                 before = read
                 for tp, records in batch.items():
                     read += len(records)
+                    keys = (r.key or b"null" for r in records)
+                    if isinstance(store, journey_store.JourneyMemoryStore):
+                        keys = (orjson.loads(key) for key in keys)
                     applied += store.apply_read(
                         TP(tp.topic, tp.partition),
-                        ((orjson.loads(r.key or b"null"), r.value, r.offset) for r in records),
+                        ((key, r.value, r.offset) for key, r in zip(keys, records, strict=True)),
                         reported[tp],
                     )
                 if read // 250_000 > before // 250_000:

@@ -26,6 +26,7 @@ from typing import Any
 
 from faust import stores
 from faust.stores.memory import Store as MemoryStore
+from faust.stores.rocksdb import Store as RocksStore
 from faust.types import TP, EventT
 
 SCHEME = "journeys-memory"
@@ -107,7 +108,60 @@ class JourneyMemoryStore(MemoryStore):  # type: ignore[type-arg]
                 del offsets[tp]
 
 
-def register() -> str:
-    """Make `journeys-memory://` a store URL Faust knows; returns the URL."""
+class JourneyRocksStore(RocksStore):
+    """The RocksDB store, read to the changelog's true end before Faust's recovery (the same
+    reader as the memory store): Faust alone would stop at Tansu's short end offset and write
+    older values over the last batch's keys."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._reported: dict[TP, int] = {}
+        self.reader: Callable[[Any, list[int]], Awaitable[None]] | None = None
+        self.partitions_of: Callable[[set[TP]], list[int]] = lambda assigned: []
+
+    async def on_rebalance(
+        self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
+    ) -> None:
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        if self.reader is not None:
+            await self.reader(self, self.partitions_of(assigned))
+
+    def position(self, tp: TP) -> int:
+        stored = super().persisted_offset(tp)
+        return -1 if stored is None else int(stored)
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        stored = super().persisted_offset(tp)
+        if stored is None or tp not in self._reported:
+            return stored
+        return min(int(stored), self._reported[tp])
+
+    def apply_read(
+        self, tp: TP, records: Iterable[tuple[bytes, bytes | None, int]], reported_end: int
+    ) -> int:
+        db = self._db_for_partition(tp.partition)
+        applied, last = 0, None
+        for key, value, offset in records:
+            if value is None:
+                db.delete(key)
+            else:
+                db.put(key, value)
+            applied, last = applied + 1, offset
+        if last is not None:
+            self.set_persisted_offset(tp, last)
+        self._reported[tp] = reported_end - 1
+        return applied
+
+
+ROCKS_SCHEME = "journeys-rocksdb"
+
+
+def register(table_store: str) -> str:
+    """Make our stores known to Faust; returns the URL to use for `table_store`."""
     stores.STORES.aliases[SCHEME] = f"{__name__}:JourneyMemoryStore"
-    return f"{SCHEME}://"
+    stores.STORES.aliases[ROCKS_SCHEME] = f"{__name__}:JourneyRocksStore"
+    if table_store.startswith("memory:"):
+        return f"{SCHEME}://"
+    if table_store.startswith("rocksdb:"):
+        return ROCKS_SCHEME + table_store[len("rocksdb") :]
+    return table_store

@@ -38,9 +38,9 @@ def redis_outage_as_503(handler: Handler) -> Handler:
     """While Redis is down the counters wait (see `apply_with_retry`); queries say so plainly."""
 
     @functools.wraps(handler)
-    async def wrapped(web: View, request: Request, *args: Any) -> Response:
+    async def wrapped(web: View, request: Request, *args: Any, **kwargs: Any) -> Response:
         try:
-            return await handler(web, request, *args)
+            return await handler(web, request, *args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             log.warning("query %s: Redis unavailable (%s)", request.url, exc.__class__.__name__)
             return web.json({"error": "Redis is unavailable; counters resume when it is back"}, status=503)
