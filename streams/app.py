@@ -126,7 +126,7 @@ class ConversionsApp:
         self.state = DurableTable(self.journeys)
         self.engine = Engine(config, self.state, settings.partitions, expected_sources=sources)
         self._active_partitions: set[int] = set()
-        if isinstance(self.journeys.data, journey_store.JourneyMemoryStore | journey_store.JourneyRocksStore):
+        if isinstance(self.journeys.data, journey_store.ReadsItsChangelog):
             self.journeys.data.reader = self._read_changelog
             self.journeys.data.partitions_of = self._changelog_partitions
         self.journeys.on_recover(self._rebuild_deadlines)

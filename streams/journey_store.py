@@ -32,26 +32,39 @@ from faust.types import TP, EventT
 SCHEME = "journeys-memory"
 
 
-ChangelogReader = Callable[["JourneyMemoryStore", list[int]], Awaitable[None]]
+ChangelogReader = Callable[[Any, list[int]], Awaitable[None]]
 
 
-class JourneyMemoryStore(MemoryStore):  # type: ignore[type-arg]
+class ReadsItsChangelog:
+    """Before Faust's recovery, the app's `reader` reads every assigned changelog partition of
+    the store to its true end with a plain consumer (many times faster than Faust's recovery
+    here) and hands the records to the store's `apply_read`."""
+
+    reader: ChangelogReader | None = None
+    partitions_of: Callable[[set[TP]], list[int]] = staticmethod(lambda assigned: [])
+
+    async def on_rebalance(
+        self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
+    ) -> None:
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)  # type: ignore[misc]
+        if self.reader is not None:
+            await self.reader(self, self.partitions_of(assigned))
+
+
+class JourneyMemoryStore(ReadsItsChangelog, MemoryStore):  # type: ignore[type-arg]
     def __post_init__(self) -> None:
         super().__post_init__()
         self._read: dict[TP, int] = {}
         self._reported: dict[TP, int] = {}
         self._written: dict[TP, int] = {}
-        self.reader: ChangelogReader | None = None
-        self.partitions_of: Callable[[set[TP]], list[int]] = lambda assigned: []
 
-    async def on_rebalance(
-        self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
-    ) -> None:
-        """Before Faust's recovery: read the changelog of every assigned partition ourselves, to
-        its true end, with a plain consumer (many times faster than Faust's recovery here)."""
-        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
-        if self.reader is not None:
-            await self.reader(self, self.partitions_of(assigned))
+    def _fresh(self, tp: TP, offset: int) -> bool:
+        """Record `offset` as read; whether its record still has to be applied (not read before,
+        and not one of our own acknowledged writes)."""
+        if offset <= self._read.get(tp, -1):
+            return False
+        self._read[tp] = offset
+        return offset > self._written.get(tp, -1)
 
     def position(self, tp: TP) -> int:
         return self._read.get(tp, -1)
@@ -72,10 +85,7 @@ class JourneyMemoryStore(MemoryStore):  # type: ignore[type-arg]
         the state. Our own writes, up to the last acknowledged one, are here already (or newer)."""
         applied = 0
         for key, value, offset in records:
-            if offset <= self._read.get(tp, -1):
-                continue
-            self._read[tp] = offset
-            if offset <= self._written.get(tp, -1):
+            if not self._fresh(tp, offset):
                 continue
             if value is None:
                 self.data.pop(key, None)
@@ -92,14 +102,7 @@ class JourneyMemoryStore(MemoryStore):  # type: ignore[type-arg]
         to_value: Callable[[Any], Any],
     ) -> None:
         """Faust's recovery (standby partitions, or anything our read did not cover)."""
-        fresh = []
-        for event in batch:
-            tp, offset = event.message.tp, event.message.offset
-            if offset <= self._read.get(tp, -1):
-                continue
-            self._read[tp] = offset
-            if offset > self._written.get(tp, -1):
-                fresh.append(event)
+        fresh = [event for event in batch if self._fresh(event.message.tp, event.message.offset)]
         super().apply_changelog_batch(fresh, to_key, to_value)
 
     def forget_partition(self, partition: int) -> None:
@@ -108,7 +111,7 @@ class JourneyMemoryStore(MemoryStore):  # type: ignore[type-arg]
                 del offsets[tp]
 
 
-class JourneyRocksStore(RocksStore):
+class JourneyRocksStore(ReadsItsChangelog, RocksStore):
     """The RocksDB store, read to the changelog's true end before Faust's recovery (the same
     reader as the memory store): Faust alone would stop at Tansu's short end offset and write
     older values over the last batch's keys."""
@@ -116,15 +119,6 @@ class JourneyRocksStore(RocksStore):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._reported: dict[TP, int] = {}
-        self.reader: Callable[[Any, list[int]], Awaitable[None]] | None = None
-        self.partitions_of: Callable[[set[TP]], list[int]] = lambda assigned: []
-
-    async def on_rebalance(
-        self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
-    ) -> None:
-        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
-        if self.reader is not None:
-            await self.reader(self, self.partitions_of(assigned))
 
     def position(self, tp: TP) -> int:
         stored = super().persisted_offset(tp)
