@@ -99,6 +99,34 @@ async def outputs(run: Run) -> tuple[Counter[bytes], int]:
         await consumer.stop()
 
 
+def report_differences(
+    expected: Any, actual: Any, path: str = "", found: list[str] | None = None
+) -> list[str]:
+    """Where two reports differ, as `path: expected != actual` lines (the first 30)."""
+    found = [] if found is None else found
+    if len(found) >= 30:
+        return found
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        for key in sorted(set(expected) | set(actual), key=str):
+            report_differences(expected.get(key), actual.get(key), f"{path}.{key}", found)
+    elif isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
+        for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
+            report_differences(e, a, f"{path}[{i}]", found)
+    elif expected != actual:
+        found.append(f"{path}: {expected!r} != {actual!r}")
+    return found
+
+
+def output_differences(outputs: Counter[bytes]) -> dict[str, Any]:
+    """How many outputs, by type, and a few of them."""
+    parsed = [orjson.loads(raw) for raw in outputs.elements()]
+    return {
+        "count": len(parsed),
+        "by_type": dict(Counter(o["type"] for o in parsed)),
+        "samples": parsed[:5],
+    }
+
+
 async def settle(port: int, timeout_s: float, target: Any = None) -> Any:
     """Wait until the report stops changing for 20 s (or equals `target`)."""
     deadline = time.monotonic() + timeout_s
@@ -152,7 +180,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     equal_reports = actual == expected
     equal_outputs = actual_outputs == expected_outputs
     say(f"reports equal: {equal_reports}; outputs equal: {equal_outputs} ({repeats:,} repeats by id)")
+    differences = {
+        "report": report_differences(expected, actual),
+        "outputs_missing": output_differences(expected_outputs - actual_outputs),
+        "outputs_extra": output_differences(actual_outputs - expected_outputs),
+    }
     return {
+        **({} if equal_reports and equal_outputs else {"differences": differences}),
         "events_requested": args.events,
         "messages": len(lines),  # the simulated lines (events and a few malformed ones) and 8 ticks
         "kills": len(kills),

@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from streams.core.engine import partition_for
 from streams.core.events import decode_message
 from streams.infra import LOCAL_BROKER_ENV, LocalInfra, free_port
-from streams.kafka_admin import changelog_topic, ensure_topics, kafka_client_options
+from streams.kafka_admin import changelog_topic, consumer_options, ensure_topics, kafka_client_options
 from streams.settings import Settings
 from streams.simulate import Simulator
 from streams.worker_process import WorkerProcess
@@ -88,13 +89,16 @@ class Run:
     def source(self) -> str:
         return self.settings.topic(self.settings.topic_clickstream[0])
 
-    def worker(self, web_port: int | None = None) -> WorkerProcess:
+    def worker(self, web_port: int | None = None, name: str = "worker") -> WorkerProcess:
+        """A worker of this run; workers with other names keep their own log and data."""
         env = dict(self.env)
+        if name != "worker":
+            env["CONVERSIONS_DATA_DIR"] = str(self.workdir / name)
         if web_port is not None:
             env |= {"CONVERSIONS_WEB_ENABLED": "true", "CONVERSIONS_WEB_PORT": str(web_port)}
         else:
             env["CONVERSIONS_WEB_ENABLED"] = "false"
-        return WorkerProcess(env, self.workdir / "worker.log")
+        return WorkerProcess(env, self.workdir / f"{name}.log")
 
 
 async def produce(settings: Settings, topic: str, messages: list[bytes], keyed: bool) -> None:
@@ -161,42 +165,89 @@ def metrics(port: int) -> dict[str, float]:
         return {}
     values: dict[str, float] = {}
     for line in text.splitlines():
-        match = re.match(r"^(conversions_[a-z_]+_total)(\{[^}]*\})? ([0-9.e+]+)$", line)
+        match = re.match(r"^(conversions_[a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$", line)
         if match:
             values[match.group(1) + (match.group(2) or "")] = float(match.group(3))
     return values
 
 
 def pipeline(run: Run, expected: int) -> tuple[float, int]:
-    """Events per second from the first event in to the last counter applied in Redis: the
-    outputs have stopped growing and every one of them is counted."""
+    """Events per second through one worker, the traffic already waiting on the topic."""
     port = free_port()
     worker = run.worker(web_port=port).start(wait_ready_s=0)
     try:
-        first = None
-        last_change, last_seen = 0.0, (-1.0, -1.0)
-        deadline = time.monotonic() + 900
-        while True:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the pipeline did not finish:\n" + worker.tail())
-            if not worker.running:
-                raise RuntimeError("the worker exited:\n" + worker.tail())
-            values = metrics(port)
-            now = time.perf_counter()
-            events_in = values.get("conversions_events_in_total", 0.0)
-            if events_in and first is None:
-                first = now
-            produced = sum(values.get(f'conversions_outputs_total{{type="{t}"}}', 0.0) for t in COUNTED)
-            counted = sum(v for k, v in values.items() if k.startswith("conversions_counter_messages_total"))
-            if (produced, counted) != last_seen:
-                last_change, last_seen = now, (produced, counted)
-            elif events_in >= expected and produced and counted >= produced and now - last_change > 3.0:
-                break
-            time.sleep(0.05)
-        assert first is not None
-        return expected / (last_change - first), int(produced)
+        return drain([worker], [port], expected)
     finally:
         worker.stop()
+
+
+def drain(workers: list[WorkerProcess], ports: list[int], expected: int) -> tuple[float, int]:
+    """Events per second from the first event in to the last counter applied in Redis, over
+    all the workers: the outputs have stopped growing and every one of them is counted."""
+    first = None
+    last_change, last_seen = 0.0, (-1.0, -1.0)
+    deadline = time.monotonic() + 900
+    while True:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the pipeline did not finish:\n" + workers[0].tail())
+        for worker in workers:
+            if not worker.running:
+                raise RuntimeError("a worker exited:\n" + worker.tail())
+        values: Counter[str] = Counter()
+        for port in ports:
+            values.update(metrics(port))
+        now = time.perf_counter()
+        events_in = values["conversions_events_in_total"]
+        if events_in and first is None:
+            first = now
+        produced = sum(values[f'conversions_outputs_total{{type="{t}"}}'] for t in COUNTED)
+        counted = sum(v for k, v in values.items() if k.startswith("conversions_counter_messages_total"))
+        if (produced, counted) != last_seen:
+            last_change, last_seen = now, (produced, counted)
+        elif events_in >= expected and produced and counted >= produced and now - last_change > 3.0:
+            break
+        time.sleep(0.05)
+    assert first is not None
+    return expected / (last_change - first), int(produced)
+
+
+OWNS = re.compile(r"journeys recovered: \d+ journeys in partitions \[([\d, ]*)\]")
+
+
+def owned_partitions(worker: WorkerProcess) -> set[int]:
+    found = OWNS.findall(worker.log_text())
+    return {int(p) for p in found[-1].split(",") if p.strip()} if found else set()
+
+
+async def scaling(infra: LocalInfra, workdir: Path, lines: list[bytes], expected: int) -> dict[str, float]:
+    """Events per second with one worker and with two in one group, on the same single-event
+    traffic, sent once every worker holds its share of the partitions."""
+    result: dict[str, float] = {}
+    for count in (1, 2):
+        run = Run(infra, workdir, f"scale{count}")
+        await ensure_topics(run.settings)
+        ports = [free_port() for _ in range(count)]
+        workers = [run.worker(web_port=port, name=f"worker{i}") for i, port in enumerate(ports)]
+        try:
+            for worker in workers:
+                worker.start(wait_ready_s=120)
+            deadline = time.monotonic() + 120
+            while True:  # every partition owned, by one worker each, and each worker has some
+                shares = [owned_partitions(worker) for worker in workers]
+                if all(shares) and sum(map(len, shares)) == run.settings.partitions == len(
+                    set().union(*shares)
+                ):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the partitions were not split: {shares}")
+                await asyncio.sleep(0.5)
+            await produce(run.settings, run.source, lines, keyed=True)
+            eps, _ = await asyncio.to_thread(drain, workers, ports, expected)
+            result[f"workers_{count}_eps"] = round(eps)
+        finally:
+            for worker in workers:
+                worker.stop()
+    return result
 
 
 async def latency(run: Run, lines: list[bytes], rate: float, seconds: float) -> dict[str, float]:
@@ -207,7 +258,7 @@ async def latency(run: Run, lines: list[bytes], rate: float, seconds: float) -> 
     latencies: list[float] = []
     micro = run.settings.topic(run.settings.topic_micro)
     consumer = AIOKafkaConsumer(
-        micro, **kafka_client_options(run.settings), group_id=None, auto_offset_reset="earliest"
+        micro, **consumer_options(run.settings), group_id=None, auto_offset_reset="earliest"
     )
     producer = AIOKafkaProducer(**kafka_client_options(run.settings), linger_ms=0)
     await consumer.start()
@@ -338,6 +389,9 @@ async def measure(args: argparse.Namespace, infra: LocalInfra, workdir: Path) ->
         result[mode] = row
         single_run = single_run or run
     assert single_run is not None
+    say("scaling: the single-event traffic through one worker, then two")
+    result["scaling"] = await scaling(infra, workdir, lines, expected)
+    say("  " + ", ".join(f"{k} {v:,}" for k, v in result["scaling"].items()))
     rate = result["single"]["pipeline_eps"] / 2
     say(f"latency at {rate:,.0f} events/s for {args.latency_s:.0f} s")
     result["latency_ms"] = await latency(Run(infra, workdir, "lat"), lines, rate, args.latency_s)

@@ -29,7 +29,7 @@ from mode import Service
 
 from streams.core.alerts import AlertEvaluator
 from streams.core.outputs import Alert
-from streams.kafka_admin import kafka_client_options
+from streams.kafka_admin import consumer_options
 
 WATERMARK_HEADER = "conversions-watermark"
 
@@ -78,7 +78,7 @@ class Alerting:
 
     async def run(self, stopping: Callable[[], bool]) -> None:
         consumer = self._kafka = AIOKafkaConsumer(
-            **kafka_client_options(self.settings), enable_auto_commit=False, group_id=None
+            **consumer_options(self.settings), enable_auto_commit=False, group_id=None
         )
         while not stopping():
             try:

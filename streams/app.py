@@ -3,13 +3,15 @@
 A thin adapter. Parsing lives in `core.events`, journeys in `core.engine`; this module moves
 bytes between Kafka and those functions.
 
-Ingest reads raw clickstream messages, dead-letters what is invalid, and repartitions the
-valid events by identity. It sends ONE message per target partition per input message
-(`RepartitionBatch`), since Faust's cost is per message, not per event, and every such
-message carries its source's watermark; a timer repeats the watermarks to partitions that
-got no events, and says when a source has gone idle. The journey agent applies each event
-to the identity's journey, held in a changelog-backed table whose changelog partition is
-the message's partition, and publishes the outputs keyed by identity.
+Faust's cost is per message, not per event, so both agents take runs of messages
+(`take_events`, up to `agent_batch_messages` or `agent_batch_window_s`) and Faust acks a run
+once it is done. Ingest reads raw clickstream messages, dead-letters what is invalid, and
+repartitions the valid events by identity: ONE message per source and target partition per
+run (`RepartitionBatch`), carrying the source's watermark; a timer repeats the watermarks to
+partitions that got no events, and says when a source has gone idle. The journey agent
+applies each event to the identity's journey, held in a changelog-backed table whose
+changelog partition is the message's partition, publishes the outputs keyed by identity,
+and writes each journey the run changed once.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,17 +29,17 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 from pydantic import ValidationError
 
-from streams import journey_store
+from streams import faust_transport, journey_store
 from streams.alerting import WATERMARK_HEADER, Alerting
 from streams.core.deadletter import dead_letter
 from streams.core.engine import Engine, partition_for
 from streams.core.events import ClickEvent, Rejection, decode_message
 from streams.core.matching import CompiledConfig
 from streams.core.outputs import OutputEvent
-from streams.core.repartition import RepartitionBatch, source_name
+from streams.core.repartition import PendingBatch, RepartitionBatch, source_name
 from streams.counting import Counting
 from streams.durable_table import DurableTable
-from streams.kafka_admin import kafka_client_options
+from streams.kafka_admin import consumer_options
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.web import register_views
@@ -52,6 +54,16 @@ def applied_marker(partition: int, source: str) -> str:
     return f"{MARKER_PREFIX}applied:{partition}:{source}"
 
 
+def marker_value(offset: int, watermark: int | None) -> bytes:
+    """An applied marker's value: the source offset applied, and the source's watermark then."""
+    return f"{offset} {watermark}".encode() if watermark is not None else str(offset).encode()
+
+
+def parse_marker(raw: bytes) -> tuple[int, int | None]:
+    offset, _, watermark = raw.decode().partition(" ")
+    return int(offset), int(watermark) if watermark else None
+
+
 def partition_of_key(key: str, partitions: int) -> int:
     """The journeys-table partition a key belongs to: a marker names it, an identity hashes to it."""
     if key.startswith(MARKER_PREFIX):
@@ -59,8 +71,8 @@ def partition_of_key(key: str, partitions: int) -> int:
     return partition_for(key, partitions)
 
 
-def faust_broker_url(bootstrap: str) -> str:
-    return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
+def faust_broker_url(bootstrap: str, scheme: str = "kafka") -> str:
+    return ";".join(f"{scheme}://{host.strip()}" for host in bootstrap.split(",") if host.strip())
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -88,7 +100,9 @@ class ConversionsApp:
         self.metrics = Metrics()
         self.app = faust.App(
             settings.app_id,
-            broker=faust_broker_url(settings.kafka_bootstrap_servers),
+            broker=faust_broker_url(
+                settings.kafka_bootstrap_servers, faust_transport.register(settings.fetch_max_wait_ms)
+            ),
             broker_credentials=broker_credentials(settings),
             store=journey_store.register(settings.table_store),
             datadir=str(settings.data_dir),
@@ -123,12 +137,13 @@ class ConversionsApp:
             value_type=bytes,  # raw bytes: journeys serialize themselves compactly
         )
         self.source_topics = frozenset(map(settings.topic, settings.topic_clickstream))
-        self.state = DurableTable(self.journeys)
+        self.state = DurableTable(self.journeys, lambda key: partition_of_key(key, settings.partitions))
         self.engine = Engine(config, self.state, settings.partitions, expected_sources=sources)
         self._active_partitions: set[int] = set()
         if isinstance(self.journeys.data, journey_store.ReadsItsChangelog):
             self.journeys.data.reader = self._read_changelog
             self.journeys.data.partitions_of = self._changelog_partitions
+            self.journeys.data.key_partition = self.state.partition_of
         self.journeys.on_recover(self._rebuild_deadlines)
         self.app.agent(self.source, name="ingest")(self._ingest)
         self.app.agent(self.events_topic, name="journeys")(self._journeys)
@@ -148,15 +163,30 @@ class ConversionsApp:
 
     # ---- ingest -----------------------------------------------------------------------
 
+    async def _runs(self, stream: faust.StreamT[bytes]) -> AsyncIterator[list[Any]]:
+        """The stream's messages, a run at a time; Faust acks a run when the next is asked for."""
+        size, window = self.settings.agent_batch_messages, self.settings.agent_batch_window_s
+        async for events in stream.take_events(size, within=window):
+            yield [event.message for event in events]
+
     async def _ingest(self, stream: faust.StreamT[bytes]) -> None:
+        async for messages in self._runs(stream):
+            await self._ingest_messages(messages)
+
+    async def _ingest_messages(self, messages: list[Any]) -> None:
+        """Repartition the valid events of a run of clickstream messages: one batch per source
+        and target partition (more when they grow past `max_message_bytes`), each sent with
+        its source's watermark once it holds every event that watermark covers."""
         partitions = self.settings.partitions
-        async for event in stream.events():
-            message = event.message
+        latest_ms = int((time.time() + self.settings.max_future_skew_s) * 1000)
+        pending: dict[tuple[str, int], PendingBatch] = {}
+        watermarks: dict[str, int] = {}
+        for message in messages:
             decoded = decode_message(
-                event.value,
+                message.value,
                 max_bytes=self.settings.max_message_bytes,
                 max_batch=self.settings.max_batch_events,
-                latest_ms=int((time.time() + self.settings.max_future_skew_s) * 1000),
+                latest_ms=latest_ms,
             )
             if decoded.rejects:
                 await self._dead_letter(decoded.rejects, message)
@@ -165,17 +195,25 @@ class ConversionsApp:
             self._source_seen_at[source] = time.monotonic()
             if not decoded.events:
                 continue
-            watermark = max(self._source_watermarks.get(source, 0), *(c.ts_ms for c in decoded.events))
             by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
             for click in decoded.events:
                 by_partition[partition_for(click.identity, partitions)].append(click.to_json_dict())
+            size = len(message.value or b"")
+            before = watermarks.get(source, self._source_watermarks.get(source, 0))
+            for partition in by_partition:
+                batch = pending.get((source, partition))
+                if batch is not None and batch.size + size > self.settings.max_message_bytes:
+                    # the watermark so far covers what it holds, and nothing it lacks
+                    await self._send_batch(partition, batch.build(source, before))
+                    del pending[(source, partition)]
+            watermarks[source] = max(before, *(c.ts_ms for c in decoded.events))
             for partition, items in by_partition.items():
-                await self._send_batch(
-                    partition, RepartitionBatch(source, watermark, items, offset=message.offset)
-                )
-            # Only now may the heartbeat timer repeat it: had it run during the sends above, a
-            # partition could learn the watermark before receiving the events it covers.
-            self._source_watermarks[source] = watermark
+                pending.setdefault((source, partition), PendingBatch()).add(items, message.offset, size)
+        for (source, partition), batch in pending.items():
+            await self._send_batch(partition, batch.build(source, watermarks[source]))
+        # Only now may the heartbeat timer repeat them: had it run during the sends above, a
+        # partition could learn a watermark before receiving the events it covers.
+        self._source_watermarks.update(watermarks)
 
     async def _send_batch(self, partition: int, batch: RepartitionBatch) -> None:
         self._announced[(batch.source, partition)] = (
@@ -245,25 +283,38 @@ class ConversionsApp:
     # ---- journeys ---------------------------------------------------------------------
 
     async def _journeys(self, stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            message = event.message
+        async for messages in self._runs(stream):
+            await self._apply_to_journeys(messages)
+
+    async def _apply_to_journeys(self, messages: list[Any]) -> None:
+        """Apply a run of repartition batches: outputs published and journeys written to the
+        changelog once for the run, each partition's outputs before its journeys and applied
+        markers, so a crash in between repeats outputs (deduplicated downstream by id) but
+        never loses them."""
+        assigned = self.app.consumer.assignment()
+        outputs: dict[int, list[OutputEvent]] = defaultdict(list)
+        applied_now: dict[str, tuple[int, int | None]] = {}
+        for message in messages:
             try:
-                batch = RepartitionBatch.decode(event.value)
+                batch = RepartitionBatch.decode(message.value)
             except ValueError as exc:  # only a foreign producer on the internal topic
-                await self._dead_letter([Rejection("invalid_json", str(exc), event.value or b"")], message)
+                await self._dead_letter([Rejection("invalid_json", str(exc), message.value or b"")], message)
                 continue
-            if (
-                message.partition not in self._active_partitions
-                or message.tp not in self.app.consumer.assignment()
-            ):
+            partition = message.partition
+            if partition not in self._active_partitions or message.tp not in assigned:
                 continue  # revoked while in flight: its new owner processes it
-            marker = applied_marker(message.partition, batch.source)
-            if batch.offset is not None:
-                applied = self.state.get(marker)
-                if applied is not None and batch.offset <= int(applied):
-                    continue  # redelivered (ingest or journeys crashed): already in the table
-            outputs: list[OutputEvent] = []
-            for item in batch.events:
+            marker = applied_marker(partition, batch.source)
+            known = applied_now.get(marker)
+            if known is None:
+                raw = self.state.get(marker)
+                known = parse_marker(raw) if raw is not None else (-1, None)
+            applied, watermark = known
+            if batch.offset is not None and batch.offset <= applied:
+                continue  # redelivered (ingest or journeys crashed): already in the table
+            produced = outputs[partition]
+            for item, offset in zip(batch.events, batch.event_offsets(), strict=True):
+                if offset is not None and offset <= applied:
+                    continue  # applied before, in a batch gathered differently
                 try:
                     click = ClickEvent.model_validate(item)
                 except ValidationError as exc:
@@ -271,16 +322,28 @@ class ConversionsApp:
                         [Rejection("invalid_event", str(exc), orjson.dumps(item))], message
                     )
                     continue
-                outputs.extend(self.engine.process(click, message.partition))
+                produced.extend(self.engine.process(click, partition))
             if batch.idle:
-                outputs.extend(self.engine.forget_source(message.partition, batch.source))
+                produced.extend(self.engine.forget_source(partition, batch.source))
             elif batch.watermark is not None:
-                outputs.extend(self.engine.observe(message.partition, batch.source, batch.watermark))
-            await self.publish(outputs, message.partition)
-            if batch.offset is not None:
-                # after the journeys it covers, in the same changelog partition: never ahead of them
-                self.state[marker] = str(batch.offset).encode()
-            await self.state.write_changelog(message.partition)
+                produced.extend(self.engine.observe(partition, batch.source, batch.watermark))
+            # heartbeats move the remembered watermark too: some partitions only ever hear
+            # a source's last watermark from one
+            advanced = not batch.idle and (batch.watermark or 0) > (watermark or 0)
+            if batch.offset is not None or advanced:
+                applied_now[marker] = (
+                    applied if batch.offset is None else batch.offset,
+                    batch.watermark if advanced else watermark,
+                )
+        # The markers go last, after every journey of the run in their changelog partitions: a
+        # crash part way through the writes then leaves them behind, and the replay re-applies
+        # events whose journeys were written (their event ids make that harmless) rather than
+        # skipping events whose journeys were not.
+        for marker, (offset, watermark) in applied_now.items():
+            self.state[marker] = marker_value(offset, watermark)
+        for partition, produced in outputs.items():
+            await self.publish(produced, partition)
+        await self.state.write_changelog()
 
     async def _rebuild_deadlines(self) -> None:
         """After recovery (start or rebalance): index the deadlines of the partitions this worker
@@ -294,20 +357,25 @@ class ConversionsApp:
         active = {tp.partition for tp in assignor.assigned_actives() if tp.topic == topic}
         standby = {tp.partition for tp in assignor.assigned_standbys() if tp.topic == topic}
         self._active_partitions = active
+        released = set(range(self.settings.partitions)) - active
+        # before evicting: a store on disk must not keep a position past what it has dropped
+        self.state.forget_partitions(released - standby)
         by_partition: dict[int, list[str]] = defaultdict(list)
+        markers: list[tuple[int, str]] = []
         dropped = 0
         for key in list(self.state):
             partition = partition_of_key(key, self.settings.partitions)
             if partition in active:
-                if not key.startswith(MARKER_PREFIX):
+                if key.startswith(MARKER_PREFIX):
+                    markers.append((partition, key))
+                else:
                     by_partition[partition].append(key)
             elif partition not in standby:
                 self.state.evict(key)
                 dropped += 1
-        released = set(range(self.settings.partitions)) - active
         self.engine.release_partitions(released)
-        self.state.forget_partitions(released - standby)
         total = sum(self.engine.rebuild_deadlines(p, by_partition.get(p, [])) for p in sorted(active))
+        await self._remind_watermarks(markers)
         changelog = self.journeys.changelog_topic.get_topic_name()
         positions = {p: self.journeys.persisted_offset(TP(changelog, p)) for p in sorted(active)}
         log.info(
@@ -319,6 +387,20 @@ class ConversionsApp:
             sorted(standby) or "none",
             dropped,
         )
+
+    async def _remind_watermarks(self, markers: list[tuple[int, str]]) -> None:
+        """Tell each recovered partition again how far its sources had got, as heartbeats on its
+        own input: the journeys agent then fires what that makes due. A source whose input is
+        all consumed and committed would otherwise never speak again, and the deadlines it had
+        made due before a restart would wait for it to go idle."""
+        for partition, key in markers:
+            _, watermark = parse_marker(self.state[key])
+            if watermark is not None:
+                source = key.split(":", 2)[2]
+                batch = RepartitionBatch(source, watermark, [])
+                await self.events_topic.send(
+                    key=str(partition).encode(), value=batch.encode(), partition=partition
+                )
 
     def _changelog_partitions(self, assigned: set[TP]) -> list[int]:
         topics = {
@@ -333,7 +415,7 @@ class ConversionsApp:
             return
         changelog = self.journeys.changelog_topic.get_topic_name()
         consumer = AIOKafkaConsumer(
-            **kafka_client_options(self.settings),
+            **consumer_options(self.settings),
             enable_auto_commit=False,
             group_id=None,
             auto_offset_reset="earliest",
@@ -397,18 +479,24 @@ class ConversionsApp:
 
     async def publish(self, outputs: Iterable[OutputEvent], partition: int | None = None) -> None:
         """Send outputs keyed by identity. From a journey partition they go to the output partition
-        of the same number, with the partition's watermark in a header: everything that partition
-        will ever emit earlier than that watermark is already before the record (see `alerting`)."""
-        headers = None
-        if partition is not None:
-            watermark = self.engine.watermark(partition)
-            headers = [(WATERMARK_HEADER, str(watermark).encode())] if watermark is not None else None
-        for output in outputs:
+        of the same number, with the partition's watermark in a header on each topic's last
+        record: everything that partition will ever emit earlier than that watermark is already
+        before that record (see `alerting`)."""
+        outputs = list(outputs)
+        watermark = self.engine.watermark(partition) if partition is not None else None
+        topic_of = self.settings.output_topics
+        # on each topic's last record only: records before it may precede later, earlier ones
+        last = {topic_of[output.type]: i for i, output in enumerate(outputs)} if watermark is not None else {}
+        for i, output in enumerate(outputs):
             self.metrics.outputs.labels(output.type).inc()
             identity = output.identity
             await self.output_topics[output.type].send(
                 key=identity.encode() if identity is not None else None,
                 value=output.to_json(),
                 partition=partition,
-                headers=headers,
+                headers=(
+                    [(WATERMARK_HEADER, str(watermark).encode())]
+                    if last.get(topic_of[output.type]) == i
+                    else None
+                ),
             )

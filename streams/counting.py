@@ -28,7 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams.core.counters import increments, pseudonymizer
-from streams.kafka_admin import kafka_client_options
+from streams.kafka_admin import consumer_options
 from streams.redis_counters import CountedMessage, CounterStore, apply_with_retry
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class Counting:
         s = self.settings
         return AIOKafkaConsumer(
             *self.topics,
-            **kafka_client_options(s),
+            **consumer_options(s),
             group_id=s.counters_group or f"{s.app_id}-counters",
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from streams.core.config_loader import load_config
 from streams.infra import LOCAL_BROKER_ENV, LocalInfra, free_port
-from streams.kafka_admin import ensure_topics, kafka_client_options
+from streams.kafka_admin import consumer_options, ensure_topics
 from streams.live_traffic import LiveTraffic, TrafficStats
 from streams.settings import Settings
 from streams.worker_process import WorkerProcess
@@ -109,7 +109,7 @@ class LiveSummary:
 async def _follow(settings: Settings, summary: LiveSummary, stop: asyncio.Event) -> None:
     consumer = AIOKafkaConsumer(
         *sorted(set(settings.output_topics.values())),
-        **kafka_client_options(settings),
+        **consumer_options(settings),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,

@@ -3,9 +3,11 @@
 A Faust table sends its changelog through a buffer, and before committing consumer offsets Faust
 flushes that buffer, but the flush gives up when one send takes longer than 0.1 s, so under
 load offsets can be committed ahead of changelog writes, and a restart then resumes after input
-whose effect on the table was never written (found by the restart test). Here a message's
-writes are kept in order and sent with `await` before the agent moves on; Faust's commit then
-flushes the Kafka producer itself, which does wait.
+whose effect on the table was never written (found by the restart test). Here the writes of a
+run of messages are kept, the last value of each key, in the order of each key's last write, and
+sent with `await` before the agent moves on; Faust's commit then flushes the Kafka producer
+itself, which does wait. A key written again moves to the end, so a key written after others
+(an applied marker after the journeys it covers) stays after them.
 
 Writing past the table also bypasses Faust's key-to-partition bookkeeping; the app trims the
 store down to the partitions this worker owns after every rebalance
@@ -20,9 +22,10 @@ from typing import Any
 
 
 class DurableTable(MutableMapping[str, bytes]):
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, partition_of: Callable[[str], int]) -> None:
         self.table = table
-        self._pending: list[tuple[str, bytes | None]] = []
+        self.partition_of = partition_of
+        self._pending: dict[str, bytes | None] = {}
 
     def __getitem__(self, key: str) -> bytes:
         value: bytes = self.table.data[key]
@@ -30,11 +33,13 @@ class DurableTable(MutableMapping[str, bytes]):
 
     def __setitem__(self, key: str, value: bytes) -> None:
         self.table.data[key] = value
-        self._pending.append((key, value))
+        self._pending.pop(key, None)
+        self._pending[key] = value
 
     def __delitem__(self, key: str) -> None:
         del self.table.data[key]
-        self._pending.append((key, None))
+        self._pending.pop(key, None)
+        self._pending[key] = None
 
     def evict(self, key: str) -> None:
         """Forget a key locally, writing nothing: its partition belongs to another worker."""
@@ -53,16 +58,16 @@ class DurableTable(MutableMapping[str, bytes]):
     def __len__(self) -> int:
         return len(self.table.data)
 
-    async def write_changelog(self, partition: int) -> None:
-        """Send this message's writes, in order, to the changelog partition of its input."""
+    async def write_changelog(self) -> None:
+        """Send the writes kept since the last call, each to its key's changelog partition."""
         topic = self.table.changelog_topic
-        pending, self._pending = self._pending, []
+        pending, self._pending = self._pending, {}
         note_written = getattr(self.table.data, "note_written", None)
-        for key, value in pending:
+        for key, value in pending.items():
             await topic.send(
                 key=key,
                 value=value,
-                partition=partition,
+                partition=self.partition_of(key),
                 key_serializer="json",
                 value_serializer="raw",
                 callback=None if note_written is None else partial(self._acknowledged, note_written),

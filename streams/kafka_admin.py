@@ -34,6 +34,11 @@ def kafka_client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def consumer_options(settings: Settings) -> dict[str, Any]:
+    """`kafka_client_options` and what every consumer we make shares."""
+    return {**kafka_client_options(settings), "fetch_max_wait_ms": settings.fetch_max_wait_ms}
+
+
 def changelog_topic(settings: Settings, table: str) -> str:
     return f"{settings.app_id}-{table}-changelog"
 

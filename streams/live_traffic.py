@@ -12,7 +12,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,7 +24,7 @@ from streams.settings import Settings
 from streams.simulate import PLATFORM_WEIGHTS, PLATFORMS, Incident, Simulator, bad_event
 
 log = logging.getLogger(__name__)
-EVENTS_PER_VISIT = 4.5  # what the simulator's funnel rates give on average
+EVENTS_PER_VISIT = 3.55  # what the simulator gives on average (measured over 5,000 visits)
 
 
 @dataclass
@@ -57,6 +57,8 @@ class LiveTraffic:
         self.bad_rate = bad_rate
         self.simulator = Simulator(seed=seed or 0, users=users, gap_scale=gap_scale)
         self.stats = TrafficStats()
+        self.on_sent: Callable[[str, float], None] | None = None
+        """Told each event id and the wall-clock time it was handed to the producer."""
         self._visits = itertools.count()
         self._platforms: dict[int, str] = {}
 
@@ -114,6 +116,8 @@ class LiveTraffic:
                         self.stats.bad += 1
                     await producer.send(topic, line, key=identity_key(line))
                     self.stats.sent += 1
+                    if self.on_sent is not None:
+                        self.on_sent(event["event_id"], time.time())
                     following = next(visit, None)
                     if following is not None:
                         heapq.heappush(pending, (real(following["_at"]), next(order), following, visit))

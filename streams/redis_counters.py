@@ -42,27 +42,29 @@ class QueryTooLarge(ValueError):
     pass
 
 
+# The batch travels as one JSON argument (decoded by Redis's cjson), not as thousands of
+# arguments: redis-py's argument packing was a sixth of the worker's time. Amounts stay strings
+# so that HINCRBYFLOAT gets exactly the digits it was given.
 APPLY_SCRIPT = """
 local ttl, seen_ttl, prefix = ARGV[1], ARGV[2], ARGV[3]
-local seen_now, seen_before = prefix .. ARGV[5], prefix .. ARGV[6]
-local i = 7
+local seen_now, seen_before = prefix .. ARGV[4], prefix .. ARGV[5]
+local messages = cjson.decode(ARGV[6])
 local applied, skipped = 0, 0
 local touched = {}
-for m = 1, tonumber(ARGV[4]) do
-  local topic, offset, id, nops = ARGV[i], tonumber(ARGV[i+1]), ARGV[i+2], tonumber(ARGV[i+3])
-  i = i + 4
+for _, message in ipairs(messages) do
+  local topic, offset, id, ops = message[1], message[2], message[3], message[4]
   local last = tonumber(redis.call('HGET', KEYS[1], topic) or '-1')
   local fresh = offset > last
   if fresh then
-    redis.call('HSET', KEYS[1], topic, offset)
+    redis.call('HSET', KEYS[1], topic, string.format('%d', offset))
     if id ~= '' then
       fresh = redis.call('SISMEMBER', seen_before, id) == 0 and redis.call('SADD', seen_now, id) == 1
       touched[seen_now] = seen_ttl
     end
   end
   if fresh then
-    for o = 1, nops do
-      local kind, key, field, amount = ARGV[i], prefix .. ARGV[i+1], ARGV[i+2], ARGV[i+3]
+    for _, op in ipairs(ops) do
+      local kind, key, field, amount = op[1], prefix .. op[2], op[3], op[4]
       if kind == 'h' then redis.call('HINCRBY', key, field, amount)
       elseif kind == 'f' then redis.call('HINCRBYFLOAT', key, field, amount)
       elseif kind == 'p' then redis.call('PFADD', key, field)
@@ -75,11 +77,9 @@ for m = 1, tonumber(ARGV[4]) do
         redis.call('LTRIM', key, 0, tonumber(amount) - 1)
       end
       touched[key] = ttl
-      i = i + 4
     end
     applied = applied + 1
   else
-    i = i + 4 * nops
     skipped = skipped + 1
   end
 end
@@ -121,24 +121,23 @@ class CounterStore:
         for an upstream redelivery, short enough to keep memory bounded.
         """
         period = int(time.time()) // self.dedupe_s
-        argv: list[Any] = [
+        batch = [
+            [m.topic, m.offset, m.output_id, [[o.kind, o.key, o.field, str(o.amount)] for o in m.ops]]
+            for m in messages
+        ]
+        if not batch:
+            return (0, 0)
+        result = await self.redis.eval(
+            APPLY_SCRIPT,
+            1,
+            self.offsets_key(shard),
             self.ttl_s,
             2 * self.dedupe_s,
             self.prefix(shard),
-            0,
             f"seen:{period}",
             f"seen:{period - 1}",
-        ]
-        count = 0
-        for message in messages:
-            argv += [message.topic, message.offset, message.output_id, len(message.ops)]
-            for op in message.ops:
-                argv += [op.kind, op.key, op.field, op.amount]
-            count += 1
-        if not count:
-            return (0, 0)
-        argv[3] = count
-        result = await self.redis.eval(APPLY_SCRIPT, 1, self.offsets_key(shard), *argv)
+            orjson.dumps(batch),
+        )
         return int(result[0]), int(result[1])
 
     async def latest_event_ms(self) -> int | None:

@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     commit_every: int = Field(default=10_000, ge=1)
     """Also commit after this many messages, whatever the interval."""
     max_poll_records: int | None = Field(default=None, ge=1)
+    agent_batch_messages: int = Field(default=1_000, ge=1)
+    """The agents take up to this many messages at a time: decoded, applied and written as one run."""
+    agent_batch_window_s: float = Field(default=0.05, gt=0, le=5)
+    """...waiting at most this long for them (latency added per hop when traffic is light)."""
+    fetch_max_wait_ms: int = Field(default=100, ge=1, le=60_000)
+    """How long a fetch may wait on the broker for data. Some brokers (Tansu) answer an empty
+    fetch only at this deadline, however soon data arrives, which adds up to it to every hop."""
     counters_enabled: bool = True
     counters_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+$")
     """Consumer group of the counters (default `<app_id>-counters`); a new one re-reads every
@@ -96,9 +103,9 @@ class Settings(BaseSettings):
     counter_batch_size: int = Field(default=2_000, ge=1)
     counter_batch_window_s: float = Field(default=0.25, gt=0)
     alert_webhook_url: SecretStr | None = None
+    """Alerts are also POSTed here as JSON (by the leader); the URL may hold a token."""
     # with a key, counters see HMAC-SHA256(key, identity) instead of user and anonymous ids
     pseudonymize_key: SecretStr | None = None
-    """Alerts are also POSTed here as JSON (by the leader); the URL may hold a token."""
     alert_webhook_timeout_s: float = Field(default=5.0, gt=0)
     watermark_interval_s: float = Field(default=1.0, gt=0)
     source_idle_s: float = Field(default=10.0, gt=0)

@@ -34,6 +34,9 @@ class _PartitionClock:
     """Expected sources not heard from yet: until each reports (or idles), no deadline fires."""
     floor: int | None = None
     """The watermark reached so far: it never goes back, even when every source goes idle."""
+    idle_reached: int | None = None
+    """How far the sources that went idle had got: once no source is active, event time gets
+    there, since nothing earlier is coming (whichever order they went idle in)."""
     heap: list[tuple[int, str]] = field(default_factory=list)
     scheduled: dict[str, int] = field(default_factory=dict)
 
@@ -66,8 +69,9 @@ class Engine:
         clock = self._clocks.get(partition)
         if clock is None or clock.waiting_for:
             return None
-        if clock.sources:
-            current = min(clock.sources.values()) - self.config.late_tolerance
+        reached = min(clock.sources.values()) if clock.sources else clock.idle_reached
+        if reached is not None:
+            current = reached - self.config.late_tolerance
             if clock.floor is None or current > clock.floor:
                 clock.floor = current
         return clock.floor
@@ -98,7 +102,10 @@ class Engine:
         clock = self._clock(partition)
         was_waiting = source in clock.waiting_for
         clock.waiting_for.discard(source)
-        if clock.sources.pop(source, None) is None and not was_waiting:
+        reached = clock.sources.pop(source, None)
+        if reached is not None:
+            clock.idle_reached = max(reached, clock.idle_reached or reached)
+        elif not was_waiting:
             return []
         return self._fire_due(partition, clock)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -34,7 +35,7 @@ from streams.core.outputs import (
     Stalled,
 )
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 MAX_REMEMBERED_IDS = 256
 MAX_PATH = 50
 MAX_BREAKDOWN_VALUE = 100
@@ -102,6 +103,11 @@ class Journey:
         values = _pack(self)
         values[_SESSION_AT] = _pack(self.session) if self.session else None
         values[_ATTEMPTS_AT] = {name: _pack(a) for name, a in self.attempts.items()}
+        # the remembered ids are most of a busy user's state: fingerprints as packed bytes
+        # (11 characters each, not 20 digits) and their times as ages in seconds
+        values[_SEEN_AT] = base64.b64encode(struct.pack(f"<{len(self.seen)}Q", *self.seen)).decode()
+        now_s = self.last_ts // 1000
+        values[_SEEN_TIMES_AT] = [now_s - at for at in self.seen_at]
         # orjson's result keeps the buffer it grew while encoding (about 8 KiB for a 1.5 KB
         # state); the table holds one per user, so it keeps an exact-size copy instead
         return bytes(memoryview(orjson.dumps([STATE_VERSION, *values])))
@@ -109,9 +115,14 @@ class Journey:
     @classmethod
     def loads(cls, raw: bytes) -> Journey:
         version, *values = orjson.loads(raw)
-        if version != STATE_VERSION:
+        if version not in (1, STATE_VERSION):
             raise ValueError(f"unknown journey state version {version}")
         journey = cls(*values)
+        if version >= 2:
+            packed = base64.b64decode(journey.seen)  # type: ignore[arg-type]
+            journey.seen = list(struct.unpack(f"<{len(packed) // 8}Q", packed))
+            now_s = journey.last_ts // 1000
+            journey.seen_at = [now_s - age for age in journey.seen_at]
         if journey.session is not None:
             journey.session = Session(*journey.session)  # type: ignore[misc]
         journey.attempts = {name: Attempt(*a) for name, a in journey.attempts.items()}  # type: ignore[misc]
@@ -121,6 +132,8 @@ class Journey:
 _JOURNEY_FIELDS = [f.name for f in fields(Journey)]
 _SESSION_AT = _JOURNEY_FIELDS.index("session")
 _ATTEMPTS_AT = _JOURNEY_FIELDS.index("attempts")
+_SEEN_AT = _JOURNEY_FIELDS.index("seen")
+_SEEN_TIMES_AT = _JOURNEY_FIELDS.index("seen_at")
 
 Outputs = list[OutputEvent]
 

@@ -122,6 +122,36 @@ async def test_journeys_resume_from_the_changelog_after_a_restart(
     assert canonical(unique_by_id(actual)) == canonical(expected)
 
 
+async def test_a_restarted_worker_remembers_how_far_sources_that_have_finished_had_got(
+    settings: Settings, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Event time survives a restart: three source partitions end (their ticks consumed and
+    committed) before the restart and never speak again; the fourth's tick after it must
+    then be enough to fire every deadline, without waiting for the others to go idle."""
+    lines, ticks = traffic(users=300, seed=29)
+    expected = offline_outputs(settings, lines + ticks)
+    topics = sorted(set(settings.output_topics.values()))
+
+    await ensure_topics(settings)
+    first = start_worker("first", env=SOURCE_IDLE)
+    await produce_lines(settings, lines)
+    producer = clickstream_producer(settings)
+    await producer.start()
+    try:
+        for partition, tick in enumerate(ticks[1:], 1):
+            await producer.send_and_wait(settings.topic("clickstream"), tick, partition=partition)
+    finally:
+        await producer.stop()
+    await read_topics(settings, topics, quiet_s=4.0)
+    assert first.stop() == 0
+
+    start_worker("second", env=SOURCE_IDLE)
+    await send_ticks(settings, ticks[:1])
+    actual = await read_topics(settings, topics, expect=len(expected), timeout_s=60.0)
+
+    assert canonical(unique_by_id(actual)) == canonical(expected), _debug_diff(unique_by_id(actual), expected)
+
+
 @pytest.mark.parametrize("partitions", [1])
 async def test_single_partition_source_needs_no_ticks_for_equivalence_of_conversions(
     settings: Settings, start_worker: Callable[..., WorkerProcess], partitions: int

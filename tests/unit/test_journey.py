@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
+import orjson
 import pytest
 
 from streams.core.config_loader import parse_config
@@ -275,6 +277,21 @@ def test_state_round_trips_and_stays_small() -> None:
     assert len(raw) < 1024
 
 
+def test_a_busy_users_remembered_ids_stay_compact_and_version_1_states_still_load() -> None:
+    clicks = [click("page_view", f"10:{i // 30:02d}:{i % 30 * 2:02d}") for i in range(240)]
+    journey, _ = run(machine(), *clicks)
+    assert len(journey.seen) == 240  # ten minutes' worth: all still within the tolerance
+    raw = journey.dumps()
+    assert Journey.loads(raw) == journey
+    assert len(raw) < 240 * 16 + 512  # 20-digit fingerprints and epoch seconds took twice that
+
+    version_1 = orjson.loads(raw)
+    version_1[0] = 1
+    version_1[1 + [f.name for f in fields(Journey)].index("seen")] = journey.seen
+    version_1[1 + [f.name for f in fields(Journey)].index("seen_at")] = journey.seen_at
+    assert Journey.loads(orjson.dumps(version_1)) == journey
+
+
 def test_goal_value_must_be_a_number() -> None:
     _, out = run(machine(), click("purchase", "10:00", properties={"value": "lots"}))
     assert out[-1].model_dump()["value"] is None
@@ -320,6 +337,17 @@ def test_engine_waits_for_every_expected_source() -> None:
     assert "dropoff:view:window_expired" in kinds(fired)
     assert engine.watermark(0) == click("x", "11:50").ts_ms
     assert engine.forget_source(0, "b") == [] and engine.watermark(0) == click("x", "22:50").ts_ms
+
+
+def test_a_source_that_went_idle_first_still_moves_event_time_once_every_source_is_idle() -> None:
+    m = machine(window="1h")
+    engine = Engine(m.config, {}, 1, expected_sources=["a", "b"])
+    engine.process(click("product_view", "10:00"))
+    assert engine.observe(0, "a", click("x", "12:00").ts_ms) == []  # b not heard from yet
+    assert engine.forget_source(0, "a") == [] and engine.watermark(0) is None
+    fired = engine.forget_source(0, "b")
+    assert "dropoff:view:window_expired" in kinds(fired)
+    assert engine.watermark(0) == click("x", "11:50").ts_ms
 
 
 def test_engine_rebuilds_its_deadline_index_from_the_store() -> None:
