@@ -216,10 +216,14 @@ class ConversionsApp:
         self._source_watermarks.update(watermarks)
 
     async def _send_batch(self, partition: int, batch: RepartitionBatch) -> None:
+        """Ingest's send: remembered as announced, for the heartbeat timer."""
         self._announced[(batch.source, partition)] = (
             None if batch.idle else batch.watermark,
             time.monotonic(),
         )
+        await self._send_repartitioned(partition, batch)
+
+    async def _send_repartitioned(self, partition: int, batch: RepartitionBatch) -> None:
         await self.events_topic.send(key=str(partition).encode(), value=batch.encode(), partition=partition)
 
     async def _announce_watermarks(self) -> None:
@@ -396,11 +400,8 @@ class ConversionsApp:
         for partition, key in markers:
             _, watermark = parse_marker(self.state[key])
             if watermark is not None:
-                source = key.split(":", 2)[2]
-                batch = RepartitionBatch(source, watermark, [])
-                await self.events_topic.send(
-                    key=str(partition).encode(), value=batch.encode(), partition=partition
-                )
+                source = key.split(":", 2)[2]  # the marker's key: see `applied_marker`
+                await self._send_repartitioned(partition, RepartitionBatch(source, watermark, []))
 
     def _changelog_partitions(self, assigned: set[TP]) -> list[int]:
         topics = {
