@@ -20,10 +20,10 @@ test: setup-browser lint typecheck
 	$(PY) -m pytest
 
 unit: setup
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest -m "not integration and not browser"
 
 integration: setup
-	$(PY) -m pytest tests/integration
+	$(PY) -m pytest -m integration
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -21,9 +21,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.run import RESULTS, Run, say
-from streams.infra import LocalInfra, free_port
-from streams.kafka_admin import ensure_topics, kafka_client_options
-from streams.simulate import Simulator
+from streams.kafka import ensure_topics, kafka_client_options
+from streams.tools.infra import LocalInfra, free_port
+from streams.tools.simulate import Simulator
 
 WORKDIR = Path(__file__).resolve().parent.parent / "var" / "crash"
 WINDOW = "start=2024-03-01T00:00:00%2B00:00&end=2024-06-01T00:00:00%2B00:00"

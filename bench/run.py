@@ -37,11 +37,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.core.engine import partition_for
 from streams.core.events import decode_message
-from streams.infra import LOCAL_BROKER_ENV, LocalInfra, free_port
-from streams.kafka_admin import changelog_topic, consumer_options, ensure_topics, kafka_client_options
+from streams.kafka import changelog_topic, consumer_options, ensure_topics, kafka_client_options
 from streams.settings import Settings
-from streams.simulate import Simulator
-from streams.worker_process import WorkerProcess
+from streams.tools.infra import LOCAL_BROKER_ENV, LocalInfra, free_port
+from streams.tools.simulate import Simulator
+from streams.tools.worker_process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"

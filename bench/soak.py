@@ -28,10 +28,10 @@ import psutil
 from aiokafka import AIOKafkaConsumer
 
 from bench.run import RESULTS, Run, metrics, say
-from streams.infra import LocalInfra, free_port
-from streams.kafka_admin import consumer_options, ensure_topics
-from streams.live_traffic import LiveTraffic
+from streams.kafka import consumer_options, ensure_topics
 from streams.settings import Settings
+from streams.tools.infra import LocalInfra, free_port
+from streams.tools.live_traffic import LiveTraffic
 
 WORKDIR = Path(__file__).resolve().parent.parent / "var" / "soak"
 

@@ -194,7 +194,7 @@ def simulate(
     """Generate realistic shop traffic: a week of history as NDJSON, or live to Kafka."""
     import asyncio
 
-    from streams.simulate import Simulator
+    from streams.tools.simulate import Simulator
 
     if to_kafka:
         settings = _settings()
@@ -204,7 +204,7 @@ def simulate(
         if rate is not None:
             sent = asyncio.run(_live(settings, rate, users, seconds, bad_rate))
         else:
-            from streams.producer import produce_lines
+            from streams.tools.producer import produce_lines
 
             sim = Simulator(seed=seed, users=users, days=days, bad_rate=bad_rate)
             sent = asyncio.run(produce_lines(settings, sim.lines()))
@@ -224,7 +224,7 @@ async def _live(settings: Any, rate: float, users: int, seconds: float | None, b
     import asyncio
     import signal
 
-    from streams.live_traffic import LiveTraffic
+    from streams.tools.live_traffic import LiveTraffic
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -248,7 +248,7 @@ def report(funnel: str, window: str, end: str | None, by: str | None, as_json: b
     from datetime import datetime
 
     from streams.core.durations import parse_duration_ms
-    from streams.report import funnel_report, print_report
+    from streams.tools.report import funnel_report, print_report
 
     settings = _settings()
     if not settings.redis_dsn:
@@ -280,7 +280,7 @@ def topics() -> None:
     """Create every topic the workers use (idempotent); for deployments that pre-create topics."""
     import asyncio
 
-    from streams.kafka_admin import ensure_topics
+    from streams.kafka import ensure_topics
 
     settings = _settings()
     setup_logging(settings.log_level)
@@ -317,9 +317,9 @@ def demo(
     from datetime import timedelta
 
     from streams.core.durations import parse_duration_ms
-    from streams.demo import run_demo
-    from streams.infra import InfraError
-    from streams.live_traffic import LiveTraffic
+    from streams.tools.demo import run_demo
+    from streams.tools.infra import InfraError
+    from streams.tools.live_traffic import LiveTraffic
 
     settings = _settings()
     setup_logging("WARNING")
@@ -340,7 +340,7 @@ def infra() -> None:
     """Start a local broker and Redis, print their addresses, run until Ctrl-C."""
     import time
 
-    from streams.infra import InfraError, LocalInfra
+    from streams.tools.infra import InfraError, LocalInfra
 
     setup_logging("INFO")
     try:

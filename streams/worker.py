@@ -7,10 +7,10 @@ import logging
 
 import faust
 
-from streams.app import ConversionsApp
 from streams.core.config_loader import load_config
 from streams.core.matching import compile_config
-from streams.kafka_admin import ensure_topics, source_partitions
+from streams.kafka import ensure_topics, source_partitions
+from streams.pipeline.app import ConversionsApp
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)

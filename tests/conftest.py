@@ -1,17 +1,28 @@
-"""Session fixtures: one real broker and one real Redis per test run, unique names per test."""
+"""Fixtures every test area shares: one real broker and one real Redis per test run (started on
+first use), unique names per test, real worker processes, and the `integration` marker.
+
+A test is an integration test when it needs the real broker and Redis, that is when it uses the
+`infra` fixture (directly or through `worker_env`, `settings`, `start_worker`, ...); the
+collection hook below marks exactly those, so `pytest -m integration` selects them and
+`-m "not integration and not browser"` runs with nothing started. (A `pytestmark` in a
+conftest.py has no effect: pytest reads it from test modules only.) A module that starts its
+own processes without the fixture says so with `pytestmark = pytest.mark.integration`.
+`tests/test_layout.py` checks the selection.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from streams.infra import LOCAL_BROKER_ENV, LocalInfra
 from streams.settings import Settings
+from streams.tools.infra import LOCAL_BROKER_ENV, LocalInfra
+from streams.tools.worker_process import WorkerProcess
 
 FAST_GROUP_ENV = {
     **LOCAL_BROKER_ENV,
@@ -19,6 +30,12 @@ FAST_GROUP_ENV = {
     "CONVERSIONS_WATERMARK_INTERVAL_S": "0.5",
     "CONVERSIONS_WEB_ENABLED": "false",
 }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "infra" in getattr(item, "fixturenames", ()) and item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +78,21 @@ def _no_error_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     yield
     errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR]
     assert not errors, "errors were logged: " + "; ".join(r.getMessage() for r in errors)
+
+
+@pytest.fixture
+def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real worker processes for this test; on teardown they stop, and any ERROR they
+    logged fails the test (unless the test declared the errors it expects)."""
+    started: list[WorkerProcess] = []
+
+    def start(name: str = "worker", env: dict[str, str] | None = None, ready: bool = True) -> WorkerProcess:
+        process = WorkerProcess({**worker_env, **(env or {})}, tmp_path / f"{name}.log")
+        started.append(process)
+        return process.start(wait_ready_s=90.0 if ready else 0)
+
+    yield start
+    for process in started:
+        process.stop()
+    errors = [line for process in started for line in process.error_lines()]
+    assert not errors, "workers logged errors:\n" + "\n".join(errors[:20])

@@ -11,7 +11,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.core.events import ClickEvent
-from streams.kafka_admin import kafka_client_options
+from streams.kafka import kafka_client_options
 from streams.settings import Settings
 
 _ids = itertools.count()

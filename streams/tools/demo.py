@@ -1,0 +1,202 @@
+"""The demo: embedded broker and Redis, a worker, live simulated traffic, a live funnel summary."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from streams.core.config_loader import load_config
+from streams.kafka import consumer_options, ensure_topics
+from streams.settings import Settings
+from streams.tools.infra import LOCAL_BROKER_ENV, LocalInfra, free_port
+from streams.tools.live_traffic import LiveTraffic, TrafficStats
+from streams.tools.worker_process import WorkerProcess
+
+console = Console(stderr=True)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex((host, port)) != 0
+
+
+class LiveSummary:
+    """Counts the output topics as they arrive: what the terminal shows."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.config = load_config(settings.funnels)
+        self.counts: Counter[tuple[str, str, str]] = Counter()
+        self.revenue = 0.0
+        self.recent: list[str] = []
+
+    def add(self, output: dict[str, object]) -> None:
+        kind = str(output["type"])
+        if kind == "micro" and output.get("funnel"):
+            self.counts[("step", str(output["funnel"]), str(output["step"]))] += 1
+        elif kind == "micro":
+            self.counts[("micro", "", str(output["name"]))] += 1
+        elif kind == "macro":
+            self.counts[("macro", "", str(output["goal"]))] += 1
+            value = output.get("value")
+            self.revenue += float(value) if isinstance(value, int | float) else 0.0
+            self.recent = [f"{output['goal']} {value or ''} via {output.get('channel')}", *self.recent][:5]
+        elif kind in {"dropoff", "stalled"}:
+            self.counts[(kind, str(output["funnel"]), str(output.get("reason", "stalled")))] += 1
+        else:
+            self.counts[(kind, "", "")] += 1
+
+    def render(self, traffic: TrafficStats, started: float, dashboard: str | None) -> Group:
+        elapsed = time.monotonic() - started
+        head = Text.assemble(
+            ("Conversion Streams demo", "bold"),
+            f"  {elapsed:5.0f}s  sent {traffic.sent} events ({traffic.bad} malformed), "
+            f"{traffic.visits} visits",
+        )
+        parts: list[object] = [head]
+        if dashboard:
+            parts.append(
+                Text.assemble(
+                    ("dashboard: ", "bold"),
+                    (dashboard, "bold cyan"),
+                    (
+                        f"   JSON: {dashboard}live  metrics: {dashboard}metrics   Ctrl-C stops everything",
+                        "dim",
+                    ),
+                )
+            )
+        for funnel in self.config.funnels:
+            table = Table(title=f"funnel {funnel.name}", title_justify="left", expand=False)
+            for column in ("step", "reached", "from previous", "overall"):
+                table.add_column(column, justify="right" if column != "step" else "left")
+            first = previous = None
+            for step in funnel.steps:
+                reached = self.counts[("step", funnel.name, step.name)]
+                first = reached if first is None else first
+                rate = f"{reached / previous:.0%}" if previous else ""
+                overall = f"{reached / first:.0%}" if first else ""
+                table.add_row(step.name, str(reached), rate, overall)
+                previous = reached
+            parts.append(table)
+        macro = sum(v for k, v in self.counts.items() if k[0] == "macro")
+        micro = sum(v for k, v in self.counts.items() if k[0] in {"micro", "step"})
+        parts.append(
+            Text(
+                f"macro {macro}  revenue {self.revenue:,.2f}  micro {micro}  "
+                f"micro/macro {micro / macro if macro else 0:.1f}  sessions closed "
+                f"{self.counts[('session', '', '')]}  dropoffs "
+                f"{sum(v for k, v in self.counts.items() if k[0] == 'dropoff')}  dead letters "
+                f"{self.counts[('deadletter', '', '')]}"
+            )
+        )
+        if self.recent:
+            parts.append(Text("recent: " + " | ".join(self.recent), style="green"))
+        return Group(*parts)  # type: ignore[arg-type]
+
+
+async def _follow(settings: Settings, summary: LiveSummary, stop: asyncio.Event) -> None:
+    consumer = AIOKafkaConsumer(
+        *sorted(set(settings.output_topics.values())),
+        **consumer_options(settings),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=500)
+            for messages in batch.values():
+                for message in messages:
+                    summary.add(orjson.loads(message.value))
+    finally:
+        await consumer.stop()
+
+
+async def _run(
+    settings: Settings, traffic: LiveTraffic, seconds: float | None, dashboard: str | None
+) -> TrafficStats:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    summary = LiveSummary(settings)
+    started = time.monotonic()
+    tasks = [
+        asyncio.create_task(traffic.run(settings, stop)),
+        asyncio.create_task(_follow(settings, summary, stop)),
+    ]
+    with Live(
+        summary.render(traffic.stats, started, dashboard),
+        console=console,
+        refresh_per_second=2,
+        transient=False,
+    ) as live:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+            if seconds is not None and time.monotonic() - started >= seconds:
+                stop.set()
+            for task in tasks:
+                if task.done() and task.exception() is not None:
+                    stop.set()
+            live.update(summary.render(traffic.stats, started, dashboard))
+    await asyncio.gather(*tasks)
+    return traffic.stats
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_demo(settings: Settings, traffic: LiveTraffic, seconds: float | None) -> int:
+    # SIGTERM before the event loop runs (while the worker starts) must still unwind the `with`
+    # blocks below, or the broker, Redis and the worker would outlive the demo
+    signal.signal(signal.SIGTERM, _interrupt)
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    workdir = Path(settings.data_dir) / "demo"
+    workdir.mkdir(parents=True, exist_ok=True)
+    console.print("[bold]starting[/] broker and Redis ...")
+    with LocalInfra(settings.kafka_bootstrap_servers, redis_url, workdir=workdir / "infra") as infra:
+        web_port = settings.web_port if _port_free(settings.web_host, settings.web_port) else free_port()
+        env = {
+            **(LOCAL_BROKER_ENV if infra.broker is not None else {}),
+            "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
+            "REDIS_URL": infra.redis_url,
+            "CONVERSIONS_WEB_PORT": str(web_port),
+            "CONVERSIONS_WEB_ENABLED": "true",
+            "CONVERSIONS_SOURCE_IDLE_S": "5",
+        }
+        live_settings = settings.model_copy(update={"kafka_bootstrap_servers": infra.kafka_bootstrap})
+        asyncio.run(ensure_topics(live_settings))
+        worker = WorkerProcess(env, workdir / "worker.log")
+        dashboard = f"http://{settings.web_host}:{web_port}/"
+        try:
+            console.print(f"[bold]starting[/] worker (log: {worker.log_path}) ...")
+            worker.start(wait_ready_s=120)
+            console.print(f"kafka {infra.kafka_bootstrap}  redis {infra.redis_url}")
+            console.print(f"[bold]open the live dashboard:[/] [bold cyan]{dashboard}[/]")
+            if traffic.speed != 1:
+                console.print(f"the simulated shop clock runs {traffic.speed:g}x faster than real time")
+            stats = asyncio.run(_run(live_settings, traffic, seconds, dashboard))
+        finally:
+            console.print("[bold]stopping[/] worker, broker and Redis ...")
+            worker.stop()
+        errors = worker.error_lines()
+        if errors:
+            console.print(f"[red]the worker logged {len(errors)} errors, see {worker.log_path}[/]")
+            return 1
+    console.print(f"done: {stats.sent} events sent")
+    return 0
