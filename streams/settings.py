@@ -25,6 +25,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
+from streams.errors import ConversionsError
+
 ENV_PREFIX = "CONVERSIONS_"
 DEFAULT_FUNNELS = Path(__file__).resolve().parent.parent / "schemas" / "examples" / "funnels.yaml"
 
@@ -33,7 +35,7 @@ def _env(name: str, default: Any = None) -> Any:
     return Field(default=default, validation_alias=AliasChoices(name, f"{ENV_PREFIX}{name}"))
 
 
-class SettingsError(ValueError):
+class SettingsError(ConversionsError, ValueError):
     """Settings that cannot be used; the message names each variable and what is wrong."""
 
 

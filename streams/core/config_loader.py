@@ -9,6 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from streams.core.config import FunnelConfig, LocatedError
+from streams.errors import ConversionsError
 
 MAX_CONFIG_BYTES = 1_000_000
 MAX_CONFIG_NODES = 100_000
@@ -16,7 +17,7 @@ MAX_CONFIG_NODES = 100_000
 Location = tuple[str | int, ...]
 
 
-class ConfigError(ValueError):
+class ConfigError(ConversionsError, ValueError):
     """A configuration file that cannot be used; str() reads `file:line: where: reason`."""
 
     def __init__(self, file: str, line: int | None, reason: str, where: str = "") -> None:

@@ -32,14 +32,11 @@ from streams.core.counters import (
     sum_hashes,
 )
 from streams.core.matching import CompiledFunnel
+from streams.errors import QueryTooLarge
 
 log = logging.getLogger(__name__)
 
 MAX_KEYS_PER_QUERY = 50_000
-
-
-class QueryTooLarge(ValueError):
-    pass
 
 
 # The batch travels as one JSON argument (decoded by Redis's cjson), not as thousands of

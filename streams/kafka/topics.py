@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from streams.core.repartition import source_name
+from streams.errors import KafkaUnavailable
 from streams.kafka.clients import kafka_client_options
 from streams.settings import Settings
 
@@ -52,7 +53,7 @@ async def ensure_topics(settings: Settings, wait_s: float = 300.0) -> list[str]:
             return missing
         except (KafkaConnectionError, KafkaError, OSError) as exc:
             if time.monotonic() > deadline:
-                raise RuntimeError(
+                raise KafkaUnavailable(
                     f"Kafka at {settings.kafka_bootstrap_servers} unreachable for {wait_s:.0f} s: {exc}"
                 ) from exc
             log.warning(
@@ -79,6 +80,6 @@ async def source_partitions(settings: Settings) -> list[str]:
     sources = []
     for topic in described:
         if topic["error_code"] or not topic["partitions"]:
-            raise RuntimeError(f"clickstream topic {topic['topic']!r} does not exist on the broker")
+            raise KafkaUnavailable(f"clickstream topic {topic['topic']!r} does not exist on the broker")
         sources += [source_name(topic["topic"], p["partition"]) for p in topic["partitions"]]
     return sorted(sources)

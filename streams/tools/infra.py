@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from streams.errors import ConversionsError
+
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 30.0
@@ -31,7 +33,7 @@ LOCAL_BROKER_ENV = {
 }
 
 
-class InfraError(RuntimeError):
+class InfraError(ConversionsError, RuntimeError):
     pass
 
 

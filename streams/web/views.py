@@ -16,7 +16,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from streams.core.counters import bucket_of
 from streams.core.durations import parse_duration_ms
 from streams.core.events import to_epoch_ms
-from streams.counters.redis_store import CounterStore, QueryTooLarge
+from streams.counters.redis_store import CounterStore
+from streams.errors import ConversionsError, QueryTooLarge
 
 if TYPE_CHECKING:
     from faust.web import Request, Response, View
@@ -52,8 +53,8 @@ def dashboard_asset(name: str) -> bytes:
     return resources.files("streams.web").joinpath("dashboard", name).read_bytes()
 
 
-class BadQuery(ValueError):
-    pass
+class BadQuery(ConversionsError, ValueError):
+    """A query the views cannot answer: the message says what to change (HTTP 400)."""
 
 
 def _moment(text: str) -> int:
