@@ -19,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 
+from streams.core.formats.detect import JSON_OPENERS, InputFormat, looks_like_segment, looks_like_tsv
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_TIMESTAMP = datetime(2100, 1, 1, tzinfo=UTC)
@@ -36,6 +38,7 @@ RejectReason = Literal[
     "invalid_event",
     "late_event",
     "future_timestamp",
+    "invalid_tsv",
 ]
 
 
@@ -232,12 +235,18 @@ class Rejection:
     original: bytes
     index: int | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
+    format: str = "contract"
+    """The format the input was read as, which `detail` starts with: contract, segment, snowplow,
+    or json (in auto mode, input that is not even valid JSON, so neither contract nor segment)."""
 
 
 @dataclass(slots=True)
 class Decoded:
     events: list[ClickEvent] = field(default_factory=list)
     rejects: list[Rejection] = field(default_factory=list)
+    ignored: int = 0
+    """Valid input that carries nothing for the engine (a Segment `group` call), counted."""
+    format: str = "contract"
 
 
 def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
@@ -250,12 +259,12 @@ def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
 def _validate_one(obj: Any) -> ClickEvent | Rejection:
     """Validate one decoded JSON value; a Rejection comes back without its original bytes."""
     if not isinstance(obj, dict):
-        return Rejection("not_an_object", f"expected a JSON object, got {type(obj).__name__}", b"")
+        return Rejection("not_an_object", f"contract: expected a JSON object, got {type(obj).__name__}", b"")
     try:
         return ClickEvent.model_validate(obj)
     except ValidationError as exc:
         errors = _validation_errors(exc)
-        detail = "; ".join(f"{e['loc'] or 'event'}: {e['msg']}" for e in errors)
+        detail = "contract: " + "; ".join(f"{e['loc'] or 'event'}: {e['msg']}" for e in errors)
         reason: RejectReason = "too_deeply_nested" if "nested deeper" in detail else "invalid_event"
         return Rejection(reason, detail, b"", None, errors)
 
@@ -266,6 +275,7 @@ def decode_message(
     max_bytes: int = 1_000_000,
     max_batch: int = 10_000,
     latest_ms: int | None = None,
+    format: InputFormat = "auto",
 ) -> Decoded:
     """Turn one Kafka message value (an event object or a batch array) into events and rejections.
 
@@ -273,27 +283,38 @@ def decode_message(
     (for one bad element of a batch, that element re-encoded, with its index). An event stamped
     after `latest_ms` is refused: one bad client clock would otherwise move event time ahead and
     close everyone's sessions and funnels early.
+
+    `format` is the topic's declared input format; "auto" reads our own JSON as before (an object
+    with `event_id` costs one dict lookup more) and hands Segment messages and Snowplow enriched
+    TSV to streams/core/formats.
     """
-    out = _decode(raw, max_bytes, max_batch)
+    out = _decode(raw, max_bytes, max_batch, format)
     if latest_ms is None or all(event.ts_ms <= latest_ms for event in out.events):
         return out
-    kept = Decoded(rejects=out.rejects)
+    kept = Decoded(rejects=out.rejects, ignored=out.ignored, format=out.format)
     for event in out.events:
         if event.ts_ms <= latest_ms:
             kept.events.append(event)
         else:
-            detail = f"timestamp {event.timestamp.isoformat()} is more than the allowed skew ahead of now"
-            kept.rejects.append(Rejection("future_timestamp", detail, orjson.dumps(event.to_json_dict())))
+            moment = event.timestamp.isoformat()
+            detail = f"{out.format}: timestamp {moment} is more than the allowed skew ahead of now"
+            original = orjson.dumps(event.to_json_dict())
+            kept.rejects.append(Rejection("future_timestamp", detail, original, format=out.format))
     return kept
 
 
-def _decode(raw: bytes | None, max_bytes: int, max_batch: int) -> Decoded:
-    out = Decoded()
+def _decode(raw: bytes | None, max_bytes: int, max_batch: int, fmt: InputFormat = "auto") -> Decoded:
     raw = raw or b""
+    if fmt == "snowplow" or (fmt == "auto" and raw[:1] not in JSON_OPENERS and looks_like_tsv(raw)):
+        from streams.core.formats.snowplow import decode_snowplow
+
+        return decode_snowplow(raw, max_bytes=max_bytes, max_batch=max_batch)
+    out = Decoded()
+    if fmt != "contract":
+        out.format = "json" if fmt == "auto" else fmt
     if len(raw) > max_bytes:
-        out.rejects.append(
-            Rejection("too_large", f"message is {len(raw)} bytes, the limit is {max_bytes}", raw)
-        )
+        detail = f"{out.format}: message is {len(raw)} bytes, the limit is {max_bytes}"
+        out.rejects.append(Rejection("too_large", detail, raw, format=out.format))
         return out
     try:
         parsed = orjson.loads(raw)
@@ -304,13 +325,19 @@ def _decode(raw: bytes | None, max_bytes: int, max_batch: int) -> Decoded:
             reason = "invalid_utf8"
         elif "depth limit" in message or "recursion" in message:
             reason = "too_deeply_nested"
-        out.rejects.append(Rejection(reason, message, raw))
+        out.rejects.append(Rejection(reason, f"{out.format}: {message}", raw, format=out.format))
         return out
+    if fmt != "contract" and (
+        fmt == "segment" or looks_like_segment(parsed[0] if isinstance(parsed, list) and parsed else parsed)
+    ):
+        from streams.core.formats.segment import decode_segment
+
+        return decode_segment(parsed, raw, max_batch=max_batch)
+    out.format = "contract"
     # the event object, the batch array and properties nesting MAX_NESTING deep
     if nesting_depth(parsed, MAX_NESTING + 2) > MAX_NESTING + 2:
-        out.rejects.append(
-            Rejection("too_deeply_nested", f"nested deeper than {MAX_NESTING + 2} levels", raw)
-        )
+        detail = f"contract: nested deeper than {MAX_NESTING + 2} levels"
+        out.rejects.append(Rejection("too_deeply_nested", detail, raw))
         return out
     if not isinstance(parsed, list):
         result = _validate_one(parsed)
@@ -320,11 +347,10 @@ def _decode(raw: bytes | None, max_bytes: int, max_batch: int) -> Decoded:
             out.rejects.append(Rejection(result.reason, result.detail, raw, None, result.errors))
         return out
     if not parsed:
-        out.rejects.append(Rejection("empty_batch", "the batch array is empty", raw))
+        out.rejects.append(Rejection("empty_batch", "contract: the batch array is empty", raw))
     elif len(parsed) > max_batch:
-        out.rejects.append(
-            Rejection("batch_too_large", f"{len(parsed)} events, the limit is {max_batch}", raw)
-        )
+        detail = f"contract: {len(parsed)} events, the limit is {max_batch}"
+        out.rejects.append(Rejection("batch_too_large", detail, raw))
     else:
         for index, obj in enumerate(parsed):
             result = _validate_one(obj)
