@@ -1,0 +1,218 @@
+"""One request to the collector, from its raw body to the Kafka records to produce, or the refusal.
+
+Pure (no I/O) so that every rule is tested without a server: Segment's documented limits (32 KB
+per message, 500 KB per request), gzip bodies (decompressed within the same limit, so a small
+body cannot inflate to gigabytes), the write key (HTTP basic auth's user name, as the server
+libraries send it, or the body's `writeKey`, as analytics.js adds it), and the Segment mapping
+itself, which the worker applies again when it reads the topic.
+
+What is produced is each message as the client sent it, with what Segment's own API adds: the
+batch's `sentAt` and `context` where the message has none, and `receivedAt`, the collector's
+clock, from which the worker corrects the client's clock (`receivedAt - (sentAt - timestamp)`).
+The write key and analytics.js's `_metadata` are dropped. A request is all or nothing: one
+invalid message refuses it whole, with every reason, and nothing of it is produced.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from streams.core.events import ClickEvent
+from streams.core.formats.segment import segment_event
+
+SEGMENT_MESSAGE_BYTES = 32 * 1024
+SEGMENT_REQUEST_BYTES = 500 * 1024
+# the path of each call: Segment's HTTP API names, and the short ones analytics.js posts to
+SINGLE_CALLS = {
+    "track": "track",
+    "t": "track",
+    "page": "page",
+    "p": "page",
+    "screen": "screen",
+    "s": "screen",
+    "identify": "identify",
+    "i": "identify",
+    "alias": "alias",
+    "a": "alias",
+    "group": "group",
+    "g": "group",
+}
+BATCH_CALLS = frozenset(("batch", "b", "import"))
+_DROPPED = ("writeKey", "_metadata")
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """How the collector listens and what it accepts (`CONVERSIONS_COLLECTOR_*`)."""
+
+    topic: str
+    host: str = "127.0.0.1"
+    port: int = 6067
+    write_keys: frozenset[str] = frozenset()
+    """Accepted write keys; empty accepts any (only sensible on loopback)."""
+    allowed_origins: frozenset[str] = frozenset(("*",))
+    """Browser origins allowed to post (CORS); "*" allows every origin."""
+    max_message_bytes: int = SEGMENT_MESSAGE_BYTES
+    max_request_bytes: int = SEGMENT_REQUEST_BYTES
+    send_timeout_s: float = 10.0
+    """How long a request waits for the broker's acknowledgement before answering 503."""
+
+
+class Refusal(Exception):
+    """Why a request is refused: its HTTP status, a machine-readable code and the reason."""
+
+    def __init__(self, status: int, code: str, message: str, errors: list[dict[str, Any]] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.errors = errors or []
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.errors:
+            out["errors"] = self.errors
+        return out
+
+
+@dataclass
+class Accepted:
+    """The records of an accepted request, in order: (key, value) for the clickstream topic."""
+
+    records: list[tuple[bytes, bytes]] = field(default_factory=list)
+    types: Counter[str] = field(default_factory=Counter)
+
+
+def accept(
+    call: str,
+    body: bytes,
+    *,
+    config: CollectorConfig,
+    received_at: datetime,
+    content_encoding: str | None = None,
+    authorization: str | None = None,
+) -> Accepted:
+    """The records one request to `/v1/<call>` produces; raises Refusal (400, 401, 404, 413)."""
+    if call not in SINGLE_CALLS and call not in BATCH_CALLS:
+        raise Refusal(404, "not_found", f"no such call /v1/{call}")
+    if len(body) > config.max_request_bytes:
+        raise Refusal(
+            413, "too_large", f"the body is {len(body)} bytes, the limit is {config.max_request_bytes}"
+        )
+    body = _decompressed(body, content_encoding, config.max_request_bytes)
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Refusal(400, "invalid_json", f"the body is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise Refusal(400, "invalid_request", f"the body is a JSON {type(payload).__name__}, not an object")
+    _authorize(config.write_keys, authorization, payload.get("writeKey"))
+
+    stamp = received_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if call in BATCH_CALLS:
+        batch = payload.get("batch")
+        if not isinstance(batch, list) or not batch:
+            raise Refusal(400, "invalid_request", "a batch is an object with a non-empty `batch` array")
+        shared_context = payload.get("context")
+        if shared_context is not None and not isinstance(shared_context, dict):
+            raise Refusal(400, "invalid_request", "the batch's context is not an object")
+        messages = [_stamped(m, payload.get("sentAt"), shared_context, stamp) for m in batch]
+    else:
+        messages = [_stamped({**payload, "type": SINGLE_CALLS[call]}, None, None, stamp)]
+
+    accepted = Accepted()
+    errors: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        value = orjson.dumps(message)
+        if len(value) > config.max_message_bytes:
+            raise Refusal(
+                413,
+                "too_large",
+                f"message {index} is {len(value)} bytes, the limit is {config.max_message_bytes}",
+            )
+        result = segment_event(message)
+        if isinstance(result, ClickEvent):
+            key = result.identity
+        elif result is None:  # a group call: valid, produced, ignored by the engine
+            key = _group_key(message)
+        else:
+            errors.append({"index": index, "reason": result.reason, "message": result.detail})
+            continue
+        accepted.records.append((key.encode(), value))
+        accepted.types[message["type"]] += 1
+    if errors:
+        if call in SINGLE_CALLS:
+            raise Refusal(400, "invalid_request", errors[0]["message"], errors)
+        reasons = "; ".join(f"message {e['index']}: {e['message']}" for e in errors[:5])
+        raise Refusal(400, "invalid_request", reasons, errors)
+    return accepted
+
+
+def _decompressed(body: bytes, encoding: str | None, limit: int) -> bytes:
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise Refusal(400, "invalid_request", f"content encoding {encoding!r} is not gzip")
+    inflater = zlib.decompressobj(31 if "gzip" in encoding else 15)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise Refusal(400, "invalid_request", f"the body is not valid {encoding}: {exc}") from None
+    if len(out) > limit:
+        raise Refusal(413, "too_large", f"the body inflates past {limit} bytes")
+    if not inflater.eof:
+        raise Refusal(400, "invalid_request", f"the {encoding} body is truncated")
+    return out
+
+
+def _authorize(keys: Iterable[str], authorization: str | None, body_key: Any) -> None:
+    """Basic auth's user name is the write key (Segment's server libraries); analytics.js also
+    puts it in the body. With no keys configured, any request is accepted."""
+    keys = list(keys)
+    if not keys:
+        return
+    given: list[str] = []
+    if authorization and authorization[:6].lower() == "basic ":
+        try:
+            given.append(
+                base64.b64decode(authorization[6:].strip(), validate=True).decode().partition(":")[0]
+            )
+        except (binascii.Error, UnicodeDecodeError):
+            raise Refusal(401, "unauthorized", "the Authorization header is not valid basic auth") from None
+    if isinstance(body_key, str):
+        given.append(body_key)
+    if not given:
+        raise Refusal(401, "unauthorized", "no write key: send it as the basic auth user name or `writeKey`")
+    if not any(hmac.compare_digest(g.encode(), k.encode()) for g in given for k in keys):
+        raise Refusal(401, "unauthorized", "unknown write key")
+
+
+def _stamped(message: Any, sent_at: Any, context: Mapping[str, Any] | None, received_at: str) -> Any:
+    """A message as it is produced: self-contained, with the collector's `receivedAt`."""
+    if not isinstance(message, dict):
+        return message  # refused by the mapping, with its index
+    out = {key: value for key, value in message.items() if key not in _DROPPED}
+    if sent_at is not None and "sentAt" not in out:
+        out["sentAt"] = sent_at
+    if context:
+        own = out.get("context")
+        out["context"] = {**context, **own} if isinstance(own, dict) else own if own is not None else context
+    out["receivedAt"] = received_at
+    return out
+
+
+def _group_key(message: Mapping[str, Any]) -> str:
+    for name in ("userId", "anonymousId", "groupId"):
+        value = message.get(name)
+        if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
+            return str(value)
+    return ""

@@ -1,0 +1,241 @@
+"""The collector's HTTP server (aiohttp, on its own port) and its producer to the clickstream topic.
+
+A request is answered 200 only after the broker has acknowledged every record it produced
+(`acks=all`); 503 (with Retry-After, which Segment's and RudderStack's libraries honour by
+retrying) while the broker cannot be reached or does not acknowledge within `send_timeout_s`.
+The producer is started in the background and restarted until the broker answers, so the
+collector can start, and answer 503, before the broker is up. Browsers get CORS: a preflight is
+answered for the allowed origins, and every answer names the origin it allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry, Counter
+
+from streams.collector.messages import CollectorConfig, Refusal, accept
+from streams.kafka.clients import kafka_client_options
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 2
+_ALLOWED_HEADERS = "Content-Type, Content-Encoding, Authorization, X-Retry-Count"
+
+ProducerFactory = Callable[[], AIOKafkaProducer]
+
+
+def kafka_producer(settings: Settings, request_timeout_s: float = 10.0) -> ProducerFactory:
+    """New producers for the collector, with the project's connection options; acknowledged by
+    every in-sync replica, since the collector's 200 promises the events are kept."""
+
+    def new() -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            **kafka_client_options(settings),
+            acks="all",
+            linger_ms=2,
+            request_timeout_ms=int(request_timeout_s * 1000),
+        )
+
+    return new
+
+
+class Collector:
+    """The Segment-compatible collector: `await start()`, then `url`; `await stop()`."""
+
+    def __init__(
+        self,
+        config: CollectorConfig,
+        producer_factory: ProducerFactory,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self._new_producer = producer_factory
+        self._producer: AIOKafkaProducer | None = None
+        self._clock = clock
+        self._runner: web.AppRunner | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.port = config.port
+        self.requests = Counter(
+            "conversions_collector_requests",
+            "Collector requests by HTTP status",
+            ["status"],
+            registry=registry,
+        )
+        self.messages = Counter(
+            "conversions_collector_messages",
+            "Messages the broker acknowledged, by call",
+            ["type"],
+            registry=registry,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def ready(self) -> bool:
+        """True once the producer has reached the broker."""
+        return self._producer is not None
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=self.config.max_request_bytes + 1)
+        app.router.add_route("POST", "/v1/{call}", self._post)
+        app.router.add_route("OPTIONS", "/v1/{call}", self._preflight)
+        # bodies are inflated by `accept`, within the request limit, not by aiohttp
+        self._runner = web.AppRunner(app, access_log=None, auto_decompress=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        await site.start()
+        if self.config.port == 0:
+            self.port = int(self._runner.addresses[0][1])
+        self._connecting = asyncio.create_task(self._connect())
+        log.info("collector listening on %s, producing to %s", self.url, self.config.topic)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def _connect(self) -> None:
+        """Start a producer, a new one after each failure, until the broker answers."""
+        while not self._stopping:
+            producer = self._new_producer()
+            try:
+                await producer.start()
+            except KafkaError as exc:
+                log.warning(
+                    "collector: Kafka not reachable (%s); answering 503, retrying in %d s",
+                    exc.__class__.__name__,
+                    RETRY_AFTER_S,
+                )
+                await producer.stop()
+                await asyncio.sleep(RETRY_AFTER_S)
+                continue
+            self._producer = producer
+            return
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def _cors(self, request: web.Request) -> dict[str, str]:
+        origin = request.headers.get("Origin")
+        allowed = self.config.allowed_origins
+        if origin is None or not ("*" in allowed or origin in allowed):
+            return {}
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+
+    async def _preflight(self, request: web.Request) -> web.Response:
+        headers = self._cors(request)
+        if not headers:
+            return web.Response(status=403, text="origin not allowed")
+        headers |= {
+            "Access-Control-Allow-Methods": "POST, OPTIONS",
+            "Access-Control-Allow-Headers": _ALLOWED_HEADERS,
+            "Access-Control-Max-Age": "86400",
+        }
+        return web.Response(status=204, headers=headers)
+
+    def _answer(
+        self, request: web.Request, status: int, body: dict[str, Any], **headers: str
+    ) -> web.Response:
+        self.requests.labels(str(status)).inc()
+        return web.Response(
+            status=status,
+            body=orjson.dumps(body),
+            content_type="application/json",
+            headers={**self._cors(request), **headers},
+        )
+
+    async def _post(self, request: web.Request) -> web.Response:
+        try:
+            if (request.content_length or 0) > self.config.max_request_bytes:
+                size, limit = request.content_length, self.config.max_request_bytes
+                raise Refusal(413, "too_large", f"the body is {size} bytes, the limit is {limit}")
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise Refusal(
+                    413, "too_large", f"the body is over the limit of {self.config.max_request_bytes} bytes"
+                ) from None
+            accepted = accept(
+                request.match_info["call"],
+                body,
+                config=self.config,
+                received_at=datetime.fromtimestamp(self._clock(), UTC),
+                content_encoding=request.headers.get("Content-Encoding"),
+                authorization=request.headers.get("Authorization"),
+            )
+        except Refusal as refusal:
+            return self._answer(request, refusal.status, refusal.body())
+        producer = self._producer
+        if producer is None:
+            return self._unavailable(request, "the broker is not reachable yet")
+        try:
+            await self._send(producer, accepted.records)
+        except (KafkaError, TimeoutError) as exc:
+            why = str(exc) or exc.__class__.__name__
+            log.warning(
+                "collector: %d records not acknowledged (%s); answering 503", len(accepted.records), why
+            )
+            return self._unavailable(request, f"the broker did not acknowledge: {why}")
+        for kind, count in accepted.types.items():
+            self.messages.labels(kind).inc(count)
+        return self._answer(request, 200, {"success": True})
+
+    def _unavailable(self, request: web.Request, why: str) -> web.Response:
+        return self._answer(
+            request, 503, {"code": "unavailable", "message": why}, **{"Retry-After": str(RETRY_AFTER_S)}
+        )
+
+    async def _send(self, producer: AIOKafkaProducer, records: list[tuple[bytes, bytes]]) -> None:
+        """Produce the records and wait for every acknowledgement, at most `send_timeout_s`.
+
+        A record still unacknowledged then is left to the producer (it may yet be written: the
+        client's retry is then a duplicate, which the engine applies once)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.send_timeout_s
+        acks: list[asyncio.Future[Any]] = []
+        try:
+            for key, value in records:
+                send = producer.send(self.config.topic, value=value, key=key)
+                acks.append(await asyncio.wait_for(send, max(deadline - loop.time(), 0.001)))
+            if not acks:
+                return
+            _, pending = await asyncio.wait(acks, timeout=max(deadline - loop.time(), 0.001))
+            if pending:
+                raise TimeoutError(
+                    f"{len(pending)} of {len(acks)} records unacknowledged after "
+                    f"{self.config.send_timeout_s:g} s"
+                )
+            for ack in acks:
+                ack.result()
+        finally:
+            for ack in acks:
+                ack.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Collect a late outcome, so that asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
