@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, get_args
 
+from streams.errors import ConversionsError
+
 InputFormat = Literal["auto", "contract", "segment", "snowplow"]
 INPUT_FORMATS: tuple[InputFormat, ...] = get_args(InputFormat)
 JSON_OPENERS = (b"{", b"[")
@@ -52,7 +54,7 @@ def sniff(raw: bytes) -> Literal["json", "snowplow"]:
     return "json" if raw[:1] in JSON_OPENERS or not looks_like_tsv(raw) else "snowplow"
 
 
-class InputFormatError(ValueError):
+class InputFormatError(ConversionsError, ValueError):
     """A `CONVERSIONS_INPUT_FORMAT` value that cannot be used; the message says why."""
 
 
