@@ -12,6 +12,7 @@ from streams.core.alerts import AlertEvaluator
 from streams.core.deadletter import dead_letter
 from streams.core.engine import Engine
 from streams.core.events import decode_message, from_epoch_ms
+from streams.core.experiments import ExperimentEvaluator
 from streams.core.matching import CompiledConfig
 from streams.core.outputs import OutputEvent
 
@@ -36,6 +37,7 @@ class OfflineRun:
     def __post_init__(self) -> None:
         self.engine = Engine(self.config, self.store, self.partitions, expected_sources=[self.source])
         self.alerts = AlertEvaluator(self.config)
+        self.experiments = ExperimentEvaluator(self.config)
         self._latest_ms: int | None = None
 
     def feed(self, line: bytes) -> list[OutputEvent]:
@@ -72,13 +74,17 @@ class OfflineRun:
         return self._with_alerts(out)
 
     def _with_alerts(self, out: list[OutputEvent]) -> list[OutputEvent]:
-        if not self.alerts.active or self._latest_ms is None:
+        """Alerts and experiments judge the microconversions, minute by minute of event time."""
+        evaluators = [e for e in (self.alerts, self.experiments) if e.active]
+        if not evaluators or self._latest_ms is None:
             return out
-        for output in out:
-            if output.type == "micro":
-                self.alerts.observe(output.model_dump())
-        out.extend(self.alerts.advance(self._latest_ms - self.config.late_tolerance))
-        return out
+        micro = [output.model_dump() for output in out if output.type == "micro"]
+        judged: list[OutputEvent] = []
+        for evaluator in evaluators:
+            for output in micro:
+                evaluator.observe(output)
+            judged.extend(evaluator.advance(self._latest_ms - self.config.late_tolerance))
+        return out + judged
 
     def run(self, lines: Iterable[bytes]) -> Iterator[OutputEvent]:
         for line in lines:

@@ -190,6 +190,13 @@ class AlertRule(_Strict):
     relative_drop: float | None = Field(default=None, gt=0, lt=1)
     drop_below: float | None = Field(default=None, gt=0, le=1)
     by: list[str] = Field(default_factory=list, max_length=5)
+    confidence: float | None = Field(default=None, ge=0.5, lt=1)
+    """Break only when a one-sided exact test says the window's rate is below the baseline's
+    at this confidence (README "Alerts")."""
+    seasonality: Literal["weekly"] | None = None
+    """weekly: the baseline is `baseline` of event time around the window's time of week, in each
+    of the `seasons` previous weeks."""
+    seasons: int = Field(default=4, ge=1, le=8)
 
     @model_validator(mode="after")
     def _threshold(self) -> AlertRule:
@@ -197,7 +204,46 @@ class AlertRule(_Strict):
             raise ValueError("an alert needs relative_drop, drop_below or both")
         if self.baseline <= self.window:
             raise ValueError("baseline must be longer than window")
+        if self.window % 60_000 or self.baseline % 60_000:
+            raise ValueError("window and baseline must be whole minutes (alerts judge minute by minute)")
+        if self.seasonality == "weekly" and self.baseline > 86_400_000:
+            raise ValueError(
+                "with seasonality: weekly, baseline is the span around the same time of week: at most 1d"
+            )
         return self
+
+
+class Experiment(_Strict):
+    """A live A/B comparison of a funnel's attempts by the variant they started with."""
+
+    name: Name
+    funnel: Name
+    variant: str
+    """The field path read at the attempt's start, e.g. properties.variant or context.experiment."""
+    control: str = Field(min_length=1, max_length=100)
+    """Breakdown values are cut at 100 characters, so a longer control could never match."""
+    step: Name | None = None
+    """The step whose conversion from entry decides (default: the funnel's last)."""
+    alpha: float = Field(default=0.05, gt=0, le=0.2)
+    mixing_sd: float = Field(default=0.02, gt=0, le=1)
+    """tau of the mSPRT's normal mixture over the difference of rates (README "Experiments")."""
+    min_entered: int = Field(default=30, ge=1)
+    """No decision before every compared variant has this many attempts."""
+
+    @field_validator("variant")
+    @classmethod
+    def _variant_path(cls, value: str) -> str:
+        return check_field_path(value)
+
+
+class Identity(_Strict):
+    """Identity stitching: an event carrying both ids links the anonymous id to the user."""
+
+    stitch: bool = True
+    link_on: list[Name] | None = Field(default=None, min_length=1)
+    """Only these events link ids (e.g. login, signup, identify); default: any event with both."""
+    ttl: Duration = 90 * 86_400_000
+    """A link is forgotten this long after its anonymous id was last seen (event time)."""
 
 
 class FunnelConfig(_Strict):
@@ -209,6 +255,7 @@ class FunnelConfig(_Strict):
     funnels: list[Funnel] = Field(default_factory=list)
     micro: list[Micro] = Field(default_factory=list)
     alerts: list[AlertRule] = Field(default_factory=list)
+    experiments: list[Experiment] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references(self) -> FunnelConfig:
@@ -248,10 +295,39 @@ class FunnelConfig(_Strict):
                     f"{rule.step!r} is the first step; an alert judges the transition into a step "
                     "from the one before",
                 )
-            unknown_by = [path for path in rule.by if path not in judged.breakdowns]
+            breakdowns = self.breakdowns_of(judged)
+            unknown_by = [path for path in rule.by if path not in breakdowns]
             if unknown_by:
                 raise LocatedError(
                     ("alerts", i, "by"),
-                    f"{unknown_by} must be among the funnel's breakdowns {judged.breakdowns}",
+                    f"{unknown_by} must be among the funnel's breakdowns {breakdowns}",
                 )
+        self._check_experiments(funnels)
         return self
+
+    def _check_experiments(self, funnels: dict[str, Funnel]) -> None:
+        names = [e.name for e in self.experiments]
+        for i, experiment in enumerate(self.experiments):
+            if experiment.name in names[:i]:
+                raise LocatedError(("experiments", i, "name"), f"duplicate name {experiment.name!r}")
+            funnel = funnels.get(experiment.funnel)
+            if funnel is None:
+                raise LocatedError(("experiments", i, "funnel"), f"unknown funnel {experiment.funnel!r}")
+            if funnel.order == "any":
+                raise LocatedError(
+                    ("experiments", i, "funnel"),
+                    f"funnel {funnel.name} has order: any; an experiment counts attempts from their "
+                    "first step, so it needs a sequential or strict funnel",
+                )
+            step_names = [s.name for s in funnel.steps]
+            if experiment.step is not None and experiment.step not in step_names[1:]:
+                raise LocatedError(
+                    ("experiments", i, "step"),
+                    f"{experiment.step!r} must be one of funnel {funnel.name}'s steps after the first",
+                )
+
+    def breakdowns_of(self, funnel: Funnel) -> list[str]:
+        """The funnel's breakdowns, then the variant field of each experiment on it: attempts
+        carry them from their start, which is how an attempt keeps the variant it started with."""
+        variants = [e.variant for e in self.experiments if e.funnel == funnel.name]
+        return list(dict.fromkeys([*funnel.breakdowns, *variants]))

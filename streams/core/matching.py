@@ -102,11 +102,11 @@ def compile_config(config: FunnelConfig) -> CompiledConfig:
             stalled_after=f.stalled_after,
             steps=tuple(CompiledStep(s.name, Matcher.compile(s.match), s.within) for s in f.steps),
             exclusions=tuple(Matcher.compile(e.match) for e in f.exclusions),
-            breakdowns=tuple(f.breakdowns),
+            breakdowns=tuple(config.breakdowns_of(f)),  # with its experiments' variant fields
         )
         for f in config.funnels
     )
-    breakdowns = tuple(dict.fromkeys(b for f in config.funnels for b in f.breakdowns))
+    breakdowns = tuple(dict.fromkeys(b for f in funnels for b in f.breakdowns))
     return CompiledConfig(
         source=config,
         session_timeout=config.session_timeout,

@@ -125,6 +125,63 @@ class Alert(OutputEvent):
     by: dict[str, str | None] = Field(default_factory=dict)
     window: str
     baseline: str
+    confidence: float | None = None
+    """The rule's confidence, when it has one."""
+    p_value: float | None = None
+    """One-sided Fisher exact p-value that the window's rate is below the baseline's."""
+    p_threshold: float | None = None
+    """The p-value a look must reach to fire, for `confidence` to hold per window length."""
+    rate_low: float | None = None
+    rate_high: float | None = None
+    """The window rate's Wilson interval at `interval_level`."""
+    interval_level: float | None = None
+    baseline_frozen: bool = False
+    """The baseline is the one the rule fired with (an incident does not become the norm)."""
+
+
+class VariantResult(BaseModel):
+    """One variant of an experiment, live: its attempts, conversions and, against the control,
+    the difference of rates with its always-valid confidence sequence and p-value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    variant: str
+    entered: int
+    converted: int
+    """Attempts that reached the experiment's step."""
+    steps: dict[str, int]
+    """Attempts that reached each step of the funnel."""
+    rate: float | None
+    rate_low: float | None
+    rate_high: float | None
+    """Wilson interval of the rate at 1 - alpha (one look: for reading, not for deciding)."""
+    lift: float | None = None
+    """rate / control rate - 1."""
+    difference: float | None = None
+    difference_low: float | None = None
+    difference_high: float | None = None
+    """Confidence sequence for rate - control rate at 1 - alpha, valid at every look."""
+    p_value: float | None = None
+    """Always-valid p-value (mSPRT) of no difference with the control."""
+    decision: Literal["control", "waiting", "inconclusive", "better", "worse"]
+
+
+class ExperimentUpdate(OutputEvent):
+    """An experiment's live state, emitted when any variant's decision changes."""
+
+    type: Literal["experiment"] = "experiment"
+    experiment: str
+    funnel: str
+    step: str
+    variant_field: str
+    control: str
+    alpha: float
+    mixing_sd: float
+    changed: list[str]
+    """The variants whose decision changed at this update."""
+    variants: list[VariantResult]
+    unassigned: int = 0
+    """Attempts that started without a variant: not compared."""
 
 
 class DeadLetter(OutputEvent):
@@ -143,7 +200,14 @@ class DeadLetter(OutputEvent):
 
 
 AnyOutput = Annotated[
-    MicroConversion | MacroConversion | Dropoff | Stalled | SessionSummary | Alert | DeadLetter,
+    MicroConversion
+    | MacroConversion
+    | Dropoff
+    | Stalled
+    | SessionSummary
+    | Alert
+    | ExperimentUpdate
+    | DeadLetter,
     Field(discriminator="type"),
 ]
 OUTPUT_MODELS: dict[str, type[OutputEvent]] = {
@@ -153,5 +217,6 @@ OUTPUT_MODELS: dict[str, type[OutputEvent]] = {
     "stalled": Stalled,
     "session": SessionSummary,
     "alert": Alert,
+    "experiment": ExperimentUpdate,
     "deadletter": DeadLetter,
 }
