@@ -146,8 +146,13 @@ async def test_segment_and_rudderstack_libraries_through_the_collector_give_stit
         # the anonymous first visit's landing page and campaign: the identify call stitched them
         assert macro["landing_page"] == "/" and macro["channel"] == "email"
         assert macro["first_touch"]["landing_page"] == "/"
-        assert macro["breakdowns"]["campaign.source"] == "newsletter"
-        assert macro["breakdowns"]["page.referrer"] == "https://mail.example/inbox"
+    # the funnel attempt the purchase closed started on the anonymous landing page view
+    micros = await read_topics(settings, [settings.topic(settings.topic_micro)], expect=6, quiet_s=2)
+    closing = {m["user_id"]: m for m in micros if m.get("step") == "purchase"}
+    assert set(closing) == {"seg_user", "rud_user"}
+    for micro in closing.values():
+        assert micro["breakdowns"]["campaign.source"] == "newsletter"
+        assert micro["breakdowns"]["page.referrer"] == "https://mail.example/inbox"
     aliases = [m for _, m in produced if m["type"] == "alias"]
     assert {(a["previousId"], a["userId"]) for a in aliases} == {
         ("seg-old-device", "seg_user"),
