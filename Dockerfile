@@ -3,7 +3,6 @@ WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 COPY pyproject.toml README.md ./
 COPY streams ./streams
-COPY schemas ./schemas
 RUN pip install . && useradd --system --home /app conversions && mkdir -p /app/var && chown conversions /app/var
 USER conversions
 EXPOSE 6066

@@ -20,7 +20,7 @@ test: setup-browser lint typecheck
 	$(PY) -m pytest
 
 unit: setup
-	$(PY) -m pytest -m "not integration and not browser"
+	$(PY) -m pytest -m "not integration and not browser and not wheel"
 
 integration: setup
 	$(PY) -m pytest -m integration
@@ -28,6 +28,7 @@ integration: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: setup
 	$(VENV)/bin/mypy

@@ -201,7 +201,7 @@ LIBRARIES |= {"pydantic": "pydantic", "asyncio/": "asyncio", "streams/": "stream
 
 
 ROOTS = {"<module>", "worker", "run_worker"}  # under every sample: they say nothing
-KEY_FUNCTIONS = ("ConversionsApp._ingest_messages", "ConversionsApp._apply_to_journeys", "Counting._apply")
+KEY_FUNCTIONS = ("Ingest.repartition", "Journeys.apply", "Counting._apply")
 
 
 def _where(frame: str) -> str:
@@ -554,9 +554,9 @@ def explained(result: dict[str, Any]) -> dict[str, Any]:
         values[f"busy_{mode}"] = profiled.get("busy_percent", "?")
         values[f"ours_{mode}"] = libraries.get("streams (ours)", "?")
         values[f"faust_{mode}"] = round(libraries.get("faust", 0) + libraries.get("aiokafka", 0), 1)
-        values[f"journeys_{mode}"] = ours.get("ConversionsApp._apply_to_journeys", 0.0)
+        values[f"journeys_{mode}"] = ours.get("Journeys.apply", 0.0)
         values[f"counters_{mode}"] = ours.get("Counting._apply", 0.0)
-        values[f"ingest_{mode}"] = ours.get("ConversionsApp._ingest_messages", 0.0)
+        values[f"ingest_{mode}"] = ours.get("Ingest.repartition", 0.0)
     busy = values["busy_single"]
     eps = result["single"]["pipeline_eps"]
     values["worker_us_per_event"] = round(busy / 100 / eps * 1e6) if isinstance(busy, float) else "?"

@@ -152,7 +152,8 @@ def schemas(check: bool) -> None:
         drifted = schema_files.drift()
         if drifted:
             click.secho(
-                f"schemas out of date: {', '.join(drifted)} (run `conversions schemas`)",
+                f"schemas out of date: {', '.join(drifted)} (run `conversions schemas`; the example "
+                "configuration is edited in streams/examples/funnels.yaml and copied to schemas/)",
                 fg="red",
                 err=True,
             )

@@ -1,4 +1,7 @@
-"""JSON Schemas generated from the pydantic models: the authoritative form of the contract."""
+"""JSON Schemas generated from the pydantic models: the authoritative form of the contract, and
+beside them a copy of the example configuration shipped in the package (`streams.examples`).
+
+A development command: the schemas live in the repository's `schemas/`, not in the package."""
 
 from __future__ import annotations
 
@@ -10,8 +13,10 @@ from pydantic import BaseModel, TypeAdapter
 from streams.core.config import FunnelConfig
 from streams.core.events import ClickEvent
 from streams.core.outputs import OUTPUT_MODELS, AnyOutput
+from streams.examples import FUNNELS
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+EXAMPLE = "examples/funnels.yaml"
 
 
 def generated() -> dict[str, bytes]:
@@ -28,17 +33,19 @@ def generated() -> dict[str, bytes]:
         for name, model in models.items()
     }
     files["output-any.json"] = TypeAdapter(AnyOutput).json_schema(mode="serialization")
-    return {
+    out = {
         name: orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
         for name, schema in files.items()
     }
+    out[EXAMPLE] = FUNNELS.read_bytes()  # a copy: the package's is the one to edit
+    return out
 
 
 def write(directory: Path = SCHEMA_DIR) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name, content in generated().items():
         path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_bytes() != content:
             path.write_bytes(content)
             written.append(path)

@@ -26,9 +26,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
 from streams.errors import ConversionsError
+from streams.examples import FUNNELS
 
 ENV_PREFIX = "CONVERSIONS_"
-DEFAULT_FUNNELS = Path(__file__).resolve().parent.parent / "schemas" / "examples" / "funnels.yaml"
+DEFAULT_FUNNELS = FUNNELS  # inside the package: found by an installed wheel too
 
 
 def _env(name: str, default: Any = None) -> Any:
@@ -71,6 +72,7 @@ class Settings(BaseSettings):
     topic_dropoffs: str = "funnel.dropoffs"
     topic_alerts: str = "funnel.alerts"
     topic_sessions: str = "journeys.sessions"
+    topic_identities: str = "journeys.identities"
     topic_deadletter: str = "clickstream.deadletter"
     partitions: int = Field(default=4, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1, le=10)
@@ -152,6 +154,7 @@ class Settings(BaseSettings):
             "stalled": self.topic(self.topic_dropoffs),
             "alert": self.topic(self.topic_alerts),
             "session": self.topic(self.topic_sessions),
+            "identity": self.topic(self.topic_identities),
             "deadletter": self.topic(self.topic_deadletter),
         }
 

@@ -1,19 +1,51 @@
-"""Running the Faust worker for real: topics first, then the app, with clear logs."""
+"""The composition root: the one module that puts the pipeline, the counters, the alerts and the
+web together into a running worker.
+
+The rooms do not know each other: the pipeline publishes and schedules (`ports.Publisher`,
+`LeaderCheck`, `Scheduler`), the counters and the alerts run beside its agents through those
+seams, and the web reads the counters and the alerts through `ports.CounterReader` and
+`AlertReader`. Topics are created first (unless told not to), then the Faust worker runs with
+clear logs until SIGTERM or Ctrl-C.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 
 import faust
 
+from streams.alerts.service import Alerting
 from streams.core.config_loader import load_config
-from streams.core.matching import compile_config
+from streams.core.matching import CompiledConfig, compile_config
+from streams.counters.consumer import Counting
+from streams.counters.redis_store import redis_counter_store
 from streams.kafka import ensure_topics, source_partitions
 from streams.pipeline.app import ConversionsApp
 from streams.settings import Settings
+from streams.web.routes import register_routes
 
 log = logging.getLogger(__name__)
+
+STEP_RATES_EVERY_S = 15.0
+
+
+def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) -> ConversionsApp:
+    """The pipeline, with the counters, the alerts and the web attached as the settings say."""
+    conversions = ConversionsApp(settings, config, sources)
+    counting = None
+    if settings.counters_enabled:
+        counting = Counting(settings, config, conversions.metrics, redis_counter_store(settings))
+        conversions.run_alongside("counters", counting.run, counting.close)
+        conversions.every(STEP_RATES_EVERY_S, "step_rates", counting.publish_step_rates)
+    alerting = None
+    if config.source.alerts:
+        alerting = Alerting(settings, config, conversions.metrics, publisher=conversions, leader=conversions)
+        conversions.run_alongside("alerts", alerting.run, alerting.close)
+    if settings.web_enabled and counting is not None:
+        register_routes(conversions.app, counting.store, alerting, config, conversions.metrics)
+    return conversions
 
 
 def run_worker(settings: Settings) -> None:
@@ -27,7 +59,7 @@ def run_worker(settings: Settings) -> None:
         loop.run_until_complete(ensure_topics(settings))
     sources = loop.run_until_complete(source_partitions(settings))
     log.info("event time waits for %d source partitions: %s", len(sources), ", ".join(sources))
-    conversions = ConversionsApp(settings, config, sources)
+    conversions = compose(settings, config, sources)
     worker = faust.Worker(
         conversions.app,
         loop=loop,

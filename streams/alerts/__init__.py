@@ -1,1 +1,1 @@
-"""TODO"""
+"""Alerts: the evaluator service on `conversions.micro` (`service`) and the webhook (`webhook`)."""

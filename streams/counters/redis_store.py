@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,22 +22,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from streams.core.counters import (
-    RECENT_MACROS,
-    FunnelReport,
-    Op,
-    breakdown_values,
-    plan_buckets,
-    step_reports,
-    sum_hashes,
-)
-from streams.core.matching import CompiledFunnel
-from streams.errors import QueryTooLarge
+from streams.counters.base import CountedMessage, CounterReads
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-
-MAX_KEYS_PER_QUERY = 50_000
-
 
 # The batch travels as one JSON argument (decoded by Redis's cjson), not as thousands of
 # arguments: redis-py's argument packing was a sixth of the worker's time. Amounts stay strings
@@ -86,30 +74,16 @@ return {applied, skipped}
 """
 
 
-@dataclass(frozen=True, slots=True)
-class CountedMessage:
-    """One output message to count: where it sits in Kafka, its id, and its increments."""
-
-    topic: str
-    offset: int
-    output_id: str
-    ops: Sequence[Op]
-
-
 @dataclass(frozen=True)
-class CounterStore:
+class CounterStore(CounterReads):
+    """The counters in Redis: the Lua apply, and the four reads `CounterReads` needs."""
+
     redis: aioredis.Redis
     app_id: str
     shards: int
     bucket_ms: int
     ttl_s: int
     dedupe_s: int = 3_600
-
-    def prefix(self, shard: int) -> str:
-        return f"conv:{{{self.app_id}:{shard}}}:"
-
-    def offsets_key(self, shard: int) -> str:
-        return self.prefix(shard) + "offsets"
 
     async def apply(self, shard: int, messages: Iterable[CountedMessage]) -> tuple[int, int]:
         """Apply a batch for one shard in one round trip; returns (applied, skipped).
@@ -137,125 +111,48 @@ class CounterStore:
         )
         return int(result[0]), int(result[1])
 
-    async def latest_event_ms(self) -> int | None:
+    async def _hget_each(self, keys: list[str], field: str) -> list[bytes | None]:
         pipe = self.redis.pipeline(transaction=False)
-        for shard in range(self.shards):
-            pipe.hget(self.prefix(shard) + "meta", "latest")
-        values = [int(v) for v in await pipe.execute() if v is not None]
-        return max(values) if values else None
+        for key in keys:
+            pipe.hget(key, field)
+        return list(await pipe.execute())
 
-    async def recent_macros(self, limit: int = RECENT_MACROS) -> list[dict[str, Any]]:
-        """The latest macroconversions over every shard, newest first."""
+    async def _lrange_each(self, keys: list[str], count: int) -> list[list[bytes]]:
         pipe = self.redis.pipeline(transaction=False)
-        for shard in range(self.shards):
-            pipe.lrange(self.prefix(shard) + "recent", 0, limit - 1)
-        entries = [orjson.loads(raw) for per_shard in await pipe.execute() for raw in per_shard]
-        entries.sort(key=lambda e: str(e.get("timestamp")), reverse=True)
-        return entries[:limit]
+        for key in keys:
+            pipe.lrange(key, 0, count - 1)
+        return list(await pipe.execute())
 
-    async def _sum(self, keys: list[str]) -> dict[str, float]:
+    async def _hgetall_each(self, keys: list[str]) -> list[Mapping[Any, bytes]]:
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
             pipe.hgetall(key)
-        return sum_hashes(await pipe.execute())
+        return list(await pipe.execute())
 
-    async def _count_unique(self, keys_by_label: dict[Any, list[list[str]]]) -> dict[Any, int]:
-        """Per label, the union of each shard's HyperLogLogs (one slot per shard, so one PFCOUNT),
-        summed over shards: an identity is only ever counted in one shard."""
+    async def _pfcount_each(self, groups: list[list[str]]) -> list[int]:
+        """One PFCOUNT per group: a group is one shard's keys, in one Cluster slot."""
         pipe = self.redis.pipeline(transaction=False)
-        labels = []
-        for label, per_shard in keys_by_label.items():
-            for keys in per_shard:
-                if keys:
-                    pipe.pfcount(*keys)
-                    labels.append(label)
-        totals: dict[Any, int] = dict.fromkeys(keys_by_label, 0)
-        for label, value in zip(labels, await pipe.execute(), strict=True):
-            totals[label] += int(value)
-        return totals
+        for keys in groups:
+            pipe.pfcount(*keys)
+        return [int(value) for value in await pipe.execute()]
 
-    def check_window(self, start_ms: int, end_ms: int) -> None:
-        """Raise QueryTooLarge for a window that would read too many keys."""
-        self._buckets(start_ms, end_ms)
 
-    def _buckets(self, start_ms: int, end_ms: int) -> list[str]:
-        buckets = plan_buckets(start_ms, end_ms, self.bucket_ms)
-        if len(buckets) * self.shards > MAX_KEYS_PER_QUERY:
-            raise QueryTooLarge(f"that window needs {len(buckets) * self.shards} keys; narrow it")
-        return buckets
+def counter_store(settings: Settings, redis: aioredis.Redis) -> CounterStore:
+    return CounterStore(
+        redis=redis,
+        app_id=settings.app_id,
+        shards=settings.partitions,
+        bucket_ms=settings.counter_bucket_s * 1_000,
+        ttl_s=settings.counter_ttl_s,
+        dedupe_s=settings.counter_dedupe_s,
+    )
 
-    def _keys(self, name: str, start_ms: int, end_ms: int) -> list[str]:
-        return [
-            self.prefix(shard) + name.format(b=b)
-            for b in self._buckets(start_ms, end_ms)
-            for shard in range(self.shards)
-        ]
 
-    def _keys_by_shard(self, name: str, start_ms: int, end_ms: int) -> list[list[str]]:
-        buckets = self._buckets(start_ms, end_ms)
-        return [[self.prefix(shard) + name.format(b=b) for b in buckets] for shard in range(self.shards)]
-
-    async def funnel_report(
-        self, funnel: CompiledFunnel, start_ms: int, end_ms: int, by: str | None = None
-    ) -> FunnelReport:
-        fields = await self._sum(self._keys(f"f:{funnel.name}:{{b}}", start_ms, end_ms))
-        uniques = await self._count_unique(
-            {
-                k: self._keys_by_shard(f"u:{funnel.name}:{k}:{{b}}", start_ms, end_ms)
-                for k in range(len(funnel.steps))
-            }
-        )
-        names = [s.name for s in funnel.steps]
-        report = FunnelReport(funnel.name, start_ms, end_ms, step_reports(names, fields, uniques), by=by)
-        if by is not None:
-            for value in breakdown_values(fields, by):
-                report.breakdown[value] = step_reports(names, fields, {}, suffix=f"|{by}={value}")
-        return report
-
-    async def goals_report(self, goals: list[str], start_ms: int, end_ms: int) -> dict[str, Any]:
-        fields = await self._sum(self._keys("g:{b}", start_ms, end_ms))
-        uniques = await self._count_unique(
-            {g: self._keys_by_shard(f"ug:{g}:{{b}}", start_ms, end_ms) for g in goals}
-        )
-        sessions = await self._sum(self._keys("s:{b}", start_ms, end_ms))
-        macro_total = sum(int(fields.get(f"n:{g}", 0)) for g in goals)
-        micro_total = int(fields.get("mi", 0))
-        report: dict[str, Any] = {
-            "start_ms": start_ms,
-            "end_ms": end_ms,
-            "goals": {},
-            "microconversions": micro_total,
-            "micro_macro_ratio": micro_total / macro_total if macro_total else None,
-        }
-        for goal in goals:
-            count = int(fields.get(f"n:{goal}", 0))
-            report["goals"][goal] = {
-                "count": count,
-                "unique_users": uniques[goal],
-                "value": fields.get(f"v:{goal}", 0.0),
-                "avg_decision_time_ms": fields.get(f"dt:{goal}", 0) / count if count else None,
-                "decision_time_histogram_min": {
-                    key.rsplit(":", 1)[1]: int(v)
-                    for key, v in fields.items()
-                    if key.startswith(f"dth:{goal}:")
-                },
-                "by": {
-                    dim_value: int(v)
-                    for key, v in fields.items()
-                    if key.startswith(f"n:{goal}|")
-                    for dim_value in [key.split("|", 1)[1]]
-                },
-            }
-        report["secondary"] = {
-            key[2:]: int(v) for key, v in fields.items() if key.startswith("m:") and "|" not in key
-        }
-        report["sessions"] = {
-            "count": int(sessions.get("n", 0)),
-            "page_views": int(sessions.get("pv", 0)),
-            "duration_ms": int(sessions.get("dur", 0)),
-            "by": {key.split("|", 1)[1]: int(v) for key, v in sessions.items() if key.startswith("n|")},
-        }
-        return report
+def redis_counter_store(settings: Settings) -> CounterStore:
+    """The worker's store: REDIS_URL, with a socket timeout so an outage is noticed."""
+    dsn = settings.redis_dsn
+    assert dsn, "REDIS_URL must be set for the counters"
+    return counter_store(settings, aioredis.from_url(dsn, socket_timeout=5))
 
 
 async def apply_with_retry(

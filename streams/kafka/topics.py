@@ -7,12 +7,12 @@ import asyncio
 import logging
 import time
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from streams.core.repartition import source_name
 from streams.errors import KafkaUnavailable
-from streams.kafka.clients import kafka_client_options
+from streams.kafka.clients import new_admin
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ async def ensure_topics(settings: Settings, wait_s: float = 300.0) -> list[str]:
     deadline = time.monotonic() + wait_s
     delay = 0.5
     while True:
-        admin = AIOKafkaAdminClient(**kafka_client_options(settings), request_timeout_ms=10_000)
+        admin = new_admin(settings)
         try:
             await admin.start()
             existing = set(await admin.list_topics())
@@ -71,7 +71,7 @@ async def ensure_topics(settings: Settings, wait_s: float = 300.0) -> list[str]:
 async def source_partitions(settings: Settings) -> list[str]:
     """Every partition of the clickstream topics, as source names ("topic/partition")."""
     topics = [settings.topic(t) for t in settings.topic_clickstream]
-    admin = AIOKafkaAdminClient(**kafka_client_options(settings), request_timeout_ms=10_000)
+    admin = new_admin(settings)
     await admin.start()
     try:
         described = await admin.describe_topics(topics)

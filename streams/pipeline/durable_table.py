@@ -11,7 +11,7 @@ itself, which does wait. A key written again moves to the end, so a key written 
 
 Writing past the table also bypasses Faust's key-to-partition bookkeeping; the app trims the
 store down to the partitions this worker owns after every rebalance
-(`ConversionsApp._rebuild_deadlines`).
+(`Journeys.rebuild_deadlines`).
 """
 
 from __future__ import annotations

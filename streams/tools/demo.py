@@ -11,14 +11,14 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from streams.core.config_loader import load_config
-from streams.kafka import consumer_options, ensure_topics
+from streams.kafka import ensure_topics
+from streams.kafka.clients import new_consumer
 from streams.settings import Settings
 from streams.tools.infra import LOCAL_BROKER_ENV, LocalInfra, free_port
 from streams.tools.live_traffic import LiveTraffic, TrafficStats
@@ -107,12 +107,8 @@ class LiveSummary:
 
 
 async def _follow(settings: Settings, summary: LiveSummary, stop: asyncio.Event) -> None:
-    consumer = AIOKafkaConsumer(
-        *sorted(set(settings.output_topics.values())),
-        **consumer_options(settings),
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
+    consumer = new_consumer(
+        settings, *sorted(set(settings.output_topics.values())), auto_offset_reset="earliest"
     )
     await consumer.start()
     try:

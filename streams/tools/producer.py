@@ -8,12 +8,13 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from streams.kafka import kafka_client_options
+from streams.kafka.clients import new_producer
 from streams.settings import Settings
 
 
 def identity_key(line: bytes) -> bytes | None:
-    """The user (else anonymous) id of an event line, so one user's events stay in order."""
+    """The anonymous (else user) id of an event line, as trackers key them: one device's events
+    stay in order, and so reach the partition that decides for that id in order."""
     try:
         body: Any = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -22,17 +23,12 @@ def identity_key(line: bytes) -> bytes | None:
         body = body[0] if body else None
     if not isinstance(body, dict):
         return None
-    identity = body.get("user_id") or body.get("anonymous_id")
+    identity = body.get("anonymous_id") or body.get("user_id")
     return identity.encode() if isinstance(identity, str) else None
 
 
 def clickstream_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        **kafka_client_options(settings),
-        linger_ms=options.pop("linger_ms", 5),
-        max_request_size=max(settings.max_message_bytes * 2, 1_048_576),
-        **options,
-    )
+    return new_producer(settings, **options)
 
 
 async def produce_lines(settings: Settings, lines: Iterable[bytes], topic: str | None = None) -> int:

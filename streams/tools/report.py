@@ -11,7 +11,7 @@ from rich.table import Table
 from streams.core.counters import FunnelReport, bucket_of
 from streams.core.events import from_epoch_ms, to_epoch_ms
 from streams.core.matching import CompiledFunnel
-from streams.counters.consumer import counter_store
+from streams.counters.redis_store import counter_store
 from streams.settings import Settings
 
 

@@ -1,28 +1,23 @@
-"""The worker's read-only web server: the live dashboard, funnel and goal reports as JSON,
-alerts, Prometheus metrics."""
+"""The read-only views, as plain functions over the read protocols (`ports.CounterReader`,
+`ports.AlertReader`): each takes the query and answers an HTTP status and a JSON body, knowing
+nothing of Faust or Redis. `routes` serves them; the tests call them with the in-memory store.
+
+Windows are in event time: explicit `start`/`end`, else the last `window` up to the latest event
+time counted, so a replay of history reads like live traffic.
+"""
 
 from __future__ import annotations
 
-import functools
-import logging
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from importlib import resources
-from typing import TYPE_CHECKING, Any
-
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from typing import Any
 
 from streams.core.counters import bucket_of
 from streams.core.durations import parse_duration_ms
 from streams.core.events import to_epoch_ms
-from streams.counters.redis_store import CounterStore
+from streams.core.matching import CompiledConfig
 from streams.errors import ConversionsError, QueryTooLarge
-
-if TYPE_CHECKING:
-    from faust.web import Request, Response, View
-
-    from streams.pipeline.app import ConversionsApp
+from streams.ports import AlertReader, CounterReader
 
 DEFAULT_WINDOW = "15m"
 DASHBOARD_FILES = {
@@ -30,31 +25,16 @@ DASHBOARD_FILES = {
     "dashboard.css": "text/css",
 }
 
-
-log = logging.getLogger(__name__)
-Handler = Callable[..., Awaitable["Response"]]
-
-
-def redis_outage_as_503(handler: Handler) -> Handler:
-    """While Redis is down the counters wait (see `apply_with_retry`); queries say so plainly."""
-
-    @functools.wraps(handler)
-    async def wrapped(web: View, request: Request, *args: Any, **kwargs: Any) -> Response:
-        try:
-            return await handler(web, request, *args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            log.warning("query %s: Redis unavailable (%s)", request.url, exc.__class__.__name__)
-            return web.json({"error": "Redis is unavailable; counters resume when it is back"}, status=503)
-
-    return wrapped
-
-
-def dashboard_asset(name: str) -> bytes:
-    return resources.files("streams.web").joinpath("dashboard", name).read_bytes()
+Answer = tuple[int, dict[str, Any]]
+"""An HTTP status and a JSON body."""
 
 
 class BadQuery(ConversionsError, ValueError):
     """A query the views cannot answer: the message says what to change (HTTP 400)."""
+
+
+def dashboard_asset(name: str) -> bytes:
+    return resources.files("streams.web").joinpath("dashboard", name).read_bytes()
 
 
 def _moment(text: str) -> int:
@@ -66,7 +46,7 @@ def _moment(text: str) -> int:
         raise BadQuery(f"unreadable time {text!r}: use RFC 3339 or epoch milliseconds") from None
 
 
-async def resolve_window(store: CounterStore, query: dict[str, str]) -> tuple[int, int]:
+async def resolve_window(store: CounterReader, query: dict[str, str]) -> tuple[int, int]:
     """[start, end) in event time: explicit `start`/`end`, else the last `window` up to the latest
     event time counted (so a replay of history reads like live traffic)."""
     try:
@@ -90,112 +70,80 @@ async def resolve_window(store: CounterStore, query: dict[str, str]) -> tuple[in
     return start, end
 
 
-def register_views(conversions: ConversionsApp) -> None:
-    app = conversions.app
-    funnels = conversions.config.funnels_by_name
-    goals = [g.name for g in conversions.config.goals]
+async def funnel(store: CounterReader, config: CompiledConfig, name: str, query: dict[str, str]) -> Answer:
+    """One funnel's steps over the window, broken down `by` one of its breakdowns if asked."""
+    funnels = config.funnels_by_name
+    chosen = funnels.get(name)
+    if chosen is None:
+        return 404, {"error": f"no funnel {name!r}", "funnels": sorted(funnels)}
+    by = query.get("by")
+    if by is not None and by not in chosen.breakdowns:
+        return 400, {"error": f"{name} has no breakdown {by!r}", "breakdowns": list(chosen.breakdowns)}
+    try:
+        start, end = await resolve_window(store, query)
+    except BadQuery as exc:
+        return 400, {"error": str(exc)}
+    return 200, (await store.funnel_report(chosen, start, end, by=by)).as_dict()
 
-    counting = conversions.counting
-    assert counting is not None, "the views read the counters"
 
-    def store() -> CounterStore:
-        return counting.store
+def _goal_names(config: CompiledConfig) -> list[str]:
+    return [g.name for g in config.goals]
 
-    @redis_outage_as_503
-    async def report(web: View, request: Request, name: str) -> Response:
-        funnel = funnels.get(name)
-        if funnel is None:
-            return web.json({"error": f"no funnel {name!r}", "funnels": sorted(funnels)}, status=404)
-        query = dict(request.query)
-        by = query.get("by")
-        if by is not None and by not in funnel.breakdowns:
-            return web.json(
-                {"error": f"{name} has no breakdown {by!r}", "breakdowns": list(funnel.breakdowns)},
-                status=400,
-            )
-        try:
-            start, end = await resolve_window(store(), query)
-        except BadQuery as exc:
-            return web.json({"error": str(exc)}, status=400)
-        result = await store().funnel_report(funnel, start, end, by=by)
-        return web.json(result.as_dict())
 
-    @redis_outage_as_503
-    async def overview(web: View, request: Request) -> Response:
-        try:
-            start, end = await resolve_window(store(), dict(request.query))
-        except BadQuery as exc:
-            return web.json({"error": str(exc)}, status=400)
-        body: dict[str, Any] = {"start_ms": start, "end_ms": end, "funnels": {}}
-        for name, funnel in funnels.items():
-            body["funnels"][name] = (await store().funnel_report(funnel, start, end)).as_dict()
-        body["goals"] = await store().goals_report(goals, start, end)
-        return web.json(body)
+async def overview(store: CounterReader, config: CompiledConfig, query: dict[str, str]) -> Answer:
+    """Every funnel and the goals over the window."""
+    try:
+        start, end = await resolve_window(store, query)
+    except BadQuery as exc:
+        return 400, {"error": str(exc)}
+    body: dict[str, Any] = {"start_ms": start, "end_ms": end, "funnels": {}}
+    for name, compiled in config.funnels_by_name.items():
+        body["funnels"][name] = (await store.funnel_report(compiled, start, end)).as_dict()
+    body["goals"] = await store.goals_report(_goal_names(config), start, end)
+    return 200, body
 
-    @redis_outage_as_503
-    async def goals_view(web: View, request: Request) -> Response:
-        try:
-            start, end = await resolve_window(store(), dict(request.query))
-        except BadQuery as exc:
-            return web.json({"error": str(exc)}, status=400)
-        return web.json(await store().goals_report(goals, start, end))
 
-    alerting = conversions.alerting
+async def goals(store: CounterReader, config: CompiledConfig, query: dict[str, str]) -> Answer:
+    try:
+        start, end = await resolve_window(store, query)
+    except BadQuery as exc:
+        return 400, {"error": str(exc)}
+    return 200, await store.goals_report(_goal_names(config), start, end)
 
-    def alerts_body() -> dict[str, Any]:
-        if alerting is None:
-            return {"rules": 0, "firing": [], "recent": []}
-        return {
-            "rules": len(conversions.config.source.alerts),
-            "watermark_ms": alerting.watermark(),
-            "firing": [a.model_dump(mode="json") for a in alerting.firing.values()],
-            "recent": [a.model_dump(mode="json") for a in alerting.history],
-        }
 
-    async def alerts_view(web: View, request: Request) -> Response:
-        return web.json(alerts_body())
+def alerts(reader: AlertReader | None, config: CompiledConfig) -> dict[str, Any]:
+    """The rules, the evaluator's event time, the alerts firing now and the latest changes."""
+    if reader is None:
+        return {"rules": 0, "firing": [], "recent": []}
+    return {
+        "rules": len(config.source.alerts),
+        "watermark_ms": reader.watermark(),
+        "firing": [a.model_dump(mode="json") for a in reader.firing.values()],
+        "recent": [a.model_dump(mode="json") for a in reader.history],
+    }
 
-    @redis_outage_as_503
-    async def live(web: View, request: Request) -> Response:
-        """Everything the dashboard shows, in one request: every funnel (the chosen one broken
-        down by `by`), the goals, recent macroconversions and alerts."""
-        query = dict(request.query)
-        try:
-            start, end = await resolve_window(store(), query)
-        except BadQuery as exc:
-            return web.json({"error": str(exc)}, status=400)
-        chosen, by = query.get("funnel"), query.get("by") or None
-        body: dict[str, Any] = {
-            "start_ms": start,
-            "end_ms": end,
-            "latest_event_ms": await store().latest_event_ms(),
-            "funnels": {},
-        }
-        for name, funnel in funnels.items():
-            breakdown = by if name == chosen and by in funnel.breakdowns else None
-            report = await store().funnel_report(funnel, start, end, by=breakdown)
-            body["funnels"][name] = {"breakdowns": list(funnel.breakdowns), **report.as_dict()}
-        body["goals"] = await store().goals_report(goals, start, end)
-        body["recent_macros"] = await store().recent_macros()
-        body["alerts"] = alerts_body()
-        return web.json(body)
 
-    async def dashboard(web: View, request: Request) -> Response:
-        return web.html(dashboard_asset("index.html").decode())
-
-    async def asset(web: View, request: Request, name: str) -> Response:
-        if name not in DASHBOARD_FILES:
-            return web.text("not found", status=404)
-        return web.text(dashboard_asset(name).decode(), content_type=DASHBOARD_FILES[name])
-
-    async def metrics(web: View, request: Request) -> Response:
-        return web.bytes(conversions.metrics.render(), content_type="text/plain; version=0.0.4")
-
-    app.page("/funnels/{name}")(report)
-    app.page("/funnels")(overview)
-    app.page("/goals")(goals_view)
-    app.page("/metrics")(metrics)
-    app.page("/alerts")(alerts_view)
-    app.page("/live")(live)
-    app.page("/")(dashboard)
-    app.page("/dashboard/{name}")(asset)
+async def live(
+    store: CounterReader, config: CompiledConfig, alert_reader: AlertReader | None, query: dict[str, str]
+) -> Answer:
+    """Everything the dashboard shows, in one request: every funnel (the chosen one broken
+    down by `by`), the goals, recent macroconversions and alerts."""
+    try:
+        start, end = await resolve_window(store, query)
+    except BadQuery as exc:
+        return 400, {"error": str(exc)}
+    chosen, by = query.get("funnel"), query.get("by") or None
+    body: dict[str, Any] = {
+        "start_ms": start,
+        "end_ms": end,
+        "latest_event_ms": await store.latest_event_ms(),
+        "funnels": {},
+    }
+    for name, compiled in config.funnels_by_name.items():
+        breakdown = by if name == chosen and by in compiled.breakdowns else None
+        report = await store.funnel_report(compiled, start, end, by=breakdown)
+        body["funnels"][name] = {"breakdowns": list(compiled.breakdowns), **report.as_dict()}
+    body["goals"] = await store.goals_report(_goal_names(config), start, end)
+    body["recent_macros"] = await store.recent_macros()
+    body["alerts"] = alerts(alert_reader, config)
+    return 200, body

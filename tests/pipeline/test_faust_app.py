@@ -35,4 +35,4 @@ async def test_the_worker_consumer_waits_on_fetches_as_long_as_the_settings_say(
 async def test_standby_replicas_and_the_journeys_store_come_from_the_settings(tmp_path: Path) -> None:
     conversions = conversions_app(tmp_path, table_standby_replicas=2)
     assert conversions.app.conf.table_standby_replicas == 2
-    assert isinstance(conversions.journeys.data, JourneyMemoryStore)
+    assert isinstance(conversions.journeys_table.data, JourneyMemoryStore)

@@ -10,8 +10,8 @@ two-worker test found sessions summarized twice with different contents).
 Tansu also reports a partition's end as the start of its last batch plus one, so Faust's
 recovery stops short of the last batch, and it reads a few thousand records a second here. So
 before Faust's recovery runs, the store reads every assigned changelog partition itself, to
-its true end, with a plain consumer (`reader`, set by the app), and tells Faust to go on from
-the end the broker reports.
+its true end, with a plain consumer (`reader`, set by the app: `Journeys.read_changelog`), and
+tells Faust to go on from the end the broker reports.
 
 This store skips, in recovery, every record at or below the last offset this worker wrote and
 had acknowledged in that partition (those values are here already, or newer), applies what

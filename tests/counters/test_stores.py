@@ -1,34 +1,20 @@
-"""The counter store on the real Redis: one round trip per batch, replays change nothing,
-windows across bucket edges, a TTL on every key."""
+"""The counter stores: replays change nothing, windows across bucket edges, breakdowns, goals and
+recent macroconversions, each test on the real Redis (one round trip per batch, a TTL on every
+key) and on the in-memory store, which must answer alike (the `store` fixture runs both)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
-from streams.core.config_loader import load_config
 from streams.core.counters import increments
-from streams.core.matching import compile_config
-from streams.counters.redis_store import CountedMessage, CounterStore
-from streams.settings import DEFAULT_FUNNELS
+from streams.counters.base import CountedMessage
+from streams.counters.redis_store import CounterStore
 from streams.tools.infra import LocalInfra
-
-CONFIG = compile_config(load_config(DEFAULT_FUNNELS))
-CHECKOUT = CONFIG.funnels_by_name["checkout"]
-MINUTE = 60_000
-BASE = 1_710_325_200_000  # 2024-03-13T10:20:00Z, a bucket edge
-
-
-@pytest.fixture
-async def store(infra: LocalInfra) -> AsyncIterator[CounterStore]:
-    client = aioredis.from_url(infra.redis_url)
-    yield CounterStore(client, app_id=f"t{uuid.uuid4().hex[:8]}", shards=2, bucket_ms=MINUTE, ttl_s=3_600)
-    await client.aclose()
+from tests.counters.conftest import BASE, CHECKOUT, CONFIG, MINUTE, Store
 
 
 def milestone(step: int, at_ms: int, user: str, platform: str = "web") -> dict[str, object]:
@@ -60,7 +46,7 @@ def batch(
     ]
 
 
-async def test_a_replayed_batch_changes_nothing(store: CounterStore) -> None:
+async def test_a_replayed_batch_changes_nothing(store: Store) -> None:
     outputs = [milestone(0, BASE + i * 1000, f"u{i % 3}") for i in range(5)]
     assert await store.apply(0, batch(outputs)) == (5, 0)
     before = await store.funnel_report(CHECKOUT, BASE, BASE + MINUTE)
@@ -69,7 +55,7 @@ async def test_a_replayed_batch_changes_nothing(store: CounterStore) -> None:
     assert before == after and after.steps[0].entered == 5 and after.steps[0].unique_users == 3
 
 
-async def test_a_repeated_output_id_at_a_new_offset_is_not_counted_twice(store: CounterStore) -> None:
+async def test_a_repeated_output_id_at_a_new_offset_is_not_counted_twice(store: Store) -> None:
     outputs = [milestone(0, BASE, "u1"), milestone(1, BASE, "u1")]
     await store.apply(0, batch(outputs))
     assert await store.apply(0, batch(outputs, first=10)) == (0, 2)  # same ids, later offsets
@@ -77,7 +63,7 @@ async def test_a_repeated_output_id_at_a_new_offset_is_not_counted_twice(store: 
     assert [s.entered for s in report.steps[:2]] == [1, 1]
 
 
-async def test_offsets_are_per_topic_and_shards_add_up(store: CounterStore) -> None:
+async def test_offsets_are_per_topic_and_shards_add_up(store: Store) -> None:
     await store.apply(0, batch([milestone(0, BASE, "a")], topic="conversions.micro"))
     await store.apply(0, batch([milestone(0, BASE, "b")], topic="other.topic"))  # offset 0 of another topic
     await store.apply(1, batch([milestone(0, BASE, "c")]))
@@ -85,7 +71,7 @@ async def test_offsets_are_per_topic_and_shards_add_up(store: CounterStore) -> N
     assert report.steps[0].entered == 3 and report.steps[0].unique_users == 3
 
 
-async def test_windows_across_bucket_edges(store: CounterStore) -> None:
+async def test_windows_across_bucket_edges(store: Store) -> None:
     times = [BASE - 1, BASE, BASE + MINUTE - 1, BASE + MINUTE, BASE + 3 * MINUTE + 5]
     await store.apply(0, batch([milestone(0, t, f"u{i}") for i, t in enumerate(times)]))
     entered = [
@@ -103,7 +89,7 @@ async def test_windows_across_bucket_edges(store: CounterStore) -> None:
     assert await store.latest_event_ms() == BASE + 3 * MINUTE + 5
 
 
-async def test_breakdowns_and_goals(store: CounterStore) -> None:
+async def test_breakdowns_and_goals(store: Store) -> None:
     outputs = [
         milestone(0, BASE, "a", "ios"),
         milestone(0, BASE, "b", "web"),
@@ -150,7 +136,7 @@ def macro(output_id: str, at_ms: int, user: str, value: float = 10.5) -> dict[st
 
 
 async def test_recent_macroconversions_are_newest_first_capped_deduplicated_and_anonymous(
-    store: CounterStore,
+    store: Store,
 ) -> None:
     per_shard = {
         shard: [
@@ -170,7 +156,8 @@ async def test_recent_macroconversions_are_newest_first_capped_deduplicated_and_
     assert not any("user" in orjson.dumps(m).decode() for m in recent), "no identity is kept"
 
 
-async def test_every_key_has_a_ttl(store: CounterStore) -> None:
+async def test_every_key_has_a_ttl(redis_store: CounterStore) -> None:
+    store = redis_store
     outputs = [
         milestone(0, BASE, "a"),
         macro("m1", BASE, "a"),
@@ -193,8 +180,9 @@ async def test_every_key_has_a_ttl(store: CounterStore) -> None:
 
 
 async def test_report_command_reads_the_counters(
-    store: CounterStore, infra: LocalInfra, monkeypatch: pytest.MonkeyPatch
+    redis_store: CounterStore, infra: LocalInfra, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    store = redis_store
     from click.testing import CliRunner
 
     from streams.cli import main

@@ -1,0 +1,187 @@
+"""What every counters store shares: the message it counts, and what it answers over its keys
+(funnel and goal reports, the latest event time counted, recent macroconversions: the
+`ports.CounterReader` protocol).
+
+The reports are computed here once; a store supplies four batched reads of its keys, so the
+Redis store (`redis_store`) and the in-memory one (`memory_store`) answer alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from streams.core.counters import (
+    RECENT_MACROS,
+    FunnelReport,
+    Op,
+    breakdown_values,
+    plan_buckets,
+    step_reports,
+    sum_hashes,
+)
+from streams.core.matching import CompiledFunnel
+from streams.errors import QueryTooLarge
+
+MAX_KEYS_PER_QUERY = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class CountedMessage:
+    """One output message to count: where it sits in Kafka, its id, and its increments."""
+
+    topic: str
+    offset: int
+    output_id: str
+    ops: Sequence[Op]
+
+
+class CounterReads:
+    """The read side of a counters store; subclasses give `app_id`, `shards`, `bucket_ms` and the
+    four reads below (each one batch, one round trip for Redis)."""
+
+    app_id: str
+    shards: int
+    bucket_ms: int
+
+    def prefix(self, shard: int) -> str:
+        """Every key of a shard carries the Redis Cluster hash tag `{<app>:<shard>}`."""
+        return f"conv:{{{self.app_id}:{shard}}}:"
+
+    def offsets_key(self, shard: int) -> str:
+        return self.prefix(shard) + "offsets"
+
+    async def _hget_each(self, keys: list[str], field: str) -> list[bytes | None]:
+        """One field of each hash."""
+        raise NotImplementedError
+
+    async def _lrange_each(self, keys: list[str], count: int) -> list[list[bytes]]:
+        """The first `count` entries of each list."""
+        raise NotImplementedError
+
+    async def _hgetall_each(self, keys: list[str]) -> list[Mapping[Any, bytes]]:
+        """Each hash whole (empty when missing)."""
+        raise NotImplementedError
+
+    async def _pfcount_each(self, groups: list[list[str]]) -> list[int]:
+        """For each group of keys, the size of the union of their unique-user sets."""
+        raise NotImplementedError
+
+    async def latest_event_ms(self) -> int | None:
+        latest = await self._hget_each(
+            [self.prefix(shard) + "meta" for shard in range(self.shards)], "latest"
+        )
+        values = [int(v) for v in latest if v is not None]
+        return max(values) if values else None
+
+    async def recent_macros(self, limit: int = RECENT_MACROS) -> list[dict[str, Any]]:
+        """The latest macroconversions over every shard, newest first."""
+        per_shard = await self._lrange_each(
+            [self.prefix(shard) + "recent" for shard in range(self.shards)], limit
+        )
+        entries = [orjson.loads(raw) for raws in per_shard for raw in raws]
+        entries.sort(key=lambda e: str(e.get("timestamp")), reverse=True)
+        return entries[:limit]
+
+    async def _sum(self, keys: list[str]) -> dict[str, float]:
+        return sum_hashes(await self._hgetall_each(keys))
+
+    async def _count_unique(self, keys_by_label: dict[Any, list[list[str]]]) -> dict[Any, int]:
+        """Per label, the union of each shard's HyperLogLogs (one slot per shard, so one PFCOUNT),
+        summed over shards: an identity is only ever counted in one shard."""
+        labels, groups = [], []
+        for label, per_shard in keys_by_label.items():
+            for keys in per_shard:
+                if keys:
+                    groups.append(keys)
+                    labels.append(label)
+        totals: dict[Any, int] = dict.fromkeys(keys_by_label, 0)
+        for label, value in zip(labels, await self._pfcount_each(groups), strict=True):
+            totals[label] += value
+        return totals
+
+    def check_window(self, start_ms: int, end_ms: int) -> None:
+        """Raise QueryTooLarge for a window that would read too many keys."""
+        self._buckets(start_ms, end_ms)
+
+    def _buckets(self, start_ms: int, end_ms: int) -> list[str]:
+        buckets = plan_buckets(start_ms, end_ms, self.bucket_ms)
+        if len(buckets) * self.shards > MAX_KEYS_PER_QUERY:
+            raise QueryTooLarge(f"that window needs {len(buckets) * self.shards} keys; narrow it")
+        return buckets
+
+    def _keys(self, name: str, start_ms: int, end_ms: int) -> list[str]:
+        return [
+            self.prefix(shard) + name.format(b=b)
+            for b in self._buckets(start_ms, end_ms)
+            for shard in range(self.shards)
+        ]
+
+    def _keys_by_shard(self, name: str, start_ms: int, end_ms: int) -> list[list[str]]:
+        buckets = self._buckets(start_ms, end_ms)
+        return [[self.prefix(shard) + name.format(b=b) for b in buckets] for shard in range(self.shards)]
+
+    async def funnel_report(
+        self, funnel: CompiledFunnel, start_ms: int, end_ms: int, by: str | None = None
+    ) -> FunnelReport:
+        fields = await self._sum(self._keys(f"f:{funnel.name}:{{b}}", start_ms, end_ms))
+        uniques = await self._count_unique(
+            {
+                k: self._keys_by_shard(f"u:{funnel.name}:{k}:{{b}}", start_ms, end_ms)
+                for k in range(len(funnel.steps))
+            }
+        )
+        names = [s.name for s in funnel.steps]
+        report = FunnelReport(funnel.name, start_ms, end_ms, step_reports(names, fields, uniques), by=by)
+        if by is not None:
+            for value in breakdown_values(fields, by):
+                report.breakdown[value] = step_reports(names, fields, {}, suffix=f"|{by}={value}")
+        return report
+
+    async def goals_report(self, goals: list[str], start_ms: int, end_ms: int) -> dict[str, Any]:
+        fields = await self._sum(self._keys("g:{b}", start_ms, end_ms))
+        uniques = await self._count_unique(
+            {g: self._keys_by_shard(f"ug:{g}:{{b}}", start_ms, end_ms) for g in goals}
+        )
+        sessions = await self._sum(self._keys("s:{b}", start_ms, end_ms))
+        macro_total = sum(int(fields.get(f"n:{g}", 0)) for g in goals)
+        micro_total = int(fields.get("mi", 0))
+        report: dict[str, Any] = {
+            "start_ms": start_ms,
+            "end_ms": end_ms,
+            "goals": {},
+            "microconversions": micro_total,
+            "micro_macro_ratio": micro_total / macro_total if macro_total else None,
+        }
+        for goal in goals:
+            count = int(fields.get(f"n:{goal}", 0))
+            report["goals"][goal] = {
+                "count": count,
+                "unique_users": uniques[goal],
+                "value": fields.get(f"v:{goal}", 0.0),
+                "avg_decision_time_ms": fields.get(f"dt:{goal}", 0) / count if count else None,
+                "decision_time_histogram_min": {
+                    key.rsplit(":", 1)[1]: int(v)
+                    for key, v in fields.items()
+                    if key.startswith(f"dth:{goal}:")
+                },
+                "by": {
+                    dim_value: int(v)
+                    for key, v in fields.items()
+                    if key.startswith(f"n:{goal}|")
+                    for dim_value in [key.split("|", 1)[1]]
+                },
+            }
+        report["secondary"] = {
+            key[2:]: int(v) for key, v in fields.items() if key.startswith("m:") and "|" not in key
+        }
+        report["sessions"] = {
+            "count": int(sessions.get("n", 0)),
+            "page_views": int(sessions.get("pv", 0)),
+            "duration_ms": int(sessions.get("dur", 0)),
+            "by": {key.split("|", 1)[1]: int(v) for key, v in sessions.items() if key.startswith("n|")},
+        }
+        return report

@@ -1,0 +1,72 @@
+"""The seams between the rooms: small protocols, so that no room hands another the whole app.
+
+The pipeline publishes, knows whether this worker leads, and schedules work beside its agents
+(`Publisher`, `LeaderCheck`, `Scheduler`: `pipeline.app.ConversionsApp` is all three); the
+alerts service needs only a publisher and a leader check. The web reads counters and alerts
+through `CounterReader` and `AlertReader`: the Redis store (`counters.redis_store`), the
+in-memory store (`counters.memory_store`) and the alerts service satisfy them. Only the
+composition root (`worker`) puts the real parts together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from streams.core.counters import FunnelReport
+from streams.core.matching import CompiledFunnel
+from streams.core.outputs import Alert, OutputEvent
+
+Job = Callable[[], Awaitable[None]]
+Stopping = Callable[[], bool]
+"""Asked between rounds of a long-running task: True once it should return."""
+
+
+class Publisher(Protocol):
+    async def publish(self, outputs: Iterable[OutputEvent], partition: int | None = None) -> None:
+        """Send outputs to their topics, keyed by identity."""
+
+
+class LeaderCheck(Protocol):
+    def is_leader(self) -> bool:
+        """Whether this worker is the one that speaks for all (publishes alerts)."""
+
+
+class Scheduler(Protocol):
+    def every(self, interval_s: float, name: str, job: Job) -> None:
+        """Run `job` every `interval_s` seconds while the worker runs."""
+
+    def run_alongside(self, name: str, run: Callable[[Stopping], Awaitable[None]], close: Job) -> None:
+        """Run `run(stopping)` as long as the worker does; `close()` when it stops."""
+
+
+class CounterReader(Protocol):
+    """What the views and the report read from the counters."""
+
+    @property
+    def bucket_ms(self) -> int: ...
+
+    def check_window(self, start_ms: int, end_ms: int) -> None:
+        """Raise `errors.QueryTooLarge` for a window that would read too much."""
+
+    async def latest_event_ms(self) -> int | None: ...
+
+    async def recent_macros(self) -> list[dict[str, Any]]: ...
+
+    async def funnel_report(
+        self, funnel: CompiledFunnel, start_ms: int, end_ms: int, by: str | None = None
+    ) -> FunnelReport: ...
+
+    async def goals_report(self, goals: list[str], start_ms: int, end_ms: int) -> dict[str, Any]: ...
+
+
+class AlertReader(Protocol):
+    """What the views read from the alerts service."""
+
+    @property
+    def firing(self) -> Mapping[tuple[str, str, str], Alert]: ...
+
+    @property
+    def history(self) -> Sequence[Alert]: ...
+
+    def watermark(self) -> int | None: ...

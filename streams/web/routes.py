@@ -1,0 +1,94 @@
+"""The worker's read-only web server: the views (`views`) and the dashboard's static files served
+at their paths by the Faust app's web server, and the Prometheus metrics at /metrics.
+
+While Redis is down the counters wait (see `counters.redis_store.apply_with_retry`); queries
+that need it answer 503 and say so plainly.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from streams.core.matching import CompiledConfig
+from streams.metrics import Metrics
+from streams.ports import AlertReader, CounterReader
+from streams.web import views
+from streams.web.views import DASHBOARD_FILES, Answer, dashboard_asset
+
+if TYPE_CHECKING:
+    import faust
+    from faust.web import Request, Response, View
+
+log = logging.getLogger(__name__)
+Handler = Callable[..., Awaitable["Response"]]
+
+
+def redis_outage_as_503(handler: Handler) -> Handler:
+    """While Redis is down the counters wait (see `apply_with_retry`); queries say so plainly."""
+
+    @functools.wraps(handler)
+    async def wrapped(web: View, request: Request, *args: Any, **kwargs: Any) -> Response:
+        try:
+            return await handler(web, request, *args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.warning("query %s: Redis unavailable (%s)", request.url, exc.__class__.__name__)
+            return web.json({"error": "Redis is unavailable; counters resume when it is back"}, status=503)
+
+    return wrapped
+
+
+def register_routes(
+    app: faust.App,
+    counters: CounterReader,
+    alert_reader: AlertReader | None,
+    config: CompiledConfig,
+    metrics: Metrics,
+) -> None:
+    def answer(web: View, result: Answer) -> Response:
+        status, body = result
+        return web.json(body, status=status)
+
+    @redis_outage_as_503
+    async def funnel(web: View, request: Request, name: str) -> Response:
+        return answer(web, await views.funnel(counters, config, name, dict(request.query)))
+
+    @redis_outage_as_503
+    async def overview(web: View, request: Request) -> Response:
+        return answer(web, await views.overview(counters, config, dict(request.query)))
+
+    @redis_outage_as_503
+    async def goals(web: View, request: Request) -> Response:
+        return answer(web, await views.goals(counters, config, dict(request.query)))
+
+    async def alerts(web: View, request: Request) -> Response:
+        return web.json(views.alerts(alert_reader, config))
+
+    @redis_outage_as_503
+    async def live(web: View, request: Request) -> Response:
+        return answer(web, await views.live(counters, config, alert_reader, dict(request.query)))
+
+    async def dashboard(web: View, request: Request) -> Response:
+        return web.html(dashboard_asset("index.html").decode())
+
+    async def asset(web: View, request: Request, name: str) -> Response:
+        if name not in DASHBOARD_FILES:
+            return web.text("not found", status=404)
+        return web.text(dashboard_asset(name).decode(), content_type=DASHBOARD_FILES[name])
+
+    async def prometheus(web: View, request: Request) -> Response:
+        return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
+
+    app.page("/funnels/{name}")(funnel)
+    app.page("/funnels")(overview)
+    app.page("/goals")(goals)
+    app.page("/metrics")(prometheus)
+    app.page("/alerts")(alerts)
+    app.page("/live")(live)
+    app.page("/")(dashboard)
+    app.page("/dashboard/{name}")(asset)
