@@ -144,15 +144,33 @@ class Exclusion(_Strict):
     match: Match
 
 
+class Attribution(_Strict):
+    """Where an attempt's breakdown values are read (README "Funnel semantics")."""
+
+    step: Name
+    """Read at the event that first brings the attempt to this step. Outputs of the attempt
+    before that carry no value for the funnel's breakdowns, so every count stays exact."""
+
+
 class Funnel(_Strict):
     name: Name
     scope: Literal["user", "session"] = "user"
     order: Literal["sequential", "strict", "any"] = "sequential"
+    entry: Literal["best", "first"] = "best"
+    """Ordered funnels: `best` re-anchors at every step-1 event and keeps, per step, the chain
+    that started latest (ClickHouse windowFunnel); `first` keeps one chain from the attempt's
+    first step-1 event (the engine before issue 15, Mixpanel's default)."""
     window: OptionalDuration = 7 * 86_400_000
     stalled_after: OptionalDuration = None
     steps: list[Step] = Field(min_length=2, max_length=50)
     exclusions: list[Exclusion] = Field(default_factory=list)
     breakdowns: list[str] = Field(default_factory=list, max_length=10)
+    attribution: Attribution | None = None
+    """Default: the breakdowns are read at the event that opens the attempt (its first step)."""
+    hold: list[str] = Field(default_factory=list, max_length=3)
+    """Field paths whose values the steps of one attempt share: one attempt per held value."""
+    max_held_attempts: int = Field(default=10, ge=1, le=100)
+    """With `hold`: open attempts per person and funnel; opening one more evicts the oldest."""
 
     @field_validator("breakdowns")
     @classmethod
@@ -160,6 +178,15 @@ class Funnel(_Strict):
         for path in value:
             if path not in DERIVED_BREAKDOWNS:
                 check_field_path(path)
+        return value
+
+    @field_validator("hold")
+    @classmethod
+    def _held_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            check_field_path(path)
+        if len(set(value)) < len(value):
+            raise ValueError("hold lists a field path twice")
         return value
 
     @model_validator(mode="after")
@@ -170,6 +197,8 @@ class Funnel(_Strict):
             raise ValueError(f"duplicate step names: {', '.join(dupes)}")
         if self.steps[0].within is not None:
             raise ValueError("the first step cannot have `within` (there is no step before it)")
+        if self.attribution is not None and self.attribution.step not in names:
+            raise ValueError(f"attribution: funnel {self.name} has no step {self.attribution.step!r}")
         return self
 
     def step_index(self, name: str) -> int:
@@ -256,6 +285,7 @@ class FunnelConfig(_Strict):
     micro: list[Micro] = Field(default_factory=list)
     alerts: list[AlertRule] = Field(default_factory=list)
     experiments: list[Experiment] = Field(default_factory=list)
+    identity: Identity = Field(default_factory=Identity)
 
     @model_validator(mode="after")
     def _references(self) -> FunnelConfig:

@@ -8,6 +8,14 @@ topic) reports how far its event time has got, and the partition's watermark is 
 slowest source's, less the late tolerance. A fast source therefore cannot fire a deadline
 before a slow source has delivered the event that would have kept it open, which makes
 the outputs independent of how Kafka interleaves the sources.
+
+With identity stitching (`core.identity`) an event is first handled on its *home* partition (its
+anonymous id's), which applies it to the anonymous journey or hands it to the person's partition
+as an item. There items are held until the partition's hold watermark passes them, then applied
+in event-time order. On Kafka, items for other partitions wait in `outbox` for the worker to
+send them, and every partition's progress through its own input reaches the others as the
+watermark of a *forwarder* source (`journeys/N`), which the hold and deadline watermarks wait
+for like any other source. Offline, items are held on their partition at once.
 """
 
 from __future__ import annotations
@@ -18,8 +26,22 @@ from dataclasses import dataclass, field
 from zlib import crc32
 
 from streams.core.events import ClickEvent
+from streams.core.identity import (
+    Forwarded,
+    IdentityRules,
+    Item,
+    Merge,
+    decide,
+    decode_item,
+    forwarder_source,
+    hold_order,
+    is_forwarder,
+)
+from streams.core.ids import output_id
 from streams.core.journey import Journey, JourneyMachine, Outputs
 from streams.core.matching import CompiledConfig
+from streams.core.merge import merge_journeys, merged_first_touch
+from streams.core.outputs import IdentityLink
 
 
 def partition_for(identity: str, partitions: int) -> int:
@@ -39,6 +61,10 @@ class _PartitionClock:
     there, since nothing earlier is coming (whichever order they went idle in)."""
     heap: list[tuple[int, str]] = field(default_factory=list)
     scheduled: dict[str, int] = field(default_factory=dict)
+    hold_floor: int | None = None
+    holds: list[tuple[int, str]] = field(default_factory=list)
+    """(earliest held item's time, person): journeys with items waiting for the hold watermark."""
+    held_at: dict[str, int] = field(default_factory=dict)
 
 
 class Engine:
@@ -48,54 +74,240 @@ class Engine:
         store: MutableMapping[str, bytes],
         partitions: int,
         expected_sources: Iterable[str] = (),
+        forwarding: bool = False,
     ) -> None:
         self.machine = JourneyMachine(config)
         self.config = config
         self.store = store
         self.partitions = partitions
         self.expected_sources = frozenset(expected_sources)
+        self.rules = IdentityRules.from_config(config.source.identity)
+        self.forwarding = forwarding and self.rules.stitch and partitions > 1
+        """Items for other partitions go to `outbox` (Kafka), not straight to their holds."""
+        self.outbox: list[tuple[int, Item]] = []
         self._clocks: dict[int, _PartitionClock] = {}
 
     def _clock(self, partition: int) -> _PartitionClock:
         clock = self._clocks.get(partition)
         if clock is None:
-            clock = self._clocks[partition] = _PartitionClock(waiting_for=set(self.expected_sources))
+            expected = set(self.expected_sources)
+            if self.forwarding:
+                expected |= {forwarder_source(p) for p in range(self.partitions) if p != partition}
+            clock = self._clocks[partition] = _PartitionClock(waiting_for=expected)
         return clock
 
     def partition_of(self, identity: str) -> int:
         return partition_for(identity, self.partitions)
 
-    def watermark(self, partition: int) -> int | None:
-        clock = self._clocks.get(partition)
-        if clock is None or clock.waiting_for:
+    def home_partition(self, event: ClickEvent) -> int:
+        """The partition that first handles an event: its anonymous id's when stitching."""
+        return partition_for(self.rules.home(event), self.partitions)
+
+    @staticmethod
+    def _reached(clock: _PartitionClock, forwarders: bool = True) -> int | None:
+        """The slowest source's event time (None while an expected source is not heard from)."""
+        if forwarders:
+            if clock.waiting_for:
+                return None
+            return min(clock.sources.values()) if clock.sources else clock.idle_reached
+        if any(not is_forwarder(source) for source in clock.waiting_for):
             return None
-        reached = min(clock.sources.values()) if clock.sources else clock.idle_reached
+        own = [at for source, at in clock.sources.items() if not is_forwarder(source)]
+        return min(own) if own else clock.idle_reached
+
+    def watermark(self, partition: int) -> int | None:
+        """Deadlines before this event time fire: the slowest source, less the late tolerance."""
+        clock = self._clocks.get(partition)
+        if clock is None:
+            return None
+        reached = self._reached(clock)
         if reached is not None:
             current = reached - self.config.late_tolerance
             if clock.floor is None or current > clock.floor:
                 clock.floor = current
         return clock.floor
 
+    def hold_watermark(self, partition: int) -> int | None:
+        """Held items up to this event time apply: nothing earlier can still be on its way."""
+        clock = self._clocks.get(partition)
+        if clock is None:
+            return None
+        reached = self._reached(clock)
+        if reached is not None and (clock.hold_floor is None or reached > clock.hold_floor):
+            clock.hold_floor = reached
+        return clock.hold_floor
+
+    def progress(self, partition: int) -> int | None:
+        """How far this partition has got through its own input (not what others forwarded):
+        what it announces to the others as its forwarder watermark, after what it forwarded."""
+        clock = self._clocks.get(partition)
+        return None if clock is None else self._reached(clock, forwarders=False)
+
     def load(self, identity: str) -> Journey | None:
         raw = self.store.get(identity)
         return Journey.loads(raw) if raw is not None else None
 
     def process(self, event: ClickEvent, partition: int | None = None) -> Outputs:
-        """Apply one event to its journey. Deadlines fire in `observe`, when sources move on."""
+        """Apply one event on its home partition. Deadlines fire in `observe`, when sources move on."""
+        if not self.rules.stitch:
+            if partition is None:
+                partition = self.partition_of(event.identity)
+            clock = self._clock(partition)
+            applied, out = self.machine.apply(self.load(event.identity), event)
+            self._save(clock, applied)
+            return out
+        home = self.rules.home(event)
         if partition is None:
-            partition = self.partition_of(event.identity)
+            partition = self.partition_of(home)
         clock = self._clock(partition)
-        journey, out = self.machine.apply(self.load(event.identity), event)
-        self._save(clock, journey)
+        if event.anonymous_id is None:  # the person's own event: held with what is forwarded to it
+            return self._send(partition, Forwarded(home, event.to_json_dict(), event.ts_ms))
+        journey = self.load(home)
+        decision, person = decide(self.rules, journey.linked_to if journey else None, event)
+        if decision == "local":
+            applied, out = self.machine.apply(journey, event)
+            self._save(clock, applied)
+            return out
+        out = []
+        if decision == "link":
+            state = None
+            stub = Journey(None, home, linked_to=person, last_ts=event.ts_ms)
+            if journey is not None:
+                out += self.machine.advance(journey, event.ts_ms)
+                state = journey.dumps()
+                stub.last_ts = max(stub.last_ts, journey.last_ts)
+            self._save(clock, stub)
+            item: Item = Merge(person, home, state, event.to_json_dict(), event.ts_ms)
+        else:
+            if decision == "refuse":
+                assert journey is not None and journey.linked_to is not None
+                out.append(self._refused(event, journey.linked_to))
+            if journey is not None and journey.linked_to is not None and event.ts_ms > journey.last_ts:
+                journey.last_ts = event.ts_ms  # the link lives on while its anonymous id is seen
+                self._save(clock, journey)
+            item = Forwarded(person, event.to_json_dict(), event.ts_ms)
+        return out + self._send(partition, item)
+
+    def accept(self, partition: int, body: object) -> Outputs:
+        """An item another partition forwarded here (as `Item.encode` wrote it)."""
+        return self._hold(partition, decode_item(body))
+
+    def _send(self, partition: int, item: Item) -> Outputs:
+        target = self.partition_of(item.person)
+        if self.forwarding and target != partition:
+            self.outbox.append((target, item))
+            return []
+        return self._hold(target, item)
+
+    def _hold(self, partition: int, item: Item) -> Outputs:
+        clock = self._clock(partition)
+        journey = self.load(item.person) or Journey(item.person, None)
+        journey.held.append(item.encode())
+        self.store[item.person] = journey.dumps()
+        self._schedule_hold(clock, journey)
+        return self._release_due(partition, clock)
+
+    def _schedule_hold(self, clock: _PartitionClock, journey: Journey) -> None:
+        if not journey.held:
+            return
+        earliest = min(body["ts"] for body in journey.held)
+        known = clock.held_at.get(journey.identity)
+        if known is None or earliest < known:
+            clock.held_at[journey.identity] = earliest
+            heapq.heappush(clock.holds, (earliest, journey.identity))
+
+    def _release_due(self, partition: int, clock: _PartitionClock) -> Outputs:
+        """Apply, in event-time order, the held items the hold watermark has passed."""
+        out: Outputs = []
+        if not clock.holds:
+            return out
+        until = self.hold_watermark(partition)
+        if until is None:
+            return out
+        while clock.holds and clock.holds[0][0] <= until:
+            earliest, person = heapq.heappop(clock.holds)
+            if clock.held_at.get(person) != earliest:
+                continue
+            del clock.held_at[person]
+            journey = self.load(person)
+            if journey is None:
+                continue
+            ready = sorted(
+                (decode_item(body) for body in journey.held if body["ts"] <= until), key=hold_order
+            )
+            journey.held = [body for body in journey.held if body["ts"] > until]
+            for item in ready:
+                if isinstance(item, Merge):
+                    out += self._merge(journey, item)
+                else:
+                    journey, applied = self.machine.apply(journey, ClickEvent.model_validate(item.event))
+                    out += applied
+            self._save(clock, journey)
+            self._schedule_hold(clock, journey)  # what is still held waits for a later watermark
         return out
 
+    def _merge(self, journey: Journey, item: Merge) -> Outputs:
+        """The anonymous journey joins the person's, then the event that linked them applies."""
+        event = ClickEvent.model_validate(item.event)
+        if item.anonymous_id in journey.merged:  # delivered again: merged already
+            journey, out = self.machine.apply(journey, event)
+            return out
+        user_history = journey.last_ts > 0
+        anonymous = Journey.loads(item.journey) if item.journey is not None else None
+        ended: dict[str, int] = {}
+        if anonymous is not None:
+            out, ended = merge_journeys(self.machine, journey, anonymous, item.ts)
+        else:
+            out = self.machine.advance(journey, item.ts)
+            journey.merged = [*journey.merged, item.anonymous_id][-8:]
+            if journey.anonymous_id is None:
+                journey.anonymous_id = item.anonymous_id
+        journey, applied = self.machine.apply(journey, event)
+        out += applied
+        out.append(
+            IdentityLink(
+                id=output_id("identity", item.anonymous_id, item.person, event.event_id),
+                user_id=item.person,
+                anonymous_id=item.anonymous_id,
+                session_id=journey.session.id if journey.session is not None else event.session_id,
+                timestamp=event.timestamp,
+                action="linked",
+                event=event.event,
+                event_id=event.event_id,
+                anonymous_history=anonymous is not None,
+                user_history=user_history,
+                first_touch=merged_first_touch(journey),
+                attempts_kept={key: attempt.reached for key, attempt in journey.attempts.items()},
+                attempts_merged=ended,
+            )
+        )
+        return out
+
+    @staticmethod
+    def _refused(event: ClickEvent, linked_to: str) -> IdentityLink:
+        return IdentityLink(
+            id=output_id("identity-refused", event.anonymous_id, event.user_id, event.event_id),
+            user_id=event.user_id,
+            anonymous_id=event.anonymous_id,
+            session_id=event.session_id,
+            timestamp=event.timestamp,
+            action="refused",
+            event=event.event,
+            event_id=event.event_id,
+            reason=(
+                "the anonymous id is linked to another user already; two users are never merged, "
+                "so this event counts for its own user alone"
+            ),
+            linked_user_id=linked_to,
+        )
+
     def observe(self, partition: int, source: str, event_time: int) -> Outputs:
-        """A source has delivered everything up to `event_time`: fire what that makes due."""
+        """A source has delivered everything up to `event_time`: apply and fire what that makes due."""
         clock = self._clock(partition)
         clock.waiting_for.discard(source)
         if event_time > clock.sources.get(source, event_time - 1):
             clock.sources[source] = event_time
-        return self._fire_due(partition, clock)
+        return self._release_due(partition, clock) + self._fire_due(partition, clock)
 
     def forget_source(self, partition: int, source: str) -> Outputs:
         """Stop waiting for a source (gone idle, or moved to another worker)."""
@@ -107,7 +319,7 @@ class Engine:
             clock.idle_reached = max(reached, clock.idle_reached or reached)
         elif not was_waiting:
             return []
-        return self._fire_due(partition, clock)
+        return self._release_due(partition, clock) + self._fire_due(partition, clock)
 
     def rebuild_deadlines(self, partition: int, identities: Iterable[str]) -> int:
         """Index the deadlines of journeys already in the store (after recovery or assignment)."""
@@ -117,6 +329,7 @@ class Engine:
             journey = self.load(identity)
             if journey is not None:
                 self._schedule(clock, journey)
+                self._schedule_hold(clock, journey)
                 count += 1
         return count
 
@@ -133,8 +346,13 @@ class Engine:
         self.store[journey.identity] = journey.dumps()
         self._schedule(clock, journey)
 
+    def _next_deadline(self, journey: Journey) -> int | None:
+        if journey.linked_to is not None:  # a stub: forgotten `ttl` after its id was last seen
+            return journey.last_ts + self.rules.ttl
+        return self.machine.next_deadline(journey)
+
     def _schedule(self, clock: _PartitionClock, journey: Journey) -> None:
-        deadline = self.machine.next_deadline(journey)
+        deadline = self._next_deadline(journey)
         if deadline is None:
             return
         known = clock.scheduled.get(journey.identity)
@@ -155,6 +373,12 @@ class Engine:
             del clock.scheduled[identity]
             journey = self.load(identity)
             if journey is None:
+                continue
+            if journey.linked_to is not None:
+                if journey.last_ts + self.rules.ttl < watermark:
+                    del self.store[identity]  # the link expired: the id is anonymous again
+                else:
+                    self._schedule(clock, journey)
                 continue
             fired = self.machine.advance(journey, watermark)
             if fired:

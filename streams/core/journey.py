@@ -63,7 +63,23 @@ class Session:
 
 @dataclass(slots=True)
 class Attempt:
-    """One try at a funnel: when it started, its progress, and the breakdowns it entered with."""
+    """One try at a funnel, from the event that opens it until it completes or drops off.
+
+    Stored positionally (`_pack`): a new field goes last, with a default, so older states load.
+
+    - `number`: the journey's sequence when it opened (output ids stay unique); `start`: the
+      event time of the event that opened it; `last`: the event time of its latest progress.
+    - `reached`: the furthest step reached; `done_mask`: a bit per step reported.
+    - `session_id`, `breakdowns`: as read when it opened (the breakdowns of `attribution:` at that
+      step); `stalled`: a stall was reported since the last progress.
+    - `chains` (ordered funnels with `entry: best`): per step k below the last, the chain that
+      reached k and started latest, as two integers, its start and its last step, each an offset
+      from `start`; `None, None` where no chain is at k; trailing gaps cut (`chain_slots` reads
+      it). Empty otherwise: `start`, `last` and `reached` are the one chain.
+
+    Two attempts of the same funnel (and held value) can be merged step by step: at each step
+    the chain that started later dominates the other (later start, later last step).
+    """
 
     number: int
     start: int
@@ -73,6 +89,7 @@ class Attempt:
     session_id: str | None
     breakdowns: dict[str, str | None]
     stalled: bool = False
+    chains: list[int | None] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -94,6 +111,17 @@ class Journey:
     """Fingerprints of the event ids applied within `late_tolerance` of the latest event..."""
     seen_at: list[int] = field(default_factory=list)
     """...and their event times (epoch seconds): older ones are refused as late anyway."""
+    linked_to: str | None = None
+    """Identity stitching: this anonymous id was linked to this user, whose journey holds its
+    history now; this record is only the stub that forwards its events (`core.identity`)."""
+    held: list[dict[str, Any]] = field(default_factory=list)
+    """Items for this person waiting for the hold watermark (`core.identity`)."""
+    merged: list[str] = field(default_factory=list)
+    """The anonymous ids merged into this journey (the latest few)."""
+    ties: dict[str, int] = field(default_factory=dict)
+    """Per attempt key, the steps (bits; step 1 never needs it) matched by the events already
+    applied at the journey's latest event time: a later event of the same millisecond is taken
+    as if in step order (README "Funnel semantics"). Emptied when event time moves on."""
 
     @property
     def identity(self) -> str:
@@ -138,11 +166,107 @@ _SEEN_TIMES_AT = _JOURNEY_FIELDS.index("seen_at")
 Outputs = list[OutputEvent]
 
 
+Chain = tuple[int, int]
+"""A chain: the event time of its step-1 event and that of its latest step."""
+
+
+def attempt_key(funnel: CompiledFunnel, held: tuple[str, ...] | None) -> str:
+    """Where a journey keeps an attempt: the funnel's name, and with `hold`, the held values."""
+    if held is None:
+        return funnel.name
+    return f"{funnel.name}#{orjson.dumps(list(held)).decode()}"  # names cannot contain '#'
+
+
+def funnel_of(key: str) -> str:
+    return key.split("#", 1)[0]
+
+
+def held_values(funnel: CompiledFunnel, event: ClickEvent) -> tuple[str, ...] | None:
+    """The event's values of the funnel's `hold` paths; None without `hold` or when one is missing
+    (such an event cannot share a value with the other steps, so it counts for no attempt)."""
+    values: list[str] = []
+    for path in funnel.hold:
+        value = event.lookup(path)
+        if value is None:
+            return None
+        values.append(str(value)[:MAX_BREAKDOWN_VALUE])
+    return tuple(values) if values else None
+
+
+def chain_slots(attempt: Attempt, funnel: CompiledFunnel) -> list[Chain | None]:
+    """The attempt's best chain per step 0..n-2 (None where no chain is at that step).
+
+    An attempt stored before best chains existed (or kept with `entry: first`) has one chain, from
+    its start to its last step: it continues as that chain."""
+    size = funnel.last_index
+    slots: list[Chain | None] = [None] * size
+    flat = attempt.chains
+    if not flat:
+        if attempt.reached < size:
+            slots[attempt.reached] = (attempt.start, attempt.last)
+        return slots
+    for k in range(min(size, len(flat) // 2)):
+        start, last = flat[2 * k], flat[2 * k + 1]
+        if start is not None and last is not None:
+            slots[k] = (attempt.start + start, attempt.start + last)
+    return slots
+
+
+def store_chain_slots(attempt: Attempt, slots: list[Chain | None]) -> None:
+    """Pack the chains as offsets from the attempt's start (short numbers), trailing gaps cut."""
+    flat: list[int | None] = []
+    for slot in slots:
+        flat += [None, None] if slot is None else [slot[0] - attempt.start, slot[1] - attempt.start]
+    while flat and flat[-1] is None:
+        del flat[-2:]
+    attempt.chains = flat
+
+
+def extends(funnel: CompiledFunnel, step: int, chain: Chain, now: int) -> bool:
+    """Whether an event of `step` at `now` extends a chain that reached the step before
+    (both bounds inclusive, as windowFunnel's `timestamp <= first_timestamp + window`)."""
+    start, last = chain
+    within = funnel.steps[step].within
+    return (funnel.window is None or now <= start + funnel.window) and (
+        within is None or now <= last + within
+    )
+
+
+def chain_end(funnel: CompiledFunnel, index: int, chain: Chain) -> tuple[int, DropoffReason] | None:
+    """The last moment a chain at step `index` can still extend, and why it cannot after it."""
+    start, last = chain
+    window_end = start + funnel.window if funnel.window is not None else None
+    within = funnel.steps[index + 1].within
+    step_end = last + within if within is not None else None
+    if step_end is None or (window_end is not None and window_end <= step_end):
+        return None if window_end is None else (window_end, "window_expired")
+    return step_end, "step_timeout"
+
+
+def attempt_end(funnel: CompiledFunnel, attempt: Attempt) -> tuple[int, DropoffReason] | None:
+    """When the attempt drops off if nothing happens: once no chain can extend (None: never)."""
+    if funnel.order == "any":
+        return None if funnel.window is None else (attempt.start + funnel.window, "window_expired")
+    if not funnel.best_chain:
+        return chain_end(funnel, attempt.reached, (attempt.start, attempt.last))
+    latest: tuple[int, int, DropoffReason] | None = None
+    for index, chain in enumerate(chain_slots(attempt, funnel)):
+        if chain is None:
+            continue
+        end = chain_end(funnel, index, chain)
+        if end is None:
+            return None
+        if latest is None or (end[0], index) >= latest[:2]:
+            latest = (end[0], index, end[1])
+    return None if latest is None else (latest[0], latest[2])
+
+
 @dataclass(frozen=True, slots=True)
 class _Due:
     at: int
     order: int
-    funnel: str
+    key: str
+    """The attempt's key (empty for the session): simultaneous deadlines fire in a fixed order."""
     action: Callable[[], None]
 
 
@@ -162,13 +286,13 @@ class JourneyMachine:
     def advance(self, journey: Journey, now: int) -> Outputs:
         """Fire every deadline strictly before `now`, earliest first."""
         out: Outputs = []
-        for name in [n for n in journey.attempts if n not in self.config.funnels_by_name]:
-            del journey.attempts[name]  # the funnel left the configuration
+        for key in [k for k in journey.attempts if funnel_of(k) not in self.config.funnels_by_name]:
+            del journey.attempts[key]  # the funnel left the configuration
         while True:
             due = [d for d in self._due(journey, out) if d.at < now]
             if not due:
                 return out
-            min(due, key=lambda d: (d.at, d.order, d.funnel)).action()
+            min(due, key=lambda d: (d.at, d.order, d.key)).action()
 
     def _due(self, journey: Journey, out: Outputs) -> list[_Due]:
         due: list[_Due] = []
@@ -176,40 +300,22 @@ class JourneyMachine:
         if session is not None:
             end = session.last + self.config.session_timeout
             due.append(_Due(end, 0, "", lambda: self._close_session(journey, end, out)))
-        for name, attempt in journey.attempts.items():
-            funnel = self.config.funnels_by_name[name]
-            due.extend(self._attempt_deadlines(journey, funnel, attempt, out))
+        for key, attempt in journey.attempts.items():
+            funnel = self.config.funnels_by_name[funnel_of(key)]
+            due.extend(self._attempt_deadlines(journey, funnel, key, attempt, out))
         return due
 
     def _attempt_deadlines(
-        self, journey: Journey, funnel: CompiledFunnel, attempt: Attempt, out: Outputs
+        self, journey: Journey, funnel: CompiledFunnel, key: str, attempt: Attempt, out: Outputs
     ) -> list[_Due]:
         due: list[_Due] = []
-        if funnel.window is not None:
-            at = attempt.start + funnel.window
-            due.append(
-                _Due(
-                    at,
-                    2,
-                    funnel.name,
-                    lambda: self._drop(journey, funnel, "window_expired", at, out),
-                )
-            )
-        if funnel.order != "any":
-            within = funnel.steps[attempt.reached + 1].within
-            if within is not None:
-                at = attempt.last + within
-                due.append(
-                    _Due(
-                        at,
-                        3,
-                        funnel.name,
-                        lambda: self._drop(journey, funnel, "step_timeout", at, out),
-                    )
-                )
+        end = attempt_end(funnel, attempt)
+        if end is not None:
+            at, reason = end
+            due.append(_Due(at, 2, key, lambda: self.drop(journey, funnel, reason, at, out, key)))
         if funnel.stalled_after is not None and not attempt.stalled:
-            at = attempt.last + funnel.stalled_after
-            due.append(_Due(at, 4, funnel.name, lambda: self._stall(journey, funnel, at, out)))
+            stall_at = attempt.last + funnel.stalled_after
+            due.append(_Due(stall_at, 4, key, lambda: self._stall(journey, funnel, attempt, stall_at, out)))
         return due
 
     # ---- events -----------------------------------------------------------------------
@@ -225,6 +331,8 @@ class JourneyMachine:
         self._remember(journey, fingerprint, event.ts_ms)
 
         now = max(event.ts_ms, journey.last_ts)
+        if now > journey.last_ts and journey.ties:
+            journey.ties = {}
         out = self.advance(journey, now)
         session = self._session_for(journey, event, now, out)
         if event.event in self.config.page_view_events:
@@ -294,10 +402,10 @@ class JourneyMachine:
         session = journey.session
         if session is None:
             return
-        for name in [n for n, a in journey.attempts.items() if a.session_id == session.id]:
-            funnel = self.config.funnels_by_name[name]
+        for key in [k for k, a in journey.attempts.items() if a.session_id == session.id]:
+            funnel = self.config.funnels_by_name[funnel_of(key)]
             if funnel.scope == "session":
-                self._drop(journey, funnel, "session_ended", at, out)
+                self.drop(journey, funnel, "session_ended", at, out, key)
         campaign = session.campaign
         out.append(
             SessionSummary(
@@ -321,6 +429,14 @@ class JourneyMachine:
         journey.session = None
 
     # ---- funnels ----------------------------------------------------------------------
+    #
+    # README "Funnel semantics" is the specification; the shape of an attempt is documented on
+    # `Attempt`. In short, for an ordered funnel with `entry: best` (the default), every step-1
+    # event anchors a new chain and a step-k event extends the chain that reached step k-1 (the
+    # one that started latest: it dominates every other, having both the latest start and the
+    # latest last step) when it lies within `window` of that chain's start and within the step's
+    # `within` of its last step. The attempt reports a step the first time any of its chains
+    # reaches it, completes at the last step, and drops off only once no chain can extend.
 
     def _step_funnel(
         self,
@@ -331,49 +447,135 @@ class JourneyMachine:
         goal_names: list[str],
         out: Outputs,
     ) -> None:
-        attempt = journey.attempts.get(funnel.name)
-        if attempt is not None and any(m.matches(event, goal_names) for m in funnel.exclusions):
-            self._drop(journey, funnel, "excluded", now, out)
-            return
+        held = held_values(funnel, event)
+        if funnel.exclusions and any(m.matches(event, goal_names) for m in funnel.exclusions):
+            # an exclusion ends the attempt of its held value; one without the value ends them all
+            ended = [
+                key
+                for key in journey.attempts
+                if funnel_of(key) == funnel.name and (held is None or key == attempt_key(funnel, held))
+            ]
+            for key in ended:
+                self.drop(journey, funnel, "excluded", now, out, key)
+            if ended:
+                return
         matched = [i for i, s in enumerate(funnel.steps) if s.matcher.matches(event, goal_names)]
-        if not matched:
+        if not matched or (funnel.hold and held is None):
             return
-        session = journey.session
-        assert session is not None
+        key = attempt_key(funnel, held)
+        earlier = 0
+        if funnel.best_chain and funnel.order == "sequential":
+            earlier = journey.ties.get(key, 0)
+            mine = sum(1 << i for i in matched) & ~1  # step 1 never needs re-ordering
+            if mine & ~earlier:
+                journey.ties[key] = earlier | mine
+        attempt = journey.attempts.get(key)
+        fresh = attempt is None
         if attempt is None:
-            first = 0 if funnel.order != "any" else matched[0]
+            first = matched[0] if funnel.order == "any" else 0
             if first not in matched:
                 return
-            journey.sequence += 1
-            attempt = Attempt(
-                journey.sequence,
-                now,
-                now,
-                first,
-                1 << first,
-                session.id,
-                self._breakdowns(funnel.breakdowns, event, session),
-            )
-            journey.attempts[funnel.name] = attempt
-            self._reach(journey, funnel, attempt, first, event, now, out)
-            return
-        if funnel.order == "any":
+            attempt = self._open(journey, funnel, key, event, now, out)
+            if not funnel.best_chain:
+                self._reach(journey, funnel, key, attempt, first, event, now, out)
+                return
+        if funnel.best_chain:
+            self._extend_chains(journey, funnel, key, attempt, matched, earlier, fresh, event, now, out)
+        elif funnel.order == "any":
             todo = [i for i in matched if not attempt.done_mask >> i & 1]
             if todo:
-                self._reach(journey, funnel, attempt, todo[0], event, now, out)
-            return
-        expected = attempt.reached + 1
-        if expected in matched:
-            self._reach(journey, funnel, attempt, expected, event, now, out)
-        elif funnel.order == "strict" and any(i != attempt.reached for i in matched):
-            self._drop(journey, funnel, "out_of_order", now, out)
-            if 0 in matched:
-                self._step_funnel(journey, funnel, event, now, goal_names, out)
+                self._reach(journey, funnel, key, attempt, todo[0], event, now, out)
+        else:  # entry: first, one chain from the attempt's first step-1 event
+            expected = attempt.reached + 1
+            if expected in matched:
+                self._reach(journey, funnel, key, attempt, expected, event, now, out)
+            elif funnel.order == "strict" and any(i != attempt.reached for i in matched):
+                self.drop(journey, funnel, "out_of_order", now, out, key)
+                if 0 in matched:
+                    self._step_funnel(journey, funnel, event, now, goal_names, out)
+
+    def _open(
+        self, journey: Journey, funnel: CompiledFunnel, key: str, event: ClickEvent, now: int, out: Outputs
+    ) -> Attempt:
+        session = journey.session
+        assert session is not None
+        if funnel.hold:
+            held = [k for k in journey.attempts if funnel_of(k) == funnel.name]
+            if len(held) >= funnel.max_held_attempts:
+                oldest = min(held, key=lambda k: journey.attempts[k].number)
+                self.drop(journey, funnel, "evicted", now, out, oldest)
+        journey.sequence += 1
+        breakdowns = self._breakdowns(funnel.breakdowns, event, session)
+        if funnel.attribution_step:
+            breakdowns.update(dict.fromkeys(funnel.attributed))  # unknown until that step
+        attempt = Attempt(journey.sequence, now, now, 0, 0, session.id, breakdowns)
+        journey.attempts[key] = attempt
+        return attempt
+
+    def _extend_chains(
+        self,
+        journey: Journey,
+        funnel: CompiledFunnel,
+        key: str,
+        attempt: Attempt,
+        matched: list[int],
+        earlier: int,
+        fresh: bool,
+        event: ClickEvent,
+        now: int,
+        out: Outputs,
+    ) -> None:
+        """One event against the best chains of an ordered funnel with `entry: best`.
+
+        The event extends the chains as they were before it (`before`), so it never serves as
+        two steps of one chain. `earlier` holds the steps matched by
+        events of the same millisecond that arrived before: they count as if they came after
+        this event's lower steps (ClickHouse and PostHog sort a millisecond's events by step).
+        `strict` keeps only the chains this event extends, starts, or repeats the last step of.
+        """
+        size = funnel.last_index
+        before: list[Chain | None] = [None] * size if fresh else chain_slots(attempt, funnel)
+        strict = funnel.order == "strict"
+        after: list[Chain | None] = [None] * size if strict else list(before)
+        extended = [False] * (size + 1)
+        for k in sorted(matched, reverse=True):
+            previous = before[k - 1] if k else None
+            if k == 0:
+                chain = (now, now)
+            elif previous is not None and extends(funnel, k, previous, now):
+                chain = (previous[0], now)
+            else:
+                if strict and k < size and before[k] is not None:
+                    after[k] = before[k]  # a repeat of a chain's last step keeps the chain
+                continue
+            extended[k] = True
+            if k < size:
+                after[k] = chain
+        for k in range(1, size + 1):
+            below = after[k - 1]
+            if earlier >> k & 1 and extended[k - 1] and below is not None:
+                extended[k] = True
+                if k < size:
+                    after[k] = (below[0], now)
+        top = max((k for k in range(size + 1) if extended[k]), default=-1)
+        if top >= 0:
+            attempt.last = now
+            attempt.stalled = False
+        for k, kept in enumerate(after):  # a chain that can no longer extend is forgotten
+            if kept is not None and (end := chain_end(funnel, k, kept)) is not None and end[0] < now:
+                after[k] = None
+        store_chain_slots(attempt, after)
+        for k in range(top + 1):
+            if not attempt.done_mask >> k & 1:
+                self._reach(journey, funnel, key, attempt, k, event, now, out)
+        if top < size and all(chain is None for chain in after):
+            self.drop(journey, funnel, "out_of_order", now, out, key)  # strict: every chain broken
 
     def _reach(
         self,
         journey: Journey,
         funnel: CompiledFunnel,
+        key: str,
         attempt: Attempt,
         index: int,
         event: ClickEvent,
@@ -381,13 +583,18 @@ class JourneyMachine:
         out: Outputs,
     ) -> None:
         attempt.done_mask |= 1 << index
-        attempt.reached = max(attempt.reached, index) if funnel.order == "any" else index
+        attempt.reached = max(attempt.reached, index)
         attempt.last = now
         attempt.stalled = False
         complete = attempt.done_mask == (1 << len(funnel.steps)) - 1
         step = funnel.steps[index]
         session = journey.session
         assert session is not None
+        if funnel.attribution_step and index == funnel.attribution_step:
+            attempt.breakdowns = {
+                **attempt.breakdowns,
+                **self._breakdowns(funnel.attributed, event, session),
+            }
         self._record_micro(journey, session, step.name)
         out.append(
             MicroConversion(
@@ -410,12 +617,22 @@ class JourneyMachine:
             )
         )
         if complete:
-            del journey.attempts[funnel.name]
+            del journey.attempts[key]
+            journey.ties.pop(key, None)  # events that served this attempt serve no other
 
-    def _drop(
-        self, journey: Journey, funnel: CompiledFunnel, reason: DropoffReason, at: int, out: Outputs
+    def drop(
+        self,
+        journey: Journey,
+        funnel: CompiledFunnel,
+        reason: DropoffReason,
+        at: int,
+        out: Outputs,
+        key: str | None = None,
     ) -> None:
-        attempt = journey.attempts.pop(funnel.name)
+        """End the journey's attempt at `funnel` (the one under `key`, with `hold`) with a drop-off."""
+        key = funnel.name if key is None else key
+        attempt = journey.attempts.pop(key)
+        journey.ties.pop(key, None)
         out.append(
             Dropoff(
                 id=output_id("dropoff", journey.identity, funnel.name, attempt.number),
@@ -425,8 +642,9 @@ class JourneyMachine:
             )
         )
 
-    def _stall(self, journey: Journey, funnel: CompiledFunnel, at: int, out: Outputs) -> None:
-        attempt = journey.attempts[funnel.name]
+    def _stall(
+        self, journey: Journey, funnel: CompiledFunnel, attempt: Attempt, at: int, out: Outputs
+    ) -> None:
         attempt.stalled = True
         out.append(
             Stalled(

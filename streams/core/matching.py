@@ -59,10 +59,24 @@ class CompiledFunnel:
     steps: tuple[CompiledStep, ...]
     exclusions: tuple[Matcher, ...]
     breakdowns: tuple[str, ...]
+    entry: str = "best"
+    hold: tuple[tuple[str, ...], ...] = ()
+    """The `hold` field paths, split: an attempt's steps share these values."""
+    max_held_attempts: int = 10
+    attribution_step: int | None = None
+    """The step whose event sets the attributed breakdowns (None: the attempt's first event)."""
+    attributed: tuple[str, ...] = ()
+    """The breakdowns read at `attribution_step`: the funnel's own, not an experiment's variant,
+    which an attempt keeps from its start."""
 
     @property
     def last_index(self) -> int:
         return len(self.steps) - 1
+
+    @property
+    def best_chain(self) -> bool:
+        """Ordered with `entry: best`: per-step chains (README "Funnel semantics")."""
+        return self.order != "any" and self.entry == "best"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +117,11 @@ def compile_config(config: FunnelConfig) -> CompiledConfig:
             steps=tuple(CompiledStep(s.name, Matcher.compile(s.match), s.within) for s in f.steps),
             exclusions=tuple(Matcher.compile(e.match) for e in f.exclusions),
             breakdowns=tuple(config.breakdowns_of(f)),  # with its experiments' variant fields
+            entry=f.entry,
+            hold=tuple(tuple(path.split(".")) for path in f.hold),
+            max_held_attempts=f.max_held_attempts,
+            attribution_step=f.step_index(f.attribution.step) if f.attribution else None,
+            attributed=tuple(f.breakdowns) if f.attribution else (),
         )
         for f in config.funnels
     )

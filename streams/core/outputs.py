@@ -78,7 +78,9 @@ class MacroConversion(OutputEvent):
     breakdowns: Breakdowns = Field(default_factory=dict)
 
 
-DropoffReason = Literal["window_expired", "step_timeout", "session_ended", "excluded", "out_of_order"]
+DropoffReason = Literal[
+    "window_expired", "step_timeout", "session_ended", "excluded", "out_of_order", "merged", "evicted"
+]
 
 
 class Dropoff(FunnelOutput):
@@ -184,6 +186,32 @@ class ExperimentUpdate(OutputEvent):
     """Attempts that started without a variant: not compared."""
 
 
+class IdentityLink(OutputEvent):
+    """An anonymous id linked to a user id (`linked`), or a link the rules refused (`refused`).
+
+    `linked` is emitted where the two journeys merged, with what the merge kept: downstream
+    consumers can re-key their own tables from it. `timestamp` is the linking event's time."""
+
+    type: Literal["identity"] = "identity"
+    action: Literal["linked", "refused"]
+    event: str
+    event_id: str
+    reason: str | None = None
+    """Why a link was refused (the anonymous id belongs to another user)."""
+    linked_user_id: str | None = None
+    """For `refused`: the user the anonymous id stays linked to."""
+    anonymous_history: bool = False
+    """The anonymous id had a journey of its own, now part of the user's."""
+    user_history: bool = False
+    """The user already had a journey."""
+    first_touch: FirstTouch | None = None
+    """The merged journey's first touch (the earlier of the two)."""
+    attempts_kept: dict[str, int] = Field(default_factory=dict)
+    """Per funnel, the step index of the attempt the merged journey continues."""
+    attempts_merged: dict[str, int] = Field(default_factory=dict)
+    """Per funnel, the step index of the attempt that ended with a `merged` drop-off."""
+
+
 class DeadLetter(OutputEvent):
     type: Literal["deadletter"] = "deadletter"
     reason: str
@@ -207,6 +235,7 @@ AnyOutput = Annotated[
     | SessionSummary
     | Alert
     | ExperimentUpdate
+    | IdentityLink
     | DeadLetter,
     Field(discriminator="type"),
 ]
@@ -218,5 +247,6 @@ OUTPUT_MODELS: dict[str, type[OutputEvent]] = {
     "session": SessionSummary,
     "alert": Alert,
     "experiment": ExperimentUpdate,
+    "identity": IdentityLink,
     "deadletter": DeadLetter,
 }

@@ -87,7 +87,7 @@ class PendingBatch:
         self.offsets.extend([offset] * len(events))
         self.size += size
 
-    def build(self, source: str, watermark: int) -> RepartitionBatch:
+    def build(self, source: str, watermark: int | None) -> RepartitionBatch:
         one_message = self.offsets[0] == self.offsets[-1]
         return RepartitionBatch(
             source,

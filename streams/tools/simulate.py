@@ -1,6 +1,12 @@
 """A realistic shop's clickstream: channels, landing pages, platforms, a checkout funnel with
 drop-off at every step, secondary actions, occasional bad events, an optional planted incident.
 
+People browse anonymously on a device (events carry `anonymous_id` only), most buyers sign in
+at checkout (a `login` event with both ids, then both ids), some orders are confirmed by the
+backend with the user id alone, returning customers may still be signed in, and some come back
+on a second device: the identity stitching the engine has to do (`stitched=False` gives the
+older pattern, one id per person).
+
 Deterministic for a seed, so tests and benchmarks can replay exactly the same traffic.
 """
 
@@ -58,6 +64,20 @@ class FunnelRates:
 
 
 @dataclass
+class IdentityRates:
+    """How people identify themselves (the `stitched` pattern)."""
+
+    sign_in_at_checkout: float = 0.8
+    """Of those who reach shipping without being signed in: sign in (else guest checkout)."""
+    server_confirmed: float = 0.3
+    """Purchases confirmed by the backend with the user id alone."""
+    second_device: float = 0.2
+    """Of returning visits: on another device."""
+    still_signed_in: float = 0.4
+    """Of returning visits on a device that signed in before: signed in from the start."""
+
+
+@dataclass
 class Simulator:
     seed: int = 1
     users: int = 1_000
@@ -71,6 +91,8 @@ class Simulator:
     """Multiplies the seconds between a session's events (the live demo compresses time)."""
     incident: Incident | None = None
     rates: FunnelRates = field(default_factory=FunnelRates)
+    stitched: bool = True
+    identity_rates: IdentityRates = field(default_factory=IdentityRates)
 
     def events(self) -> list[dict[str, Any]]:
         """Every valid event, ordered by time (ties by generation order)."""
@@ -78,20 +100,43 @@ class Simulator:
         out: list[tuple[datetime, int, dict[str, Any]]] = []
         counter = 0
         for u in range(self.users):
-            identity: dict[str, str] = (
-                {"anonymous_id": f"anon-{self.seed}-{u:06d}"}
-                if rng.random() < self.anonymous_share
-                else {"user_id": f"user_{self.seed}_{u:06d}"}
-            )
             platform = rng.choices(PLATFORMS, PLATFORM_WEIGHTS)[0]
             sessions = max(1, round(rng.expovariate(1 / self.sessions_per_user)))
-            for s in range(sessions):
-                at = self.start + timedelta(seconds=rng.uniform(0, self.days * 86_400))
-                for event in self.session(rng, identity, platform, u, s, at):
+            if not self.stitched:
+                identity: dict[str, str] = (
+                    {"anonymous_id": f"anon-{self.seed}-{u:06d}"}
+                    if rng.random() < self.anonymous_share
+                    else {"user_id": f"user_{self.seed}_{u:06d}"}
+                )
+                visits: list[tuple[dict[str, str], str | None]] = [(identity, None)] * sessions
+            else:
+                visits = self._visits(rng, u, sessions)
+            starts = sorted(
+                self.start + timedelta(seconds=rng.uniform(0, self.days * 86_400)) for _ in range(sessions)
+            )
+            for s, ((identity, user), at) in enumerate(zip(visits, starts, strict=True)):
+                for event in self.session(rng, identity, platform, u, s, at, user):
                     out.append((event.pop("_at"), counter, event))
                     counter += 1
         out.sort(key=lambda item: (item[0], item[1]))
         return [event for _, _, event in out]
+
+    def _visits(self, rng: random.Random, u: int, sessions: int) -> list[tuple[dict[str, str], str | None]]:
+        """Per visit (in time order): the ids its events start with, and the user who may sign in
+        (None for a visitor who never does)."""
+        user = None if rng.random() < self.anonymous_share else f"user_{self.seed}_{u:06d}"
+        devices = [f"anon-{self.seed}-{u:06d}", f"anon-{self.seed}-{u:06d}-b"]
+        visits: list[tuple[dict[str, str], str | None]] = []
+        for s in range(sessions):
+            device = devices[1] if s > 0 and rng.random() < self.identity_rates.second_device else devices[0]
+            signed_in = (
+                user is not None
+                and any(v[0]["anonymous_id"] == device and "user_id" in v[0] for v in visits)
+                and rng.random() < self.identity_rates.still_signed_in
+            )
+            ids = {"anonymous_id": device, **({"user_id": user} if signed_in and user else {})}
+            visits.append((ids, user))
+        return visits
 
     def lines(self) -> Iterator[bytes]:
         """NDJSON lines, one event each, with bad ones mixed in at `bad_rate`."""
@@ -109,8 +154,11 @@ class Simulator:
         u: int,
         s: int,
         at: datetime,
+        user: str | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """One visit's events, each with its moment in "_at" (a datetime)."""
+        """One visit's events, each with its moment in "_at" (a datetime). With `user`, an
+        anonymous visitor may sign in at checkout as that user."""
+        identity = dict(identity)
         campaign, referrer, _ = rng.choices(CHANNELS, [c[2] for c in CHANNELS])[0]
         landing = rng.choice(LANDING_PAGES)
         session_id = f"sess-{self.seed}-{u}-{s}" if rng.random() < self.explicit_session_share else None
@@ -124,7 +172,11 @@ class Simulator:
         seq = 0
 
         def emit(
-            name: str, path: str, properties: dict[str, Any] | None = None, first: bool = False
+            name: str,
+            path: str,
+            properties: dict[str, Any] | None = None,
+            first: bool = False,
+            ids: dict[str, str] | None = None,
         ) -> dict[str, Any]:
             nonlocal at, seq
             at += timedelta(seconds=rng.uniform(5, 120) * self.gap_scale)
@@ -132,7 +184,7 @@ class Simulator:
             event: dict[str, Any] = {
                 "event_id": f"ev-{self.seed}-{u}-{s}-{seq}",
                 "event": name,
-                **identity,
+                **(identity if ids is None else ids),
                 "timestamp": at.isoformat().replace("+00:00", "Z"),
                 "page": {
                     "url": f"https://shop.example{path}{query if first else ''}",
@@ -168,6 +220,13 @@ class Simulator:
         yield emit("add_to_cart", f"/p/{product[1:]}", {"product_id": product, "value": price})
         if rng.random() >= rates.shipping:
             return
+        if (
+            user is not None
+            and "user_id" not in identity
+            and rng.random() < self.identity_rates.sign_in_at_checkout
+        ):
+            identity["user_id"] = user
+            yield emit("login", "/account/login")
         yield emit("shipping_details", "/checkout/shipping")
         payment_rate = rates.payment
         incident = self.incident
@@ -178,10 +237,12 @@ class Simulator:
         yield emit("payment_details", "/checkout/payment")
         if rng.random() >= rates.purchase:
             return
+        server_side = "user_id" in identity and rng.random() < self.identity_rates.server_confirmed
         yield emit(
             "purchase",
             "/checkout/done",
             {"value": price, "currency": "EUR", "order_id": f"o-{u}-{s}"},
+            ids={"user_id": identity["user_id"]} if server_side else None,
         )
         if rng.random() < rates.refund:
             yield emit("refund", "/account/orders", {"order_id": f"o-{u}-{s}"})

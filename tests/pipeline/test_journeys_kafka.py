@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from streams.core.config_loader import load_config
+from streams.core.engine import partition_for
 from streams.core.matching import compile_config
 from streams.kafka import ensure_topics
 from streams.offline import OfflineRun
@@ -84,7 +85,18 @@ async def test_kafka_path_equals_offline_mode(
         "stalled",
         "session",
         "deadletter",
+        "identity",
     }
+    merged = {o["anonymous_id"] for o in expected if o["type"] == "identity"}
+    partitions = settings.partitions
+    # the simulated shop stitches: people sign in at checkout, some on a second device, and most
+    # anonymous ids hash to another partition than their user's, so items travel between them
+    assert len(merged) > 50
+    assert sum(
+        partition_for(o["anonymous_id"], partitions) != partition_for(o["user_id"], partitions)
+        for o in expected
+        if o["type"] == "identity"
+    ) > len(merged) // 2
 
     await ensure_topics(settings)
     start_worker(env=SOURCE_IDLE)
