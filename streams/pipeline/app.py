@@ -113,9 +113,16 @@ class ConversionsApp:
             value_type=bytes,  # raw bytes: journeys serialize themselves compactly
         )
         self.state = DurableTable(self.journeys_table, lambda key: partition_of_key(key, settings.partitions))
-        self.engine = Engine(config, self.state, settings.partitions, expected_sources=sources)
+        self.engine = Engine(
+            config, self.state, settings.partitions, expected_sources=sources, forwarding=True
+        )
         self.ingest = Ingest(
-            settings, self.metrics, self.send_repartitioned, self._dead_letter, self._assignment
+            settings,
+            self.metrics,
+            self.send_repartitioned,
+            self._dead_letter,
+            self._assignment,
+            home_partition=self.engine.home_partition,
         )
         self.journeys = Journeys(
             settings,

@@ -19,7 +19,7 @@ from typing import Any
 from faust.types import TP
 
 from streams.core.engine import partition_for
-from streams.core.events import Rejection, decode_message
+from streams.core.events import ClickEvent, Rejection, decode_message
 from streams.core.repartition import PendingBatch, RepartitionBatch, source_name
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -40,9 +40,13 @@ class Ingest:
         send: SendBatch,
         dead_letter: DeadLetter,
         assignment: Callable[[], set[TP]],
+        home_partition: Callable[[ClickEvent], int] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self._home_partition = home_partition or (
+            lambda click: partition_for(click.identity, settings.partitions)
+        )
         self._send = send
         self._dead_letter = dead_letter
         self._assignment = assignment
@@ -56,7 +60,6 @@ class Ingest:
         """Repartition the valid events of a run of clickstream messages: one batch per source
         and target partition (more when they grow past `max_message_bytes`), each sent with
         its source's watermark once it holds every event that watermark covers."""
-        partitions = self.settings.partitions
         latest_ms = int((time.time() + self.settings.max_future_skew_s) * 1000)
         pending: dict[tuple[str, int], PendingBatch] = {}
         watermarks: dict[str, int] = {}
@@ -76,7 +79,7 @@ class Ingest:
                 continue
             by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
             for click in decoded.events:
-                by_partition[partition_for(click.identity, partitions)].append(click.to_json_dict())
+                by_partition[self._home_partition(click)].append(click.to_json_dict())
             size = len(message.value or b"")
             before = watermarks.get(source, self._source_watermarks.get(source, 0))
             for partition in by_partition:

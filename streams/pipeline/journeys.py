@@ -8,6 +8,12 @@ changed is written to the changelog once, then the applied markers (`core.marker
 awaited before the run is acked, so a crash repeats outputs (deduplicated downstream by id) but
 never loses them, and redelivered input is skipped by the markers.
 
+With identity stitching the run also forwards what belongs to people whose journeys live on
+other partitions (`core.identity`): the items each partition's events produced, then how far
+the partition has got through its own input (its forwarder watermark, `journeys/N`), sent after
+the outputs and before the journeys and markers are written, so a crash repeats them (the
+receiving partition's marker for `journeys/N` skips what it has applied) but never loses them.
+
 After every rebalance the deadlines of the partitions this worker now owns are indexed again,
 what it keeps of other partitions is dropped, and each recovered partition is reminded of the
 watermarks its sources had reached. Before Faust's recovery, the journeys store reads its
@@ -17,6 +23,7 @@ changelog partitions to their true end itself (`read_changelog`, through `kafka.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,6 +34,7 @@ from pydantic import ValidationError
 
 from streams.core.engine import Engine
 from streams.core.events import ClickEvent, Rejection
+from streams.core.identity import forwarder_source, is_forwarder
 from streams.core.markers import (
     applied_marker,
     is_marker,
@@ -36,7 +44,7 @@ from streams.core.markers import (
     partition_of_key,
 )
 from streams.core.outputs import OutputEvent
-from streams.core.repartition import RepartitionBatch
+from streams.core.repartition import PendingBatch, RepartitionBatch
 from streams.kafka.changelog import read_to_end
 from streams.pipeline.durable_table import DurableTable
 from streams.pipeline.ingest import DeadLetter, SendBatch
@@ -70,6 +78,7 @@ class Journeys:
         self._assignment = assignment
         self._assignor = assignor
         self.active_partitions: set[int] = set()
+        self._progress_sent: dict[tuple[int, int], tuple[int | None, float]] = {}
 
     async def apply(self, messages: list[Any]) -> None:
         """Apply a run of repartition batches: outputs published and journeys written to the
@@ -79,6 +88,7 @@ class Journeys:
         assigned = self._assignment()
         outputs: dict[int, list[OutputEvent]] = defaultdict(list)
         applied_now: dict[str, tuple[int, int | None]] = {}
+        forwards: dict[tuple[int, int], PendingBatch] = {}
         for message in messages:
             try:
                 batch = RepartitionBatch.decode(message.value)
@@ -97,17 +107,26 @@ class Journeys:
             if batch.offset is not None and batch.offset <= applied:
                 continue  # redelivered (ingest or journeys crashed): already in the table
             produced = outputs[partition]
+            forwarded = is_forwarder(batch.source)
             for item, offset in zip(batch.events, batch.event_offsets(), strict=True):
                 if offset is not None and offset <= applied:
                     continue  # applied before, in a batch gathered differently
                 try:
+                    if forwarded:
+                        produced.extend(self.engine.accept(partition, item))
+                        continue
                     click = ClickEvent.model_validate(item)
-                except ValidationError as exc:
+                except (ValidationError, ValueError) as exc:
                     await self._dead_letter(
                         [Rejection("invalid_event", str(exc), orjson.dumps(item))], message
                     )
                     continue
                 produced.extend(self.engine.process(click, partition))
+            for target, forward in self.engine.outbox:
+                forwards.setdefault((partition, target), PendingBatch()).add(
+                    [forward.encode()], message.offset, 0
+                )
+            self.engine.outbox.clear()
             if batch.idle:
                 produced.extend(self.engine.forget_source(partition, batch.source))
             elif batch.watermark is not None:
@@ -128,7 +147,32 @@ class Journeys:
             self.state[marker] = marker_value(offset, watermark)
         for partition, produced in outputs.items():
             await self._publisher.publish(produced, partition)
+        await self._forward(forwards)
         await self.state.write_changelog()
+
+    async def _forward(self, forwards: dict[tuple[int, int], PendingBatch]) -> None:
+        """Send each partition's items for others, each batch with the partition's progress
+        through its own input; then that progress, where it changed, to every other partition
+        (and again every `watermark_refresh_s`, for a partition that moved to another worker)."""
+        if not self.engine.forwarding:
+            return
+        now = time.monotonic()
+        stale_before = now - self.settings.watermark_refresh_s
+        for (partition, target), pending in forwards.items():
+            batch = pending.build(forwarder_source(partition), self.engine.progress(partition))
+            await self._send(target, batch)
+            self._progress_sent[(partition, target)] = (batch.watermark, now)
+        for partition in sorted(self.active_partitions):
+            progress = self.engine.progress(partition)
+            if progress is None:
+                continue
+            for target in range(self.settings.partitions):
+                if target == partition:
+                    continue
+                sent, sent_at = self._progress_sent.get((partition, target), (None, 0.0))
+                if sent != progress or sent_at < stale_before:
+                    await self._send(target, RepartitionBatch(forwarder_source(partition), progress, []))
+                    self._progress_sent[(partition, target)] = (progress, now)
 
     async def rebuild_deadlines(self) -> None:
         """After recovery (start or rebalance): index the deadlines of the partitions this worker
