@@ -27,7 +27,7 @@ from streams.tools.simulate import Simulator
 
 WORKDIR = Path(__file__).resolve().parent.parent / "var" / "crash"
 WINDOW = "start=2024-03-01T00:00:00%2B00:00&end=2024-06-01T00:00:00%2B00:00"
-COMPARED = ("micro", "macro", "dropoff", "session")
+COMPARED = ("micro", "macro", "dropoff", "session", "identity")
 
 
 def traffic(events: int) -> list[bytes]:
@@ -58,7 +58,7 @@ async def produce(run: Run, lines: list[bytes]) -> None:
                 partition = int(event["event_id"][5:]) % run.settings.partitions
                 await producer.send(run.source, line, partition=partition)
                 continue
-            key = event.get("user_id") or event.get("anonymous_id")
+            key = event.get("anonymous_id") or event.get("user_id")  # as trackers key: by device
             await producer.send(run.source, line, key=key.encode() if isinstance(key, str) else None)
         await producer.flush()
     finally:

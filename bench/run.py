@@ -38,7 +38,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from streams.core.engine import partition_for
 from streams.core.events import decode_message
 from streams.kafka import changelog_topic, consumer_options, ensure_topics, kafka_client_options
-from streams.settings import Settings
+from streams.settings import DEFAULT_FUNNELS, Settings
 from streams.tools.infra import LOCAL_BROKER_ENV, LocalInfra, free_port
 from streams.tools.simulate import Simulator
 from streams.tools.worker_process import WorkerProcess
@@ -87,6 +87,14 @@ class Run:
             data_dir=self.workdir,
         )
 
+    def without_stitching(self) -> Run:
+        """The same run's workers with `identity: {stitch: false}` (one journey per id, as before)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "funnels-no-stitching.yaml"
+        config.write_text(DEFAULT_FUNNELS.read_text() + "identity: {stitch: false}\n")
+        self.env["CONVERSIONS_FUNNELS"] = str(config)
+        return self
+
     @property
     def source(self) -> str:
         return self.settings.topic(self.settings.topic_clickstream[0])
@@ -111,7 +119,7 @@ async def produce(settings: Settings, topic: str, messages: list[bytes], keyed: 
             key = None
             if keyed:
                 event = orjson.loads(message)
-                key = (event.get("user_id") or event.get("anonymous_id") or "").encode() or None
+                key = (event.get("anonymous_id") or event.get("user_id") or "").encode() or None
             await producer.send(topic, message, key=key)
         await producer.flush()
     finally:
@@ -370,7 +378,7 @@ async def latency(run: Run, lines: list[bytes], rate: float, seconds: float) -> 
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             event = orjson.loads(line)
             event["timestamp"] = datetime.now(UTC).isoformat()
-            identity = (event.get("user_id") or event.get("anonymous_id")).encode()
+            identity = (event.get("anonymous_id") or event.get("user_id")).encode()  # as trackers key
             sent[event["event_id"]] = time.time() * 1000
             await producer.send(run.source, orjson.dumps(event), key=identity)
         await asyncio.sleep(3)
@@ -386,6 +394,31 @@ async def latency(run: Run, lines: list[bytes], rate: float, seconds: float) -> 
         "p99": round(latencies[int(len(latencies) * 0.99)], 1),
         "samples": len(latencies),
         "rate_eps": round(rate, 1),
+    }
+
+
+async def stitching(
+    infra: LocalInfra,
+    workdir: Path,
+    lines: list[bytes],
+    expected: int,
+    result: dict[str, Any],
+    latency_s: float,
+) -> dict[str, Any]:
+    """The single-event pipeline and its latency with identity stitching off, beside the runs
+    above (stitching on, the default), on the same traffic and at the same rate."""
+    say("stitching off: the single-event traffic and the latency again")
+    run = Run(infra, workdir, "nst").without_stitching()
+    await ensure_topics(run.settings)
+    await produce(run.settings, run.source, lines, keyed=True)
+    eps, _, _ = pipeline(run, expected)
+    rate = result["latency_ms"]["rate_eps"]
+    off_latency = await latency(Run(infra, workdir, "nsl").without_stitching(), lines, rate, latency_s)
+    say(f"  pipeline {eps:,.0f} events/s, p50 {off_latency['p50']} ms, p99 {off_latency['p99']} ms")
+    return {
+        "on": {"pipeline_eps": result["single"]["pipeline_eps"], "latency_ms": result["latency_ms"]},
+        "off": {"pipeline_eps": round(eps), "latency_ms": off_latency},
+        "traffic": "the simulated shop: anonymous browsing, sign-in at checkout, server-side orders",
     }
 
 
@@ -483,6 +516,7 @@ async def measure(args: argparse.Namespace, infra: LocalInfra, workdir: Path) ->
     say(f"latency at {rate:,.0f} events/s for {args.latency_s:.0f} s")
     result["latency_ms"] = await latency(Run(infra, workdir, "lat"), lines, rate, args.latency_s)
     say(f"  p50 {result['latency_ms']['p50']} ms, p99 {result['latency_ms']['p99']} ms")
+    result["stitching"] = await stitching(infra, workdir, lines, expected, result, args.latency_s)
     states = await journey_states(single_run)
     result["state_bytes_per_user"] = round(sum(map(len, states.values())) / len(states), 1)
     result["state_users"] = len(states)
