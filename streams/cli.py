@@ -182,6 +182,14 @@ def schemas(check: bool) -> None:
     help="With --to-kafka: live traffic at this many events per second, in real time.",
 )
 @click.option("--seconds", type=float, default=None, help="With --rate: stop after this long.")
+@click.option(
+    "--identities",
+    type=click.Choice(["stitched", "single"]),
+    default="stitched",
+    show_default=True,
+    help="stitched: anonymous browsing, sign-in at checkout, server-side orders, second devices; "
+    "single: one id per person.",
+)
 def simulate(
     users: int,
     seed: int,
@@ -191,6 +199,7 @@ def simulate(
     to_kafka: bool,
     rate: float | None,
     seconds: float | None,
+    identities: str,
 ) -> None:
     """Generate realistic shop traffic: a week of history as NDJSON, or live to Kafka."""
     import asyncio
@@ -207,11 +216,13 @@ def simulate(
         else:
             from streams.tools.producer import produce_lines
 
-            sim = Simulator(seed=seed, users=users, days=days, bad_rate=bad_rate)
+            sim = Simulator(
+                seed=seed, users=users, days=days, bad_rate=bad_rate, stitched=identities == "stitched"
+            )
             sent = asyncio.run(produce_lines(settings, sim.lines()))
         click.echo(f"{sent} events sent", err=True)
         return
-    sim = Simulator(seed=seed, users=users, days=days, bad_rate=bad_rate)
+    sim = Simulator(seed=seed, users=users, days=days, bad_rate=bad_rate, stitched=identities == "stitched")
     target = sys.stdout.buffer if output_path == "-" else open(output_path, "wb")  # noqa: SIM115
     count = 0
     with target:
