@@ -133,12 +133,14 @@ def test_redeliveries_are_never_applied_twice(events: list[dict[str, Any]], orde
 @common
 @given(events=clickstreams(max_events=60))
 def test_sequential_reach_equals_an_independent_subsequence_count(events: list[dict[str, Any]]) -> None:
-    """With no window and no exclusions, a user reaches step k iff steps 0..k occur in order."""
+    """With no window and no exclusions, a user reaches step k iff steps 0..k occur in order
+    (events of one millisecond count in step order, as ClickHouse's windowFunnel sorts them)."""
     events = without_redeliveries(events)
     out = run(config("sequential", "none", exclusions=False), events)
     reached = {(o["user_id"], o["step_index"]) for o in out if o["type"] == "micro" and o.get("funnel")}
     for user in {e["user_id"] for e in events}:
-        names = [e["event"] for e in events if e["user_id"] == user]
+        mine = [e for e in events if e["user_id"] == user]
+        names = [e["event"] for e in sorted(mine, key=lambda e: (e["timestamp"], NAMES.index(e["event"])))]
         for k in range(len(STEPS)):
             position, found = 0, True
             for step in STEPS[: k + 1]:
@@ -155,22 +157,31 @@ def test_sequential_reach_equals_an_independent_subsequence_count(events: list[d
 def test_attempts_never_outlive_their_window(
     events: list[dict[str, Any]], order: str, window: str, scope: str
 ) -> None:
-    limit = {"1h": 3_600_000, "3h": 10_800_000}[window]
+    """An ordered funnel's step (and its end) lies within `window` of the user's latest step-1
+    event (the chain that reached it started at one, no earlier); `any` keeps one window from
+    the attempt's first step."""
+    limit = timedelta(milliseconds={"1h": 3_600_000, "3h": 10_800_000}[window])
+    step_one = defaultdict(list)
+    for e in without_redeliveries(events):
+        if e["event"] == STEPS[0]:
+            step_one[e["user_id"]].append(datetime.fromisoformat(e["timestamp"]))
     started: dict[str, datetime] = {}
     done: dict[str, set[int]] = defaultdict(set)
     for o in run(config(order, window, scope), events):
         user = o["user_id"]
-        if o["type"] == "micro" and o.get("funnel"):
-            at = datetime.fromisoformat(o["timestamp"])
-            if user not in started:
-                started[user] = at
-            assert at - started[user] <= timedelta(milliseconds=limit)
+        if o["type"] not in ("micro", "dropoff") or not o.get("funnel"):
+            continue
+        at = datetime.fromisoformat(o["timestamp"])
+        anchor = started.get(user, at) if order == "any" else max(s for s in step_one[user] if s <= at)
+        assert at - anchor <= limit
+        if o["type"] == "micro":
+            started.setdefault(user, at)
             assert o["step_index"] not in done[user], "a step counts once per attempt"
             done[user].add(o["step_index"])
             if o["final"]:
                 started.pop(user)
                 done.pop(user)
-        elif o["type"] == "dropoff":
+        else:
             assert user in started, "a dropoff ends an attempt that started"
             started.pop(user)
             done.pop(user, None)
