@@ -500,9 +500,12 @@ class JourneyMachine:
         session = journey.session
         assert session is not None
         if funnel.hold:
-            held = [k for k in journey.attempts if funnel_of(k) == funnel.name]
-            if len(held) >= funnel.max_held_attempts:
-                oldest = min(held, key=lambda k: journey.attempts[k].number)
+            held = sorted(
+                (k for k in journey.attempts if funnel_of(k) == funnel.name),
+                key=lambda k: journey.attempts[k].number,
+            )
+            # more than one over the bound only after a merge of two journeys' attempts
+            for oldest in held[: max(0, len(held) - funnel.max_held_attempts + 1)]:
                 self.drop(journey, funnel, "evicted", now, out, oldest)
         journey.sequence += 1
         breakdowns = self._breakdowns(funnel.breakdowns, event, session)
