@@ -55,7 +55,7 @@ FIELD_ROOTS = frozenset(
         "properties",
     }
 )
-DERIVED_BREAKDOWNS = frozenset({"landing_page", "channel"})
+DERIVED_BREAKDOWNS = frozenset({"landing_page", "channel", "visitor_type"})
 MAX_FIELD_PATH_DEPTH = 8
 
 
@@ -197,6 +197,8 @@ class Funnel(_Strict):
             raise ValueError(f"duplicate step names: {', '.join(dupes)}")
         if self.steps[0].within is not None:
             raise ValueError("the first step cannot have `within` (there is no step before it)")
+        if self.order == "any" and any(s.within is not None for s in self.steps):
+            raise ValueError("`within` has no meaning in an `order: any` funnel (its steps have no order)")
         if self.attribution is not None and self.attribution.step not in names:
             raise ValueError(f"attribution: funnel {self.name} has no step {self.attribution.step!r}")
         return self

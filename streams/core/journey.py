@@ -35,7 +35,10 @@ from streams.core.outputs import (
     Stalled,
 )
 
-STATE_VERSION = 2
+STATE_VERSION = 3
+"""3: attempts keep their chains, journeys their same-millisecond ties and identity stitching's
+stub, held items and merged ids (trailing fields: versions 1 and 2 load with their defaults, and
+a reader of version 2 refuses a version 3 state rather than misread it)."""
 MAX_REMEMBERED_IDS = 256
 MAX_PATH = 50
 MAX_BREAKDOWN_VALUE = 100
@@ -59,6 +62,8 @@ class Session:
     events: int = 0
     micros: int = 0
     goals: list[str] = field(default_factory=list)
+    returning: bool = False
+    """Not the person's first session (`visitor_type: returning`), as known when it opened."""
 
 
 @dataclass(slots=True)
@@ -143,7 +148,7 @@ class Journey:
     @classmethod
     def loads(cls, raw: bytes) -> Journey:
         version, *values = orjson.loads(raw)
-        if version not in (1, STATE_VERSION):
+        if version not in (1, 2, STATE_VERSION):
             raise ValueError(f"unknown journey state version {version}")
         journey = cls(*values)
         if version >= 2:
@@ -392,6 +397,7 @@ class JourneyMachine:
         session = Session(journey.sequence, session_id, now, now, landing, channel, campaign)
         journey.session = session
         journey.sessions += 1
+        session.returning = journey.sessions > 1
         if journey.first_touch is None:
             journey.first_touch = now
             journey.first_landing = landing
@@ -424,6 +430,7 @@ class JourneyMachine:
                 events=session.events,
                 microconversions=session.micros,
                 conversions=list(session.goals),
+                visitor_type="returning" if session.returning else "new",
             )
         )
         journey.session = None
@@ -614,6 +621,7 @@ class JourneyMachine:
                 final=complete,
                 event=event.event,
                 event_id=event.event_id,
+                started_at=from_epoch_ms(attempt.start),
                 landing_page=session.landing,
                 channel=session.channel,
                 breakdowns=attempt.breakdowns,
@@ -755,6 +763,8 @@ class JourneyMachine:
                 value: Any = session.landing
             elif path == "channel":
                 value = session.channel
+            elif path == "visitor_type":
+                value = "returning" if session.returning else "new"
             else:
                 value = event.lookup(tuple(path.split(".")))
             values[path] = None if value is None else str(value)[:MAX_BREAKDOWN_VALUE]
