@@ -56,6 +56,7 @@ from streams.core.formats.common import (
     platform_from_user_agent,
     reject,
 )
+from streams.errors import ConversionsError
 
 FORMAT = "snowplow"
 FIELDS = (
@@ -229,7 +230,7 @@ def label(name: str) -> str:
     return f"field {_AT[name] + 1} ({name})"
 
 
-class _Refused(Exception):
+class _Refused(ConversionsError):
     def __init__(self, detail: str, reason: RejectReason = "invalid_event") -> None:
         super().__init__(detail)
         self.detail, self.reason = detail, reason
