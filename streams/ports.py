@@ -59,6 +59,19 @@ class CounterReader(Protocol):
 
     async def goals_report(self, goals: list[str], start_ms: int, end_ms: int) -> dict[str, Any]: ...
 
+    async def read_grids(
+        self, family: str, fields: Sequence[str], grids: Sequence[tuple[int, int, int]]
+    ) -> list[list[list[float]]]:
+        """Per grid (first bucket, buckets, size) and bucket, the sums of `fields` (a trend)."""
+
+    async def window_sums(self, family: str, start_ms: int, end_ms: int) -> dict[str, float]:
+        """Every field of a key family summed over a window (time to convert, channels)."""
+
+    async def cohorts(
+        self, funnel: str, start_ms: int, end_ms: int
+    ) -> tuple[int, dict[int, dict[str, float]]]:
+        """Attempts by the bucket they opened in: (bucket size, bucket -> fields)."""
+
 
 class AlertReader(Protocol):
     """What the views read from the alerts service."""

@@ -121,6 +121,13 @@ class Settings(BaseSettings):
     web_enabled: bool = True
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
+    web_token: SecretStr | None = None
+    """When set, every request to the web server needs it: `Authorization: Bearer <token>`, or
+    the cookie that signing in at /login sets. For a dashboard exposed beyond loopback."""
+    metrics_token: SecretStr | None = None
+    """/metrics needs this bearer token instead of the web token (what Prometheus is given)."""
+    metrics_public: bool = False
+    """/metrics answers without any token, even with CONVERSIONS_WEB_TOKEN set."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("topic_clickstream", mode="before")
@@ -128,6 +135,13 @@ class Settings(BaseSettings):
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.lstrip().startswith("["):
             return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("web_token", "metrics_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("a token needs at least 16 characters (e.g. `openssl rand -hex 16`)")
         return value
 
     @model_validator(mode="after")
@@ -178,7 +192,8 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """Settings fit for a log line: secrets masked, credentials in URLs removed."""
         data = self.model_dump(mode="json")
-        for key in ("kafka_sasl_password", "redis_url", "alert_webhook_url", "pseudonymize_key"):
+        secrets = ("kafka_sasl_password", "redis_url", "alert_webhook_url", "pseudonymize_key")
+        for key in (*secrets, "web_token", "metrics_token"):
             if data.get(key):
                 data[key] = "**********"
         return data

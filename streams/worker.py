@@ -24,6 +24,7 @@ from streams.counters.redis_store import redis_counter_store
 from streams.kafka import ensure_topics, source_partitions
 from streams.pipeline.app import ConversionsApp
 from streams.settings import Settings
+from streams.web.auth import Access
 from streams.web.routes import register_routes
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,14 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
         alerting = Alerting(settings, config, conversions.metrics, publisher=conversions, leader=conversions)
         conversions.run_alongside("alerts", alerting.run, alerting.close)
     if settings.web_enabled and counting is not None:
-        register_routes(conversions.app, counting.store, alerting, config, conversions.metrics)
+        register_routes(
+            conversions.app,
+            counting.store,
+            alerting,
+            config,
+            conversions.metrics,
+            access=Access.from_settings(settings),
+        )
     return conversions
 
 

@@ -12,6 +12,16 @@ every resolution R (the finest, and the hour and day rollups), written as `R:B` 
                          m:<name> secondary microconversions; n:<goal>|<dim>=<value>
     ug:<goal>:B    HyperLogLog of converting identities
     s:B            hash  n sessions, pv page views, dur duration ms; each also |landing_page= and |channel=
+    t:<funnel>:B   hash  time to convert, by the time the step was reached: t:<k>:<le> histogram of
+                         (step time - attempt start) in seconds (TIME_TO_CONVERT_S), ts:<k> sum (ms)
+    a:<funnel>:B   hash  cohorts, by the time the attempt *opened* (minute and hour only): e:<k>
+                         reached step k, d:<k> dropped at k, d:<k>:<reason>; per cohort, entered(k) =
+                         entered(k+1) + dropped(k) + still open at k, exactly
+    c:B            hash  the channels table, per <dim>=<value> (dim: channel, landing_page), each also
+                         with |visitor_type=<new|returning>, and per visitor_type alone:
+                         from closed sessions s| sessions, mi| their microconversions, cv| their
+                         conversions, cs:<goal>| sessions that reached the goal; from
+                         macroconversions n:<goal>| count, v:<goal>| value, dt:<goal>| decision ms
     meta           hash  latest: the latest event time counted (ms)
     recent         list  the latest macroconversions, newest first (no identities), capped
 """
@@ -34,6 +44,14 @@ from streams.core.matching import CompiledConfig
 OpKind = Literal["h", "f", "p", "m", "l"]  # HINCRBY, HINCRBYFLOAT, PFADD, keep-the-max, capped LPUSH
 RECENT_MACROS = 20
 DECISION_BUCKETS_MIN = (1, 5, 15, 60, 360, 1_440, 10_080)
+TIME_TO_CONVERT_S = (
+    10, 30, 60, 120, 300, 600, 900, 1_800, 3_600, 7_200, 14_400, 28_800, 43_200,
+    86_400, 172_800, 259_200, 432_000, 604_800,
+)  # fmt: skip
+"""Upper bounds (inclusive) of the time-to-convert histogram's buckets, in seconds: roughly
+doubling from 10 s to 7 days, then `inf`."""
+CHANNEL_DIMS = ("channel", "landing_page")
+VISITOR_TYPE = "visitor_type"
 COUNTED_TYPES = frozenset({"micro", "macro", "dropoff", "stalled", "session"})
 
 
@@ -67,6 +85,24 @@ def _with_breakdowns(
     for dim in dims:
         value = breakdowns.get(dim)
         ops.append(Op(kind, key, f"{base}|{dim}={'' if value is None else value}", amount))
+
+
+def time_to_convert_bucket(elapsed_ms: int) -> str:
+    """The histogram bucket of a time to convert: its upper bound in seconds, or `inf`."""
+    seconds = elapsed_ms / 1000
+    for le in TIME_TO_CONVERT_S:
+        if seconds <= le:
+            return str(le)
+    return "inf"
+
+
+def visitor_type_of(output: Mapping[str, Any]) -> str:
+    """A session's or macroconversion's visitor type: the session's own (`visitor_type`), the
+    breakdown's when the funnel configuration asks for it, else from the person's session count."""
+    known = output.get("visitor_type") or (output.get("breakdowns") or {}).get(VISITOR_TYPE)
+    if known in ("new", "returning"):
+        return str(known)
+    return "returning" if int(output.get("sessions") or 1) > 1 else "new"
 
 
 def decision_bucket(decision_ms: int) -> str:
@@ -114,7 +150,51 @@ def increments(
         ops.append(Op("l", "recent", recent_entry(output), RECENT_MACROS))
     for resolution in resolutions(bucket_ms):
         ops += _bucket_increments(output, config, f"{resolution // 1000}:{bucket_of(at, resolution)}")
+    ops += _cohort_increments(output, config, bucket_ms)
     return ops
+
+
+def cohort_resolutions(bucket_ms: int) -> tuple[int, ...]:
+    """Cohorts are kept at the finest bucket and the hour: a progress report reads each cohort
+    bucket on its own (its age matters), so the day rollup would not serve it."""
+    return resolutions(bucket_ms)[:2]
+
+
+def _cohort_increments(output: Mapping[str, Any], config: CompiledConfig, bucket_ms: int) -> list[Op]:
+    """A milestone or drop-off counted under the moment its attempt opened (`started_at`)."""
+    kind = output.get("type")
+    if kind not in ("micro", "dropoff") or output.get("started_at") is None:
+        return []
+    if kind == "micro" and output.get("kind") != "milestone":
+        return []
+    funnel = config.funnels_by_name.get(str(output.get("funnel")))
+    if funnel is None:
+        return []
+    started = _ms(output["started_at"])
+    k = int(output["step_index"])
+    ops: list[Op] = []
+    for resolution in cohort_resolutions(bucket_ms):
+        key = f"a:{funnel.name}:{resolution // 1000}:{bucket_of(started, resolution)}"
+        if kind == "micro":
+            ops.append(Op("h", key, f"e:{k}", 1))
+        else:
+            ops.append(Op("h", key, f"d:{k}", 1))
+            ops.append(Op("h", key, f"d:{k}:{output['reason']}", 1))
+    return ops
+
+
+def _channel_fields(
+    ops: list[Op], key: str, metric: str, amount: int | float, output: Mapping[str, Any]
+) -> None:
+    """`metric` per channel and landing page, each also split by visitor type, and per visitor type."""
+    kind: OpKind = "f" if isinstance(amount, float) else "h"
+    visitor = visitor_type_of(output)
+    for dim in CHANNEL_DIMS:
+        value = output.get(dim)
+        field = f"{metric}|{dim}={'' if value is None else value}"
+        ops.append(Op(kind, key, field, amount))
+        ops.append(Op(kind, key, f"{field}|{VISITOR_TYPE}={visitor}", amount))
+    ops.append(Op(kind, key, f"{metric}|{VISITOR_TYPE}={visitor}", amount))
 
 
 def recent_entry(macro: Mapping[str, Any]) -> str:
@@ -150,6 +230,10 @@ def _bucket_increments(output: Mapping[str, Any], config: CompiledConfig, b: str
         k = int(output["step_index"])
         _with_breakdowns(ops, "h", f"f:{funnel.name}:{b}", f"e:{k}", 1, breakdowns, funnel.breakdowns)
         ops.append(Op("p", f"u:{funnel.name}:{k}:{b}", identity, 1))
+        if k > 0 and output.get("started_at") is not None:
+            elapsed = max(0, _ms(output["timestamp"]) - _ms(output["started_at"]))
+            ops.append(Op("h", f"t:{funnel.name}:{b}", f"t:{k}:{time_to_convert_bucket(elapsed)}", 1))
+            ops.append(Op("h", f"t:{funnel.name}:{b}", f"ts:{k}", elapsed))
     elif kind in ("dropoff", "stalled"):
         funnel = config.funnels_by_name.get(str(output.get("funnel")))
         if funnel is None:
@@ -173,6 +257,10 @@ def _bucket_increments(output: Mapping[str, Any], config: CompiledConfig, b: str
         ops.append(Op("h", key, f"dt:{goal}", decision))
         ops.append(Op("h", key, f"dth:{goal}:{decision_bucket(decision)}", 1))
         ops.append(Op("p", f"ug:{goal}:{b}", identity, 1))
+        _channel_fields(ops, f"c:{b}", f"n:{goal}", 1, output)
+        if output.get("value") is not None:
+            _channel_fields(ops, f"c:{b}", f"v:{goal}", float(output["value"]), output)
+        _channel_fields(ops, f"c:{b}", f"dt:{goal}", decision, output)
     elif kind == "session":
         key = f"s:{b}"
         values = {"landing_page": output.get("landing_page"), "channel": output.get("channel")}
@@ -180,6 +268,13 @@ def _bucket_increments(output: Mapping[str, Any], config: CompiledConfig, b: str
         _with_breakdowns(ops, "h", key, "n", 1, values, dims)
         _with_breakdowns(ops, "h", key, "pv", int(output.get("page_views") or 0), values, dims)
         _with_breakdowns(ops, "h", key, "dur", int(output.get("duration_ms") or 0), values, dims)
+        reached = list(output.get("conversions") or [])
+        _channel_fields(ops, f"c:{b}", "s", 1, output)
+        _channel_fields(ops, f"c:{b}", "mi", int(output.get("microconversions") or 0), output)
+        if reached:
+            _channel_fields(ops, f"c:{b}", "cv", len(reached), output)
+        for goal in sorted(set(reached)):
+            _channel_fields(ops, f"c:{b}", f"cs:{goal}", 1, output)
     return ops
 
 

@@ -48,6 +48,8 @@ class MicroConversion(OutputEvent):
     final: bool = False
     event: str
     event_id: str
+    started_at: datetime | None = None
+    """For a milestone: when its attempt opened (time to convert = timestamp - started_at)."""
     landing_page: str | None = None
     channel: str | None = None
     breakdowns: Breakdowns = Field(default_factory=dict)
@@ -112,6 +114,9 @@ class SessionSummary(OutputEvent):
     events: int
     microconversions: int
     conversions: list[str]
+    visitor_type: Literal["new", "returning"] | None = None
+    """`new` for the person's first session, `returning` after one (as GA reports it); fixed when
+    the session opens."""
 
 
 class Alert(OutputEvent):

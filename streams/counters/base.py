@@ -19,10 +19,13 @@ from streams.core.counters import (
     FunnelReport,
     Op,
     breakdown_values,
+    buckets_between,
+    cohort_resolutions,
     plan_buckets,
     step_reports,
     sum_hashes,
 )
+from streams.core.insights import Grid
 from streams.core.matching import CompiledFunnel
 from streams.errors import QueryTooLarge
 
@@ -68,6 +71,10 @@ class CounterReads:
 
     async def _pfcount_each(self, groups: list[list[str]]) -> list[int]:
         """For each group of keys, the size of the union of their unique-user sets."""
+        raise NotImplementedError
+
+    async def _hmget_each(self, keys: list[str], fields: Sequence[str]) -> list[list[bytes | None]]:
+        """The given fields of each hash (None where missing)."""
         raise NotImplementedError
 
     async def latest_event_ms(self) -> int | None:
@@ -140,6 +147,55 @@ class CounterReads:
             for value in breakdown_values(fields, by):
                 report.breakdown[value] = step_reports(names, fields, {}, suffix=f"|{by}={value}")
         return report
+
+    async def read_grids(
+        self, family: str, fields: Sequence[str], grids: Sequence[Grid]
+    ) -> list[list[list[float]]]:
+        """Per grid (first bucket start, buckets, bucket size) and bucket, the sums of `fields` over
+        the `family` hashes (a key with `{b}`, e.g. `f:checkout:{b}`) and the shards, in one batch:
+        each bucket is read with the coarsest rollups that fit inside it (`plan_buckets`)."""
+        plans = [
+            [plan_buckets(first + i * size, first + (i + 1) * size, self.bucket_ms) for i in range(count)]
+            for first, count, size in grids
+        ]
+        distinct = sorted({b for grid in plans for plan in grid for b in plan})
+        if len(distinct) * self.shards > MAX_KEYS_PER_QUERY:
+            raise QueryTooLarge(f"that query needs {len(distinct) * self.shards} keys; narrow it")
+        keys = [self.prefix(shard) + family.format(b=b) for b in distinct for shard in range(self.shards)]
+        values = await self._hmget_each(keys, fields) if keys else []
+        width = len(fields)
+        sums: dict[str, list[float]] = {}
+        for i, b in enumerate(distinct):
+            rows = values[i * self.shards : (i + 1) * self.shards]
+            sums[b] = [sum(float(row[j] or 0) for row in rows) for j in range(width)]
+        return [[[sum(sums[b][j] for b in plan) for j in range(width)] for plan in grid] for grid in plans]
+
+    async def window_sums(self, family: str, start_ms: int, end_ms: int) -> dict[str, float]:
+        """Every field of the `family` hashes (a key with `{b}`) summed over [start, end)."""
+        return await self._sum(self._keys(family, start_ms, end_ms))
+
+    async def cohorts(
+        self, funnel: str, start_ms: int, end_ms: int
+    ) -> tuple[int, dict[int, dict[str, float]]]:
+        """The attempts of `funnel` that opened in [start, end), per cohort bucket (the finest
+        up to 6 hours, else the hour): (bucket size, start of bucket -> summed fields)."""
+        levels = cohort_resolutions(self.bucket_ms)
+        size = levels[0] if (end_ms - start_ms) <= 6 * 3_600_000 or len(levels) == 1 else levels[1]
+        buckets = buckets_between(start_ms, end_ms, size)
+        if len(buckets) * self.shards > MAX_KEYS_PER_QUERY:
+            raise QueryTooLarge(f"that window needs {len(buckets) * self.shards} keys; narrow it")
+        keys = [
+            self.prefix(shard) + f"a:{funnel}:{size // 1000}:{b}"
+            for b in buckets
+            for shard in range(self.shards)
+        ]
+        hashes = await self._hgetall_each(keys) if keys else []
+        out: dict[int, dict[str, float]] = {}
+        for i, b in enumerate(buckets):
+            fields = sum_hashes(hashes[i * self.shards : (i + 1) * self.shards])
+            if fields:
+                out[b] = fields
+        return size, out
 
     async def goals_report(self, goals: list[str], start_ms: int, end_ms: int) -> dict[str, Any]:
         fields = await self._sum(self._keys("g:{b}", start_ms, end_ms))

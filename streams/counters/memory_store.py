@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -78,6 +78,10 @@ class MemoryCounterStore(CounterReads):
 
     async def _hgetall_each(self, keys: list[str]) -> list[Mapping[Any, bytes]]:
         return [dict(self.hashes.get(key, {})) for key in keys]
+
+    async def _hmget_each(self, keys: list[str], fields: Sequence[str]) -> list[list[bytes | None]]:
+        names = [f.encode() for f in fields]
+        return [[self.hashes[key].get(n) if key in self.hashes else None for n in names] for key in keys]
 
     async def _pfcount_each(self, groups: list[list[str]]) -> list[int]:
         return [len(set().union(*(self.uniques.get(key, set()) for key in keys))) for keys in groups]

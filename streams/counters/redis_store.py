@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +127,12 @@ class CounterStore(CounterReads):
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
             pipe.hgetall(key)
+        return list(await pipe.execute())
+
+    async def _hmget_each(self, keys: list[str], fields: Sequence[str]) -> list[list[bytes | None]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(key, list(fields))
         return list(await pipe.execute())
 
     async def _pfcount_each(self, groups: list[list[str]]) -> list[int]:

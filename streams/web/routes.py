@@ -18,7 +18,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from streams.core.matching import CompiledConfig
 from streams.metrics import Metrics
 from streams.ports import AlertReader, CounterReader
-from streams.web import views
+from streams.web import analysis, views
+from streams.web.auth import Access, middleware
 from streams.web.views import DASHBOARD_FILES, Answer, dashboard_asset
 
 if TYPE_CHECKING:
@@ -49,7 +50,11 @@ def register_routes(
     alert_reader: AlertReader | None,
     config: CompiledConfig,
     metrics: Metrics,
+    access: Access | None = None,
 ) -> None:
+    if access is not None and access.enabled:
+        app.web.web_app.middlewares.append(middleware(access))
+
     def answer(web: View, result: Answer) -> Response:
         status, body = result
         return web.json(body, status=status)
@@ -73,6 +78,23 @@ def register_routes(
     async def live(web: View, request: Request) -> Response:
         return answer(web, await views.live(counters, config, alert_reader, dict(request.query)))
 
+    @redis_outage_as_503
+    async def series(web: View, request: Request, name: str) -> Response:
+        query = dict(request.query)
+        return answer(web, await analysis.series(counters, config, alert_reader, name, query))
+
+    @redis_outage_as_503
+    async def progress(web: View, request: Request, name: str) -> Response:
+        return answer(web, await analysis.progress_view(counters, config, name, dict(request.query)))
+
+    @redis_outage_as_503
+    async def time_to_convert(web: View, request: Request, name: str) -> Response:
+        return answer(web, await analysis.time_to_convert_view(counters, config, name, dict(request.query)))
+
+    @redis_outage_as_503
+    async def channels(web: View, request: Request) -> Response:
+        return answer(web, await analysis.channels(counters, config, dict(request.query)))
+
     async def dashboard(web: View, request: Request) -> Response:
         return web.html(dashboard_asset("index.html").decode())
 
@@ -85,6 +107,10 @@ def register_routes(
         return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
     app.page("/funnels/{name}")(funnel)
+    app.page("/funnels/{name}/series")(series)
+    app.page("/funnels/{name}/progress")(progress)
+    app.page("/funnels/{name}/time-to-convert")(time_to_convert)
+    app.page("/channels")(channels)
     app.page("/funnels")(overview)
     app.page("/goals")(goals)
     app.page("/metrics")(prometheus)
