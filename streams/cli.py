@@ -11,9 +11,9 @@ import click
 import orjson
 
 from streams.core.config_loader import ConfigError, load_config
-from streams.core.matching import compile_config
+from streams.core.matching import CompiledConfig, compile_config
 from streams.logging_setup import setup_logging
-from streams.settings import DEFAULT_FUNNELS, SettingsError, load_settings
+from streams.settings import DEFAULT_FUNNELS, Settings, SettingsError, load_settings
 
 
 def _fail(message: str) -> NoReturn:
@@ -249,13 +249,29 @@ async def _live(settings: Any, rate: float, users: int, seconds: float | None, b
 
 
 @main.command()
-@click.argument("funnel")
-@click.option("--window", default="1h", show_default=True, help="How far back from the end.")
+@click.argument("funnel", required=False)
+@click.option(
+    "--window",
+    default=None,
+    help="How far back from the end (default 1h; with --experiment, all the counters hold).",
+)
 @click.option("--end", default=None, help="RFC 3339 end of the window (default: the latest counted event).")
 @click.option("--by", default=None, help="A breakdown of the funnel, e.g. context.platform.")
+@click.option(
+    "--experiment",
+    default=None,
+    help="An experiment instead of a funnel: per variant, its steps, rate, lift and always-valid decision.",
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
-def report(funnel: str, window: str, end: str | None, by: str | None, as_json: bool) -> None:
-    """A funnel's step counts and rates from the Redis counters."""
+def report(
+    funnel: str | None,
+    window: str | None,
+    end: str | None,
+    by: str | None,
+    experiment: str | None,
+    as_json: bool,
+) -> None:
+    """A funnel's step counts and rates, or an experiment's decision, from the Redis counters."""
     import asyncio
     from datetime import datetime
 
@@ -269,6 +285,10 @@ def report(funnel: str, window: str, end: str | None, by: str | None, as_json: b
         config = compile_config(load_config(settings.funnels))
     except ConfigError as exc:
         _fail(str(exc))
+    if experiment is not None or funnel is None:
+        _experiment_report(settings, config, funnel, experiment, window, end, by, as_json)
+        return
+    window = window or "1h"
     compiled = config.funnels_by_name.get(funnel)
     if compiled is None:
         _fail(f"no funnel {funnel!r}; the configuration has: {', '.join(config.funnels_by_name)}")
@@ -285,6 +305,42 @@ def report(funnel: str, window: str, end: str | None, by: str | None, as_json: b
         click.echo(orjson.dumps(result.as_dict()).decode())
     else:
         print_report(result)
+
+
+def _experiment_report(
+    settings: Settings,
+    config: CompiledConfig,
+    funnel: str | None,
+    experiment: str | None,
+    window: str | None,
+    end: str | None,
+    by: str | None,
+    as_json: bool,
+) -> None:
+    """`report --experiment NAME`: the experiment judged again from the counters' minutes."""
+    import asyncio
+    from datetime import datetime
+
+    from streams.core.durations import parse_duration_ms
+    from streams.tools.report import experiment_report, print_experiment
+
+    names = [e.name for e in config.source.experiments]
+    if experiment is None:
+        _fail("name a funnel, or an experiment with --experiment NAME")
+    if funnel is not None or by is not None:
+        _fail("--experiment reports one experiment: leave out the funnel and --by")
+    if experiment not in names:
+        _fail(f"no experiment {experiment!r}; the configuration has: {', '.join(names) or 'none'}")
+    try:
+        window_ms = parse_duration_ms(window) if window is not None else None
+        end_at = datetime.fromisoformat(end) if end else None
+    except ValueError as exc:
+        _fail(str(exc))
+    result = asyncio.run(experiment_report(settings, config, experiment, window_ms, end_at))
+    if as_json:
+        click.echo(orjson.dumps(result.as_dict()).decode())
+    else:
+        print_experiment(result)
 
 
 @main.command()

@@ -53,6 +53,12 @@ class Metrics:
             ["funnel", "step", "by"],
             registry=r,
         )
+        self.experiment_p_value = Gauge(
+            "conversions_experiment_p_value",
+            "Always-valid (mSPRT) p-value of no difference between a variant and the control",
+            ["experiment", "variant"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

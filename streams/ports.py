@@ -2,10 +2,11 @@
 
 The pipeline publishes, knows whether this worker leads, and schedules work beside its agents
 (`Publisher`, `LeaderCheck`, `Scheduler`: `pipeline.app.ConversionsApp` is all three); the
-alerts service needs only a publisher and a leader check. The web reads counters and alerts
-through `CounterReader` and `AlertReader`: the Redis store (`counters.redis_store`), the
-in-memory store (`counters.memory_store`) and the alerts service satisfy them. Only the
-composition root (`worker`) puts the real parts together.
+alerts service needs only a publisher and a leader check. The web reads counters, alerts and
+experiments through `CounterReader`, `AlertReader` and `ExperimentReader`: the Redis store
+(`counters.redis_store`), the in-memory store (`counters.memory_store`) and the alerts service
+(which judges experiments too) satisfy them. Only the composition root (`worker`) puts the real
+parts together.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 
 from streams.core.counters import FunnelReport
 from streams.core.matching import CompiledFunnel
-from streams.core.outputs import Alert, OutputEvent
+from streams.core.outputs import Alert, ExperimentUpdate, OutputEvent
 
 Job = Callable[[], Awaitable[None]]
 Stopping = Callable[[], bool]
@@ -81,5 +82,18 @@ class AlertReader(Protocol):
 
     @property
     def history(self) -> Sequence[Alert]: ...
+
+    def watermark(self) -> int | None: ...
+
+
+class ExperimentReader(Protocol):
+    """What the experiments view reads from the evaluator running in the alerts service."""
+
+    def experiments(self) -> Sequence[ExperimentUpdate]:
+        """Each experiment's state now (those that have seen an attempt), `changed` empty."""
+
+    @property
+    def experiment_changes(self) -> Sequence[ExperimentUpdate]:
+        """The latest decision changes, newest first."""
 
     def watermark(self) -> int | None: ...

@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     topic_alerts: str = "funnel.alerts"
     topic_sessions: str = "journeys.sessions"
     topic_identities: str = "journeys.identities"
+    topic_experiments: str = "conversions.experiments"
     topic_deadletter: str = "clickstream.deadletter"
     partitions: int = Field(default=4, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1, le=10)
@@ -167,6 +168,7 @@ class Settings(BaseSettings):
             "dropoff": self.topic(self.topic_dropoffs),
             "stalled": self.topic(self.topic_dropoffs),
             "alert": self.topic(self.topic_alerts),
+            "experiment": self.topic(self.topic_experiments),
             "session": self.topic(self.topic_sessions),
             "identity": self.topic(self.topic_identities),
             "deadletter": self.topic(self.topic_deadletter),

@@ -41,7 +41,7 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
         conversions.run_alongside("counters", counting.run, counting.close)
         conversions.every(STEP_RATES_EVERY_S, "step_rates", counting.publish_step_rates)
     alerting = None
-    if config.source.alerts:
+    if config.source.alerts or config.source.experiments:
         alerting = Alerting(settings, config, conversions.metrics, publisher=conversions, leader=conversions)
         conversions.run_alongside("alerts", alerting.run, alerting.close)
     if settings.web_enabled and counting is not None:
@@ -51,6 +51,7 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
             alerting,
             config,
             conversions.metrics,
+            experiment_reader=alerting,
             access=Access.from_settings(settings),
         )
     return conversions

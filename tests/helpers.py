@@ -116,3 +116,30 @@ alerts:
   - {{funnel: checkout, step: payment, window: 12h, baseline: {baseline}, min_entered: {min_entered},
      relative_drop: 0.35, drop_below: 0.5, by: [context.platform]}}
 """
+
+
+def experiment_funnels() -> str:
+    """A checkout funnel with one experiment (`cart_button`, variants in properties.variant,
+    control `control`, judged on entry -> purchase) and one on another funnel with no traffic
+    yet: the experiment tests'."""
+    return """
+version: 1
+goals: [{name: purchase, match: {event: purchase}}]
+funnels:
+  - name: checkout
+    window: 1d
+    steps:
+      - {name: product_view, match: {event: product_view}}
+      - {name: add_to_cart, match: {event: add_to_cart}}
+      - {name: shipping, match: {event: shipping_details}}
+      - {name: payment, match: {event: payment_details}}
+      - {name: purchase, match: {goal: purchase}}
+    breakdowns: [context.platform]
+  - name: newsletter
+    steps:
+      - {name: landing, match: {event: page_view, url: /newsletter}}
+      - {name: signup, match: {event: newsletter_signup}}
+experiments:
+  - {name: cart_button, funnel: checkout, variant: properties.variant, control: control}
+  - {name: signup_copy, funnel: newsletter, variant: properties.copy, control: old}
+"""

@@ -1,10 +1,17 @@
-"""The alert evaluator in the worker: milestone microconversions in, `funnel.alerts` out.
+"""The alert and experiment evaluators in the worker: milestone microconversions in,
+`funnel.alerts` and `conversions.experiments` out.
 
 Every worker reads all of `conversions.micro` (manually assigned, from the beginning, so a
-restarted worker rebuilds the same state) and keeps the evaluator (`core.alerts`) up to date;
-only the leader publishes (and POSTs to the webhook), so a failover loses nothing and repeats
-nothing that ids do not dedupe. The service sees the pipeline only as a `ports.Publisher` and a
-`ports.LeaderCheck`, and the web sees it as a `ports.AlertReader`.
+restarted worker rebuilds the same state) and keeps both evaluators (`core.alerts`,
+`core.experiments`) up to date from the one consumer, in the same event time; only the leader
+publishes (and POSTs alerts to the webhook), so a failover repeats nothing that ids do not
+dedupe. A worker rebuilds its state before the group has made it the leader, so the experiment
+updates it judges while following are kept (the latest `UNSENT_EXPERIMENT_UPDATES`) and
+published once it leads: an update the previous leader judged but died before sending is not
+lost, and those it did send come again with the same ids. A microconversion delivered twice
+counts once for the experiments (the evaluator remembers the ids of the minutes it has not
+judged yet). The service sees the pipeline only as a `ports.Publisher` and a
+`ports.LeaderCheck`, and the web sees it as a `ports.AlertReader` and a `ports.ExperimentReader`.
 
 A minute is judged once it is complete. Journey partition p writes its outputs to micro
 partition p, each record carrying p's aligned watermark in a header
@@ -26,8 +33,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.alerts.webhook import Webhook
 from streams.core.alerts import AlertEvaluator
+from streams.core.experiments import MINUTE_MS, ExperimentEvaluator
 from streams.core.matching import CompiledConfig
-from streams.core.outputs import Alert
+from streams.core.outputs import Alert, ExperimentUpdate
 from streams.kafka.clients import new_consumer, start_with_retry
 from streams.kafka.headers import WATERMARK_HEADER
 from streams.metrics import Metrics
@@ -35,6 +43,9 @@ from streams.ports import LeaderCheck, Publisher, Stopping
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+UNSENT_EXPERIMENT_UPDATES = 1_000
+"""Experiment updates a worker keeps while it does not lead, and publishes once it does."""
 
 
 class Alerting:
@@ -52,6 +63,7 @@ class Alerting:
         self._publisher = publisher
         self._leader = leader
         self.evaluator = AlertEvaluator(config)
+        self.experiment_evaluator = ExperimentEvaluator(config)
         self.topic = settings.output_topics["micro"]
         self._kafka: AIOKafkaConsumer | None = None
         url = settings.alert_webhook_url
@@ -64,6 +76,9 @@ class Alerting:
         self._heard_at: dict[int, float] = {}
         self.firing: dict[tuple[str, str, str], Alert] = {}
         self.history: deque[Alert] = deque(maxlen=20)
+        self.experiment_changes: deque[ExperimentUpdate] = deque(maxlen=20)
+        self._unsent: deque[ExperimentUpdate] = deque(maxlen=UNSENT_EXPERIMENT_UPDATES)
+        self._judged_minute: int | None = None
 
     def watermark(self) -> int | None:
         """The lowest partition watermark, ignoring partitions silent for `source_idle_s`; None
@@ -81,13 +96,21 @@ class Alerting:
         partitions = [TopicPartition(self.topic, p) for p in range(self.settings.partitions)]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        log.info("alerts: judging %d rules from %s", len(self.config.source.alerts), self.topic)
+        log.info(
+            "alerts: judging %d rules and %d experiments from %s",
+            len(self.config.source.alerts),
+            len(self.config.source.experiments),
+            self.topic,
+        )
+        evaluators = [e for e in (self.evaluator, self.experiment_evaluator) if e.active]
         while not stopping():
             batch = await consumer.getmany(timeout_ms=500, max_records=5_000)
             now = time.monotonic()
             for tp, messages in batch.items():
                 for message in messages:
-                    self.evaluator.observe(orjson.loads(message.value or b"{}"))
+                    output = orjson.loads(message.value or b"{}")
+                    for evaluator in evaluators:
+                        evaluator.observe(output)
                     for name, value in message.headers or ():
                         if name == WATERMARK_HEADER:
                             self._watermarks[tp.partition] = max(
@@ -96,8 +119,49 @@ class Alerting:
                 self._heard_at[tp.partition] = now
             watermark = self.watermark()
             if watermark is not None:
-                await self._publish(self.evaluator.advance(watermark))
+                if self.evaluator.active:
+                    await self._publish(self.evaluator.advance(watermark))
+                if self.experiment_evaluator.active:
+                    await self._publish_experiments(self.experiment_evaluator.advance(watermark))
+                    self._experiment_metrics(watermark)
                 self.metrics.alert_watermark.set(watermark / 1000)
+            elif self._unsent:
+                await self._publish_experiments([])
+
+    def experiments(self) -> list[ExperimentUpdate]:
+        """Each experiment's state now (`ports.ExperimentReader`)."""
+        return self.experiment_evaluator.snapshot()
+
+    async def _publish_experiments(self, updates: list[ExperimentUpdate]) -> None:
+        for update in updates:
+            self.experiment_changes.appendleft(update)
+            log.info(
+                "experiment %s at %s: %s",
+                update.experiment,
+                update.timestamp.isoformat(),
+                ", ".join(
+                    f"{v.variant} {v.decision}" + (f" (p {v.p_value:.3g})" if v.p_value is not None else "")
+                    for v in update.variants
+                    if v.variant in update.changed
+                ),
+            )
+        self._unsent.extend(updates)
+        if self._unsent and self._leader.is_leader():
+            await self._publisher.publish(list(self._unsent))
+            self._unsent.clear()
+
+    def _experiment_metrics(self, watermark: int) -> None:
+        """The always-valid p-values, once per minute of event time judged."""
+        minute = watermark // MINUTE_MS
+        if minute == self._judged_minute:
+            return
+        self._judged_minute = minute
+        for state in self.experiment_evaluator.snapshot():
+            for variant in state.variants:
+                if variant.p_value is not None:
+                    self.metrics.experiment_p_value.labels(state.experiment, variant.variant).set(
+                        variant.p_value
+                    )
 
     async def _publish(self, alerts: list[Alert]) -> None:
         for alert in alerts:

@@ -23,12 +23,13 @@ count as not (yet) converted in both arms alike, which is what a live view shows
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 from streams.core.config import Experiment
+from streams.core.counters import breakdown_values
 from streams.core.events import from_epoch_ms, to_epoch_ms
 from streams.core.ids import output_id
 from streams.core.matching import CompiledConfig, CompiledFunnel
@@ -154,43 +155,71 @@ class _State:
 class ExperimentEvaluator:
     """Milestone microconversions in, `type: experiment` updates out, in event time."""
 
-    def __init__(self, config: CompiledConfig) -> None:
+    def __init__(self, config: CompiledConfig, names: Collection[str] | None = None) -> None:
+        """Every experiment of the configuration, or only those `names`d."""
         self._states: list[_State] = []
         for experiment in config.source.experiments:
+            if names is not None and experiment.name not in names:
+                continue
             funnel = config.funnels_by_name[experiment.funnel]
             names = [s.name for s in funnel.steps]
             decide = names.index(experiment.step) if experiment.step is not None else len(names) - 1
             self._states.append(_State(experiment, funnel, decide))
         self._evaluated_to: int | None = None
         self._seen = False
+        self._ids: dict[int, set[str]] = {}
+        """Per minute not yet judged, the ids of the microconversions counted in it."""
         self.ignored_late = 0
+        self.duplicates = 0
 
     @property
     def active(self) -> bool:
         return bool(self._states)
 
     def observe(self, output: Mapping[str, Any]) -> None:
-        """Count one output event (only milestone microconversions of experimented funnels)."""
+        """Count one output event (only milestone microconversions of experimented funnels).
+
+        A microconversion delivered twice (the journeys agent republishes a run it had not
+        finished acknowledging) counts once: its id is remembered until its minute is judged,
+        and after that any copy is late and ignored, so no id needs remembering for longer."""
         if output.get("type") != "micro" or output.get("kind") != "milestone":
-            return
-        funnel = output.get("funnel")
-        states = [s for s in self._states if s.funnel.name == funnel]
-        if not states:
             return
         timestamp = output["timestamp"]
         moment = timestamp if isinstance(timestamp, datetime) else datetime.fromisoformat(str(timestamp))
-        minute = to_epoch_ms(moment) // MINUTE_MS * MINUTE_MS
-        if self._evaluated_to is not None and minute < self._evaluated_to:
-            self.ignored_late += 1  # its minute was judged already: beyond the watermark
+        at_ms = to_epoch_ms(moment)
+        if output.get("id") is not None and self._funnel_watched(output.get("funnel")):
+            identifier = str(output["id"])
+            seen = self._ids.setdefault(at_ms // MINUTE_MS * MINUTE_MS, set())
+            if identifier in seen:
+                self.duplicates += 1
+                return
+            seen.add(identifier)
+        self.count(
+            at_ms, str(output.get("funnel")), int(output["step_index"]), output.get("breakdowns") or {}
+        )
+
+    def _funnel_watched(self, funnel: object) -> bool:
+        return any(s.funnel.name == funnel for s in self._states)
+
+    def count(
+        self, at_ms: int, funnel: str, step_index: int, breakdowns: Mapping[str, Any], times: int = 1
+    ) -> None:
+        """`times` attempts of `funnel` reached `step_index` at `at_ms` (what `observe` reads from
+        a milestone microconversion; in bulk, for replays from the counters' per-minute sums).
+        An empty variant is no variant: the counters cannot tell the two apart."""
+        states = [s for s in self._states if s.funnel.name == funnel]
+        if not states:
             return
-        breakdowns = output.get("breakdowns") or {}
-        index = int(output["step_index"])
+        minute = at_ms // MINUTE_MS * MINUTE_MS
+        if self._evaluated_to is not None and minute < self._evaluated_to:
+            self.ignored_late += times  # its minute was judged already: beyond the watermark
+            return
         self._seen = True
         for state in states:
-            variant = breakdowns.get(state.experiment.variant)
+            variant = breakdowns.get(state.experiment.variant) or None
             cells = state.pending.setdefault(minute, {})
             counts = cells.setdefault(variant, [0] * len(state.funnel.steps))
-            counts[index] += 1
+            counts[step_index] += times
 
     def advance(self, watermark_ms: int) -> list[ExperimentUpdate]:
         """Judge every complete minute up to the watermark that brought counts; the updates."""
@@ -207,8 +236,72 @@ class ExperimentEvaluator:
         out.sort(key=lambda u: (u.timestamp, u.experiment))
         if self._seen:
             self._evaluated_to = max(self._evaluated_to or boundary, boundary)
+        for minute in [m for m in self._ids if m < boundary]:
+            del self._ids[minute]
         return out
 
     def snapshot(self) -> list[ExperimentUpdate]:
         """Every experiment's current state (for /experiments and reports): changed is empty."""
         return [state.update(state.updated_at, []) for state in self._states if state.updated_at is not None]
+
+
+def replay(
+    config: CompiledConfig, name: str, buckets: Mapping[int, Mapping[str, float]]
+) -> tuple[ExperimentUpdate | None, list[ExperimentUpdate]]:
+    """Experiment `name` judged again from the counters instead of the microconversions: per
+    counter bucket (its start in ms -> the funnel's fields summed over shards, as
+    `counters.base.CounterReads.funnel_buckets` reads them), the attempts that reached each step
+    per value of the variant field, fed minute by minute to the same evaluator. With one-minute
+    buckets holding the experiment's whole history, the sequence of looks is the live
+    evaluator's, so the running p-value and confidence sequence are too. Its state at the end
+    and its decision changes."""
+    evaluator = ExperimentEvaluator(config, names={name})
+    if not evaluator.active:
+        raise KeyError(name)
+    state = evaluator._states[0]
+    dim, funnel = state.experiment.variant, state.funnel
+    for start in sorted(buckets):
+        fields = buckets[start]
+        for value in breakdown_values(fields, dim):
+            for k in range(len(funnel.steps)):
+                n = int(fields.get(f"e:{k}|{dim}={value}", 0))
+                if n:
+                    evaluator.count(start, funnel.name, k, {dim: value}, times=n)
+    changes = evaluator.advance(max(buckets) + MINUTE_MS) if buckets else []
+    now = evaluator.snapshot()
+    return (now[0] if now else None), changes
+
+
+def describe(
+    config: CompiledConfig,
+    experiment: Experiment,
+    state: ExperimentUpdate | None,
+    changes: Sequence[ExperimentUpdate] = (),
+) -> dict[str, Any]:
+    """An experiment as JSON, as `/experiments` and `conversions report --experiment --json`
+    show it: its configuration, its state (None: no attempt yet; `variants` then empty), and
+    its decision changes (`changes`, in the order given)."""
+    steps = [s.name for s in config.funnels_by_name[experiment.funnel].steps]
+    return {
+        "name": experiment.name,
+        "funnel": experiment.funnel,
+        "step": experiment.step or steps[-1],
+        "steps": steps,
+        "variant_field": experiment.variant,
+        "control": experiment.control,
+        "alpha": experiment.alpha,
+        "mixing_sd": experiment.mixing_sd,
+        "min_entered": experiment.min_entered,
+        "updated_at": state.timestamp.isoformat() if state is not None else None,
+        "unassigned": state.unassigned if state is not None else 0,
+        "variants": [v.model_dump(mode="json") for v in state.variants] if state is not None else [],
+        "changes": [
+            {
+                "id": change.id,
+                "timestamp": change.timestamp.isoformat(),
+                "changed": change.changed,
+                "decisions": {v.variant: v.decision for v in change.variants},
+            }
+            for change in changes
+        ],
+    }

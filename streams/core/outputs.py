@@ -190,6 +190,12 @@ class ExperimentUpdate(OutputEvent):
     unassigned: int = 0
     """Attempts that started without a variant: not compared."""
 
+    @property
+    def identity(self) -> str | None:
+        """What the record is keyed by on `conversions.experiments`: the experiment, so one
+        experiment's updates stay in order on one partition (it concerns no one person)."""
+        return self.experiment
+
 
 class IdentityLink(OutputEvent):
     """An anonymous id linked to a user id (`linked`), or a link the rules refused (`refused`).

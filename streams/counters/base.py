@@ -19,9 +19,11 @@ from streams.core.counters import (
     FunnelReport,
     Op,
     breakdown_values,
+    bucket_of,
     buckets_between,
     cohort_resolutions,
     plan_buckets,
+    resolutions,
     step_reports,
     sum_hashes,
 )
@@ -147,6 +149,40 @@ class CounterReads:
             for value in breakdown_values(fields, by):
                 report.breakdown[value] = step_reports(names, fields, {}, suffix=f"|{by}={value}")
         return report
+
+    async def funnel_buckets(
+        self, funnel: CompiledFunnel, start_ms: int, end_ms: int
+    ) -> dict[int, dict[str, float]]:
+        """Per finest bucket starting in [start, end) that holds counts of the funnel, its fields
+        summed over shards (`e:<k>`, `e:<k>|<breakdown>=<value>`, ...): for replays that need the
+        order of the counts and not only their sum (an experiment's sequential test). The hour
+        rollups say which hours hold anything, so only their buckets are read, in reads of at
+        most MAX_KEYS_PER_QUERY keys (a report from the command line, not a web query)."""
+        levels = resolutions(self.bucket_ms)
+        coarse = levels[1] if len(levels) > 1 else None
+        buckets = buckets_between(start_ms, end_ms, self.bucket_ms)
+        if coarse is not None:
+            hours = sorted({bucket_of(b, coarse) for b in buckets})
+            held = await self._read_buckets(funnel.name, coarse, hours)
+            buckets = [b for b in buckets if bucket_of(b, coarse) in held]
+        return await self._read_buckets(funnel.name, self.bucket_ms, buckets)
+
+    async def _read_buckets(self, funnel: str, size: int, buckets: list[int]) -> dict[int, dict[str, float]]:
+        out: dict[int, dict[str, float]] = {}
+        per_read = max(1, MAX_KEYS_PER_QUERY // self.shards)
+        for i in range(0, len(buckets), per_read):
+            chunk = buckets[i : i + per_read]
+            keys = [
+                self.prefix(shard) + f"f:{funnel}:{size // 1000}:{b}"
+                for b in chunk
+                for shard in range(self.shards)
+            ]
+            hashes = await self._hgetall_each(keys)
+            for j, b in enumerate(chunk):
+                fields = sum_hashes(hashes[j * self.shards : (j + 1) * self.shards])
+                if fields:
+                    out[b] = fields
+        return out
 
     async def read_grids(
         self, family: str, fields: Sequence[str], grids: Sequence[Grid]

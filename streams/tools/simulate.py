@@ -13,8 +13,9 @@ Deterministic for a seed, so tests and benchmarks can replay exactly the same tr
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -63,6 +64,20 @@ class FunnelRates:
     signup: float = 0.2
 
 
+@dataclass(frozen=True)
+class VariantSplit:
+    """Opt-in A/B traffic: each person is assigned one of `variants` (by a hash of the seed and
+    the person, so the traffic is otherwise exactly what it is without a split), carried on
+    every event as `properties.<field>`; for `treated`, the rate of `step` (a `FunnelRates`
+    field) is multiplied by `lift`, capped at 1."""
+
+    variants: tuple[str, ...] = ("control", "treatment")
+    field: str = "variant"
+    treated: str = "treatment"
+    step: str = "purchase"
+    lift: float = 1.0
+
+
 @dataclass
 class IdentityRates:
     """How people identify themselves (the `stitched` pattern)."""
@@ -93,6 +108,15 @@ class Simulator:
     rates: FunnelRates = field(default_factory=FunnelRates)
     stitched: bool = True
     identity_rates: IdentityRates = field(default_factory=IdentityRates)
+    split: VariantSplit | None = None
+    """Opt-in: a variant per person on every event, with a lift on one variant."""
+
+    def variant_of(self, u: int) -> str | None:
+        """Person `u`'s variant under `split` (None without one)."""
+        split = self.split
+        if split is None:
+            return None
+        return split.variants[zlib.crc32(f"{self.seed}:{u}".encode()) % len(split.variants)]
 
     def events(self) -> list[dict[str, Any]]:
         """Every valid event, ordered by time (ties by generation order)."""
@@ -170,6 +194,8 @@ class Simulator:
             )
             campaign = None  # carried only by the URL: the engine derives it
         seq = 0
+        variant_name = self.variant_of(u)
+        variant = {self.split.field: variant_name} if self.split is not None and variant_name else {}
 
         def emit(
             name: str,
@@ -191,7 +217,7 @@ class Simulator:
                     "referrer": referrer if first else f"https://shop.example{landing}",
                 },
                 "context": {"platform": platform, "locale": "en-US"},
-                "properties": properties or {},
+                "properties": {**(properties or {}), **variant},
                 "_at": at,
             }
             if session_id is not None:
@@ -202,6 +228,9 @@ class Simulator:
 
         yield emit("page_view", landing, first=True)
         rates = self.rates
+        if self.split is not None and variant_name == self.split.treated:
+            lifted = min(1.0, getattr(rates, self.split.step) * self.split.lift)
+            rates = replace(rates, **{self.split.step: lifted})
         product, price = rng.choice(list(PRODUCTS.items()))
         if rng.random() < rates.newsletter:
             yield emit("newsletter_signup", landing)

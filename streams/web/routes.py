@@ -17,8 +17,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams.core.matching import CompiledConfig
 from streams.metrics import Metrics
-from streams.ports import AlertReader, CounterReader
+from streams.ports import AlertReader, CounterReader, ExperimentReader
 from streams.web import analysis, views
+from streams.web import experiments as experiment_views
 from streams.web.auth import Access, middleware
 from streams.web.views import DASHBOARD_FILES, Answer, dashboard_asset
 
@@ -50,6 +51,7 @@ def register_routes(
     alert_reader: AlertReader | None,
     config: CompiledConfig,
     metrics: Metrics,
+    experiment_reader: ExperimentReader | None = None,
     access: Access | None = None,
 ) -> None:
     if access is not None and access.enabled:
@@ -77,6 +79,9 @@ def register_routes(
     @redis_outage_as_503
     async def live(web: View, request: Request) -> Response:
         return answer(web, await views.live(counters, config, alert_reader, dict(request.query)))
+
+    async def experiments(web: View, request: Request) -> Response:
+        return answer(web, experiment_views.experiments(experiment_reader, config, dict(request.query)))
 
     @redis_outage_as_503
     async def series(web: View, request: Request, name: str) -> Response:
@@ -116,5 +121,6 @@ def register_routes(
     app.page("/metrics")(prometheus)
     app.page("/alerts")(alerts)
     app.page("/live")(live)
+    app.page("/experiments")(experiments)
     app.page("/")(dashboard)
     app.page("/dashboard/{name}")(asset)
