@@ -221,6 +221,9 @@ class AlertEvaluator:
             self._rules.append(_Rule(i, rule, step_index))
         self._evaluated_to: int | None = None
         self.ignored_late = 0
+        self._ids: dict[int, set[str]] = {}
+        """Per minute not yet judged, the ids of the microconversions counted in it."""
+        self.duplicates = 0
 
     @property
     def active(self) -> bool:
@@ -242,13 +245,25 @@ class AlertEvaluator:
         return {(r.rule.funnel, r.rule.step, by): True for r in self._rules for by in r.firing}
 
     def observe(self, output: Mapping[str, Any]) -> None:
-        """Count one output event (only milestone microconversions matter)."""
+        """Count one output event (only milestone microconversions matter).
+
+        A microconversion delivered twice (the journeys agent republishes a run it had not
+        finished acknowledging) counts once: its id is remembered until its minute is judged;
+        after that a copy is late and ignored, so no id is remembered for longer."""
         if output.get("type") != "micro" or output.get("kind") != "milestone":
             return
         timestamp = output["timestamp"]
         moment = timestamp if isinstance(timestamp, datetime) else datetime.fromisoformat(str(timestamp))
+        at_ms = to_epoch_ms(moment)
+        identifier = output.get("id")
+        if identifier is not None and any(r.rule.funnel == output.get("funnel") for r in self._rules):
+            seen = self._ids.setdefault(at_ms // MINUTE_MS * MINUTE_MS, set())
+            if identifier in seen:
+                self.duplicates += 1
+                return
+            seen.add(str(identifier))
         self.count(
-            to_epoch_ms(moment),
+            at_ms,
             str(output.get("funnel")),
             int(output["step_index"]),
             output.get("breakdowns") or {},
@@ -293,6 +308,8 @@ class AlertEvaluator:
                 out += self._judge_at(state, t)
         for state in self._rules:
             state.forget_incidents(self._evaluated_to)
+        for minute in [m for m in self._ids if m < self._evaluated_to]:
+            del self._ids[minute]
         return out
 
     def _judge_at(self, state: _Rule, t: int) -> list[Alert]:

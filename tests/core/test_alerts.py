@@ -157,3 +157,44 @@ def test_a_planted_incident_is_found_offline_on_its_platform_only() -> None:
     assert all(incident.start < a["timestamp"] < incident.end + timedelta(hours=12) for a in fired)
     assert resolved and resolved[-1]["timestamp"] > incident.end
     assert len([a for a in elsewhere if a.model_dump()["state"] == "fired"]) <= 2
+
+
+def test_a_microconversion_delivered_twice_counts_once() -> None:
+    """At-least-once delivery repeats outputs; the verdicts must not depend on it."""
+    from streams.core.alerts import AlertEvaluator
+    from streams.core.config_loader import parse_config
+    from streams.core.matching import compile_config
+
+    config = compile_config(
+        parse_config("""
+version: 1
+funnels:
+  - name: f
+    steps:
+      - {name: a, match: {event: a}}
+      - {name: b, match: {event: b}}
+alerts:
+  - {funnel: f, step: b, window: 5m, baseline: 1h, min_entered: 1, drop_below: 0.5}
+""")
+    )
+
+    def micro(n: int, step: int, minute: int) -> dict[str, object]:
+        return {
+            "type": "micro",
+            "kind": "milestone",
+            "id": f"m{n}-{step}",
+            "funnel": "f",
+            "step_index": step,
+            "timestamp": f"2024-03-13T10:{minute:02d}:30+00:00",
+        }
+
+    once, twice = AlertEvaluator(config), AlertEvaluator(config)
+    for n in range(10):
+        outputs = [micro(n, 0, 1)] + ([micro(n, 1, 1)] if n < 6 else [])
+        for output in outputs:
+            once.observe(output)
+            twice.observe(output)
+            twice.observe(output)
+    end = 1710324000000 + 10 * 60_000
+    assert [a.model_dump() for a in once.advance(end)] == [a.model_dump() for a in twice.advance(end)]
+    assert once.rule_counts(0) == twice.rule_counts(0) and twice.duplicates == 16
