@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -12,7 +13,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     ValidationError,
     WithJsonSchema,
     field_validator,
@@ -80,18 +80,37 @@ def from_epoch_ms(ms: int) -> datetime:
 
 def nesting_depth(value: Any, limit: int = 1_000_000) -> int:
     """How deep dicts and lists nest (a scalar is 0), counted without recursion, so that no
-    input can exhaust the stack; stops counting once past `limit`."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > limit:
-                return deepest
-            stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
+    input can exhaust the stack; stops counting once past `limit`.
+
+    Level by level: only the containers of each level are kept for the next, so the scalars
+    that make up most of an event cost one isinstance each."""
+    if not isinstance(value, dict | list):
+        return 0
+    depth = 1
+    level: list[Any] = [value]
+    while depth <= limit:
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return depth
+        depth += 1
+    return depth
+
+
+def within_nesting(raw: bytes, limit: int) -> bool:
+    """Whether `raw`, whatever JSON it holds, cannot nest deeper than `limit`: each level needs an
+    opening bracket, so a message with at most `limit` of them (counting those inside strings,
+    which only makes the bound safer) needs no walk. Two C-speed scans of the bytes."""
+    return raw.count(b"{") + raw.count(b"[") <= limit
+
+
+def _shallow(value: dict[str, Any]) -> bool:
+    """A dict whose values hold no container nests one level: the common case, checked first."""
+    return all(not isinstance(child, dict | list) for child in value.values())
 
 
 class Page(BaseModel):
@@ -172,8 +191,6 @@ class ClickEvent(BaseModel):
     context: dict[str, Any] = Field(default_factory=dict)
     properties: dict[str, Any] = Field(default_factory=dict)
 
-    _ts_ms: int = PrivateAttr(default=0)
-
     @field_validator("timestamp", mode="before")
     @classmethod
     def _parse_timestamp(cls, value: Any) -> datetime:
@@ -182,7 +199,7 @@ class ClickEvent(BaseModel):
     @field_validator("context", "properties")
     @classmethod
     def _shallow_enough(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if nesting_depth(value, MAX_NESTING) > MAX_NESTING:
+        if not _shallow(value) and nesting_depth(value, MAX_NESTING) > MAX_NESTING:
             raise ValueError(f"nested deeper than {MAX_NESTING} levels")
         return value
 
@@ -194,14 +211,15 @@ class ClickEvent(BaseModel):
             derived = campaign_from_url(self.page.url)
             if derived is not None:
                 object.__setattr__(self, "campaign", derived)
+        # kept beside the fields (not serialized, not compared): a plain attribute read after
+        # this, where a pydantic private attribute costs a Python-level __getattr__ every time
+        self.__dict__["ts_ms"] = to_epoch_ms(self.timestamp)
         return self
 
-    def model_post_init(self, _context: Any) -> None:
-        self._ts_ms = to_epoch_ms(self.timestamp)
-
-    @property
+    @cached_property
     def ts_ms(self) -> int:
-        return self._ts_ms
+        """The event time in epoch milliseconds (set once validated; the model is frozen)."""
+        return to_epoch_ms(self.timestamp)
 
     @property
     def identity(self) -> str:
@@ -334,8 +352,9 @@ def _decode(raw: bytes | None, max_bytes: int, max_batch: int, fmt: InputFormat 
 
         return decode_segment(parsed, raw, max_batch=max_batch)
     out.format = "contract"
-    # the event object, the batch array and properties nesting MAX_NESTING deep
-    if nesting_depth(parsed, MAX_NESTING + 2) > MAX_NESTING + 2:
+    # the event object, the batch array and properties nesting MAX_NESTING deep; orjson refuses
+    # past 1024 levels, and an ordinary event has too few brackets to need the walk at all
+    if not within_nesting(raw, MAX_NESTING + 2) and nesting_depth(parsed, MAX_NESTING + 2) > MAX_NESTING + 2:
         detail = f"contract: nested deeper than {MAX_NESTING + 2} levels"
         out.rejects.append(Rejection("too_deeply_nested", detail, raw))
         return out
