@@ -30,6 +30,9 @@ class OfflineRun:
     max_batch_events: int = 10_000
     latest_ms: int | None = None  # events stamped later are refused, as `max_future_skew_s` does on Kafka
     store: dict[str, bytes] = field(default_factory=dict)
+    cache_journeys: int = 20_000
+    """The engine keeps the journeys it touches decoded until this many, then writes the changed
+    ones to `store` (once each) and starts again; and at the end of `run` and `flush`."""
     lines: int = 0
     events: int = 0
     rejected: int = 0
@@ -71,6 +74,8 @@ class OfflineRun:
         if self._latest_ms is not None:
             for partition in range(self.partitions):
                 out.extend(self.engine.observe(partition, self.source, self._latest_ms))
+        if self.engine.cached >= self.cache_journeys:
+            self.engine.flush()
         return self._with_alerts(out)
 
     def _with_alerts(self, out: list[OutputEvent]) -> list[OutputEvent]:
@@ -89,6 +94,7 @@ class OfflineRun:
     def run(self, lines: Iterable[bytes]) -> Iterator[OutputEvent]:
         for line in lines:
             yield from self.feed(line)
+        self.engine.flush()
 
     def flush(self) -> list[OutputEvent]:
         """Let event time run out: close every open session and attempt (end of history)."""
@@ -96,6 +102,7 @@ class OfflineRun:
         far_future = 4_102_444_800_000  # 2100-01-01
         for partition in range(self.partitions):
             out.extend(self.engine.observe(partition, self.source, far_future + self.config.late_tolerance))
+        self.engine.flush()
         return out
 
 

@@ -16,6 +16,12 @@ in event-time order. On Kafka, items for other partitions wait in `outbox` for t
 send them, and every partition's progress through its own input reaches the others as the
 watermark of a *forwarder* source (`journeys/N`), which the hold and deadline watermarks wait
 for like any other source. Offline, items are held on their partition at once.
+
+A run's journeys are decoded once and written once: `load` keeps each journey it reads (and every
+journey saved) in a cache of live objects, and `flush` writes the ones that changed to the store,
+each once, in the order they were first changed, then empties the cache. The Kafka agent flushes
+after each run of messages, before the table's changelog is written; offline mode every chunk of
+lines. Between two flushes the store is behind: read it only after a flush.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
+from typing import Any
 from zlib import crc32
 
 from streams.core.events import ClickEvent
@@ -86,6 +93,13 @@ class Engine:
         """Items for other partitions go to `outbox` (Kafka), not straight to their holds."""
         self.outbox: list[tuple[int, Item]] = []
         self._clocks: dict[int, _PartitionClock] = {}
+        self._cache: dict[str, Journey | None] = {}
+        """Journeys read or saved since the last flush (None: known to be absent)."""
+        self._dirty: dict[str, None] = {}
+        """The identities to write (or delete) at the flush, in the order first changed."""
+        self._clicks: dict[int, tuple[dict[str, Any], ClickEvent]] = {}
+        """Held item bodies of this run (by id, the body kept alive with it) and their event,
+        validated already: applying them needs no second validation."""
 
     def _clock(self, partition: int) -> _PartitionClock:
         clock = self._clocks.get(partition)
@@ -144,8 +158,51 @@ class Engine:
         return None if clock is None else self._reached(clock, forwarders=False)
 
     def load(self, identity: str) -> Journey | None:
+        """The journey (a live object: the cache's until the next flush), or None."""
+        cache = self._cache
+        if identity in cache:
+            return cache[identity]
+        raw = self.store.get(identity)
+        loaded = Journey.loads(raw) if raw is not None else None
+        cache[identity] = loaded
+        return loaded
+
+    def _read(self, identity: str) -> Journey | None:
+        """The journey without keeping it (recovery reads every journey once)."""
+        if identity in self._cache:
+            return self._cache[identity]
         raw = self.store.get(identity)
         return Journey.loads(raw) if raw is not None else None
+
+    def _put(self, journey: Journey) -> None:
+        identity = journey.identity
+        self._cache[identity] = journey
+        self._dirty[identity] = None
+
+    def _delete(self, identity: str) -> None:
+        self._cache[identity] = None
+        self._dirty[identity] = None
+
+    @property
+    def cached(self) -> int:
+        """Journeys held decoded since the last flush."""
+        return len(self._cache)
+
+    def flush(self) -> int:
+        """Write every journey changed since the last flush to the store, once each, and forget
+        the cache; the number written. Call it before the store is read or persisted."""
+        store, cache = self.store, self._cache
+        for identity in self._dirty:
+            journey = cache[identity]
+            if journey is not None:
+                store[identity] = journey.dumps()
+            elif identity in store:
+                del store[identity]
+        written = len(self._dirty)
+        self._dirty = {}
+        self._cache = {}
+        self._clicks = {}
+        return written
 
     def process(self, event: ClickEvent, partition: int | None = None) -> Outputs:
         """Apply one event on its home partition. Deadlines fire in `observe`, when sources move on."""
@@ -161,7 +218,7 @@ class Engine:
             partition = self.partition_of(home)
         clock = self._clock(partition)
         if event.anonymous_id is None:  # the person's own event: held with what is forwarded to it
-            return self._send(partition, Forwarded(home, event.to_json_dict(), event.ts_ms))
+            return self._send(partition, Forwarded(home, event.to_json_dict(), event.ts_ms), event)
         journey = self.load(home)
         decision, person = decide(self.rules, journey.linked_to if journey else None, event)
         if decision == "local":
@@ -186,26 +243,36 @@ class Engine:
                 journey.last_ts = event.ts_ms  # the link lives on while its anonymous id is seen
                 self._save(clock, journey)
             item = Forwarded(person, event.to_json_dict(), event.ts_ms)
-        return out + self._send(partition, item)
+        return out + self._send(partition, item, event)
 
     def accept(self, partition: int, body: object) -> Outputs:
         """An item another partition forwarded here (as `Item.encode` wrote it)."""
         return self._hold(partition, decode_item(body))
 
-    def _send(self, partition: int, item: Item) -> Outputs:
+    def _send(self, partition: int, item: Item, event: ClickEvent) -> Outputs:
         target = self.partition_of(item.person)
         if self.forwarding and target != partition:
             self.outbox.append((target, item))
             return []
-        return self._hold(target, item)
+        return self._hold(target, item, event)
 
-    def _hold(self, partition: int, item: Item) -> Outputs:
+    def _hold(self, partition: int, item: Item, event: ClickEvent | None = None) -> Outputs:
         clock = self._clock(partition)
         journey = self.load(item.person) or Journey(item.person, None)
-        journey.held.append(item.encode())
-        self.store[item.person] = journey.dumps()
+        body = item.encode()
+        journey.held.append(body)
+        if event is not None:
+            self._clicks[id(body)] = (body, event)
+        self._put(journey)
         self._schedule_hold(clock, journey)
         return self._release_due(partition, clock)
+
+    def _event_of(self, item: Item) -> ClickEvent:
+        """The item's event: the one validated when it was held in this run, else validated now."""
+        known = self._clicks.pop(id(item.body), None) if item.body is not None else None
+        if known is not None and known[0] is item.body:
+            return known[1]
+        return ClickEvent.model_validate(item.event)
 
     def _schedule_hold(self, clock: _PartitionClock, journey: Journey) -> None:
         if not journey.held:
@@ -240,7 +307,7 @@ class Engine:
                 if isinstance(item, Merge):
                     out += self._merge(journey, item)
                 else:
-                    journey, applied = self.machine.apply(journey, ClickEvent.model_validate(item.event))
+                    journey, applied = self.machine.apply(journey, self._event_of(item))
                     out += applied
             self._save(clock, journey)
             self._schedule_hold(clock, journey)  # what is still held waits for a later watermark
@@ -248,7 +315,7 @@ class Engine:
 
     def _merge(self, journey: Journey, item: Merge) -> Outputs:
         """The anonymous journey joins the person's, then the event that linked them applies."""
-        event = ClickEvent.model_validate(item.event)
+        event = self._event_of(item)
         if item.anonymous_id in journey.merged:  # delivered again: merged already
             journey, out = self.machine.apply(journey, event)
             return out
@@ -326,7 +393,7 @@ class Engine:
         clock = self._clock(partition)
         count = 0
         for identity in identities:
-            journey = self.load(identity)
+            journey = self._read(identity)
             if journey is not None:
                 self._schedule(clock, journey)
                 self._schedule_hold(clock, journey)
@@ -335,6 +402,7 @@ class Engine:
 
     def release_partitions(self, partitions: Iterable[int]) -> None:
         """Forget the deadlines and clocks of partitions another worker now owns."""
+        self.flush()
         for partition in partitions:
             self._clocks.pop(partition, None)
 
@@ -343,7 +411,7 @@ class Engine:
         return len(clock.scheduled) if clock else 0
 
     def _save(self, clock: _PartitionClock, journey: Journey) -> None:
-        self.store[journey.identity] = journey.dumps()
+        self._put(journey)
         self._schedule(clock, journey)
 
     def _next_deadline(self, journey: Journey) -> int | None:
@@ -376,13 +444,13 @@ class Engine:
                 continue
             if journey.linked_to is not None:
                 if journey.last_ts + self.rules.ttl < watermark:
-                    del self.store[identity]  # the link expired: the id is anonymous again
+                    self._delete(identity)  # the link expired: the id is anonymous again
                 else:
                     self._schedule(clock, journey)
                 continue
             fired = self.machine.advance(journey, watermark)
             if fired:
                 out.extend(fired)
-                self.store[identity] = journey.dumps()
+                self._put(journey)
             self._schedule(clock, journey)
         return out

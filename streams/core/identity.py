@@ -32,7 +32,7 @@ time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from streams.core.config import Identity
@@ -113,6 +113,8 @@ class Forwarded:
     person: str
     event: dict[str, Any]
     ts: int
+    body: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    """The held body this item was decoded from (the engine knows its event by it)."""
 
     def encode(self) -> dict[str, Any]:
         return {"person": self.person, "ts": self.ts, "event": self.event}
@@ -128,6 +130,7 @@ class Merge:
     """The anonymous journey's stored form, or None when the id had no journey yet."""
     event: dict[str, Any]
     ts: int
+    body: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def encode(self) -> dict[str, Any]:
         return {
@@ -150,12 +153,12 @@ def decode_item(body: Any) -> Item:
     if not isinstance(person, str) or not isinstance(event, dict) or not isinstance(ts, int):
         raise ValueError("a forwarded item needs a person, a time and an event")
     if "merge" not in body:
-        return Forwarded(person, event, ts)
+        return Forwarded(person, event, ts, body)
     anonymous_id = body["merge"]
     journey = body.get("journey")
     if not isinstance(anonymous_id, str) or not (journey is None or isinstance(journey, str)):
         raise ValueError("a merge needs the anonymous id and the journey's stored form")
-    return Merge(person, anonymous_id, journey.encode() if journey is not None else None, event, ts)
+    return Merge(person, anonymous_id, journey.encode() if journey is not None else None, event, ts, body)
 
 
 def hold_order(item: Item) -> tuple[int, int, str]:

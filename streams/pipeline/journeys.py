@@ -93,6 +93,7 @@ class Journeys:
             try:
                 batch = RepartitionBatch.decode(message.value)
             except ValueError as exc:  # only a foreign producer on the internal topic
+                self.engine.flush()  # nothing of the run waits in the engine across an await
                 await self._dead_letter([Rejection("invalid_json", str(exc), message.value or b"")], message)
                 continue
             partition = message.partition
@@ -117,6 +118,7 @@ class Journeys:
                         continue
                     click = ClickEvent.model_validate(item)
                 except (ValidationError, ValueError) as exc:
+                    self.engine.flush()
                     await self._dead_letter(
                         [Rejection("invalid_event", str(exc), orjson.dumps(item))], message
                     )
@@ -139,10 +141,12 @@ class Journeys:
                     applied if batch.offset is None else batch.offset,
                     batch.watermark if advanced else watermark,
                 )
-        # The markers go last, after every journey of the run in their changelog partitions: a
+        # The run's journeys, decoded once, are written to the table once each (the engine's
+        # cache), then the markers, after every journey of the run in their changelog partitions: a
         # crash part way through the writes then leaves them behind, and the replay re-applies
         # events whose journeys were written (their event ids make that harmless) rather than
         # skipping events whose journeys were not.
+        self.engine.flush()
         for marker, (offset, watermark) in applied_now.items():
             self.state[marker] = marker_value(offset, watermark)
         for partition, produced in outputs.items():

@@ -472,6 +472,7 @@ def engine_outputs(
         out += engine.observe(0, "s", latest)
     if flush:
         out += engine.observe(0, "s", latest + 400 * 86_400_000)
+    engine.flush()  # the journeys reach the store (read by the tests) at the end of a run
     return [o.model_dump(mode="json") for o in out], engine
 
 

@@ -219,6 +219,7 @@ class KafkaModel:
                 self.out += engine.accept(partition, item)
         if watermark is not None:
             self.out += engine.observe(partition, sender, watermark)
+        engine.flush()  # as the agent does at the end of each run, before writing its changelog
         forwards: dict[int, list[Any]] = {}
         for target, forwarded in engine.outbox:
             forwards.setdefault(target, []).append(forwarded.encode())

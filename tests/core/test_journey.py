@@ -358,7 +358,9 @@ def test_a_source_that_went_idle_first_still_moves_event_time_once_every_source_
 def test_engine_rebuilds_its_deadline_index_from_the_store() -> None:
     m = machine(window="1h")
     store: dict[str, bytes] = {}
-    Engine(m.config, store, 1, ["s"]).process(click("product_view", "10:00"))
+    engine = Engine(m.config, store, 1, ["s"])
+    engine.process(click("product_view", "10:00"))
+    engine.flush()  # the end of a run: its journeys are written to the store
     restarted = Engine(m.config, store, 1, ["s"])
     assert restarted.rebuild_deadlines(0, list(store)) == 1
     assert "dropoff:view:window_expired" in kinds(restarted.observe(0, "s", click("x", "12:00").ts_ms))
