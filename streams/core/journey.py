@@ -14,6 +14,7 @@ import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -44,9 +45,10 @@ MAX_PATH = 50
 MAX_BREAKDOWN_VALUE = 100
 
 
-def _pack(record: Any) -> list[Any]:
-    """A dataclass's values in field order: the compact positional form journeys are stored in."""
-    return [getattr(record, f.name) for f in fields(record)]
+def _packer(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    """A dataclass's values in field order: the compact positional form journeys are stored in
+    (one C-level attrgetter per class, where `dataclasses.fields` on every call was a cost)."""
+    return attrgetter(*(f.name for f in fields(cls)))
 
 
 @dataclass(slots=True)
@@ -133,9 +135,9 @@ class Journey:
         return self.user_id if self.user_id is not None else self.anonymous_id  # type: ignore[return-value]
 
     def dumps(self) -> bytes:
-        values = _pack(self)
-        values[_SESSION_AT] = _pack(self.session) if self.session else None
-        values[_ATTEMPTS_AT] = {name: _pack(a) for name, a in self.attempts.items()}
+        values = list(_pack_journey(self))
+        values[_SESSION_AT] = _pack_session(self.session) if self.session else None
+        values[_ATTEMPTS_AT] = {name: _pack_attempt(a) for name, a in self.attempts.items()}
         # the remembered ids are most of a busy user's state: fingerprints as packed bytes
         # (11 characters each, not 20 digits) and their times as ages in seconds
         values[_SEEN_AT] = base64.b64encode(struct.pack(f"<{len(self.seen)}Q", *self.seen)).decode()
@@ -162,6 +164,9 @@ class Journey:
         return journey
 
 
+_pack_journey = _packer(Journey)
+_pack_session = _packer(Session)
+_pack_attempt = _packer(Attempt)
 _JOURNEY_FIELDS = [f.name for f in fields(Journey)]
 _SESSION_AT = _JOURNEY_FIELDS.index("session")
 _ATTEMPTS_AT = _JOURNEY_FIELDS.index("attempts")
@@ -254,25 +259,50 @@ def attempt_end(funnel: CompiledFunnel, attempt: Attempt) -> tuple[int, DropoffR
         return None if funnel.window is None else (attempt.start + funnel.window, "window_expired")
     if not funnel.best_chain:
         return chain_end(funnel, attempt.reached, (attempt.start, attempt.last))
-    latest: tuple[int, int, DropoffReason] | None = None
-    for index, chain in enumerate(chain_slots(attempt, funnel)):
-        if chain is None:
-            continue
-        end = chain_end(funnel, index, chain)
-        if end is None:
+    flat = attempt.chains
+    if not flat:  # stored before best chains, or one chain so far: from its start to its last step
+        if attempt.reached >= funnel.last_index:
             return None
-        if latest is None or (end[0], index) >= latest[:2]:
-            latest = (end[0], index, end[1])
-    return None if latest is None else (latest[0], latest[2])
+        return chain_end(funnel, attempt.reached, (attempt.start, attempt.last))
+    # chain_end over the packed chains (chain_slots' offsets), without building the slots
+    start, window, steps = attempt.start, funnel.window, funnel.steps
+    latest_at = latest_index = -1
+    latest_reason: DropoffReason = "window_expired"
+    reason: DropoffReason
+    for index in range(min(funnel.last_index, len(flat) // 2)):
+        first, last = flat[2 * index], flat[2 * index + 1]
+        if first is None or last is None:
+            continue
+        window_end = start + first + window if window is not None else None
+        within = steps[index + 1].within
+        step_end = start + last + within if within is not None else None
+        if step_end is None or (window_end is not None and window_end <= step_end):
+            if window_end is None:
+                return None
+            at, reason = window_end, "window_expired"
+        else:
+            at, reason = step_end, "step_timeout"
+        if (at, index) >= (latest_at, latest_index):
+            latest_at, latest_index, latest_reason = at, index, reason
+    return None if latest_index < 0 else (latest_at, latest_reason)
 
 
-@dataclass(frozen=True, slots=True)
-class _Due:
-    at: int
-    order: int
-    key: str
-    """The attempt's key (empty for the session): simultaneous deadlines fire in a fixed order."""
-    action: Callable[[], None]
+_SESSION_DUE, _DROP_DUE, _STALL_DUE = 0, 2, 4
+Due = tuple[int, int, str, DropoffReason | None]
+"""A deadline: (event time, kind, the attempt's key (empty for the session), a drop-off's reason).
+Simultaneous deadlines fire in this order: the session, then drop-offs, then stalls, by key."""
+
+
+def previous_step_at(funnel: CompiledFunnel, attempt: Attempt, index: int) -> int | None:
+    """When the attempt reached the step before `index` (the step-to-step time of issue 18's
+    projections): with best chains, the last step of the chain at that step; otherwise the
+    attempt's latest progress before this one. None for the first step or when unknown."""
+    if index == 0:
+        return None
+    if funnel.best_chain:
+        chain = chain_slots(attempt, funnel)[index - 1]
+        return chain[1] if chain is not None else None
+    return attempt.last
 
 
 class JourneyMachine:
@@ -285,43 +315,51 @@ class JourneyMachine:
 
     def next_deadline(self, journey: Journey) -> int | None:
         """The earliest event time at which `advance` would change this journey."""
-        due = self._due(journey, [])
-        return min((d.at for d in due), default=None)
+        due = self._earliest(journey)
+        return None if due is None else due[0]
 
     def advance(self, journey: Journey, now: int) -> Outputs:
         """Fire every deadline strictly before `now`, earliest first."""
         out: Outputs = []
-        for key in [k for k in journey.attempts if funnel_of(k) not in self.config.funnels_by_name]:
-            del journey.attempts[key]  # the funnel left the configuration
+        attempts = journey.attempts
+        if attempts:
+            funnels = self.config.funnels_by_name
+            for key in [k for k in attempts if k not in funnels and funnel_of(k) not in funnels]:
+                del attempts[key]  # the funnel left the configuration
         while True:
-            due = [d for d in self._due(journey, out) if d.at < now]
-            if not due:
+            due = self._earliest(journey)
+            if due is None or due[0] >= now:
                 return out
-            min(due, key=lambda d: (d.at, d.order, d.key)).action()
+            at, kind, key, reason = due
+            if kind == _SESSION_DUE:
+                self._close_session(journey, at, out)
+                continue
+            funnel = self.config.funnels_by_name[funnel_of(key)]
+            if kind == _DROP_DUE:
+                assert reason is not None
+                self.drop(journey, funnel, reason, at, out, key)
+            else:
+                self._stall(journey, funnel, attempts[key], at, out)
 
-    def _due(self, journey: Journey, out: Outputs) -> list[_Due]:
-        due: list[_Due] = []
+    def _earliest(self, journey: Journey) -> Due | None:
+        """The journey's next deadline, as plain values (no closures to build and discard)."""
+        earliest: Due | None = None
         session = journey.session
         if session is not None:
-            end = session.last + self.config.session_timeout
-            due.append(_Due(end, 0, "", lambda: self._close_session(journey, end, out)))
+            earliest = (session.last + self.config.session_timeout, _SESSION_DUE, "", None)
+        funnels = self.config.funnels_by_name
         for key, attempt in journey.attempts.items():
-            funnel = self.config.funnels_by_name[funnel_of(key)]
-            due.extend(self._attempt_deadlines(journey, funnel, key, attempt, out))
-        return due
-
-    def _attempt_deadlines(
-        self, journey: Journey, funnel: CompiledFunnel, key: str, attempt: Attempt, out: Outputs
-    ) -> list[_Due]:
-        due: list[_Due] = []
-        end = attempt_end(funnel, attempt)
-        if end is not None:
-            at, reason = end
-            due.append(_Due(at, 2, key, lambda: self.drop(journey, funnel, reason, at, out, key)))
-        if funnel.stalled_after is not None and not attempt.stalled:
-            stall_at = attempt.last + funnel.stalled_after
-            due.append(_Due(stall_at, 4, key, lambda: self._stall(journey, funnel, attempt, stall_at, out)))
-        return due
+            funnel = funnels.get(key) or funnels[funnel_of(key)]
+            end = attempt_end(funnel, attempt)
+            if end is not None:
+                due: Due = (end[0], _DROP_DUE, key, end[1])
+                if earliest is None or due < earliest:
+                    earliest = due
+            if funnel.stalled_after is not None and not attempt.stalled:
+                due = (attempt.last + funnel.stalled_after, _STALL_DUE, key, None)
+                if earliest is None or due < earliest:
+                    earliest = due
+        return earliest
 
     # ---- events -----------------------------------------------------------------------
 
@@ -592,6 +630,7 @@ class JourneyMachine:
         now: int,
         out: Outputs,
     ) -> None:
+        previous_at = previous_step_at(funnel, attempt, index)
         attempt.done_mask |= 1 << index
         attempt.reached = max(attempt.reached, index)
         attempt.last = now
@@ -622,6 +661,7 @@ class JourneyMachine:
                 event=event.event,
                 event_id=event.event_id,
                 started_at=from_epoch_ms(attempt.start),
+                previous_at=from_epoch_ms(previous_at) if previous_at is not None else None,
                 landing_page=session.landing,
                 channel=session.channel,
                 breakdowns=attempt.breakdowns,
