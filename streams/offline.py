@@ -83,7 +83,8 @@ class OfflineRun:
         evaluators = [e for e in (self.alerts, self.experiments) if e.active]
         if not evaluators or self._latest_ms is None:
             return out
-        micro = [output.model_dump() for output in out if output.type == "micro"]
+        # the fields as they are (what model_dump() would copy): the evaluators only read them
+        micro = [output.__dict__ for output in out if output.type == "micro"]
         judged: list[OutputEvent] = []
         for evaluator in evaluators:
             for output in micro:

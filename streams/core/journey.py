@@ -34,6 +34,7 @@ from streams.core.outputs import (
     OutputEvent,
     SessionSummary,
     Stalled,
+    build,
 )
 
 STATE_VERSION = 3
@@ -293,18 +294,6 @@ Due = tuple[int, int, str, DropoffReason | None]
 Simultaneous deadlines fire in this order: the session, then drop-offs, then stalls, by key."""
 
 
-def previous_step_at(funnel: CompiledFunnel, attempt: Attempt, index: int) -> int | None:
-    """When the attempt reached the step before `index` (the step-to-step time of issue 18's
-    projections): with best chains, the last step of the chain at that step; otherwise the
-    attempt's latest progress before this one. None for the first step or when unknown."""
-    if index == 0:
-        return None
-    if funnel.best_chain:
-        chain = chain_slots(attempt, funnel)[index - 1]
-        return chain[1] if chain is not None else None
-    return attempt.last
-
-
 class JourneyMachine:
     """Applies events and the passing of event time to journeys, for one compiled configuration."""
 
@@ -452,7 +441,8 @@ class JourneyMachine:
                 self.drop(journey, funnel, "session_ended", at, out, key)
         campaign = session.campaign
         out.append(
-            SessionSummary(
+            build(
+                SessionSummary,
                 id=output_id("session", journey.identity, session.number),
                 user_id=journey.user_id,
                 anonymous_id=journey.anonymous_id,
@@ -630,7 +620,6 @@ class JourneyMachine:
         now: int,
         out: Outputs,
     ) -> None:
-        previous_at = previous_step_at(funnel, attempt, index)
         attempt.done_mask |= 1 << index
         attempt.reached = max(attempt.reached, index)
         attempt.last = now
@@ -646,7 +635,8 @@ class JourneyMachine:
             }
         self._record_micro(journey, session, step.name)
         out.append(
-            MicroConversion(
+            build(
+                MicroConversion,
                 id=output_id("micro", journey.identity, event.event_id, funnel.name, step.name),
                 user_id=journey.user_id,
                 anonymous_id=journey.anonymous_id,
@@ -661,7 +651,6 @@ class JourneyMachine:
                 event=event.event,
                 event_id=event.event_id,
                 started_at=from_epoch_ms(attempt.start),
-                previous_at=from_epoch_ms(previous_at) if previous_at is not None else None,
                 landing_page=session.landing,
                 channel=session.channel,
                 breakdowns=attempt.breakdowns,
@@ -685,7 +674,8 @@ class JourneyMachine:
         attempt = journey.attempts.pop(key)
         journey.ties.pop(key, None)
         out.append(
-            Dropoff(
+            build(
+                Dropoff,
                 id=output_id("dropoff", journey.identity, funnel.name, attempt.number),
                 reason=reason,
                 time_in_funnel_ms=attempt.last - attempt.start,
@@ -698,7 +688,8 @@ class JourneyMachine:
     ) -> None:
         attempt.stalled = True
         out.append(
-            Stalled(
+            build(
+                Stalled,
                 id=output_id("stalled", journey.identity, funnel.name, attempt.number, attempt.last),
                 idle_ms=at - attempt.last,
                 **self._attempt_fields(journey, funnel, attempt, at),
@@ -738,7 +729,8 @@ class JourneyMachine:
         name: str,
         dimensions: dict[str, str | None],
     ) -> MicroConversion:
-        return MicroConversion(
+        return build(
+            MicroConversion,
             id=output_id("micro", journey.identity, event.event_id, "", name),
             user_id=journey.user_id,
             anonymous_id=journey.anonymous_id,
@@ -770,7 +762,8 @@ class JourneyMachine:
         )
         currency = event.properties.get("currency")
         first_touch = journey.first_touch if journey.first_touch is not None else event.ts_ms
-        return MacroConversion(
+        return build(
+            MacroConversion,
             id=output_id("macro", journey.identity, event.event_id, goal),
             user_id=journey.user_id,
             anonymous_id=journey.anonymous_id,
@@ -783,7 +776,8 @@ class JourneyMachine:
             micro_path=list(journey.path),
             landing_page=session.landing,
             channel=session.channel,
-            first_touch=FirstTouch(
+            first_touch=build(
+                FirstTouch,
                 timestamp=from_epoch_ms(first_touch),
                 landing_page=journey.first_landing,
                 channel=journey.first_channel,
