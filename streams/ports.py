@@ -69,9 +69,9 @@ class CounterReader(Protocol):
         """Every field of a key family summed over a window (time to convert, channels)."""
 
     async def cohorts(
-        self, funnel: str, start_ms: int, end_ms: int
+        self, funnel: str, start_ms: int, end_ms: int, family: str = "a"
     ) -> tuple[int, dict[int, dict[str, float]]]:
-        """Attempts by the bucket they opened in: (bucket size, bucket -> fields)."""
+        """Attempts by the bucket they opened in (`a`) or reached a step in (`r`)."""
 
 
 class AlertReader(Protocol):

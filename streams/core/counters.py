@@ -13,10 +13,14 @@ every resolution R (the finest, and the hour and day rollups), written as `R:B` 
     ug:<goal>:B    HyperLogLog of converting identities
     s:B            hash  n sessions, pv page views, dur duration ms; each also |landing_page= and |channel=
     t:<funnel>:B   hash  time to convert, by the time the step was reached: t:<k>:<le> histogram of
-                         (step time - attempt start) in seconds (TIME_TO_CONVERT_S), ts:<k> sum (ms)
+                         (step time - attempt start) in seconds (TIME_TO_CONVERT_S), ts:<k> sum (ms);
+                         g:<k>:<le>, gs:<k> the same of (step time - the step before's)
     a:<funnel>:B   hash  cohorts, by the time the attempt *opened* (minute and hour only): e:<k>
                          reached step k, d:<k> dropped at k, d:<k>:<reason>; per cohort, entered(k) =
                          entered(k+1) + dropped(k) + still open at k, exactly
+    r:<funnel>:B   hash  the same by the time the attempt *reached step k* (minute and hour): e:<k>,
+                         n:<k> went on to k+1 (by `previous_at`), d:<k> dropped at k (by its last
+                         progress): how long the open ones have waited at their step
     c:B            hash  the channels table, per <dim>=<value> (dim: channel, landing_page), each also
                          with |visitor_type=<new|returning>, and per visitor_type alone:
                          from closed sessions s| sessions, mi| their microconversions, cv| their
@@ -161,7 +165,8 @@ def cohort_resolutions(bucket_ms: int) -> tuple[int, ...]:
 
 
 def _cohort_increments(output: Mapping[str, Any], config: CompiledConfig, bucket_ms: int) -> list[Op]:
-    """A milestone or drop-off counted under the moment its attempt opened (`started_at`)."""
+    """A milestone or drop-off counted under the moment its attempt opened (`started_at`), and
+    under the moment it reached the step it left or stayed at."""
     kind = output.get("type")
     if kind not in ("micro", "dropoff") or output.get("started_at") is None:
         return []
@@ -172,6 +177,13 @@ def _cohort_increments(output: Mapping[str, Any], config: CompiledConfig, bucket
         return []
     started = _ms(output["started_at"])
     k = int(output["step_index"])
+    reached: list[tuple[int, str]] = []  # (when the attempt reached that step, field)
+    if kind == "micro":
+        reached.append((_ms(output["timestamp"]), f"e:{k}"))
+        if k > 0 and output.get("previous_at") is not None:
+            reached.append((_ms(output["previous_at"]), f"n:{k - 1}"))
+    else:
+        reached.append((started + int(output.get("time_in_funnel_ms") or 0), f"d:{k}"))
     ops: list[Op] = []
     for resolution in cohort_resolutions(bucket_ms):
         key = f"a:{funnel.name}:{resolution // 1000}:{bucket_of(started, resolution)}"
@@ -180,6 +192,8 @@ def _cohort_increments(output: Mapping[str, Any], config: CompiledConfig, bucket
         else:
             ops.append(Op("h", key, f"d:{k}", 1))
             ops.append(Op("h", key, f"d:{k}:{output['reason']}", 1))
+        for at, name in reached:
+            ops.append(Op("h", f"r:{funnel.name}:{resolution // 1000}:{bucket_of(at, resolution)}", name, 1))
     return ops
 
 
@@ -234,6 +248,10 @@ def _bucket_increments(output: Mapping[str, Any], config: CompiledConfig, b: str
             elapsed = max(0, _ms(output["timestamp"]) - _ms(output["started_at"]))
             ops.append(Op("h", f"t:{funnel.name}:{b}", f"t:{k}:{time_to_convert_bucket(elapsed)}", 1))
             ops.append(Op("h", f"t:{funnel.name}:{b}", f"ts:{k}", elapsed))
+        if k > 0 and output.get("previous_at") is not None:
+            waited = max(0, _ms(output["timestamp"]) - _ms(output["previous_at"]))
+            ops.append(Op("h", f"t:{funnel.name}:{b}", f"g:{k}:{time_to_convert_bucket(waited)}", 1))
+            ops.append(Op("h", f"t:{funnel.name}:{b}", f"gs:{k}", waited))
     elif kind in ("dropoff", "stalled"):
         funnel = config.funnels_by_name.get(str(output.get("funnel")))
         if funnel is None:

@@ -40,12 +40,13 @@ EM_TOLERANCE = 1e-9
 # ---- time to convert --------------------------------------------------------------------
 
 
-def histogram(fields: Mapping[str, float], step: int) -> list[tuple[int | None, int]]:
-    """The step's time-to-convert histogram as (upper bound in ms or None for infinity, count)."""
+def histogram(fields: Mapping[str, float], step: int, of: str = "t") -> list[tuple[int | None, int]]:
+    """The step's time-to-convert histogram as (upper bound in ms or None for infinity, count):
+    from the attempt's opening (`of` t), or from the step before (`of` g)."""
     out: list[tuple[int | None, int]] = [
-        (le * 1000, int(fields.get(f"t:{step}:{le}", 0))) for le in TIME_TO_CONVERT_S
+        (le * 1000, int(fields.get(f"{of}:{step}:{le}", 0))) for le in TIME_TO_CONVERT_S
     ]
-    out.append((None, int(fields.get(f"t:{step}:inf", 0))))
+    out.append((None, int(fields.get(f"{of}:{step}:inf", 0))))
     return out
 
 
@@ -157,16 +158,40 @@ def _later(p: float, f: float) -> float:
     return p * (1.0 - f) / (1.0 - p * f)
 
 
+def _waiting(
+    waiting: Mapping[int, Mapping[str, float]], waiting_ms: int, as_of_ms: int, k: int
+) -> tuple[int, int, list[tuple[float, int]]]:
+    """Attempts that reached step k in the cohorts `waiting` (r: fields): how many, how many went
+    on, and the open ones by how long they have waited at k."""
+    entered = went_on = 0
+    open_by_age: list[tuple[float, int]] = []
+    for start, fields in waiting.items():
+        e, n, d = (int(fields.get(f"{name}:{k}", 0)) for name in ("e", "n", "d"))
+        entered, went_on = entered + e, went_on + n
+        if e - n - d > 0:
+            open_by_age.append((max(0.0, as_of_ms - (start + waiting_ms / 2)), e - n - d))
+    return entered, went_on, open_by_age
+
+
 def progress(
     cohorts: Mapping[int, Mapping[str, float]],
     cohort_ms: int,
     as_of_ms: int,
     steps: Sequence[str],
     curves: Mapping[int, Callable[[float], float]],
+    waiting: Mapping[int, Mapping[str, float]] | None = None,
+    waiting_ms: int = 0,
 ) -> list[dict[str, Any]]:
     """Per step, over the attempts that opened in the cohorts given (start of bucket -> fields
     e:<k>, d:<k>, d:<k>:<reason>): entered, reached the next step, dropped (by reason), still in
-    progress, the observed rates and the projection from `curves[k + 1]`."""
+    progress, the observed rates and the projection.
+
+    Without `waiting`, the projection ages the open attempts from their opening, with
+    `curves[k + 1]` the time from opening to step k+1. With `waiting` (cohorts by the time each
+    attempt reached its step, `r:` fields), it ages them from reaching step k, with `curves[k + 1]`
+    the time from step k to k+1: the share of the waiting attempts that the model expects to go
+    on is applied to this window's open attempts (a cart left an hour ago is judged by how carts
+    left an hour ago fare, not by how long ago its visitor first looked)."""
     out = []
     last = len(steps) - 1
     for k, name in enumerate(steps):
@@ -195,13 +220,22 @@ def progress(
             "in_progress": in_progress,
         }
         if k < last:
-            projection = project(entered, reached, open_by_age, curves.get(k + 1, lambda _: 1.0))
+            curve = curves.get(k + 1, lambda _: 1.0)
+            if waiting is None:
+                projection = project(entered, reached, open_by_age, curve)
+                projected = projection.converted
+            else:
+                w_entered, w_on, w_open = _waiting(waiting, waiting_ms, as_of_ms, k)
+                w_projection = project(w_entered, w_on, w_open, curve)
+                w_count = sum(count for _, count in w_open)
+                later = (w_projection.converted - w_on) / w_count if w_count else 0.0
+                projected = reached + in_progress * later
             row |= {
                 "reached_next": reached,
                 "rate_observed": reached / entered if entered else None,
                 "rate_of_closed": reached / (reached + dropped) if reached + dropped else None,
-                "rate_projected": projection.rate,
-                "projected_reached_next": round(projection.converted, 1),
+                "rate_projected": projected / entered if entered else None,
+                "projected_reached_next": round(projected, 1),
             }
         else:
             row["completed"] = entered

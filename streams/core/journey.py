@@ -294,6 +294,18 @@ Due = tuple[int, int, str, DropoffReason | None]
 Simultaneous deadlines fire in this order: the session, then drop-offs, then stalls, by key."""
 
 
+def previous_step_at(funnel: CompiledFunnel, attempt: Attempt, index: int) -> int | None:
+    """When the attempt reached the step before `index` (the step-to-step time of issue 18's
+    projections): with best chains, the last step of the chain at that step; otherwise the
+    attempt's latest progress before this one. None for the first step or when unknown."""
+    if index == 0:
+        return None
+    if funnel.best_chain:
+        chain = chain_slots(attempt, funnel)[index - 1]
+        return chain[1] if chain is not None else None
+    return attempt.last
+
+
 class JourneyMachine:
     """Applies events and the passing of event time to journeys, for one compiled configuration."""
 
@@ -620,6 +632,7 @@ class JourneyMachine:
         now: int,
         out: Outputs,
     ) -> None:
+        previous_at = previous_step_at(funnel, attempt, index)
         attempt.done_mask |= 1 << index
         attempt.reached = max(attempt.reached, index)
         attempt.last = now
@@ -651,6 +664,7 @@ class JourneyMachine:
                 event=event.event,
                 event_id=event.event_id,
                 started_at=from_epoch_ms(attempt.start),
+                previous_at=from_epoch_ms(previous_at) if previous_at is not None else None,
                 landing_page=session.landing,
                 channel=session.channel,
                 breakdowns=attempt.breakdowns,

@@ -110,6 +110,8 @@ class MicroConversion(OutputEvent):
     event_id: str
     started_at: datetime | None = None
     """For a milestone: when its attempt opened (time to convert = timestamp - started_at)."""
+    previous_at: datetime | None = None
+    """For a milestone after the first step: when its attempt reached the step before."""
     landing_page: str | None = None
     channel: str | None = None
     breakdowns: Breakdowns = Field(default_factory=dict)

@@ -211,17 +211,18 @@ class CounterReads:
         return await self._sum(self._keys(family, start_ms, end_ms))
 
     async def cohorts(
-        self, funnel: str, start_ms: int, end_ms: int
+        self, funnel: str, start_ms: int, end_ms: int, family: str = "a"
     ) -> tuple[int, dict[int, dict[str, float]]]:
-        """The attempts of `funnel` that opened in [start, end), per cohort bucket (the finest
-        up to 6 hours, else the hour): (bucket size, start of bucket -> summed fields)."""
+        """The attempts of `funnel` that opened in [start, end) (`family` a; r: that reached
+        each step then), per cohort bucket (the finest up to 6 hours, else the hour): (bucket
+        size, start of bucket -> summed fields)."""
         levels = cohort_resolutions(self.bucket_ms)
         size = levels[0] if (end_ms - start_ms) <= 6 * 3_600_000 or len(levels) == 1 else levels[1]
         buckets = buckets_between(start_ms, end_ms, size)
         if len(buckets) * self.shards > MAX_KEYS_PER_QUERY:
             raise QueryTooLarge(f"that window needs {len(buckets) * self.shards} keys; narrow it")
         keys = [
-            self.prefix(shard) + f"a:{funnel}:{size // 1000}:{b}"
+            self.prefix(shard) + f"{family}:{funnel}:{size // 1000}:{b}"
             for b in buckets
             for shard in range(self.shards)
         ]

@@ -12,6 +12,7 @@ Deterministic for a seed, so tests and benchmarks can replay exactly the same tr
 
 from __future__ import annotations
 
+import math
 import random
 import zlib
 from collections.abc import Iterator
@@ -78,6 +79,65 @@ class VariantSplit:
     lift: float = 1.0
 
 
+CHECKOUT_EVENTS = frozenset({"login", "shipping_details", "payment_details", "purchase"})
+HOURLY_TRAFFIC = (
+    0.25, 0.15, 0.1, 0.08, 0.08, 0.12, 0.3, 0.55, 0.8, 0.95, 1.0, 1.05,
+    1.15, 1.1, 1.0, 0.95, 1.0, 1.1, 1.3, 1.55, 1.6, 1.4, 0.95, 0.5,
+)  # fmt: skip
+"""Relative traffic by hour of the day (UTC, a European shop): quiet nights, a lunch bump, an
+evening peak."""
+WEEKDAY_TRAFFIC = (1.0, 0.97, 0.97, 1.0, 0.92, 0.85, 1.12)
+"""Relative traffic Monday to Sunday: a slack Saturday, Sunday evening shopping."""
+
+
+@dataclass(frozen=True)
+class ShopTiming:
+    """Realistic timing: visits follow the hour of day and the weekday, people come back after
+    minutes, hours or days, and a cart can wait for a later visit, so decision times run from
+    minutes to days. Off by default (`Simulator.timing`): the seeded tests keep their traffic."""
+
+    gaps: tuple[tuple[float, float, float], ...] = (
+        (0.35, 1_200.0, 0.8),
+        (0.35, 14_400.0, 0.7),
+        (0.3, 172_800.0, 0.6),
+    )
+    """Time to the next visit: (weight, median seconds, log-normal sigma): minutes, hours, days."""
+    checkout_now: float = 0.45
+    """Of those who mean to buy what they put in the cart: check out in the same visit (the
+    others come back for it on their next visit, if there is one)."""
+    hourly: tuple[float, ...] = HOURLY_TRAFFIC
+    weekday: tuple[float, ...] = WEEKDAY_TRAFFIC
+
+    def intensity(self, moment: datetime) -> float:
+        """Relative traffic at a moment (hours interpolated)."""
+        hour = moment.hour + moment.minute / 60
+        low = self.hourly[int(hour) % 24]
+        high = self.hourly[(int(hour) + 1) % 24]
+        return (low + (high - low) * (hour - int(hour))) * self.weekday[moment.weekday()]
+
+    @property
+    def peak(self) -> float:
+        return max(self.hourly) * max(self.weekday)
+
+    def seasonal(self, rng: random.Random, start: datetime, seconds: float) -> datetime:
+        """A moment in [start, start + seconds) drawn with the hourly and weekly profile."""
+        for _ in range(100):
+            moment = start + timedelta(seconds=rng.uniform(0, seconds))
+            if rng.random() * self.peak < self.intensity(moment):
+                return moment
+        return moment
+
+    def next_visit(self, rng: random.Random, after: datetime) -> datetime:
+        """When someone comes back: a gap from the mixture, more likely at busy hours."""
+        weights = [w for w, _, _ in self.gaps]
+        for _ in range(20):
+            _, median, sigma = rng.choices(self.gaps, weights)[0]
+            moment = after + timedelta(seconds=median * math.exp(sigma * rng.gauss(0, 1)))
+            if rng.random() * self.peak < self.intensity(moment):
+                return moment
+        return moment
+
+
 @dataclass
 class IdentityRates:
     """How people identify themselves (the `stitched` pattern)."""
@@ -110,6 +170,9 @@ class Simulator:
     identity_rates: IdentityRates = field(default_factory=IdentityRates)
     split: VariantSplit | None = None
     """Opt-in: a variant per person on every event, with a lift on one variant."""
+    timing: ShopTiming | None = None
+    """Opt-in realistic timing (seasonal visits, returns after minutes to days, carts that wait
+    for a later visit); the live demo's traffic uses it."""
 
     def variant_of(self, u: int) -> str | None:
         """Person `u`'s variant under `split` (None without one)."""
@@ -135,15 +198,42 @@ class Simulator:
                 visits: list[tuple[dict[str, str], str | None]] = [(identity, None)] * sessions
             else:
                 visits = self._visits(rng, u, sessions)
-            starts = sorted(
-                self.start + timedelta(seconds=rng.uniform(0, self.days * 86_400)) for _ in range(sessions)
-            )
+            if self.timing is None:
+                starts = sorted(
+                    self.start + timedelta(seconds=rng.uniform(0, self.days * 86_400))
+                    for _ in range(sessions)
+                )
+            else:
+                starts = self.visit_times(rng, sessions, self.timing)
+                visits = visits[: len(starts)]
+            state: dict[str, Any] = {}
             for s, ((identity, user), at) in enumerate(zip(visits, starts, strict=True)):
-                for event in self.session(rng, identity, platform, u, s, at, user):
+                for event in self.session(rng, identity, platform, u, s, at, user, state):
                     out.append((event.pop("_at"), counter, event))
                     counter += 1
         out.sort(key=lambda item: (item[0], item[1]))
         return [event for _, _, event in out]
+
+    def visit_times(
+        self, rng: random.Random, sessions: int, timing: ShopTiming, first: datetime | None = None
+    ) -> list[datetime]:
+        """A person's visits: the first with the daily and weekly profile (or at `first`), each
+        next one after a gap of minutes to days; none after the simulated period."""
+        end = self.start + timedelta(days=self.days)
+        at = first or timing.seasonal(rng, self.start, self.days * 86_400)
+        starts = [at]
+        for _ in range(sessions - 1):
+            at = timing.next_visit(rng, at + timedelta(minutes=10))
+            if first is None and at >= end:
+                break
+            starts.append(at)
+        return starts
+
+    def stitched_visits(
+        self, rng: random.Random, u: int, sessions: int
+    ) -> list[tuple[dict[str, str], str | None]]:
+        """Person `u`'s visits under the stitched identity pattern (for live traffic)."""
+        return self._visits(rng, u, sessions)
 
     def _visits(self, rng: random.Random, u: int, sessions: int) -> list[tuple[dict[str, str], str | None]]:
         """Per visit (in time order): the ids its events start with, and the user who may sign in
@@ -179,9 +269,11 @@ class Simulator:
         s: int,
         at: datetime,
         user: str | None = None,
+        state: dict[str, Any] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """One visit's events, each with its moment in "_at" (a datetime). With `user`, an
-        anonymous visitor may sign in at checkout as that user."""
+        anonymous visitor may sign in at checkout as that user. With `state` (the person's, kept
+        across visits) and `timing`, a cart can wait for a later visit."""
         identity = dict(identity)
         campaign, referrer, _ = rng.choices(CHANNELS, [c[2] for c in CHANNELS])[0]
         landing = rng.choice(LANDING_PAGES)
@@ -205,7 +297,9 @@ class Simulator:
             ids: dict[str, str] | None = None,
         ) -> dict[str, Any]:
             nonlocal at, seq
-            at += timedelta(seconds=rng.uniform(5, 120) * self.gap_scale)
+            # with realistic timing the checkout pages follow each other within seconds
+            quick = self.timing is not None and name in CHECKOUT_EVENTS
+            at += timedelta(seconds=rng.uniform(5, 30 if quick else 120) * self.gap_scale)
             seq += 1
             event: dict[str, Any] = {
                 "event_id": f"ev-{self.seed}-{u}-{s}-{seq}",
@@ -238,17 +332,25 @@ class Simulator:
             yield emit("video_play", landing, {"category": "tutorial"})
         if landing == "/pricing" and rng.random() < rates.signup:
             yield emit("signup", "/signup")
-        if rng.random() >= rates.product_view:
-            return
-        yield emit("page_view", f"/p/{product[1:]}")
-        yield emit("product_view", f"/p/{product[1:]}", {"product_id": product, "price": price})
-        if rng.random() < rates.share:
-            yield emit("share", f"/p/{product[1:]}", {"product_id": product})
-        if rng.random() >= rates.add_to_cart:
-            return
-        yield emit("add_to_cart", f"/p/{product[1:]}", {"product_id": product, "value": price})
-        if rng.random() >= rates.shipping:
-            return
+        waiting = state.pop("cart", None) if state is not None else None
+        if waiting is not None:  # back for the cart left on an earlier visit
+            product, price = waiting
+            yield emit("page_view", "/cart")
+        else:
+            if rng.random() >= rates.product_view:
+                return
+            yield emit("page_view", f"/p/{product[1:]}")
+            yield emit("product_view", f"/p/{product[1:]}", {"product_id": product, "price": price})
+            if rng.random() < rates.share:
+                yield emit("share", f"/p/{product[1:]}", {"product_id": product})
+            if rng.random() >= rates.add_to_cart:
+                return
+            yield emit("add_to_cart", f"/p/{product[1:]}", {"product_id": product, "value": price})
+            if rng.random() >= rates.shipping:
+                return
+            if self.timing is not None and state is not None and rng.random() >= self.timing.checkout_now:
+                state["cart"] = (product, price)  # to be bought on the next visit
+                return
         if (
             user is not None
             and "user_id" not in identity

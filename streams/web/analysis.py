@@ -322,6 +322,7 @@ async def progress_view(
     try:
         start, end = await resolve_window(store, query)
         size, cohorts = await store.cohorts(funnel.name, start, end)
+        waiting_ms, waiting = await store.cohorts(funnel.name, start, end, family="r")
         lookback = min(funnel.window or CURVE_LOOKBACK_MS, CURVE_LOOKBACK_MS)
         curve_fields = await store.window_sums(f"t:{funnel.name}:{{b}}", end - lookback, end)
     except BadQuery as exc:
@@ -332,8 +333,8 @@ async def progress_view(
     as_of = min(end, latest) if latest is not None else end
     steps = [s.name for s in funnel.steps]
     chained = funnel.order != "any"
-    curves = {k: cdf(histogram(curve_fields, k)) for k in range(1, len(steps))}
-    rows = progress(cohorts, size, as_of, steps, curves)
+    curves = {k: cdf(histogram(curve_fields, k, of="g")) for k in range(1, len(steps))}
+    rows = progress(cohorts, size, as_of, steps, curves, waiting, waiting_ms)
     body: dict[str, Any] = {
         "funnel": funnel.name,
         "order": funnel.order,
@@ -343,7 +344,11 @@ async def progress_view(
         "as_of_ms": as_of,
         "cohort_bucket_ms": size,
         "curve_lookback_ms": lookback,
-        "curve_conversions": {steps[k]: sum(c for _, c in histogram(curve_fields, k)) for k in curves},
+        "curve_conversions": {
+            steps[k]: sum(c for _, c in histogram(curve_fields, k, of="g")) for k in curves
+        },
+        "projection": "the open attempts of each step are aged from reaching it; the curve is the time "
+        "from the step to the next over the lookback (core.insights)",
         "steps": rows
         if chained
         else [{"step": r["step"], "index": r["index"], "entered": r["entered"]} for r in rows],

@@ -22,6 +22,7 @@ from streams.ports import AlertReader, CounterReader
 DEFAULT_WINDOW = "15m"
 DASHBOARD_FILES = {
     "dashboard.js": "text/javascript",
+    "panels.js": "text/javascript",
     "dashboard.css": "text/css",
 }
 

@@ -11,7 +11,7 @@ function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs || {})) {
     if (key === "class") node.className = value;
-    else if (key.startsWith("data-")) node.setAttribute(key, value);
+    else if (key.startsWith("data-") || key.startsWith("aria-")) node.setAttribute(key, value);
     else node[key] = value;
   }
   for (const child of children) node.append(child instanceof Node ? child : String(child));
@@ -23,8 +23,11 @@ const percent = (r) => (r === null || r === undefined ? "–" : `${(r * 100).toF
 const moment = (ms) => (ms ? new Date(ms).toISOString().replace("T", " ").slice(0, 19) + " UTC" : "–");
 const duration = (ms) => {
   if (ms === null || ms === undefined) return "–";
+  if (ms < 60000) return `${(ms / 1000).toFixed(0)} s`;
   const minutes = ms / 60000;
-  return minutes < 60 ? `${minutes.toFixed(1)} min` : `${(minutes / 60).toFixed(1)} h`;
+  if (minutes < 60) return `${minutes.toFixed(1)} min`;
+  if (minutes < 2880) return `${(minutes / 60).toFixed(1)} h`;
+  return `${(minutes / 1440).toFixed(1)} d`;
 };
 
 function fillSelect(select, values, chosen, labels) {
@@ -167,6 +170,7 @@ async function refresh() {
     renderGoals(body.goals);
     renderAlerts(body.alerts);
     renderRecent(body.recent_macros);
+    if (typeof refreshPanels === "function") await refreshPanels(body);
     failures = 0;
     $("status").classList.remove("stale");
     $("status").textContent = `latest event ${moment(body.latest_event_ms)} · updated ${new Date().toLocaleTimeString()}`;
@@ -181,8 +185,28 @@ for (const [id, key] of [["funnel", "funnel"], ["range", "window"], ["by", "by"]
   $(id).addEventListener("change", (event) => {
     state[key] = event.target.value;
     if (key === "funnel") state.by = "";
-    refresh();
+    tick(true);
   });
 }
-refresh();
-setInterval(refresh, REFRESH_MS);
+let refreshing = null;
+let again = false;
+function tick(changed) {
+  // one refresh at a time: a slow answer must not pile requests up behind it; a change made
+  // meanwhile is shown right after it
+  if (refreshing) {
+    again = again || Boolean(changed);
+    return refreshing;
+  }
+  refreshing = refresh().finally(() => {
+    refreshing = null;
+    if (again) {
+      again = false;
+      tick();
+    }
+  });
+  return refreshing;
+}
+window.addEventListener("load", () => {
+  tick();
+  setInterval(() => tick(), REFRESH_MS);
+});
