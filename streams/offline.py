@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import BinaryIO
 
-from streams.core.alerts import AlertEvaluator
+from streams.core.alerts import MINUTE_MS, AlertEvaluator
 from streams.core.deadletter import dead_letter
 from streams.core.engine import Engine
 from streams.core.events import decode_message, from_epoch_ms
@@ -42,6 +42,7 @@ class OfflineRun:
         self.alerts = AlertEvaluator(self.config)
         self.experiments = ExperimentEvaluator(self.config)
         self._latest_ms: int | None = None
+        self._judged_minute: int | None = None
 
     def feed(self, line: bytes) -> list[OutputEvent]:
         """One NDJSON line, which is one Kafka message value: an event or a batch array."""
@@ -55,7 +56,8 @@ class OfflineRun:
             latest_ms=self.latest_ms,
         )
         out: list[OutputEvent] = []
-        moment = from_epoch_ms(self._latest_ms) if self._latest_ms is not None else EPOCH
+        if decoded.rejects:
+            moment = from_epoch_ms(self._latest_ms) if self._latest_ms is not None else EPOCH
         for rejection in decoded.rejects:
             self.rejected += 1
             out.append(
@@ -85,11 +87,16 @@ class OfflineRun:
             return out
         # the fields as they are (what model_dump() would copy): the evaluators only read them
         micro = [output.__dict__ for output in out if output.type == "micro"]
+        watermark = self._latest_ms - self.config.late_tolerance
+        minute = watermark // MINUTE_MS
+        if not micro and minute == self._judged_minute:
+            return out  # they judge whole minutes: with nothing new and none complete, nothing to do
+        self._judged_minute = minute
         judged: list[OutputEvent] = []
         for evaluator in evaluators:
             for output in micro:
                 evaluator.observe(output)
-            judged.extend(evaluator.advance(self._latest_ms - self.config.late_tolerance))
+            judged.extend(evaluator.advance(watermark))
         return out + judged
 
     def run(self, lines: Iterable[bytes]) -> Iterator[OutputEvent]:

@@ -132,8 +132,9 @@ class Engine:
     def watermark(self, partition: int) -> int | None:
         """Deadlines before this event time fire: the slowest source, less the late tolerance."""
         clock = self._clocks.get(partition)
-        if clock is None:
-            return None
+        return None if clock is None else self._floor(clock)
+
+    def _floor(self, clock: _PartitionClock) -> int | None:
         reached = self._reached(clock)
         if reached is not None:
             current = reached - self.config.late_tolerance
@@ -370,11 +371,16 @@ class Engine:
 
     def observe(self, partition: int, source: str, event_time: int) -> Outputs:
         """A source has delivered everything up to `event_time`: apply and fire what that makes due."""
-        clock = self._clock(partition)
+        clock = self._clocks.get(partition) or self._clock(partition)
         clock.waiting_for.discard(source)
-        if event_time > clock.sources.get(source, event_time - 1):
-            clock.sources[source] = event_time
-        return self._release_due(partition, clock) + self._fire_due(partition, clock)
+        sources = clock.sources
+        if event_time > sources.get(source, event_time - 1):
+            sources[source] = event_time
+        if clock.holds:
+            out = self._release_due(partition, clock)
+            out += self._fire_due(partition, clock)
+            return out
+        return self._fire_due(partition, clock)
 
     def forget_source(self, partition: int, source: str) -> Outputs:
         """Stop waiting for a source (gone idle, or moved to another worker)."""
@@ -429,11 +435,11 @@ class Engine:
             heapq.heappush(clock.heap, (deadline, journey.identity))
 
     def _fire_due(self, partition: int, clock: _PartitionClock) -> Outputs:
-        watermark = self.watermark(partition)
+        watermark = self._floor(clock)  # computed on every call: the floor never goes back
         out: Outputs = []
-        if watermark is None:
-            return out
         heap = clock.heap
+        if watermark is None or not heap or heap[0][0] >= watermark:
+            return out
         while heap and heap[0][0] < watermark:
             deadline, identity = heapq.heappop(heap)
             if clock.scheduled.get(identity) != deadline:

@@ -22,6 +22,8 @@ from pydantic import (
 from streams.core.formats.detect import JSON_OPENERS, InputFormat, looks_like_segment, looks_like_tsv
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EXACT_FLOAT_MS = 2**32 * 1000
+_fromtimestamp = datetime.fromtimestamp
 EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_TIMESTAMP = datetime(2100, 1, 1, tzinfo=UTC)
 MAX_NESTING = 16
@@ -75,6 +77,10 @@ def to_epoch_ms(moment: datetime) -> int:
 
 
 def from_epoch_ms(ms: int) -> datetime:
+    if 0 <= ms < _EXACT_FLOAT_MS:
+        # a double holds ms / 1000 within 0.25 us below 2^32 s, and fromtimestamp rounds to the
+        # microsecond: exact, and half the cost of the timedelta sum
+        return _fromtimestamp(ms / 1000, UTC)
     return _EPOCH + timedelta(milliseconds=ms)
 
 
@@ -110,7 +116,10 @@ def within_nesting(raw: bytes, limit: int) -> bool:
 
 def _shallow(value: dict[str, Any]) -> bool:
     """A dict whose values hold no container nests one level: the common case, checked first."""
-    return all(not isinstance(child, dict | list) for child in value.values())
+    for child in value.values():  # noqa: SIM110 (a loop: all() over a generator costs twice as much)
+        if isinstance(child, dict | list):
+            return False
+    return True
 
 
 class Page(BaseModel):

@@ -23,7 +23,7 @@ from streams.core.channel import classify_channel
 from streams.core.durations import format_duration_ms
 from streams.core.events import ClickEvent, from_epoch_ms, url_path
 from streams.core.ids import output_id, short_hash
-from streams.core.matching import CompiledConfig, CompiledFunnel
+from streams.core.matching import CompiledConfig, CompiledFunnel, CompiledGoal, CompiledMicro, Matcher
 from streams.core.outputs import (
     DeadLetter,
     Dropoff,
@@ -306,11 +306,55 @@ def previous_step_at(funnel: CompiledFunnel, attempt: Attempt, index: int) -> in
     return attempt.last
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What an event name can match: the goals and micro actions, and per funnel the steps and
+    exclusions, whose matchers name no event or name this one (in configuration order). A funnel
+    none of whose steps or exclusions it can match is left out: the event changes nothing there."""
+
+    goals: tuple[CompiledGoal, ...]
+    micro: tuple[CompiledMicro, ...]
+    funnels: tuple[tuple[CompiledFunnel, tuple[int, ...], tuple[Matcher, ...]], ...]
+
+
+MAX_PLANS = 4_096
+"""Event names whose plan is kept (a stream of random names must not grow the cache)."""
+
+
+def _may_match(matcher: Matcher, name: str, goals: frozenset[str] = frozenset()) -> bool:
+    """Whether an event named `name` can match: by its event filter, and when it needs a goal,
+    one of `goals` (those the same name can reach)."""
+    return (matcher.events is None or name in matcher.events) and (
+        matcher.goal is None or matcher.goal in goals
+    )
+
+
 class JourneyMachine:
     """Applies events and the passing of event time to journeys, for one compiled configuration."""
 
     def __init__(self, config: CompiledConfig) -> None:
         self.config = config
+        self._plans: dict[str, _Plan] = {}
+
+    def _plan(self, name: str) -> _Plan:
+        plan = self._plans.get(name)
+        if plan is not None:
+            return plan
+        config = self.config
+        goals = tuple(g for g in config.goals if _may_match(g.matcher, name))
+        reach = frozenset(g.name for g in goals)
+        funnels = []
+        for funnel in config.funnels:
+            steps = tuple(i for i, step in enumerate(funnel.steps) if _may_match(step.matcher, name, reach))
+            exclusions = tuple(m for m in funnel.exclusions if _may_match(m, name, reach))
+            if steps or exclusions:
+                funnels.append((funnel, steps, exclusions))
+        plan = _Plan(
+            goals, tuple(m for m in config.micro if _may_match(m.matcher, name, reach)), tuple(funnels)
+        )
+        if len(self._plans) < MAX_PLANS:
+            self._plans[name] = plan
+        return plan
 
     # ---- time -------------------------------------------------------------------------
 
@@ -388,15 +432,16 @@ class JourneyMachine:
         session.last = now
         journey.last_ts = now
 
-        goals_hit = [g for g in self.config.goals if g.matcher.matches(event)]
+        plan = self._plan(event.event)
+        goals_hit = [g for g in plan.goals if g.matcher.matches(event)]
         goal_names = [g.name for g in goals_hit]
-        dimensions = self._breakdowns(self.config.breakdowns, event, session)
-        for micro in self.config.micro:
-            if micro.matcher.matches(event, goal_names):
-                self._record_micro(journey, session, micro.name)
-                out.append(self._micro(journey, event, session, micro.name, dimensions))
-        for funnel in self.config.funnels:
-            self._step_funnel(journey, funnel, event, now, goal_names, out)
+        micros = [m for m in plan.micro if m.matcher.matches(event, goal_names)]
+        dimensions = self._breakdowns(self.config.breakdowns, event, session) if micros or goals_hit else {}
+        for micro in micros:
+            self._record_micro(journey, session, micro.name)
+            out.append(self._micro(journey, event, session, micro.name, dimensions))
+        for funnel, steps, exclusions in plan.funnels:
+            self._step_funnel(journey, funnel, event, now, goal_names, out, steps, exclusions)
         for goal in goals_hit:
             out.append(self._macro(journey, event, session, goal.name, goal.value_path, dimensions))
             session.goals.append(goal.name)
@@ -408,6 +453,8 @@ class JourneyMachine:
         journey.seen.append(fingerprint)
         journey.seen_at.append(ts_ms // 1000)
         horizon_s = (max(journey.last_ts, ts_ms) - self.config.late_tolerance) // 1000 - 1
+        if len(journey.seen_at) <= MAX_REMEMBERED_IDS and min(journey.seen_at) >= horizon_s:
+            return  # nothing to forget (most events)
         keep = [i for i, at in enumerate(journey.seen_at) if at >= horizon_s][-MAX_REMEMBERED_IDS:]
         if len(keep) < len(journey.seen):
             journey.seen = [journey.seen[i] for i in keep]
@@ -493,9 +540,12 @@ class JourneyMachine:
         now: int,
         goal_names: list[str],
         out: Outputs,
+        steps: tuple[int, ...],
+        exclusions: tuple[Matcher, ...],
     ) -> None:
+        """`steps` and `exclusions`: those the event's name can match (`_plan`)."""
         held = held_values(funnel, event)
-        if funnel.exclusions and any(m.matches(event, goal_names) for m in funnel.exclusions):
+        if exclusions and any(m.matches(event, goal_names) for m in exclusions):
             # an exclusion ends the attempt of its held value; one without the value ends them all
             ended = [
                 key
@@ -506,7 +556,7 @@ class JourneyMachine:
                 self.drop(journey, funnel, "excluded", now, out, key)
             if ended:
                 return
-        matched = [i for i, s in enumerate(funnel.steps) if s.matcher.matches(event, goal_names)]
+        matched = [i for i in steps if funnel.steps[i].matcher.matches(event, goal_names)]
         if not matched or (funnel.hold and held is None):
             return
         key = attempt_key(funnel, held)
@@ -539,7 +589,7 @@ class JourneyMachine:
             elif funnel.order == "strict" and any(i != attempt.reached for i in matched):
                 self.drop(journey, funnel, "out_of_order", now, out, key)
                 if 0 in matched:
-                    self._step_funnel(journey, funnel, event, now, goal_names, out)
+                    self._step_funnel(journey, funnel, event, now, goal_names, out, steps, exclusions)
 
     def _open(
         self, journey: Journey, funnel: CompiledFunnel, key: str, event: ClickEvent, now: int, out: Outputs
