@@ -5,6 +5,8 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
+const MIN_TREND_ENTERED = 20; // a value's rate is compared only on this many entries
+const WORSE_BY = 0.15; // the trend moves to another value only when its rate is this much lower
 const panels = {
   step: null,
   value: null, // "" = all traffic
@@ -61,8 +63,19 @@ async function refreshTrend(live) {
     values = Object.keys(report.breakdown).sort((a, b) => report.breakdown[b][0].entered - report.breakdown[a][0].entered);
     const firing = live.alerts.firing.find((a) => a.funnel === state.funnel && a.step === panels.step && dim in a.by);
     const latest = live.alerts.recent.find((a) => a.funnel === state.funnel && a.step === panels.step && dim in a.by);
-    if (!panels.valueChosen || panels.value === null) {
-      panels.value = firing ? firing.by[dim] ?? "" : latest ? latest.by[dim] ?? "" : values[0] ?? "";
+    // until the reader chooses: the value that fires, else the one doing worst at this step
+    // (switching only for a clear gap, so noise does not make the chart jump)
+    const k = names.indexOf(panels.step);
+    const rateOf = (v) => {
+      const steps = report.breakdown[v];
+      return steps && steps[k - 1].entered >= MIN_TREND_ENTERED ? steps[k].rate_from_previous : null;
+    };
+    const ranked = values.filter((v) => rateOf(v) !== null).sort((a, b) => rateOf(a) - rateOf(b));
+    if (!panels.valueChosen) {
+      const current = panels.value === null ? null : rateOf(panels.value);
+      if (firing) panels.value = firing.by[dim] ?? "";
+      else if (ranked.length && (current === null || rateOf(ranked[0]) < current - WORSE_BY)) panels.value = ranked[0];
+      else if (panels.value === null) panels.value = latest ? latest.by[dim] ?? "" : values[0] ?? "";
     }
   } else {
     panels.value = "";
@@ -347,7 +360,7 @@ async function refreshChannels(live) {
     ),
   );
   const rows = body.rows.map((row) =>
-    el("tr", { "data-testid": "channel-row", "data-value": row[dim] }, ...columns.map((c) => el("td", { "data-column": c }, channelCell(c, row[c])))),
+    el("tr", { "data-testid": "channel-row", "data-value": row[dim] }, ...columns.map((c) => el("td", { "data-column": c, title: String(row[c] ?? "") }, channelCell(c, row[c])))),
   );
   const totals = Object.entries(body.totals).map(([who, row]) =>
     el("tr", { class: "total" }, ...columns.map((c, i) => el("td", {}, i === 0 ? `total${who === "all" ? "" : ` ${who}`}` : c === "visitor_type" ? who : channelCell(c, row[c])))),
