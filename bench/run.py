@@ -35,6 +35,7 @@ import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench.collector import collector_throughput
 from streams.core.engine import partition_for
 from streams.core.events import decode_message
 from streams.kafka import changelog_topic, consumer_options, ensure_topics, kafka_client_options
@@ -517,6 +518,10 @@ async def measure(args: argparse.Namespace, infra: LocalInfra, workdir: Path) ->
     result["latency_ms"] = await latency(Run(infra, workdir, "lat"), lines, rate, args.latency_s)
     say(f"  p50 {result['latency_ms']['p50']} ms, p99 {result['latency_ms']['p99']} ms")
     result["stitching"] = await stitching(infra, workdir, lines, expected, result, args.latency_s)
+    say("collector: the same traffic as Segment messages over HTTP, beside producing it directly")
+    result["collector"] = await collector_throughput(Run(infra, workdir, "col"), lines)
+    collected = result["collector"]
+    say(f"  collector {collected['collector_eps']:,} events/s, direct {collected['direct_produce_eps']:,}")
     states = await journey_states(single_run)
     result["state_bytes_per_user"] = round(sum(map(len, states.values())) / len(states), 1)
     result["state_users"] = len(states)

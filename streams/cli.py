@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import click
 import orjson
@@ -378,8 +378,21 @@ def topics() -> None:
 @click.option(
     "--incident-for", default="40m", show_default=True, help="How long the incident lasts (simulated)."
 )
+@click.option(
+    "--via",
+    type=click.Choice(["broker", "collector"]),
+    default="broker",
+    show_default=True,
+    help="Send the traffic to the clickstream topic, or as Segment messages to the worker's collector.",
+)
 def demo(
-    rate: float, users: int, seconds: float | None, speed: float, incident_at: str, incident_for: str
+    rate: float,
+    users: int,
+    seconds: float | None,
+    speed: float,
+    incident_at: str,
+    incident_for: str,
+    via: Literal["broker", "collector"],
 ) -> None:
     """Embedded broker and Redis, a worker, simulated shop traffic, the live dashboard and summary."""
     from datetime import timedelta
@@ -398,7 +411,7 @@ def demo(
         _fail(f"--incident-at/--incident-for: {exc}")
     traffic = LiveTraffic(rate=rate, users=users, speed=speed, incident_after=after, incident_for=lasting)
     try:
-        sys.exit(run_demo(settings, traffic, seconds=seconds))
+        sys.exit(run_demo(settings, traffic, seconds=seconds, via=via))
     except InfraError as exc:
         _fail(f"could not start the local infrastructure: {exc}")
 

@@ -14,6 +14,12 @@ class Metrics:
             "conversions_dead_letters", "Inputs dead-lettered", ["reason"], registry=r
         )
         self.outputs = Counter("conversions_outputs", "Output events produced", ["type"], registry=r)
+        self.ignored = Counter(
+            "conversions_ignored",
+            "Valid input messages that carry nothing for the engine (Segment group calls), by format",
+            ["format"],
+            registry=r,
+        )
         self.counter_messages = Counter(
             "conversions_counter_messages", "Output messages seen by the counters", ["result"], registry=r
         )

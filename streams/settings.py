@@ -8,6 +8,7 @@ variable or an invalid value stops the worker at start with the variable's name 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import ssl
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
+from streams.core.formats.detect import InputFormat, InputFormatError, format_for, parse_input_formats
 from streams.errors import ConversionsError
 from streams.examples import FUNNELS
 
@@ -129,9 +131,25 @@ class Settings(BaseSettings):
     """/metrics needs this bearer token instead of the web token (what Prometheus is given)."""
     metrics_public: bool = False
     """/metrics answers without any token, even with CONVERSIONS_WEB_TOKEN set."""
+
+    input_format: str = "auto"
+    """How the clickstream topics are read: `auto` (each message's format detected), `contract`,
+    `segment`, `snowplow`, or per topic: `clickstream=segment,snowplow-enriched=snowplow`."""
+    # the Segment-compatible collector (streams/collector), off unless asked for
+    collector_enabled: bool = False
+    collector_host: str = "127.0.0.1"
+    collector_port: int = Field(default=6067, ge=0, le=65535)
+    collector_write_keys: Annotated[list[SecretStr], NoDecode] = []
+    """Accepted write keys, comma separated; none accepts any request (loopback only)."""
+    collector_allowed_origins: Annotated[list[str], NoDecode] = ["*"]
+    """Browser origins allowed to post (CORS), comma separated; `*` allows any."""
+    collector_topic: str | None = None
+    """The clickstream topic the collector produces to (default: the first one)."""
+    collector_send_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """How long a request waits for the broker's acknowledgement before answering 503."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("topic_clickstream", mode="before")
+    @field_validator("topic_clickstream", "collector_write_keys", "collector_allowed_origins", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.lstrip().startswith("["):
@@ -156,6 +174,34 @@ class Settings(BaseSettings):
             raise ValueError("at least one clickstream topic is needed")
         return self
 
+    @model_validator(mode="after")
+    def _inputs_are_usable(self) -> Settings:
+        try:
+            formats = parse_input_formats(self.input_format, self.topic_clickstream)
+        except InputFormatError as exc:
+            raise ValueError(f"CONVERSIONS_INPUT_FORMAT: {exc}") from None
+        topic = self.collector_topic
+        if topic is not None and topic not in self.topic_clickstream:
+            raise ValueError(
+                f"CONVERSIONS_COLLECTOR_TOPIC: {topic!r} is not a clickstream topic "
+                f"({', '.join(self.topic_clickstream)}): the worker would never read what it collects"
+            )
+        if self.collector_enabled:
+            declared = format_for(formats, topic or self.topic_clickstream[0])
+            if declared not in ("auto", "segment"):
+                raise ValueError(
+                    f"CONVERSIONS_INPUT_FORMAT: the collector produces Segment messages to "
+                    f"{topic or self.topic_clickstream[0]!r}, which is declared {declared!r}; "
+                    "declare it segment or auto"
+                )
+            if not self.collector_write_keys and not _is_loopback(self.collector_host):
+                raise ValueError(
+                    f"CONVERSIONS_COLLECTOR_WRITE_KEYS: the collector listens on "
+                    f"{self.collector_host!r}, beyond loopback, so it needs write keys "
+                    "(comma separated), or CONVERSIONS_COLLECTOR_HOST=127.0.0.1"
+                )
+        return self
+
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
@@ -173,6 +219,17 @@ class Settings(BaseSettings):
             "identity": self.topic(self.topic_identities),
             "deadletter": self.topic(self.topic_deadletter),
         }
+
+    @property
+    def input_formats(self) -> dict[str | None, InputFormat]:
+        """CONVERSIONS_INPUT_FORMAT by full topic name (prefixed); the None key is the default."""
+        parsed = parse_input_formats(self.input_format, self.topic_clickstream)
+        return {name if name is None else self.topic(name): fmt for name, fmt in parsed.items()}
+
+    @property
+    def collector_target(self) -> str:
+        """The full name of the topic the collector produces to."""
+        return self.topic(self.collector_topic or self.topic_clickstream[0])
 
     @property
     def redis_dsn(self) -> str | None:
@@ -198,7 +255,18 @@ class Settings(BaseSettings):
         for key in (*secrets, "web_token", "metrics_token"):
             if data.get(key):
                 data[key] = "**********"
+        data["collector_write_keys"] = ["**********"] * len(self.collector_write_keys)
         return data
+
+
+def _is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address (127.0.0.0/8, ::1); a name or 0.0.0.0 is not."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _unknown_variables(environ: Mapping[str, str]) -> list[str]:

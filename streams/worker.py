@@ -4,7 +4,8 @@ web together into a running worker.
 The rooms do not know each other: the pipeline publishes and schedules (`ports.Publisher`,
 `LeaderCheck`, `Scheduler`), the counters and the alerts run beside its agents through those
 seams, and the web reads the counters and the alerts through `ports.CounterReader` and
-`AlertReader`. Topics are created first (unless told not to), then the Faust worker runs with
+`AlertReader`. The Segment-compatible collector, when enabled, listens on its own port beside
+them. Topics are created first (unless told not to), then the Faust worker runs with
 clear logs until SIGTERM or Ctrl-C.
 """
 
@@ -12,17 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import faust
 
 from streams.alerts.service import Alerting
+from streams.collector import Collector, from_settings
 from streams.core.config_loader import load_config
 from streams.core.matching import CompiledConfig, compile_config
 from streams.counters.consumer import Counting
 from streams.counters.redis_store import redis_counter_store
 from streams.kafka import ensure_topics, source_partitions
 from streams.pipeline.app import ConversionsApp
+from streams.ports import Stopping
 from streams.settings import Settings
 from streams.web.auth import Access
 from streams.web.routes import register_routes
@@ -54,7 +57,31 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
             experiment_reader=alerting,
             access=Access.from_settings(settings),
         )
+    if settings.collector_enabled:
+        collector = from_settings(settings, conversions.metrics.registry)
+        conversions.run_alongside("collector", _starter(collector), collector.stop)
     return conversions
+
+
+def _starter(collector: Collector) -> Callable[[Stopping], Awaitable[None]]:
+    """Start the collector beside the agents (it answers 503 until its producer reaches the
+    broker); a port it cannot take stops the worker with the settings to change."""
+
+    async def start(_: Stopping) -> None:
+        try:
+            await collector.start()
+        except OSError as exc:
+            config = collector.config
+            log.error(
+                "the collector cannot listen on %s:%d (%s): set CONVERSIONS_COLLECTOR_HOST/PORT, "
+                "or CONVERSIONS_COLLECTOR_ENABLED=false",
+                config.host,
+                config.port,
+                exc.strerror or exc,
+            )
+            raise
+
+    return start
 
 
 def run_worker(settings: Settings) -> None:

@@ -91,3 +91,70 @@ def test_kafka_client_options_carry_security(monkeypatch: pytest.MonkeyPatch) ->
     assert options["security_protocol"] == "SASL_SSL"
     assert options["sasl_plain_username"] == "u" and options["sasl_plain_password"] == "p"
     assert options["ssl_context"] is not None
+
+
+def test_input_format_is_checked_against_the_clickstream_topics(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVERSIONS_TOPIC_CLICKSTREAM", "clickstream,snowplow-enriched")
+    monkeypatch.setenv("CONVERSIONS_TOPIC_PREFIX", "prod.")
+    monkeypatch.setenv("CONVERSIONS_INPUT_FORMAT", "contract,snowplow-enriched=snowplow")
+    settings = load_settings()
+    # by the full topic names ingest sees on its messages
+    assert settings.input_formats == {None: "contract", "prod.snowplow-enriched": "snowplow"}
+    assert load_settings(input_format="auto").input_formats == {None: "auto"}
+    monkeypatch.setenv("CONVERSIONS_INPUT_FORMAT", "clikstream=segment")
+    with pytest.raises(
+        SettingsError, match=r"CONVERSIONS_INPUT_FORMAT: 'clikstream=segment': 'clikstream' is not"
+    ):
+        load_settings()
+    monkeypatch.setenv("CONVERSIONS_INPUT_FORMAT", "segmnet")
+    with pytest.raises(SettingsError, match=r"CONVERSIONS_INPUT_FORMAT: .*one of auto, contract, segment"):
+        load_settings()
+
+
+def test_collector_settings_default_to_off_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    assert not settings.collector_enabled
+    assert (settings.collector_host, settings.collector_port) == ("127.0.0.1", 6067)
+    assert settings.collector_write_keys == [] and settings.collector_allowed_origins == ["*"]
+    assert settings.collector_target == "clickstream"
+    monkeypatch.setenv("CONVERSIONS_TOPIC_CLICKSTREAM", "web,app")
+    monkeypatch.setenv("CONVERSIONS_TOPIC_PREFIX", "prod.")
+    monkeypatch.setenv("CONVERSIONS_COLLECTOR_ENABLED", "true")
+    monkeypatch.setenv("CONVERSIONS_COLLECTOR_WRITE_KEYS", "wk_live_one, wk_live_two")
+    monkeypatch.setenv("CONVERSIONS_COLLECTOR_ALLOWED_ORIGINS", "https://shop.example,https://m.shop.example")
+    monkeypatch.setenv("CONVERSIONS_COLLECTOR_HOST", "0.0.0.0")
+    settings = load_settings()
+    assert settings.collector_target == "prod.web"
+    assert [k.get_secret_value() for k in settings.collector_write_keys] == ["wk_live_one", "wk_live_two"]
+    assert settings.collector_allowed_origins == ["https://shop.example", "https://m.shop.example"]
+    logged = str(settings.redacted()) + repr(settings)
+    assert "wk_live" not in logged and settings.redacted()["collector_write_keys"] == ["**********"] * 2
+    assert load_settings(collector_topic="app").collector_target == "prod.app"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "collector.internal", "::"])
+def test_collector_beyond_loopback_needs_write_keys(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    monkeypatch.setenv("CONVERSIONS_COLLECTOR_ENABLED", "true")
+    monkeypatch.setenv("CONVERSIONS_COLLECTOR_HOST", host)
+    with pytest.raises(SettingsError, match=r"CONVERSIONS_COLLECTOR_WRITE_KEYS: the collector listens on"):
+        load_settings()
+    assert load_settings(collector_write_keys="k").collector_host == host
+    assert not load_settings(collector_enabled=False).collector_enabled  # off: nothing to refuse
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1"])
+def test_collector_on_loopback_may_run_without_write_keys(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    monkeypatch.setenv("CONVERSIONS_COLLECTOR_ENABLED", "true")
+    monkeypatch.setenv("CONVERSIONS_COLLECTOR_HOST", host)
+    assert load_settings().collector_write_keys == []
+
+
+def test_collector_topic_must_be_read_as_segment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVERSIONS_COLLECTOR_ENABLED", "true")
+    with pytest.raises(
+        SettingsError, match=r"CONVERSIONS_COLLECTOR_TOPIC: 'clikstream' is not a clickstream"
+    ):
+        load_settings(collector_topic="clikstream")
+    with pytest.raises(SettingsError, match=r"CONVERSIONS_INPUT_FORMAT: the collector produces Segment"):
+        load_settings(input_format="snowplow")
+    assert load_settings(input_format="clickstream=segment").input_formats["clickstream"] == "segment"

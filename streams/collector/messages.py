@@ -6,9 +6,10 @@ body cannot inflate to gigabytes), the write key (HTTP basic auth's user name, a
 libraries send it, or the body's `writeKey`, as analytics.js adds it), and the Segment mapping
 itself, which the worker applies again when it reads the topic.
 
-What is produced is each message as the client sent it, with what Segment's own API adds: the
-batch's `sentAt` and `context` where the message has none, and `receivedAt`, the collector's
-clock, from which the worker corrects the client's clock (`receivedAt - (sentAt - timestamp)`).
+What is produced is each message as the client sent it, keyed by its anonymous id (else its
+user id), with what Segment's own API adds: the batch's `sentAt` and `context` where the message
+has none, and `receivedAt`, the collector's clock, from which the worker corrects the client's
+clock (`receivedAt - (sentAt - timestamp)`).
 The write key and analytics.js's `_metadata` are dropped. A request is all or nothing: one
 invalid message refuses it whole, with every reason, and nothing of it is produced.
 """
@@ -140,7 +141,7 @@ def accept(
             )
         result = segment_event(message)
         if isinstance(result, ClickEvent):
-            key = result.identity
+            key = _home_key(result)
         elif result is None:  # a group call: valid, produced, ignored by the engine
             key = _group_key(message)
         else:
@@ -210,8 +211,17 @@ def _stamped(message: Any, sent_at: Any, context: Mapping[str, Any] | None, rece
     return out
 
 
+def _home_key(event: ClickEvent) -> str:
+    """The record's key: the anonymous id, else the user id. Identity stitching decides an event
+    on its anonymous id's partition when it has one (streams/core/identity.py), so keying by it
+    keeps one device's calls in order all the way there, sign-in included: keyed by the user id,
+    an `identify` would travel another partition than the page views before it, and in the same
+    millisecond could overtake them."""
+    return event.anonymous_id if event.anonymous_id is not None else event.identity
+
+
 def _group_key(message: Mapping[str, Any]) -> str:
-    for name in ("userId", "anonymousId", "groupId"):
+    for name in ("anonymousId", "userId", "groupId"):
         value = message.get(name)
         if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
             return str(value)

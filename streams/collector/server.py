@@ -25,7 +25,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter
 
 from streams.collector.messages import CollectorConfig, Refusal, accept
-from streams.kafka.clients import kafka_client_options
+from streams.kafka.clients import new_producer
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,14 +41,33 @@ def kafka_producer(settings: Settings, request_timeout_s: float = 10.0) -> Produ
     every in-sync replica, since the collector's 200 promises the events are kept."""
 
     def new() -> AIOKafkaProducer:
-        return AIOKafkaProducer(
-            **kafka_client_options(settings),
-            acks="all",
-            linger_ms=2,
-            request_timeout_ms=int(request_timeout_s * 1000),
+        return new_producer(
+            settings, acks="all", linger_ms=2, request_timeout_ms=int(request_timeout_s * 1000)
         )
 
     return new
+
+
+def collector_config(settings: Settings) -> CollectorConfig:
+    """The collector the settings describe (`CONVERSIONS_COLLECTOR_*`)."""
+    return CollectorConfig(
+        topic=settings.collector_target,
+        host=settings.collector_host,
+        port=settings.collector_port,
+        write_keys=frozenset(key.get_secret_value() for key in settings.collector_write_keys),
+        allowed_origins=frozenset(settings.collector_allowed_origins),
+        send_timeout_s=settings.collector_send_timeout_s,
+    )
+
+
+def from_settings(settings: Settings, registry: CollectorRegistry | None = None) -> Collector:
+    """The collector a worker runs: its settings, a producer that waits for every replica, and
+    its metrics in the worker's registry (served at the worker's /metrics)."""
+    return Collector(
+        collector_config(settings),
+        kafka_producer(settings, request_timeout_s=settings.collector_send_timeout_s),
+        registry=registry,
+    )
 
 
 class Collector:
@@ -134,6 +153,7 @@ class Collector:
                 await asyncio.sleep(RETRY_AFTER_S)
                 continue
             self._producer = producer
+            log.info("collector ready: the broker answers, accepting events at %s/v1", self.url)
             return
 
     # ---- requests -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from faust.types import TP
 
 from streams.core.engine import partition_for
 from streams.core.events import ClickEvent, Rejection, decode_message
+from streams.core.formats.detect import format_for
 from streams.core.repartition import PendingBatch, RepartitionBatch, source_name
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -51,6 +52,7 @@ class Ingest:
         self._dead_letter = dead_letter
         self._assignment = assignment
         self.source_topics = frozenset(map(settings.topic, settings.topic_clickstream))
+        self._input_formats = settings.input_formats  # CONVERSIONS_INPUT_FORMAT, by topic
         # per source, how far its event time has got and when it last had input
         self._source_watermarks: dict[str, int] = {}
         self._source_seen_at: dict[str, float] = {}
@@ -69,7 +71,10 @@ class Ingest:
                 max_bytes=self.settings.max_message_bytes,
                 max_batch=self.settings.max_batch_events,
                 latest_ms=latest_ms,
+                format=format_for(self._input_formats, message.topic),
             )
+            if decoded.ignored:  # valid, nothing for the engine: Segment's group calls
+                self.metrics.ignored.labels(decoded.format).inc(decoded.ignored)
             if decoded.rejects:
                 await self._dead_letter(decoded.rejects, message)
             self.metrics.events_in.inc(len(decoded.events))

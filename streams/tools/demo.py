@@ -1,4 +1,7 @@
-"""The demo: embedded broker and Redis, a worker, live simulated traffic, a live funnel summary."""
+"""The demo: embedded broker and Redis, a worker, live simulated traffic, a live funnel summary.
+
+The traffic goes to the clickstream topic, or with `via="collector"` through the worker's own
+Segment-compatible collector, as Segment messages posted over HTTP (tools/collector_traffic)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import socket
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 import orjson
 from rich.console import Console, Group
@@ -20,11 +24,14 @@ from streams.core.config_loader import load_config
 from streams.kafka import ensure_topics
 from streams.kafka.clients import new_consumer
 from streams.settings import Settings
+from streams.tools.collector_traffic import CollectorSink
 from streams.tools.infra import LOCAL_BROKER_ENV, LocalInfra, free_port
 from streams.tools.live_traffic import LiveTraffic, TrafficStats
 from streams.tools.worker_process import WorkerProcess
 
 console = Console(stderr=True)
+DEMO_WRITE_KEY = "demo-write-key"
+Via = Literal["broker", "collector"]
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -58,7 +65,13 @@ class LiveSummary:
         else:
             self.counts[(kind, "", "")] += 1
 
-    def render(self, traffic: TrafficStats, started: float, dashboard: str | None) -> Group:
+    def render(
+        self,
+        traffic: TrafficStats,
+        started: float,
+        dashboard: str | None,
+        collector: CollectorSink | None = None,
+    ) -> Group:
         elapsed = time.monotonic() - started
         head = Text.assemble(
             ("Conversion Streams demo", "bold"),
@@ -66,6 +79,15 @@ class LiveSummary:
             f"{traffic.visits} visits",
         )
         parts: list[object] = [head]
+        if collector is not None:
+            stats = collector.stats
+            parts.append(
+                Text(
+                    f"via the collector {collector.url}: {stats.acknowledged} acknowledged in "
+                    f"{stats.requests} requests, {stats.refused} malformed refused, {stats.retries} retried",
+                    style="dim",
+                )
+            )
         if dashboard:
             parts.append(
                 Text.assemble(
@@ -122,7 +144,11 @@ async def _follow(settings: Settings, summary: LiveSummary, stop: asyncio.Event)
 
 
 async def _run(
-    settings: Settings, traffic: LiveTraffic, seconds: float | None, dashboard: str | None
+    settings: Settings,
+    traffic: LiveTraffic,
+    seconds: float | None,
+    dashboard: str | None,
+    collector_url: str | None = None,
 ) -> TrafficStats:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -130,12 +156,13 @@ async def _run(
         loop.add_signal_handler(signum, stop.set)
     summary = LiveSummary(settings)
     started = time.monotonic()
+    sink = CollectorSink(collector_url, DEMO_WRITE_KEY) if collector_url else None
     tasks = [
-        asyncio.create_task(traffic.run(settings, stop)),
+        asyncio.create_task(traffic.run(settings, stop, sink)),
         asyncio.create_task(_follow(settings, summary, stop)),
     ]
     with Live(
-        summary.render(traffic.stats, started, dashboard),
+        summary.render(traffic.stats, started, dashboard, sink),
         console=console,
         refresh_per_second=2,
         transient=False,
@@ -148,7 +175,7 @@ async def _run(
             for task in tasks:
                 if task.done() and task.exception() is not None:
                     stop.set()
-            live.update(summary.render(traffic.stats, started, dashboard))
+            live.update(summary.render(traffic.stats, started, dashboard, sink))
     await asyncio.gather(*tasks)
     return traffic.stats
 
@@ -157,7 +184,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_demo(settings: Settings, traffic: LiveTraffic, seconds: float | None) -> int:
+def run_demo(settings: Settings, traffic: LiveTraffic, seconds: float | None, via: Via = "broker") -> int:
     # SIGTERM before the event loop runs (while the worker starts) must still unwind the `with`
     # blocks below, or the broker, Redis and the worker would outlive the demo
     signal.signal(signal.SIGTERM, _interrupt)
@@ -175,6 +202,17 @@ def run_demo(settings: Settings, traffic: LiveTraffic, seconds: float | None) ->
             "CONVERSIONS_WEB_ENABLED": "true",
             "CONVERSIONS_SOURCE_IDLE_S": "5",
         }
+        collector_url = None
+        if via == "collector":
+            host = settings.collector_host
+            port = settings.collector_port if _port_free(host, settings.collector_port) else free_port()
+            env |= {
+                "CONVERSIONS_COLLECTOR_ENABLED": "true",
+                "CONVERSIONS_COLLECTOR_HOST": host,
+                "CONVERSIONS_COLLECTOR_PORT": str(port),
+                "CONVERSIONS_COLLECTOR_WRITE_KEYS": DEMO_WRITE_KEY,
+            }
+            collector_url = f"http://{host}:{port}"
         live_settings = settings.model_copy(update={"kafka_bootstrap_servers": infra.kafka_bootstrap})
         asyncio.run(ensure_topics(live_settings))
         worker = WorkerProcess(env, workdir / "worker.log")
@@ -182,11 +220,14 @@ def run_demo(settings: Settings, traffic: LiveTraffic, seconds: float | None) ->
         try:
             console.print(f"[bold]starting[/] worker (log: {worker.log_path}) ...")
             worker.start(wait_ready_s=120)
+            if collector_url:
+                worker.wait_for("collector ready", timeout_s=60)
+                console.print(f"traffic goes through the collector: {collector_url}/v1/batch")
             console.print(f"kafka {infra.kafka_bootstrap}  redis {infra.redis_url}")
             console.print(f"[bold]open the live dashboard:[/] [bold cyan]{dashboard}[/]")
             if traffic.speed != 1:
                 console.print(f"the simulated shop clock runs {traffic.speed:g}x faster than real time")
-            stats = asyncio.run(_run(live_settings, traffic, seconds, dashboard))
+            stats = asyncio.run(_run(live_settings, traffic, seconds, dashboard, collector_url))
         finally:
             console.print("[bold]stopping[/] worker, broker and Redis ...")
             worker.stop()

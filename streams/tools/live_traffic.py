@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -32,6 +32,39 @@ class TrafficStats:
     sent: int = 0
     bad: int = 0
     visits: int = 0
+
+
+class TrafficSink(Protocol):
+    """Where live traffic goes: the clickstream topic, or the collector (tools/collector_traffic)."""
+
+    async def start(self) -> None: ...
+    async def send(self, event: dict[str, Any], line: bytes) -> None: ...
+    async def send_bad(self, raw: bytes) -> None: ...
+    async def flush(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class KafkaSink:
+    """Straight to the first clickstream topic, keyed by identity, as a collector would."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.topic(settings.topic_clickstream[0])
+        self.producer = clickstream_producer(settings)
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def send(self, event: dict[str, Any], line: bytes) -> None:
+        await self.producer.send(self.topic, line, key=identity_key(line))
+
+    async def send_bad(self, raw: bytes) -> None:
+        await self.producer.send(self.topic, raw)
+
+    async def flush(self) -> None:
+        await self.producer.flush()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
 
 
 class LiveTraffic:
@@ -82,10 +115,12 @@ class LiveTraffic:
             start + self.incident_for,
         )
 
-    async def run(self, settings: Settings, stop: asyncio.Event) -> TrafficStats:
-        topic = settings.topic(settings.topic_clickstream[0])
-        producer = clickstream_producer(settings)
-        await producer.start()
+    async def run(
+        self, settings: Settings, stop: asyncio.Event, sink: TrafficSink | None = None
+    ) -> TrafficStats:
+        """Send until `stop` is set: to the clickstream topic, or to `sink`."""
+        sink = sink or KafkaSink(settings)
+        await sink.start()
         pending: list[tuple[float, int, dict[str, Any], Iterator[dict[str, Any]]]] = []
         order = itertools.count()
         visits_per_s = self.rate / EVENTS_PER_VISIT
@@ -112,9 +147,9 @@ class LiveTraffic:
                     event.pop("_at")
                     line = orjson.dumps(event)
                     if self.rng.random() < self.bad_rate:
-                        await producer.send(topic, bad_event(self.rng, event))
+                        await sink.send_bad(bad_event(self.rng, event))
                         self.stats.bad += 1
-                    await producer.send(topic, line, key=identity_key(line))
+                    await sink.send(event, line)
                     self.stats.sent += 1
                     if self.on_sent is not None:
                         self.on_sent(event["event_id"], time.time())
@@ -123,7 +158,7 @@ class LiveTraffic:
                         heapq.heappush(pending, (real(following["_at"]), next(order), following, visit))
                 wake = min(next_visit, pending[0][0] if pending else next_visit)
                 await asyncio.sleep(max(0.0, min(0.2, wake - time.time())))
-            await producer.flush()
+            await sink.flush()
         finally:
-            await producer.stop()
+            await sink.stop()
         return self.stats

@@ -7,26 +7,25 @@ settings request at the shop server, whose settings name the collector, on anoth
 Segment.io API host, so every call crosses origins (CORS preflight included, since the library
 sends basic auth). Debian's Chromium (through Playwright, as the dashboard's test drives it)
 clicks through: a landing from a newsletter link (UTM parameters, mail referrer), a product page,
-sign-in (`identify`) and the purchase. The worker must turn that into one purchase by the user
+sign-in (`identify`) and the purchase. The collector is the worker's own
+(`CONVERSIONS_COLLECTOR_ENABLED`), and the worker must turn that into one purchase by the user
 with the anonymous visit's landing page, referrer and campaign.
 """
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 from playwright.async_api import Page, async_playwright
-from prometheus_client import CollectorRegistry
 
-from streams.collector import Collector, CollectorConfig, kafka_producer
 from streams.kafka import ensure_topics
 from streams.settings import Settings
-from streams.tools.worker_process import WorkerProcess
+from tests.collector.conftest import StartCollecting
 from tests.collector.test_collector_clients import FUNNELS, records
 from tests.helpers import read_topics
 
@@ -79,7 +78,7 @@ PAGES = {
 }
 
 
-def shop_app(collector: Collector) -> web.Application:
+def shop_app(collector_url: str) -> web.Application:
     async def page(request: web.Request) -> web.Response:
         title, extra, body = PAGES[request.path]
         snippet = SNIPPET % {"key": WRITE_KEY, "extra": extra}
@@ -88,7 +87,7 @@ def shop_app(collector: Collector) -> web.Application:
 
     async def settings(_: web.Request) -> web.Response:
         """What Segment's CDN serves for a source: here, only the Segment.io destination."""
-        host = f"{collector.config.host}:{collector.port}/v1"
+        host = collector_url.removeprefix("http://") + "/v1"
         return web.json_response(
             {
                 "integrations": {"Segment.io": {"apiKey": WRITE_KEY, "apiHost": host, "protocol": "http"}},
@@ -108,46 +107,26 @@ def shop_app(collector: Collector) -> web.Application:
     return app
 
 
-@pytest.fixture
-async def shop(settings: Settings) -> AsyncIterator[tuple[str, Collector, CollectorRegistry]]:
-    await ensure_topics(settings)
-    registry = CollectorRegistry()
-    config = CollectorConfig(
-        topic=settings.topic(settings.topic_clickstream[0]), port=0, write_keys=frozenset({WRITE_KEY})
-    )
-    collector = Collector(config, kafka_producer(settings), registry=registry)
-    await collector.start()
-    runner = web.AppRunner(shop_app(collector), access_log=None)
+@asynccontextmanager
+async def shop(collector_url: str) -> AsyncIterator[str]:
+    """The shop's web server on a free loopback port; yields its address."""
+    runner = web.AppRunner(shop_app(collector_url), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", collector, registry
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
-        await collector.stop()
-
-
-async def acknowledged(registry: CollectorRegistry, kind: str, count: int, timeout_s: float = 30.0) -> None:
-    """Wait until the collector has had `count` messages of `kind` acknowledged by the broker."""
-    for _ in range(int(timeout_s / 0.1)):
-        if (registry.get_sample_value("conversions_collector_messages_total", {"type": kind}) or 0) >= count:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"the collector did not get {count} {kind} messages")
 
 
 async def test_segment_browser_library_through_the_collector_gives_a_stitched_purchase(
-    settings: Settings,
-    shop: tuple[str, Collector, CollectorRegistry],
-    start_worker: Callable[..., WorkerProcess],
-    tmp_path: Path,
+    settings: Settings, start_collecting_worker: StartCollecting
 ) -> None:
-    url, _, registry = shop
-    funnels = tmp_path / "funnels.yaml"
-    funnels.write_text(FUNNELS)
-    start_worker(env={"CONVERSIONS_FUNNELS": str(funnels)})
-    async with async_playwright() as playwright:
+    await ensure_topics(settings)
+    running = await start_collecting_worker(FUNNELS, WRITE_KEY)
+    acknowledged = running.acknowledged
+    async with shop(running.url) as url, async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page: Page = await browser.new_page()
@@ -162,17 +141,17 @@ async def test_segment_browser_library_through_the_collector_gives_a_stitched_pu
             )
             landing = f"{url}/?utm_source=newsletter&utm_medium=email&utm_campaign=spring"
             await page.goto(landing, referer="https://mail.example/inbox")
-            await acknowledged(registry, "page", 1)
+            await acknowledged("page", 1)
             await page.click("#product")
-            await acknowledged(registry, "track", 1)
+            await acknowledged("track", 1)
             await page.click("#signin")
-            await acknowledged(registry, "page", 3)
+            await acknowledged("page", 3)
             await page.fill("#user", "user_0042")
             await page.click("#go")
-            await acknowledged(registry, "identify", 1)
+            await acknowledged("identify", 1)
             await page.wait_for_url(f"{url}/checkout")
             await page.click("#buy")
-            await acknowledged(registry, "track", 2)
+            await acknowledged("track", 2)
             assert not failures, failures
         finally:
             await browser.close()
@@ -189,6 +168,7 @@ async def test_segment_browser_library_through_the_collector_gives_a_stitched_pu
     ]
     anonymous = {m["anonymousId"] for _, m in produced}
     assert len(anonymous) == 1  # one browser: the library keeps its anonymous id across pages
+    assert {key for key, _ in produced} == anonymous  # keyed by device, sign-in and purchase too
     for _, message in produced:
         assert message["context"]["library"] == {"name": "analytics.js", "version": "next-1.84.3"}
     purchase = next(m for _, m in produced if m.get("event") == "Order Completed")
@@ -206,3 +186,6 @@ async def test_segment_browser_library_through_the_collector_gives_a_stitched_pu
     assert closing["breakdowns"]["campaign.source"] == "newsletter"
     assert closing["breakdowns"]["page.referrer"] == "https://mail.example/inbox"
     assert sorted(m["step"] for m in micros) == ["landing", "product", "purchase"]
+    (link,) = await read_topics(settings, [settings.topic(settings.topic_identities)], expect=1, quiet_s=1)
+    assert (link["action"], link["event"], link["user_id"]) == ("linked", "identify", "user_0042")
+    assert link["anonymous_id"] in anonymous and link["anonymous_history"]

@@ -1,13 +1,15 @@
 """The collector with the real tracking libraries, the real broker and the real worker.
 
 `segment-analytics-python` and `rudder-sdk-python` (from PyPI, unmodified) are pointed at the
-collector on loopback (their `host` option) and send what a shop's backend sends: an anonymous
-page view from a newsletter link, a product view, a sign-in (`identify`), an old device id joined
-by `alias`, and the purchase as the signed-in user. The worker reads the clickstream topic in its
-default auto-detection; the journeys must carry what the libraries sent: one purchase per
-library's user, with the landing page and channel of the anonymous first visit, and the links.
-The libraries post from their own threads, so the test's event loop (which runs the collector)
-only waits for their `flush()` in a worker thread.
+collector a worker runs (`CONVERSIONS_COLLECTOR_ENABLED`, on loopback; their `host` option) and
+send what a shop's backend sends: an anonymous page view from a newsletter link, a product view,
+a sign-in (`identify`), an old device id joined by `alias`, and the purchase as the signed-in
+user. The worker reads the clickstream topic in its default auto-detection; the journeys must
+carry what the libraries sent: one purchase per library's user, with the landing page and
+channel of the anonymous first visit, and the links. The libraries post from their own threads;
+the test's event loop waits for their `flush()` in a worker thread.
+
+The HTTP answers (auth, limits, CORS, 503) are tested on a collector run in the test's process.
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ import asyncio
 import base64
 import gzip
 import logging
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -32,7 +33,7 @@ from streams.collector import Collector, CollectorConfig, kafka_producer
 from streams.kafka import ensure_topics, kafka_client_options
 from streams.settings import Settings
 from streams.tools.infra import free_port
-from streams.tools.worker_process import WorkerProcess
+from tests.collector.conftest import StartCollecting
 from tests.helpers import read_topics
 
 FUNNELS = """
@@ -47,6 +48,7 @@ funnels:
     breakdowns: [context.platform, campaign.source, landing_page, channel, page.referrer]
 """
 LANDING = "https://shop.example/?utm_source=newsletter&utm_medium=email&utm_campaign=spring"
+PURCHASE_AFTER = timedelta(minutes=4)
 WRITE_KEY = "wk_test_live"
 
 
@@ -70,24 +72,33 @@ async def collector(settings: Settings) -> AsyncIterator[Collector]:
         await running.stop()
 
 
-def shop_visit(client: Any, prefix: str) -> None:
-    """What a shop's backend sends for one customer, through either library's client API."""
+def shop_visit(client: Any, prefix: str, start: datetime) -> None:
+    """What a shop's backend sends for one customer, through either library's client API: a visit
+    over four minutes, each call stamped with its moment (the libraries' `timestamp` argument)."""
     anon, old_device, user = f"{prefix}-anon", f"{prefix}-old-device", f"{prefix}_user"
     client.page(
         anonymous_id=anon,
         name="Home",
         properties={"url": LANDING, "referrer": "https://mail.example/inbox", "title": "Shop"},
+        timestamp=start,
     )
     client.track(
         anonymous_id=anon,
         event="Product Viewed",
         properties={"product_id": "p42"},
         context={"page": {"url": "https://shop.example/p/42"}},
+        timestamp=start + timedelta(seconds=40),
     )
-    client.identify(user_id=user, anonymous_id=anon, traits={"plan": "free"})
-    client.alias(previous_id=old_device, user_id=user)
-    client.group(user_id=user, group_id="acme", traits={"name": "Acme"})
-    client.track(user_id=user, event="Order Completed", properties={"revenue": 59.9, "currency": "EUR"})
+    signed_in = start + timedelta(minutes=3)
+    client.identify(user_id=user, anonymous_id=anon, traits={"plan": "free"}, timestamp=signed_in)
+    client.alias(previous_id=old_device, user_id=user, timestamp=signed_in)
+    client.group(user_id=user, group_id="acme", traits={"name": "Acme"}, timestamp=signed_in)
+    client.track(
+        user_id=user,
+        event="Order Completed",
+        properties={"revenue": 59.9, "currency": "EUR"},
+        timestamp=start + PURCHASE_AFTER,
+    )
     client.flush()
 
 
@@ -112,27 +123,26 @@ async def records(
 
 
 async def test_segment_and_rudderstack_libraries_through_the_collector_give_stitched_journeys(
-    settings: Settings,
-    collector: Collector,
-    start_worker: Callable[..., WorkerProcess],
-    tmp_path: Path,
+    settings: Settings, start_collecting_worker: StartCollecting
 ) -> None:
-    funnels = tmp_path / "funnels.yaml"
-    funnels.write_text(FUNNELS)
-    start_worker(env={"CONVERSIONS_FUNNELS": str(funnels)})
+    running = await start_collecting_worker(FUNNELS, WRITE_KEY)
     errors: list[Exception] = []
-    segment = SegmentClient(WRITE_KEY, host=collector.url, on_error=lambda e, _: errors.append(e))
-    rudder = RudderClient(WRITE_KEY, host=collector.url, on_error=lambda e, _: errors.append(e))  # gzip
-    await asyncio.to_thread(shop_visit, segment, "seg")
-    await asyncio.to_thread(shop_visit, rudder, "rud")
+    segment = SegmentClient(WRITE_KEY, host=running.url, on_error=lambda e, _: errors.append(e))
+    rudder = RudderClient(WRITE_KEY, host=running.url, on_error=lambda e, _: errors.append(e))  # gzip
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    await asyncio.to_thread(shop_visit, segment, "seg", start)
+    await asyncio.to_thread(shop_visit, rudder, "rud", start)
     assert not errors
+    for kind, count in {"page": 2, "track": 4, "identify": 2, "alias": 2, "group": 2}.items():
+        assert running.metric("conversions_collector_messages_total", type=kind) == count
 
     # on the topic: each message as sent, stamped, keyed by its identity, without the write key
     topic = settings.topic(settings.topic_clickstream[0])
     produced = await records(settings, topic, expect=12)
     assert len(produced) == 12
     for key, message in produced:
-        assert key == (message.get("userId") or message["anonymousId"])
+        # by device: the anonymous id (alias: previousId), else the user id
+        assert key == (message.get("anonymousId") or message.get("previousId") or message["userId"])
         assert message["context"]["library"]["name"] == "analytics-python"
         assert "receivedAt" in message and "writeKey" not in message
     kinds = sorted(m["type"] for _, m in produced)
@@ -143,6 +153,10 @@ async def test_segment_and_rudderstack_libraries_through_the_collector_give_stit
     assert set(by_user) == {"seg_user", "rud_user"}
     for macro in by_user.values():
         assert (macro["goal"], macro["value"]) == ("purchase", 59.9)
+        # the library's moment, through the collector's clock correction (same clock here)
+        moment = datetime.fromisoformat(macro["timestamp"])
+        assert abs(moment - (start + PURCHASE_AFTER)) < timedelta(seconds=1)
+        assert macro["decision_time_ms"] == PURCHASE_AFTER // timedelta(milliseconds=1)
         # the anonymous first visit's landing page and campaign: the identify call stitched them
         assert macro["landing_page"] == "/" and macro["channel"] == "email"
         assert macro["first_touch"]["landing_page"] == "/"
@@ -153,11 +167,20 @@ async def test_segment_and_rudderstack_libraries_through_the_collector_give_stit
     for micro in closing.values():
         assert micro["breakdowns"]["campaign.source"] == "newsletter"
         assert micro["breakdowns"]["page.referrer"] == "https://mail.example/inbox"
+    # the group calls: valid, produced, read by the worker, and counted as ignored
+    assert running.metric("conversions_ignored_total", format="segment") == 2
+    assert running.metric("conversions_dead_letters_total", reason="invalid_event") == 0
     aliases = [m for _, m in produced if m["type"] == "alias"]
     assert {(a["previousId"], a["userId"]) for a in aliases} == {
         ("seg-old-device", "seg_user"),
         ("rud-old-device", "rud_user"),
     }
+    # identify and alias linked the ids: the landing visit's device and the old one
+    links = await read_topics(settings, [settings.topic(settings.topic_identities)], expect=4, quiet_s=1)
+    assert {(m["action"], m["event"], m["anonymous_id"], m["user_id"]) for m in links} == {
+        ("linked", "identify", f"{p}-anon", f"{p}_user") for p in ("seg", "rud")
+    } | {("linked", "alias", f"{p}-old-device", f"{p}_user") for p in ("seg", "rud")}
+    assert all(m["anonymous_history"] for m in links if m["event"] == "identify")
 
 
 async def test_http_answers(settings: Settings, collector: Collector) -> None:

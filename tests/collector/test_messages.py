@@ -47,7 +47,7 @@ def basic(key: str) -> str:
     return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
 
 
-def test_a_batch_is_produced_message_by_message_keyed_by_identity_and_stamped() -> None:
+def test_a_batch_is_produced_message_by_message_keyed_by_device_and_stamped() -> None:
     body = {
         "batch": [track(), track(type="identify", userId="user_1", messageId="m-2", event=None)],
         "sentAt": "2024-03-13T10:00:01.000Z",
@@ -55,7 +55,10 @@ def test_a_batch_is_produced_message_by_message_keyed_by_identity_and_stamped() 
         "writeKey": "secret",
     }
     records = post("batch", body)
-    assert [r["key"] for r in records] == ["anon-1", "user_1"]
+    # the sign-in travels with the device's page views: keyed by the anonymous id, not the user's
+    assert [r["key"] for r in records] == ["anon-1", "anon-1"]
+    signed_in = post("identify", {"userId": "user_1", "timestamp": "2024-03-13T10:00:00Z"})
+    assert [r["key"] for r in signed_in] == ["user_1"]
     for record in records:
         assert record["receivedAt"] == "2024-03-13T10:00:05.250Z"
         assert record["sentAt"] == "2024-03-13T10:00:01.000Z"
@@ -82,7 +85,8 @@ def test_single_calls_take_their_type_from_the_path(call: str, kind: str) -> Non
         "_metadata": {"bundled": []},
     }
     (record,) = post(call, body)
-    assert record["type"] == kind and record["key"] == "user_1"
+    # identify's and alias's anonymous id (alias: previousId) decides where they are stitched
+    assert record["type"] == kind and record["key"] == ("anon-0" if kind == "alias" else "anon-1")
     assert "_metadata" not in record and "writeKey" not in record
 
 
