@@ -41,13 +41,13 @@ from streams.core.identity import (
     decide,
     decode_item,
     forwarder_source,
-    hold_order,
     is_forwarder,
+    release_order,
 )
 from streams.core.ids import output_id
 from streams.core.journey import Journey, JourneyMachine, Outputs
 from streams.core.matching import CompiledConfig
-from streams.core.merge import merge_journeys, merged_first_touch
+from streams.core.merge import MAX_MERGED_IDS, merge_journeys, merged_first_touch
 from streams.core.outputs import IdentityLink
 
 
@@ -300,26 +300,31 @@ class Engine:
             journey = self.load(person)
             if journey is None:
                 continue
-            ready = sorted(
-                (decode_item(body) for body in journey.held if body["ts"] <= until), key=hold_order
-            )
+            ready = [decode_item(body) for body in journey.held if body["ts"] <= until]
             journey.held = [body for body in journey.held if body["ts"] > until]
-            for item in ready:
-                if isinstance(item, Merge):
-                    out += self._merge(journey, item)
-                else:
-                    journey, applied = self.machine.apply(journey, self._event_of(item))
-                    out += applied
+            links: dict[int, IdentityLink] = {}
+            for step, item in release_order(ready):
+                if step == "merge" and isinstance(item, Merge):
+                    merged, link = self._merge(journey, item)
+                    out += merged
+                    if link is not None:
+                        links[id(item)] = link
+                    continue
+                journey, applied = self.machine.apply(journey, self._event_of(item))
+                out += applied
+                link = links.pop(id(item), None)
+                if link is not None:  # what the merge kept, once its linking event has applied
+                    out.append(self._linked(journey, link))
             self._save(clock, journey)
             self._schedule_hold(clock, journey)  # what is still held waits for a later watermark
         return out
 
-    def _merge(self, journey: Journey, item: Merge) -> Outputs:
-        """The anonymous journey joins the person's, then the event that linked them applies."""
-        event = self._event_of(item)
-        if item.anonymous_id in journey.merged:  # delivered again: merged already
-            journey, out = self.machine.apply(journey, event)
-            return out
+    def _merge(self, journey: Journey, item: Merge) -> tuple[Outputs, IdentityLink | None]:
+        """The anonymous journey joins the person's (its linking event applies after, in its
+        place among the held events); the identity output to complete once it has, or None when
+        this merge was delivered before."""
+        if item.anonymous_id in journey.merged:
+            return [], None
         user_history = journey.last_ts > 0
         anonymous = Journey.loads(item.journey) if item.journey is not None else None
         ended: dict[str, int] = {}
@@ -327,29 +332,34 @@ class Engine:
             out, ended = merge_journeys(self.machine, journey, anonymous, item.ts)
         else:
             out = self.machine.advance(journey, item.ts)
-            journey.merged = [*journey.merged, item.anonymous_id][-8:]
+            journey.merged = [*journey.merged, item.anonymous_id][-MAX_MERGED_IDS:]
             if journey.anonymous_id is None:
                 journey.anonymous_id = item.anonymous_id
-        journey, applied = self.machine.apply(journey, event)
-        out += applied
-        out.append(
-            IdentityLink(
-                id=output_id("identity", item.anonymous_id, item.person, event.event_id),
-                user_id=item.person,
-                anonymous_id=item.anonymous_id,
-                session_id=journey.session.id if journey.session is not None else event.session_id,
-                timestamp=event.timestamp,
-                action="linked",
-                event=event.event,
-                event_id=event.event_id,
-                anonymous_history=anonymous is not None,
-                user_history=user_history,
-                first_touch=merged_first_touch(journey),
-                attempts_kept={key: attempt.reached for key, attempt in journey.attempts.items()},
-                attempts_merged=ended,
-            )
+        event = self._event_of(item)
+        link = IdentityLink(
+            id=output_id("identity", item.anonymous_id, item.person, event.event_id),
+            user_id=item.person,
+            anonymous_id=item.anonymous_id,
+            session_id=event.session_id,
+            timestamp=event.timestamp,
+            action="linked",
+            event=event.event,
+            event_id=event.event_id,
+            anonymous_history=anonymous is not None,
+            user_history=user_history,
+            attempts_merged=ended,
         )
-        return out
+        return out, link
+
+    @staticmethod
+    def _linked(journey: Journey, link: IdentityLink) -> IdentityLink:
+        return link.model_copy(
+            update={
+                "session_id": journey.session.id if journey.session is not None else link.session_id,
+                "first_touch": merged_first_touch(journey),
+                "attempts_kept": {key: attempt.reached for key, attempt in journey.attempts.items()},
+            }
+        )
 
     @staticmethod
     def _refused(event: ClickEvent, linked_to: str) -> IdentityLink:

@@ -161,8 +161,25 @@ def decode_item(body: Any) -> Item:
     return Merge(person, anonymous_id, journey.encode() if journey is not None else None, event, ts, body)
 
 
-def hold_order(item: Item) -> tuple[int, int, str]:
-    """Held items apply in event time; at equal times a merge before events, then by event id, so
-    the order never depends on which path delivered what first."""
-    event_id = str(item.event.get("event_id", ""))
-    return (item.ts, 0 if isinstance(item, Merge) else 1, event_id)
+Step = Literal["merge", "event"]
+
+
+def release_order(items: list[Item]) -> list[tuple[Step, Item]]:
+    """What held items do, in the order they do it: in event time, so the order never depends
+    on which path delivered what first. A merge is two steps: the journeys join, then its
+    linking event applies among the others. At equal times: the merges first, then a device's
+    events with a page (they carry its anonymous id), its other events, then the person's own (a
+    backend's, with the user id alone), then by event id: a tracker that stamps a whole visit
+    with one millisecond still gets its landing page and channel before its order."""
+    steps: list[tuple[tuple[int, int, str], Step, Item]] = []
+    for item in items:
+        event_id = str(item.event.get("event_id", ""))
+        if isinstance(item, Merge):
+            steps.append(((item.ts, 0, event_id), "merge", item))
+        if item.event.get("anonymous_id") is None:
+            rank = 3
+        else:
+            rank = 1 if item.event.get("page") else 2
+        steps.append(((item.ts, rank, event_id), "event", item))
+    steps.sort(key=lambda step: step[0])
+    return [(kind, item) for _, kind, item in steps]

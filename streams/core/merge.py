@@ -66,8 +66,10 @@ def merge_journeys(
         if key in anonymous.ties:
             person.ties[key] = anonymous.ties[key]
 
+    # at equal times the anonymous journey's history is the one with the pages (a device's),
+    # where the user's may hold only a backend's events
     anonymous_first = anonymous.first_touch is not None and (
-        person.first_touch is None or anonymous.first_touch < person.first_touch
+        person.first_touch is None or anonymous.first_touch <= person.first_touch
     )
     if anonymous_first:
         person.first_touch = anonymous.first_touch
@@ -95,7 +97,12 @@ def _merge_sessions(person: Journey, anonymous: Journey) -> None:
     if ours is None:
         person.session = theirs
         return
-    first, second = (theirs, ours) if theirs.start < ours.start else (ours, theirs)
+    # the one that started first; at equal starts the anonymous one (a device's session, with its
+    # landing page and channel), unless only the user's has a landing page
+    anonymous_first = theirs.start < ours.start or (
+        theirs.start == ours.start and (theirs.landing is not None or ours.landing is None)
+    )
+    first, second = (theirs, ours) if anonymous_first else (ours, theirs)
     first.start = min(first.start, second.start)
     first.last = max(first.last, second.last)
     first.page_views += second.page_views

@@ -261,3 +261,22 @@ def test_on_simulated_stitched_traffic_every_purchase_carries_the_persons_first_
     for event_id, first in expected.items():  # to the second: the simulator writes microseconds
         assert macros[event_id]["first_touch"]["timestamp"][:19] == first[:19], event_id
     assert len(of_type(out, "identity")) > 300
+
+
+def test_a_visit_stamped_with_one_millisecond_keeps_its_landing_page_and_channel() -> None:
+    """Trackers in a tight loop stamp a whole visit alike: the device's events (landing page,
+    campaign) go before the backend's at the same time, whatever order a batch brings them in
+    (what arrives after event time has passed it is late, and taken in arrival order)."""
+    at = 30
+    visit = [
+        event("page_view", at, anonymous_id="anon-1", page=LANDING),
+        event("product_view", at, anonymous_id="anon-1"),
+        event("identify", at, anonymous_id="anon-1", user_id="user-1"),
+        event("purchase", at, user_id="user-1", properties={"value": 5.0}),
+    ]
+    for order in ([3, 0, 1, 2], [2, 3, 1, 0], [0, 1, 2, 3], [3, 2, 1, 0]):
+        offline = OfflineRun(config(), 4)
+        out = offline.feed(orjson.dumps([visit[i] for i in order])) + offline.flush()
+        (macro,) = of_type(out, "macro")
+        assert macro["landing_page"] == "/spring-sale" and macro["channel"] == "paid_search", order
+        assert macro["first_touch"]["landing_page"] == "/spring-sale", order
