@@ -371,7 +371,7 @@ def topics() -> None:
 )
 @click.option(
     "--incident-at",
-    default="40m",
+    default="20m",
     show_default=True,
     help="Plant an incident (mobile payment rate falls to 0.3) this far into simulated time; 'off' for none.",
 )

@@ -201,6 +201,8 @@ def run_demo(settings: Settings, traffic: LiveTraffic, seconds: float | None, vi
             "CONVERSIONS_WEB_PORT": str(web_port),
             "CONVERSIONS_WEB_ENABLED": "true",
             "CONVERSIONS_SOURCE_IDLE_S": "5",
+            # the shop's simulated clock runs ahead of the wall clock: its events are not from the future
+            "CONVERSIONS_MAX_FUTURE_SKEW_S": str(400 * 86_400),
         }
         collector_url = None
         if via == "collector":
