@@ -35,6 +35,7 @@ from streams.tools.simulate import (
     Incident,
     ShopTiming,
     Simulator,
+    VariantSplit,
     bad_event,
 )
 
@@ -43,6 +44,7 @@ EVENTS_PER_VISIT = 3.55  # what the simulator gives on average (measured over 5,
 EVENTS_PER_SHOP_VISIT = 2.65  # with ShopTiming (carts wait for later visits): 19,466 in 7,343 visits
 HISTORY_PEOPLE_PER_DAY = 800  # about 4,400 events a simulated day of history
 WARM_UP = timedelta(minutes=10)
+DEMO_SPLIT = VariantSplit(lift=1.15)
 """With realistic timing, live arrivals start this much simulated time before the clock's start
 (sent at once): a window judged in the first minutes would otherwise see checkouts whose
 payments are still a minute away, and a ramp from zero reads as a drop."""
@@ -117,7 +119,12 @@ class LiveTraffic:
         self.users = users
         self.rng = random.Random(seed)
         self.bad_rate = bad_rate
-        self.simulator = Simulator(seed=seed or 0, users=users, gap_scale=gap_scale, timing=self.timing)
+        # the realistic shop runs the example configuration's experiment: a variant per person,
+        # the treatment's purchase step 15 % likelier
+        self.split = DEMO_SPLIT if self.timing is not None else None
+        self.simulator = Simulator(
+            seed=seed or 0, users=users, gap_scale=gap_scale, timing=self.timing, split=self.split
+        )
         self._people = itertools.count()
         self.stats = TrafficStats()
         self.on_sent: Callable[[str, float], None] | None = None
@@ -161,6 +168,7 @@ class LiveTraffic:
             days=days + 1,
             timing=self.timing,
             incident=self.simulator.incident,
+            split=self.split,
         )
         return background.events()
 

@@ -161,6 +161,13 @@ async def test_dashboard_panels_the_planted_alert_and_the_token(demo: str) -> No
         assert float(await ttc.get_attribute("data-median") or 0) > 0
         assert await ttc.locator("rect").count() >= 5
 
+        # the example configuration's experiment, on the demo's variants
+        experiment = page.locator("[data-testid=experiment][data-name=one_page_checkout]")
+        await expect(experiment).to_be_visible(timeout=30_000)
+        variants = experiment.locator("[data-testid=experiment-variant]")
+        await expect(variants).to_have_count(2, timeout=60_000)
+        await expect(variants.first).to_have_attribute("data-entered", NONZERO)
+
         # channels and landing pages: rows with sessions, sorted by a click on a column
         rows = page.locator("[data-testid=channel-row]")
         await expect(rows.first).to_be_visible(timeout=30_000)

@@ -405,7 +405,7 @@ async function refreshExperiments() {
       const rows = e.variants.map((v) =>
         el(
           "tr",
-          { "data-testid": "experiment-variant", "data-variant": v.variant, "data-decision": v.decision },
+          { "data-testid": "experiment-variant", "data-variant": v.variant, "data-decision": v.decision, "data-entered": String(v.entered) },
           el("td", {}, v.variant),
           el("td", {}, number(v.entered)),
           el("td", {}, number(v.converted)),
