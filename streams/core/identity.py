@@ -176,10 +176,8 @@ def release_order(items: list[Item]) -> list[tuple[Step, Item]]:
         event_id = str(item.event.get("event_id", ""))
         if isinstance(item, Merge):
             steps.append(((item.ts, 0, event_id), "merge", item))
-        if item.event.get("anonymous_id") is None:
-            rank = 3
-        else:
-            rank = 1 if item.event.get("page") else 2
+        device, page = item.event.get("anonymous_id") is not None, bool(item.event.get("page"))
+        rank = (1 if page else 2) if device else 3
         steps.append(((item.ts, rank, event_id), "event", item))
     steps.sort(key=lambda step: step[0])
     return [(kind, item) for _, kind, item in steps]
