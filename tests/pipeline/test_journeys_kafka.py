@@ -92,11 +92,14 @@ async def test_kafka_path_equals_offline_mode(
     # the simulated shop stitches: people sign in at checkout, some on a second device, and most
     # anonymous ids hash to another partition than their user's, so items travel between them
     assert len(merged) > 50
-    assert sum(
-        partition_for(o["anonymous_id"], partitions) != partition_for(o["user_id"], partitions)
-        for o in expected
-        if o["type"] == "identity"
-    ) > len(merged) // 2
+    assert (
+        sum(
+            partition_for(o["anonymous_id"], partitions) != partition_for(o["user_id"], partitions)
+            for o in expected
+            if o["type"] == "identity"
+        )
+        > len(merged) // 2
+    )
 
     await ensure_topics(settings)
     start_worker(env=SOURCE_IDLE)
