@@ -44,7 +44,7 @@ from streams.core.identity import (
     is_forwarder,
     release_order,
 )
-from streams.core.ids import output_id
+from streams.core.ids import output_id, short_hash
 from streams.core.journey import Journey, JourneyMachine, Outputs
 from streams.core.matching import CompiledConfig
 from streams.core.merge import MAX_MERGED_IDS, merge_journeys, merged_first_touch
@@ -234,9 +234,18 @@ class Engine:
                 out += self.machine.advance(journey, event.ts_ms)
                 state = journey.dumps()
                 stub.last_ts = max(stub.last_ts, journey.last_ts)
+                # the events the anonymous journey applied travel in it: the stub remembers
+                # them, so a copy delivered again (a redone run) is not forwarded a second time
+                stub.seen, stub.seen_at = list(journey.seen), list(journey.seen_at)
             self._save(clock, stub)
             item: Item = Merge(person, home, state, event.to_json_dict(), event.ts_ms)
         else:
+            if (
+                journey is not None
+                and journey.linked_to is not None
+                and short_hash(event.event_id) in journey.seen
+            ):
+                return []  # applied by the anonymous journey before it was merged
             if decision == "refuse":
                 assert journey is not None and journey.linked_to is not None
                 out.append(self._refused(event, journey.linked_to))

@@ -280,3 +280,25 @@ def test_a_visit_stamped_with_one_millisecond_keeps_its_landing_page_and_channel
         (macro,) = of_type(out, "macro")
         assert macro["landing_page"] == "/spring-sale" and macro["channel"] == "paid_search", order
         assert macro["first_touch"]["landing_page"] == "/spring-sale", order
+
+
+def test_a_redone_run_does_not_forward_what_the_merged_anonymous_journey_already_held() -> None:
+    """Found by `make crash`: after a kill, the home partition redid a run whose stub had been
+    written; its anonymous events, already inside the merge, were forwarded again and applied
+    to the person before the merge, which then added them a second time."""
+    from streams.core.engine import Engine
+    from streams.core.events import ClickEvent
+    from streams.core.identity import Merge
+
+    engine = Engine(config(), {}, 4, expected_sources=["in/0"], forwarding=True)
+    clicks = [ClickEvent.model_validate(body) for body in SEVEN[:4]]
+    home = engine.home_partition(clicks[0])
+    assert engine.partition_of("user-1") != home, "the two ids live on different partitions"
+    for click in clicks:
+        engine.process(click, home)
+    assert [type(item) for _, item in engine.outbox] == [Merge]
+    engine.outbox.clear()
+    for click in clicks:  # the same run again, the stub in place
+        engine.process(click, home)
+    forwarded = [item.event["event"] for _, item in engine.outbox]
+    assert forwarded == ["login"]  # the linking event: the person's journey knows it by its id
