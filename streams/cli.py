@@ -79,10 +79,23 @@ def check_config(path: Path) -> None:
 @click.option(
     "--progress/--no-progress",
     default=None,
-    help="Progress bar on stderr (default: when stderr is a terminal).",
+    help="Progress bar on stderr (default: when stderr is a terminal; none with --workers).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes, each for its share of the people; with more than one, the outputs are "
+    "written sorted by event time, then id.",
 )
 def process(
-    config_path: Path, input_path: str, partitions: int | None, flush: bool, progress: bool | None
+    config_path: Path,
+    input_path: str,
+    partitions: int | None,
+    flush: bool,
+    progress: bool | None,
+    workers: int,
 ) -> None:
     """Run the engine over a file, with no Kafka, and write every output as NDJSON to stdout."""
     from streams.offline import OfflineRun, open_input
@@ -93,6 +106,24 @@ def process(
     except ConfigError as exc:
         _fail(str(exc))
     settings = _settings()
+    if workers > 1:
+        from streams.parallel import Job, run_parallel
+
+        job = Job(
+            config,
+            input_path,
+            source=f"file:{input_path}",
+            partitions=partitions or settings.partitions,
+            workers=workers,
+            max_message_bytes=settings.max_message_bytes,
+            max_batch_events=settings.max_batch_events,
+            latest_ms=int((time.time() + settings.max_future_skew_s) * 1000),
+            flush=flush,
+        )
+        totals = run_parallel(job, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        click.echo(f"{totals.lines} lines, {totals.events} events, {totals.rejected} rejected", err=True)
+        return
     run = OfflineRun(
         config,
         partitions or settings.partitions,

@@ -1,22 +1,58 @@
-"""Offline mode (CONTRACT section 4): the same engine over an NDJSON file, no Kafka, in event time."""
+"""Offline mode (CONTRACT section 4): the same engine over an NDJSON file, no Kafka, in event time.
+
+A line is one Kafka message value. After each line the engine observes the file's event time so
+far (the latest valid event's time), which fires the deadlines it makes due, and the alert and
+experiment evaluators judge that line's microconversions. `streams.parallel` runs the same
+`apply_line` on several processes, each for its share of the people, with the same event times.
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from streams.core.alerts import MINUTE_MS, AlertEvaluator
 from streams.core.deadletter import dead_letter
 from streams.core.engine import Engine
-from streams.core.events import decode_message, from_epoch_ms
+from streams.core.events import ClickEvent, Rejection, decode_message, from_epoch_ms
 from streams.core.experiments import ExperimentEvaluator
 from streams.core.matching import CompiledConfig
 from streams.core.outputs import OutputEvent
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FAR_FUTURE_MS = 4_102_444_800_000  # 2100-01-01
+
+
+class Judges:
+    """The alert and experiment evaluators, fed as offline mode feeds them: after each line, that
+    line's microconversions, then the line's event time less the late tolerance."""
+
+    def __init__(self, config: CompiledConfig) -> None:
+        self.late_tolerance = config.late_tolerance
+        self.alerts = AlertEvaluator(config)
+        self.experiments = ExperimentEvaluator(config)
+        self.evaluators: list[AlertEvaluator | ExperimentEvaluator] = [
+            e for e in (self.alerts, self.experiments) if e.active
+        ]
+        self._judged_minute: int | None = None
+
+    def after_line(self, micro: Sequence[Mapping[str, Any]], latest_ms: int) -> list[OutputEvent]:
+        if not self.evaluators:
+            return []
+        watermark = latest_ms - self.late_tolerance
+        minute = watermark // MINUTE_MS
+        if not micro and minute == self._judged_minute:
+            return []  # they judge whole minutes: with nothing new and none complete, nothing to do
+        self._judged_minute = minute
+        judged: list[OutputEvent] = []
+        for evaluator in self.evaluators:
+            for output in micro:
+                evaluator.observe(output)
+            judged.extend(evaluator.advance(watermark))
+        return judged
 
 
 @dataclass
@@ -39,10 +75,11 @@ class OfflineRun:
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.config, self.store, self.partitions, expected_sources=[self.source])
-        self.alerts = AlertEvaluator(self.config)
-        self.experiments = ExperimentEvaluator(self.config)
+        self.judges = Judges(self.config)
+        self.alerts = self.judges.alerts
+        self.experiments = self.judges.experiments
         self._latest_ms: int | None = None
-        self._judged_minute: int | None = None
+        self._observed: int | None = None
 
     def feed(self, line: bytes) -> list[OutputEvent]:
         """One NDJSON line, which is one Kafka message value: an event or a batch array."""
@@ -55,49 +92,65 @@ class OfflineRun:
             max_batch=self.max_batch_events,
             latest_ms=self.latest_ms,
         )
-        out: list[OutputEvent] = []
-        if decoded.rejects:
-            moment = from_epoch_ms(self._latest_ms) if self._latest_ms is not None else EPOCH
-        for rejection in decoded.rejects:
-            self.rejected += 1
-            out.append(
-                dead_letter(
-                    rejection,
-                    source_topic=self.source,
-                    source_partition=None,
-                    source_offset=self.lines,
-                    timestamp=moment,
-                )
-            )
+        latest = self._latest_ms
         for event in decoded.events:
-            self.events += 1
-            self._latest_ms = max(self._latest_ms or event.ts_ms, event.ts_ms)
-            out.extend(self.engine.process(event))
-        if self._latest_ms is not None:
-            for partition in range(self.partitions):
-                out.extend(self.engine.observe(partition, self.source, self._latest_ms))
-        if self.engine.cached >= self.cache_journeys:
-            self.engine.flush()
-        return self._with_alerts(out)
-
-    def _with_alerts(self, out: list[OutputEvent]) -> list[OutputEvent]:
-        """Alerts and experiments judge the microconversions, minute by minute of event time."""
-        evaluators = [e for e in (self.alerts, self.experiments) if e.active]
-        if not evaluators or self._latest_ms is None:
+            latest = event.ts_ms if latest is None or event.ts_ms > latest else latest
+        out = self.apply_line(self.lines, decoded.events, decoded.rejects, self._latest_ms, latest)
+        if latest is None:
             return out
         # the fields as they are (what model_dump() would copy): the evaluators only read them
-        micro = [output.__dict__ for output in out if output.type == "micro"]
-        watermark = self._latest_ms - self.config.late_tolerance
-        minute = watermark // MINUTE_MS
-        if not micro and minute == self._judged_minute:
-            return out  # they judge whole minutes: with nothing new and none complete, nothing to do
-        self._judged_minute = minute
-        judged: list[OutputEvent] = []
-        for evaluator in evaluators:
-            for output in micro:
-                evaluator.observe(output)
-            judged.extend(evaluator.advance(watermark))
-        return out + judged
+        return out + self.judges.after_line([o.__dict__ for o in out if o.type == "micro"], latest)
+
+    def apply_line(
+        self,
+        line: int,
+        events: Sequence[ClickEvent],
+        rejects: Sequence[Rejection],
+        before: int | None,
+        after: int | None,
+    ) -> list[OutputEvent]:
+        """Line number `line`'s dead letters and events, then event time moved to `after`.
+
+        `before` and `after` are the file's event time before and after the line (None until a
+        valid event has come). A process given only some of the file's people (`streams.parallel`)
+        first catches up with `before`, which the lines it skipped had reached."""
+        out: list[OutputEvent] = []
+        if before is not None and before != self._observed:
+            out += self._observe(before)
+        if rejects:
+            moment = from_epoch_ms(before) if before is not None else EPOCH
+            for rejection in rejects:
+                self.rejected += 1
+                out.append(
+                    dead_letter(
+                        rejection,
+                        source_topic=self.source,
+                        source_partition=None,
+                        source_offset=line,
+                        timestamp=moment,
+                    )
+                )
+        for event in events:
+            self.events += 1
+            out.extend(self.engine.process(event))
+        self._latest_ms = after
+        if after is not None:
+            out += self._observe(after)
+        if self.engine.cached >= self.cache_journeys:
+            self.engine.flush()
+        return out
+
+    def catch_up(self, latest: int | None) -> list[OutputEvent]:
+        """Event time moved to `latest` on lines this process did not apply (the end of a share)."""
+        self._latest_ms = latest
+        return self._observe(latest) if latest is not None and latest != self._observed else []
+
+    def _observe(self, event_time: int) -> list[OutputEvent]:
+        self._observed = event_time
+        out: list[OutputEvent] = []
+        for partition in range(self.partitions):
+            out.extend(self.engine.observe(partition, self.source, event_time))
+        return out
 
     def run(self, lines: Iterable[bytes]) -> Iterator[OutputEvent]:
         for line in lines:
@@ -106,10 +159,7 @@ class OfflineRun:
 
     def flush(self) -> list[OutputEvent]:
         """Let event time run out: close every open session and attempt (end of history)."""
-        out: list[OutputEvent] = []
-        far_future = 4_102_444_800_000  # 2100-01-01
-        for partition in range(self.partitions):
-            out.extend(self.engine.observe(partition, self.source, far_future + self.config.late_tolerance))
+        out = self._observe(FAR_FUTURE_MS + self.config.late_tolerance)
         self.engine.flush()
         return out
 
