@@ -36,6 +36,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.collector import collector_throughput
+from bench.offline import offline_targets, offline_throughput
 from streams.core.engine import partition_for
 from streams.core.events import decode_message
 from streams.kafka import changelog_topic, consumer_options, ensure_topics, kafka_client_options
@@ -546,7 +547,7 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     }
     if "recovery_s_1m_users" in result:
         checks["recovery_s_1m_users <= 60"] = result["recovery_s_1m_users"]
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = offline_targets(result["offline"]) if "offline" in result else {}
     for name, value in checks.items():
         op, limit = name.split()[-2:]
         met = value >= float(limit) if op == ">=" else value <= float(limit)
@@ -610,14 +611,28 @@ def main() -> None:
     parser.add_argument("--latency-s", type=float, default=20.0)
     parser.add_argument("--recovery-users", type=int, default=1_000_000)
     parser.add_argument("--profile-s", type=float, default=6.0, help="py-spy the pipeline's worker (0: no)")
+    parser.add_argument(
+        "--only",
+        choices=["offline"],
+        help="just this section (python -m bench.offline: results/offline.json)",
+    )
     args = parser.parse_args()
+    if args.only == "offline":
+        from bench.offline import main as offline_main
+
+        sys.argv = sys.argv[:1]
+        offline_main()
+        return
     workdir = ROOT.parent / "var" / "bench"
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    say("offline mode first, before the broker and Redis start: conversions process, one and two workers")
+    offline = offline_throughput(workdir)
     with LocalInfra(
         os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("REDIS_URL"), workdir=workdir / "infra"
     ) as infra:
         result = asyncio.run(measure(args, infra, workdir))
+    result["offline"] = offline
     result["targets"] = targets(result)
     result["machine"] = {
         "cpus": os.cpu_count(),
