@@ -30,6 +30,7 @@ import orjson
 
 from streams.core.events import ClickEvent
 from streams.core.formats.segment import segment_event
+from streams.errors import ConversionsError
 
 SEGMENT_MESSAGE_BYTES = 32 * 1024
 SEGMENT_REQUEST_BYTES = 500 * 1024
@@ -69,7 +70,7 @@ class CollectorConfig:
     """How long a request waits for the broker's acknowledgement before answering 503."""
 
 
-class Refusal(Exception):
+class Refusal(ConversionsError):
     """Why a request is refused: its HTTP status, a machine-readable code and the reason."""
 
     def __init__(self, status: int, code: str, message: str, errors: list[dict[str, Any]] | None = None):
