@@ -135,11 +135,7 @@ def process(
     out = sys.stdout.buffer
     show = sys.stderr.isatty() if progress is None else progress
     with open_input(input_path) as stream, line_progress(stream, input_path, show) as lines:
-        for output in run.run(lines):
-            out.write(output.to_json() + b"\n")
-        if flush:
-            for output in run.flush():
-                out.write(output.to_json() + b"\n")
+        run.write(lines, out, flush=flush)
     out.flush()
     click.echo(f"{run.lines} lines, {run.events} events, {run.rejected} rejected", err=True)
 

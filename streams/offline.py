@@ -157,6 +157,16 @@ class OfflineRun:
             yield from self.feed(line)
         self.engine.flush()
 
+    def write(self, lines: Iterable[bytes], out: BinaryIO, flush: bool = False) -> None:
+        """`run` (and `flush`), each line's outputs written as NDJSON in one call."""
+        for line in lines:
+            outputs = self.feed(line)
+            if outputs:
+                out.write(b"".join([output.to_json() + b"\n" for output in outputs]))
+        self.engine.flush()
+        if flush:
+            out.write(b"".join([output.to_json() + b"\n" for output in self.flush()]))
+
     def flush(self) -> list[OutputEvent]:
         """Let event time run out: close every open session and attempt (end of history)."""
         out = self._observe(FAR_FUTURE_MS + self.config.late_tolerance)

@@ -41,6 +41,7 @@ import sys
 import tempfile
 import traceback
 from array import array
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -59,6 +60,9 @@ from streams.errors import ConversionsError
 from streams.offline import Judges, OfflineRun
 
 BLOCK_LINES = 2_048
+LOOKAHEAD = 4
+"""Blocks a worker decodes ahead of the one it applies: a worker or the parent that the machine
+runs late holds the others up only after this many blocks."""
 RUN_OUTPUTS = 200_000
 """Outputs a worker keeps in memory before it writes them, sorted, as one run on disk."""
 _CHUNK = 4_096  # records per marshal chunk of a run file
@@ -69,6 +73,9 @@ _MICROSECOND = timedelta(microseconds=1)
 
 Record = tuple[int, str, bytes]
 """An output as the merge sorts it: event time in microseconds, id, JSON."""
+Decoded_block = tuple[int, int, list[tuple[int, list[ClickEvent], list[Rejection]]]]
+"""A block as a worker decoded it: its number, its first line's number, and per line of the
+worker's (by index in the block) its events and the dead letters it owes."""
 
 
 class WorkerFailed(ConversionsError, RuntimeError):
@@ -91,6 +98,7 @@ class Job:
     tmpdir: str = ""
     block_lines: int = BLOCK_LINES
     run_outputs: int = RUN_OUTPUTS
+    lookahead: int = LOOKAHEAD
 
 
 @dataclass
@@ -299,7 +307,7 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router) -> Non
         latest_ms=job.latest_ms,
     )
     runs = _Runs(job.tmpdir, f"w{index}", job.run_outputs)
-    pending: tuple[int, int, list[tuple[int, list[ClickEvent], list[Rejection]]]] | None = None
+    pending: deque[Decoded_block] = deque()
     first = 1  # the line number of the block's first line (one process counts from 1)
     for number, block in enumerate(_blocks(job.path, job.block_lines)):
         mine: list[tuple[int, list[ClickEvent], list[Rejection]]] = []
@@ -319,13 +327,13 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router) -> Non
                 times[i] = max(e.ts_ms for e in events)
             mine.append((i, events, decoded.rejects if rejects_here else []))
         conn.send(("times", number, len(block), times.tobytes()))
-        if pending is not None:
-            _apply(run, runs, conn, pending)
-        pending = (number, first, mine)
+        pending.append((number, first, mine))
+        if len(pending) > job.lookahead:
+            _apply(run, runs, conn, pending.popleft())
         first += len(block)
     conn.send(("end", first - 1))
-    if pending is not None:
-        _apply(run, runs, conn, pending)
+    while pending:
+        _apply(run, runs, conn, pending.popleft())
     kind, final = conn.recv()  # the file's event time after its last line
     assert kind == "final", kind
     runs.add(run.catch_up(None if final == _NONE else final))
@@ -340,7 +348,7 @@ def _apply(
     run: OfflineRun,
     runs: _Runs,
     conn: Connection,
-    pending: tuple[int, int, list[tuple[int, list[ClickEvent], list[Rejection]]]],
+    pending: Decoded_block,
 ) -> None:
     """Apply a decoded block at the event times the parent sent; the block's micro outputs go
     back to the parent, by line."""
@@ -443,7 +451,7 @@ def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
     judges = Judges(job.config)
     judged: list[OutputEvent] = []
     latest = _NONE  # the file's event time after the lines gathered so far
-    waiting: tuple[int, int, array[int], list[bool]] | None = None  # a block to judge
+    waiting: deque[tuple[int, int, array[int], list[bool]]] = deque()  # blocks to judge, in order
     totals = Totals()
     while True:
         messages = [_recv(conn) for conn in conns]
@@ -468,11 +476,11 @@ def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
             running[i] = latest
         for conn in conns:
             conn.send(("times", number, before, running.tobytes()))
-        if waiting is not None:
-            judged += _judge(judges, waiting, [_recv(conn) for conn in conns])
-        waiting = (number, before, running, blank)
-    if waiting is not None:
-        judged += _judge(judges, waiting, [_recv(conn) for conn in conns])
+        waiting.append((number, before, running, blank))
+        if len(waiting) > job.lookahead:  # each worker sends a block's micro after the next ones' times
+            judged += _judge(judges, waiting.popleft(), [_recv(conn) for conn in conns])
+    while waiting:
+        judged += _judge(judges, waiting.popleft(), [_recv(conn) for conn in conns])
     for conn in conns:
         conn.send(("final", latest))
     paths: list[str] = []
