@@ -277,9 +277,12 @@ class Engine:
         self._schedule_hold(clock, journey)
         return self._release_due(partition, clock)
 
-    def _event_of(self, item: Item) -> ClickEvent:
+    def _event_of(self, item: Item, keep: bool = False) -> ClickEvent:
         """The item's event: the one validated when it was held in this run, else validated now."""
-        known = self._clicks.pop(id(item.body), None) if item.body is not None else None
+        clicks = self._clicks
+        known = None
+        if item.body is not None:
+            known = clicks.get(id(item.body)) if keep else clicks.pop(id(item.body), None)
         if known is not None and known[0] is item.body:
             return known[1]
         return ClickEvent.model_validate(item.event)
@@ -344,7 +347,7 @@ class Engine:
             journey.merged = [*journey.merged, item.anonymous_id][-MAX_MERGED_IDS:]
             if journey.anonymous_id is None:
                 journey.anonymous_id = item.anonymous_id
-        event = self._event_of(item)
+        event = self._event_of(item, keep=True)  # its event applies later, as a step of its own
         link = IdentityLink(
             id=output_id("identity", item.anonymous_id, item.person, event.event_id),
             user_id=item.person,
