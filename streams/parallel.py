@@ -65,6 +65,8 @@ LOOKAHEAD = 4
 runs late holds the others up only after this many blocks."""
 RUN_OUTPUTS = 200_000
 """Outputs a worker keeps in memory before it writes them, sorted, as one run on disk."""
+MERGE_IN_MEMORY = 1_000_000
+"""Outputs the parent sorts in memory at the end; beyond, it merges the runs as a stream."""
 _CHUNK = 4_096  # records per marshal chunk of a run file
 _NONE = -1  # no valid event (yet): an event time is never negative here
 _BLANK = -2  # a blank line: one process skips it entirely (no event time, no judging)
@@ -99,6 +101,7 @@ class Job:
     block_lines: int = BLOCK_LINES
     run_outputs: int = RUN_OUTPUTS
     lookahead: int = LOOKAHEAD
+    merge_in_memory: int = MERGE_IN_MEMORY
 
 
 @dataclass
@@ -490,9 +493,22 @@ def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
         totals.events += events
         totals.rejected += rejected
     mine = sorted((_micro_us(o.timestamp), o.id, o.to_json()) for o in judged)
-    for _, _, raw in heapq.merge(mine, *(read_run(path) for path in paths)):
-        out.write(raw + b"\n")
+    in_memory = len(paths) * job.run_outputs <= job.merge_in_memory  # an upper bound of the runs' size
+    _write_sorted(out, [mine, *(read_run(path) for path in paths)], in_memory)
     return totals
+
+
+def _write_sorted(out: BinaryIO, runs: list[Iterable[Record]], in_memory: bool) -> None:
+    """Merge sorted runs into `out`: in memory, as one list, where Timsort merges the runs in C;
+    or, for more than `MERGE_IN_MEMORY` outputs, as a stream through a heap."""
+    if in_memory:
+        records = [record for run in runs for record in run]
+        records.sort()
+        for at in range(0, len(records), _CHUNK):
+            out.write(b"".join([raw + b"\n" for _, _, raw in records[at : at + _CHUNK]]))
+        return
+    for _, _, raw in heapq.merge(*runs):
+        out.write(raw + b"\n")
 
 
 def _judge(

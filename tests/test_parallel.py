@@ -116,7 +116,7 @@ def test_workers_write_what_one_process_writes_in_one_order(tmp_path: Path, shuf
     assert any(b'"refused"' in raw for raw in expected)
     if shuffled:
         assert any(b'"late_event"' in raw for raw in expected)
-    two = workers(tmp_path, lines, 2, flush=True, block_lines=37, run_outputs=500)
+    two = workers(tmp_path, lines, 2, flush=True, block_lines=37, run_outputs=500, merge_in_memory=0)
     assert two == expected
     assert workers(tmp_path, lines, 3, flush=True, block_lines=64) == expected
 
