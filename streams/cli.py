@@ -170,6 +170,42 @@ def worker(funnels: Path | None, partitions: int | None, web_port: int | None, a
 
 
 @main.command()
+@click.option(
+    "--config",
+    "funnels",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Funnel configuration (YAML); default: CONVERSIONS_FUNNELS or the example.",
+)
+@click.option("--partitions", type=int, default=None)
+@click.option("--app-id", default=None)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve Prometheus metrics of this process at /metrics on this port (on CONVERSIONS_WEB_HOST).",
+)
+def counters(
+    funnels: Path | None, partitions: int | None, app_id: str | None, metrics_port: int | None
+) -> None:
+    """Apply the outputs to the Redis counters in a process of its own (with the workers'
+    CONVERSIONS_COUNTERS_ENABLED=false): the workers' event loops then run only the journeys."""
+    settings = _settings(funnels=funnels, partitions=partitions, app_id=app_id)
+    setup_logging(settings.log_level)
+    if not settings.kafka_bootstrap_servers:
+        _fail("KAFKA_BOOTSTRAP_SERVERS is not set")
+    if not settings.redis_dsn:
+        _fail("REDIS_URL is not set")
+    try:
+        load_config(settings.funnels)
+    except ConfigError as exc:
+        _fail(str(exc))
+    from streams.counters.service import run_counters
+
+    run_counters(settings, metrics_port)
+
+
+@main.command()
 @click.option("--check", is_flag=True, help="Exit 1 if the committed schemas differ from the models.")
 def schemas(check: bool) -> None:
     """Write schemas/*.json from the pydantic models."""
@@ -444,29 +480,35 @@ def demo(
 
 
 @main.command()
-def infra() -> None:
+@click.option(
+    "--redis-cluster",
+    is_flag=True,
+    help="A three-master Redis Cluster (redis-server in cluster mode) instead of one Redis.",
+)
+def infra(redis_cluster: bool) -> None:
     """Start a local broker and Redis, print their addresses, run until Ctrl-C."""
+    import contextlib
     import time
 
     from streams.tools.infra import InfraError, LocalInfra
+    from streams.tools.redis_cluster import LocalRedisCluster
 
     setup_logging("INFO")
     try:
-        local = LocalInfra().start()
+        with contextlib.ExitStack() as stack:
+            cluster = stack.enter_context(LocalRedisCluster()) if redis_cluster else None
+            local = stack.enter_context(LocalInfra(redis_url=cluster.url if cluster else None))
+            redis_url = cluster.url if cluster else local.redis_url
+            addresses = {"KAFKA_BOOTSTRAP_SERVERS": local.kafka_bootstrap, "REDIS_URL": redis_url}
+            click.echo(orjson.dumps(addresses).decode())
+            click.echo(f"export KAFKA_BOOTSTRAP_SERVERS={local.kafka_bootstrap} REDIS_URL={redis_url}")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                click.echo("stopping", err=True)
     except InfraError as exc:
         _fail(f"could not start the local infrastructure: {exc}")
-    with local:
-        click.echo(
-            orjson.dumps(
-                {"KAFKA_BOOTSTRAP_SERVERS": local.kafka_bootstrap, "REDIS_URL": local.redis_url}
-            ).decode()
-        )
-        click.echo(f"export KAFKA_BOOTSTRAP_SERVERS={local.kafka_bootstrap} REDIS_URL={local.redis_url}")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            click.echo("stopping", err=True)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@ web together into a running worker.
 
 The rooms do not know each other: the pipeline publishes and schedules (`ports.Publisher`,
 `LeaderCheck`, `Scheduler`), the counters and the alerts run beside its agents through those
-seams, and the web reads the counters and the alerts through `ports.CounterReader` and
-`AlertReader`. The Segment-compatible collector, when enabled, listens on its own port beside
-them. Topics are created first (unless told not to), then the Faust worker runs with
-clear logs until SIGTERM or Ctrl-C.
+seams (the counters may run as a process of their own instead, `conversions counters`, with
+`CONVERSIONS_COUNTERS_ENABLED=false` here: the worker then only reads them), and the web reads
+the counters and the alerts through `ports.CounterReader` and `AlertReader`. The
+Segment-compatible collector, when enabled, listens on its own port beside them. Topics are
+created first (unless told not to), then the Faust worker runs with clear logs until SIGTERM or
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from streams.alerts.service import Alerting
 from streams.collector import Collector, from_settings
 from streams.core.config_loader import load_config
 from streams.core.matching import CompiledConfig, compile_config
-from streams.counters.consumer import Counting
+from streams.counters.consumer import Counting, publish_step_rates
 from streams.counters.redis_store import redis_counter_store
 from streams.kafka import ensure_topics, source_partitions
 from streams.pipeline.app import ConversionsApp
@@ -38,19 +40,32 @@ STEP_RATES_EVERY_S = 15.0
 def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) -> ConversionsApp:
     """The pipeline, with the counters, the alerts and the web attached as the settings say."""
     conversions = ConversionsApp(settings, config, sources)
-    counting = None
-    if settings.counters_enabled:
-        counting = Counting(settings, config, conversions.metrics, redis_counter_store(settings))
-        conversions.run_alongside("counters", counting.run, counting.close)
-        conversions.every(STEP_RATES_EVERY_S, "step_rates", counting.publish_step_rates)
+    store = None
+    if settings.counters_enabled or (settings.web_enabled and settings.redis_dsn):
+        store = redis_counter_store(settings)
+    if store is not None:
+        if settings.counters_enabled:
+            counting = Counting(settings, config, conversions.metrics, store)
+            conversions.run_alongside("counters", counting.run, counting.close)
+        else:
+            log.info(
+                "counters: not applied here (CONVERSIONS_COUNTERS_ENABLED=false): `conversions counters`"
+            )
+            conversions.run_alongside("counter_reads", _reads_only, store.redis.aclose)
+        reads = store
+
+        async def step_rates() -> None:
+            await publish_step_rates(reads, config, conversions.metrics)
+
+        conversions.every(STEP_RATES_EVERY_S, "step_rates", step_rates)
     alerting = None
     if config.source.alerts or config.source.experiments:
         alerting = Alerting(settings, config, conversions.metrics, publisher=conversions, leader=conversions)
         conversions.run_alongside("alerts", alerting.run, alerting.close)
-    if settings.web_enabled and counting is not None:
+    if settings.web_enabled and store is not None:
         register_routes(
             conversions.app,
-            counting.store,
+            store,
             alerting,
             config,
             conversions.metrics,
@@ -61,6 +76,10 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
         collector = from_settings(settings, conversions.metrics.registry)
         conversions.run_alongside("collector", _starter(collector), collector.stop)
     return conversions
+
+
+async def _reads_only(_: Stopping) -> None:
+    """The counters run elsewhere: this worker only reads them (queries, step rates)."""
 
 
 def _starter(collector: Collector) -> Callable[[Stopping], Awaitable[None]]:

@@ -57,3 +57,10 @@ def test_compose_brings_up_kraft_kafka_persistent_redis_and_workers() -> None:
         assert worker["depends_on"]["topics"]["condition"] == "service_completed_successfully"
         assert worker["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert services["worker"]["ports"] == ["127.0.0.1:6066:6066"]
+    # the counters are a service of their own, the workers' are off
+    assert services["counters"]["command"][0] == "counters"
+    assert services["counters"]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    assert all(
+        services[name]["environment"]["CONVERSIONS_COUNTERS_ENABLED"] == "false"
+        for name in ("worker", "worker-2")
+    )

@@ -19,13 +19,11 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams.core.counters import increments, pseudonymizer
 from streams.core.matching import CompiledConfig
 from streams.counters.base import CountedMessage
-from streams.counters.redis_store import CounterStore, apply_with_retry
+from streams.counters.redis_store import REDIS_UNAVAILABLE, CounterStore, apply_with_retry
 from streams.kafka.clients import new_consumer, start_with_retry
 from streams.metrics import Metrics
 from streams.ports import Stopping
@@ -77,20 +75,7 @@ class Counting:
                 await consumer.commit()
 
     async def publish_step_rates(self) -> None:
-        """Each step's rate over the last 15 minutes of event time, for Prometheus rules."""
-        try:
-            latest = await self.store.latest_event_ms()
-            if latest is None:
-                return
-            end = latest - latest % self.store.bucket_ms + self.store.bucket_ms
-            for funnel in self.config.funnels:
-                report = await self.store.funnel_report(funnel, end - 15 * 60_000, end)
-                for step in report.steps[1:]:
-                    if step.rate_from_previous is not None:
-                        self.metrics.step_rate.labels(funnel.name, step.name).set(step.rate_from_previous)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            self.metrics.redis_up.set(0)
-            log.warning("step rates not refreshed: Redis unavailable (%s)", exc.__class__.__name__)
+        await publish_step_rates(self.store, self.config, self.metrics)
 
     async def close(self) -> None:
         if self._kafka is not None:
@@ -121,3 +106,23 @@ class Counting:
             self.metrics.counter_messages.labels("skipped").inc(skipped)
             if skipped:
                 log.info("counters: skipped %d already-applied messages in shard %d", skipped, shard)
+
+
+async def publish_step_rates(store: CounterStore, config: CompiledConfig, metrics: Metrics) -> None:
+    """Each step's rate over the last 15 minutes of event time, for Prometheus rules: a read of
+    the counters, so whichever process answers the queries publishes it (the worker, wherever
+    the counters are applied)."""
+    try:
+        latest = await store.latest_event_ms()
+        if latest is None:
+            return
+        end = latest - latest % store.bucket_ms + store.bucket_ms
+        for funnel in config.funnels:
+            report = await store.funnel_report(funnel, end - 15 * 60_000, end)
+            for step in report.steps[1:]:
+                if step.rate_from_previous is not None:
+                    metrics.step_rate.labels(funnel.name, step.name).set(step.rate_from_previous)
+        metrics.redis_up.set(1)
+    except REDIS_UNAVAILABLE as exc:
+        metrics.redis_up.set(0)
+        log.warning("step rates not refreshed: Redis unavailable (%s)", exc.__class__.__name__)

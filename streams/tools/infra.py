@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -150,8 +151,11 @@ class RedisServer(ManagedProcess):
         return f"redis://127.0.0.1:{self.port}/0"
 
 
-def start_redis(workdir: Path, port: int | None = None, persistent: bool = False) -> RedisServer:
-    """Start redis-server on loopback. With `persistent`, an append-only file survives restarts."""
+def start_redis(
+    workdir: Path, port: int | None = None, persistent: bool = False, extra: Sequence[str] = ()
+) -> RedisServer:
+    """Start redis-server on loopback. With `persistent`, an append-only file survives restarts;
+    `extra` arguments go last (they override the ones before, e.g. `--appendfsync always`)."""
     port = port or free_port()
     data_dir = workdir / f"redis-{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -176,6 +180,7 @@ def start_redis(workdir: Path, port: int | None = None, persistent: bool = False
         "no",
         "--logfile",
         str(log_path),
+        *extra,
     ]
     process = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import redis.asyncio as aioredis
 from rich.console import Console
 from rich.table import Table
 
@@ -28,7 +27,7 @@ from streams.core.experiments import describe, replay
 from streams.core.matching import CompiledConfig, CompiledFunnel
 from streams.core.outputs import ExperimentUpdate
 from streams.counters.base import CounterReads
-from streams.counters.redis_store import counter_store
+from streams.counters.redis_store import counter_store, redis_client
 from streams.settings import Settings
 
 
@@ -73,7 +72,7 @@ async def funnel_report(
 ) -> FunnelReport:
     dsn = settings.redis_dsn
     assert dsn, "REDIS_URL must be set"
-    client = aioredis.from_url(dsn)
+    client = redis_client(dsn)
     try:
         store = counter_store(settings, client)
         if end is not None:
@@ -132,7 +131,7 @@ async def experiment_report(
     counted event."""
     dsn = settings.redis_dsn
     assert dsn, "REDIS_URL must be set"
-    client = aioredis.from_url(dsn)
+    client = redis_client(dsn)
     try:
         store = counter_store(settings, client)
         if end is not None:

@@ -12,14 +12,23 @@ from pathlib import Path
 from streams.tools.infra import kill_group, terminate
 
 READY_LINE = "Worker ready"
+READY_LINES = {"counters": "counters: consuming"}
 ERROR_LINE = re.compile(r"^\S+ \S+ (ERROR|CRITICAL) ", re.MULTILINE)
 
 
 class WorkerProcess:
-    """`conversions worker` with the given environment, its log in a file."""
+    """`conversions worker` (or another long-running command, e.g. `counters`) with the given
+    environment, its log in a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        extra_args: list[str] | None = None,
+        command: str = "worker",
+    ) -> None:
         self.env = env
+        self.command = command
         self.log_path = log_path
         self.extra_args = extra_args or []
         self.process: subprocess.Popen[bytes] | None = None
@@ -30,14 +39,14 @@ class WorkerProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", *self.extra_args],
+                [sys.executable, "-m", "streams.cli", self.command, *self.extra_args],
                 env={**os.environ, **self.env},
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         if wait_ready_s:
-            self.wait_for(READY_LINE, wait_ready_s)
+            self.wait_for(READY_LINES.get(self.command, READY_LINE), wait_ready_s)
         return self
 
     def log_text(self) -> str:
@@ -55,10 +64,10 @@ class WorkerProcess:
                 return
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(
-                    f"worker exited with {self.process.returncode} before {text!r}:\n{self.tail()}"
+                    f"{self.command} exited with {self.process.returncode} before {text!r}:\n{self.tail()}"
                 )
             time.sleep(0.1)
-        raise TimeoutError(f"worker did not log {text!r} within {timeout_s:.0f} s:\n{self.tail()}")
+        raise TimeoutError(f"{self.command} did not log {text!r} within {timeout_s:.0f} s:\n{self.tail()}")
 
     def tail(self, chars: int = 4_000) -> str:
         return self.log_text()[-chars:]
@@ -72,7 +81,7 @@ class WorkerProcess:
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM, as an orchestrator would; SIGKILL if it will not go."""
-        return None if self.process is None else terminate(self.process, "worker", timeout_s)
+        return None if self.process is None else terminate(self.process, self.command, timeout_s)
 
     def kill(self) -> None:
         """SIGKILL: a crash, with nothing flushed or committed."""

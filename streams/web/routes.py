@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -29,6 +30,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Handler = Callable[..., Awaitable["Response"]]
+REDIS_DOWN = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,  # a Redis Cluster with a node down
+    TryAgainError,
+    SlotNotCoveredError,
+)
 
 
 def redis_outage_as_503(handler: Handler) -> Handler:
@@ -38,7 +47,7 @@ def redis_outage_as_503(handler: Handler) -> Handler:
     async def wrapped(web: View, request: Request, *args: Any, **kwargs: Any) -> Response:
         try:
             return await handler(web, request, *args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except REDIS_DOWN as exc:
             log.warning("query %s: Redis unavailable (%s)", request.url, exc.__class__.__name__)
             return web.json({"error": "Redis is unavailable; counters resume when it is back"}, status=503)
 

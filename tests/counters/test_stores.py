@@ -13,7 +13,6 @@ import pytest
 from streams.core.counters import increments
 from streams.counters.base import CountedMessage
 from streams.counters.redis_store import CounterStore
-from streams.tools.infra import LocalInfra
 from tests.counters.conftest import BASE, CHECKOUT, CONFIG, MINUTE, Store
 
 
@@ -156,8 +155,8 @@ async def test_recent_macroconversions_are_newest_first_capped_deduplicated_and_
     assert not any("user" in orjson.dumps(m).decode() for m in recent), "no identity is kept"
 
 
-async def test_every_key_has_a_ttl(redis_store: CounterStore) -> None:
-    store = redis_store
+async def test_every_key_has_a_ttl(served_store: tuple[CounterStore, str]) -> None:
+    store, _ = served_store
     outputs = [
         milestone(0, BASE, "a"),
         macro("m1", BASE, "a"),
@@ -180,16 +179,16 @@ async def test_every_key_has_a_ttl(redis_store: CounterStore) -> None:
 
 
 async def test_report_command_reads_the_counters(
-    redis_store: CounterStore, infra: LocalInfra, monkeypatch: pytest.MonkeyPatch
+    served_store: tuple[CounterStore, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = redis_store
+    store, url = served_store
     from click.testing import CliRunner
 
     from streams.cli import main
 
     outputs = [milestone(0, BASE, "a"), milestone(0, BASE, "b"), milestone(1, BASE + 5, "a")]
     await store.apply(0, batch(outputs))
-    monkeypatch.setenv("REDIS_URL", infra.redis_url)
+    monkeypatch.setenv("REDIS_URL", url)
     monkeypatch.setenv("CONVERSIONS_APP_ID", store.app_id)
     monkeypatch.setenv("CONVERSIONS_PARTITIONS", "2")
     runner = CliRunner()

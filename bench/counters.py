@@ -1,0 +1,255 @@
+"""The counters consumer's apply on its own: the outputs of simulated traffic, as the counters
+consumer receives them from Kafka, applied to a real redis-server batch by batch
+(`python -m bench.counters`).
+
+It isolates what the counters cost per output, apart from the broker and the journeys: the
+consumer's Python (decoding, increments, the batch it sends) and Redis's own CPU for the Lua
+calls, each per output, and the wall-clock rate. The same outputs are applied to a fresh app id
+in each repetition; the best repetition is reported (the machine is shared). With REDIS_URL
+set, that Redis is used instead of starting one; `redis+cluster://` there runs it on a cluster.
+
+With `--pipeline`, the whole pipeline instead, as `make bench` measures it (`bench.run`: the same
+traffic waiting on the topic, events per second from the first event in to the last counter
+applied): the counters in the worker, then in a `conversions counters` process beside a worker
+with CONVERSIONS_COUNTERS_ENABLED=false; with each, the CPU time per event of the worker and of
+the counters process from the first event in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+from redis.asyncio.cluster import RedisCluster
+
+from bench.run import Run, batched, drain, produce, traffic
+from streams.core.config_loader import load_config
+from streams.core.engine import partition_for
+from streams.core.events import decode_message
+from streams.core.matching import compile_config
+from streams.counters.consumer import Counting
+from streams.counters.redis_store import counter_store, redis_client
+from streams.kafka import ensure_topics
+from streams.metrics import Metrics
+from streams.offline import OfflineRun
+from streams.settings import DEFAULT_FUNNELS, Settings
+from streams.tools.infra import LocalInfra, free_port, start_redis
+from streams.tools.simulate import Simulator
+from streams.tools.worker_process import WorkerProcess
+
+ROOT = Path(__file__).resolve().parent
+COUNTED = ("micro", "macro", "dropoff", "stalled", "session")
+
+
+@dataclass(frozen=True)
+class Partition:
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True)
+class Record:
+    offset: int
+    value: bytes
+
+
+def outputs(count: int, partitions: int, days: float = 2.0) -> list[tuple[str, int, bytes]]:
+    """(type, partition, value) of the first `count` counted outputs of the simulated shop, its
+    visits spread over `days` (the bench's traffic: 2 days replayed; a small fraction of a day is
+    denser, as live traffic is: a batch's outputs then share the same few minutes)."""
+    config = compile_config(load_config(DEFAULT_FUNNELS))
+    run = OfflineRun(config, partitions)
+    found: list[tuple[str, int, bytes]] = []
+    users = max(1_000, count // 4)
+    for output in run.run(Simulator(seed=7, users=users, days=days, bad_rate=0.0).lines()):
+        if output.type not in COUNTED:
+            continue
+        identity = getattr(output, "user_id", None) or getattr(output, "anonymous_id", None) or ""
+        found.append((output.type, partition_for(identity, partitions), output.to_json()))
+        if len(found) >= count:
+            break
+    return found
+
+
+def batches(found: list[tuple[str, int, bytes]], settings: Settings, size: int) -> list[dict[Any, list[Any]]]:
+    """What `getmany` hands the consumer: up to `size` records per batch, per topic partition."""
+    offsets: dict[tuple[str, int], int] = defaultdict(int)
+    out: list[dict[Any, list[Any]]] = []
+    for start in range(0, len(found), size):
+        batch: dict[Any, list[Any]] = defaultdict(list)
+        for kind, partition, value in found[start : start + size]:
+            topic = settings.output_topics["micro" if kind == "stalled" else kind]
+            tp = Partition(topic, partition)
+            batch[tp].append(Record(offsets[(topic, partition)], value))
+            offsets[(topic, partition)] += 1
+        out.append(dict(batch))
+    return out
+
+
+async def redis_cpu_s(client: Any) -> float:
+    """Redis's CPU seconds (user + system), summed over the nodes of a cluster."""
+    if isinstance(client, RedisCluster):
+        info = await client.info("cpu", target_nodes=RedisCluster.PRIMARIES)
+        per_node = list(info.values())
+    else:
+        per_node = [await client.info("cpu")]
+    return sum(float(node["used_cpu_user"]) + float(node["used_cpu_sys"]) for node in per_node)
+
+
+async def once(
+    url: str, prepared: list[dict[Any, list[Any]]], partitions: int, count: int
+) -> dict[str, float]:
+    settings = Settings(redis_url=url, app_id=f"bc{uuid.uuid4().hex[:8]}", partitions=partitions)
+    config = compile_config(load_config(DEFAULT_FUNNELS))
+    client = redis_client(url)
+    counting = Counting(settings, config, Metrics(), counter_store(settings, client))
+    try:
+        redis_before, cpu_before, started = (
+            await redis_cpu_s(client),
+            time.process_time(),
+            time.perf_counter(),
+        )
+        for batch in prepared:
+            await counting._apply(batch)
+        wall = time.perf_counter() - started
+        cpu, redis = time.process_time() - cpu_before, await redis_cpu_s(client) - redis_before
+        latest = await counting.store.latest_event_ms()
+        assert latest is not None, "nothing was counted"
+    finally:
+        await client.aclose()
+    return {
+        "outputs_per_s": round(count / wall),
+        "python_us_per_output": round(cpu / count * 1e6, 1),
+        "redis_us_per_output": round(redis / count * 1e6, 1),
+        "wall_s": round(wall, 2),
+    }
+
+
+def cpu_seconds(processes: list[WorkerProcess]) -> list[float]:
+    return [sum(psutil.Process(p.process.pid).cpu_times()[:2]) for p in processes if p.process]
+
+
+async def pipeline_once(
+    infra: LocalInfra, workdir: Path, lines: list[bytes], expected: int, kind: str, where: str
+) -> dict[str, Any]:
+    """One run of `bench.run`'s pipeline measure, the counters in the worker or in a process."""
+    run = Run(infra, workdir, kind[:3])
+    await ensure_topics(run.settings)
+    await produce(
+        run.settings, run.source, lines if kind == "single" else batched(lines), keyed=kind == "single"
+    )
+    if where == "process":
+        run.env["CONVERSIONS_COUNTERS_ENABLED"] = "false"
+    ports = [free_port()]
+    processes = [run.worker(web_port=ports[0]).start(wait_ready_s=0)]
+    if where == "process":
+        ports.append(free_port())
+        counters = WorkerProcess(
+            dict(run.env), run.workdir / "counters.log", ["--metrics-port", str(ports[1])], command="counters"
+        )
+        processes.append(counters.start(wait_ready_s=0))
+    first: list[float] = []
+    try:
+        eps, counted = drain(
+            processes, ports, expected, on_first=lambda: first.extend(cpu_seconds(processes))
+        )
+        spent = [b - a for a, b in zip(first, cpu_seconds(processes), strict=True)]
+    finally:
+        for process in processes:
+            process.stop()
+    return {
+        "traffic": kind,
+        "counters": where,
+        "eps": round(eps),
+        "outputs": counted,
+        "cpu_us_per_event": {
+            name: round(seconds / expected * 1e6, 1)
+            for name, seconds in zip(["worker", "counters"], spent, strict=False)
+        },
+    }
+
+
+async def pipeline(repeat: int) -> list[dict[str, Any]]:
+    """Events per second and CPU per event through the pipeline, counters in the worker or not."""
+    lines = traffic(40_000)
+    expected = sum(len(decode_message(line).events) for line in lines)
+    workdir = ROOT.parent / "var" / "bench" / "counters-pipeline"
+    rows: list[dict[str, Any]] = []
+    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("REDIS_URL")
+    with LocalInfra(*given, workdir=workdir / "infra") as infra:
+        for _ in range(repeat):
+            for kind in ("single", "batched"):
+                for where in ("worker", "process"):
+                    row = await pipeline_once(infra, workdir, lines, expected, kind, where)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+                    rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--outputs", type=int, default=40_000)
+    parser.add_argument("--batch", type=int, default=Settings().counter_batch_size)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--days", type=float, default=2.0, help="Event time the traffic spans (2: as `make bench`)."
+    )
+    parser.add_argument("--label", default="", help="Recorded with the result (e.g. a commit).")
+    parser.add_argument("--pipeline", action="store_true", help="The whole pipeline instead (see above).")
+    args = parser.parse_args()
+    if args.pipeline:
+        rows = asyncio.run(pipeline(args.repeat))
+        print(
+            json.dumps({"label": args.label, "pipeline": rows, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        )
+        return
+    found = outputs(args.outputs, args.partitions, args.days)
+    settings = Settings(partitions=args.partitions)
+    prepared = batches(found, settings, args.batch)
+    url = os.environ.get("REDIS_URL")
+    server = None
+    if not url:
+        workdir = ROOT.parent / "var" / "bench" / "counters"
+        workdir.mkdir(parents=True, exist_ok=True)
+        server = start_redis(workdir)
+        url = server.url
+    try:
+        runs = [asyncio.run(once(url, prepared, args.partitions, len(found))) for _ in range(args.repeat)]
+    finally:
+        if server is not None:
+            server.stop()
+    best = max(runs, key=lambda r: r["outputs_per_s"])
+    result = {
+        "label": args.label,
+        "outputs": len(found),
+        "batch": args.batch,
+        "partitions": args.partitions,
+        "days": args.days,
+        "best": best,
+        "runs": runs,
+        "cluster": url.startswith(("redis+cluster", "rediss+cluster")),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    print(json.dumps(result, indent=2))
+    print(
+        f"{len(found):,} outputs: {best['outputs_per_s']:,} outputs/s, "
+        f"Python {best['python_us_per_output']} us and Redis {best['redis_us_per_output']} us per output",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""`conversions counters`: the counters consumer as a process of its own.
+
+In the worker the counters share one event loop with the journeys: every batch of outputs they
+decode, turn into increments and fold is time the journeys wait. Run here instead (the workers
+with `CONVERSIONS_COUNTERS_ENABLED=false`), they get a process and a core of their own, and
+scale apart: the same consumer group (`<app_id>-counters`, or `CONVERSIONS_COUNTERS_GROUP`) and
+the same effectively-once rules as in the worker (`consumer`), so any number of these processes
+split the output partitions, and one may replace the in-worker counters at any time. The
+workers still answer the queries (they read the same Redis). With `metrics_port`, Prometheus
+metrics of this process (`conversions_counter_messages_total`, `conversions_redis_apply_seconds`,
+`conversions_redis_up`) are served at `/metrics` there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from prometheus_client import start_http_server
+
+from streams.core.config_loader import load_config
+from streams.core.matching import compile_config
+from streams.counters.consumer import Counting
+from streams.counters.redis_store import redis_counter_store
+from streams.metrics import Metrics
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 10.0
+"""After SIGTERM, how long the current batch may take to be applied and committed (a Redis
+outage would hold it forever); then it is abandoned, uncommitted, for the next consumer."""
+
+
+async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None = None) -> None:
+    """Count until `stop` is set."""
+    config = compile_config(load_config(settings.funnels))
+    counting = Counting(settings, config, metrics or Metrics(), redis_counter_store(settings))
+    running = asyncio.create_task(counting.run(stop.is_set))
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not running.done():
+            done, _ = await asyncio.wait({running}, timeout=STOP_GRACE_S)
+            if not done:
+                log.warning("counters: the batch in hand is not applied after %.0f s; stopping", STOP_GRACE_S)
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running
+        if not running.cancelled():
+            running.result()
+    finally:
+        stopped.cancel()
+        await counting.close()
+    log.info("counters: stopped")
+
+
+def run_counters(settings: Settings, metrics_port: int | None = None) -> None:
+    """Blocks until SIGTERM or Ctrl-C."""
+    log.info("starting counters %s with settings %s", settings.app_id, settings.redacted())
+    metrics = Metrics()
+    if metrics_port is not None:
+        start_http_server(metrics_port, addr=settings.web_host, registry=metrics.registry)
+        log.info("counters: metrics on http://%s:%d/metrics", settings.web_host, metrics_port)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(settings, stop, metrics)
+
+    asyncio.run(main())
