@@ -38,7 +38,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -59,12 +59,21 @@ VISITOR_TYPE = "visitor_type"
 COUNTED_TYPES = frozenset({"micro", "macro", "dropoff", "stalled", "session"})
 
 
-@dataclass(frozen=True, slots=True)
-class Op:
+class Op(NamedTuple):
+    """One counter change: `kind` (see `OpKind`) of `field` in `key` by `amount`. A named tuple,
+    built with `tuple.__new__` in the hot path: an output makes dozens of them."""
+
     kind: OpKind
     key: str
     field: str
     amount: int | float | str
+
+
+_new_op = tuple.__new__
+Item = tuple[OpKind, str, int | float | str]
+"""An increment of one output without its bucket: (kind, field, amount)."""
+Group = tuple[str, list[Item]]
+"""The increments of one key: the key without its bucket (`f:checkout:`), and its items."""
 
 
 def bucket_of(timestamp_ms: int, bucket_ms: int) -> int:
@@ -77,18 +86,16 @@ def _ms(value: Any) -> int:
 
 
 def _with_breakdowns(
-    ops: list[Op],
-    kind: OpKind,
-    key: str,
-    base: str,
-    amount: int | float,
-    breakdowns: Mapping[str, Any],
-    dims: Iterable[str],
+    items: list[Item], kind: OpKind, base: str, amount: int | float, suffixes: list[str]
 ) -> None:
-    ops.append(Op(kind, key, base, amount))
-    for dim in dims:
-        value = breakdowns.get(dim)
-        ops.append(Op(kind, key, f"{base}|{dim}={'' if value is None else value}", amount))
+    """`base`, and `base` per breakdown: `suffixes` are `_suffixes` of the breakdowns' values."""
+    items.append((kind, base, amount))
+    items += [(kind, base + suffix, amount) for suffix in suffixes]
+
+
+def _suffixes(values: Mapping[str, Any], dims: Iterable[str]) -> list[str]:
+    """The `|<dim>=<value>` of each breakdown dimension (an empty value when None or missing)."""
+    return [f"|{dim}={'' if (value := values.get(dim)) is None else value}" for dim in dims]
 
 
 def time_to_convert_bucket(elapsed_ms: int) -> str:
@@ -142,20 +149,40 @@ def increments(
     bucket_ms: int,
     pseudonym: Callable[[str], str] | None = None,
 ) -> list[Op]:
-    """The counter changes one output event makes, at every resolution (none for types not counted)."""
-    if output.get("type") not in COUNTED_TYPES:
+    """The counter changes one output event makes, at every resolution (none for types not counted).
+
+    An output's fields are the same in every bucket resolution: they are computed once
+    (`_bucket_increments`, keys without their bucket) and stamped with each resolution's bucket."""
+    kind = output.get("type")
+    if kind not in COUNTED_TYPES:
         return []
     if pseudonym is not None:
         identity = output.get("user_id") or output.get("anonymous_id")
         output = {**output, "user_id": pseudonym(identity) if identity else None, "anonymous_id": None}
     at = _ms(output["timestamp"])
-    ops: list[Op] = [Op("m", "meta", "latest", at)]
-    if output.get("type") == "macro":
-        ops.append(Op("l", "recent", recent_entry(output), RECENT_MACROS))
-    for resolution in resolutions(bucket_ms):
-        ops += _bucket_increments(output, config, f"{resolution // 1000}:{bucket_of(at, resolution)}")
-    ops += _cohort_increments(output, config, bucket_ms)
+    ops: list[Op] = [_new_op(Op, ("m", "meta", "latest", at))]
+    if kind == "macro":
+        ops.append(_new_op(Op, ("l", "recent", recent_entry(output), RECENT_MACROS)))
+    groups = _bucket_increments(output, config, at)
+    for resolution, label in _resolution_labels(bucket_ms):
+        b = f"{label}{at // resolution * resolution}"
+        for prefix, items in groups:
+            key = prefix + b
+            ops += [_new_op(Op, (k, key, name, amount)) for k, name, amount in items]
+    if kind in ("micro", "dropoff"):
+        ops += _cohort_increments(output, config, bucket_ms, at)
     return ops
+
+
+_LABELS: dict[int, tuple[tuple[int, str], ...]] = {}
+
+
+def _resolution_labels(bucket_ms: int) -> tuple[tuple[int, str], ...]:
+    """`resolutions` with each one's bucket label prefix (`60:`), kept per bucket size."""
+    labels = _LABELS.get(bucket_ms)
+    if labels is None:
+        labels = _LABELS[bucket_ms] = tuple((r, f"{r // 1000}:") for r in resolutions(bucket_ms))
+    return labels
 
 
 def cohort_resolutions(bucket_ms: int) -> tuple[int, ...]:
@@ -164,9 +191,11 @@ def cohort_resolutions(bucket_ms: int) -> tuple[int, ...]:
     return resolutions(bucket_ms)[:2]
 
 
-def _cohort_increments(output: Mapping[str, Any], config: CompiledConfig, bucket_ms: int) -> list[Op]:
+def _cohort_increments(
+    output: Mapping[str, Any], config: CompiledConfig, bucket_ms: int, at: int
+) -> list[Op]:
     """A milestone or drop-off counted under the moment its attempt opened (`started_at`), and
-    under the moment it reached the step it left or stayed at."""
+    under the moment it reached the step it left or stayed at. `at` is the output's timestamp."""
     kind = output.get("type")
     if kind not in ("micro", "dropoff") or output.get("started_at") is None:
         return []
@@ -179,36 +208,35 @@ def _cohort_increments(output: Mapping[str, Any], config: CompiledConfig, bucket
     k = int(output["step_index"])
     reached: list[tuple[int, str]] = []  # (when the attempt reached that step, field)
     if kind == "micro":
-        reached.append((_ms(output["timestamp"]), f"e:{k}"))
+        opened = [f"e:{k}"]
+        reached.append((at, opened[0]))
         if k > 0 and output.get("previous_at") is not None:
             reached.append((_ms(output["previous_at"]), f"n:{k - 1}"))
     else:
-        reached.append((started + int(output.get("time_in_funnel_ms") or 0), f"d:{k}"))
+        opened = [f"d:{k}", f"d:{k}:{output['reason']}"]
+        reached.append((started + int(output.get("time_in_funnel_ms") or 0), opened[0]))
+    name = funnel.name
     ops: list[Op] = []
-    for resolution in cohort_resolutions(bucket_ms):
-        key = f"a:{funnel.name}:{resolution // 1000}:{bucket_of(started, resolution)}"
-        if kind == "micro":
-            ops.append(Op("h", key, f"e:{k}", 1))
-        else:
-            ops.append(Op("h", key, f"d:{k}", 1))
-            ops.append(Op("h", key, f"d:{k}:{output['reason']}", 1))
-        for at, name in reached:
-            ops.append(Op("h", f"r:{funnel.name}:{resolution // 1000}:{bucket_of(at, resolution)}", name, 1))
+    for resolution, label in _resolution_labels(bucket_ms)[:2]:  # `cohort_resolutions`
+        key = f"a:{name}:{label}{started // resolution * resolution}"
+        ops += [_new_op(Op, ("h", key, opened_field, 1)) for opened_field in opened]
+        for moment, reached_field in reached:
+            reached_key = f"r:{name}:{label}{moment // resolution * resolution}"
+            ops.append(_new_op(Op, ("h", reached_key, reached_field, 1)))
     return ops
 
 
 def _channel_fields(
-    ops: list[Op], key: str, metric: str, amount: int | float, output: Mapping[str, Any]
+    items: list[Item], metric: str, amount: int | float, channels: list[str], visitor: str
 ) -> None:
-    """`metric` per channel and landing page, each also split by visitor type, and per visitor type."""
+    """`metric` per channel and landing page, each also split by visitor type, and per visitor
+    type: `channels` are `_suffixes(output, CHANNEL_DIMS)`, `visitor` `|visitor_type=<type>`."""
     kind: OpKind = "f" if isinstance(amount, float) else "h"
-    visitor = visitor_type_of(output)
-    for dim in CHANNEL_DIMS:
-        value = output.get(dim)
-        field = f"{metric}|{dim}={'' if value is None else value}"
-        ops.append(Op(kind, key, field, amount))
-        ops.append(Op(kind, key, f"{field}|{VISITOR_TYPE}={visitor}", amount))
-    ops.append(Op(kind, key, f"{metric}|{VISITOR_TYPE}={visitor}", amount))
+    for channel in channels:
+        field = metric + channel
+        items.append((kind, field, amount))
+        items.append((kind, field + visitor, amount))
+    items.append((kind, metric + visitor, amount))
 
 
 def recent_entry(macro: Mapping[str, Any]) -> str:
@@ -228,72 +256,87 @@ def recent_entry(macro: Mapping[str, Any]) -> str:
     return orjson.dumps(entry).decode()
 
 
-def _bucket_increments(output: Mapping[str, Any], config: CompiledConfig, b: str) -> list[Op]:
+def _bucket_increments(output: Mapping[str, Any], config: CompiledConfig, at: int) -> list[Group]:
+    """The increments an output makes in each bucket, its keys without the bucket: the same at
+    every resolution. `at` is the output's timestamp (ms)."""
     kind = output.get("type")
     identity = output.get("user_id") or output.get("anonymous_id") or ""
     breakdowns = output.get("breakdowns") or {}
-    ops: list[Op] = []
     if kind == "micro":
-        ops.append(Op("h", f"g:{b}", "mi", 1))
+        goals: list[Item] = [("h", "mi", 1)]
         if output.get("kind") == "secondary":
-            _with_breakdowns(ops, "h", f"g:{b}", f"m:{output['name']}", 1, breakdowns, ())
-            return ops
+            goals.append(("h", f"m:{output['name']}", 1))
+            return [("g:", goals)]
         funnel = config.funnels_by_name.get(str(output.get("funnel")))
         if funnel is None:
-            return ops
+            return [("g:", goals)]
+        name = funnel.name
         k = int(output["step_index"])
-        _with_breakdowns(ops, "h", f"f:{funnel.name}:{b}", f"e:{k}", 1, breakdowns, funnel.breakdowns)
-        ops.append(Op("p", f"u:{funnel.name}:{k}:{b}", identity, 1))
-        if k > 0 and output.get("started_at") is not None:
-            elapsed = max(0, _ms(output["timestamp"]) - _ms(output["started_at"]))
-            ops.append(Op("h", f"t:{funnel.name}:{b}", f"t:{k}:{time_to_convert_bucket(elapsed)}", 1))
-            ops.append(Op("h", f"t:{funnel.name}:{b}", f"ts:{k}", elapsed))
-        if k > 0 and output.get("previous_at") is not None:
-            waited = max(0, _ms(output["timestamp"]) - _ms(output["previous_at"]))
-            ops.append(Op("h", f"t:{funnel.name}:{b}", f"g:{k}:{time_to_convert_bucket(waited)}", 1))
-            ops.append(Op("h", f"t:{funnel.name}:{b}", f"gs:{k}", waited))
-    elif kind in ("dropoff", "stalled"):
+        steps: list[Item] = []
+        _with_breakdowns(steps, "h", f"e:{k}", 1, _suffixes(breakdowns, funnel.breakdowns))
+        groups: list[Group] = [("g:", goals), (f"f:{name}:", steps), (f"u:{name}:{k}:", [("p", identity, 1)])]
+        if k > 0:
+            times: list[Item] = []
+            if output.get("started_at") is not None:
+                elapsed = max(0, at - _ms(output["started_at"]))
+                times.append(("h", f"t:{k}:{time_to_convert_bucket(elapsed)}", 1))
+                times.append(("h", f"ts:{k}", elapsed))
+            if output.get("previous_at") is not None:
+                waited = max(0, at - _ms(output["previous_at"]))
+                times.append(("h", f"g:{k}:{time_to_convert_bucket(waited)}", 1))
+                times.append(("h", f"gs:{k}", waited))
+            if times:
+                groups.append((f"t:{name}:", times))
+        return groups
+    if kind in ("dropoff", "stalled"):
         funnel = config.funnels_by_name.get(str(output.get("funnel")))
         if funnel is None:
-            return ops
+            return []
         k = int(output["step_index"])
-        key = f"f:{funnel.name}:{b}"
+        steps = []
+        suffixes = _suffixes(breakdowns, funnel.breakdowns)
         if kind == "stalled":
-            _with_breakdowns(ops, "h", key, f"st:{k}", 1, breakdowns, funnel.breakdowns)
+            _with_breakdowns(steps, "h", f"st:{k}", 1, suffixes)
         else:
-            _with_breakdowns(ops, "h", key, f"d:{k}", 1, breakdowns, funnel.breakdowns)
-            ops.append(Op("h", key, f"d:{k}:{output['reason']}", 1))
-    elif kind == "macro":
+            _with_breakdowns(steps, "h", f"d:{k}", 1, suffixes)
+            steps.append(("h", f"d:{k}:{output['reason']}", 1))
+        return [(f"f:{funnel.name}:", steps)]
+    channels = _suffixes(output, CHANNEL_DIMS)
+    visitor = f"|{VISITOR_TYPE}={visitor_type_of(output)}"
+    table: list[Item] = []
+    if kind == "macro":
         goal = output["goal"]
-        key = f"g:{b}"
-        dims = ("channel", "landing_page", *breakdowns)
+        value = output.get("value")
+        # the channel and landing page first, then every breakdown (again if they are among
+        # them, with the output's own channel and landing page)
         values = {**breakdowns, "channel": output.get("channel"), "landing_page": output.get("landing_page")}
-        _with_breakdowns(ops, "h", key, f"n:{goal}", 1, values, dims)
-        if output.get("value") is not None:
-            _with_breakdowns(ops, "f", key, f"v:{goal}", float(output["value"]), values, dims)
+        suffixes = channels + _suffixes(values, breakdowns)
+        goals = []
+        _with_breakdowns(goals, "h", f"n:{goal}", 1, suffixes)
+        if value is not None:
+            _with_breakdowns(goals, "f", f"v:{goal}", float(value), suffixes)
         decision = int(output.get("decision_time_ms") or 0)
-        ops.append(Op("h", key, f"dt:{goal}", decision))
-        ops.append(Op("h", key, f"dth:{goal}:{decision_bucket(decision)}", 1))
-        ops.append(Op("p", f"ug:{goal}:{b}", identity, 1))
-        _channel_fields(ops, f"c:{b}", f"n:{goal}", 1, output)
-        if output.get("value") is not None:
-            _channel_fields(ops, f"c:{b}", f"v:{goal}", float(output["value"]), output)
-        _channel_fields(ops, f"c:{b}", f"dt:{goal}", decision, output)
-    elif kind == "session":
-        key = f"s:{b}"
-        values = {"landing_page": output.get("landing_page"), "channel": output.get("channel")}
-        dims = ("landing_page", "channel")
-        _with_breakdowns(ops, "h", key, "n", 1, values, dims)
-        _with_breakdowns(ops, "h", key, "pv", int(output.get("page_views") or 0), values, dims)
-        _with_breakdowns(ops, "h", key, "dur", int(output.get("duration_ms") or 0), values, dims)
-        reached = list(output.get("conversions") or [])
-        _channel_fields(ops, f"c:{b}", "s", 1, output)
-        _channel_fields(ops, f"c:{b}", "mi", int(output.get("microconversions") or 0), output)
-        if reached:
-            _channel_fields(ops, f"c:{b}", "cv", len(reached), output)
-        for goal in sorted(set(reached)):
-            _channel_fields(ops, f"c:{b}", f"cs:{goal}", 1, output)
-    return ops
+        goals.append(("h", f"dt:{goal}", decision))
+        goals.append(("h", f"dth:{goal}:{decision_bucket(decision)}", 1))
+        _channel_fields(table, f"n:{goal}", 1, channels, visitor)
+        if value is not None:
+            _channel_fields(table, f"v:{goal}", float(value), channels, visitor)
+        _channel_fields(table, f"dt:{goal}", decision, channels, visitor)
+        return [("g:", goals), (f"ug:{goal}:", [("p", identity, 1)]), ("c:", table)]
+    # a session: its landing page, then its channel
+    suffixes = channels[::-1]
+    sessions: list[Item] = []
+    _with_breakdowns(sessions, "h", "n", 1, suffixes)
+    _with_breakdowns(sessions, "h", "pv", int(output.get("page_views") or 0), suffixes)
+    _with_breakdowns(sessions, "h", "dur", int(output.get("duration_ms") or 0), suffixes)
+    reached = list(output.get("conversions") or [])
+    _channel_fields(table, "s", 1, channels, visitor)
+    _channel_fields(table, "mi", int(output.get("microconversions") or 0), channels, visitor)
+    if reached:
+        _channel_fields(table, "cv", len(reached), channels, visitor)
+    for goal in sorted(set(reached)):
+        _channel_fields(table, f"cs:{goal}", 1, channels, visitor)
+    return [("s:", sessions), ("c:", table)]
 
 
 def buckets_between(start_ms: int, end_ms: int, bucket_ms: int) -> list[int]:

@@ -42,33 +42,31 @@ class BatchIncrements:
 
     def add(self, ops: Iterable[Op]) -> None:
         ints = self.ints
-        for op in ops:
-            kind, key = op.kind, op.key
+        for kind, key, name, amount in ops:
             if kind == "h":
                 fields = ints.get(key)
                 if fields is None:
                     fields = ints[key] = {}
-                amount = op.amount
-                fields[op.field] = fields.get(op.field, 0) + (amount if type(amount) is int else int(amount))
+                fields[name] = fields.get(name, 0) + (amount if type(amount) is int else int(amount))
             elif kind == "p":
                 sketch = self.members.get(key)
                 if sketch is None:
                     sketch = self.members[key] = {}
-                sketch[op.field] = None
+                sketch[name] = None
             elif kind == "f":
                 sums = self.floats.setdefault(key, {})
-                sums[op.field] = sums.get(op.field, Decimal(0)) + Decimal(str(op.amount))
+                sums[name] = sums.get(name, Decimal(0)) + Decimal(str(amount))
             elif kind == "m":
                 maxima = self.maxima.setdefault(key, {})
-                held = maxima.get(op.field)
-                if held is None or float(op.amount) > float(held):
-                    maxima[op.field] = op.amount
+                held = maxima.get(name)
+                if held is None or float(amount) > float(held):
+                    maxima[name] = amount
             elif kind == "l":
-                cap = int(op.amount)
+                cap = int(amount)
                 runs = self.lists.setdefault(key, [])
                 if not runs or runs[-1][0] != cap:
                     runs.append((cap, []))
-                runs[-1][1].append(op.field)
+                runs[-1][1].append(name)
             else:
                 raise ValueError(f"unknown increment kind {kind!r}")
 
