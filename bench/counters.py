@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 from redis.asyncio.cluster import RedisCluster
 
-from bench.run import Run, batched, drain, produce, traffic
+from bench.run import Run, batched, produce, traffic
+from bench.run import pipeline as run_pipeline
 from streams.core.config_loader import load_config
 from streams.core.engine import partition_for
 from streams.core.events import decode_message
@@ -43,9 +43,8 @@ from streams.kafka import ensure_topics
 from streams.metrics import Metrics
 from streams.offline import OfflineRun
 from streams.settings import DEFAULT_FUNNELS, Settings
-from streams.tools.infra import LocalInfra, free_port, start_redis
+from streams.tools.infra import LocalInfra, start_redis
 from streams.tools.simulate import Simulator
-from streams.tools.worker_process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent
 COUNTED = ("micro", "macro", "dropoff", "stalled", "session")
@@ -135,10 +134,6 @@ async def once(
     }
 
 
-def cpu_seconds(processes: list[WorkerProcess]) -> list[float]:
-    return [sum(psutil.Process(p.process.pid).cpu_times()[:2]) for p in processes if p.process]
-
-
 async def pipeline_once(
     infra: LocalInfra, workdir: Path, lines: list[bytes], expected: int, kind: str, where: str
 ) -> dict[str, Any]:
@@ -148,34 +143,13 @@ async def pipeline_once(
     await produce(
         run.settings, run.source, lines if kind == "single" else batched(lines), keyed=kind == "single"
     )
-    if where == "process":
-        run.env["CONVERSIONS_COUNTERS_ENABLED"] = "false"
-    ports = [free_port()]
-    processes = [run.worker(web_port=ports[0]).start(wait_ready_s=0)]
-    if where == "process":
-        ports.append(free_port())
-        counters = WorkerProcess(
-            dict(run.env), run.workdir / "counters.log", ["--metrics-port", str(ports[1])], command="counters"
-        )
-        processes.append(counters.start(wait_ready_s=0))
-    first: list[float] = []
-    try:
-        eps, counted = drain(
-            processes, ports, expected, on_first=lambda: first.extend(cpu_seconds(processes))
-        )
-        spent = [b - a for a, b in zip(first, cpu_seconds(processes), strict=True)]
-    finally:
-        for process in processes:
-            process.stop()
+    eps, counted, measured = run_pipeline(run, expected, counters=where)
     return {
         "traffic": kind,
         "counters": where,
         "eps": round(eps),
         "outputs": counted,
-        "cpu_us_per_event": {
-            name: round(seconds / expected * 1e6, 1)
-            for name, seconds in zip(["worker", "counters"], spent, strict=False)
-        },
+        "cpu_us_per_event": measured["cpu_us_per_event"],
     }
 
 

@@ -1,10 +1,11 @@
-"""The Faust app: topics, the journeys table, the ingest and journeys agents, and publishing.
+"""The Faust app: topics, the journeys table, the journeys agent, ingest beside it, and publishing.
 
 A thin adapter: parsing lives in `core.events`, journeys in `core.engine`; this module moves
-bytes between Kafka and those functions. Faust's cost is per message, not per event, so both
-agents take runs of messages (`take_events`, up to `agent_batch_messages` or
-`agent_batch_window_s`) and Faust acks a run once it is done: `ingest` repartitions clickstream
-messages by identity, `journeys` applies them to the journeys table and publishes the outputs.
+bytes between Kafka and those functions. Faust's cost is per message, not per event, so ingest
+reads the clickstream with a plain consumer in batches (`ingest_consumer`) and repartitions it
+by identity, and the journeys agent takes runs of repartitioned batches (`take_events`, up to
+`agent_batch_messages` or `agent_batch_window_s`), applies them to the journeys table,
+publishes the outputs (whole record batches, `record_batches`), and Faust acks the run.
 
 The app is also what the other rooms see of the pipeline, through the protocols in `ports`: it
 publishes (`Publisher`), knows whether it leads (`LeaderCheck`) and runs timers and services
@@ -15,6 +16,7 @@ beside its agents (`Scheduler`). It imports nothing of counters, alerts or web; 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +35,9 @@ from streams.metrics import Metrics
 from streams.pipeline import stores, transport
 from streams.pipeline.durable_table import DurableTable
 from streams.pipeline.ingest import Ingest
+from streams.pipeline.ingest_consumer import IngestConsumer
 from streams.pipeline.journeys import Journeys
+from streams.pipeline.record_batches import RecordBatches
 from streams.pipeline.services import BackgroundService
 from streams.ports import Job, Stopping
 from streams.settings import Settings
@@ -102,7 +106,6 @@ class ConversionsApp:
             producer_max_request_size=max(settings.max_message_bytes * 2, 1_048_576),
             consumer_max_fetch_size=max(settings.max_message_bytes * 2, 4_194_304),
         )
-        self.source = self._raw_topic(*map(settings.topic, settings.topic_clickstream))
         self.events_topic = self._raw_topic(settings.topic(settings.topic_events))
         self.output_topics = {kind: self._raw_topic(name) for kind, name in settings.output_topics.items()}
         self.journeys_table = self.app.Table(
@@ -112,7 +115,11 @@ class ConversionsApp:
             key_type=str,
             value_type=bytes,  # raw bytes: journeys serialize themselves compactly
         )
-        self.state = DurableTable(self.journeys_table, lambda key: partition_of_key(key, settings.partitions))
+        self.state = DurableTable(
+            self.journeys_table,
+            lambda key: partition_of_key(key, settings.partitions),
+            self._record_batches,
+        )
         self.engine = Engine(
             config, self.state, settings.partitions, expected_sources=sources, forwarding=True
         )
@@ -121,9 +128,10 @@ class ConversionsApp:
             self.metrics,
             self.send_repartitioned,
             self._dead_letter,
-            self._assignment,
+            self._ingest_assignment,
             home_partition=self.engine.home_partition,
         )
+        self.ingest_consumer = IngestConsumer(settings, self.ingest, self._flush_producer)
         self.journeys = Journeys(
             settings,
             self.engine,
@@ -141,7 +149,7 @@ class ConversionsApp:
             store.partitions_of = self.journeys.changelog_partitions
             store.key_partition = self.state.partition_of
         self.journeys_table.on_recover(self.journeys.rebuild_deadlines)
-        self.app.agent(self.source, name="ingest")(self._ingest)
+        self.run_alongside("ingest", self.ingest_consumer.run, self.ingest_consumer.close)
         self.app.agent(self.events_topic, name="journeys")(self._journeys)
         self.every(settings.watermark_interval_s, "watermarks", self.ingest.announce_watermarks)
         self.every(5.0, "lag", self._measure_lag)
@@ -152,6 +160,12 @@ class ConversionsApp:
     def _assignment(self) -> Any:
         return self.app.consumer.assignment()
 
+    def _ingest_assignment(self) -> Any:
+        return self.ingest_consumer.assignment()
+
+    async def _flush_producer(self) -> None:
+        await self.app.producer.flush()
+
     # ---- the agents ---------------------------------------------------------------------
 
     async def _runs(self, stream: faust.StreamT[bytes]) -> AsyncIterator[list[Any]]:
@@ -159,10 +173,6 @@ class ConversionsApp:
         size, window = self.settings.agent_batch_messages, self.settings.agent_batch_window_s
         async for events in stream.take_events(size, within=window):
             yield [event.message for event in events]
-
-    async def _ingest(self, stream: faust.StreamT[bytes]) -> None:
-        async for messages in self._runs(stream):
-            await self.ingest.repartition(messages)
 
     async def _journeys(self, stream: faust.StreamT[bytes]) -> None:
         async for messages in self._runs(stream):
@@ -211,19 +221,29 @@ class ConversionsApp:
         topic_of = self.settings.output_topics
         # on each topic's last record only: records before it may precede later, earlier ones
         last = {topic_of[output.type]: i for i, output in enumerate(outputs)} if watermark is not None else {}
+        counted: Counter[str] = Counter(output.type for output in outputs)
+        for kind, count in counted.items():
+            self.metrics.outputs.labels(kind).inc(count)
+        batches = self._record_batches() if partition is not None else None
         for i, output in enumerate(outputs):
-            self.metrics.outputs.labels(output.type).inc()
             identity = output.identity
-            await self.output_topics[output.type].send(
-                key=identity.encode() if identity is not None else None,
-                value=output.to_json(),
-                partition=partition,
-                headers=(
-                    [(WATERMARK_HEADER, str(watermark).encode())]
-                    if last.get(topic_of[output.type]) == i
-                    else None
-                ),
-            )
+            key = identity.encode() if identity is not None else None
+            topic = topic_of[output.type]
+            headers = [(WATERMARK_HEADER, str(watermark).encode())] if last.get(topic) == i else None
+            if batches is not None and partition is not None:
+                batches.append(topic, partition, key, output.to_json(), headers)
+            else:
+                await self.output_topics[output.type].send(
+                    key=key, value=output.to_json(), partition=partition, headers=headers
+                )
+        if batches is not None:
+            await batches.send_all()
+
+    def _record_batches(self) -> RecordBatches | None:
+        """Whole batches through Faust's own producer, where no transaction needs `Topic.send`."""
+        if self.settings.processing_guarantee != "at_least_once":
+            return None
+        return RecordBatches(self.app.producer._ensure_producer())
 
     # ---- metrics ------------------------------------------------------------------------
 
@@ -241,6 +261,8 @@ class ConversionsApp:
                 self.metrics.consumer_lag.labels(tp.topic, tp.partition).set(
                     max(0, highwater - (committed or 0))
                 )
+        for tp, lag in self.ingest_consumer.lag().items():
+            self.metrics.consumer_lag.labels(tp.topic, tp.partition).set(lag)
         for partition in range(self.settings.partitions):
             watermark = self.engine.watermark(partition)
             if watermark is not None:

@@ -5,7 +5,8 @@ flushes that buffer, but the flush gives up when one send takes longer than 0.1 
 load offsets can be committed ahead of changelog writes, and a restart then resumes after input
 whose effect on the table was never written (found by the restart test). Here the writes of a
 run of messages are kept, the last value of each key, in the order of each key's last write, and
-sent with `await` before the agent moves on; Faust's commit then flushes the Kafka producer
+sent with `await` before the agent moves on (as whole batches per partition, see
+`record_batches`, unless transactions need Faust's own send); Faust's commit then flushes the Kafka producer
 itself, which does wait. A key written again moves to the end, so a key written after others
 (an applied marker after the journeys it covers) stays after them.
 
@@ -20,11 +21,22 @@ from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from functools import partial
 from typing import Any
 
+from faust.serializers import codecs
+from faust.types import TP
+
+from streams.pipeline.record_batches import RecordBatches
+
 
 class DurableTable(MutableMapping[str, bytes]):
-    def __init__(self, table: Any, partition_of: Callable[[str], int]) -> None:
+    def __init__(
+        self,
+        table: Any,
+        partition_of: Callable[[str], int],
+        record_batches: Callable[[], RecordBatches | None] = lambda: None,
+    ) -> None:
         self.table = table
         self.partition_of = partition_of
+        self._record_batches = record_batches  # None: one `Topic.send` a key (transactions)
         self._pending: dict[str, bytes | None] = {}
 
     def __getitem__(self, key: str) -> bytes:
@@ -63,6 +75,15 @@ class DurableTable(MutableMapping[str, bytes]):
         topic = self.table.changelog_topic
         pending, self._pending = self._pending, {}
         note_written = getattr(self.table.data, "note_written", None)
+        batches = self._record_batches()
+        if batches is not None:
+            name = topic.get_topic_name()
+            for key, value in pending.items():
+                batches.append(name, self.partition_of(key), codecs.dumps("json", key), value)
+            await batches.send_all(
+                None if note_written is None else partial(self._batch_acknowledged, note_written)
+            )
+            return
         for key, value in pending.items():
             await topic.send(
                 key=key,
@@ -72,6 +93,12 @@ class DurableTable(MutableMapping[str, bytes]):
                 value_serializer="raw",
                 callback=None if note_written is None else partial(self._acknowledged, note_written),
             )
+
+    @staticmethod
+    def _batch_acknowledged(
+        note_written: Callable[[Any, int], None], topic: str, partition: int, last: int
+    ) -> None:
+        note_written(TP(topic, partition), last)
 
     @staticmethod
     def _acknowledged(note_written: Callable[[Any, int], None], future: Any) -> None:
