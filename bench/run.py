@@ -26,7 +26,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,12 @@ class Run:
     def __init__(self, infra: LocalInfra, workdir: Path, name: str) -> None:
         unique = f"b{name}{uuid.uuid4().hex[:6]}"
         self.workdir = workdir / unique
+        # the processes every contender shares the machine with (when started here)
+        self.shared = {
+            name: managed.process.pid
+            for name, managed in (("broker", infra.broker), ("redis", infra.redis))
+            if managed is not None
+        }
         self.env = {
             **LOCAL_BROKER_ENV,
             "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
@@ -212,10 +218,15 @@ def pipeline(
         )
     profiled: dict[str, Any] = {}
     spies: list[threading.Thread] = []
+    pids = {
+        name: process.process.pid
+        for name, process in zip(["worker", "counters"], processes, strict=False)
+        if process.process is not None
+    } | run.shared
     cpu_at_first: list[float] = []
 
     def first_event() -> None:
-        cpu_at_first.extend(cpu_seconds(processes))
+        cpu_at_first.extend(cpu_seconds(pids.values()))
         if not profile_s:
             return
         pid = worker.process.pid if worker.process else 0
@@ -225,21 +236,27 @@ def pipeline(
 
     try:
         eps, produced = drain(processes, ports, expected, on_first=first_event)
-        spent = [after - before for before, after in zip(cpu_at_first, cpu_seconds(processes), strict=True)]
+        spent = [
+            after - before for before, after in zip(cpu_at_first, cpu_seconds(pids.values()), strict=True)
+        ]
     finally:
         for thread in spies:
             thread.join()
         for process in processes:
             process.stop()
-    names = ["worker", "counters"]
     profiled["cpu_us_per_event"] = {
-        name: round(seconds / expected * 1e6, 1) for name, seconds in zip(names, spent, strict=False)
+        name: round(seconds / expected * 1e6, 1) for name, seconds in zip(pids, spent, strict=True)
     }
     return eps, produced, profiled
 
 
-def cpu_seconds(processes: list[WorkerProcess]) -> list[float]:
-    return [sum(psutil.Process(p.process.pid).cpu_times()[:2]) for p in processes if p.process]
+def cpu_seconds(pids: Iterable[int]) -> list[float]:
+    """User and system CPU seconds of each process and its children so far."""
+    spent = []
+    for pid in pids:
+        process = psutil.Process(pid)
+        spent.append(sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)]))
+    return spent
 
 
 LIBRARIES = {"faust/": "faust", "mode/": "faust", "aiokafka/": "aiokafka", "redis/": "redis-py"}
@@ -602,44 +619,47 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-SINGLE_HOPS = (
-    "the pipeline takes each message through a Faust agent (ingest) and then its run of "
-    "repartitioned events through a second (journeys), {worker_single} us of the worker's CPU per "
-    "event (profile.single: Faust, mode, asyncio and aiokafka {framework_single} % of the samples, "
-    "our own code {ours_single} %: ingest {ingest_single} %, journeys {journeys_single} %), and "
-    "the counters' process {counters_single} us more, on two cores shared with Tansu and Redis"
+MACHINE = (
+    "the worker {worker_single} us of CPU per event (its profile: busy {busy_single} %, our own "
+    "code {ours_single} %: journeys {journeys_single} %, ingest {ingest_single} %), the counters' "
+    "process {counters_single} us, the broker {broker_single} us and Redis {redis_single} us: "
+    "{cores_single} of the machine's 2 cores at {eps_single} events/s{full_single}"
 )
 WHY = {
     "single_vs_faust_bare >= 0.6": (
-        "bare Faust only takes each message and counts it ({bare_us} us a message); "
-        + SINGLE_HOPS
-        + ". What would close it: ingest reading its topic with a plain aiokafka consumer in "
-        "batches (getmany, as the raw ceiling does at {raw_single_us} us an event with decoding) "
-        "rather than a Faust agent, so Faust's per-message cost is paid only per repartitioned run"
+        "bare Faust only takes each message and counts it ({bare_us} us a message); the pipeline "
+        "decodes, repartitions (one more trip through the broker), runs the journeys, publishes "
+        "the outputs and counts them in Redis: "
+        + MACHINE
+        + ". What would close it: the broker and Redis on cores of their own (a real Kafka "
+        "cluster): the worker alone would then allow {worker_eps_single} events/s, "
+        "{worker_vs_bare}x bare Faust"
     ),
     "single_vs_naive >= 2": (
         "naive makes one HINCRBY per event in one Faust agent ({naive_us} us an event); "
-        + SINGLE_HOPS
-        + ". What would close it: the same as for bare Faust (ingest off Faust's per-message "
-        "path); the journeys' own work is about {journeys_us_single} us an event"
+        + MACHINE
+        + ". What would close it: as for bare Faust; the worker alone would allow "
+        "{worker_eps_single} events/s, {worker_vs_naive}x naive"
     ),
     "batched_vs_raw_ceiling >= 0.3": (
-        "the raw ceiling only decodes and validates ({raw_batched_us} us an event); with batches "
-        "Faust costs little (faust and aiokafka {faust_batched} % of samples) and the worker's "
-        "{worker_batched} us of CPU per event is the journeys' own Python (profile.batched: "
-        "journeys {journeys_batched} %, of which the engine {engine_batched} %), the counters' "
-        "process {counters_batched} us more, on two cores shared with Tansu and Redis. What would "
-        "close it: 0.3x means the whole pipeline at {needed_us} us an event, below what the journey "
+        "the raw ceiling only decodes and validates ({raw_batched_us} us an event); the worker "
+        "spends {worker_batched} us of CPU per event (profile.batched: journeys "
+        "{journeys_batched} %, of which the engine {engine_batched} %), the counters' process "
+        "{counters_batched} us, the broker {broker_batched} us and Redis {redis_batched} us, "
+        "{cores_batched} of the 2 cores at {eps_batched} events/s{full_batched}. What would close "
+        "it: 0.3x means {needed_us} us an event for the whole pipeline, below what the journey "
         "engine alone costs in offline mode ({offline_us} us of CPU an event): a compiled engine "
-        "and workers on more cores than this machine has"
+        "and several workers on cores of their own"
     ),
     "p99_ms <= 200": (
-        "two hops through the broker before the microconversion (clickstream, repartitioned "
-        "events) and a third for a stitched person's forwarded events (p99 {p99_off} ms with "
-        "stitching off), each waiting for a run (agent_batch_window_s) and for Tansu's fetch "
-        "(fetch_max_wait_ms); p50 is {p50} ms. What would close it: fewer hops (ingest and "
-        "journeys in one step for messages already on their home partition); shorter windows "
-        "cost per-run work the worker cannot afford at this rate (bench/README.md)"
+        "with stitching on, an event of a person whose ids are linked goes to the person's "
+        "partition and is held there until every other partition's progress has passed its time "
+        "(so no later event of the person can overtake it), and that progress crosses the broker "
+        "once more; with stitching off p99 is {p99_off} ms (p50 {p50_off}); each hop also waits "
+        "for a run (agent_batch_window_s) and for Tansu's fetch (fetch_max_wait_ms, which Tansu "
+        "only answers at its deadline when it had nothing). What would close it: releasing a "
+        "held event as soon as the partitions it could conflict with have passed it, rather than "
+        "all of them"
     ),
 }
 
@@ -652,25 +672,36 @@ def explained(result: dict[str, Any]) -> dict[str, Any]:
         ours = profiled.get("inclusive_percent_ours", {})
         libraries = profiled.get("self_percent_by_library", {})
         cpu = profiled.get("cpu_us_per_event", {})
-        framework = sum(libraries.get(name, 0.0) for name in ("faust", "aiokafka", "asyncio"))
+        eps = result[mode]["pipeline_eps"]
+        values[f"eps_{mode}"] = f"{eps:,}"
+        values[f"busy_{mode}"] = profiled.get("busy_percent", "?")
         values[f"ours_{mode}"] = libraries.get("streams (ours)", "?")
-        values[f"framework_{mode}"] = round(framework, 1)
-        values[f"faust_{mode}"] = round(libraries.get("faust", 0) + libraries.get("aiokafka", 0), 1)
         values[f"journeys_{mode}"] = ours.get("Journeys.apply", 0.0)
         values[f"engine_{mode}"] = ours.get("Engine.process", 0.0)
         values[f"ingest_{mode}"] = ours.get("Ingest.repartition", 0.0)
-        values[f"worker_{mode}"] = cpu.get("worker", "?")
-        values[f"counters_{mode}"] = cpu.get("counters", "?")
+        for name in ("worker", "counters", "broker", "redis"):
+            values[f"{name}_{mode}"] = cpu.get(name, "?")
+        shared = ("worker", "counters", "broker", "redis")
+        cores = sum(cpu.get(n, 0.0) for n in shared) * eps / 1e6
+        values[f"cores_{mode}"] = round(cores, 2)
+        values[f"full_{mode}"] = (
+            ": the machine is full before the worker is"
+            if cores >= 1.7
+            else " (the rest of the time they wait on each other: the broker's fetch, the runs)"
+        )
         values[f"raw_{mode}_us"] = round(1e6 / result[mode]["raw_ceiling_eps"], 1)
-        share = ours.get("Journeys.apply", 0.0) / max(profiled.get("busy_percent", 100.0), 1.0)
         worker_us = cpu.get("worker")
-        values[f"journeys_us_{mode}"] = round(share * worker_us) if worker_us else "?"
+        values[f"worker_eps_{mode}"] = f"{round(1e6 / worker_us):,}" if worker_us else "?"
+    single_worker = result.get("profile", {}).get("single", {}).get("cpu_us_per_event", {}).get("worker")
+    alone = 1e6 / single_worker if single_worker else 0.0
+    values["worker_vs_bare"] = round(alone / result["single"]["faust_bare_eps"], 2)
+    values["worker_vs_naive"] = round(alone / result["single"]["naive_eps"], 2)
     values["bare_us"] = round(1e6 / result["single"]["faust_bare_eps"], 1)
     values["naive_us"] = round(1e6 / result["single"]["naive_eps"], 1)
     values["needed_us"] = round(1e6 / (0.3 * result["batched"]["raw_ceiling_eps"]), 1)
     values["offline_us"] = result.get("offline", {}).get("us_per_event", {}).get("one_process_cpu", "?")
-    values["p50"] = result["latency_ms"]["p50"]
-    values["p99_off"] = result.get("stitching", {}).get("off", {}).get("latency_ms", {}).get("p99", "?")
+    off = result.get("stitching", {}).get("off", {}).get("latency_ms", {})
+    values["p99_off"], values["p50_off"] = off.get("p99", "?"), off.get("p50", "?")
     return values
 
 
