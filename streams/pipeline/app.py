@@ -130,6 +130,7 @@ class ConversionsApp:
             self._dead_letter,
             self._ingest_assignment,
             home_partition=self.engine.home_partition,
+            late_tolerance_ms=config.late_tolerance,
         )
         self.ingest_consumer = IngestConsumer(settings, self.ingest, self._flush_producer)
         self.journeys = Journeys(

@@ -10,10 +10,11 @@ no events, and says when a source has gone idle, so event time moves on everywhe
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from faust.types import TP
@@ -42,8 +43,10 @@ class Ingest:
         dead_letter: DeadLetter,
         assignment: Callable[[], set[TP]],
         home_partition: Callable[[ClickEvent], int] | None = None,
+        late_tolerance_ms: int = 10 * 60_000,
     ) -> None:
         self.settings = settings
+        self._flush_after_ms = max(1, late_tolerance_ms // 2)
         self.metrics = metrics
         self._home_partition = home_partition or (
             lambda click: partition_for(click.identity, settings.partitions)
@@ -57,14 +60,26 @@ class Ingest:
         self._source_watermarks: dict[str, int] = {}
         self._source_seen_at: dict[str, float] = {}
         self._announced: dict[tuple[str, int], tuple[int | None, float]] = {}
+        # per source, messages decoded but held back for the next run, and the offset after
+        # the last message handled
+        self._carried: dict[str, list[tuple[int, Any, list[ClickEvent]]]] = defaultdict(list)
+        self._handled_next: dict[str, int] = {}
 
     async def repartition(self, messages: list[Any]) -> None:
         """Repartition the valid events of a run of clickstream messages: one batch per source
         and target partition (more when they grow past `max_message_bytes`), each sent with
-        its source's watermark once it holds every event that watermark covers."""
+        its source's watermark once it holds every event that watermark covers.
+
+        Messages are taken in event-time order across the sources (each source's own order
+        kept). When a person's events are spread over the sources (unkeyed producers) and the
+        run's sources have got to different event times (a replay), the batches are sent
+        whenever the run has moved on by half the late tolerance, and a source's messages more
+        than that past where another source of the run stops are carried to the next run
+        (`resume_offset`), so that a journey never receives one source's later events a late
+        tolerance before another's earlier ones. A run without new messages sends what was
+        carried. Keyed input, and live traffic, make one send a run and carry nothing."""
         latest_ms = int((time.time() + self.settings.max_future_skew_s) * 1000)
-        pending: dict[tuple[str, int], PendingBatch] = {}
-        watermarks: dict[str, int] = {}
+        by_source, self._carried = self._carried, defaultdict(list)
         for message in messages:
             decoded = decode_message(
                 message.value,
@@ -80,10 +95,28 @@ class Ingest:
             self.metrics.events_in.inc(len(decoded.events))
             source = source_name(message.topic, message.partition)
             self._source_seen_at[source] = time.monotonic()
-            if not decoded.events:
+            self._handled_next[source] = message.offset + 1
+            if decoded.events:
+                earliest = min(c.ts_ms for c in decoded.events)
+                by_source[source].append((earliest, message, decoded.events))
+        spread = _spread_over_sources(by_source)
+        until = None
+        if messages and spread:
+            until = min(found[-1][0] for found in by_source.values() if found) + self._flush_after_ms
+        pending: dict[tuple[str, int], PendingBatch] = {}
+        watermarks: dict[str, int] = {}
+        started_at: int | None = None  # the event time the pending batches began at
+        in_time_order = heapq.merge(*by_source.values(), key=lambda found: found[0])
+        for earliest, message, events in in_time_order:
+            source = source_name(message.topic, message.partition)
+            if (until is not None and earliest > until) or source in self._carried:
+                self._carried[source].append((earliest, message, events))
                 continue
+            if spread and (started_at is None or earliest - started_at > self._flush_after_ms):
+                await self._send_pending(pending, watermarks)
+                started_at = earliest
             by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
-            for click in decoded.events:
+            for click in events:
                 by_partition[self._home_partition(click)].append(click.to_json_dict())
             size = len(message.value or b"")
             before = watermarks.get(source, self._source_watermarks.get(source, 0))
@@ -93,14 +126,37 @@ class Ingest:
                     # the watermark so far covers what it holds, and nothing it lacks
                     await self._send_batch(partition, batch.build(source, before))
                     del pending[(source, partition)]
-            watermarks[source] = max(before, *(c.ts_ms for c in decoded.events))
+            watermarks[source] = max(before, *(c.ts_ms for c in events))
             for partition, items in by_partition.items():
                 pending.setdefault((source, partition), PendingBatch()).add(items, message.offset, size)
-        for (source, partition), batch in pending.items():
-            await self._send_batch(partition, batch.build(source, watermarks[source]))
+        await self._send_pending(pending, watermarks)
         # Only now may the heartbeat timer repeat them: had it run during the sends above, a
         # partition could learn a watermark before receiving the events it covers.
         self._source_watermarks.update(watermarks)
+
+    def carrying(self) -> bool:
+        """Whether messages were held back for the next run."""
+        return any(self._carried.values())
+
+    def resume_offset(self, source: str) -> int | None:
+        """Where a successor must start reading the source: the first message carried to the
+        next run, else the one after the last handled (None: nothing handled yet)."""
+        carried = self._carried.get(source)
+        return carried[0][1].offset if carried else self._handled_next.get(source)
+
+    def forget_sources(self, sources: Iterable[str]) -> None:
+        """Revoked: what was carried of them is their new owner's to read."""
+        for source in sources:
+            self._carried.pop(source, None)
+            self._handled_next.pop(source, None)
+
+    async def _send_pending(
+        self, pending: dict[tuple[str, int], PendingBatch], watermarks: dict[str, int]
+    ) -> None:
+        """Send every pending batch with its source's watermark so far, and forget them."""
+        for (source, partition), batch in pending.items():
+            await self._send_batch(partition, batch.build(source, watermarks[source]))
+        pending.clear()
 
     async def _send_batch(self, partition: int, batch: RepartitionBatch) -> None:
         """Ingest's send: remembered as announced, for the heartbeat timer."""
@@ -146,3 +202,15 @@ class Ingest:
                 announced, sent_at = self._announced.get((source, partition), (-1, 0.0))
                 if announced != watermark or sent_at < stale_before:
                     await self._send_batch(partition, RepartitionBatch(source, watermark, [], idle=idle))
+
+
+def _spread_over_sources(by_source: Mapping[str, list[tuple[int, Any, list[ClickEvent]]]]) -> bool:
+    """Whether some identity has events from two sources: unkeyed input, whose order across the
+    sources the run must keep."""
+    seen: dict[str | None, str] = {}
+    for source, found in by_source.items():
+        for _, _, events in found:
+            for click in events:
+                if seen.setdefault(click.anonymous_id or click.user_id, source) != source:
+                    return True
+    return False

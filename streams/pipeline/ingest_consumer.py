@@ -24,12 +24,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 
+from streams.core.repartition import source_name
 from streams.kafka.clients import new_consumer, start_with_retry
 from streams.pipeline.ingest import Ingest
 from streams.ports import Stopping
@@ -38,8 +38,7 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class SourceMessage:
+class SourceMessage(NamedTuple):
     """What ingest and the dead letters read of a clickstream record (Faust's names: the
     timestamp in seconds)."""
 
@@ -101,19 +100,46 @@ class IngestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._adopt_faust_offsets()
         consumer.subscribe(self.topics, listener=self)
         log.info("ingest: consuming %s (group %s)", ", ".join(self.topics), ingest_group(self.settings))
-        window_ms = int(self.settings.agent_batch_window_s * 1000)
         while not stopping() and not self._closing:
             try:
-                batch = await consumer.getmany(
-                    timeout_ms=window_ms, max_records=self.settings.agent_batch_messages
-                )
+                batch = await self._next_run(consumer)
             except ConsumerStoppedError:
                 return
             async with self._run_lock:
-                if batch:
+                if batch or self.ingest.carrying():
                     await self._repartition(batch)
                 if time.monotonic() - self._committed_at >= self.settings.commit_interval_s:
                     await self._commit(self.assignment())
+
+    async def _next_run(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
+        """Up to `agent_batch_messages` records, an equal share from each assigned partition.
+
+        `getmany` alone drains whichever partition's fetch came back first, so one partition
+        could run far ahead of the others, and a person whose events are spread over partitions
+        (unkeyed producers) would see later events before earlier ones, past the late tolerance.
+        Shares keep the partitions in step, as Faust's round robin did, and a partition known to
+        hold more than was fetched yet (or not fetched at all) is waited for, a batch window at
+        most, before a run goes without it."""
+        assigned = sorted(consumer.assignment())
+        share = max(1, self.settings.agent_batch_messages // max(1, len(assigned)))
+        window_ms = int(self.settings.agent_batch_window_s * 1000)
+        run: dict[TopicPartition, list[Any]] = {}
+        for tp in assigned:
+            run.update(await consumer.getmany(tp, timeout_ms=0, max_records=share))
+        if not run:
+            return dict(await consumer.getmany(timeout_ms=window_ms, max_records=share))
+        behind = [tp for tp in assigned if tp not in run and await self._holds_more(consumer, tp)]
+        if behind:
+            run.update(await consumer.getmany(*behind, timeout_ms=window_ms, max_records=share))
+        return run
+
+    async def _holds_more(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
+        """Whether the partition has records past our position (or was not fetched yet)."""
+        highwater: int | None = consumer.highwater(tp)
+        if highwater is None:
+            return True
+        position: int = await consumer.position(tp)
+        return highwater > position
 
     async def _repartition(self, batch: dict[TopicPartition, list[Any]]) -> None:
         messages = [
@@ -128,9 +154,10 @@ class IngestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             for record in records
         ]
         await self.ingest.repartition(messages)
-        for tp, records in batch.items():
-            if tp in self.assignment():  # not revoked while the run was being sent
-                self._processed[tp] = records[-1].offset + 1
+        for tp in self.assignment():  # not revoked while the run was being sent
+            resume = self.ingest.resume_offset(source_name(tp.topic, tp.partition))
+            if resume is not None:
+                self._processed[tp] = resume
 
     async def _commit(self, partitions: Collection[TopicPartition]) -> None:
         """Commit what was handled in these partitions, once the producer has delivered it."""
@@ -160,6 +187,7 @@ class IngestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         for tp in revoked:
             self._processed.pop(tp, None)
             self._committed.pop(tp, None)
+        self.ingest.forget_sources(source_name(tp.topic, tp.partition) for tp in revoked)
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         pass  # each starts at its committed offset (or as `_adopt_faust_offsets` seeded it)

@@ -1,0 +1,106 @@
+"""Ingest keeps a person's events in time order across the sources of a run.
+
+A run read from several partitions of unkeyed input holds one person's events in more than one
+source, and a replay holds hours of event time in one run. Sent as one batch per source and
+target partition, a journey would get one source's 11:00 before another's 10:10, more than the
+late tolerance apart, and refuse the earlier as late. Ingest takes the messages in time order,
+sends every half tolerance, and carries to the next run what runs ahead of another source.
+Keyed input (each identity in one source) is sent as one batch per source and partition.
+
+Ingest's decode step is run directly on plain messages; what it sends is collected as it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streams.core.events import ClickEvent
+from streams.core.repartition import RepartitionBatch
+from streams.metrics import Metrics
+from streams.pipeline.ingest import Ingest
+from streams.pipeline.ingest_consumer import SourceMessage
+from streams.settings import Settings
+from tests.helpers import event
+
+TOLERANCE_MS = 10 * 60_000
+
+
+def message(partition: int, offset: int, *events: dict[str, Any]) -> SourceMessage:
+    value = orjson.dumps(list(events) if len(events) > 1 else events[0])
+    return SourceMessage("p.clickstream", partition, offset, value, None)
+
+
+def ingest() -> tuple[Ingest, list[tuple[int, RepartitionBatch]]]:
+    sent: list[tuple[int, RepartitionBatch]] = []
+
+    async def send(partition: int, batch: RepartitionBatch) -> None:
+        sent.append((partition, batch))
+
+    async def dead_letter(rejects: Any, _: Any) -> None:
+        raise AssertionError(f"nothing here is invalid: {rejects}")
+
+    settings = Settings(topic_prefix="p.", max_future_skew_s=10**9)
+    agent = Ingest(
+        settings,
+        Metrics(),
+        send,
+        dead_letter,
+        assignment=set,
+        home_partition=lambda click: 0,  # one journey partition: the order it receives is the point
+        late_tolerance_ms=TOLERANCE_MS,
+    )
+    return agent, sent
+
+
+def received(sent: list[tuple[int, RepartitionBatch]], user: str) -> list[str]:
+    """The times of a user's events in the order the journey partition gets them."""
+    return [
+        item["timestamp"][11:16] for _, batch in sent for item in batch.events if item.get("user_id") == user
+    ]
+
+
+async def test_a_persons_events_spread_over_sources_arrive_in_time_order() -> None:
+    agent, sent = ingest()
+    source_a = [
+        message(0, 1, event("page_view", "10:00", "x")),
+        message(0, 2, event("page_view", "10:20", "y"), event("page_view", "10:21", "y")),
+        message(0, 3, event("add_to_cart", "10:40", "x")),
+    ]
+    source_b = [
+        message(1, 7, event("product_view", "10:10", "x")),
+        message(1, 8, event("page_view", "10:44", "z")),
+    ]
+    await agent.repartition(source_a + source_b)  # as a run holds them: source by source
+    assert received(sent, "x") == ["10:00", "10:10", "10:40"]
+    assert not agent.carrying()
+    assert agent.resume_offset("p.clickstream/0") == 4 and agent.resume_offset("p.clickstream/1") == 9
+    watermarks = {batch.source: batch.watermark for _, batch in sent}
+    assert watermarks["p.clickstream/0"] == ClickEvent.model_validate(event("x", "10:40", "x")).ts_ms
+
+
+async def test_a_source_far_ahead_of_another_waits_for_the_next_run() -> None:
+    agent, sent = ingest()
+    ahead = [message(0, offset, event("page_view", f"{10 + offset}:00", "x")) for offset in range(1, 4)]
+    behind = [message(1, 1, event("page_view", "10:30", "x"))]
+    await agent.repartition(ahead + behind)
+    # the other source stops at 10:30: past 10:35 (half the tolerance on), the rest waits
+    assert received(sent, "x") == ["10:30"]
+    assert agent.carrying()
+    assert agent.resume_offset("p.clickstream/0") == 1, "a successor must read the carried ones again"
+    assert agent.resume_offset("p.clickstream/1") == 2
+
+    await agent.repartition([message(1, 2, event("page_view", "12:30", "x"))])
+    await agent.repartition([])  # no new input: what was carried goes
+    assert received(sent, "x") == ["10:30", "11:00", "12:00", "12:30", "13:00"]
+    assert not agent.carrying() and agent.resume_offset("p.clickstream/0") == 4
+
+
+async def test_keyed_input_is_sent_once_per_source_and_partition_however_long_the_run() -> None:
+    agent, sent = ingest()
+    run = [message(0, i, event("page_view", f"{10 + i}:00", "x")) for i in range(1, 6)]
+    run += [message(1, i, event("page_view", f"{10 + i}:30", "y")) for i in range(1, 6)]
+    await agent.repartition(run)
+    assert len(sent) == 2 and not agent.carrying()
+    assert received(sent, "x") == [f"{10 + i}:00" for i in range(1, 6)]
