@@ -1,0 +1,103 @@
+"""A replay of unkeyed input: how many events reach their journey late (`python -m bench.replay_order`).
+
+`make bench`'s batches of 100 events are produced without a key, so one person's events are
+spread over the input partitions, and the whole traffic (two days of the simulated shop) waits
+on the topic: ingest reads hours of event time per run. A journey refuses an event older than
+its latest by more than the late tolerance (`late_event`, dead-lettered). How many that makes
+depends on how ingest interleaves the partitions; offline mode, reading the lines in order,
+refuses none.
+
+This sends the same batches to fixed partitions (message i to partition i % 4, so every run of
+it sees the same input), lets one worker (counters inside) handle them until the sources go idle
+and every deadline has fired, and counts the outputs by type and the dead letters by reason.
+Run it at two commits to compare them (bench/results/replay_order.json keeps the last run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from bench.run import COUNTED, Run, batched, metrics, say, traffic
+from streams.kafka import ensure_topics, kafka_client_options
+from streams.tools.infra import LocalInfra, free_port
+
+ROOT = Path(__file__).resolve().parent
+QUIET_S = 15.0
+
+
+async def replay(infra: LocalInfra, workdir: Path, events: int) -> dict[str, Any]:
+    messages = batched(traffic(events))
+    run = Run(infra, workdir, "ord")
+    run.env["CONVERSIONS_SOURCE_IDLE_S"] = "4"
+    await ensure_topics(run.settings)
+    producer = AIOKafkaProducer(**kafka_client_options(run.settings))
+    await producer.start()
+    try:
+        for i, message in enumerate(messages):
+            await producer.send(run.source, message, partition=i % run.settings.partitions)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    port = free_port()
+    worker = run.worker(web_port=port).start(wait_ready_s=0)
+    outputs: dict[str, float] = {}
+    changed = time.monotonic()
+    try:
+        while time.monotonic() - changed < QUIET_S:
+            found = metrics(port)
+            now = {kind: found.get(f'conversions_outputs_total{{type="{kind}"}}', 0.0) for kind in COUNTED}
+            if now != outputs:
+                outputs, changed = now, time.monotonic()
+            await asyncio.sleep(0.5)
+    finally:
+        worker.stop()
+    dead = await _dead_letters(run)
+    return {
+        "events": events,
+        "messages": len(messages),
+        "outputs": {kind: int(count) for kind, count in outputs.items()},
+        "outputs_total": int(sum(outputs.values())),
+        "dead_letters": dict(Counter(letter["reason"] for letter in dead)),
+    }
+
+
+async def _dead_letters(run: Run) -> list[dict[str, Any]]:
+    topic = run.settings.topic(run.settings.topic_deadletter)
+    consumer = AIOKafkaConsumer(**kafka_client_options(run.settings), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(run.settings.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        found: list[dict[str, Any]] = []
+        while batch := await consumer.getmany(timeout_ms=2_000, max_records=10_000):
+            found += [orjson.loads(m.value or b"{}") for records in batch.values() for m in records]
+        return found
+    finally:
+        await consumer.stop()
+
+
+def main() -> None:
+    workdir = ROOT.parent / "var" / "bench" / "replay-order"
+    workdir.mkdir(parents=True, exist_ok=True)
+    with LocalInfra(workdir=workdir / "infra") as infra:
+        result = asyncio.run(replay(infra, workdir, 40_000))
+    result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    result["command"] = "python -m bench.replay_order"
+    say(f"outputs {result['outputs_total']:,}, dead letters {result['dead_letters']}")
+    text = json.dumps(result, indent=2)
+    (ROOT / "results" / "replay_order.json").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
