@@ -27,6 +27,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.run import COUNTED, Run, batched, metrics, say, traffic
+from streams.core.events import decode_message
 from streams.kafka import ensure_topics, kafka_client_options
 from streams.tools.infra import LocalInfra, free_port
 
@@ -35,7 +36,8 @@ QUIET_S = 15.0
 
 
 async def replay(infra: LocalInfra, workdir: Path, events: int) -> dict[str, Any]:
-    messages = batched(traffic(events))
+    lines = traffic(events)
+    messages = batched(lines)
     run = Run(infra, workdir, "ord")
     run.env["CONVERSIONS_SOURCE_IDLE_S"] = "4"
     await ensure_topics(run.settings)
@@ -62,7 +64,7 @@ async def replay(infra: LocalInfra, workdir: Path, events: int) -> dict[str, Any
         worker.stop()
     dead = await _dead_letters(run)
     return {
-        "events": events,
+        "events": sum(len(decode_message(line).events) for line in lines),
         "messages": len(messages),
         "outputs": {kind: int(count) for kind, count in outputs.items()},
         "outputs_total": int(sum(outputs.values())),
