@@ -244,6 +244,7 @@ class ConversionsApp:
         """Whole batches through Faust's own producer, where no transaction needs `Topic.send`."""
         if self.settings.processing_guarantee != "at_least_once":
             return None
+        # the aiokafka producer Faust's own sends and its commit-time flush use
         return RecordBatches(self.app.producer._ensure_producer())
 
     # ---- metrics ------------------------------------------------------------------------

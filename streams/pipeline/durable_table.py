@@ -5,8 +5,8 @@ flushes that buffer, but the flush gives up when one send takes longer than 0.1 
 load offsets can be committed ahead of changelog writes, and a restart then resumes after input
 whose effect on the table was never written (found by the restart test). Here the writes of a
 run of messages are kept, the last value of each key, in the order of each key's last write, and
-sent with `await` before the agent moves on (as whole batches per partition, see
-`record_batches`, unless transactions need Faust's own send); Faust's commit then flushes the Kafka producer
+sent with `await` before the agent moves on (as whole batches per partition, `record_batches`,
+unless transactions need Faust's own send); Faust's commit then flushes the Kafka producer
 itself, which does wait. A key written again moves to the end, so a key written after others
 (an applied marker after the journeys it covers) stays after them.
 

@@ -4,7 +4,9 @@ Trackers send one event per message, and a Faust agent costs about 80 us of Pyth
 before any work (its stream, event, conductor and ack machinery; bench/results: `faust_bare`),
 more than decoding and repartitioning the event itself. `getmany` hands over whatever the
 fetcher has, in the order of each partition, for a few microseconds a message: the raw ceiling's
-path. Faust still runs the journeys agent, whose input is already in batches.
+path. A run takes an equal share of every assigned partition (`_next_run`), so that they stay
+in step as Faust's round robin kept them. Faust still runs the journeys agent, whose input is
+already in batches.
 
 At least once, as before: a run of messages is repartitioned (`Ingest.repartition`), and the
 offsets after it are committed only once Faust's producer has delivered what it sent (flushed
