@@ -718,8 +718,12 @@ def main() -> None:
     parser.add_argument("--profile-s", type=float, default=6.0, help="py-spy the pipeline's worker (0: no)")
     parser.add_argument(
         "--only",
-        choices=["offline"],
-        help="just this section (python -m bench.offline: results/offline.json)",
+        choices=["offline", "latency"],
+        help="just this section (offline: python -m bench.offline, results/offline.json; "
+        "latency: printed, at --latency-rate)",
+    )
+    parser.add_argument(
+        "--latency-rate", type=float, default=1_000.0, help="events/s for --only latency (default 1000)"
     )
     args = parser.parse_args()
     if args.only == "offline":
@@ -730,6 +734,13 @@ def main() -> None:
         return
     workdir = ROOT.parent / "var" / "bench"
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.only == "latency":
+        given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("REDIS_URL")
+        with LocalInfra(*given, workdir=workdir / "infra") as infra:
+            run = Run(infra, workdir, "lat")
+            measured = asyncio.run(latency(run, traffic(args.events), args.latency_rate, args.latency_s))
+        print(json.dumps(measured))
+        return
     started = time.monotonic()
     say("offline mode first, before the broker and Redis start: conversions process, one and two workers")
     offline = offline_throughput(workdir)
