@@ -103,6 +103,10 @@ class ConversionsApp:
             web_host=settings.web_host,
             web_port=settings.web_port,
             web_in_thread=False,
+            # Faust's own pages would show the journeys table and the key-to-worker map to
+            # anyone, past the web token that guards our routes
+            web_tables_enabled=False,
+            web_router_enabled=False,
             producer_max_request_size=max(settings.max_message_bytes * 2, 1_048_576),
             consumer_max_fetch_size=max(settings.max_message_bytes * 2, 4_194_304),
         )

@@ -116,6 +116,8 @@ async def test_dashboard_panels_the_planted_alert_and_the_token(demo: str) -> No
         assert _get(demo + "live") == 401 and _get(demo + "channels") == 401
         assert _get(demo + "live", "not-the-token-at-all") == 401
         assert _get(demo + "channels", TOKEN) == 200 and _get(demo + "metrics") == 200, "metrics is public"
+        for faust_page in ("table/journeys/", "router/"):  # journeys and hosts: not served at all
+            assert _get(demo + faust_page) == 401 and _get(demo + faust_page, TOKEN) == 404
         response = await page.goto(demo)
         assert response is not None and response.status == 401
         await page.fill("[data-testid=token-input]", "wrong-token-0123456789")
