@@ -11,6 +11,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.core.events import ClickEvent
+from streams.core.repartition import RepartitionBatch
 from streams.kafka import kafka_client_options
 from streams.settings import Settings
 
@@ -143,3 +144,25 @@ experiments:
   - {name: cart_button, funnel: checkout, variant: properties.variant, control: control}
   - {name: signup_copy, funnel: newsletter, variant: properties.copy, control: old}
 """
+
+
+async def read_topics_raw(settings: Settings, topic: str) -> list[tuple[int, RepartitionBatch]]:
+    """Every repartition batch on the internal events topic, with its partition, to its end."""
+    consumer = AIOKafkaConsumer(**kafka_client_options(settings), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        end = await consumer.end_offsets(partitions)
+        out: list[tuple[int, RepartitionBatch]] = []
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < end[tp] for tp in partitions])
+
+        while await behind():
+            for tp, messages in (await consumer.getmany(timeout_ms=1000)).items():
+                out.extend((tp.partition, RepartitionBatch.decode(m.value)) for m in messages)
+        return out
+    finally:
+        await consumer.stop()

@@ -10,12 +10,11 @@ from collections.abc import Callable
 import orjson
 
 from streams.core.engine import partition_for
-from streams.core.repartition import RepartitionBatch
 from streams.kafka import ensure_topics
 from streams.settings import Settings
 from streams.tools.producer import produce_lines
 from streams.tools.worker_process import WorkerProcess
-from tests.helpers import event, read_topics
+from tests.helpers import event, read_topics, read_topics_raw
 
 GOOD = [
     event("page_view", "10:00", "alice"),
@@ -75,28 +74,3 @@ async def test_ingest_repartitions_valid_and_dead_letters_invalid(
         assert batch.source.startswith(settings.topic("clickstream") + "/")
     expected_ids = {e["event_id"] for e in GOOD} | {orjson.loads(batch_line)[0]["event_id"]}
     assert set(seen) == expected_ids
-
-
-async def read_topics_raw(settings: Settings, topic: str) -> list[tuple[int, RepartitionBatch]]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from streams.kafka import kafka_client_options
-
-    consumer = AIOKafkaConsumer(**kafka_client_options(settings), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        end = await consumer.end_offsets(partitions)
-        out: list[tuple[int, RepartitionBatch]] = []
-
-        async def behind() -> bool:
-            return any([await consumer.position(tp) < end[tp] for tp in partitions])
-
-        while await behind():
-            for tp, messages in (await consumer.getmany(timeout_ms=1000)).items():
-                out.extend((tp.partition, RepartitionBatch.decode(m.value)) for m in messages)
-        return out
-    finally:
-        await consumer.stop()

@@ -20,8 +20,7 @@ from streams.kafka import ensure_topics, kafka_client_options
 from streams.pipeline.ingest_consumer import ingest_group
 from streams.settings import Settings
 from streams.tools.worker_process import WorkerProcess
-from tests.helpers import event
-from tests.pipeline.test_ingest import read_topics_raw
+from tests.helpers import event, read_topics_raw
 
 
 async def _send(settings: Settings, events: list[dict[str, object]], partition: int = 0) -> None:
