@@ -11,6 +11,7 @@ per-message machinery is not needed here: this is a batch job on a stream.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import ConsumerStoppedError
 
 from streams.core.counters import increments, pseudonymizer
 from streams.core.matching import CompiledConfig
@@ -45,6 +47,8 @@ class Counting:
         key = settings.pseudonymize_key
         self._pseudonym = pseudonymizer(key.get_secret_value().encode()) if key is not None else None
         self._kafka: AIOKafkaConsumer | None = None
+        self._committing = asyncio.Lock()
+        self._closing = False
         self.topics = sorted({settings.output_topics[k] for k in COUNTED})
 
     def _new_consumer(self) -> AIOKafkaConsumer:
@@ -66,21 +70,31 @@ class Counting:
             return
         log.info("counters: consuming %s", ", ".join(self.topics))
         while not stopping():
-            batch = await consumer.getmany(
-                timeout_ms=int(self.settings.counter_batch_window_s * 1000),
-                max_records=self.settings.counter_batch_size,
-            )
+            try:
+                batch = await consumer.getmany(
+                    timeout_ms=int(self.settings.counter_batch_window_s * 1000),
+                    max_records=self.settings.counter_batch_size,
+                )
+            except ConsumerStoppedError:
+                return
             if batch:
                 await self._apply(batch)
-                await consumer.commit()
+                async with self._committing:
+                    if self._closing:
+                        return  # applied, not committed: the next owner skips it by offset
+                    await consumer.commit()
 
     async def publish_step_rates(self) -> None:
         await publish_step_rates(self.store, self.config, self.metrics)
 
     async def close(self) -> None:
+        self._closing = True
         if self._kafka is not None:
-            with contextlib.suppress(Exception):
-                await self._kafka.stop()
+            # a commit in flight finishes first: stopping the consumer under it closes its
+            # connection, and aiokafka logs that as an error
+            async with self._committing:
+                with contextlib.suppress(Exception):
+                    await self._kafka.stop()
         await self.store.redis.aclose()
 
     async def _apply(self, batch: dict[Any, list[Any]]) -> None:

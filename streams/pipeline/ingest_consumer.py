@@ -108,6 +108,8 @@ class IngestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             except ConsumerStoppedError:
                 return
             async with self._run_lock:
+                if self._closing:
+                    return  # fetched, not handled: the next owner reads it from the commit
                 if batch or self.ingest.carrying():
                     await self._repartition(batch)
                 if time.monotonic() - self._committed_at >= self.settings.commit_interval_s:
