@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 import click
 import orjson
 
+from streams.core.config import FunnelConfig
 from streams.core.config_loader import ConfigError, load_config
 from streams.core.matching import CompiledConfig, compile_config
 from streams.logging_setup import setup_logging
@@ -28,6 +28,23 @@ def _settings(**overrides: Any) -> Any:
         _fail(str(exc))
 
 
+def _config(path: str | Path) -> FunnelConfig:
+    """The funnel configuration, or exit 2 with its file, line and reason."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+_worker_funnels = click.option(
+    "--config",
+    "funnels",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Funnel configuration (YAML); default: CONVERSIONS_FUNNELS or the example.",
+)
+
+
 @click.group()
 @click.version_option(package_name="conversion-streams")
 def main() -> None:
@@ -38,10 +55,7 @@ def main() -> None:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 def check_config(path: Path) -> None:
     """Validate a funnel configuration file; exit 2 with file, line and reason if it is bad."""
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        _fail(str(exc))
+    config = _config(path)
     click.echo(
         f"{path}: OK ({len(config.goals)} goals, {len(config.funnels)} funnels, "
         f"{len(config.micro)} micro, {len(config.alerts)} alerts)"
@@ -101,11 +115,9 @@ def process(
     from streams.offline import OfflineRun, open_input
     from streams.progress import line_progress
 
-    try:
-        config = compile_config(load_config(config_path))
-    except ConfigError as exc:
-        _fail(str(exc))
+    config = compile_config(_config(config_path))
     settings = _settings()
+    latest_ms = settings.latest_accepted_ms()
     if workers > 1:
         from streams.parallel import Job, run_parallel
 
@@ -117,37 +129,30 @@ def process(
             workers=workers,
             max_message_bytes=settings.max_message_bytes,
             max_batch_events=settings.max_batch_events,
-            latest_ms=int((time.time() + settings.max_future_skew_s) * 1000),
+            latest_ms=latest_ms,
             flush=flush,
         )
         totals = run_parallel(job, sys.stdout.buffer)
-        sys.stdout.buffer.flush()
-        click.echo(f"{totals.lines} lines, {totals.events} events, {totals.rejected} rejected", err=True)
-        return
-    run = OfflineRun(
-        config,
-        partitions or settings.partitions,
-        source=f"file:{input_path}",
-        max_message_bytes=settings.max_message_bytes,
-        latest_ms=int((time.time() + settings.max_future_skew_s) * 1000),
-        max_batch_events=settings.max_batch_events,
-    )
-    out = sys.stdout.buffer
-    show = sys.stderr.isatty() if progress is None else progress
-    with open_input(input_path) as stream, line_progress(stream, input_path, show) as lines:
-        run.write(lines, out, flush=flush)
-    out.flush()
-    click.echo(f"{run.lines} lines, {run.events} events, {run.rejected} rejected", err=True)
+        counts = (totals.lines, totals.events, totals.rejected)
+    else:
+        run = OfflineRun(
+            config,
+            partitions or settings.partitions,
+            source=f"file:{input_path}",
+            max_message_bytes=settings.max_message_bytes,
+            latest_ms=latest_ms,
+            max_batch_events=settings.max_batch_events,
+        )
+        show = sys.stderr.isatty() if progress is None else progress
+        with open_input(input_path) as stream, line_progress(stream, input_path, show) as lines:
+            run.write(lines, sys.stdout.buffer, flush=flush)
+        counts = (run.lines, run.events, run.rejected)
+    sys.stdout.buffer.flush()
+    click.echo("{} lines, {} events, {} rejected".format(*counts), err=True)
 
 
 @main.command()
-@click.option(
-    "--config",
-    "funnels",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Funnel configuration (YAML); default: CONVERSIONS_FUNNELS or the example.",
-)
+@_worker_funnels
 @click.option("--partitions", type=int, default=None)
 @click.option("--web-port", type=int, default=None)
 @click.option("--app-id", default=None)
@@ -160,23 +165,14 @@ def worker(funnels: Path | None, partitions: int | None, web_port: int | None, a
             "KAFKA_BOOTSTRAP_SERVERS is not set: point it at a broker, "
             "or run `conversions demo` for an embedded one"
         )
-    try:
-        load_config(settings.funnels)
-    except ConfigError as exc:
-        _fail(str(exc))
+    _config(settings.funnels)  # refused before anything connects
     from streams.worker import run_worker
 
     run_worker(settings)
 
 
 @main.command()
-@click.option(
-    "--config",
-    "funnels",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Funnel configuration (YAML); default: CONVERSIONS_FUNNELS or the example.",
-)
+@_worker_funnels
 @click.option("--partitions", type=int, default=None)
 @click.option("--app-id", default=None)
 @click.option(
@@ -196,10 +192,7 @@ def counters(
         _fail("KAFKA_BOOTSTRAP_SERVERS is not set")
     if not settings.redis_dsn:
         _fail("REDIS_URL is not set")
-    try:
-        load_config(settings.funnels)
-    except ConfigError as exc:
-        _fail(str(exc))
+    _config(settings.funnels)  # refused before anything connects
     from streams.counters.service import run_counters
 
     run_counters(settings, metrics_port)
@@ -344,10 +337,7 @@ def report(
     settings = _settings()
     if not settings.redis_dsn:
         _fail("REDIS_URL is not set")
-    try:
-        config = compile_config(load_config(settings.funnels))
-    except ConfigError as exc:
-        _fail(str(exc))
+    config = compile_config(_config(settings.funnels))
     if experiment is not None or funnel is None:
         _experiment_report(settings, config, funnel, experiment, window, end, by, as_json)
         return

@@ -11,6 +11,7 @@ import difflib
 import ipaddress
 import os
 import ssl
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -201,6 +202,10 @@ class Settings(BaseSettings):
                     "(comma separated), or CONVERSIONS_COLLECTOR_HOST=127.0.0.1"
                 )
         return self
+
+    def latest_accepted_ms(self) -> int:
+        """The latest event time accepted now (epoch ms): `max_future_skew_s` past the clock."""
+        return int((time.time() + self.max_future_skew_s) * 1000)
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

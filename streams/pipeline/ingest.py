@@ -78,7 +78,7 @@ class Ingest:
         (`resume_offset`), so that a journey never receives one source's later events a late
         tolerance before another's earlier ones. A run without new messages sends what was
         carried. Keyed input, and live traffic, make one send a run and carry nothing."""
-        latest_ms = int((time.time() + self.settings.max_future_skew_s) * 1000)
+        latest_ms = self.settings.latest_accepted_ms()
         by_source, self._carried = self._carried, defaultdict(list)
         for message in messages:
             decoded = decode_message(
