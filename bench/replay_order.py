@@ -19,16 +19,18 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from bench.run import COUNTED, Run, batched, metrics, say, traffic
 from streams.core.events import decode_message
 from streams.kafka import ensure_topics, kafka_client_options
+from streams.kafka.changelog import read_to_end
 from streams.tools.infra import LocalInfra, free_port
 
 ROOT = Path(__file__).resolve().parent
@@ -73,19 +75,16 @@ async def replay(infra: LocalInfra, workdir: Path, events: int) -> dict[str, Any
 
 
 async def _dead_letters(run: Run) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+
+    def collect(_: int, records: Sequence[Any], __: int) -> int:
+        found.extend(orjson.loads(record.value or b"{}") for record in records)
+        return len(records)
+
     topic = run.settings.topic(run.settings.topic_deadletter)
-    consumer = AIOKafkaConsumer(**kafka_client_options(run.settings), group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(run.settings.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        found: list[dict[str, Any]] = []
-        while batch := await consumer.getmany(timeout_ms=2_000, max_records=10_000):
-            found += [orjson.loads(m.value or b"{}") for records in batch.values() for m in records]
-        return found
-    finally:
-        await consumer.stop()
+    partitions = list(range(run.settings.partitions))
+    await read_to_end(run.settings, topic, partitions, lambda _: -1, collect, "dead letters")
+    return found
 
 
 def main() -> None:

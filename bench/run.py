@@ -26,20 +26,21 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import psutil
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.collector import collector_throughput
 from bench.offline import offline_targets, offline_throughput
 from streams.core.engine import partition_for
 from streams.core.events import decode_message
 from streams.kafka import changelog_topic, consumer_options, ensure_topics, kafka_client_options
+from streams.kafka.changelog import read_to_end
 from streams.settings import DEFAULT_FUNNELS, Settings
 from streams.tools.infra import LOCAL_BROKER_ENV, LocalInfra, free_port
 from streams.tools.simulate import Simulator
@@ -478,26 +479,23 @@ async def stitching(
 
 
 async def journey_states(run: Run) -> dict[str, bytes]:
+    """Every journey's latest state in the run's changelog, by identity."""
+    states: dict[str, bytes] = {}
+
+    def collect(_: int, records: Sequence[Any], __: int) -> int:
+        for message in records:
+            key = orjson.loads(message.key or b"null")
+            if isinstance(key, str) and not key.startswith("\x00"):
+                if message.value is None:
+                    states.pop(key, None)
+                else:
+                    states[key] = message.value
+        return len(records)
+
     topic = changelog_topic(run.settings, "journeys")
-    consumer = AIOKafkaConsumer(**kafka_client_options(run.settings), group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(run.settings.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        states: dict[str, bytes] = {}
-        while batch := await consumer.getmany(timeout_ms=1_000, max_records=20_000):
-            for messages in batch.values():
-                for message in messages:
-                    key = orjson.loads(message.key or b"null")
-                    if isinstance(key, str) and not key.startswith("\x00"):
-                        if message.value is None:
-                            states.pop(key, None)
-                        else:
-                            states[key] = message.value
-        return states
-    finally:
-        await consumer.stop()
+    partitions = list(range(run.settings.partitions))
+    await read_to_end(run.settings, topic, partitions, lambda _: -1, collect, "journey states")
+    return states
 
 
 async def recovery(
