@@ -108,9 +108,12 @@ class Run:
     def source(self) -> str:
         return self.settings.topic(self.settings.topic_clickstream[0])
 
-    def worker(self, web_port: int | None = None, name: str = "worker") -> WorkerProcess:
-        """A worker of this run; workers with other names keep their own log and data."""
-        env = dict(self.env)
+    def worker(
+        self, web_port: int | None = None, name: str = "worker", env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        """A worker of this run (with `env` on top of the run's); workers with other names keep
+        their own log and data."""
+        env = self.env | (env or {})
         if name != "worker":
             env["CONVERSIONS_DATA_DIR"] = str(self.workdir / name)
         if web_port is not None:
@@ -198,14 +201,9 @@ def pipeline(
     event loop all the journeys') or in the worker (`"worker"`, the default deployment); with
     `profile_s`, a py-spy profile of the worker over that many seconds once events flow, and
     each process's CPU time per event from the first event in."""
-    env = dict(run.env)
     ports = [free_port()]
-    if counters == "process":
-        env["CONVERSIONS_COUNTERS_ENABLED"] = "false"
-    worker = WorkerProcess(
-        env | {"CONVERSIONS_WEB_ENABLED": "true", "CONVERSIONS_WEB_PORT": str(ports[0])},
-        run.workdir / "worker.log",
-    ).start(wait_ready_s=0)
+    apart = {"CONVERSIONS_COUNTERS_ENABLED": "false"} if counters == "process" else {}
+    worker = run.worker(web_port=ports[0], env=apart).start(wait_ready_s=0)
     processes = [worker]
     if counters == "process":
         ports.append(free_port())
