@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     create_topics: bool = True
 
     max_message_bytes: int = Field(default=1_000_000, ge=1_024)
+    output_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    """Codec of the record batches the engine writes (outputs, repartitioned events, changelog).
+    Every codec is read whatever this says; `make bench` measures each (bench/README)."""
     max_batch_events: int = Field(default=10_000, ge=1)
     # events stamped further than this ahead of the wall clock are dead-lettered
     max_future_skew_s: int = Field(default=3_600, ge=0)
@@ -239,6 +242,10 @@ class Settings(BaseSettings):
     @property
     def redis_dsn(self) -> str | None:
         return self.redis_url.get_secret_value() if self.redis_url is not None else None
+
+    def compression_type(self) -> str | None:
+        """The producers' `compression_type` (aiokafka's spelling: None for no codec)."""
+        return None if self.output_compression == "none" else self.output_compression
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.kafka_security_protocol.endswith("SSL"):

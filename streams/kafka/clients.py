@@ -59,6 +59,7 @@ def new_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
     """A producer with the shared options; requests may carry the largest accepted message."""
     options.setdefault("linger_ms", 5)
     options.setdefault("max_request_size", max(settings.max_message_bytes * 2, 1_048_576))
+    options.setdefault("compression_type", settings.compression_type())
     return AIOKafkaProducer(**kafka_client_options(settings), **options)
 
 

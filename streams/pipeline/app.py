@@ -108,6 +108,7 @@ class ConversionsApp:
             web_tables_enabled=False,
             web_router_enabled=False,
             producer_max_request_size=max(settings.max_message_bytes * 2, 1_048_576),
+            producer_compression_type=settings.compression_type(),
             consumer_max_fetch_size=max(settings.max_message_bytes * 2, 4_194_304),
         )
         self.events_topic = self._raw_topic(settings.topic(settings.topic_events))
