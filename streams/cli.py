@@ -131,6 +131,7 @@ def process(
             max_batch_events=settings.max_batch_events,
             latest_ms=latest_ms,
             flush=flush,
+            enrichment=settings.enrichment(),
         )
         totals = run_parallel(job, sys.stdout.buffer)
         counts = (totals.lines, totals.events, totals.rejected)
@@ -142,6 +143,7 @@ def process(
             max_message_bytes=settings.max_message_bytes,
             latest_ms=latest_ms,
             max_batch_events=settings.max_batch_events,
+            enrichment=settings.enrichment(),
         )
         show = sys.stderr.isatty() if progress is None else progress
         with open_input(input_path) as stream, line_progress(stream, input_path, show) as lines:

@@ -20,6 +20,18 @@ class Metrics:
             ["format"],
             registry=r,
         )
+        self.screened = Counter(
+            "conversions_screened",
+            "Valid clickstream events not processed, by reason: bot (CONVERSIONS_BOTS=exclude), "
+            "consent (analytics denied), erased (an erased person's events from before the erasure)",
+            ["reason"],
+            registry=r,
+        )
+        self.bots = Counter(
+            "conversions_bot_events",
+            "Clickstream events of known bots (by user agent), excluded or not",
+            registry=r,
+        )
         self.counter_messages = Counter(
             "conversions_counter_messages", "Output messages seen by the counters", ["result"], registry=r
         )

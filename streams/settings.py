@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
+from streams.core.input.audience import EnrichmentSpec
 from streams.core.input.formats.detect import InputFormat, InputFormatError, format_for, parse_input_formats
 from streams.errors import ConversionsError
 from streams.examples import FUNNELS
@@ -151,9 +152,62 @@ class Settings(BaseSettings):
     """The clickstream topic the collector produces to (default: the first one)."""
     collector_send_timeout_s: float = Field(default=10.0, gt=0, le=300)
     """How long a request waits for the broker's acknowledgement before answering 503."""
+    collector_trusted_proxies: Annotated[list[str], NoDecode] = []
+    """Addresses or networks (CIDR) of the proxies in front of the collector, comma separated: only
+    when the immediate peer is one of them is the client address read from X-Forwarded-For."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("topic_clickstream", "collector_write_keys", "collector_allowed_origins", mode="before")
+    # audience enrichment and personal data (docs/howto/audience.md, docs/howto/erasure.md)
+    ip_mode: Literal["drop", "truncate", "keep"] = "drop"
+    """What is kept of a client address (`context.ip`) once its country is looked up: nothing,
+    its /24 (IPv4) or /48 (IPv6), or all of it."""
+    bots: Literal["exclude", "include"] = "exclude"
+    """Events of known bots (by user agent) are counted in /metrics and not processed, or kept."""
+    geoip_database: Path | None = None
+    """A MaxMind .mmdb file (GeoLite2/GeoIP2 Country or City) used instead of the shipped RIR data."""
+    consent_category: str | None = "analytics"
+    """The category of Segment's context.consent.categoryPreferences whose `false` means the
+    event is counted and not processed (case-insensitive); empty: not checked."""
+    consent_field: str | None = None
+    """Another field path whose false / `denied` value means the same, e.g.
+    context.consent.analytics_storage."""
+    breakdown_cap: int = Field(default=100, ge=1, le=100_000)
+    """The counters keep this many values per breakdown dimension a day; later new values count
+    as `(other)`."""
+
+    @field_validator("consent_field")
+    @classmethod
+    def _consent_path(cls, value: str | None) -> str | None:
+        if value:
+            from streams.core.config.model import check_field_path
+
+            return check_field_path(value)
+        return None
+
+    @field_validator("collector_trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an address or a network (CIDR)") from None
+        return value
+
+    @field_validator("geoip_database")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file (a MaxMind .mmdb database)")
+        return value
+
+    @field_validator(
+        "topic_clickstream",
+        "collector_write_keys",
+        "collector_allowed_origins",
+        "collector_trusted_proxies",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.lstrip().startswith("["):
@@ -205,6 +259,16 @@ class Settings(BaseSettings):
                     "(comma separated), or CONVERSIONS_COLLECTOR_HOST=127.0.0.1"
                 )
         return self
+
+    def enrichment(self) -> EnrichmentSpec:
+        """The ingest enrichment these settings ask for (`input.audience`)."""
+        return EnrichmentSpec(
+            ip_mode=self.ip_mode,
+            bots=self.bots,
+            geoip_database=str(self.geoip_database) if self.geoip_database else None,
+            consent_category=self.consent_category or None,
+            consent_field=tuple(self.consent_field.split(".")) if self.consent_field else None,
+        )
 
     def latest_accepted_ms(self) -> int:
         """The latest event time accepted now (epoch ms): `max_future_skew_s` past the clock."""

@@ -58,6 +58,8 @@ class Ingest:
         self._assignment = assignment
         self.source_topics = frozenset(map(settings.topic, settings.topic_clickstream))
         self._input_formats = settings.input_formats  # CONVERSIONS_INPUT_FORMAT, by topic
+        self.enricher = settings.enrichment().build()
+        """Audience, IP mode, bots, consent and erasures, before anything is repartitioned."""
         # per source, how far its event time has got and when it last had input
         self._source_watermarks: dict[str, int] = {}
         self._source_seen_at: dict[str, float] = {}
@@ -89,7 +91,16 @@ class Ingest:
                 max_batch=self.settings.max_batch_events,
                 latest_ms=latest_ms,
                 format=format_for(self._input_formats, message.topic),
+                enricher=self.enricher,
             )
+            if decoded.screened:
+                for reason, count in decoded.screened.items():
+                    self.metrics.screened.labels(reason).inc(count)
+            bots = decoded.screened.get("bot", 0) + sum(
+                1 for click in decoded.events if click.audience is not None and click.audience.bot
+            )
+            if bots:
+                self.metrics.bots.inc(bots)
             if decoded.ignored:  # valid, nothing for the engine: Segment's group calls
                 self.metrics.ignored.labels(decoded.format).inc(decoded.ignored)
             if decoded.rejects:

@@ -53,6 +53,7 @@ FIELD_ROOTS = frozenset(
         "campaign",
         "context",
         "properties",
+        "audience",
     }
 )
 DERIVED_BREAKDOWNS = frozenset({"landing_page", "channel", "visitor_type"})
@@ -277,6 +278,23 @@ class Identity(_Strict):
     """A link is forgotten this long after its anonymous id was last seen (event time)."""
 
 
+class Channels(_Strict):
+    """How sessions get their channel (GA4's default channel grouping, `input.channel`)."""
+
+    unwanted_referrals: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=list, max_length=1000
+    )
+    """Hosts whose referral is ignored (the session is Direct), each with its subdomains, on top
+    of the payment providers and 3-D Secure pages of `input.channel.DEFAULT_UNWANTED_REFERRALS`."""
+    default_unwanted_referrals: bool = True
+    """False: only `unwanted_referrals` count as unwanted."""
+
+    @field_validator("unwanted_referrals")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return [host.strip().lower().removeprefix("www.") for host in value]
+
+
 class FunnelConfig(_Strict):
     version: Literal[1]
     session_timeout: Duration = 30 * 60_000
@@ -288,6 +306,7 @@ class FunnelConfig(_Strict):
     alerts: list[AlertRule] = Field(default_factory=list)
     experiments: list[Experiment] = Field(default_factory=list)
     identity: Identity = Field(default_factory=Identity)
+    channels: Channels = Field(default_factory=Channels)
 
     @model_validator(mode="after")
     def _references(self) -> FunnelConfig:

@@ -44,3 +44,5 @@ class Decoded:
     ignored: int = 0
     """Valid input that carries nothing for the engine (a Segment `group` call), counted."""
     format: str = "contract"
+    screened: dict[str, int] = field(default_factory=dict)
+    """Valid events not processed, by reason (`input.audience`: bot, consent, erased), counted."""

@@ -140,6 +140,9 @@ class MacroConversion(OutputEvent):
     event: str
     event_id: str
     breakdowns: Breakdowns = Field(default_factory=dict)
+    audience: dict[str, str] | None = None
+    """Who the visitor is, as their session opened: browser, browser_version, os, device
+    (desktop, mobile, tablet), country, region, city, language, when known."""
 
 
 DropoffReason = Literal[
@@ -179,6 +182,16 @@ class SessionSummary(OutputEvent):
     visitor_type: Literal["new", "returning"] | None = None
     """`new` for the person's first session, `returning` after one (as GA reports it); fixed when
     the session opens."""
+    audience: dict[str, str] | None = None
+    """Who the visitor is, from the session's first event: browser, browser_version, os, device
+    (desktop, mobile, tablet), country, region, city, language, when known."""
+    source: str | None = None
+    """GA4's session source: utm_source, a click id's ad platform, the search engine, the referring
+    host, or `(direct)`."""
+    medium: str | None = None
+    """GA4's session medium: utm_medium, `cpc` for a click id, `organic`, `referral` or `(none)`."""
+    search_term: str | None = None
+    """The search term the referring search engine's URL carried (or utm_term)."""
 
 
 class Alert(OutputEvent):

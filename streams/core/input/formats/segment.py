@@ -311,6 +311,17 @@ def _context(context: Mapping[str, Any], channel: Any) -> dict[str, Any]:
         described = {key: library[key] for key in ("name", "version") if text(library.get(key))}
         if described:
             out["library"] = described
+    ip = text(context.get("ip"))
+    if ip is not None:
+        out["ip"] = ip  # enrichment reads it, then CONVERSIONS_IP_MODE drops or truncates it
+    hints = context.get("userAgentData")
+    if isinstance(hints, dict):
+        kept = {key: hints[key] for key in ("mobile", "platform") if key in hints}
+        if kept:
+            out["user_agent_data"] = kept
+    consent = context.get("consent")
+    if isinstance(consent, dict):
+        out["consent"] = consent
     return out
 
 
