@@ -177,7 +177,7 @@ async def test_segment_browser_library_through_the_collector_gives_a_stitched_pu
     macros = await read_topics(settings, [settings.topic(settings.topic_macro)], expect=1)
     (macro,) = macros
     assert (macro["user_id"], macro["goal"], macro["value"]) == ("user_0042", "purchase", 59.9)
-    assert macro["landing_page"] == "/" and macro["channel"] == "email"
+    assert macro["landing_page"] == "/" and macro["channel"] == "Email"
     assert macro["first_touch"]["landing_page"] == "/" and macro["breakdowns"]["context.platform"] == "web"
     # the funnel attempt the purchase closed started on the anonymous landing page view
     micros = await read_topics(settings, [settings.topic(settings.topic_micro)], expect=3, quiet_s=2)
