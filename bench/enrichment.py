@@ -72,7 +72,8 @@ def decode_cost(raw: list[bytes]) -> dict[str, Any]:
 
 def first_sight_cost() -> dict[str, float]:
     agents = [
-        f"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{n}.0.{n}.0 Safari/537.36"
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        f"Chrome/{n}.0.{n}.0 Safari/537.36"
         for n in range(2_000)
     ]
     _classify.cache_clear()
@@ -81,7 +82,9 @@ def first_sight_cost() -> dict[str, float]:
         _classify(agent, None, None)
     ua_us = (time.perf_counter() - started) / len(agents) * 1e6
     rng = random.Random(1)
-    addresses = [".".join(str(rng.randint(1, 223 if i == 0 else 255)) for i in range(4)) for _ in range(20_000)]
+    addresses = [
+        ".".join(str(rng.randint(1, 223 if i == 0 else 255)) for i in range(4)) for _ in range(20_000)
+    ]
     geo = GeoLookup()
     started = time.perf_counter()
     for address in addresses:
@@ -121,7 +124,9 @@ def counter_memory(raw_plain: list[bytes], raw_audience: list[bytes], workdir: P
                     pipe.execute()
             pipe.execute()
             used = int(client.info("memory")["used_memory"]) - before
-            hash_fields = sum(int(client.hlen(k)) for k in client.scan_iter(count=1000) if client.type(k) == b"hash")
+            hash_fields = sum(
+                int(client.hlen(k)) for k in client.scan_iter(count=1000) if client.type(k) == b"hash"
+            )
             out[label] = {
                 "outputs": len(outputs),
                 "increments": fields,
@@ -129,7 +134,9 @@ def counter_memory(raw_plain: list[bytes], raw_audience: list[bytes], workdir: P
                 "redis_used_bytes": used,
                 "screened": run.screened,
             }
-        out["ratio"] = round(out["with_audience"]["redis_used_bytes"] / out["without_audience"]["redis_used_bytes"], 2)
+        out["ratio"] = round(
+            out["with_audience"]["redis_used_bytes"] / out["without_audience"]["redis_used_bytes"], 2
+        )
         return out
     finally:
         server.stop()

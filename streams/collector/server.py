@@ -24,7 +24,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter
 
-from streams.collector.messages import CollectorConfig, Refusal, accept
+from streams.collector.messages import Client, CollectorConfig, Refusal, accept, client_address
+from streams.core.input.geo import GeoLookup
 from streams.kafka.clients import new_producer
 from streams.settings import Settings
 
@@ -57,6 +58,8 @@ def collector_config(settings: Settings) -> CollectorConfig:
         write_keys=frozenset(key.get_secret_value() for key in settings.collector_write_keys),
         allowed_origins=frozenset(settings.collector_allowed_origins),
         send_timeout_s=settings.collector_send_timeout_s,
+        ip_mode=settings.ip_mode,
+        trusted_proxies=tuple(settings.collector_trusted_proxies),
     )
 
 
@@ -67,6 +70,7 @@ def from_settings(settings: Settings, registry: CollectorRegistry | None = None)
         collector_config(settings),
         kafka_producer(settings, request_timeout_s=settings.collector_send_timeout_s),
         registry=registry,
+        geo=GeoLookup(settings.geoip_database),
     )
 
 
@@ -80,8 +84,10 @@ class Collector:
         *,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
+        geo: GeoLookup | None = None,
     ) -> None:
         self.config = config
+        self._geo = geo or GeoLookup()
         self._new_producer = producer_factory
         self._producer: AIOKafkaProducer | None = None
         self._clock = clock
@@ -205,6 +211,15 @@ class Collector:
                 received_at=datetime.fromtimestamp(self._clock(), UTC),
                 content_encoding=request.headers.get("Content-Encoding"),
                 authorization=request.headers.get("Authorization"),
+                client=Client(
+                    client_address(
+                        request.remote,
+                        request.headers.get("X-Forwarded-For"),
+                        self.config.trusted_proxies,
+                    ),
+                    request.headers.get("User-Agent"),
+                ),
+                locate=self._geo.lookup,
             )
         except Refusal as refusal:
             return self._answer(request, refusal.status, refusal.body())

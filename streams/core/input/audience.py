@@ -132,10 +132,7 @@ class Enricher:
                 for name, value in preferences.items():
                     if isinstance(name, str) and name.lower() == wanted and _denies(value):
                         return True
-        if self.consent_field is not None:
-            if _denies(event.lookup(self.consent_field)):
-                return True
-        return False
+        return bool(self.consent_field is not None and _denies(event.lookup(self.consent_field)))
 
     def enrich(self, event: ClickEvent) -> None:
         """Set `event.audience` and apply the IP mode to `context.ip` (the event was validated

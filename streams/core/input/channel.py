@@ -91,7 +91,9 @@ banks' 3-D Secure pages. Their referral is ignored (GA4's "unwanted referrals").
 _PAID = re.compile(r"^(.*cp.*|ppc|retargeting|paid.*)$")
 _SHOP_CAMPAIGN = re.compile(r"^(.*(([^a-df-z]|^)shop|shopping).*)$")
 _DISPLAY = frozenset({"display", "banner", "expandable", "interstitial", "cpm"})
-_SOCIAL_MEDIA = frozenset({"social", "social-network", "social-media", "sm", "social network", "social media"})
+_SOCIAL_MEDIA = frozenset(
+    {"social", "social-network", "social-media", "sm", "social network", "social media"}
+)
 _REFERRAL = frozenset({"referral", "app", "link"})
 _EMAIL = frozenset({"email", "e-mail", "e_mail", "e mail"})
 _NOT_NAME = re.compile(r"[^a-z0-9.+ ]")
@@ -329,4 +331,3 @@ def classify_channel(
     unwanted: Iterable[str] = DEFAULT_UNWANTED_REFERRALS,
 ) -> str:
     return classify_traffic(campaign, referrer, page_url, unwanted).channel
-

@@ -46,7 +46,9 @@ _LIBRARY = re.compile(
 )
 _BOT_WORDS = re.compile(r"(?i)bot\b|crawl|spider|slurp|scrap|preview|monitor|lighthouse")
 _TABLET_MODEL = re.compile(r"(?i)tablet|\btab\b|ipad|kindle|silk|playbook|nexus (7|9|10)|sm-t\d|gt-p\d")
-_PHONE_OS = frozenset({"iOS", "Android", "Windows Phone", "BlackBerry OS", "KaiOS", "Firefox OS", "Symbian OS"})
+_PHONE_OS = frozenset(
+    {"iOS", "Android", "Windows Phone", "BlackBerry OS", "KaiOS", "Firefox OS", "Symbian OS"}
+)
 _HINT_PLATFORMS = {
     "macos": "Mac OS X",
     "windows": "Windows",
@@ -68,7 +70,9 @@ class Agent(NamedTuple):
     bot: bool
 
 
-def classify(user_agent: str | None, mobile_hint: bool | None = None, platform_hint: str | None = None) -> Agent:
+def classify(
+    user_agent: str | None, mobile_hint: bool | None = None, platform_hint: str | None = None
+) -> Agent:
     """What a user agent (and the event's Client Hints, when it carries them) says."""
     if not user_agent and mobile_hint is None and platform_hint is None:
         return Agent(None, None, None, None, False)
@@ -96,9 +100,14 @@ def _classify(user_agent: str, mobile_hint: bool | None, platform_hint: str | No
     )
     if is_bot:
         kind = BOT
-    elif _TABLET_MODEL.search(model) or _TABLET_MODEL.search(user_agent):
-        kind = TABLET
-    elif os_name == "Android" and (mobile_hint is False or (mobile_hint is None and "Mobile" not in user_agent)):
+    elif (
+        _TABLET_MODEL.search(model)
+        or _TABLET_MODEL.search(user_agent)
+        or (
+            os_name == "Android"
+            and (mobile_hint is False or (mobile_hint is None and "Mobile" not in user_agent))
+        )
+    ):
         kind = TABLET
     elif mobile_hint or "Mobi" in user_agent or (mobile_hint is None and os_name in _PHONE_OS):
         kind = MOBILE

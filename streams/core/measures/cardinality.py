@@ -81,5 +81,7 @@ def capped_output(output: Mapping[str, Any], cap: ValueCap, at_ms: int) -> dict[
             out[dim] = cap.admit(day, dim, output[dim])
     audience = output.get("audience")
     if audience:
-        out["audience"] = {name: cap.admit(day, f"audience.{name}", value) for name, value in audience.items()}
+        out["audience"] = {
+            name: cap.admit(day, f"audience.{name}", value) for name, value in audience.items()
+        }
     return out

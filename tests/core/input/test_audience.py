@@ -77,7 +77,13 @@ def test_ua_parsers_spiders_are_bots(case: dict[str, str]) -> None:
         (GOOGLEBOT, None, None, "bot", None),
         ("curl/8.5.0", None, None, "bot", None),
         ("python-requests/2.31.0", None, None, "bot", None),
-        ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 HeadlessChrome/120.0.0.0", None, None, "bot", "Linux"),
+        (
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 HeadlessChrome/120.0.0.0",
+            None,
+            None,
+            "bot",
+            "Linux",
+        ),
     ],
 )
 def test_the_device_rule_on_top_of_ua_parser(
@@ -167,10 +173,14 @@ def event(n: int = 1, context: dict[str, Any] | None = None, **fields: Any) -> b
     )
 
 
-@pytest.mark.parametrize(("mode", "kept"), [("drop", None), ("truncate", "81.2.69.0"), ("keep", "81.2.69.142")])
+@pytest.mark.parametrize(
+    ("mode", "kept"), [("drop", None), ("truncate", "81.2.69.0"), ("keep", "81.2.69.142")]
+)
 def test_the_ip_mode_applies_after_the_lookup(mode: Any, kept: str | None) -> None:
     enricher = EnrichmentSpec(ip_mode=mode).build()
-    (click,) = decode_message(event(context={"ip": "81.2.69.142", "locale": "en-GB"}), enricher=enricher).events
+    (click,) = decode_message(
+        event(context={"ip": "81.2.69.142", "locale": "en-GB"}), enricher=enricher
+    ).events
     assert click.audience is not None and click.audience.country == "GB" and click.audience.language == "en"
     assert click.context.get("ip") == kept
     assert ("81.2.69.142" in orjson.dumps(click.to_json_dict()).decode()) == (mode == "keep")
@@ -215,7 +225,11 @@ def test_a_producers_own_audience_is_kept_and_completed() -> None:
     )
     (click,) = decode_message(raw, enricher=EnrichmentSpec().build()).events
     assert click.audience is not None
-    assert (click.audience.country, click.audience.device, click.audience.browser) == ("IE", "tablet", "Chrome")
+    assert (click.audience.country, click.audience.device, click.audience.browser) == (
+        "IE",
+        "tablet",
+        "Chrome",
+    )
 
 
 CONFIG = compile_config(
@@ -268,7 +282,9 @@ def visit(person: str, user_agent: str, ip: str, locale: str, start: int) -> lis
 def test_the_audience_reaches_breakdowns_sessions_macros_and_counters() -> None:
     run = OfflineRun(CONFIG, partitions=2, enrichment=EnrichmentSpec())
     start = 1_710_324_000_000
-    lines = visit("p1", IPHONE, "81.2.69.142", "en-GB", start) + visit("p2", GOOGLEBOT, "8.8.8.8", "en", start)
+    lines = visit("p1", IPHONE, "81.2.69.142", "en-GB", start) + visit(
+        "p2", GOOGLEBOT, "8.8.8.8", "en", start
+    )
     lines += visit("p3", IPAD, "5.9.0.1", "de-DE", start)
     outputs = [o.model_dump(mode="json") for line in lines for o in run.feed(line)]
     outputs += [o.model_dump(mode="json") for o in run.flush()]
@@ -301,7 +317,9 @@ def test_the_audience_reaches_breakdowns_sessions_macros_and_counters() -> None:
         if op.key.startswith("c:") and op.key.endswith(str(start // 86_400_000 * 86_400_000))
     }
     assert "s|audience.device=mobile" in fields and "s|audience.device=tablet" in fields
-    assert "n:purchase|audience.country=GB" in fields and "v:purchase|audience.browser=Mobile Safari" in fields
+    assert (
+        "n:purchase|audience.country=GB" in fields and "v:purchase|audience.browser=Mobile Safari" in fields
+    )
     # no page_view event in these sessions: each is a bounce (one page view or less)
     assert {"b|audience.language=de", "pv|audience.language=de", "dur|audience.language=de"} <= fields
 

@@ -121,8 +121,18 @@ SHOP = "https://shop.example/p/1"
         # the shop's own pages refer to it: direct
         (None, "https://www.shop.example/cart", SHOP, ("(direct)", "(none)", None, "Direct")),
         # a search engine: the engine / organic, with the term its URL carries
-        (None, "https://www.google.de/search?q=red+shoes", SHOP, ("google", "organic", "red shoes", "Organic Search")),
-        (None, "https://search.yahoo.com/search?p=shoes", SHOP, ("yahoo", "organic", "shoes", "Organic Search")),
+        (
+            None,
+            "https://www.google.de/search?q=red+shoes",
+            SHOP,
+            ("google", "organic", "red shoes", "Organic Search"),
+        ),
+        (
+            None,
+            "https://search.yahoo.com/search?p=shoes",
+            SHOP,
+            ("yahoo", "organic", "shoes", "Organic Search"),
+        ),
         (None, "https://duckduckgo.com/", SHOP, ("duckduckgo", "organic", None, "Organic Search")),
         # a social site or any other: the host / referral, then the rules
         (None, "https://l.facebook.com/l.php", SHOP, ("l.facebook.com", "referral", None, "Organic Social")),
@@ -151,7 +161,12 @@ SHOP = "https://shop.example/p/1"
             ("google", "cpc", None, "Paid Shopping"),
         ),
         # fbclid is not a paid click id: Facebook adds it to every outbound link
-        (None, "https://l.facebook.com/", SHOP + "?fbclid=x", ("l.facebook.com", "referral", None, "Organic Social")),
+        (
+            None,
+            "https://l.facebook.com/",
+            SHOP + "?fbclid=x",
+            ("l.facebook.com", "referral", None, "Organic Social"),
+        ),
         # a relative page URL: the referrer's host cannot be compared, it is a referral
         (None, "https://news.example.com/a", "/p/1", ("news.example.com", "referral", None, "Referral")),
         # a malformed referrer is no referrer

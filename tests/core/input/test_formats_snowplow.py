@@ -175,7 +175,9 @@ def reference(sdk: dict[str, Any]) -> dict[str, Any]:
         audience["browser_version"] = f"{sdk['br_family']} {major}" if major else sdk["br_family"]
     if sdk.get("os_family") not in (None, "Unknown", "Other"):
         audience["os"] = sdk["os_family"]
-    device = {"computer": "desktop", "mobile": "mobile", "tablet": "tablet"}.get(str(sdk.get("dvce_type")).lower())
+    device = {"computer": "desktop", "mobile": "mobile", "tablet": "tablet"}.get(
+        str(sdk.get("dvce_type")).lower()
+    )
     if device:
         audience["device"] = device
     for key, column in (("country", "geo_country"), ("region", "geo_region"), ("city", "geo_city")):

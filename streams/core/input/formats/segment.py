@@ -228,7 +228,26 @@ def segment_event(
             where.update({f"campaign.{key}": f"context.campaign.{key}" for key in values})
     elif campaign is not None:
         return refuse(f"{kind}: context.campaign is not an object")
+    location = _location(context.get("location"))
+    if location:
+        fields["audience"] = location
     return mapped(FORMAT, fields, original, index, lambda loc: _source(where, loc))
+
+
+def _location(location: Any) -> dict[str, str]:
+    """Segment's `context.location` where it names the country by its ISO code (as our collector
+    writes it, having looked the client address up): the audience's country, region and city."""
+    if not isinstance(location, dict):
+        return {}
+    country = text(location.get("country"))
+    if country is None or len(country) != 2 or not country.isalpha():
+        return {}
+    out = {"country": country.upper()}
+    for key, size in (("region", 64), ("city", 128)):
+        value = text(location.get(key))
+        if value is not None:
+            out[key] = value[:size]
+    return out
 
 
 def _source(where: Mapping[str, str], loc: str) -> str:

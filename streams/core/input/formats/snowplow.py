@@ -520,7 +520,11 @@ def _audience(get: Callable[[str], str]) -> dict[str, Any]:
         out["device"] = device
     if get("br_type").lower() in ("robot", "spider"):
         out["device"], out["bot"] = "bot", True
-    for target, name, size in (("country", "geo_country", 8), ("region", "geo_region", 64), ("city", "geo_city", 128)):
+    for target, name, size in (
+        ("country", "geo_country", 8),
+        ("region", "geo_region", 64),
+        ("city", "geo_city", 128),
+    ):
         if get(name):
             out[target] = get(name)[:size].upper() if target == "country" else get(name)[:size]
     return out
