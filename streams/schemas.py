@@ -22,6 +22,7 @@ from streams.core.records.outputs import (
     OUTPUT_MODELS,
     Alert,
     AnyOutput,
+    Carried,
     DeadLetter,
     Dropoff,
     ExperimentUpdate,
@@ -115,10 +116,11 @@ _TOPICS: list[tuple[str, str, list[str], dict[str, Any] | None, dict[str, Any] |
     (
         "funnel.dropoffs",
         "topic_dropoffs",
-        ["Dropoff", "Stalled"],
+        ["Dropoff", "Stalled", "Carried"],
         IDENTITY_KEY,
         WATERMARK,
-        "An attempt that ended without its goal, and the non-final stalled signal (by `type`).",
+        "An attempt that ended without its goal, and the non-final stalled and carried (over to a new "
+        "funnel version) signals (by `type`).",
     ),
     (
         "funnel.alerts",
@@ -166,6 +168,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "MacroConversion": MacroConversion,
     "Dropoff": Dropoff,
     "Stalled": Stalled,
+    "Carried": Carried,
     "Alert": Alert,
     "SessionSummary": SessionSummary,
     "IdentityLink": IdentityLink,

@@ -221,6 +221,7 @@ class Settings(BaseSettings):
             "macro": self.topic(self.topic_macro),
             "dropoff": self.topic(self.topic_dropoffs),
             "stalled": self.topic(self.topic_dropoffs),
+            "carried": self.topic(self.topic_dropoffs),
             "alert": self.topic(self.topic_alerts),
             "experiment": self.topic(self.topic_experiments),
             "session": self.topic(self.topic_sessions),
