@@ -220,6 +220,27 @@ def schemas(check: bool) -> None:
         click.echo(f"wrote {path}")
 
 
+@main.command("docs-reference")
+@click.option("--check", is_flag=True, help="Exit 1 if a committed reference page differs from the code.")
+def docs_reference(check: bool) -> None:
+    """Write the docs site's generated reference pages (docs/reference/) from the code."""
+    from streams.tools import docs_reference as reference
+
+    if check:
+        drifted = reference.drift(main)
+        if drifted:
+            click.secho(
+                f"docs reference out of date: {', '.join(drifted)} (run `conversions docs-reference`)",
+                fg="red",
+                err=True,
+            )
+            sys.exit(1)
+        click.echo("docs reference up to date")
+        return
+    for path in reference.write(main):
+        click.echo(f"wrote {path}")
+
+
 @main.command()
 @click.option("--users", type=int, default=1_000, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
