@@ -23,8 +23,8 @@ from pydantic.fields import FieldInfo
 
 from streams import schemas
 from streams.collector.server import Collector, collector_config
-from streams.core import counters as counter_layout
-from streams.core.config import FunnelConfig
+from streams.core.config.model import FunnelConfig
+from streams.core.measures import counters as counter_layout
 from streams.counters.memory_store import MemoryCounterStore
 from streams.metrics import Metrics
 from streams.settings import DEFAULT_FUNNELS, ENV_PREFIX, Settings
@@ -359,7 +359,7 @@ def redis_page() -> str:
     header, _, table = body.partition("\n\n")
     layout = "\n".join(line.removeprefix("    ") for line in table.strip("\n").split("\n"))
     return (
-        _banner("the counters' layout, `streams/core/counters.py` and `streams/counters/base.py`")
+        _banner("the counters' layout, `streams/core/measures/counters.py` and `streams/counters/base.py`")
         + "# Redis keys\n\n"
         + "The counters live in Redis (`REDIS_URL`; `redis+cluster://` for a Redis Cluster). Every key "
         + f"of a shard starts with `{generic}` "

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from streams.cli import main
-from streams.core.config_loader import parse_config
-from streams.core.events import ClickEvent
+from streams.core.config.loader import parse_config
+from streams.core.input.event import ClickEvent
 from streams.settings import load_settings
 from tests.docs.conftest import ROOT, Block, blocks
 

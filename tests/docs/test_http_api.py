@@ -8,8 +8,8 @@ import faust
 
 from streams import schemas
 from streams.collector.server import Collector, collector_config
-from streams.core.config_loader import load_config
-from streams.core.matching import compile_config
+from streams.core.config.loader import load_config
+from streams.core.config.matching import compile_config
 from streams.counters.memory_store import MemoryCounterStore
 from streams.metrics import Metrics
 from streams.settings import DEFAULT_FUNNELS, Settings
