@@ -140,6 +140,7 @@ def process(
         )
         totals = run_parallel(job, sys.stdout.buffer)
         counts = (totals.lines, totals.events, totals.rejected)
+        unknown = totals.unknown_fields
     else:
         run = OfflineRun(
             config,
@@ -153,8 +154,13 @@ def process(
         with open_input(input_path) as stream, line_progress(stream, input_path, show) as lines:
             run.write(lines, sys.stdout.buffer, flush=flush)
         counts = (run.lines, run.events, run.rejected)
+        unknown = run.unknown_fields
     sys.stdout.buffer.flush()
     click.echo("{} lines, {} events, {} rejected".format(*counts), err=True)
+    if unknown:
+        named = ", ".join(f"{name!a} ({count})" for name, count in sorted(unknown.items())[:20])
+        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+        click.echo(f"fields the contract does not have, ignored: {named}{more}", err=True)
 
 
 _partitions = click.option(

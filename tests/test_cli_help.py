@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 from click.testing import CliRunner
 
@@ -99,3 +100,15 @@ def test_process_from_a_terminal_says_it_reads_stdin() -> None:
             child.kill()
             child.wait()
         os.close(master)
+
+
+def test_process_names_the_unknown_fields_it_ignored(tmp_path: Path) -> None:
+    from tests.helpers import event
+
+    path = tmp_path / "typo.ndjson"
+    lines = [event("page_view", "10:00"), event("add_to_cart", "10:01", propertys={"value": 1})]
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    for workers in ("1", "2"):
+        result = CliRunner().invoke(main, ["process", "--input", str(path), "--workers", workers])
+        assert result.exit_code == 0, result.output
+        assert "fields the contract does not have, ignored: 'propertys' (1)" in result.stderr
