@@ -62,6 +62,24 @@ def check_config(path: Path) -> None:
     )
 
 
+@main.command("diff-config")
+@click.argument("old", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("new", type=click.Path(dir_okay=False, path_type=Path))
+def diff_config(old: Path, new: Path) -> None:
+    """What a restart from state written under OLD does under NEW: per funnel, goal, micro, alert
+    and experiment, unchanged, compatible (in-flight attempts continue) or incompatible (they end
+    with definition_changed), and what happens to its counters and baselines. Exit 0 when
+    nothing is incompatible, 1 otherwise, 2 on a bad file."""
+    from streams.core.config.versions import diff_configs
+
+    changes = diff_configs(_config(old), _config(new))
+    for change in changes:
+        click.echo(change.line())
+    incompatible = [c for c in changes if c.incompatible]
+    click.echo(f"{len(incompatible)} incompatible of {len(changes)}", err=True)
+    sys.exit(1 if incompatible else 0)
+
+
 @main.command()
 @click.option(
     "--config",
@@ -102,6 +120,15 @@ def check_config(path: Path) -> None:
     help="Processes, each for its share of the people; with more than one, the outputs are "
     "written sorted by event time, then id.",
 )
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Continue the journeys, event time and evaluators saved in this file (created when "
+    "absent) and save them at the end: files processed one after the other give the outputs "
+    "of one run over all of them. One process only.",
+)
 def process(
     config_path: Path | None,
     input_path: str,
@@ -109,13 +136,23 @@ def process(
     flush: bool,
     progress: bool | None,
     workers: int,
+    state_path: Path | None,
 ) -> None:
     """Run the engine over a file, with no Kafka, and write every output as NDJSON to stdout."""
     from streams.offline.run import OfflineRun, open_input
+    from streams.offline.state import StateFileError, read, restore, write
     from streams.progress import line_progress
 
     settings = _settings()
     config = compile_config(_config(config_path or settings.funnels))
+    payload = None
+    if state_path is not None:
+        if workers > 1:
+            _fail("--state runs in one process: leave out --workers")
+        try:
+            payload = read(state_path)
+        except StateFileError as exc:
+            _fail(str(exc))
     if input_path != "-" and not Path(input_path).is_file():
         _fail(f"--input {input_path}: no such file (give an NDJSON file, or - for stdin)")
     if input_path == "-" and sys.stdin.isatty():
@@ -150,9 +187,24 @@ def process(
             latest_ms=latest_ms,
             max_batch_events=settings.max_batch_events,
         )
+        known: list[Any] = []
+        if payload is not None:
+            resumed, known = restore(run, payload)
+            for change in resumed.changes:
+                if change.status != "unchanged":
+                    click.echo(f"since the state was saved: {change.line()}", err=True)
+            sys.stdout.buffer.write(b"".join(output.to_json() + b"\n" for output in resumed.outputs))
         show = sys.stderr.isatty() if progress is None else progress
         with open_input(input_path) as stream, line_progress(stream, input_path, show) as lines:
             run.write(lines, sys.stdout.buffer, flush=flush)
+        if state_path is not None:
+            write(state_path, run, known)
+            if flush:
+                click.echo(
+                    f"--flush: every open session and attempt was closed; {state_path} holds them "
+                    "closed (a later run does not continue them)",
+                    err=True,
+                )
         counts = (run.lines, run.events, run.rejected)
         unknown = run.unknown_fields
     sys.stdout.buffer.flush()
