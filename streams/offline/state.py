@@ -1,8 +1,9 @@
 """`conversions process --state FILE`: an offline run's state saved at its end and loaded by the
 next, so a history processed file by file gives exactly the outputs of one run over all of it.
 
-The file holds the journeys, the event time reached (the journeys' deadlines are indexed again
-from it, as a worker's recovery does), the line and event counts (dead letters name their line),
+The file holds the journeys, the event time reached and each partition's deadline index (with
+another partition count, the deadlines are indexed again from the journeys, as a worker's
+recovery does), the line and event counts (dead letters name their line),
 the alert and experiment evaluators, and the configuration it was written under with the
 definition of every funnel version its journeys may refer to. Loaded under another
 configuration, attempts go through the version rules (`core.config.versions`); an alert or
@@ -123,6 +124,8 @@ def write(path: Path, run: OfflineRun, known: list[Definition]) -> None:
         },
         "experiments_evaluated_to": judges.experiments._evaluated_to,
         "experiments_seen": judges.experiments._seen,
+        "partitions": run.partitions,
+        "clocks": run.engine._clocks,
     }
     body = zlib.compress(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL), 6)
     header = b"%s %d %s %d\n" % (MAGIC, FORMAT, hashlib.sha256(body).hexdigest().encode(), len(body))
@@ -183,6 +186,13 @@ def restore(run: OfflineRun, payload: dict[str, Any]) -> tuple[Resumed, list[Def
     experiments._evaluated_to = payload["experiments_evaluated_to"]
     experiments._seen = payload["experiments_seen"]
     engine = run.engine
+    if payload["partitions"] == run.partitions:
+        # the deadline heaps as they were (the order deadlines fire in within one advance of
+        # event time depends on them), the run's source in place of the saved run's
+        for clock in payload["clocks"].values():
+            clock.sources = {run.source: max(clock.sources.values())} if clock.sources else {}
+            clock.waiting_for = {run.source} if clock.waiting_for else set()
+        engine._clocks = payload["clocks"]
     by_partition: dict[int, list[str]] = {}
     for identity in payload["store"]:
         by_partition.setdefault(partition_for(identity, run.partitions), []).append(identity)

@@ -4,6 +4,7 @@ file that cannot be used is refused with exit 2 and left as it was."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from streams.cli import main
 from streams.core.config.loader import parse_config
 from streams.core.config.matching import compile_config
+from streams.core.config.versions import Definition
 from streams.offline.run import OfflineRun
 from streams.offline.state import read, restore, write
 from streams.settings import DEFAULT_FUNNELS
@@ -36,10 +38,10 @@ def in_parts(lines: list[bytes], cuts: list[int], path: Path) -> list[dict[str, 
     out: list[dict[str, Any]] = []
     bounds = [0, *sorted(set(cuts)), len(lines)]
     path.unlink(missing_ok=True)
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in itertools.pairwise(bounds):
         run = OfflineRun(CONFIG, partitions=3)
         payload = read(path)
-        known = []
+        known: list[Definition] = []
         if payload is not None:
             resumed, known = restore(run, payload)
             out += [orjson.loads(o.to_json()) for o in resumed.outputs]
@@ -48,21 +50,38 @@ def in_parts(lines: list[bytes], cuts: list[int], path: Path) -> list[dict[str, 
     return out
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cuts=st.lists(st.integers(min_value=0, max_value=len(LINES)), max_size=3))
-def test_any_split_into_consecutive_parts_gives_the_outputs_of_the_whole(tmp_path: Path, cuts: list[int]) -> None:
+def test_any_split_into_consecutive_parts_gives_the_outputs_of_the_whole(
+    tmp_path: Path, cuts: list[int]
+) -> None:
     expected = whole(LINES)
-    assert {o["type"] for o in expected} >= {"micro", "macro", "dropoff", "session", "experiment", "deadletter"}
+    assert {o["type"] for o in expected} >= {
+        "micro",
+        "macro",
+        "dropoff",
+        "session",
+        "experiment",
+        "deadletter",
+    }
     assert in_parts(LINES, cuts, tmp_path / "state") == expected
 
 
 def test_late_events_across_the_boundary_count_as_in_one_run(tmp_path: Path) -> None:
     lines = [
-        orjson.dumps({"event_id": "a", "event": "product_view", "user_id": "u", "timestamp": "2024-03-13T10:00:00Z"}),
-        orjson.dumps({"event_id": "b", "event": "page_view", "user_id": "v", "timestamp": "2024-03-13T10:20:00Z"}),
+        orjson.dumps(
+            {"event_id": "a", "event": "product_view", "user_id": "u", "timestamp": "2024-03-13T10:00:00Z"}
+        ),
+        orjson.dumps(
+            {"event_id": "b", "event": "page_view", "user_id": "v", "timestamp": "2024-03-13T10:20:00Z"}
+        ),
         # late by 15 minutes (within the 10 min tolerance of u's own journey, later than the file's)
-        orjson.dumps({"event_id": "c", "event": "add_to_cart", "user_id": "u", "timestamp": "2024-03-13T10:05:00Z"}),
-        orjson.dumps({"event_id": "a", "event": "product_view", "user_id": "u", "timestamp": "2024-03-13T10:00:00Z"}),
+        orjson.dumps(
+            {"event_id": "c", "event": "add_to_cart", "user_id": "u", "timestamp": "2024-03-13T10:05:00Z"}
+        ),
+        orjson.dumps(
+            {"event_id": "a", "event": "product_view", "user_id": "u", "timestamp": "2024-03-13T10:00:00Z"}
+        ),
     ]
     expected = whole(lines)
     assert any(o.get("step") == "add_to_cart" for o in expected)
@@ -115,9 +134,13 @@ def test_a_state_saved_under_another_configuration_goes_through_the_version_rule
     renamed.write_text(FUNNELS.replace("window: 7d", "window: 2d", 1))
     (tmp_path / "a.ndjson").write_bytes(b"\n".join(LINES[: len(LINES) // 2]) + b"\n")
     state = tmp_path / "state"
-    CliRunner().invoke(main, ["process", "--config", str(config), "--input", str(tmp_path / "a.ndjson"), "--state", str(state)])
+    CliRunner().invoke(
+        main,
+        ["process", "--config", str(config), "--input", str(tmp_path / "a.ndjson"), "--state", str(state)],
+    )
     later = CliRunner().invoke(
-        main, ["process", "--config", str(renamed), "--input", str(tmp_path / "a.ndjson"), "--state", str(state)]
+        main,
+        ["process", "--config", str(renamed), "--input", str(tmp_path / "a.ndjson"), "--state", str(state)],
     )
     assert later.exit_code == 0, later.output
     assert "since the state was saved: funnel checkout: incompatible" in later.stderr

@@ -15,6 +15,7 @@ from streams.core.config.loader import load_config
 from streams.core.config.matching import compile_config
 from streams.kafka import ensure_topics
 from streams.settings import Settings
+from streams.tools.infra import LocalInfra
 from streams.tools.producer import clickstream_producer
 from streams.tools.worker_process import WorkerProcess
 from tests.helpers import event, read_topics
@@ -50,7 +51,7 @@ async def send(settings: Settings, bodies: list[dict[str, object]]) -> None:
 
 
 async def test_a_worker_restarted_on_an_edited_configuration(
-    settings: Settings, start_worker: Callable[..., WorkerProcess], tmp_path: Path, infra: object
+    settings: Settings, start_worker: Callable[..., WorkerProcess], tmp_path: Path, infra: LocalInfra
 ) -> None:
     config_a, config_b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     config_a.write_text(A)
@@ -63,7 +64,11 @@ async def test_a_worker_restarted_on_an_edited_configuration(
     first = start_worker("a", env={"CONVERSIONS_FUNNELS": str(config_a)})
     await send(
         settings,
-        [event("product_view", "10:00", "c1"), event("add_to_cart", "10:05", "c1"), event("trial_start", "10:00", "t1")],
+        [
+            event("product_view", "10:00", "c1"),
+            event("add_to_cart", "10:05", "c1"),
+            event("trial_start", "10:00", "t1"),
+        ],
     )
     before = await read_topics(settings, topics, expect=3, quiet_s=3)
     assert {(o["funnel"], o["step"], o["funnel_version"]) for o in before} == {
@@ -85,9 +90,12 @@ async def test_a_worker_restarted_on_an_edited_configuration(
     assert "the configuration differs from the one the journeys were written under" in second.log_text()
     assert "funnel trial: incompatible" in second.log_text()
 
-    redis = Redis.from_url(getattr(infra, "redis_url"))
+    redis = Redis.from_url(infra.redis_url)
     try:
-        keys = {k.decode().split("}:", 1)[1].split(":")[1] for k in await redis.keys(f"conv:{{{settings.app_id}:*}}:f:*")}
+        keys = {
+            (k.decode() if isinstance(k, bytes) else k).split("}:", 1)[1].split(":")[1]
+            for k in await redis.keys(f"conv:{{{settings.app_id}:*}}:f:*")
+        }
     finally:
         await redis.aclose()
     # each version's counts under its own keys: A's checkout history is not relabelled

@@ -429,6 +429,8 @@ class JourneyMachine:
         attempts = journey.attempts
         if attempts:
             self._reconcile(journey, out)
+        elif journey.versions:
+            journey.versions = []
         while True:
             due = self._earliest(journey)
             if due is None or due[0] >= now:

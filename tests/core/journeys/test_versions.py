@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.core.config.loader import parse_config
 from streams.core.config.matching import CompiledConfig, compile_config
@@ -36,9 +38,11 @@ def config(
     order: str = "sequential",
     extra: str = "",
 ) -> CompiledConfig:
+    matches = ["goal: purchase" if event == "purchase" else f"event: {event}" for _, event in steps]
     lines = "\n".join(
-        f"      - {{name: {step}, match: {{{'goal: purchase' if event == 'purchase' else 'event: ' + event}}}}}"
-        for step, event in steps
+        f"      - {{name: {step}, match: {{{match}}}}}"
+        for (step, _), match in zip(steps, matches, strict=True)
+        for (step, _), match in zip(steps, matches, strict=True)
     )
     return compile_config(
         parse_config(
@@ -88,7 +92,9 @@ def restart(
     first = Engine(a, store, 1, expected_sources=["s"])
     under_a = feed(first, before)
     first.flush()
-    second = Engine(b, store, 1, expected_sources=["s"], known=[f.definition for f in a.funnels if f.definition])
+    second = Engine(
+        b, store, 1, expected_sources=["s"], known=[f.definition for f in a.funnels if f.definition]
+    )
     second.rebuild_deadlines(0, list(store))
     under_b = feed(second, after)
     under_b += second.observe(0, "s", click("x", until).ts_ms)
@@ -131,7 +137,8 @@ def ledger(outputs: list[OutputEvent], funnel: str, steps: int) -> dict[str, dic
 def balanced(books: dict[str, dict[str, int]], open_now: dict[str, int] | None = None) -> bool:
     open_now = open_now or {}
     return all(
-        b["entered"] == b["completed"] + b["dropped"] + b["carried"] + open_now.get(v, 0) for v, b in books.items()
+        b["entered"] == b["completed"] + b["dropped"] + b["carried"] + open_now.get(v, 0)
+        for v, b in books.items()
     )
 
 
@@ -142,9 +149,19 @@ REST = [ev("shipping_details", "10:40"), ev("payment_details", "10:45"), ev("pur
 
 @pytest.mark.parametrize("change", ["renamed", "removed"])
 def test_a_funnel_renamed_or_removed_ends_its_attempts_and_recovery_does_not_crash(change: str) -> None:
-    b = config(name="checkout2") if change == "renamed" else config(name="other", steps=[("a", "x_a"), ("b", "x_b")])
+    b = (
+        config(name="checkout2")
+        if change == "renamed"
+        else config(name="other", steps=[("a", "x_a"), ("b", "x_b")])
+    )
     under_a, under_b = restart(A, b, AT_CART, REST)
-    assert funnel_rows(under_b)[0] == ("dropoff", "checkout", "cart", "definition_changed", A.funnels[0].version)
+    assert funnel_rows(under_b)[0] == (
+        "dropoff",
+        "checkout",
+        "cart",
+        "definition_changed",
+        A.funnels[0].version,
+    )
     # the renamed funnel opens attempts from its first step only: the purchase completes nothing
     assert all(row[1] != "checkout2" for row in funnel_rows(under_b))
     assert balanced(ledger(under_a + under_b, "checkout", 5))
@@ -152,7 +169,7 @@ def test_a_funnel_renamed_or_removed_ends_its_attempts_and_recovery_does_not_cra
 
 def test_steps_removed_past_the_attempts_step_end_it_at_that_step_with_no_crash_loop() -> None:
     b = config(steps=[FIVE[0], FIVE[1], FIVE[4]])
-    under_a, under_b = restart(A, b, AT_PAY, [ev("purchase", "10:50")])
+    _, under_b = restart(A, b, AT_PAY, [ev("purchase", "10:50")])
     rows = funnel_rows(under_b)
     assert rows == [("dropoff", "checkout", "pay", "definition_changed", A.funnels[0].version)]
     dropoff = under_b[[o.type for o in under_b].index("dropoff")].model_dump()
@@ -174,7 +191,9 @@ def test_one_step_removed_never_reads_the_old_steps_bit_as_the_new_step() -> Non
     b = config(steps=[FIVE[0], FIVE[1], FIVE[3], FIVE[4]])  # ship removed
     at_ship = [*AT_CART, ev("shipping_details", "10:10")]
     _, under_b = restart(A, b, at_ship, [ev("payment_details", "10:45"), ev("purchase", "10:50")])
-    assert funnel_rows(under_b) == [("dropoff", "checkout", "ship", "definition_changed", A.funnels[0].version)]
+    assert funnel_rows(under_b) == [
+        ("dropoff", "checkout", "ship", "definition_changed", A.funnels[0].version)
+    ]
 
 
 def test_one_step_removed_further_on_carries_an_attempt_that_is_before_it() -> None:
@@ -194,13 +213,17 @@ def test_two_steps_swapped_do_not_complete_a_path_b_says_is_invalid() -> None:
     b = config(steps=[FIVE[0], FIVE[1], FIVE[3], FIVE[2], FIVE[4]])  # pay before ship
     at_ship = [*AT_CART, ev("shipping_details", "10:10")]
     _, under_b = restart(A, b, at_ship, [ev("payment_details", "10:45"), ev("purchase", "10:50")])
-    assert funnel_rows(under_b) == [("dropoff", "checkout", "ship", "definition_changed", A.funnels[0].version)]
+    assert funnel_rows(under_b) == [
+        ("dropoff", "checkout", "ship", "definition_changed", A.funnels[0].version)
+    ]
 
 
 def test_a_step_inserted_ends_an_attempt_past_it_at_its_own_step_and_time() -> None:
     b = config(steps=[*FIVE[:2], ("gift", "gift_wrap"), *FIVE[2:]])
-    under_a, under_b = restart(A, b, AT_CART, REST)
-    assert funnel_rows(under_b) == [("dropoff", "checkout", "cart", "definition_changed", A.funnels[0].version)]
+    _, under_b = restart(A, b, AT_CART, REST)
+    assert funnel_rows(under_b) == [
+        ("dropoff", "checkout", "cart", "definition_changed", A.funnels[0].version)
+    ]
     dropoff = next(o for o in under_b if o.type == "dropoff")
     assert dropoff.timestamp == AT_CART[-1].timestamp  # at the cut-over: the journey's latest event
 
@@ -210,7 +233,10 @@ def test_a_step_renamed_continues_under_the_new_name_and_version() -> None:
     under_a, under_b = restart(A, b, AT_CART, REST)
     va, vb = A.funnels[0].version, b.funnels[0].version
     assert va != vb
-    assert funnel_rows(under_a) == [("micro", "checkout", "view", None, va), ("micro", "checkout", "cart", None, va)]
+    assert funnel_rows(under_a) == [
+        ("micro", "checkout", "view", None, va),
+        ("micro", "checkout", "cart", None, va),
+    ]
     carried = next(o for o in under_b if o.type == "carried").model_dump()
     assert (carried["step"], carried["previous_step"], carried["previous_version"], carried["reached"]) == (
         "basket",
@@ -242,13 +268,17 @@ def test_a_shortened_window_ends_the_attempt_at_the_cut_over_never_before_its_st
     dropoff = next(o for o in under_b if o.type == "dropoff")
     assert dropoff.reason == "definition_changed"  # type: ignore[attr-defined]
     assert dropoff.timestamp >= before[1].timestamp
-    assert funnel_rows(under_b) == [("dropoff", "checkout", "cart", "definition_changed", A.funnels[0].version)]
+    assert funnel_rows(under_b) == [
+        ("dropoff", "checkout", "cart", "definition_changed", A.funnels[0].version)
+    ]
 
 
 def test_scope_user_to_session_ends_open_attempts() -> None:
     b = config(scope="session")
     _, under_b = restart(A, b, AT_CART, REST)
-    assert funnel_rows(under_b) == [("dropoff", "checkout", "cart", "definition_changed", A.funnels[0].version)]
+    assert funnel_rows(under_b) == [
+        ("dropoff", "checkout", "cart", "definition_changed", A.funnels[0].version)
+    ]
 
 
 def test_an_unchanged_configuration_keeps_every_attempt_as_it_was() -> None:
@@ -300,3 +330,84 @@ def run_a(events: list[ClickEvent]) -> tuple[Journey, list[OutputEvent]]:
     out = feed(engine, events)
     engine.flush()
     return Journey.loads(store["u1"]), out
+
+
+CHANGES = {
+    "unchanged": config(),
+    "renamed_funnel": config(name="checkout2"),
+    "removed_past": config(steps=[FIVE[0], FIVE[1], FIVE[4]]),
+    "one_removed": config(steps=[FIVE[0], FIVE[1], FIVE[3], FIVE[4]]),
+    "swapped": config(steps=[FIVE[0], FIVE[1], FIVE[3], FIVE[2], FIVE[4]]),
+    "inserted": config(steps=[*FIVE[:2], ("gift", "gift_wrap"), *FIVE[2:]]),
+    "step_renamed": config(steps=[FIVE[0], ("basket", "add_to_cart"), *FIVE[2:]]),
+    "appended": config(steps=[*FIVE, ("review", "review")]),
+    "window": config(window="30m"),
+    "scope": config(scope="session"),
+}
+NAMES = [
+    "product_view",
+    "add_to_cart",
+    "shipping_details",
+    "payment_details",
+    "purchase",
+    "gift_wrap",
+    "review",
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    change=st.sampled_from(sorted(CHANGES)),
+    steps=st.lists(
+        st.tuples(st.sampled_from(NAMES), st.integers(0, 40), st.sampled_from(["u1", "u2"])), max_size=14
+    ),
+    cut=st.integers(0, 14),
+)
+def test_any_change_at_any_cut_over_settles_each_open_attempt_once(
+    change: str, steps: list[tuple[str, int, str]], cut: int
+) -> None:
+    b = CHANGES[change]
+    minute = 0
+    events = []
+    for name, gap, user in steps:
+        minute += gap
+        events.append(ev(name, f"{10 + minute // 60:02d}:{minute % 60:02d}", user))
+    before, after = events[:cut], events[cut:]
+    store: dict[str, bytes] = {}
+    first = Engine(A, store, 1, expected_sources=["s"])
+    under_a = feed(first, before)
+    first.flush()
+    open_at_cut = {
+        (identity, number)
+        for identity, raw in store.items()
+        for number in (attempt.number for attempt in Journey.loads(raw).attempts.values())
+    }
+    second = Engine(b, store, 1, expected_sources=["s"], known=[A.funnels[0].definition])  # type: ignore[list-item]
+    second.rebuild_deadlines(0, list(store))
+    under_b = feed(second, after) + second.observe(0, "s", click("x", "23:59").ts_ms)
+    second.flush()
+    settled = [
+        o
+        for o in under_b
+        if o.type == "carried" or (o.type == "dropoff" and o.reason == "definition_changed")  # type: ignore[attr-defined]
+    ]
+    changed = A.funnels[0].version != b.funnels[0].version
+    assert len(settled) == (len(open_at_cut) if changed else 0)
+    assert len({(o.identity, o.id) for o in settled}) == len(settled)
+    for o in under_b:
+        d = o.model_dump()
+        if d.get("funnel") == "checkout" and d.get("reason") != "definition_changed":
+            assert d["funnel_version"] == b.funnels[0].version  # nothing read under A's definition after
+            assert d["step"] == b.funnels[0].steps[d["step_index"]].name
+    assert balanced(ledger(under_a + under_b, "checkout", 5), open_now=_open_by_version(store))
+
+
+def _open_by_version(store: dict[str, bytes]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for raw in store.values():
+        journey = Journey.loads(raw)
+        for key, attempt in journey.attempts.items():
+            if key == "checkout":
+                version = journey.versions[attempt.version]
+                counts[version] = counts.get(version, 0) + 1
+    return counts
