@@ -42,7 +42,6 @@ def config(
     lines = "\n".join(
         f"      - {{name: {step}, match: {{{match}}}}}"
         for (step, _), match in zip(steps, matches, strict=True)
-        for (step, _), match in zip(steps, matches, strict=True)
     )
     return compile_config(
         parse_config(
