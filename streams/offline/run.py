@@ -77,6 +77,8 @@ class OfflineRun:
     lines: int = 0
     events: int = 0
     rejected: int = 0
+    unknown_fields: dict[str, int] = field(default_factory=dict)
+    """Top-level fields the contract does not have, by name, with the events that carried them."""
     screened: dict[str, int] = field(default_factory=dict)
     """Valid events not processed, by reason (bot, consent, erased)."""
 
@@ -101,6 +103,8 @@ class OfflineRun:
             latest_ms=self.latest_ms,
             enricher=self.enricher,
         )
+        for name, count in decoded.unknown_fields.items():
+            self.unknown_fields[name] = self.unknown_fields.get(name, 0) + count
         for reason, count in decoded.screened.items():
             self.screened[reason] = self.screened.get(reason, 0) + count
         latest = self._latest_ms

@@ -33,6 +33,7 @@ from typing import Any
 from zlib import crc32
 
 from streams.core.config.matching import CompiledConfig
+from streams.core.config.versions import Definition
 from streams.core.input.event import ClickEvent
 from streams.core.journeys.identity import (
     Forwarded,
@@ -82,8 +83,11 @@ class Engine:
         partitions: int,
         expected_sources: Iterable[str] = (),
         forwarding: bool = False,
+        known: Iterable[Definition] = (),
     ) -> None:
-        self.machine = JourneyMachine(config)
+        """`known`: the funnel versions state may have been written under (the store's registry,
+        `config.versions`), so attempts written under them are settled by their rules."""
+        self.machine = JourneyMachine(config, known)
         self.config = config
         self.store = store
         self.partitions = partitions
@@ -254,6 +258,30 @@ class Engine:
                 self._save(clock, journey)
             item = Forwarded(person, event.to_json_dict(), event.ts_ms)
         return out + self._send(partition, item, event)
+
+    def forget(self, identity: str) -> list[str]:
+        """Erase a person (`conversions forget`, not yet wired to Kafka): their journey with its
+        held items, and the link stubs of the anonymous ids merged into it; given an anonymous id
+        linked to a user, the user's journey too, since the anonymous history lives in it now.
+        The keys deleted (the flush writes their tombstones), none when nothing is known."""
+        journey = self.load(identity)
+        if journey is None:
+            return []
+        if journey.linked_to is not None:  # an anonymous id's stub: the person is the user
+            person = self.load(journey.linked_to)
+            deleted = [identity]
+            self._delete(identity)
+            return deleted + (self.forget(journey.linked_to) if person is not None else [])
+        deleted = [identity]
+        self._delete(identity)
+        for anonymous in dict.fromkeys([journey.anonymous_id, *journey.merged]):
+            if anonymous is None or anonymous == identity:
+                continue
+            stub = self.load(anonymous)
+            if stub is not None and stub.linked_to == identity:
+                self._delete(anonymous)
+                deleted.append(anonymous)
+        return deleted
 
     def accept(self, partition: int, body: object) -> Outputs:
         """An item another partition forwarded here (as `Item.encode` wrote it)."""

@@ -310,9 +310,18 @@ function drawHistogram(step) {
 
 // ---- channels and landing pages ---------------------------------------------------------
 
+const CHANNEL_DIMS = new Set(["channel", "landing_page", "audience.device", "audience.browser", "audience.os", "audience.country", "audience.language"]);
 const CHANNEL_LABELS = {
   channel: "channel",
   landing_page: "landing page",
+  "audience.device": "device",
+  "audience.browser": "browser",
+  "audience.os": "OS",
+  "audience.country": "country",
+  "audience.language": "language",
+  avg_session_duration_ms: "avg. session",
+  pages_per_session: "pages / session",
+  bounce_rate: "bounce rate",
   visitor_type: "visitors",
   sessions: "sessions",
   converting_sessions: "converting",
@@ -327,7 +336,9 @@ const CHANNEL_LABELS = {
 function channelCell(column, value) {
   if (value === null || value === undefined) return "–";
   if (column === "conversion_rate") return rate(value);
-  if (column === "avg_decision_time_ms") return duration(value);
+  if (column === "avg_decision_time_ms" || column === "avg_session_duration_ms") return duration(value);
+  if (column === "bounce_rate") return rate(value);
+  if (column === "pages_per_session") return value.toFixed(1);
   if (column === "micro_macro_ratio") return value.toFixed(1);
   if (column === "value") return number(Math.round(value));
   if (typeof value === "number") return number(value);
@@ -340,7 +351,7 @@ async function refreshChannels(live) {
   fillSelect($("channel-goal"), goals, goal);
   const dim = $("channel-dim").value;
   const split = $("channel-split").checked ? "visitor_type" : "";
-  const sort = panels.channelSort === "channel" || panels.channelSort === "landing_page" ? dim : panels.channelSort;
+  const sort = CHANNEL_DIMS.has(panels.channelSort) ? dim : panels.channelSort;
   const body = await getJSON(`/channels?${params({ window: state.window, dimension: dim, goal, split, sort, order: panels.channelOrder, limit: 50 })}`);
   const columns = body.columns;
   const head = el(
@@ -372,11 +383,11 @@ $("channel-table").addEventListener("click", (event) => {
   const th = event.target.closest("th[data-sort]");
   if (!th) return;
   const column = th.dataset.sort;
-  if (panels.channelSort === column || (column === $("channel-dim").value && (panels.channelSort === "channel" || panels.channelSort === "landing_page"))) {
+  if (panels.channelSort === column || (column === $("channel-dim").value && CHANNEL_DIMS.has(panels.channelSort))) {
     panels.channelOrder = panels.channelOrder === "desc" ? "asc" : "desc";
   } else {
     panels.channelSort = column;
-    panels.channelOrder = column === "channel" || column === "landing_page" || column === "visitor_type" ? "asc" : "desc";
+    panels.channelOrder = CHANNEL_DIMS.has(column) || column === "visitor_type" ? "asc" : "desc";
   }
   if (column === "visitor_type") panels.channelSort = "sessions";
   tick(true);
