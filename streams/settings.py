@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     """The agents take up to this many messages at a time: decoded, applied and written as one run."""
     agent_batch_window_s: float = Field(default=0.05, gt=0, le=5)
     """...waiting at most this long for them (latency added per hop when traffic is light)."""
+    ingest_isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
+    """How ingest reads the clickstream: `read_committed` never reads the records of a
+    transactional producer's aborted transactions (Kafka Connect, Flink or Kafka Streams sinks
+    with exactly-once), nor those of open transactions until they commit."""
     fetch_max_wait_ms: int = Field(default=100, ge=1, le=60_000)
     """How long a fetch may wait on the broker for data. Some brokers (Tansu) answer an empty
     fetch only at this deadline, however soon data arrives, which adds up to it to every hop."""

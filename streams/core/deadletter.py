@@ -19,6 +19,7 @@ def dead_letter(
     source_topic: str,
     source_partition: int | None,
     source_offset: int | None,
+    source_offset_last: int | None = None,
     timestamp: datetime,
     max_original_bytes: int = MAX_ORIGINAL_BYTES,
 ) -> DeadLetter:
@@ -43,4 +44,5 @@ def dead_letter(
         source_topic=source_topic,
         source_partition=source_partition,
         source_offset=source_offset,
+        source_offset_last=source_offset_last,
     )
