@@ -83,11 +83,7 @@ def test_a_batch_whose_codec_library_is_missing_is_skipped_whole(
     codec: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     compressed = record_batch([b"x" * 200, b"y", b"z"], codec, base_offset=1)
-    batches = (
-        record_batch([b"before"])
-        + compressed
-        + record_batch([b"after"], base_offset=4)
-    )
+    batches = record_batch([b"before"]) + compressed + record_batch([b"after"], base_offset=4)
     monkeypatch.setattr(aiokafka.codec, "cramjam", None)  # as if it were not installed
     records = fetched(batches)
     assert [(r.offset, r.value) for r in records if undecodable(r) is None] == [(0, b"before"), (4, b"after")]
