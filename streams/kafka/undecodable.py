@@ -44,9 +44,9 @@ from aiokafka.record.legacy_records import LegacyRecordBatch
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import ConsumerRecord
 
-from streams.core.deadletter import dead_letter
-from streams.core.events import Rejection, RejectReason
-from streams.core.outputs import DeadLetter, OutputEvent
+from streams.core.input.deadletter import dead_letter
+from streams.core.input.rejection import Rejection, RejectReason
+from streams.core.records.outputs import DeadLetter, OutputEvent
 from streams.kafka.clients import new_producer
 from streams.metrics import Metrics
 from streams.ports import Publisher

@@ -16,7 +16,7 @@ from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainErro
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from streams.core.matching import CompiledConfig
+from streams.core.config.matching import CompiledConfig
 from streams.metrics import Metrics
 from streams.ports import AlertReader, CounterReader, ExperimentReader
 from streams.web import analysis, views

@@ -12,10 +12,10 @@ from datetime import datetime
 from importlib import resources
 from typing import Any
 
-from streams.core.counters import bucket_of
-from streams.core.durations import parse_duration_ms
-from streams.core.events import to_epoch_ms
-from streams.core.matching import CompiledConfig
+from streams.core.config.durations import parse_duration_ms
+from streams.core.config.matching import CompiledConfig
+from streams.core.input.event import to_epoch_ms
+from streams.core.measures.counters import bucket_of
 from streams.errors import ConversionsError, QueryTooLarge
 from streams.ports import AlertReader, CounterReader
 
