@@ -83,9 +83,13 @@ class Settings(BaseSettings):
     create_topics: bool = True
 
     max_message_bytes: int = Field(default=1_000_000, ge=1_024)
-    output_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    output_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "gzip"
     """Codec of the record batches the engine writes (outputs, repartitioned events, changelog).
-    Every codec is read whatever this says; `make bench` measures each (bench/README)."""
+    Every codec is read whatever this says. gzip by default, from `python -m bench.compression`
+    (bench/results/compression.json): the outputs take 6.1x fewer bytes than uncompressed
+    (zstd 6.0x, lz4 4.5x, snappy 3.9x) at no throughput or CPU cost measurable beside the noise
+    (203-219 us of worker CPU per event for every codec), and gzip is the one codec every Kafka
+    client reads without an optional library (aiokafka without cramjam reads gzip only)."""
     max_batch_events: int = Field(default=10_000, ge=1)
     # events stamped further than this ahead of the wall clock are dead-lettered
     max_future_skew_s: int = Field(default=3_600, ge=0)

@@ -184,7 +184,8 @@ class _GuardedRecords:
     """aiokafka's record reader over one fetched partition's bytes, each batch decoded before it
     is handed on, a batch that fails replaced by an `_UndecodedBatch`."""
 
-    def __init__(self, raw: bytes, fetch_offset: int) -> None:
+    def __init__(self, raw: bytes, fetch_offset: int, tp: TopicPartition | None = None) -> None:
+        self.tp = tp
         self._raw = memoryview(raw)
         self._pos = 0
         self._fetch_offset = fetch_offset
@@ -276,7 +277,9 @@ def _guard(partition_records: Any) -> None:
     raw = partition_records._records
     iterator = partition_records._records_iterator
     if isinstance(raw, RawRecords) and inspect.getgeneratorstate(iterator) == inspect.GEN_CREATED:
-        partition_records._records = _GuardedRecords(raw.raw, partition_records.next_fetch_offset)
+        partition_records._records = _GuardedRecords(
+            raw.raw, partition_records.next_fetch_offset, partition_records._tp
+        )
 
 
 class GuardedConsumer(AIOKafkaConsumer):  # type: ignore[misc]
