@@ -74,6 +74,7 @@ class OfflineRun:
     lines: int = 0
     events: int = 0
     rejected: int = 0
+    """Dead letters written: the lines' rejections and the events the engine refused (late)."""
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.config, self.store, self.partitions, expected_sources=[self.source])
@@ -134,7 +135,11 @@ class OfflineRun:
                 )
         for event in events:
             self.events += 1
-            out.extend(self.engine.process(event))
+            produced = self.engine.process(event)
+            if produced:
+                # the engine refuses some events too (late_event): they are rejected as well
+                self.rejected += sum(1 for output in produced if output.type == "deadletter")
+                out.extend(produced)
         self._latest_ms = after
         if after is not None:
             out += self._observe(after)
