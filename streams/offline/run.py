@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from streams.core.config.matching import CompiledConfig
-from streams.core.input.deadletter import dead_letter
+from streams.core.input.deadletter import dead_letter, placed
 from streams.core.input.decode import decode_message
 from streams.core.input.event import ClickEvent, from_epoch_ms
 from streams.core.input.rejection import Rejection
@@ -138,7 +138,10 @@ class OfflineRun:
             produced = self.engine.process(event)
             if produced:
                 # the engine refuses some events too (late_event): they are rejected as well
-                self.rejected += sum(1 for output in produced if output.type == "deadletter")
+                refused = sum(1 for output in produced if output.type == "deadletter")
+                if refused:
+                    self.rejected += refused
+                    produced = placed(produced, self.source, None, line)
                 out.extend(produced)
         self._latest_ms = after
         if after is not None:

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from streams.core.input.rejection import Rejection
 from streams.core.records.ids import output_id
-from streams.core.records.outputs import DeadLetter
+from streams.core.records.outputs import DeadLetter, OutputEvent
 
 MAX_ORIGINAL_BYTES = 256 * 1024
 
@@ -46,3 +46,18 @@ def dead_letter(
         source_offset=source_offset,
         source_offset_last=source_offset_last,
     )
+
+
+def placed(
+    outputs: list[OutputEvent], topic: str, partition: int | None, offset: int | None
+) -> list[OutputEvent]:
+    """The outputs of one event, its dead letters (an event the engine refused: `late_event`)
+    given the source position the engine does not know: where the event was read."""
+    return [
+        output.model_copy(
+            update={"source_topic": topic, "source_partition": partition, "source_offset": offset}
+        )
+        if isinstance(output, DeadLetter) and output.source_topic is None
+        else output
+        for output in outputs
+    ]
