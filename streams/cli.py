@@ -13,7 +13,7 @@ from streams.core.config.loader import ConfigError, load_config
 from streams.core.config.matching import CompiledConfig, compile_config
 from streams.core.config.model import FunnelConfig
 from streams.logging_setup import setup_logging
-from streams.settings import DEFAULT_FUNNELS, Settings, SettingsError, load_settings
+from streams.settings import Settings, SettingsError, load_settings
 
 
 def _fail(message: str) -> NoReturn:
@@ -58,7 +58,7 @@ def check_config(path: Path) -> None:
     config = _config(path)
     click.echo(
         f"{path}: OK ({len(config.goals)} goals, {len(config.funnels)} funnels, "
-        f"{len(config.micro)} micro, {len(config.alerts)} alerts)"
+        f"{len(config.micro)} micro, {len(config.alerts)} alerts, {len(config.experiments)} experiments)"
     )
 
 
@@ -67,9 +67,8 @@ def check_config(path: Path) -> None:
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_FUNNELS,
-    show_default=True,
-    help="Funnel configuration (YAML).",
+    default=None,
+    help="Funnel configuration (YAML); default: CONVERSIONS_FUNNELS or the example.",
 )
 @click.option(
     "--input",
@@ -104,7 +103,7 @@ def check_config(path: Path) -> None:
     "written sorted by event time, then id.",
 )
 def process(
-    config_path: Path,
+    config_path: Path | None,
     input_path: str,
     partitions: int | None,
     flush: bool,
@@ -115,8 +114,15 @@ def process(
     from streams.offline.run import OfflineRun, open_input
     from streams.progress import line_progress
 
-    config = compile_config(_config(config_path))
     settings = _settings()
+    config = compile_config(_config(config_path or settings.funnels))
+    if input_path != "-" and not Path(input_path).is_file():
+        _fail(f"--input {input_path}: no such file (give an NDJSON file, or - for stdin)")
+    if input_path == "-" and sys.stdin.isatty():
+        click.echo(
+            "reading events from stdin (NDJSON, one per line; Ctrl-D ends); --input FILE reads a file",
+            err=True,
+        )
     latest_ms = settings.latest_accepted_ms()
     if workers > 1:
         from streams.offline.parallel import Job, run_parallel
@@ -134,6 +140,7 @@ def process(
         )
         totals = run_parallel(job, sys.stdout.buffer)
         counts = (totals.lines, totals.events, totals.rejected)
+        unknown = totals.unknown_fields
     else:
         run = OfflineRun(
             config,
@@ -147,15 +154,35 @@ def process(
         with open_input(input_path) as stream, line_progress(stream, input_path, show) as lines:
             run.write(lines, sys.stdout.buffer, flush=flush)
         counts = (run.lines, run.events, run.rejected)
+        unknown = run.unknown_fields
     sys.stdout.buffer.flush()
     click.echo("{} lines, {} events, {} rejected".format(*counts), err=True)
+    if unknown:
+        named = ", ".join(f"{name!a} ({count})" for name, count in sorted(unknown.items())[:20])
+        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+        click.echo(f"fields the contract does not have, ignored: {named}{more}", err=True)
+
+
+_partitions = click.option(
+    "--partitions",
+    type=int,
+    default=None,
+    help="Partitions of the internal and output topics (default: CONVERSIONS_PARTITIONS, 4).",
+)
+_app_id = click.option(
+    "--app-id",
+    default=None,
+    help="Consumer groups, changelog and counter keys are named after it (default: CONVERSIONS_APP_ID).",
+)
 
 
 @main.command()
 @_worker_funnels
-@click.option("--partitions", type=int, default=None)
-@click.option("--web-port", type=int, default=None)
-@click.option("--app-id", default=None)
+@_partitions
+@click.option(
+    "--web-port", type=int, default=None, help="The web server's port (default: CONVERSIONS_WEB_PORT)."
+)
+@_app_id
 def worker(funnels: Path | None, partitions: int | None, web_port: int | None, app_id: str | None) -> None:
     """Run a worker against KAFKA_BOOTSTRAP_SERVERS (see `conversions demo` for a local one)."""
     settings = _settings(funnels=funnels, partitions=partitions, web_port=web_port, app_id=app_id)
@@ -173,8 +200,8 @@ def worker(funnels: Path | None, partitions: int | None, web_port: int | None, a
 
 @main.command()
 @_worker_funnels
-@click.option("--partitions", type=int, default=None)
-@click.option("--app-id", default=None)
+@_partitions
+@_app_id
 @click.option(
     "--metrics-port",
     type=click.IntRange(min=0, max=65535),
@@ -220,10 +247,37 @@ def schemas(check: bool) -> None:
         click.echo(f"wrote {path}")
 
 
+@main.command("docs-reference")
+@click.option("--check", is_flag=True, help="Exit 1 if a committed reference page differs from the code.")
+def docs_reference(check: bool) -> None:
+    """Write the docs site's generated reference pages (docs/reference/) from the code."""
+    from streams.tools import docs_reference as reference
+
+    if check:
+        drifted = reference.drift(main)
+        if drifted:
+            click.secho(
+                f"docs reference out of date: {', '.join(drifted)} (run `conversions docs-reference`)",
+                fg="red",
+                err=True,
+            )
+            sys.exit(1)
+        click.echo("docs reference up to date")
+        return
+    for path in reference.write(main):
+        click.echo(f"wrote {path}")
+
+
 @main.command()
-@click.option("--users", type=int, default=1_000, show_default=True)
-@click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--days", type=float, default=7.0, show_default=True)
+@click.option("--users", type=int, default=1_000, show_default=True, help="People visiting the shop.")
+@click.option(
+    "--seed",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Random seed: one seed, one traffic.",
+)
+@click.option("--days", type=float, default=7.0, show_default=True, help="Simulated days of history.")
 @click.option(
     "--bad-rate", type=float, default=0.0, show_default=True, help="Share of extra malformed events mixed in."
 )
@@ -327,7 +381,8 @@ def report(
     experiment: str | None,
     as_json: bool,
 ) -> None:
-    """A funnel's step counts and rates, or an experiment's decision, from the Redis counters."""
+    """A funnel's step counts and rates, or an experiment's decision, from the Redis counters:
+    needs REDIS_URL (the workers' Redis) and the workers' CONVERSIONS_APP_ID and funnels."""
     import asyncio
     from datetime import datetime
 

@@ -75,6 +75,8 @@ class OfflineRun:
     events: int = 0
     rejected: int = 0
     """Dead letters written: the lines' rejections and the events the engine refused (late)."""
+    unknown_fields: dict[str, int] = field(default_factory=dict)
+    """Top-level fields the contract does not have, by name, with the events that carried them."""
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.config, self.store, self.partitions, expected_sources=[self.source])
@@ -95,6 +97,8 @@ class OfflineRun:
             max_batch=self.max_batch_events,
             latest_ms=self.latest_ms,
         )
+        for name, count in decoded.unknown_fields.items():
+            self.unknown_fields[name] = self.unknown_fields.get(name, 0) + count
         latest = self._latest_ms
         for event in decoded.events:
             latest = event.ts_ms if latest is None or event.ts_ms > latest else latest

@@ -92,6 +92,15 @@ class Ingest:
             )
             if decoded.ignored:  # valid, nothing for the engine: Segment's group calls
                 self.metrics.ignored.labels(decoded.format).inc(decoded.ignored)
+            if decoded.unknown_fields:
+                for name in self.metrics.count_unknown_fields(decoded.unknown_fields):
+                    log.warning(
+                        "events on %s[%d] carry a field the contract does not have, %s: ignored, and "
+                        "counted in conversions_unknown_fields_total (a typo of a contract field?)",
+                        message.topic,
+                        message.partition,
+                        ascii(name),
+                    )
             if decoded.rejects:
                 await self._dead_letter(decoded.rejects, message)
             self.metrics.events_in.inc(len(decoded.events))

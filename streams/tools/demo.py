@@ -231,7 +231,7 @@ def _run_demo(settings: Settings, traffic: LiveTraffic, seconds: float | None, v
                 console.print(f"the simulated shop clock runs {traffic.speed:g}x faster than real time")
             stats = asyncio.run(_run(live_settings, traffic, seconds, dashboard, collector_url))
         finally:
-            console.print("[bold]stopping[/] worker, broker and Redis ...")
+            console.print("\n[bold]stopping[/] worker, broker and Redis ...")  # below the live summary line
             worker.stop()
         errors = worker.error_lines()
         if errors:

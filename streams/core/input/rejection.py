@@ -48,4 +48,7 @@ class Decoded:
     rejects: list[Rejection] = field(default_factory=list)
     ignored: int = 0
     """Valid input that carries nothing for the engine (a Segment `group` call), counted."""
+    unknown_fields: dict[str, int] = field(default_factory=dict)
+    """Top-level fields of valid contract events that the contract does not have, by name: the
+    events are processed without them (a typo such as `propertys` is counted and named)."""
     format: str = "contract"
