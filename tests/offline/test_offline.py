@@ -141,4 +141,7 @@ def test_the_rejected_count_is_the_dead_letters_written(tmp_path: Path) -> None:
         records = [orjson.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
         letters = sorted(r["reason"] for r in records if r["type"] == "deadletter")
         assert letters == ["invalid_event", "invalid_json", "late_event"], extra
+        # each where it came from: the line number, the late one's too
+        lines_of = {r["reason"]: r["source_offset"] for r in records if r["type"] == "deadletter"}
+        assert lines_of == {"late_event": 2, "invalid_json": 3, "invalid_event": 4}
         assert "3 rejected" in result.stderr, (extra, result.stderr)
