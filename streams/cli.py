@@ -589,18 +589,20 @@ def infra(redis_cluster: bool) -> None:
     import contextlib
     import time
 
-    from streams.tools.infra import InfraError, LocalInfra
+    from streams.tools.infra import InfraError, LocalInfra, stopped_by_signals
     from streams.tools.redis_cluster import LocalRedisCluster
 
     setup_logging("INFO")
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(stopped_by_signals())
             cluster = stack.enter_context(LocalRedisCluster()) if redis_cluster else None
             local = stack.enter_context(LocalInfra(redis_url=cluster.url if cluster else None))
             redis_url = cluster.url if cluster else local.redis_url
             addresses = {"KAFKA_BOOTSTRAP_SERVERS": local.kafka_bootstrap, "REDIS_URL": redis_url}
             click.echo(orjson.dumps(addresses).decode())
             click.echo(f"export KAFKA_BOOTSTRAP_SERVERS={local.kafka_bootstrap} REDIS_URL={redis_url}")
+            sys.stdout.flush()
             try:
                 while True:
                     time.sleep(3600)

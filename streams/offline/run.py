@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 from streams.core.config.matching import CompiledConfig
 from streams.core.input.audience import EnrichmentSpec
-from streams.core.input.deadletter import dead_letter
+from streams.core.input.deadletter import dead_letter, placed
 from streams.core.input.decode import decode_message
 from streams.core.input.event import ClickEvent, from_epoch_ms
 from streams.core.input.rejection import Rejection
@@ -77,6 +77,7 @@ class OfflineRun:
     lines: int = 0
     events: int = 0
     rejected: int = 0
+    """Dead letters written: the lines' rejections and the events the engine refused (late)."""
     unknown_fields: dict[str, int] = field(default_factory=dict)
     """Top-level fields the contract does not have, by name, with the events that carried them."""
     screened: dict[str, int] = field(default_factory=dict)
@@ -147,7 +148,14 @@ class OfflineRun:
                 )
         for event in events:
             self.events += 1
-            out.extend(self.engine.process(event))
+            produced = self.engine.process(event)
+            if produced:
+                # the engine refuses some events too (late_event): they are rejected as well
+                refused = sum(1 for output in produced if output.type == "deadletter")
+                if refused:
+                    self.rejected += refused
+                    produced = placed(produced, self.source, None, line)
+                out.extend(produced)
         self._latest_ms = after
         if after is not None:
             out += self._observe(after)

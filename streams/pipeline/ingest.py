@@ -156,6 +156,11 @@ class Ingest:
         # partition could learn a watermark before receiving the events it covers.
         self._source_watermarks.update(watermarks)
 
+    def skipped(self, source: str, next_offset: int) -> None:
+        """Offsets up to `next_offset` of the source were dealt with outside a run (an
+        undecodable batch, dead-lettered)."""
+        self._handled_next[source] = max(self._handled_next.get(source, 0), next_offset)
+
     def carrying(self) -> bool:
         """Whether messages were held back for the next run."""
         return any(self._carried.values())

@@ -34,9 +34,10 @@ from pydantic import ValidationError
 
 from streams.core.config.model import FunnelConfig
 from streams.core.config.versions import Definition, config_fingerprint, diff_configs
+from streams.core.input.deadletter import placed
 from streams.core.input.event import ClickEvent
 from streams.core.input.rejection import Rejection
-from streams.core.input.repartition import PendingBatch, RepartitionBatch
+from streams.core.input.repartition import PendingBatch, RepartitionBatch, source_of
 from streams.core.journeys.engine import Engine
 from streams.core.journeys.identity import forwarder_source, is_forwarder
 from streams.core.journeys.markers import (
@@ -118,6 +119,7 @@ class Journeys:
                 continue  # redelivered (ingest or journeys crashed): already in the table
             produced = outputs[partition]
             forwarded = is_forwarder(batch.source)
+            source_position = None if forwarded else source_of(batch.source)
             for item, offset in zip(batch.events, batch.event_offsets(), strict=True):
                 if offset is not None and offset <= applied:
                     continue  # applied before, in a batch gathered differently
@@ -132,7 +134,10 @@ class Journeys:
                         [Rejection("invalid_event", str(exc), orjson.dumps(item))], message
                     )
                     continue
-                produced.extend(self.engine.process(click, partition))
+                refused_or_not = self.engine.process(click, partition)
+                if refused_or_not and source_position is not None:
+                    refused_or_not = placed(refused_or_not, *source_position, offset)
+                produced.extend(refused_or_not)
             for target, forward in self.engine.outbox:
                 forwards.setdefault((partition, target), PendingBatch()).add(
                     [forward.encode()], message.offset, 0

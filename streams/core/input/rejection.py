@@ -20,6 +20,11 @@ RejectReason = Literal[
     "late_event",
     "future_timestamp",
     "invalid_tsv",
+    # a Kafka record batch the client could not decode (`kafka.undecodable`)
+    "unsupported_codec",
+    "crc_mismatch",
+    "corrupt_batch",
+    "truncated_batch",
 ]
 
 

@@ -341,6 +341,8 @@ class DeadLetter(OutputEvent):
     source_topic: str | None = None
     source_partition: int | None = None
     source_offset: int | None = None
+    source_offset_last: int | None = None
+    """The last offset of a whole record batch dead-lettered (it could not be decoded)."""
 
 
 AnyOutput = Annotated[
