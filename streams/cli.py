@@ -614,3 +614,26 @@ def infra(redis_cluster: bool) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@main.command()
+@click.option("--user-id", default=None, help="The user id to erase.")
+@click.option("--anonymous-id", default=None, help="The anonymous id to erase.")
+def forget(user_id: str | None, anonymous_id: str | None) -> None:
+    """Erase a person: the workers delete their journey and link stubs, and drop their events
+    stamped before now; an `erasure` record goes to the erasures topic (docs/howto/erase-a-person.md)."""
+    import asyncio
+
+    from streams.kafka import ensure_topics
+    from streams.kafka.erasures import forget as record_erasure
+
+    if not user_id and not anonymous_id:
+        _fail("give --user-id, --anonymous-id or both")
+    settings = _settings()
+
+    async def run() -> Any:
+        await ensure_topics(settings)
+        return await record_erasure(settings, user_id=user_id, anonymous_id=anonymous_id)
+
+    record = asyncio.run(run())
+    click.echo(f"erasure {record.id} recorded at {record.timestamp.isoformat()}")

@@ -38,6 +38,9 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.erasures = Counter(
+            "conversions_erasures", "Erased ids read from the erasures topic (each worker)", registry=r
+        )
         self.bots = Counter(
             "conversions_bot_events",
             "Clickstream events of known bots (by user agent), excluded or not",

@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     topic_experiments: str = "conversions.experiments"
     """Output: experiments' state at each decision change."""
     topic_deadletter: str = "clickstream.deadletter"
+    topic_erased: str = "privacy.erased"
+    """Compacted: each erased user or anonymous id with the moment of its erasure, read by ingest."""
+    topic_erasures: str = "privacy.erasures"
+    """An `erasure` record per person erased, for downstream consumers."""
     """Output: every input that could not be used, with the reason."""
     partitions: int = Field(default=4, ge=1, le=1024)
     """Partitions of the internal and output topics and of the journeys table (how many workers

@@ -260,7 +260,7 @@ class Engine:
         return out + self._send(partition, item, event)
 
     def forget(self, identity: str) -> list[str]:
-        """Erase a person (`conversions forget`, not yet wired to Kafka): their journey with its
+        """Erase a person (`conversions forget`, `streams.kafka.erasures`): their journey with its
         held items, and the link stubs of the anonymous ids merged into it; given an anonymous id
         linked to a user, the user's journey too, since the anonymous history lives in it now.
         The keys deleted (the flush writes their tombstones), none when nothing is known."""

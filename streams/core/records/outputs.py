@@ -345,6 +345,15 @@ class DeadLetter(OutputEvent):
     """The last offset of a whole record batch dead-lettered (it could not be decoded)."""
 
 
+class Erasure(OutputEvent):
+    """A person erased (`conversions forget`), on its own topic (`privacy.erasures`) for downstream
+    consumers to erase their copies; `timestamp` is the moment of the erasure: the person's events
+    stamped at or before it are not processed any more."""
+
+    type: Literal["erasure"] = "erasure"
+    requested_by: str = "cli"
+
+
 AnyOutput = Annotated[
     MicroConversion
     | MacroConversion

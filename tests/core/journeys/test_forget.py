@@ -3,8 +3,8 @@ stubs of their anonymous ids (the store's deletes are the changelog's tombstones
 the enricher's erased ids screen the person's events stamped before the erasure, so a replay of
 their old raw events does not bring them back while later events start a new journey.
 
-Not yet wired to Kafka: `conversions forget`, `POST /privacy/forget` and the erased-ids topic
-(docs/howto/erase-a-person.md says what exists)."""
+The Kafka path (`conversions forget`, the compacted topic, a restart) is
+tests/pipeline/test_erasure.py."""
 
 from __future__ import annotations
 
