@@ -129,6 +129,8 @@ def process(
             workers=workers,
             max_message_bytes=settings.max_message_bytes,
             max_batch_events=settings.max_batch_events,
+            max_nesting=settings.max_nesting,
+            breakdown_cap=settings.breakdown_cap,
             latest_ms=latest_ms,
             flush=flush,
         )
@@ -142,6 +144,8 @@ def process(
             max_message_bytes=settings.max_message_bytes,
             latest_ms=latest_ms,
             max_batch_events=settings.max_batch_events,
+            max_nesting=settings.max_nesting,
+            breakdown_cap=settings.breakdown_cap,
         )
         show = sys.stderr.isatty() if progress is None else progress
         with open_input(input_path) as stream, line_progress(stream, input_path, show) as lines:

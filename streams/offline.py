@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from streams.core.alerts import MINUTE_MS, AlertEvaluator
+from streams.core.cardinality import BREAKDOWN_CAP
 from streams.core.deadletter import dead_letter
 from streams.core.engine import Engine
-from streams.core.events import ClickEvent, Rejection, decode_message, from_epoch_ms
+from streams.core.events import MAX_NESTING, ClickEvent, Rejection, decode_message, from_epoch_ms
 from streams.core.experiments import ExperimentEvaluator
 from streams.core.matching import CompiledConfig
 from streams.core.outputs import OutputEvent
@@ -30,10 +31,10 @@ class Judges:
     """The alert and experiment evaluators, fed as offline mode feeds them: after each line, that
     line's microconversions, then the line's event time less the late tolerance."""
 
-    def __init__(self, config: CompiledConfig) -> None:
+    def __init__(self, config: CompiledConfig, breakdown_cap: int = BREAKDOWN_CAP) -> None:
         self.late_tolerance = config.late_tolerance
-        self.alerts = AlertEvaluator(config)
-        self.experiments = ExperimentEvaluator(config)
+        self.alerts = AlertEvaluator(config, by_cap=breakdown_cap)
+        self.experiments = ExperimentEvaluator(config, max_variants=breakdown_cap)
         self.evaluators: list[AlertEvaluator | ExperimentEvaluator] = [
             e for e in (self.alerts, self.experiments) if e.active
         ]
@@ -64,6 +65,8 @@ class OfflineRun:
     source: str = "offline"
     max_message_bytes: int = 1_000_000
     max_batch_events: int = 10_000
+    max_nesting: int = MAX_NESTING
+    breakdown_cap: int = BREAKDOWN_CAP
     latest_ms: int | None = None  # events stamped later are refused, as `max_future_skew_s` does on Kafka
     store: dict[str, bytes] = field(default_factory=dict)
     cache_journeys: int = 20_000
@@ -75,7 +78,7 @@ class OfflineRun:
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.config, self.store, self.partitions, expected_sources=[self.source])
-        self.judges = Judges(self.config)
+        self.judges = Judges(self.config, self.breakdown_cap)
         self.alerts = self.judges.alerts
         self.experiments = self.judges.experiments
         self._latest_ms: int | None = None
@@ -90,6 +93,7 @@ class OfflineRun:
             line.rstrip(b"\r\n"),
             max_bytes=self.max_message_bytes,
             max_batch=self.max_batch_events,
+            max_nesting=self.max_nesting,
             latest_ms=self.latest_ms,
         )
         latest = self._latest_ms

@@ -51,7 +51,8 @@ from zlib import crc32
 
 import orjson
 
-from streams.core.events import ClickEvent, Decoded, Rejection, decode_message
+from streams.core.cardinality import BREAKDOWN_CAP
+from streams.core.events import MAX_NESTING, ClickEvent, Decoded, Rejection, decode_message
 from streams.core.formats.detect import JSON_OPENERS, looks_like_segment, looks_like_tsv
 from streams.core.identity import IdentityRules
 from streams.core.matching import CompiledConfig
@@ -95,6 +96,8 @@ class Job:
     workers: int
     max_message_bytes: int = 1_000_000
     max_batch_events: int = 10_000
+    max_nesting: int = MAX_NESTING
+    breakdown_cap: int = BREAKDOWN_CAP
     latest_ms: int | None = None
     flush: bool = False
     tmpdir: str = ""
@@ -160,7 +163,11 @@ def _decoded_keys(raw: bytes, rules: IdentityRules, job: Job) -> tuple[list[str]
 
 def _decode(raw: bytes, job: Job) -> Decoded:
     return decode_message(
-        raw, max_bytes=job.max_message_bytes, max_batch=job.max_batch_events, latest_ms=job.latest_ms
+        raw,
+        max_bytes=job.max_message_bytes,
+        max_batch=job.max_batch_events,
+        latest_ms=job.latest_ms,
+        max_nesting=job.max_nesting,
     )
 
 
@@ -307,6 +314,8 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router) -> Non
         source=job.source,
         max_message_bytes=job.max_message_bytes,
         max_batch_events=job.max_batch_events,
+        max_nesting=job.max_nesting,
+        breakdown_cap=job.breakdown_cap,
         latest_ms=job.latest_ms,
     )
     runs = _Runs(job.tmpdir, f"w{index}", job.run_outputs)
@@ -451,7 +460,7 @@ def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
     for conn in conns:
         conn.send(roots)
 
-    judges = Judges(job.config)
+    judges = Judges(job.config, job.breakdown_cap)
     judged: list[OutputEvent] = []
     latest = _NONE  # the file's event time after the lines gathered so far
     waiting: deque[tuple[int, int, array[int], list[bool]]] = deque()  # blocks to judge, in order

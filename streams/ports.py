@@ -55,10 +55,14 @@ class CounterReader(Protocol):
     async def recent_macros(self) -> list[dict[str, Any]]: ...
 
     async def funnel_report(
-        self, funnel: CompiledFunnel, start_ms: int, end_ms: int, by: str | None = None
-    ) -> FunnelReport: ...
+        self, funnel: CompiledFunnel, start_ms: int, end_ms: int, by: str | None = None, cap: int = ...
+    ) -> FunnelReport:
+        """The funnel's steps, and `by` a breakdown: its `cap` largest values and `(other)`."""
 
-    async def goals_report(self, goals: list[str], start_ms: int, end_ms: int) -> dict[str, Any]: ...
+    async def goals_report(
+        self, goals: list[str], start_ms: int, end_ms: int, cap: int = ...
+    ) -> dict[str, Any]:
+        """The goals; their and the sessions' `by` counts at most `cap` values per dimension."""
 
     async def read_grids(
         self, family: str, fields: Sequence[str], grids: Sequence[tuple[int, int, int]]

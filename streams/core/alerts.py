@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from streams.core.cardinality import BREAKDOWN_CAP, OTHER, Admitted
 from streams.core.config import AlertRule
 from streams.core.durations import format_duration_ms
 from streams.core.events import from_epoch_ms, to_epoch_ms
@@ -80,6 +81,8 @@ class _Rule:
     still firing)."""
     excluded: dict[int, frozenset[ByValues]] = field(default_factory=dict)
     """Per minute already in the baseline: the by values whose cells it skipped."""
+    admitted: Admitted[ByValues] = field(default_factory=lambda: Admitted(BREAKDOWN_CAP, ()))
+    """The by values judged on their own (streams/core/cardinality.py); the rest as `(other)`."""
 
     def __post_init__(self) -> None:
         rule = self.rule
@@ -212,13 +215,17 @@ def look_level(rule: AlertRule) -> float:
 
 
 class AlertEvaluator:
-    def __init__(self, config: CompiledConfig) -> None:
+    def __init__(self, config: CompiledConfig, by_cap: int = BREAKDOWN_CAP) -> None:
+        """`by_cap`: per rule, the first this many distinct `by` values are judged on their own,
+        later ones together as `(other)` (values come from clients: bounded state and alerts)."""
         self.config = config
+        self.by_cap = by_cap
         self._rules: list[_Rule] = []
         for i, rule in enumerate(config.source.alerts):
             funnel = config.funnels_by_name[rule.funnel]
             step_index = [s.name for s in funnel.steps].index(rule.step)
             self._rules.append(_Rule(i, rule, step_index))
+            self._rules[-1].admitted = Admitted(by_cap, tuple(OTHER for _ in rule.by))
         self._evaluated_to: int | None = None
         self.ignored_late = 0
         self._ids: dict[int, set[str]] = {}
@@ -284,7 +291,7 @@ class AlertEvaluator:
             position = step_index - (state.step_index - 1)
             if position not in (0, 1):
                 continue
-            by = tuple(breakdowns.get(dim) for dim in state.rule.by)
+            by = state.admitted(tuple(breakdowns.get(dim) for dim in state.rule.by))
             cell = state.counts[minute].setdefault(by, [0, 0])
             cell[position] += times
 

@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -27,6 +28,8 @@ _fromtimestamp = datetime.fromtimestamp
 EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_TIMESTAMP = datetime(2100, 1, 1, tzinfo=UTC)
 MAX_NESTING = 16
+"""The default of `CONVERSIONS_MAX_NESTING`: how deep `context` and `properties` may nest. Every
+decoder takes it as `max_nesting` (ingest, offline, the collector), so one setting is the limit."""
 PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
 
 RejectReason = Literal[
@@ -207,9 +210,12 @@ class ClickEvent(BaseModel):
 
     @field_validator("context", "properties")
     @classmethod
-    def _shallow_enough(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if not _shallow(value) and nesting_depth(value, MAX_NESTING) > MAX_NESTING:
-            raise ValueError(f"nested deeper than {MAX_NESTING} levels")
+    def _shallow_enough(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # the limit comes with input being decoded (`nesting_limit`); an event the engine
+        # re-reads from its own topics was checked when it came in
+        limit = info.context.get("max_nesting") if info.context else None
+        if limit is not None and not _shallow(value) and nesting_depth(value, limit) > limit:
+            raise ValueError(f"nested deeper than {limit} levels")
         return value
 
     @model_validator(mode="after")
@@ -283,12 +289,18 @@ def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
-def _validate_one(obj: Any) -> ClickEvent | Rejection:
+def nesting_limit(max_nesting: int) -> dict[str, int]:
+    """The validation context of input being decoded: `ClickEvent.model_validate(obj,
+    context=nesting_limit(n))` refuses `context` or `properties` nested deeper than n."""
+    return {"max_nesting": max_nesting}
+
+
+def _validate_one(obj: Any, max_nesting: int = MAX_NESTING) -> ClickEvent | Rejection:
     """Validate one decoded JSON value; a Rejection comes back without its original bytes."""
     if not isinstance(obj, dict):
         return Rejection("not_an_object", f"contract: expected a JSON object, got {type(obj).__name__}", b"")
     try:
-        return ClickEvent.model_validate(obj)
+        return ClickEvent.model_validate(obj, context=nesting_limit(max_nesting))
     except ValidationError as exc:
         errors = _validation_errors(exc)
         detail = "contract: " + "; ".join(f"{e['loc'] or 'event'}: {e['msg']}" for e in errors)
@@ -303,6 +315,7 @@ def decode_message(
     max_batch: int = 10_000,
     latest_ms: int | None = None,
     format: InputFormat = "auto",
+    max_nesting: int = MAX_NESTING,
 ) -> Decoded:
     """Turn one Kafka message value (an event object or a batch array) into events and rejections.
 
@@ -313,9 +326,10 @@ def decode_message(
 
     `format` is the topic's declared input format; "auto" reads our own JSON as before (an object
     with `event_id` costs one dict lookup more) and hands Segment messages and Snowplow enriched
-    TSV to streams/core/formats.
+    TSV to streams/core/formats. `max_nesting` is how deep `context` and `properties` may nest
+    (`CONVERSIONS_MAX_NESTING`).
     """
-    out = _decode(raw, max_bytes, max_batch, format)
+    out = _decode(raw, max_bytes, max_batch, format, max_nesting)
     if latest_ms is None or all(event.ts_ms <= latest_ms for event in out.events):
         return out
     kept = Decoded(rejects=out.rejects, ignored=out.ignored, format=out.format)
@@ -330,12 +344,18 @@ def decode_message(
     return kept
 
 
-def _decode(raw: bytes | None, max_bytes: int, max_batch: int, fmt: InputFormat = "auto") -> Decoded:
+def _decode(
+    raw: bytes | None,
+    max_bytes: int,
+    max_batch: int,
+    fmt: InputFormat = "auto",
+    max_nesting: int = MAX_NESTING,
+) -> Decoded:
     raw = raw or b""
     if fmt == "snowplow" or (fmt == "auto" and raw[:1] not in JSON_OPENERS and looks_like_tsv(raw)):
         from streams.core.formats.snowplow import decode_snowplow
 
-        return decode_snowplow(raw, max_bytes=max_bytes, max_batch=max_batch)
+        return decode_snowplow(raw, max_bytes=max_bytes, max_batch=max_batch, max_nesting=max_nesting)
     out = Decoded()
     if fmt != "contract":
         out.format = "json" if fmt == "auto" else fmt
@@ -359,16 +379,17 @@ def _decode(raw: bytes | None, max_bytes: int, max_batch: int, fmt: InputFormat 
     ):
         from streams.core.formats.segment import decode_segment
 
-        return decode_segment(parsed, raw, max_batch=max_batch)
+        return decode_segment(parsed, raw, max_batch=max_batch, max_nesting=max_nesting)
     out.format = "contract"
-    # the event object, the batch array and properties nesting MAX_NESTING deep; orjson refuses
+    # the event object, the batch array and properties nesting max_nesting deep; orjson refuses
     # past 1024 levels, and an ordinary event has too few brackets to need the walk at all
-    if not within_nesting(raw, MAX_NESTING + 2) and nesting_depth(parsed, MAX_NESTING + 2) > MAX_NESTING + 2:
-        detail = f"contract: nested deeper than {MAX_NESTING + 2} levels"
+    outer = max_nesting + 2
+    if not within_nesting(raw, outer) and nesting_depth(parsed, outer) > outer:
+        detail = f"contract: nested deeper than {outer} levels"
         out.rejects.append(Rejection("too_deeply_nested", detail, raw))
         return out
     if not isinstance(parsed, list):
-        result = _validate_one(parsed)
+        result = _validate_one(parsed, max_nesting)
         if isinstance(result, ClickEvent):
             out.events.append(result)
         else:
@@ -381,7 +402,7 @@ def _decode(raw: bytes | None, max_bytes: int, max_batch: int, fmt: InputFormat 
         out.rejects.append(Rejection("batch_too_large", detail, raw))
     else:
         for index, obj in enumerate(parsed):
-            result = _validate_one(obj)
+            result = _validate_one(obj, max_nesting)
             if isinstance(result, ClickEvent):
                 out.events.append(result)
             else:

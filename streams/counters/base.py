@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from streams.core.cardinality import BREAKDOWN_CAP, OTHER, fold_by_dimension, fold_fields, top_values
 from streams.core.counters import (
     RECENT_MACROS,
     FunnelReport,
@@ -134,7 +135,12 @@ class CounterReads:
         return [[self.prefix(shard) + name.format(b=b) for b in buckets] for shard in range(self.shards)]
 
     async def funnel_report(
-        self, funnel: CompiledFunnel, start_ms: int, end_ms: int, by: str | None = None
+        self,
+        funnel: CompiledFunnel,
+        start_ms: int,
+        end_ms: int,
+        by: str | None = None,
+        cap: int = BREAKDOWN_CAP,
     ) -> FunnelReport:
         fields = await self._sum(self._keys(f"f:{funnel.name}:{{b}}", start_ms, end_ms))
         uniques = await self._count_unique(
@@ -146,8 +152,13 @@ class CounterReads:
         names = [s.name for s in funnel.steps]
         report = FunnelReport(funnel.name, start_ms, end_ms, step_reports(names, fields, uniques), by=by)
         if by is not None:
-            for value in breakdown_values(fields, by):
+            values = breakdown_values(fields, by)
+            kept, folded = top_values({v: fields.get(f"e:0|{by}={v}", 0.0) for v in values}, cap)
+            for value in kept:
                 report.breakdown[value] = step_reports(names, fields, {}, suffix=f"|{by}={value}")
+            if folded:
+                other = fold_fields(fields, by, set(folded))
+                report.breakdown[OTHER] = step_reports(names, other, {}, suffix=f"|{by}={OTHER}")
         return report
 
     async def funnel_buckets(
@@ -234,7 +245,9 @@ class CounterReads:
                 out[b] = fields
         return size, out
 
-    async def goals_report(self, goals: list[str], start_ms: int, end_ms: int) -> dict[str, Any]:
+    async def goals_report(
+        self, goals: list[str], start_ms: int, end_ms: int, cap: int = BREAKDOWN_CAP
+    ) -> dict[str, Any]:
         fields = await self._sum(self._keys("g:{b}", start_ms, end_ms))
         uniques = await self._count_unique(
             {g: self._keys_by_shard(f"ug:{g}:{{b}}", start_ms, end_ms) for g in goals}
@@ -261,12 +274,14 @@ class CounterReads:
                     for key, v in fields.items()
                     if key.startswith(f"dth:{goal}:")
                 },
-                "by": {
-                    dim_value: int(v)
-                    for key, v in fields.items()
-                    if key.startswith(f"n:{goal}|")
-                    for dim_value in [key.split("|", 1)[1]]
-                },
+                "by": fold_by_dimension(
+                    {
+                        key.split("|", 1)[1]: int(v)
+                        for key, v in fields.items()
+                        if key.startswith(f"n:{goal}|")
+                    },
+                    cap,
+                ),
             }
         report["secondary"] = {
             key[2:]: int(v) for key, v in fields.items() if key.startswith("m:") and "|" not in key
@@ -275,6 +290,8 @@ class CounterReads:
             "count": int(sessions.get("n", 0)),
             "page_views": int(sessions.get("pv", 0)),
             "duration_ms": int(sessions.get("dur", 0)),
-            "by": {key.split("|", 1)[1]: int(v) for key, v in sessions.items() if key.startswith("n|")},
+            "by": fold_by_dimension(
+                {key.split("|", 1)[1]: int(v) for key, v in sessions.items() if key.startswith("n|")}, cap
+            ),
         }
         return report

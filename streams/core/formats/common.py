@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from streams.core.events import ClickEvent, Decoded, Rejection, RejectReason
+from streams.core.events import MAX_NESTING, ClickEvent, Decoded, Rejection, RejectReason, nesting_limit
 
 PAGE_VIEW_EVENT = "page_view"
 """Page and screen calls become this event: the default of the funnel config's `page_view_events`."""
@@ -58,6 +58,7 @@ def mapped(
     original: bytes | Callable[[], bytes],
     index: int | None,
     source_field: Callable[[str], str],
+    max_nesting: int = MAX_NESTING,
 ) -> ClickEvent | Rejection:
     """Validate a mapped event; a rejection names the format and the source field of each error.
 
@@ -66,7 +67,7 @@ def mapped(
     only when they are rejected.
     """
     try:
-        return ClickEvent.model_validate(fields)
+        return ClickEvent.model_validate(fields, context=nesting_limit(max_nesting))
     except ValidationError as exc:
         errors = []
         for err in exc.errors(include_url=False, include_input=False):

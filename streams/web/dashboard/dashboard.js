@@ -11,6 +11,7 @@ function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs || {})) {
     if (key === "class") node.className = value;
+    else if (key === "style") node.style.cssText = value; // CSSOM: allowed by the CSP, an attribute is not
     else if (key.startsWith("data-") || key.startsWith("aria-")) node.setAttribute(key, value);
     else node[key] = value;
   }
@@ -181,6 +182,7 @@ async function refresh() {
   }
 }
 
+$("controls").addEventListener("submit", (event) => event.preventDefault());
 for (const [id, key] of [["funnel", "funnel"], ["range", "window"], ["by", "by"]]) {
   $(id).addEventListener("change", (event) => {
     state[key] = event.target.value;
