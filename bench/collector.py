@@ -37,6 +37,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bench.harness import RESULTS, Run, say, traffic
 from streams.collector import from_settings
 from streams.kafka import ensure_topics
 from streams.kafka.clients import new_producer
@@ -193,8 +194,6 @@ def main() -> None:
     if args.mode == "serve":
         asyncio.run(_serve_forever())
         return
-    from bench.run import RESULTS, Run, say, traffic
-
     workdir = ROOT.parent / "var" / "bench"
     workdir.mkdir(parents=True, exist_ok=True)
     with LocalInfra(

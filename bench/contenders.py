@@ -19,7 +19,7 @@ import faust
 import orjson
 import redis.asyncio as aioredis
 
-from streams.core.events import decode_message
+from streams.core.input.decode import decode_message
 
 
 def main(kind: str, topic_name: str, expected: int) -> None:

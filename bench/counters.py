@@ -31,17 +31,17 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
-from bench.run import Run, batched, produce, traffic
+from bench.harness import Run, batched, produce, traffic
 from bench.run import pipeline as run_pipeline
-from streams.core.config_loader import load_config
-from streams.core.engine import partition_for
-from streams.core.events import decode_message
-from streams.core.matching import compile_config
+from streams.core.config.loader import load_config
+from streams.core.config.matching import compile_config
+from streams.core.input.decode import decode_message
+from streams.core.journeys.engine import partition_for
 from streams.counters.consumer import Counting
 from streams.counters.redis_store import counter_store, redis_client
 from streams.kafka import ensure_topics
 from streams.metrics import Metrics
-from streams.offline import OfflineRun
+from streams.offline.run import OfflineRun
 from streams.settings import DEFAULT_FUNNELS, Settings
 from streams.tools.infra import LocalInfra, start_redis
 from streams.tools.simulate import Simulator

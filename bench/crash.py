@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench.run import RESULTS, Run, say
+from bench.harness import RESULTS, Run, say
 from streams.kafka import ensure_topics, kafka_client_options
 from streams.tools.infra import LocalInfra, free_port
 from streams.tools.simulate import Simulator

@@ -34,11 +34,11 @@ from typing import Any
 
 import orjson
 
-from streams.core.config_loader import load_config
-from streams.core.counters import COUNTED_TYPES, increments, pseudonymizer
-from streams.core.matching import CompiledConfig, compile_config
+from streams.core.config.loader import load_config
+from streams.core.config.matching import CompiledConfig, compile_config
+from streams.core.measures.counters import COUNTED_TYPES, increments, pseudonymizer
 from streams.counters.batch import fold
-from streams.offline import OfflineRun
+from streams.offline.run import OfflineRun
 from streams.settings import DEFAULT_FUNNELS
 from streams.tools.simulate import Simulator
 

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from streams.core.events import decode_message
+from streams.core.input.decode import decode_message
 from streams.settings import DEFAULT_FUNNELS
 from streams.tools.simulate import Simulator
 

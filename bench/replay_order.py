@@ -27,8 +27,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from bench.run import COUNTED, Run, batched, metrics, say, traffic
-from streams.core.events import decode_message
+from bench.harness import COUNTED, Run, batched, say, traffic
+from bench.run import metrics
+from streams.core.input.decode import decode_message
 from streams.kafka import ensure_topics, kafka_client_options
 from streams.kafka.changelog import read_to_end
 from streams.tools.infra import LocalInfra, free_port

@@ -27,7 +27,8 @@ import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer
 
-from bench.run import RESULTS, Run, metrics, say
+from bench.harness import RESULTS, Run, say
+from bench.run import metrics
 from streams.kafka import consumer_options, ensure_topics
 from streams.settings import Settings
 from streams.tools.infra import LocalInfra, free_port

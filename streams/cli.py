@@ -9,9 +9,9 @@ from typing import Any, Literal, NoReturn
 import click
 import orjson
 
-from streams.core.config import FunnelConfig
-from streams.core.config_loader import ConfigError, load_config
-from streams.core.matching import CompiledConfig, compile_config
+from streams.core.config.loader import ConfigError, load_config
+from streams.core.config.matching import CompiledConfig, compile_config
+from streams.core.config.model import FunnelConfig
 from streams.logging_setup import setup_logging
 from streams.settings import DEFAULT_FUNNELS, Settings, SettingsError, load_settings
 
@@ -112,14 +112,14 @@ def process(
     workers: int,
 ) -> None:
     """Run the engine over a file, with no Kafka, and write every output as NDJSON to stdout."""
-    from streams.offline import OfflineRun, open_input
+    from streams.offline.run import OfflineRun, open_input
     from streams.progress import line_progress
 
     config = compile_config(_config(config_path))
     settings = _settings()
     latest_ms = settings.latest_accepted_ms()
     if workers > 1:
-        from streams.parallel import Job, run_parallel
+        from streams.offline.parallel import Job, run_parallel
 
         job = Job(
             config,
@@ -335,7 +335,7 @@ def report(
     import asyncio
     from datetime import datetime
 
-    from streams.core.durations import parse_duration_ms
+    from streams.core.config.durations import parse_duration_ms
     from streams.tools.report import funnel_report, print_report
 
     settings = _settings()
@@ -378,7 +378,7 @@ def _experiment_report(
     import asyncio
     from datetime import datetime
 
-    from streams.core.durations import parse_duration_ms
+    from streams.core.config.durations import parse_duration_ms
     from streams.tools.report import experiment_report, print_experiment
 
     names = [e.name for e in config.source.experiments]
@@ -454,7 +454,7 @@ def demo(
     """Embedded broker and Redis, a worker, simulated shop traffic, the live dashboard and summary."""
     from datetime import timedelta
 
-    from streams.core.durations import parse_duration_ms
+    from streams.core.config.durations import parse_duration_ms
     from streams.tools.demo import run_demo
     from streams.tools.infra import InfraError
     from streams.tools.live_traffic import LiveTraffic

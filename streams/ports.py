@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from streams.core.counters import FunnelReport
-from streams.core.matching import CompiledFunnel
-from streams.core.outputs import Alert, ExperimentUpdate, OutputEvent
+from streams.core.config.matching import CompiledFunnel
+from streams.core.measures.counters import FunnelReport
+from streams.core.records.outputs import Alert, ExperimentUpdate, OutputEvent
 
 Job = Callable[[], Awaitable[None]]
 Stopping = Callable[[], bool]

@@ -16,9 +16,9 @@ import yaml
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-from streams.core.config import FunnelConfig
-from streams.core.events import ClickEvent
-from streams.core.outputs import (
+from streams.core.config.model import FunnelConfig
+from streams.core.input.event import ClickEvent
+from streams.core.records.outputs import (
     OUTPUT_MODELS,
     Alert,
     AnyOutput,

@@ -27,8 +27,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
-from streams.core.events import MAX_NESTING
-from streams.core.formats.detect import InputFormat, InputFormatError, format_for, parse_input_formats
+from streams.core.input.event import MAX_NESTING
+from streams.core.input.formats.detect import InputFormat, InputFormatError, format_for, parse_input_formats
 from streams.errors import ConversionsError
 from streams.examples import FUNNELS
 

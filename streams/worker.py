@@ -21,8 +21,8 @@ import faust
 
 from streams.alerts.service import Alerting
 from streams.collector import Collector, from_settings
-from streams.core.config_loader import load_config
-from streams.core.matching import CompiledConfig, compile_config
+from streams.core.config.loader import load_config
+from streams.core.config.matching import CompiledConfig, compile_config
 from streams.counters.consumer import Counting, publish_step_rates
 from streams.counters.redis_store import redis_counter_store
 from streams.kafka import ensure_topics, source_partitions

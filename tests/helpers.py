@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.core.events import ClickEvent
-from streams.core.repartition import RepartitionBatch
+from streams.core.input.event import ClickEvent
+from streams.core.input.repartition import RepartitionBatch
 from streams.kafka import kafka_client_options
 from streams.settings import Settings
 

@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 from streams import schemas
-from streams.core.config_loader import load_config
-from streams.core.matching import compile_config
-from streams.core.outputs import OUTPUT_MODELS
+from streams.core.config.loader import load_config
+from streams.core.config.matching import compile_config
+from streams.core.records.outputs import OUTPUT_MODELS
 from streams.kafka.headers import WATERMARK_HEADER
-from streams.offline import OfflineRun
+from streams.offline.run import OfflineRun
 from streams.settings import DEFAULT_FUNNELS, Settings
 from streams.tools.simulate import ShopTiming, Simulator
 

@@ -26,13 +26,13 @@ def project_exceptions() -> dict[str, type[BaseException]]:
 
 def test_every_project_exception_derives_from_conversions_error() -> None:
     exceptions = project_exceptions()
-    assert {"streams.core.config_loader.ConfigError", "streams.settings.SettingsError"} <= set(exceptions)
+    assert {"streams.core.config.loader.ConfigError", "streams.settings.SettingsError"} <= set(exceptions)
     strays = sorted(name for name, cls in exceptions.items() if not issubclass(cls, ConversionsError))
     assert not strays, f"not derived from ConversionsError: {strays}"
 
 
 def test_they_keep_their_builtin_kind() -> None:
-    from streams.core.config_loader import ConfigError
+    from streams.core.config.loader import ConfigError
     from streams.errors import KafkaUnavailable, QueryTooLarge
     from streams.settings import SettingsError
     from streams.tools.infra import InfraError

@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from streams.collector.messages import CollectorConfig, Refusal, accept
-from streams.core.events import MAX_NESTING, decode_message, nesting_depth
+from streams.core.input.decode import decode_message
+from streams.core.input.event import MAX_NESTING, nesting_depth
 from streams.settings import Settings
 from tests.pipeline.test_ingest_formats import Message, ingest
 

@@ -9,7 +9,7 @@ import orjson
 import yaml
 
 from streams import schemas
-from streams.core.outputs import OUTPUT_MODELS
+from streams.core.records.outputs import OUTPUT_MODELS
 from streams.settings import Settings
 from tests.helpers import event
 

@@ -32,11 +32,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.alerts.webhook import Webhook
-from streams.core.alerts import AlertEvaluator
-from streams.core.cardinality import OTHER_LABEL, Admitted
-from streams.core.experiments import MINUTE_MS, ExperimentEvaluator
-from streams.core.matching import CompiledConfig
-from streams.core.outputs import Alert, ExperimentUpdate
+from streams.core.config.matching import CompiledConfig
+from streams.core.measures.alerts import AlertEvaluator
+from streams.core.measures.cardinality import OTHER_LABEL, Admitted
+from streams.core.measures.experiments import MINUTE_MS, ExperimentEvaluator
+from streams.core.records.outputs import Alert, ExperimentUpdate
 from streams.kafka.clients import new_consumer, start_with_retry
 from streams.kafka.headers import WATERMARK_HEADER
 from streams.metrics import Metrics

@@ -9,7 +9,7 @@ import logging
 import aiohttp
 from pydantic import SecretStr
 
-from streams.core.outputs import Alert
+from streams.core.records.outputs import Alert
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import orjson
 
-from streams.core.events import MAX_NESTING, ClickEvent, nesting_depth
-from streams.core.formats.segment import segment_event
+from streams.core.input.event import MAX_NESTING, ClickEvent, nesting_depth
+from streams.core.input.formats.segment import segment_event
 from streams.errors import ConversionsError
 
 SEGMENT_MESSAGE_BYTES = 32 * 1024
@@ -246,7 +246,7 @@ def _stamped(message: Any, sent_at: Any, context: Mapping[str, Any] | None, rece
 
 def _home_key(event: ClickEvent) -> str:
     """The record's key: the anonymous id, else the user id. Identity stitching decides an event
-    on its anonymous id's partition when it has one (streams/core/identity.py), so keying by it
+    on its anonymous id's partition when it has one (streams/core/journeys/identity.py), so keying by it
     keeps one device's calls in order all the way there, sign-in included: keyed by the user id,
     an `identify` would travel another partition than the page views before it, and in the same
     millisecond could overtake them."""

@@ -14,8 +14,9 @@ from typing import Any
 
 import orjson
 
-from streams.core.cardinality import BREAKDOWN_CAP, OTHER, fold_by_dimension, fold_fields, top_values
-from streams.core.counters import (
+from streams.core.config.matching import CompiledFunnel
+from streams.core.measures.cardinality import BREAKDOWN_CAP, OTHER, fold_by_dimension, fold_fields, top_values
+from streams.core.measures.counters import (
     RECENT_MACROS,
     FunnelReport,
     Op,
@@ -28,8 +29,7 @@ from streams.core.counters import (
     step_reports,
     sum_hashes,
 )
-from streams.core.insights import Grid
-from streams.core.matching import CompiledFunnel
+from streams.core.measures.insights import Grid
 from streams.errors import QueryTooLarge
 
 MAX_KEYS_PER_QUERY = 50_000

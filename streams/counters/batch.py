@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
-from streams.core.counters import Op
+from streams.core.measures.counters import Op
 
 
 class BatchIncrements:

@@ -22,8 +22,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import ConsumerStoppedError
 
-from streams.core.counters import increments, pseudonymizer
-from streams.core.matching import CompiledConfig
+from streams.core.config.matching import CompiledConfig
+from streams.core.measures.counters import increments, pseudonymizer
 from streams.counters.base import CountedMessage
 from streams.counters.redis_store import REDIS_UNAVAILABLE, CounterStore, apply_with_retry
 from streams.kafka.clients import new_consumer, start_with_retry

@@ -20,8 +20,8 @@ import signal
 
 from prometheus_client import start_http_server
 
-from streams.core.config_loader import load_config
-from streams.core.matching import compile_config
+from streams.core.config.loader import load_config
+from streams.core.config.matching import compile_config
 from streams.counters.consumer import Counting
 from streams.counters.redis_store import redis_counter_store
 from streams.metrics import Metrics

@@ -10,7 +10,7 @@ import time
 from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from streams.core.repartition import source_name
+from streams.core.input.repartition import source_name
 from streams.errors import KafkaUnavailable
 from streams.kafka.clients import new_admin
 from streams.settings import Settings

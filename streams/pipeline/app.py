@@ -23,13 +23,13 @@ from typing import Any
 
 import faust
 
-from streams.core.deadletter import dead_letter
-from streams.core.engine import Engine
-from streams.core.events import Rejection
-from streams.core.markers import partition_of_key
-from streams.core.matching import CompiledConfig
-from streams.core.outputs import OutputEvent
-from streams.core.repartition import RepartitionBatch
+from streams.core.config.matching import CompiledConfig
+from streams.core.input.deadletter import dead_letter
+from streams.core.input.rejection import Rejection
+from streams.core.input.repartition import RepartitionBatch
+from streams.core.journeys.engine import Engine
+from streams.core.journeys.markers import partition_of_key
+from streams.core.records.outputs import OutputEvent
 from streams.kafka.headers import WATERMARK_HEADER
 from streams.metrics import Metrics
 from streams.pipeline import stores, transport

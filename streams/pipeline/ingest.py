@@ -19,10 +19,12 @@ from typing import Any
 
 from faust.types import TP
 
-from streams.core.engine import partition_for
-from streams.core.events import ClickEvent, Rejection, decode_message
-from streams.core.formats.detect import format_for
-from streams.core.repartition import PendingBatch, RepartitionBatch, source_name
+from streams.core.input.decode import decode_message
+from streams.core.input.event import ClickEvent
+from streams.core.input.formats.detect import format_for
+from streams.core.input.rejection import Rejection
+from streams.core.input.repartition import PendingBatch, RepartitionBatch, source_name
+from streams.core.journeys.engine import partition_for
 from streams.metrics import Metrics
 from streams.settings import Settings
 

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 
-from streams.core.repartition import source_name
+from streams.core.input.repartition import source_name
 from streams.kafka.clients import new_consumer, start_with_retry
 from streams.pipeline.ingest import Ingest
 from streams.ports import Stopping

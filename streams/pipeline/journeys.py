@@ -32,10 +32,12 @@ import orjson
 from faust.types import TP
 from pydantic import ValidationError
 
-from streams.core.engine import Engine
-from streams.core.events import ClickEvent, Rejection
-from streams.core.identity import forwarder_source, is_forwarder
-from streams.core.markers import (
+from streams.core.input.event import ClickEvent
+from streams.core.input.rejection import Rejection
+from streams.core.input.repartition import PendingBatch, RepartitionBatch
+from streams.core.journeys.engine import Engine
+from streams.core.journeys.identity import forwarder_source, is_forwarder
+from streams.core.journeys.markers import (
     applied_marker,
     is_marker,
     marker_source,
@@ -43,8 +45,7 @@ from streams.core.markers import (
     parse_marker,
     partition_of_key,
 )
-from streams.core.outputs import OutputEvent
-from streams.core.repartition import PendingBatch, RepartitionBatch
+from streams.core.records.outputs import OutputEvent
 from streams.kafka.changelog import read_to_end
 from streams.pipeline.durable_table import DurableTable
 from streams.pipeline.ingest import DeadLetter, SendBatch

@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from streams.core.config_loader import load_config
+from streams.core.config.loader import load_config
 from streams.kafka import ensure_topics
 from streams.kafka.clients import new_consumer
 from streams.settings import Settings

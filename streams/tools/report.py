@@ -20,12 +20,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from streams.core.config import Experiment
-from streams.core.counters import FunnelReport, bucket_of
-from streams.core.events import from_epoch_ms, to_epoch_ms
-from streams.core.experiments import describe, replay
-from streams.core.matching import CompiledConfig, CompiledFunnel
-from streams.core.outputs import ExperimentUpdate
+from streams.core.config.matching import CompiledConfig, CompiledFunnel
+from streams.core.config.model import Experiment
+from streams.core.input.event import from_epoch_ms, to_epoch_ms
+from streams.core.measures.counters import FunnelReport, bucket_of
+from streams.core.measures.experiments import describe, replay
+from streams.core.records.outputs import ExperimentUpdate
 from streams.counters.base import CounterReads
 from streams.counters.redis_store import counter_store, redis_client
 from streams.settings import Settings

@@ -20,11 +20,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from streams.core.config import AlertRule
-from streams.core.counters import CHANNEL_DIMS, VISITOR_TYPE
-from streams.core.durations import format_duration_ms, parse_duration_ms
-from streams.core.events import to_epoch_ms
-from streams.core.insights import (
+from streams.core.config.durations import format_duration_ms, parse_duration_ms
+from streams.core.config.matching import CompiledConfig, CompiledFunnel
+from streams.core.config.model import AlertRule
+from streams.core.input.event import to_epoch_ms
+from streams.core.measures.counters import CHANNEL_DIMS, VISITOR_TYPE
+from streams.core.measures.insights import (
     CHANNEL_COLUMNS,
     cdf,
     channel_rows,
@@ -35,7 +36,6 @@ from streams.core.insights import (
     thresholds,
     time_to_convert,
 )
-from streams.core.matching import CompiledConfig, CompiledFunnel
 from streams.errors import QueryTooLarge
 from streams.ports import AlertReader, CounterReader
 from streams.web.views import Answer, BadQuery, resolve_window

@@ -12,8 +12,8 @@ variants, so a dashboard can show it as waiting rather than missing.
 
 from __future__ import annotations
 
-from streams.core.experiments import describe
-from streams.core.matching import CompiledConfig
+from streams.core.config.matching import CompiledConfig
+from streams.core.measures.experiments import describe
 from streams.ports import ExperimentReader
 from streams.web.views import Answer
 

@@ -16,8 +16,8 @@ from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainErro
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from streams.core.cardinality import BREAKDOWN_CAP
-from streams.core.matching import CompiledConfig
+from streams.core.config.matching import CompiledConfig
+from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.metrics import Metrics
 from streams.ports import AlertReader, CounterReader, ExperimentReader
 from streams.web import analysis, headers, hosts, views

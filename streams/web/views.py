@@ -5,7 +5,7 @@ nothing of Faust or Redis. `routes` serves them; the tests call them with the in
 Windows are in event time: explicit `start`/`end`, else the last `window` up to the latest event
 time counted, so a replay of history reads like live traffic. Breakdown values come from clients:
 each answer names at most `cap` of a breakdown's values (`CONVERSIONS_BREAKDOWN_CAP`), the rest
-summed as `(other)` (streams/core/cardinality.py).
+summed as `(other)` (streams/core/measures/cardinality.py).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from datetime import datetime
 from importlib import resources
 from typing import Any
 
-from streams.core.cardinality import BREAKDOWN_CAP
-from streams.core.counters import bucket_of
-from streams.core.durations import parse_duration_ms
-from streams.core.events import to_epoch_ms
-from streams.core.matching import CompiledConfig
+from streams.core.config.durations import parse_duration_ms
+from streams.core.config.matching import CompiledConfig
+from streams.core.input.event import to_epoch_ms
+from streams.core.measures.cardinality import BREAKDOWN_CAP
+from streams.core.measures.counters import bucket_of
 from streams.errors import ConversionsError, QueryTooLarge
 from streams.ports import AlertReader, CounterReader
 

@@ -13,10 +13,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from streams.core.config_loader import load_config
-from streams.core.matching import compile_config
+from streams.core.config.loader import load_config
+from streams.core.config.matching import compile_config
 from streams.kafka import ensure_topics
-from streams.offline import OfflineRun
+from streams.offline.run import OfflineRun
 from streams.settings import Settings
 from streams.tools.infra import free_port
 from streams.tools.producer import produce_lines

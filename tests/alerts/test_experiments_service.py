@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from streams.alerts.service import Alerting
-from streams.core.config_loader import parse_config
-from streams.core.matching import compile_config
-from streams.core.outputs import ExperimentUpdate
+from streams.core.config.loader import parse_config
+from streams.core.config.matching import compile_config
+from streams.core.records.outputs import ExperimentUpdate
 from streams.metrics import Metrics
 from streams.settings import Settings
 from tests.alerts.test_service import Recorder

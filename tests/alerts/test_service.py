@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from streams.alerts.service import Alerting
-from streams.core.outputs import Alert, OutputEvent
+from streams.core.records.outputs import Alert, OutputEvent
 from streams.metrics import Metrics
 from streams.settings import Settings
 from tests.counters.conftest import CONFIG

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from streams.collector.messages import CollectorConfig, Refusal, accept
-from streams.core.events import decode_message
+from streams.core.input.decode import decode_message
 
 CONFIG = CollectorConfig(topic="clickstream")
 LOCKED = CollectorConfig(topic="clickstream", write_keys=frozenset({"wk_live", "wk_other"}))

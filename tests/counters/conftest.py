@@ -16,8 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from streams.core.config_loader import load_config
-from streams.core.matching import compile_config
+from streams.core.config.loader import load_config
+from streams.core.config.matching import compile_config
 from streams.counters.memory_store import MemoryCounterStore
 from streams.counters.redis_store import CounterStore, redis_client
 from streams.settings import DEFAULT_FUNNELS

@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from streams.core.counters import Op, increments
+from streams.core.measures.counters import Op, increments
 from streams.counters.base import CountedMessage
 from streams.counters.batch import fold
 from streams.counters.memory_store import MemoryCounterStore
 from streams.counters.redis_store import CounterStore
-from streams.offline import OfflineRun
+from streams.offline.run import OfflineRun
 from streams.tools.infra import start_redis
 from streams.tools.simulate import Simulator
 from tests.counters.conftest import CONFIG, MINUTE

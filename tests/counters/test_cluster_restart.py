@@ -23,15 +23,15 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from streams.core.config_loader import load_config
-from streams.core.engine import partition_for
-from streams.core.matching import compile_config
+from streams.core.config.loader import load_config
+from streams.core.config.matching import compile_config
+from streams.core.journeys.engine import partition_for
 from streams.counters.consumer import Counting
 from streams.counters.redis_store import CounterStore, redis_counter_store
 from streams.kafka import ensure_topics
 from streams.kafka.clients import new_producer
 from streams.metrics import Metrics
-from streams.offline import OfflineRun
+from streams.offline.run import OfflineRun
 from streams.settings import Settings
 from streams.tools.infra import free_port
 from streams.tools.redis_cluster import LocalRedisCluster

@@ -24,8 +24,8 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from streams.core.config_loader import load_config
-from streams.core.matching import compile_config
+from streams.core.config.loader import load_config
+from streams.core.config.matching import compile_config
 from streams.counters.consumer import Counting
 from streams.counters.redis_store import redis_counter_store
 from streams.kafka import ensure_topics

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from streams.core.counters import increments
-from streams.core.events import to_epoch_ms
-from streams.core.journey import Journey
+from streams.core.input.event import to_epoch_ms
+from streams.core.journeys.journey import Journey
+from streams.core.measures.counters import increments
 from streams.counters.base import CountedMessage
-from streams.offline import OfflineRun
+from streams.offline.run import OfflineRun
 from streams.tools.simulate import Simulator
 from streams.web import analysis
 from tests.counters.conftest import CONFIG, MINUTE, Store

@@ -10,7 +10,7 @@ import uuid
 import orjson
 import pytest
 
-from streams.core.counters import increments
+from streams.core.measures.counters import increments
 from streams.counters.base import CountedMessage
 from streams.counters.redis_store import CounterStore
 from tests.counters.conftest import BASE, CHECKOUT, CONFIG, MINUTE, Store
@@ -31,7 +31,7 @@ def milestone(step: int, at_ms: int, user: str, platform: str = "web") -> dict[s
 
 
 def at_ms_iso(ms: int) -> str:
-    from streams.core.events import from_epoch_ms
+    from streams.core.input.event import from_epoch_ms
 
     return from_epoch_ms(ms).isoformat()
 

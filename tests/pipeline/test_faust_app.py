@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streams.core.config_loader import load_config
-from streams.core.matching import compile_config
+from streams.core.config.loader import load_config
+from streams.core.config.matching import compile_config
 from streams.pipeline.app import ConversionsApp
 from streams.pipeline.stores import JourneyMemoryStore
 from streams.pipeline.transport import Transport

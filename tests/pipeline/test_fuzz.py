@@ -13,7 +13,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.core.events import MAX_NESTING, decode_message
+from streams.core.input.decode import decode_message
+from streams.core.input.event import MAX_NESTING
 from streams.kafka import ensure_topics, kafka_client_options
 from streams.settings import Settings
 from streams.tools.worker_process import WorkerProcess

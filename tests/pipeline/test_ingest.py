@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import orjson
 
-from streams.core.engine import partition_for
+from streams.core.journeys.engine import partition_for
 from streams.kafka import ensure_topics
 from streams.settings import Settings
 from streams.tools.producer import produce_lines

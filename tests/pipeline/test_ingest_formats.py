@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from streams.core.events import Rejection
-from streams.core.repartition import RepartitionBatch
+from streams.core.input.rejection import Rejection
+from streams.core.input.repartition import RepartitionBatch
 from streams.metrics import Metrics
 from streams.pipeline.ingest import Ingest
 from streams.settings import Settings

@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 
-from streams.core.events import ClickEvent
-from streams.core.repartition import RepartitionBatch
+from streams.core.input.event import ClickEvent
+from streams.core.input.repartition import RepartitionBatch
 from streams.metrics import Metrics
 from streams.pipeline.ingest import Ingest
 from streams.pipeline.ingest_consumer import SourceMessage

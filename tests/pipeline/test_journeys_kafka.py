@@ -11,11 +11,11 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.core.config_loader import load_config
-from streams.core.engine import partition_for
-from streams.core.matching import compile_config
+from streams.core.config.loader import load_config
+from streams.core.config.matching import compile_config
+from streams.core.journeys.engine import partition_for
 from streams.kafka import ensure_topics
-from streams.offline import OfflineRun
+from streams.offline.run import OfflineRun
 from streams.settings import Settings
 from streams.tools.producer import clickstream_producer, produce_lines
 from streams.tools.simulate import Simulator

@@ -9,10 +9,10 @@ from typing import Any
 
 import orjson
 
-from streams.core.config_loader import load_config
-from streams.core.events import decode_message
-from streams.core.matching import compile_config
-from streams.offline import OfflineRun
+from streams.core.config.loader import load_config
+from streams.core.config.matching import compile_config
+from streams.core.input.decode import decode_message
+from streams.offline.run import OfflineRun
 from streams.settings import DEFAULT_FUNNELS
 from streams.tools.collector_traffic import segment_message
 from streams.tools.simulate import Simulator

@@ -20,16 +20,16 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from streams.cli import main
-from streams.core.config_loader import parse_config
-from streams.core.counters import increments
-from streams.core.events import to_epoch_ms
-from streams.core.experiments import describe
-from streams.core.matching import CompiledConfig, compile_config
-from streams.core.outputs import ExperimentUpdate, OutputEvent
+from streams.core.config.loader import parse_config
+from streams.core.config.matching import CompiledConfig, compile_config
+from streams.core.input.event import to_epoch_ms
+from streams.core.measures.counters import increments
+from streams.core.measures.experiments import describe
+from streams.core.records.outputs import ExperimentUpdate, OutputEvent
 from streams.counters.base import CountedMessage
 from streams.counters.memory_store import MemoryCounterStore
 from streams.counters.redis_store import CounterStore
-from streams.offline import OfflineRun
+from streams.offline.run import OfflineRun
 from streams.tools.infra import LocalInfra
 from streams.tools.report import ExperimentReport, experiment_from_counters, render_experiment
 from streams.tools.simulate import Simulator, VariantSplit

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from streams.core.counters import increments
-from streams.core.outputs import Alert
+from streams.core.measures.counters import increments
+from streams.core.records.outputs import Alert
 from streams.counters.base import CountedMessage
 from streams.counters.memory_store import MemoryCounterStore
 from streams.web import analysis

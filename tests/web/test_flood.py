@@ -13,8 +13,8 @@ from collections.abc import Iterable
 import orjson
 
 from streams.alerts.service import Alerting
-from streams.core.cardinality import OTHER
-from streams.core.outputs import OutputEvent
+from streams.core.measures.cardinality import OTHER
+from streams.core.records.outputs import OutputEvent
 from streams.counters.memory_store import MemoryCounterStore
 from streams.metrics import Metrics
 from streams.settings import Settings

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from streams.core.outputs import Alert
+from streams.core.records.outputs import Alert
 from streams.counters.memory_store import MemoryCounterStore
 from streams.web import views
 from tests.counters.conftest import BASE, CONFIG, MINUTE

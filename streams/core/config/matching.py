@@ -1,0 +1,142 @@
+"""Funnel configuration compiled into matchers that test an event without re-reading YAML."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from streams.core.config.glob import Glob
+from streams.core.config.model import FunnelConfig, Match
+from streams.core.input.event import ClickEvent, url_path
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    events: frozenset[str] | None
+    url: Glob | None
+    goal: str | None
+    fields: tuple[tuple[tuple[str, ...], Any], ...]
+
+    @classmethod
+    def compile(cls, match: Match) -> Matcher:
+        events = None
+        if match.event is not None:
+            events = frozenset([match.event] if isinstance(match.event, str) else match.event)
+        return cls(
+            events=events,
+            url=Glob(match.url) if match.url is not None else None,
+            goal=match.goal,
+            fields=tuple((tuple(path.split(".")), value) for path, value in match.fields.items()),
+        )
+
+    def matches(self, event: ClickEvent, goals_hit: Collection[str] = ()) -> bool:
+        if self.events is not None and event.event not in self.events:
+            return False
+        if self.goal is not None and self.goal not in goals_hit:
+            return False
+        if self.url is not None:
+            path = url_path(event.page.url if event.page is not None else None)
+            if path is None or not self.url.matches(path):
+                return False
+        return all(event.lookup(path) == value for path, value in self.fields)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledStep:
+    name: str
+    matcher: Matcher
+    within: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledFunnel:
+    name: str
+    scope: str
+    order: str
+    window: int | None
+    stalled_after: int | None
+    steps: tuple[CompiledStep, ...]
+    exclusions: tuple[Matcher, ...]
+    breakdowns: tuple[str, ...]
+    entry: str = "best"
+    hold: tuple[tuple[str, ...], ...] = ()
+    """The `hold` field paths, split: an attempt's steps share these values."""
+    max_held_attempts: int = 10
+    attribution_step: int | None = None
+    """The step whose event sets the attributed breakdowns (None: the attempt's first event)."""
+    attributed: tuple[str, ...] = ()
+    """The breakdowns read at `attribution_step`: the funnel's own, not an experiment's variant,
+    which an attempt keeps from its start."""
+
+    @property
+    def last_index(self) -> int:
+        return len(self.steps) - 1
+
+    @property
+    def best_chain(self) -> bool:
+        """Ordered with `entry: best`: per-step chains (README "Funnel semantics")."""
+        return self.order != "any" and self.entry == "best"
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledGoal:
+    name: str
+    matcher: Matcher
+    value_path: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledMicro:
+    name: str
+    matcher: Matcher
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledConfig:
+    source: FunnelConfig
+    session_timeout: int
+    late_tolerance: int
+    page_view_events: frozenset[str]
+    goals: tuple[CompiledGoal, ...]
+    funnels: tuple[CompiledFunnel, ...]
+    funnels_by_name: dict[str, CompiledFunnel]
+    micro: tuple[CompiledMicro, ...]
+    breakdowns: tuple[str, ...]
+    """Every breakdown any funnel asks for, in first-seen order: what outputs carry."""
+
+
+def compile_config(config: FunnelConfig) -> CompiledConfig:
+    funnels = tuple(
+        CompiledFunnel(
+            name=f.name,
+            scope=f.scope,
+            order=f.order,
+            window=f.window,
+            stalled_after=f.stalled_after,
+            steps=tuple(CompiledStep(s.name, Matcher.compile(s.match), s.within) for s in f.steps),
+            exclusions=tuple(Matcher.compile(e.match) for e in f.exclusions),
+            breakdowns=tuple(config.breakdowns_of(f)),  # with its experiments' variant fields
+            entry=f.entry,
+            hold=tuple(tuple(path.split(".")) for path in f.hold),
+            max_held_attempts=f.max_held_attempts,
+            attribution_step=f.step_index(f.attribution.step) if f.attribution else None,
+            attributed=tuple(f.breakdowns) if f.attribution else (),
+        )
+        for f in config.funnels
+    )
+    breakdowns = tuple(dict.fromkeys(b for f in funnels for b in f.breakdowns))
+    return CompiledConfig(
+        source=config,
+        session_timeout=config.session_timeout,
+        late_tolerance=config.late_tolerance,
+        page_view_events=frozenset(config.page_view_events),
+        goals=tuple(
+            CompiledGoal(g.name, Matcher.compile(g.match), tuple(g.value.split(".")) if g.value else None)
+            for g in config.goals
+        ),
+        funnels=funnels,
+        funnels_by_name={f.name: f for f in funnels},
+        micro=tuple(CompiledMicro(m.name, Matcher.compile(m.match)) for m in config.micro),
+        breakdowns=breakdowns,
+    )

@@ -1,0 +1,46 @@
+"""Rejected input as dead-letter records: original bytes, reason, and where it came from."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import datetime
+
+from streams.core.input.rejection import Rejection
+from streams.core.records.ids import output_id
+from streams.core.records.outputs import DeadLetter
+
+MAX_ORIGINAL_BYTES = 256 * 1024
+
+
+def dead_letter(
+    rejection: Rejection,
+    *,
+    source_topic: str,
+    source_partition: int | None,
+    source_offset: int | None,
+    timestamp: datetime,
+    max_original_bytes: int = MAX_ORIGINAL_BYTES,
+) -> DeadLetter:
+    """The id is the message's position (and index in a batch), so a redelivery repeats it.
+
+    An original larger than `max_original_bytes` (the too-large message itself) is cut to that
+    size and flagged, with its full size and SHA-256: the record must still fit in a Kafka
+    message, and the whole original stays in the source topic at the recorded offset.
+    """
+    original = rejection.original
+    return DeadLetter(
+        id=output_id("deadletter", source_topic, source_partition, source_offset, rejection.index),
+        timestamp=timestamp,
+        reason=rejection.reason,
+        detail=rejection.detail[:2_000],
+        errors=rejection.errors[:20],
+        original_b64=base64.b64encode(original[:max_original_bytes]).decode(),
+        original_size=len(original),
+        original_sha256=hashlib.sha256(original).hexdigest(),
+        original_truncated=len(original) > max_original_bytes,
+        batch_index=rejection.index,
+        source_topic=source_topic,
+        source_partition=source_partition,
+        source_offset=source_offset,
+    )

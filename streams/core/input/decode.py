@@ -1,0 +1,138 @@
+"""Raw Kafka message values to events: detect the format, then decode with its mapping.
+
+The dispatch sits above the event model and every format (`input.formats`), so the formats
+import the model and never this module: our own JSON is read here, Segment messages and
+Snowplow enriched TSV by their own decoders.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from streams.core.input.event import MAX_NESTING, ClickEvent, nesting_depth, nesting_limit, within_nesting
+from streams.core.input.formats.detect import JSON_OPENERS, InputFormat, looks_like_segment, looks_like_tsv
+from streams.core.input.formats.segment import decode_segment
+from streams.core.input.formats.snowplow import decode_snowplow
+from streams.core.input.rejection import Decoded, Rejection, RejectReason
+
+
+def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": ".".join(str(p) for p in err["loc"]), "type": err["type"], "msg": err["msg"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def _validate_one(obj: Any, max_nesting: int = MAX_NESTING) -> ClickEvent | Rejection:
+    """Validate one decoded JSON value; a Rejection comes back without its original bytes."""
+    if not isinstance(obj, dict):
+        return Rejection("not_an_object", f"contract: expected a JSON object, got {type(obj).__name__}", b"")
+    try:
+        return ClickEvent.model_validate(obj, context=nesting_limit(max_nesting))
+    except ValidationError as exc:
+        errors = _validation_errors(exc)
+        detail = "contract: " + "; ".join(f"{e['loc'] or 'event'}: {e['msg']}" for e in errors)
+        reason: RejectReason = "too_deeply_nested" if "nested deeper" in detail else "invalid_event"
+        return Rejection(reason, detail, b"", None, errors)
+
+
+def decode_message(
+    raw: bytes | None,
+    *,
+    max_bytes: int = 1_000_000,
+    max_batch: int = 10_000,
+    latest_ms: int | None = None,
+    format: InputFormat = "auto",
+    max_nesting: int = MAX_NESTING,
+) -> Decoded:
+    """Turn one Kafka message value (an event object or a batch array) into events and rejections.
+
+    Never raises: every way the input can be wrong becomes a Rejection carrying the original bytes
+    (for one bad element of a batch, that element re-encoded, with its index). An event stamped
+    after `latest_ms` is refused: one bad client clock would otherwise move event time ahead and
+    close everyone's sessions and funnels early.
+
+    `format` is the topic's declared input format; "auto" reads our own JSON as before (an object
+    with `event_id` costs one dict lookup more) and hands Segment messages and Snowplow enriched
+    TSV to `input.formats`. `max_nesting` is how deep `context` and `properties` may nest
+    (`CONVERSIONS_MAX_NESTING`).
+    """
+    out = _decode(raw, max_bytes, max_batch, format, max_nesting)
+    if latest_ms is None or all(event.ts_ms <= latest_ms for event in out.events):
+        return out
+    kept = Decoded(rejects=out.rejects, ignored=out.ignored, format=out.format)
+    for event in out.events:
+        if event.ts_ms <= latest_ms:
+            kept.events.append(event)
+        else:
+            moment = event.timestamp.isoformat()
+            detail = f"{out.format}: timestamp {moment} is more than the allowed skew ahead of now"
+            original = orjson.dumps(event.to_json_dict())
+            kept.rejects.append(Rejection("future_timestamp", detail, original, format=out.format))
+    return kept
+
+
+def _decode(
+    raw: bytes | None,
+    max_bytes: int,
+    max_batch: int,
+    fmt: InputFormat = "auto",
+    max_nesting: int = MAX_NESTING,
+) -> Decoded:
+    raw = raw or b""
+    if fmt == "snowplow" or (fmt == "auto" and raw[:1] not in JSON_OPENERS and looks_like_tsv(raw)):
+        return decode_snowplow(raw, max_bytes=max_bytes, max_batch=max_batch, max_nesting=max_nesting)
+    out = Decoded()
+    if fmt != "contract":
+        out.format = "json" if fmt == "auto" else fmt
+    if len(raw) > max_bytes:
+        detail = f"{out.format}: message is {len(raw)} bytes, the limit is {max_bytes}"
+        out.rejects.append(Rejection("too_large", detail, raw, format=out.format))
+        return out
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        message = str(exc)
+        reason: RejectReason = "invalid_json"
+        if "UTF-8" in message:
+            reason = "invalid_utf8"
+        elif "depth limit" in message or "recursion" in message:
+            reason = "too_deeply_nested"
+        out.rejects.append(Rejection(reason, f"{out.format}: {message}", raw, format=out.format))
+        return out
+    if fmt != "contract" and (
+        fmt == "segment" or looks_like_segment(parsed[0] if isinstance(parsed, list) and parsed else parsed)
+    ):
+        return decode_segment(parsed, raw, max_batch=max_batch, max_nesting=max_nesting)
+    out.format = "contract"
+    # the event object, the batch array and properties nesting max_nesting deep; orjson refuses
+    # past 1024 levels, and an ordinary event has too few brackets to need the walk at all
+    outer = max_nesting + 2
+    if not within_nesting(raw, outer) and nesting_depth(parsed, outer) > outer:
+        detail = f"contract: nested deeper than {outer} levels"
+        out.rejects.append(Rejection("too_deeply_nested", detail, raw))
+        return out
+    if not isinstance(parsed, list):
+        result = _validate_one(parsed, max_nesting)
+        if isinstance(result, ClickEvent):
+            out.events.append(result)
+        else:
+            out.rejects.append(Rejection(result.reason, result.detail, raw, None, result.errors))
+        return out
+    if not parsed:
+        out.rejects.append(Rejection("empty_batch", "contract: the batch array is empty", raw))
+    elif len(parsed) > max_batch:
+        detail = f"contract: {len(parsed)} events, the limit is {max_batch}"
+        out.rejects.append(Rejection("batch_too_large", detail, raw))
+    else:
+        for index, obj in enumerate(parsed):
+            result = _validate_one(obj, max_nesting)
+            if isinstance(result, ClickEvent):
+                out.events.append(result)
+            else:
+                original = orjson.dumps(obj)
+                out.rejects.append(Rejection(result.reason, result.detail, original, index, result.errors))
+    return out

@@ -1,0 +1,46 @@
+"""What decoding gives back: the events, and the input that could not become one with a
+machine-readable reason (the dead letters' source). Every format's decoder returns these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from streams.core.input.event import ClickEvent
+
+RejectReason = Literal[
+    "too_large",
+    "invalid_utf8",
+    "invalid_json",
+    "not_an_object",
+    "empty_batch",
+    "batch_too_large",
+    "too_deeply_nested",
+    "invalid_event",
+    "late_event",
+    "future_timestamp",
+    "invalid_tsv",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Input that could not become an event, with a machine-readable reason."""
+
+    reason: RejectReason
+    detail: str
+    original: bytes
+    index: int | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    format: str = "contract"
+    """The format the input was read as, which `detail` starts with: contract, segment, snowplow,
+    or json (in auto mode, input that is not even valid JSON, so neither contract nor segment)."""
+
+
+@dataclass(slots=True)
+class Decoded:
+    events: list[ClickEvent] = field(default_factory=list)
+    rejects: list[Rejection] = field(default_factory=list)
+    ignored: int = 0
+    """Valid input that carries nothing for the engine (a Segment `group` call), counted."""
+    format: str = "contract"

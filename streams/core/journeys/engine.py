@@ -1,0 +1,484 @@
+"""Many journeys at once: a state store, per-partition watermarks and a deadline index.
+
+This is what both the Kafka worker and offline mode drive. Events of one identity always
+land in the same partition (`partition_for`). Each partition keeps a heap of its journeys'
+next deadlines, so timeouts fire for journeys that receive no new event without scanning
+them all, and a watermark aligned over its sources: every source (a partition of an input
+topic) reports how far its event time has got, and the partition's watermark is the
+slowest source's, less the late tolerance. A fast source therefore cannot fire a deadline
+before a slow source has delivered the event that would have kept it open, which makes
+the outputs independent of how Kafka interleaves the sources.
+
+With identity stitching (`core.identity`) an event is first handled on its *home* partition (its
+anonymous id's), which applies it to the anonymous journey or hands it to the person's partition
+as an item. There items are held until the partition's hold watermark passes them, then applied
+in event-time order. On Kafka, items for other partitions wait in `outbox` for the worker to
+send them, and every partition's progress through its own input reaches the others as the
+watermark of a *forwarder* source (`journeys/N`), which the hold and deadline watermarks wait
+for like any other source. Offline, items are held on their partition at once.
+
+A run's journeys are decoded once and written once: `load` keeps each journey it reads (and every
+journey saved) in a cache of live objects, and `flush` writes the ones that changed to the store,
+each once, in the order they were first changed, then empties the cache. The Kafka agent flushes
+after each run of messages, before the table's changelog is written; offline mode every chunk of
+lines. Between two flushes the store is behind: read it only after a flush.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+from zlib import crc32
+
+from streams.core.config.matching import CompiledConfig
+from streams.core.input.event import ClickEvent
+from streams.core.journeys.identity import (
+    Forwarded,
+    IdentityRules,
+    Item,
+    Merge,
+    decide,
+    decode_item,
+    forwarder_source,
+    is_forwarder,
+    release_order,
+)
+from streams.core.journeys.journey import Journey, JourneyMachine, Outputs
+from streams.core.journeys.merge import MAX_MERGED_IDS, merge_journeys, merged_first_touch
+from streams.core.records.ids import output_id, short_hash
+from streams.core.records.outputs import IdentityLink
+
+
+def partition_for(identity: str, partitions: int) -> int:
+    """The partition that owns an identity's journey; stable across processes and restarts."""
+    return crc32(identity.encode()) % partitions
+
+
+@dataclass(slots=True)
+class _PartitionClock:
+    sources: dict[str, int] = field(default_factory=dict)
+    waiting_for: set[str] = field(default_factory=set)
+    """Expected sources not heard from yet: until each reports (or idles), no deadline fires."""
+    floor: int | None = None
+    """The watermark reached so far: it never goes back, even when every source goes idle."""
+    idle_reached: int | None = None
+    """How far the sources that went idle had got: once no source is active, event time gets
+    there, since nothing earlier is coming (whichever order they went idle in)."""
+    heap: list[tuple[int, str]] = field(default_factory=list)
+    scheduled: dict[str, int] = field(default_factory=dict)
+    hold_floor: int | None = None
+    holds: list[tuple[int, str]] = field(default_factory=list)
+    """(earliest held item's time, person): journeys with items waiting for the hold watermark."""
+    held_at: dict[str, int] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(
+        self,
+        config: CompiledConfig,
+        store: MutableMapping[str, bytes],
+        partitions: int,
+        expected_sources: Iterable[str] = (),
+        forwarding: bool = False,
+    ) -> None:
+        self.machine = JourneyMachine(config)
+        self.config = config
+        self.store = store
+        self.partitions = partitions
+        self.expected_sources = frozenset(expected_sources)
+        self.rules = IdentityRules.from_config(config.source.identity)
+        self.forwarding = forwarding and self.rules.stitch and partitions > 1
+        """Items for other partitions go to `outbox` (Kafka), not straight to their holds."""
+        self.outbox: list[tuple[int, Item]] = []
+        self._clocks: dict[int, _PartitionClock] = {}
+        self._cache: dict[str, Journey | None] = {}
+        """Journeys read or saved since the last flush (None: known to be absent)."""
+        self._dirty: dict[str, None] = {}
+        """The identities to write (or delete) at the flush, in the order first changed."""
+        self._clicks: dict[int, tuple[dict[str, Any], ClickEvent]] = {}
+        """Held item bodies of this run (by id, the body kept alive with it) and their event,
+        validated already: applying them needs no second validation."""
+
+    def _clock(self, partition: int) -> _PartitionClock:
+        clock = self._clocks.get(partition)
+        if clock is None:
+            expected = set(self.expected_sources)
+            if self.forwarding:
+                expected |= {forwarder_source(p) for p in range(self.partitions) if p != partition}
+            clock = self._clocks[partition] = _PartitionClock(waiting_for=expected)
+        return clock
+
+    def partition_of(self, identity: str) -> int:
+        return partition_for(identity, self.partitions)
+
+    def home_partition(self, event: ClickEvent) -> int:
+        """The partition that first handles an event: its anonymous id's when stitching."""
+        return partition_for(self.rules.home(event), self.partitions)
+
+    @staticmethod
+    def _reached(clock: _PartitionClock, forwarders: bool = True) -> int | None:
+        """The slowest source's event time (None while an expected source is not heard from)."""
+        if forwarders:
+            if clock.waiting_for:
+                return None
+            return min(clock.sources.values()) if clock.sources else clock.idle_reached
+        if any(not is_forwarder(source) for source in clock.waiting_for):
+            return None
+        own = [at for source, at in clock.sources.items() if not is_forwarder(source)]
+        return min(own) if own else clock.idle_reached
+
+    def watermark(self, partition: int) -> int | None:
+        """Deadlines before this event time fire: the slowest source, less the late tolerance."""
+        clock = self._clocks.get(partition)
+        return None if clock is None else self._floor(clock)
+
+    def _floor(self, clock: _PartitionClock) -> int | None:
+        reached = self._reached(clock)
+        if reached is not None:
+            current = reached - self.config.late_tolerance
+            if clock.floor is None or current > clock.floor:
+                clock.floor = current
+        return clock.floor
+
+    def hold_watermark(self, partition: int) -> int | None:
+        """Held items up to this event time apply: nothing earlier can still be on its way."""
+        clock = self._clocks.get(partition)
+        if clock is None:
+            return None
+        reached = self._reached(clock)
+        if reached is not None and (clock.hold_floor is None or reached > clock.hold_floor):
+            clock.hold_floor = reached
+        return clock.hold_floor
+
+    def progress(self, partition: int) -> int | None:
+        """How far this partition has got through its own input (not what others forwarded):
+        what it announces to the others as its forwarder watermark, after what it forwarded."""
+        clock = self._clocks.get(partition)
+        return None if clock is None else self._reached(clock, forwarders=False)
+
+    def load(self, identity: str) -> Journey | None:
+        """The journey (a live object: the cache's until the next flush), or None."""
+        cache = self._cache
+        if identity in cache:
+            return cache[identity]
+        raw = self.store.get(identity)
+        loaded = Journey.loads(raw) if raw is not None else None
+        cache[identity] = loaded
+        return loaded
+
+    def _read(self, identity: str) -> Journey | None:
+        """The journey without keeping it (recovery reads every journey once)."""
+        if identity in self._cache:
+            return self._cache[identity]
+        raw = self.store.get(identity)
+        return Journey.loads(raw) if raw is not None else None
+
+    def _put(self, journey: Journey) -> None:
+        identity = journey.identity
+        self._cache[identity] = journey
+        self._dirty[identity] = None
+
+    def _delete(self, identity: str) -> None:
+        self._cache[identity] = None
+        self._dirty[identity] = None
+
+    @property
+    def cached(self) -> int:
+        """Journeys held decoded since the last flush."""
+        return len(self._cache)
+
+    def flush(self) -> int:
+        """Write every journey changed since the last flush to the store, once each, and forget
+        the cache; the number written. Call it before the store is read or persisted."""
+        store, cache = self.store, self._cache
+        for identity in self._dirty:
+            journey = cache[identity]
+            if journey is not None:
+                store[identity] = journey.dumps()
+            elif identity in store:
+                del store[identity]
+        written = len(self._dirty)
+        self._dirty = {}
+        self._cache = {}
+        self._clicks = {}
+        return written
+
+    def process(self, event: ClickEvent, partition: int | None = None) -> Outputs:
+        """Apply one event on its home partition. Deadlines fire in `observe`, when sources move on."""
+        if not self.rules.stitch:
+            if partition is None:
+                partition = self.partition_of(event.identity)
+            clock = self._clock(partition)
+            applied, out = self.machine.apply(self.load(event.identity), event)
+            self._save(clock, applied)
+            return out
+        home = self.rules.home(event)
+        if partition is None:
+            partition = self.partition_of(home)
+        clock = self._clock(partition)
+        if event.anonymous_id is None:  # the person's own event: held with what is forwarded to it
+            return self._send(partition, Forwarded(home, event.to_json_dict(), event.ts_ms), event)
+        journey = self.load(home)
+        decision, person = decide(self.rules, journey.linked_to if journey else None, event)
+        if decision == "local":
+            applied, out = self.machine.apply(journey, event)
+            self._save(clock, applied)
+            return out
+        out = []
+        if decision == "link":
+            state = None
+            stub = Journey(None, home, linked_to=person, last_ts=event.ts_ms)
+            if journey is not None:
+                out += self.machine.advance(journey, event.ts_ms)
+                state = journey.dumps()
+                stub.last_ts = max(stub.last_ts, journey.last_ts)
+                # the events the anonymous journey applied travel in it: the stub remembers
+                # them, so a copy delivered again (a redone run) is not forwarded a second time
+                stub.seen, stub.seen_at = list(journey.seen), list(journey.seen_at)
+            self._save(clock, stub)
+            item: Item = Merge(person, home, state, event.to_json_dict(), event.ts_ms)
+        else:
+            if (
+                journey is not None
+                and journey.linked_to is not None
+                and short_hash(event.event_id) in journey.seen
+            ):
+                return []  # applied by the anonymous journey before it was merged
+            if decision == "refuse":
+                assert journey is not None and journey.linked_to is not None
+                out.append(self._refused(event, journey.linked_to))
+            if journey is not None and journey.linked_to is not None and event.ts_ms > journey.last_ts:
+                journey.last_ts = event.ts_ms  # the link lives on while its anonymous id is seen
+                self._save(clock, journey)
+            item = Forwarded(person, event.to_json_dict(), event.ts_ms)
+        return out + self._send(partition, item, event)
+
+    def accept(self, partition: int, body: object) -> Outputs:
+        """An item another partition forwarded here (as `Item.encode` wrote it)."""
+        return self._hold(partition, decode_item(body))
+
+    def _send(self, partition: int, item: Item, event: ClickEvent) -> Outputs:
+        target = self.partition_of(item.person)
+        if self.forwarding and target != partition:
+            self.outbox.append((target, item))
+            return []
+        return self._hold(target, item, event)
+
+    def _hold(self, partition: int, item: Item, event: ClickEvent | None = None) -> Outputs:
+        clock = self._clock(partition)
+        journey = self.load(item.person) or Journey(item.person, None)
+        body = item.encode()
+        journey.held.append(body)
+        if event is not None:
+            self._clicks[id(body)] = (body, event)
+        self._put(journey)
+        self._schedule_hold(clock, journey)
+        return self._release_due(partition, clock)
+
+    def _event_of(self, item: Item, keep: bool = False) -> ClickEvent:
+        """The item's event: the one validated when it was held in this run, else validated now."""
+        clicks = self._clicks
+        known = None
+        if item.body is not None:
+            known = clicks.get(id(item.body)) if keep else clicks.pop(id(item.body), None)
+        if known is not None and known[0] is item.body:
+            return known[1]
+        return ClickEvent.model_validate(item.event)
+
+    def _schedule_hold(self, clock: _PartitionClock, journey: Journey) -> None:
+        if not journey.held:
+            return
+        earliest = min(body["ts"] for body in journey.held)
+        known = clock.held_at.get(journey.identity)
+        if known is None or earliest < known:
+            clock.held_at[journey.identity] = earliest
+            heapq.heappush(clock.holds, (earliest, journey.identity))
+
+    def _release_due(self, partition: int, clock: _PartitionClock) -> Outputs:
+        """Apply, in event-time order, the held items the hold watermark has passed."""
+        out: Outputs = []
+        if not clock.holds:
+            return out
+        until = self.hold_watermark(partition)
+        if until is None:
+            return out
+        while clock.holds and clock.holds[0][0] <= until:
+            earliest, person = heapq.heappop(clock.holds)
+            if clock.held_at.get(person) != earliest:
+                continue
+            del clock.held_at[person]
+            journey = self.load(person)
+            if journey is None:
+                continue
+            ready = [decode_item(body) for body in journey.held if body["ts"] <= until]
+            journey.held = [body for body in journey.held if body["ts"] > until]
+            links: dict[int, IdentityLink] = {}
+            for step, item in release_order(ready):
+                if step == "merge" and isinstance(item, Merge):
+                    merged, link = self._merge(journey, item)
+                    out += merged
+                    if link is not None:
+                        links[id(item)] = link
+                    continue
+                journey, applied = self.machine.apply(journey, self._event_of(item))
+                out += applied
+                link = links.pop(id(item), None)
+                if link is not None:  # what the merge kept, once its linking event has applied
+                    out.append(self._linked(journey, link))
+            self._save(clock, journey)
+            self._schedule_hold(clock, journey)  # what is still held waits for a later watermark
+        return out
+
+    def _merge(self, journey: Journey, item: Merge) -> tuple[Outputs, IdentityLink | None]:
+        """The anonymous journey joins the person's (its linking event applies after, in its
+        place among the held events); the identity output to complete once it has, or None when
+        this merge was delivered before."""
+        if item.anonymous_id in journey.merged:
+            return [], None
+        user_history = journey.last_ts > 0
+        anonymous = Journey.loads(item.journey) if item.journey is not None else None
+        ended: dict[str, int] = {}
+        if anonymous is not None:
+            out, ended = merge_journeys(self.machine, journey, anonymous, item.ts)
+        else:
+            out = self.machine.advance(journey, item.ts)
+            journey.merged = [*journey.merged, item.anonymous_id][-MAX_MERGED_IDS:]
+            if journey.anonymous_id is None:
+                journey.anonymous_id = item.anonymous_id
+        event = self._event_of(item, keep=True)  # its event applies later, as a step of its own
+        link = IdentityLink(
+            id=output_id("identity", item.anonymous_id, item.person, event.event_id),
+            user_id=item.person,
+            anonymous_id=item.anonymous_id,
+            session_id=event.session_id,
+            timestamp=event.timestamp,
+            action="linked",
+            event=event.event,
+            event_id=event.event_id,
+            anonymous_history=anonymous is not None,
+            user_history=user_history,
+            attempts_merged=ended,
+        )
+        return out, link
+
+    @staticmethod
+    def _linked(journey: Journey, link: IdentityLink) -> IdentityLink:
+        return link.model_copy(
+            update={
+                "session_id": journey.session.id if journey.session is not None else link.session_id,
+                "first_touch": merged_first_touch(journey),
+                "attempts_kept": {key: attempt.reached for key, attempt in journey.attempts.items()},
+            }
+        )
+
+    @staticmethod
+    def _refused(event: ClickEvent, linked_to: str) -> IdentityLink:
+        return IdentityLink(
+            id=output_id("identity-refused", event.anonymous_id, event.user_id, event.event_id),
+            user_id=event.user_id,
+            anonymous_id=event.anonymous_id,
+            session_id=event.session_id,
+            timestamp=event.timestamp,
+            action="refused",
+            event=event.event,
+            event_id=event.event_id,
+            reason=(
+                "the anonymous id is linked to another user already; two users are never merged, "
+                "so this event counts for its own user alone"
+            ),
+            linked_user_id=linked_to,
+        )
+
+    def observe(self, partition: int, source: str, event_time: int) -> Outputs:
+        """A source has delivered everything up to `event_time`: apply and fire what that makes due."""
+        clock = self._clocks.get(partition) or self._clock(partition)
+        clock.waiting_for.discard(source)
+        sources = clock.sources
+        if event_time > sources.get(source, event_time - 1):
+            sources[source] = event_time
+        if clock.holds:
+            out = self._release_due(partition, clock)
+            out += self._fire_due(partition, clock)
+            return out
+        return self._fire_due(partition, clock)
+
+    def forget_source(self, partition: int, source: str) -> Outputs:
+        """Stop waiting for a source (gone idle, or moved to another worker)."""
+        clock = self._clock(partition)
+        was_waiting = source in clock.waiting_for
+        clock.waiting_for.discard(source)
+        reached = clock.sources.pop(source, None)
+        if reached is not None:
+            clock.idle_reached = max(reached, clock.idle_reached or reached)
+        elif not was_waiting:
+            return []
+        return self._release_due(partition, clock) + self._fire_due(partition, clock)
+
+    def rebuild_deadlines(self, partition: int, identities: Iterable[str]) -> int:
+        """Index the deadlines of journeys already in the store (after recovery or assignment)."""
+        clock = self._clock(partition)
+        count = 0
+        for identity in identities:
+            journey = self._read(identity)
+            if journey is not None:
+                self._schedule(clock, journey)
+                self._schedule_hold(clock, journey)
+                count += 1
+        return count
+
+    def release_partitions(self, partitions: Iterable[int]) -> None:
+        """Forget the deadlines and clocks of partitions another worker now owns."""
+        self.flush()
+        for partition in partitions:
+            self._clocks.pop(partition, None)
+
+    def pending_deadlines(self, partition: int) -> int:
+        clock = self._clocks.get(partition)
+        return len(clock.scheduled) if clock else 0
+
+    def _save(self, clock: _PartitionClock, journey: Journey) -> None:
+        self._put(journey)
+        self._schedule(clock, journey)
+
+    def _next_deadline(self, journey: Journey) -> int | None:
+        if journey.linked_to is not None:  # a stub: forgotten `ttl` after its id was last seen
+            return journey.last_ts + self.rules.ttl
+        return self.machine.next_deadline(journey)
+
+    def _schedule(self, clock: _PartitionClock, journey: Journey) -> None:
+        deadline = self._next_deadline(journey)
+        if deadline is None:
+            return
+        known = clock.scheduled.get(journey.identity)
+        if known is None or deadline < known:
+            clock.scheduled[journey.identity] = deadline
+            heapq.heappush(clock.heap, (deadline, journey.identity))
+
+    def _fire_due(self, partition: int, clock: _PartitionClock) -> Outputs:
+        watermark = self._floor(clock)  # computed on every call: the floor never goes back
+        out: Outputs = []
+        heap = clock.heap
+        if watermark is None or not heap or heap[0][0] >= watermark:
+            return out
+        while heap and heap[0][0] < watermark:
+            deadline, identity = heapq.heappop(heap)
+            if clock.scheduled.get(identity) != deadline:
+                continue
+            del clock.scheduled[identity]
+            journey = self.load(identity)
+            if journey is None:
+                continue
+            if journey.linked_to is not None:
+                if journey.last_ts + self.rules.ttl < watermark:
+                    self._delete(identity)  # the link expired: the id is anonymous again
+                else:
+                    self._schedule(clock, journey)
+                continue
+            fired = self.machine.advance(journey, watermark)
+            if fired:
+                out.extend(fired)
+                self._put(journey)
+            self._schedule(clock, journey)
+        return out

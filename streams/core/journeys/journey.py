@@ -1,0 +1,888 @@
+"""The journey state machine: (journey, event) -> (journey, outputs), deterministic, in event time.
+
+A journey is one identity's history as far as funnels care: first touch, the open session,
+one attempt per funnel, the microconversions since the last macroconversion and the
+fingerprints of recent event ids. Deadlines (session timeout, funnel window, step `within`,
+`stalled_after`) fire in chronological order whatever the jumps in time between calls, so
+the outputs depend only on the events, never on when a timer happened to run.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
+from typing import Any
+
+import orjson
+
+from streams.core.config.durations import format_duration_ms
+from streams.core.config.matching import CompiledConfig, CompiledFunnel, CompiledGoal, CompiledMicro, Matcher
+from streams.core.input.channel import classify_channel
+from streams.core.input.event import ClickEvent, from_epoch_ms, url_path
+from streams.core.records.ids import output_id, short_hash
+from streams.core.records.outputs import (
+    DeadLetter,
+    Dropoff,
+    DropoffReason,
+    FirstTouch,
+    MacroConversion,
+    MicroConversion,
+    OutputEvent,
+    SessionSummary,
+    Stalled,
+    build,
+)
+
+STATE_VERSION = 3
+"""3: attempts keep their chains, journeys their same-millisecond ties and identity stitching's
+stub, held items and merged ids (trailing fields: versions 1 and 2 load with their defaults, and
+a reader of version 2 refuses a version 3 state rather than misread it)."""
+MAX_REMEMBERED_IDS = 256
+MAX_PATH = 50
+MAX_BREAKDOWN_VALUE = 100
+
+
+def _packer(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    """A dataclass's values in field order: the compact positional form journeys are stored in
+    (one C-level attrgetter per class, where `dataclasses.fields` on every call was a cost)."""
+    return attrgetter(*(f.name for f in fields(cls)))
+
+
+@dataclass(slots=True)
+class Session:
+    number: int
+    id: str
+    start: int
+    last: int
+    landing: str | None
+    channel: str
+    campaign: list[str | None] | None
+    page_views: int = 0
+    events: int = 0
+    micros: int = 0
+    goals: list[str] = field(default_factory=list)
+    returning: bool = False
+    """Not the person's first session (`visitor_type: returning`), as known when it opened."""
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try at a funnel, from the event that opens it until it completes or drops off.
+
+    Stored positionally (`_pack`): a new field goes last, with a default, so older states load.
+
+    - `number`: the journey's sequence when it opened (output ids stay unique); `start`: the
+      event time of the event that opened it; `last`: the event time of its latest progress.
+    - `reached`: the furthest step reached; `done_mask`: a bit per step reported.
+    - `session_id`, `breakdowns`: as read when it opened (the breakdowns of `attribution:` at that
+      step); `stalled`: a stall was reported since the last progress.
+    - `chains` (ordered funnels with `entry: best`): per step k below the last, the chain that
+      reached k and started latest, as two integers, its start and its last step, each an offset
+      from `start`; `None, None` where no chain is at k; trailing gaps cut (`chain_slots` reads
+      it). Empty otherwise: `start`, `last` and `reached` are the one chain.
+
+    Two attempts of the same funnel (and held value) can be merged step by step: at each step
+    the chain that started later dominates the other (later start, later last step).
+    """
+
+    number: int
+    start: int
+    last: int
+    reached: int
+    done_mask: int
+    session_id: str | None
+    breakdowns: dict[str, str | None]
+    stalled: bool = False
+    chains: list[int | None] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Journey:
+    user_id: str | None
+    anonymous_id: str | None
+    first_touch: int | None = None
+    first_landing: str | None = None
+    first_channel: str | None = None
+    last_ts: int = 0
+    sequence: int = 0
+    """Numbers sessions and attempts, so ids stay unique when two start in the same millisecond."""
+    sessions: int = 0
+    page_views: int = 0
+    session: Session | None = None
+    attempts: dict[str, Attempt] = field(default_factory=dict)
+    path: list[str] = field(default_factory=list)
+    seen: list[int] = field(default_factory=list)
+    """Fingerprints of the event ids applied within `late_tolerance` of the latest event..."""
+    seen_at: list[int] = field(default_factory=list)
+    """...and their event times (epoch seconds): older ones are refused as late anyway."""
+    linked_to: str | None = None
+    """Identity stitching: this anonymous id was linked to this user, whose journey holds its
+    history now; this record is only the stub that forwards its events (`core.identity`)."""
+    held: list[dict[str, Any]] = field(default_factory=list)
+    """Items for this person waiting for the hold watermark (`core.identity`)."""
+    merged: list[str] = field(default_factory=list)
+    """The anonymous ids merged into this journey (the latest few)."""
+    ties: dict[str, int] = field(default_factory=dict)
+    """Per attempt key, the steps (bits; step 1 never needs it) matched by the events already
+    applied at the journey's latest event time: a later event of the same millisecond is taken
+    as if in step order (README "Funnel semantics"). Emptied when event time moves on."""
+
+    @property
+    def identity(self) -> str:
+        return self.user_id if self.user_id is not None else self.anonymous_id  # type: ignore[return-value]
+
+    def dumps(self) -> bytes:
+        values = list(_pack_journey(self))
+        values[_SESSION_AT] = _pack_session(self.session) if self.session else None
+        values[_ATTEMPTS_AT] = {name: _pack_attempt(a) for name, a in self.attempts.items()}
+        # the remembered ids are most of a busy user's state: fingerprints as packed bytes
+        # (11 characters each, not 20 digits) and their times as ages in seconds
+        values[_SEEN_AT] = base64.b64encode(struct.pack(f"<{len(self.seen)}Q", *self.seen)).decode()
+        now_s = self.last_ts // 1000
+        values[_SEEN_TIMES_AT] = [now_s - at for at in self.seen_at]
+        # orjson's result keeps the buffer it grew while encoding (about 8 KiB for a 1.5 KB
+        # state); the table holds one per user, so it keeps an exact-size copy instead
+        return bytes(memoryview(orjson.dumps([STATE_VERSION, *values])))
+
+    @classmethod
+    def loads(cls, raw: bytes) -> Journey:
+        version, *values = orjson.loads(raw)
+        if version not in (1, 2, STATE_VERSION):
+            raise ValueError(f"unknown journey state version {version}")
+        journey = cls(*values)
+        if version >= 2:
+            packed = base64.b64decode(journey.seen)  # type: ignore[arg-type]
+            journey.seen = list(struct.unpack(f"<{len(packed) // 8}Q", packed))
+            now_s = journey.last_ts // 1000
+            journey.seen_at = [now_s - age for age in journey.seen_at]
+        if journey.session is not None:
+            journey.session = Session(*journey.session)  # type: ignore[misc]
+        journey.attempts = {name: Attempt(*a) for name, a in journey.attempts.items()}  # type: ignore[misc]
+        return journey
+
+
+_pack_journey = _packer(Journey)
+_pack_session = _packer(Session)
+_pack_attempt = _packer(Attempt)
+_JOURNEY_FIELDS = [f.name for f in fields(Journey)]
+_SESSION_AT = _JOURNEY_FIELDS.index("session")
+_ATTEMPTS_AT = _JOURNEY_FIELDS.index("attempts")
+_SEEN_AT = _JOURNEY_FIELDS.index("seen")
+_SEEN_TIMES_AT = _JOURNEY_FIELDS.index("seen_at")
+
+Outputs = list[OutputEvent]
+
+
+Chain = tuple[int, int]
+"""A chain: the event time of its step-1 event and that of its latest step."""
+
+
+def attempt_key(funnel: CompiledFunnel, held: tuple[str, ...] | None) -> str:
+    """Where a journey keeps an attempt: the funnel's name, and with `hold`, the held values."""
+    if held is None:
+        return funnel.name
+    return f"{funnel.name}#{orjson.dumps(list(held)).decode()}"  # names cannot contain '#'
+
+
+def funnel_of(key: str) -> str:
+    return key.split("#", 1)[0]
+
+
+def held_values(funnel: CompiledFunnel, event: ClickEvent) -> tuple[str, ...] | None:
+    """The event's values of the funnel's `hold` paths; None without `hold` or when one is missing
+    (such an event cannot share a value with the other steps, so it counts for no attempt)."""
+    values: list[str] = []
+    for path in funnel.hold:
+        value = event.lookup(path)
+        if value is None:
+            return None
+        values.append(str(value)[:MAX_BREAKDOWN_VALUE])
+    return tuple(values) if values else None
+
+
+def chain_slots(attempt: Attempt, funnel: CompiledFunnel) -> list[Chain | None]:
+    """The attempt's best chain per step 0..n-2 (None where no chain is at that step).
+
+    An attempt stored before best chains existed (or kept with `entry: first`) has one chain, from
+    its start to its last step: it continues as that chain."""
+    size = funnel.last_index
+    slots: list[Chain | None] = [None] * size
+    flat = attempt.chains
+    if not flat:
+        if attempt.reached < size:
+            slots[attempt.reached] = (attempt.start, attempt.last)
+        return slots
+    for k in range(min(size, len(flat) // 2)):
+        start, last = flat[2 * k], flat[2 * k + 1]
+        if start is not None and last is not None:
+            slots[k] = (attempt.start + start, attempt.start + last)
+    return slots
+
+
+def store_chain_slots(attempt: Attempt, slots: list[Chain | None]) -> None:
+    """Pack the chains as offsets from the attempt's start (short numbers), trailing gaps cut."""
+    flat: list[int | None] = []
+    for slot in slots:
+        flat += [None, None] if slot is None else [slot[0] - attempt.start, slot[1] - attempt.start]
+    while flat and flat[-1] is None:
+        del flat[-2:]
+    attempt.chains = flat
+
+
+def extends(funnel: CompiledFunnel, step: int, chain: Chain, now: int) -> bool:
+    """Whether an event of `step` at `now` extends a chain that reached the step before
+    (both bounds inclusive, as windowFunnel's `timestamp <= first_timestamp + window`)."""
+    start, last = chain
+    within = funnel.steps[step].within
+    return (funnel.window is None or now <= start + funnel.window) and (
+        within is None or now <= last + within
+    )
+
+
+def chain_end(funnel: CompiledFunnel, index: int, chain: Chain) -> tuple[int, DropoffReason] | None:
+    """The last moment a chain at step `index` can still extend, and why it cannot after it."""
+    start, last = chain
+    window_end = start + funnel.window if funnel.window is not None else None
+    within = funnel.steps[index + 1].within
+    step_end = last + within if within is not None else None
+    if step_end is None or (window_end is not None and window_end <= step_end):
+        return None if window_end is None else (window_end, "window_expired")
+    return step_end, "step_timeout"
+
+
+def attempt_end(funnel: CompiledFunnel, attempt: Attempt) -> tuple[int, DropoffReason] | None:
+    """When the attempt drops off if nothing happens: once no chain can extend (None: never)."""
+    if funnel.order == "any":
+        return None if funnel.window is None else (attempt.start + funnel.window, "window_expired")
+    if not funnel.best_chain:
+        return chain_end(funnel, attempt.reached, (attempt.start, attempt.last))
+    flat = attempt.chains
+    if not flat:  # stored before best chains, or one chain so far: from its start to its last step
+        if attempt.reached >= funnel.last_index:
+            return None
+        return chain_end(funnel, attempt.reached, (attempt.start, attempt.last))
+    # chain_end over the packed chains (chain_slots' offsets), without building the slots
+    start, window, steps = attempt.start, funnel.window, funnel.steps
+    latest_at = latest_index = -1
+    latest_reason: DropoffReason = "window_expired"
+    reason: DropoffReason
+    for index in range(min(funnel.last_index, len(flat) // 2)):
+        first, last = flat[2 * index], flat[2 * index + 1]
+        if first is None or last is None:
+            continue
+        window_end = start + first + window if window is not None else None
+        within = steps[index + 1].within
+        step_end = start + last + within if within is not None else None
+        if step_end is None or (window_end is not None and window_end <= step_end):
+            if window_end is None:
+                return None
+            at, reason = window_end, "window_expired"
+        else:
+            at, reason = step_end, "step_timeout"
+        if (at, index) >= (latest_at, latest_index):
+            latest_at, latest_index, latest_reason = at, index, reason
+    return None if latest_index < 0 else (latest_at, latest_reason)
+
+
+_SESSION_DUE, _DROP_DUE, _STALL_DUE = 0, 2, 4
+Due = tuple[int, int, str, DropoffReason | None]
+"""A deadline: (event time, kind, the attempt's key (empty for the session), a drop-off's reason).
+Simultaneous deadlines fire in this order: the session, then drop-offs, then stalls, by key."""
+
+
+def previous_step_at(funnel: CompiledFunnel, attempt: Attempt, index: int) -> int | None:
+    """When the attempt reached the step before `index` (the step-to-step time of issue 18's
+    projections): with best chains, the last step of the chain at that step; otherwise the
+    attempt's latest progress before this one. None for the first step or when unknown."""
+    if index == 0:
+        return None
+    if funnel.best_chain:
+        chain = chain_slots(attempt, funnel)[index - 1]
+        return chain[1] if chain is not None else None
+    return attempt.last
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What an event name can match: the goals and micro actions, and per funnel the steps and
+    exclusions, whose matchers name no event or name this one (in configuration order). A funnel
+    none of whose steps or exclusions it can match is left out: the event changes nothing there."""
+
+    goals: tuple[CompiledGoal, ...]
+    micro: tuple[CompiledMicro, ...]
+    funnels: tuple[tuple[CompiledFunnel, tuple[int, ...], tuple[Matcher, ...]], ...]
+
+
+MAX_PLANS = 4_096
+"""Event names whose plan is kept (a stream of random names must not grow the cache)."""
+
+
+def _may_match(matcher: Matcher, name: str, goals: frozenset[str] = frozenset()) -> bool:
+    """Whether an event named `name` can match: by its event filter, and when it needs a goal,
+    one of `goals` (those the same name can reach)."""
+    return (matcher.events is None or name in matcher.events) and (
+        matcher.goal is None or matcher.goal in goals
+    )
+
+
+class JourneyMachine:
+    """Applies events and the passing of event time to journeys, for one compiled configuration."""
+
+    def __init__(self, config: CompiledConfig) -> None:
+        self.config = config
+        self._plans: dict[str, _Plan] = {}
+
+    def _plan(self, name: str) -> _Plan:
+        plan = self._plans.get(name)
+        if plan is not None:
+            return plan
+        config = self.config
+        goals = tuple(g for g in config.goals if _may_match(g.matcher, name))
+        reach = frozenset(g.name for g in goals)
+        funnels = []
+        for funnel in config.funnels:
+            steps = tuple(i for i, step in enumerate(funnel.steps) if _may_match(step.matcher, name, reach))
+            exclusions = tuple(m for m in funnel.exclusions if _may_match(m, name, reach))
+            if steps or exclusions:
+                funnels.append((funnel, steps, exclusions))
+        plan = _Plan(
+            goals, tuple(m for m in config.micro if _may_match(m.matcher, name, reach)), tuple(funnels)
+        )
+        if len(self._plans) < MAX_PLANS:
+            self._plans[name] = plan
+        return plan
+
+    # ---- time -------------------------------------------------------------------------
+
+    def next_deadline(self, journey: Journey) -> int | None:
+        """The earliest event time at which `advance` would change this journey."""
+        due = self._earliest(journey)
+        return None if due is None else due[0]
+
+    def advance(self, journey: Journey, now: int) -> Outputs:
+        """Fire every deadline strictly before `now`, earliest first."""
+        out: Outputs = []
+        attempts = journey.attempts
+        if attempts:
+            funnels = self.config.funnels_by_name
+            for key in [k for k in attempts if k not in funnels and funnel_of(k) not in funnels]:
+                del attempts[key]  # the funnel left the configuration
+        while True:
+            due = self._earliest(journey)
+            if due is None or due[0] >= now:
+                return out
+            at, kind, key, reason = due
+            if kind == _SESSION_DUE:
+                self._close_session(journey, at, out)
+                continue
+            funnel = self.config.funnels_by_name[funnel_of(key)]
+            if kind == _DROP_DUE:
+                assert reason is not None
+                self.drop(journey, funnel, reason, at, out, key)
+            else:
+                self._stall(journey, funnel, attempts[key], at, out)
+
+    def _earliest(self, journey: Journey) -> Due | None:
+        """The journey's next deadline, as plain values (no closures to build and discard)."""
+        earliest: Due | None = None
+        session = journey.session
+        if session is not None:
+            earliest = (session.last + self.config.session_timeout, _SESSION_DUE, "", None)
+        funnels = self.config.funnels_by_name
+        for key, attempt in journey.attempts.items():
+            funnel = funnels.get(key) or funnels[funnel_of(key)]
+            end = attempt_end(funnel, attempt)
+            if end is not None:
+                due: Due = (end[0], _DROP_DUE, key, end[1])
+                if earliest is None or due < earliest:
+                    earliest = due
+            if funnel.stalled_after is not None and not attempt.stalled:
+                due = (attempt.last + funnel.stalled_after, _STALL_DUE, key, None)
+                if earliest is None or due < earliest:
+                    earliest = due
+        return earliest
+
+    # ---- events -----------------------------------------------------------------------
+
+    def apply(self, journey: Journey | None, event: ClickEvent) -> tuple[Journey, Outputs]:
+        if journey is None:
+            journey = Journey(event.user_id, event.anonymous_id)
+        fingerprint = short_hash(event.event_id)
+        if fingerprint in journey.seen:
+            return journey, []
+        if journey.last_ts - event.ts_ms > self.config.late_tolerance:
+            return journey, [self._late(journey, event)]
+        self._remember(journey, fingerprint, event.ts_ms)
+
+        now = max(event.ts_ms, journey.last_ts)
+        if now > journey.last_ts and journey.ties:
+            journey.ties = {}
+        out = self.advance(journey, now)
+        session = self._session_for(journey, event, now, out)
+        if event.event in self.config.page_view_events:
+            session.page_views += 1
+            journey.page_views += 1
+        if session.landing is None and event.page is not None:
+            session.landing = url_path(event.page.url)
+        session.events += 1
+        session.last = now
+        journey.last_ts = now
+
+        plan = self._plan(event.event)
+        goals_hit = [g for g in plan.goals if g.matcher.matches(event)]
+        goal_names = [g.name for g in goals_hit]
+        micros = [m for m in plan.micro if m.matcher.matches(event, goal_names)]
+        dimensions = self._breakdowns(self.config.breakdowns, event, session) if micros or goals_hit else {}
+        for micro in micros:
+            self._record_micro(journey, session, micro.name)
+            out.append(self._micro(journey, event, session, micro.name, dimensions))
+        for funnel, steps, exclusions in plan.funnels:
+            self._step_funnel(journey, funnel, event, now, goal_names, out, steps, exclusions)
+        for goal in goals_hit:
+            out.append(self._macro(journey, event, session, goal.name, goal.value_path, dimensions))
+            session.goals.append(goal.name)
+            journey.path = []
+        return journey, out
+
+    def _remember(self, journey: Journey, fingerprint: int, ts_ms: int) -> None:
+        """Keep the ids a duplicate could still arrive for: one older than the tolerance is late."""
+        journey.seen.append(fingerprint)
+        journey.seen_at.append(ts_ms // 1000)
+        horizon_s = (max(journey.last_ts, ts_ms) - self.config.late_tolerance) // 1000 - 1
+        if len(journey.seen_at) <= MAX_REMEMBERED_IDS and min(journey.seen_at) >= horizon_s:
+            return  # nothing to forget (most events)
+        keep = [i for i, at in enumerate(journey.seen_at) if at >= horizon_s][-MAX_REMEMBERED_IDS:]
+        if len(keep) < len(journey.seen):
+            journey.seen = [journey.seen[i] for i in keep]
+            journey.seen_at = [journey.seen_at[i] for i in keep]
+
+    def _session_for(self, journey: Journey, event: ClickEvent, now: int, out: Outputs) -> Session:
+        """The open session, or a new one on a new session id or campaign.
+
+        An event older than the journey's latest (late, but within the tolerance) joins the open
+        session whatever it carries: reopening the past would depend on arrival order.
+        """
+        current = journey.session
+        campaign = list(event.campaign.key()) if event.campaign is not None else None
+        if current is not None:
+            same_id = event.session_id is None or event.session_id == current.id
+            same_campaign = campaign is None or campaign == current.campaign
+            if (same_id and same_campaign) or event.ts_ms < journey.last_ts:
+                return current
+            self._close_session(journey, now, out)
+        page_url = event.page.url if event.page is not None else None
+        referrer = event.page.referrer if event.page is not None else None
+        channel = classify_channel(event.campaign, referrer, page_url)
+        landing = url_path(page_url)
+        journey.sequence += 1
+        session_id = event.session_id or "s-" + output_id(journey.identity, journey.sequence)[:16]
+        session = Session(journey.sequence, session_id, now, now, landing, channel, campaign)
+        journey.session = session
+        journey.sessions += 1
+        session.returning = journey.sessions > 1
+        if journey.first_touch is None:
+            journey.first_touch = now
+            journey.first_landing = landing
+            journey.first_channel = channel
+        return session
+
+    def _close_session(self, journey: Journey, at: int, out: Outputs) -> None:
+        session = journey.session
+        if session is None:
+            return
+        for key in [k for k, a in journey.attempts.items() if a.session_id == session.id]:
+            funnel = self.config.funnels_by_name[funnel_of(key)]
+            if funnel.scope == "session":
+                self.drop(journey, funnel, "session_ended", at, out, key)
+        campaign = session.campaign
+        out.append(
+            build(
+                SessionSummary,
+                id=output_id("session", journey.identity, session.number),
+                user_id=journey.user_id,
+                anonymous_id=journey.anonymous_id,
+                session_id=session.id,
+                timestamp=from_epoch_ms(session.last),
+                started_at=from_epoch_ms(session.start),
+                ended_at=from_epoch_ms(session.last),
+                duration_ms=session.last - session.start,
+                landing_page=session.landing,
+                channel=session.channel,
+                campaign=dict(zip(("source", "medium", "name"), campaign, strict=True)) if campaign else None,
+                page_views=session.page_views,
+                events=session.events,
+                microconversions=session.micros,
+                conversions=list(session.goals),
+                visitor_type="returning" if session.returning else "new",
+            )
+        )
+        journey.session = None
+
+    # ---- funnels ----------------------------------------------------------------------
+    #
+    # README "Funnel semantics" is the specification; the shape of an attempt is documented on
+    # `Attempt`. In short, for an ordered funnel with `entry: best` (the default), every step-1
+    # event anchors a new chain and a step-k event extends the chain that reached step k-1 (the
+    # one that started latest: it dominates every other, having both the latest start and the
+    # latest last step) when it lies within `window` of that chain's start and within the step's
+    # `within` of its last step. The attempt reports a step the first time any of its chains
+    # reaches it, completes at the last step, and drops off only once no chain can extend.
+
+    def _step_funnel(
+        self,
+        journey: Journey,
+        funnel: CompiledFunnel,
+        event: ClickEvent,
+        now: int,
+        goal_names: list[str],
+        out: Outputs,
+        steps: tuple[int, ...],
+        exclusions: tuple[Matcher, ...],
+    ) -> None:
+        """`steps` and `exclusions`: those the event's name can match (`_plan`)."""
+        held = held_values(funnel, event)
+        if exclusions and any(m.matches(event, goal_names) for m in exclusions):
+            # an exclusion ends the attempt of its held value; one without the value ends them all
+            ended = [
+                key
+                for key in journey.attempts
+                if funnel_of(key) == funnel.name and (held is None or key == attempt_key(funnel, held))
+            ]
+            for key in ended:
+                self.drop(journey, funnel, "excluded", now, out, key)
+            if ended:
+                return
+        matched = [i for i in steps if funnel.steps[i].matcher.matches(event, goal_names)]
+        if not matched or (funnel.hold and held is None):
+            return
+        key = attempt_key(funnel, held)
+        earlier = 0
+        if funnel.best_chain and funnel.order == "sequential":
+            earlier = journey.ties.get(key, 0)
+            mine = sum(1 << i for i in matched) & ~1  # step 1 never needs re-ordering
+            if mine & ~earlier:
+                journey.ties[key] = earlier | mine
+        attempt = journey.attempts.get(key)
+        fresh = attempt is None
+        if attempt is None:
+            first = matched[0] if funnel.order == "any" else 0
+            if first not in matched:
+                return
+            attempt = self._open(journey, funnel, key, event, now, out)
+            if not funnel.best_chain:
+                self._reach(journey, funnel, key, attempt, first, event, now, out)
+                return
+        if funnel.best_chain:
+            self._extend_chains(journey, funnel, key, attempt, matched, earlier, fresh, event, now, out)
+        elif funnel.order == "any":
+            todo = [i for i in matched if not attempt.done_mask >> i & 1]
+            if todo:
+                self._reach(journey, funnel, key, attempt, todo[0], event, now, out)
+        else:  # entry: first, one chain from the attempt's first step-1 event
+            expected = attempt.reached + 1
+            if expected in matched:
+                self._reach(journey, funnel, key, attempt, expected, event, now, out)
+            elif funnel.order == "strict" and any(i != attempt.reached for i in matched):
+                self.drop(journey, funnel, "out_of_order", now, out, key)
+                if 0 in matched:
+                    self._step_funnel(journey, funnel, event, now, goal_names, out, steps, exclusions)
+
+    def _open(
+        self, journey: Journey, funnel: CompiledFunnel, key: str, event: ClickEvent, now: int, out: Outputs
+    ) -> Attempt:
+        session = journey.session
+        assert session is not None
+        if funnel.hold:
+            held = sorted(
+                (k for k in journey.attempts if funnel_of(k) == funnel.name),
+                key=lambda k: journey.attempts[k].number,
+            )
+            # more than one over the bound only after a merge of two journeys' attempts
+            for oldest in held[: max(0, len(held) - funnel.max_held_attempts + 1)]:
+                self.drop(journey, funnel, "evicted", now, out, oldest)
+        journey.sequence += 1
+        breakdowns = self._breakdowns(funnel.breakdowns, event, session)
+        if funnel.attribution_step:
+            breakdowns.update(dict.fromkeys(funnel.attributed))  # unknown until that step
+        attempt = Attempt(journey.sequence, now, now, 0, 0, session.id, breakdowns)
+        journey.attempts[key] = attempt
+        return attempt
+
+    def _extend_chains(
+        self,
+        journey: Journey,
+        funnel: CompiledFunnel,
+        key: str,
+        attempt: Attempt,
+        matched: list[int],
+        earlier: int,
+        fresh: bool,
+        event: ClickEvent,
+        now: int,
+        out: Outputs,
+    ) -> None:
+        """One event against the best chains of an ordered funnel with `entry: best`.
+
+        The event extends the chains as they were before it (`before`), so it never serves as
+        two steps of one chain. `earlier` holds the steps matched by
+        events of the same millisecond that arrived before: they count as if they came after
+        this event's lower steps (ClickHouse and PostHog sort a millisecond's events by step).
+        `strict` keeps only the chains this event extends, starts, or repeats the last step of.
+        """
+        size = funnel.last_index
+        before: list[Chain | None] = [None] * size if fresh else chain_slots(attempt, funnel)
+        strict = funnel.order == "strict"
+        after: list[Chain | None] = [None] * size if strict else list(before)
+        extended = [False] * (size + 1)
+        for k in sorted(matched, reverse=True):
+            previous = before[k - 1] if k else None
+            if k == 0:
+                chain = (now, now)
+            elif previous is not None and extends(funnel, k, previous, now):
+                chain = (previous[0], now)
+            else:
+                if strict and k < size and before[k] is not None:
+                    after[k] = before[k]  # a repeat of a chain's last step keeps the chain
+                continue
+            extended[k] = True
+            if k < size:
+                after[k] = chain
+        for k in range(1, size + 1):
+            below = after[k - 1]
+            if earlier >> k & 1 and extended[k - 1] and below is not None:
+                extended[k] = True
+                if k < size:
+                    after[k] = (below[0], now)
+        top = max((k for k in range(size + 1) if extended[k]), default=-1)
+        if top >= 0:
+            attempt.last = now
+            attempt.stalled = False
+        for k, kept in enumerate(after):  # a chain that can no longer extend is forgotten
+            if kept is not None and (end := chain_end(funnel, k, kept)) is not None and end[0] < now:
+                after[k] = None
+        store_chain_slots(attempt, after)
+        for k in range(top + 1):
+            if not attempt.done_mask >> k & 1:
+                self._reach(journey, funnel, key, attempt, k, event, now, out)
+        if top < size and all(chain is None for chain in after):
+            self.drop(journey, funnel, "out_of_order", now, out, key)  # strict: every chain broken
+
+    def _reach(
+        self,
+        journey: Journey,
+        funnel: CompiledFunnel,
+        key: str,
+        attempt: Attempt,
+        index: int,
+        event: ClickEvent,
+        now: int,
+        out: Outputs,
+    ) -> None:
+        previous_at = previous_step_at(funnel, attempt, index)
+        attempt.done_mask |= 1 << index
+        attempt.reached = max(attempt.reached, index)
+        attempt.last = now
+        attempt.stalled = False
+        complete = attempt.done_mask == (1 << len(funnel.steps)) - 1
+        step = funnel.steps[index]
+        session = journey.session
+        assert session is not None
+        if funnel.attribution_step and index == funnel.attribution_step:
+            attempt.breakdowns = {
+                **attempt.breakdowns,
+                **self._breakdowns(funnel.attributed, event, session),
+            }
+        self._record_micro(journey, session, step.name)
+        out.append(
+            build(
+                MicroConversion,
+                id=output_id("micro", journey.identity, event.event_id, funnel.name, step.name),
+                user_id=journey.user_id,
+                anonymous_id=journey.anonymous_id,
+                session_id=session.id,
+                timestamp=event.timestamp,
+                kind="milestone",
+                name=step.name,
+                funnel=funnel.name,
+                step=step.name,
+                step_index=index,
+                final=complete,
+                event=event.event,
+                event_id=event.event_id,
+                started_at=from_epoch_ms(attempt.start),
+                previous_at=from_epoch_ms(previous_at) if previous_at is not None else None,
+                landing_page=session.landing,
+                channel=session.channel,
+                breakdowns=attempt.breakdowns,
+            )
+        )
+        if complete:
+            del journey.attempts[key]
+            journey.ties.pop(key, None)  # events that served this attempt serve no other
+
+    def drop(
+        self,
+        journey: Journey,
+        funnel: CompiledFunnel,
+        reason: DropoffReason,
+        at: int,
+        out: Outputs,
+        key: str | None = None,
+    ) -> None:
+        """End the journey's attempt at `funnel` (the one under `key`, with `hold`) with a drop-off."""
+        key = funnel.name if key is None else key
+        attempt = journey.attempts.pop(key)
+        journey.ties.pop(key, None)
+        out.append(
+            build(
+                Dropoff,
+                id=output_id("dropoff", journey.identity, funnel.name, attempt.number),
+                reason=reason,
+                time_in_funnel_ms=attempt.last - attempt.start,
+                **self._attempt_fields(journey, funnel, attempt, at),
+            )
+        )
+
+    def _stall(
+        self, journey: Journey, funnel: CompiledFunnel, attempt: Attempt, at: int, out: Outputs
+    ) -> None:
+        attempt.stalled = True
+        out.append(
+            build(
+                Stalled,
+                id=output_id("stalled", journey.identity, funnel.name, attempt.number, attempt.last),
+                idle_ms=at - attempt.last,
+                **self._attempt_fields(journey, funnel, attempt, at),
+            )
+        )
+
+    @staticmethod
+    def _attempt_fields(
+        journey: Journey, funnel: CompiledFunnel, attempt: Attempt, at: int
+    ) -> dict[str, Any]:
+        """What a drop-off and a stall say of the attempt they end or flag."""
+        return {
+            "user_id": journey.user_id,
+            "anonymous_id": journey.anonymous_id,
+            "session_id": attempt.session_id,
+            "timestamp": from_epoch_ms(at),
+            "funnel": funnel.name,
+            "step": funnel.steps[attempt.reached].name,
+            "step_index": attempt.reached,
+            "started_at": from_epoch_ms(attempt.start),
+            "breakdowns": attempt.breakdowns,
+        }
+
+    # ---- conversions ------------------------------------------------------------------
+
+    @staticmethod
+    def _record_micro(journey: Journey, session: Session, name: str) -> None:
+        session.micros += 1
+        journey.path.append(name)
+        del journey.path[:-MAX_PATH]
+
+    @staticmethod
+    def _micro(
+        journey: Journey,
+        event: ClickEvent,
+        session: Session,
+        name: str,
+        dimensions: dict[str, str | None],
+    ) -> MicroConversion:
+        return build(
+            MicroConversion,
+            id=output_id("micro", journey.identity, event.event_id, "", name),
+            user_id=journey.user_id,
+            anonymous_id=journey.anonymous_id,
+            session_id=session.id,
+            timestamp=event.timestamp,
+            kind="secondary",
+            name=name,
+            event=event.event,
+            event_id=event.event_id,
+            landing_page=session.landing,
+            channel=session.channel,
+            breakdowns=dimensions,
+        )
+
+    @staticmethod
+    def _macro(
+        journey: Journey,
+        event: ClickEvent,
+        session: Session,
+        goal: str,
+        value_path: tuple[str, ...] | None,
+        dimensions: dict[str, str | None],
+    ) -> MacroConversion:
+        raw_value = event.lookup(value_path) if value_path else None
+        value = (
+            float(raw_value)
+            if isinstance(raw_value, int | float) and not isinstance(raw_value, bool)
+            else None
+        )
+        currency = event.properties.get("currency")
+        first_touch = journey.first_touch if journey.first_touch is not None else event.ts_ms
+        return build(
+            MacroConversion,
+            id=output_id("macro", journey.identity, event.event_id, goal),
+            user_id=journey.user_id,
+            anonymous_id=journey.anonymous_id,
+            session_id=session.id,
+            timestamp=event.timestamp,
+            goal=goal,
+            value=value,
+            currency=currency if isinstance(currency, str) else None,
+            decision_time_ms=max(0, event.ts_ms - first_touch),
+            micro_path=list(journey.path),
+            landing_page=session.landing,
+            channel=session.channel,
+            first_touch=build(
+                FirstTouch,
+                timestamp=from_epoch_ms(first_touch),
+                landing_page=journey.first_landing,
+                channel=journey.first_channel,
+            ),
+            page_views=journey.page_views,
+            sessions=journey.sessions,
+            event=event.event,
+            event_id=event.event_id,
+            breakdowns=dimensions,
+        )
+
+    @staticmethod
+    def _breakdowns(paths: tuple[str, ...], event: ClickEvent, session: Session) -> dict[str, str | None]:
+        values: dict[str, str | None] = {}
+        for path in paths:
+            if path == "landing_page":
+                value: Any = session.landing
+            elif path == "channel":
+                value = session.channel
+            elif path == "visitor_type":
+                value = "returning" if session.returning else "new"
+            else:
+                value = event.lookup(tuple(path.split(".")))
+            values[path] = None if value is None else str(value)[:MAX_BREAKDOWN_VALUE]
+        return values
+
+    def _late(self, journey: Journey, event: ClickEvent) -> DeadLetter:
+        """Its content depends on the event alone, so a redelivered copy repeats it exactly."""
+        original = orjson.dumps(event.to_json_dict())
+        return DeadLetter(
+            id=output_id("late", journey.identity, event.event_id),
+            user_id=journey.user_id,
+            anonymous_id=journey.anonymous_id,
+            session_id=event.session_id,
+            timestamp=event.timestamp,
+            reason="late_event",
+            detail=(
+                "older than its journey's latest event by more than the late tolerance "
+                f"({format_duration_ms(self.config.late_tolerance)})"
+            ),
+            original_b64=base64.b64encode(original).decode(),
+            original_size=len(original),
+            original_sha256=hashlib.sha256(original).hexdigest(),
+        )

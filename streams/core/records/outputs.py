@@ -1,0 +1,325 @@
+"""Output events (CONTRACT section 3). Every one has a deterministic id, a type and an event time.
+
+The models are the contract and the schema source. The engine, which makes most outputs from
+values it has already checked, builds them with `build` (no second validation: the model's
+defaults filled in, fields in declaration order, as validation would leave them), and `to_json`
+serializes the fields as they are, once, byte for byte what `model_dump(mode="json")` gives.
+`tests/core/records/test_outputs_valid.py` validates every output of a simulated run against its model.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+Breakdowns = dict[str, str | None]
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Missing:
+    """A required field `build` was not given: serializing it fails (`_plain` refuses it)."""
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING = _Missing()
+_TEMPLATES: dict[type[BaseModel], tuple[dict[str, Any], tuple[tuple[str, Any], ...]]] = {}
+
+
+def _template(cls: type[BaseModel]) -> tuple[dict[str, Any], tuple[tuple[str, Any], ...]]:
+    """Every field in declaration order with its default (or _MISSING), and the default factories."""
+    defaults: dict[str, Any] = {}
+    factories: list[tuple[str, Any]] = []
+    for name, info in cls.model_fields.items():
+        if info.default_factory is not None:
+            defaults[name] = _MISSING
+            factories.append((name, info.default_factory))
+        else:
+            defaults[name] = _MISSING if info.is_required() else info.default
+    _TEMPLATES[cls] = (defaults, tuple(factories))
+    return _TEMPLATES[cls]
+
+
+def build(cls: type[M], /, **values: Any) -> M:
+    """A model instance from values known to be valid, without validating them again (a fifth of
+    the cost of the constructor). Unknown or missing fields surface when it is serialized or
+    validated (the tests validate every output the engine emits)."""
+    defaults, factories = _TEMPLATES.get(cls) or _template(cls)
+    data = defaults.copy()
+    data.update(values)
+    for name, factory in factories:
+        if name not in values:
+            data[name] = factory()
+    instance = cls.__new__(cls)
+    object.__setattr__(instance, "__dict__", data)
+    object.__setattr__(instance, "__pydantic_fields_set__", set(values))
+    object.__setattr__(instance, "__pydantic_extra__", None)
+    object.__setattr__(instance, "__pydantic_private__", None)
+    return instance
+
+
+def _plain(value: Any) -> Any:
+    """orjson's fallback: a nested model as its fields (it writes datetimes itself)."""
+    if isinstance(value, BaseModel):
+        return value.__dict__
+    raise TypeError(f"{value!r} is not JSON serializable")
+
+
+class OutputEvent(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    type: str
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    session_id: str | None = None
+    timestamp: datetime
+
+    @property
+    def identity(self) -> str | None:
+        return self.user_id if self.user_id is not None else self.anonymous_id
+
+    def to_json(self) -> bytes:
+        """The JSON form, serialized from the fields as they are: what `model_dump(mode="json")`
+        then orjson would give (UTC as `Z`, as pydantic writes it), without the intermediate dict."""
+        return orjson.dumps(self.__dict__, default=_plain, option=orjson.OPT_UTC_Z)
+
+
+class FunnelOutput(OutputEvent):
+    funnel: str
+    step: str
+    step_index: int
+    breakdowns: Breakdowns = Field(default_factory=dict)
+
+
+class MicroConversion(OutputEvent):
+    """A milestone step reached (kind=milestone, with funnel/step) or a secondary action."""
+
+    type: Literal["micro"] = "micro"
+    kind: Literal["milestone", "secondary"]
+    name: str
+    funnel: str | None = None
+    step: str | None = None
+    step_index: int | None = None
+    final: bool = False
+    event: str
+    event_id: str
+    started_at: datetime | None = None
+    """For a milestone: when its attempt opened (time to convert = timestamp - started_at)."""
+    previous_at: datetime | None = None
+    """For a milestone after the first step: when its attempt reached the step before."""
+    landing_page: str | None = None
+    channel: str | None = None
+    breakdowns: Breakdowns = Field(default_factory=dict)
+
+
+class FirstTouch(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timestamp: datetime
+    landing_page: str | None
+    channel: str | None
+
+
+class MacroConversion(OutputEvent):
+    type: Literal["macro"] = "macro"
+    goal: str
+    value: float | None = None
+    currency: str | None = None
+    decision_time_ms: int
+    micro_path: list[str]
+    landing_page: str | None = None
+    channel: str | None = None
+    first_touch: FirstTouch
+    page_views: int
+    sessions: int
+    event: str
+    event_id: str
+    breakdowns: Breakdowns = Field(default_factory=dict)
+
+
+DropoffReason = Literal[
+    "window_expired", "step_timeout", "session_ended", "excluded", "out_of_order", "merged", "evicted"
+]
+
+
+class Dropoff(FunnelOutput):
+    """A funnel attempt that ended without its goal; `step` is the last step reached."""
+
+    type: Literal["dropoff"] = "dropoff"
+    reason: DropoffReason
+    started_at: datetime
+    time_in_funnel_ms: int
+
+
+class Stalled(FunnelOutput):
+    """Not final: an attempt with no progress for `stalled_after` (the abandoned cart)."""
+
+    type: Literal["stalled"] = "stalled"
+    started_at: datetime
+    idle_ms: int
+
+
+class SessionSummary(OutputEvent):
+    type: Literal["session"] = "session"
+    started_at: datetime
+    ended_at: datetime
+    duration_ms: int
+    landing_page: str | None
+    channel: str
+    campaign: dict[str, str | None] | None = None
+    page_views: int
+    events: int
+    microconversions: int
+    conversions: list[str]
+    visitor_type: Literal["new", "returning"] | None = None
+    """`new` for the person's first session, `returning` after one (as GA reports it); fixed when
+    the session opens."""
+
+
+class Alert(OutputEvent):
+    type: Literal["alert"] = "alert"
+    funnel: str
+    step: str
+    step_index: int
+    state: Literal["fired", "resolved"]
+    rate: float | None
+    baseline_rate: float | None
+    entered: int
+    baseline_entered: int
+    by: dict[str, str | None] = Field(default_factory=dict)
+    window: str
+    baseline: str
+    confidence: float | None = None
+    """The rule's confidence, when it has one."""
+    p_value: float | None = None
+    """One-sided Fisher exact p-value that the window's rate is below the baseline's."""
+    p_threshold: float | None = None
+    """The p-value a look must reach to fire, for `confidence` to hold per window length."""
+    rate_low: float | None = None
+    rate_high: float | None = None
+    """The window rate's Wilson interval at `interval_level`."""
+    interval_level: float | None = None
+    baseline_frozen: bool = False
+    """The baseline is the one the rule fired with (an incident does not become the norm)."""
+
+
+class VariantResult(BaseModel):
+    """One variant of an experiment, live: its attempts, conversions and, against the control,
+    the difference of rates with its always-valid confidence sequence and p-value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    variant: str
+    entered: int
+    converted: int
+    """Attempts that reached the experiment's step."""
+    steps: dict[str, int]
+    """Attempts that reached each step of the funnel."""
+    rate: float | None
+    rate_low: float | None
+    rate_high: float | None
+    """Wilson interval of the rate at 1 - alpha (one look: for reading, not for deciding)."""
+    lift: float | None = None
+    """rate / control rate - 1."""
+    difference: float | None = None
+    difference_low: float | None = None
+    difference_high: float | None = None
+    """Confidence sequence for rate - control rate at 1 - alpha, valid at every look."""
+    p_value: float | None = None
+    """Always-valid p-value (mSPRT) of no difference with the control."""
+    decision: Literal["control", "waiting", "inconclusive", "better", "worse"]
+
+
+class ExperimentUpdate(OutputEvent):
+    """An experiment's live state, emitted when any variant's decision changes."""
+
+    type: Literal["experiment"] = "experiment"
+    experiment: str
+    funnel: str
+    step: str
+    variant_field: str
+    control: str
+    alpha: float
+    mixing_sd: float
+    changed: list[str]
+    """The variants whose decision changed at this update."""
+    variants: list[VariantResult]
+    unassigned: int = 0
+    """Attempts that started without a variant: not compared."""
+
+    @property
+    def identity(self) -> str | None:
+        """What the record is keyed by on `conversions.experiments`: the experiment, so one
+        experiment's updates stay in order on one partition (it concerns no one person)."""
+        return self.experiment
+
+
+class IdentityLink(OutputEvent):
+    """An anonymous id linked to a user id (`linked`), or a link the rules refused (`refused`).
+
+    `linked` is emitted where the two journeys merged, with what the merge kept: downstream
+    consumers can re-key their own tables from it. `timestamp` is the linking event's time."""
+
+    type: Literal["identity"] = "identity"
+    action: Literal["linked", "refused"]
+    event: str
+    event_id: str
+    reason: str | None = None
+    """Why a link was refused (the anonymous id belongs to another user)."""
+    linked_user_id: str | None = None
+    """For `refused`: the user the anonymous id stays linked to."""
+    anonymous_history: bool = False
+    """The anonymous id had a journey of its own, now part of the user's."""
+    user_history: bool = False
+    """The user already had a journey."""
+    first_touch: FirstTouch | None = None
+    """The merged journey's first touch (the earlier of the two)."""
+    attempts_kept: dict[str, int] = Field(default_factory=dict)
+    """Per funnel, the step index of the attempt the merged journey continues."""
+    attempts_merged: dict[str, int] = Field(default_factory=dict)
+    """Per funnel, the step index of the attempt that ended with a `merged` drop-off."""
+
+
+class DeadLetter(OutputEvent):
+    type: Literal["deadletter"] = "deadletter"
+    reason: str
+    detail: str
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+    original_b64: str
+    original_size: int
+    original_sha256: str
+    original_truncated: bool = False
+    batch_index: int | None = None
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+
+
+AnyOutput = Annotated[
+    MicroConversion
+    | MacroConversion
+    | Dropoff
+    | Stalled
+    | SessionSummary
+    | Alert
+    | ExperimentUpdate
+    | IdentityLink
+    | DeadLetter,
+    Field(discriminator="type"),
+]
+OUTPUT_MODELS: dict[str, type[OutputEvent]] = {
+    "micro": MicroConversion,
+    "macro": MacroConversion,
+    "dropoff": Dropoff,
+    "stalled": Stalled,
+    "session": SessionSummary,
+    "alert": Alert,
+    "experiment": ExperimentUpdate,
+    "identity": IdentityLink,
+    "deadletter": DeadLetter,
+}

@@ -1,0 +1,556 @@
+"""Offline mode on several processes (`conversions process --workers N`), split by person.
+
+Identity stitching makes a person's events depend on each other across ids: an anonymous id's
+journey merges into its user's, a refused link needs the anonymous id's stub and the other
+user's journey. So the split is by *person*:
+
+1. **Links, in parallel.** Each worker reads one byte range of the file and collects every
+   (anonymous id, user id) pair an event carries. The parent unites them (union-find): a person
+   is every id linked, directly or not, to another. This is a superset of what the engine will
+   link (first link wins, `link_on`, expiry): ids it keeps apart only share a worker.
+2. **People, in parallel.** Every worker reads the whole file; a line is cheap to skip (parsed,
+   not validated) unless it holds an event of one of the worker's people (a person's worker is a
+   hash of the person), which it decodes in full, applying only its own events. A batch line
+   with several people is decoded by each of their workers. Dead letters of a line belong to the
+   worker of the line's first event (of the line number, without one).
+
+Offline mode's outputs depend on the file's event time after each line (the latest valid
+event's, across all people): it fires deadlines, releases held items, stamps dead letters, and
+drives the alert and experiment evaluators. So the workers go in steps of `BLOCK_LINES` lines:
+each decodes a block and reports, per line, the latest time of its own valid events; the parent
+sends back the file's event time at every line of the block, and only then does a worker apply
+the block, catching up before each of its lines with the event time the lines it skipped had
+reached. Each decodes the next block while the parent gathers, so the step costs little waiting.
+Every person's journey therefore sees exactly the calls of one process, at the same event times.
+
+The evaluators need every microconversion: the workers send them, tagged with their line, and
+the parent judges line by line as one process does. The outputs (every worker's, the parent's
+alerts and experiment updates) are written sorted by event time, then id, then content: the
+same bytes for any number of workers, the same multiset as one process (tests/offline/test_parallel.py).
+Each worker keeps its outputs sorted in runs of at most `RUN_OUTPUTS` on disk; the parent merges.
+"""
+
+from __future__ import annotations
+
+import heapq
+import marshal
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import traceback
+from array import array
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
+from typing import Any, BinaryIO
+from zlib import crc32
+
+import orjson
+
+from streams.core.config.matching import CompiledConfig
+from streams.core.input.decode import decode_message
+from streams.core.input.event import MAX_NESTING, ClickEvent
+from streams.core.input.formats.detect import JSON_OPENERS, looks_like_segment, looks_like_tsv
+from streams.core.input.rejection import Decoded, Rejection
+from streams.core.journeys.identity import IdentityRules
+from streams.core.measures.cardinality import BREAKDOWN_CAP
+from streams.core.records.outputs import OutputEvent
+from streams.errors import ConversionsError
+from streams.offline.run import Judges, OfflineRun
+
+BLOCK_LINES = 2_048
+LOOKAHEAD = 4
+"""Blocks a worker decodes ahead of the one it applies: a worker or the parent that the machine
+runs late holds the others up only after this many blocks."""
+RUN_OUTPUTS = 200_000
+"""Outputs a worker keeps in memory before it writes them, sorted, as one run on disk."""
+MERGE_IN_MEMORY = 1_000_000
+"""Outputs the parent sorts in memory at the end; beyond, it merges the runs as a stream."""
+_CHUNK = 4_096  # records per marshal chunk of a run file
+_NONE = -1  # no valid event (yet): an event time is never negative here
+_BLANK = -2  # a blank line: one process skips it entirely (no event time, no judging)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+Record = tuple[int, str, bytes]
+"""An output as the merge sorts it: event time in microseconds, id, JSON."""
+Decoded_block = tuple[int, int, list[tuple[int, list[ClickEvent], list[Rejection]]]]
+"""A block as a worker decoded it: its number, its first line's number, and per line of the
+worker's (by index in the block) its events and the dead letters it owes."""
+
+
+class WorkerFailed(ConversionsError, RuntimeError):
+    """A worker process stopped with an error (its traceback is the message)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every worker needs: the same settings as one process's OfflineRun."""
+
+    config: CompiledConfig
+    path: str
+    source: str
+    partitions: int
+    workers: int
+    max_message_bytes: int = 1_000_000
+    max_batch_events: int = 10_000
+    max_nesting: int = MAX_NESTING
+    breakdown_cap: int = BREAKDOWN_CAP
+    latest_ms: int | None = None
+    flush: bool = False
+    tmpdir: str = ""
+    block_lines: int = BLOCK_LINES
+    run_outputs: int = RUN_OUTPUTS
+    lookahead: int = LOOKAHEAD
+    merge_in_memory: int = MERGE_IN_MEMORY
+
+
+@dataclass
+class Totals:
+    lines: int = 0
+    events: int = 0
+    rejected: int = 0
+
+
+# ---- routing ------------------------------------------------------------------------------
+
+
+def line_keys(raw: bytes, rules: IdentityRules, job: Job) -> tuple[list[str], list[tuple[str, str]]]:
+    """The home key (`IdentityRules.home`) of each event a line may hold, and the (anonymous id,
+    user id) pairs its events carry. Our own JSON is only parsed; Segment messages and Snowplow
+    TSV are decoded (what their ids are is the format's mapping). A key of an event that will
+    not validate is harmless: it only makes its worker decode the line."""
+    if len(raw) > job.max_message_bytes:
+        return [], []
+    if raw[:1] not in JSON_OPENERS and looks_like_tsv(raw):
+        return _decoded_keys(raw, rules, job)
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return [], []
+    elements = parsed if isinstance(parsed, list) else [parsed]
+    if elements and looks_like_segment(elements[0]):
+        return _decoded_keys(raw, rules, job)
+    keys: list[str] = []
+    pairs: list[tuple[str, str]] = []
+    for element in elements:
+        if not isinstance(element, dict):
+            continue
+        anonymous, user = element.get("anonymous_id"), element.get("user_id")
+        anonymous = anonymous if isinstance(anonymous, str) else None
+        user = user if isinstance(user, str) else None
+        home = (
+            anonymous if rules.stitch and anonymous is not None else (user if user is not None else anonymous)
+        )
+        if home is not None:
+            keys.append(home)
+        if anonymous is not None and user is not None:
+            pairs.append((anonymous, user))
+    return keys, pairs
+
+
+def _decoded_keys(raw: bytes, rules: IdentityRules, job: Job) -> tuple[list[str], list[tuple[str, str]]]:
+    keys: list[str] = []
+    pairs: list[tuple[str, str]] = []
+    for event in _decode(raw, job).events:
+        keys.append(rules.home(event))
+        if event.anonymous_id is not None and event.user_id is not None:
+            pairs.append((event.anonymous_id, event.user_id))
+    return keys, pairs
+
+
+def _decode(raw: bytes, job: Job) -> Decoded:
+    return decode_message(
+        raw,
+        max_bytes=job.max_message_bytes,
+        max_batch=job.max_batch_events,
+        latest_ms=job.latest_ms,
+        max_nesting=job.max_nesting,
+    )
+
+
+def persons(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Each id that appears in a pair, mapped to its person (the smallest id of its group)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    for a, b in pairs:
+        parent.setdefault(a, a)
+        parent.setdefault(b, b)
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            low, high = (ra, rb) if ra < rb else (rb, ra)
+            parent[high] = low
+    return {x: find(x) for x in parent}
+
+
+class Router:
+    def __init__(self, roots: dict[str, str], workers: int) -> None:
+        self.roots = roots
+        self.workers = workers
+
+    def owner(self, key: str) -> int:
+        return crc32(self.roots.get(key, key).encode()) % self.workers
+
+
+# ---- the worker ---------------------------------------------------------------------------
+
+
+def _lines(path: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    """The file's lines as one process reads them (split after each newline)."""
+    with open(path, "rb") as stream:
+        stream.seek(start)
+        position = start
+        for line in stream:
+            if end is not None and position >= end:
+                return
+            position += len(line)
+            yield line
+
+
+def _blocks(path: str, size: int) -> Iterator[list[bytes]]:
+    block: list[bytes] = []
+    for line in _lines(path):
+        block.append(line)
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def _micro_us(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+class _Runs:
+    """A worker's outputs, sorted in runs on disk."""
+
+    def __init__(self, directory: str, name: str, size: int) -> None:
+        self.directory, self.name, self.size = directory, name, size
+        self.records: list[Record] = []
+        self.paths: list[str] = []
+
+    def add(self, outputs: Iterable[OutputEvent]) -> None:
+        records = self.records
+        for output in outputs:
+            # an exact-size copy: orjson's result keeps the buffer it grew (about 8 KiB)
+            records.append((_micro_us(output.timestamp), output.id, bytes(memoryview(output.to_json()))))
+        if len(records) >= self.size:
+            self.spill()
+
+    def spill(self) -> None:
+        if not self.records and self.paths:
+            return
+        self.records.sort()
+        path = os.path.join(self.directory, f"{self.name}-{len(self.paths)}.run")
+        with open(path, "wb") as stream:
+            for at in range(0, len(self.records), _CHUNK):
+                marshal.dump(self.records[at : at + _CHUNK], stream)
+        self.paths.append(path)
+        self.records = []
+
+
+def read_run(path: str) -> Iterator[Record]:
+    with open(path, "rb") as stream:
+        while True:
+            try:
+                chunk = marshal.load(stream)
+            except EOFError:
+                return
+            yield from chunk
+
+
+def _work(index: int, job: Job, conn: Connection) -> None:
+    try:
+        _phase_links(job, conn)
+        roots = conn.recv()
+        _phase_people(index, job, conn, Router(roots, job.workers))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        raise
+    finally:
+        conn.close()
+
+
+def _phase_links(job: Job, conn: Connection) -> None:
+    start, end = conn.recv()
+    rules = IdentityRules.from_config(job.config.source.identity)
+    pairs: set[tuple[str, str]] = set()
+    if rules.stitch:
+        for line in _lines(job.path, start, end):
+            if _may_pair(line):
+                pairs.update(line_keys(line.rstrip(b"\r\n"), rules, job)[1])
+    conn.send(sorted(pairs))
+
+
+def _may_pair(line: bytes) -> bool:
+    """Whether a line may carry both ids of a person: our JSON names both fields (unless it spells
+    them with escapes), a Segment message names `userId`, and a TSV line is decoded to know."""
+    if not line.strip():
+        return False
+    if line[:1] not in JSON_OPENERS:
+        return True
+    return (b"user_id" in line and b"anonymous_id" in line) or b"userId" in line or b"\\u" in line
+
+
+def _phase_people(index: int, job: Job, conn: Connection, router: Router) -> None:
+    rules = IdentityRules.from_config(job.config.source.identity)
+    # One partition: offline, every partition hears the one source at the same event times, so
+    # the outputs do not depend on their number (test_parallel checks it against four), and each
+    # of this process's lines observes them twice (catching up, then after the line).
+    run = OfflineRun(
+        job.config,
+        1,
+        source=job.source,
+        max_message_bytes=job.max_message_bytes,
+        max_batch_events=job.max_batch_events,
+        max_nesting=job.max_nesting,
+        breakdown_cap=job.breakdown_cap,
+        latest_ms=job.latest_ms,
+    )
+    runs = _Runs(job.tmpdir, f"w{index}", job.run_outputs)
+    pending: deque[Decoded_block] = deque()
+    first = 1  # the line number of the block's first line (one process counts from 1)
+    for number, block in enumerate(_blocks(job.path, job.block_lines)):
+        mine: list[tuple[int, list[ClickEvent], list[Rejection]]] = []
+        times = array("q", [_NONE]) * len(block)
+        for i, line in enumerate(block):
+            if not line.strip():
+                times[i] = _BLANK
+                continue
+            raw = line.rstrip(b"\r\n")
+            owners = [router.owner(key) for key in line_keys(raw, rules, job)[0]]
+            rejects_here = (owners[0] if owners else (first + i) % job.workers) == index
+            if not rejects_here and index not in owners:
+                continue
+            decoded = _decode(raw, job)
+            events = [e for e in decoded.events if router.owner(rules.home(e)) == index]
+            if events:
+                times[i] = max(e.ts_ms for e in events)
+            mine.append((i, events, decoded.rejects if rejects_here else []))
+        conn.send(("times", number, len(block), times.tobytes()))
+        pending.append((number, first, mine))
+        if len(pending) > job.lookahead:
+            _apply(run, runs, conn, pending.popleft())
+        first += len(block)
+    conn.send(("end", first - 1))
+    while pending:
+        _apply(run, runs, conn, pending.popleft())
+    kind, final = conn.recv()  # the file's event time after its last line
+    assert kind == "final", kind
+    runs.add(run.catch_up(None if final == _NONE else final))
+    if job.flush:
+        runs.add(run.flush())
+    run.engine.flush()
+    runs.spill()
+    conn.send(("done", runs.paths, run.events, run.rejected))
+
+
+def _apply(
+    run: OfflineRun,
+    runs: _Runs,
+    conn: Connection,
+    pending: Decoded_block,
+) -> None:
+    """Apply a decoded block at the event times the parent sent; the block's micro outputs go
+    back to the parent, by line."""
+    number, first, mine = pending
+    kind, sent, before, raw_times = conn.recv()
+    assert kind == "times" and sent == number, (kind, sent, number)
+    times = array("q")
+    times.frombytes(raw_times)
+    micro: list[tuple[int, dict[str, Any]]] = []
+    for i, events, rejects in mine:
+        previous = times[i - 1] if i else before
+        out = run.apply_line(
+            first + i,
+            events,
+            rejects,
+            None if previous == _NONE else previous,
+            None if times[i] == _NONE else times[i],
+        )
+        runs.add(out)
+        micro += [
+            (i, _judged_fields(o)) for o in out if o.type == "micro" and o.__dict__["kind"] == "milestone"
+        ]
+    conn.send(("micro", number, micro))
+
+
+def _judged_fields(output: OutputEvent) -> dict[str, Any]:
+    """What the evaluators read of a milestone microconversion (they ignore every other output;
+    leaving those out changes nothing: with no milestone, a line judges only when a minute ends,
+    as it would have)."""
+    fields = output.__dict__
+    return {key: fields[key] for key in _JUDGED}
+
+
+_JUDGED = ("id", "type", "kind", "timestamp", "funnel", "step", "step_index", "breakdowns")
+
+
+# ---- the parent ---------------------------------------------------------------------------
+
+
+def _ranges(path: str, parts: int) -> list[tuple[int, int]]:
+    """`parts` byte ranges of the file, each starting at a line."""
+    size = os.path.getsize(path)
+    starts = [0]
+    with open(path, "rb") as stream:
+        for k in range(1, parts):
+            stream.seek(max(starts[-1], size * k // parts))
+            if stream.tell() > 0:
+                stream.readline()  # to the start of the next line
+            starts.append(stream.tell())
+    return [(starts[k], starts[k + 1] if k + 1 < parts else size) for k in range(parts)]
+
+
+def _context() -> Any:
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _recv(conn: Connection) -> Any:
+    try:
+        message = conn.recv()
+    except EOFError:
+        raise WorkerFailed("a worker process ended without its results") from None
+    if isinstance(message, tuple) and message and message[0] == "error":
+        raise WorkerFailed(message[1])
+    return message
+
+
+def process_file(job: Job, out: BinaryIO) -> Totals:
+    """Run `job` on `job.workers` processes and write every output, sorted, to `out`."""
+    context = _context()
+    pipes = [context.Pipe() for _ in range(job.workers)]
+    processes = [
+        context.Process(
+            target=_work, args=(k, job, pipes[k][1]), name=f"conversions-process-{k}", daemon=True
+        )
+        for k in range(job.workers)
+    ]
+    for process in processes:
+        process.start()
+    conns = [parent for parent, _ in pipes]
+    for _, child in pipes:
+        child.close()
+    try:
+        return _coordinate(job, conns, out)
+    finally:
+        for process in processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+
+
+def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
+    for conn, byte_range in zip(conns, _ranges(job.path, job.workers), strict=True):
+        conn.send(byte_range)
+    pairs = [pair for conn in conns for pair in _recv(conn)]
+    roots = persons(pairs)
+    for conn in conns:
+        conn.send(roots)
+
+    judges = Judges(job.config, job.breakdown_cap)
+    judged: list[OutputEvent] = []
+    latest = _NONE  # the file's event time after the lines gathered so far
+    waiting: deque[tuple[int, int, array[int], list[bool]]] = deque()  # blocks to judge, in order
+    totals = Totals()
+    while True:
+        messages = [_recv(conn) for conn in conns]
+        if messages[0][0] == "end":
+            assert all(message[0] == "end" for message in messages), messages
+            totals.lines = messages[0][1]
+            break
+        number, size = messages[0][1], messages[0][2]
+        reported = []
+        for message in messages:
+            times = array("q")
+            times.frombytes(message[3])
+            reported.append(times)
+        before = latest
+        running = array("q", [_NONE]) * size
+        blank = [False] * size
+        for i, line_latest in enumerate(map(max, *reported) if len(reported) > 1 else reported[0]):
+            if line_latest > latest:
+                latest = line_latest
+            elif line_latest == _BLANK:
+                blank[i] = True
+            running[i] = latest
+        for conn in conns:
+            conn.send(("times", number, before, running.tobytes()))
+        waiting.append((number, before, running, blank))
+        if len(waiting) > job.lookahead:  # each worker sends a block's micro after the next ones' times
+            judged += _judge(judges, waiting.popleft(), [_recv(conn) for conn in conns])
+    while waiting:
+        judged += _judge(judges, waiting.popleft(), [_recv(conn) for conn in conns])
+    for conn in conns:
+        conn.send(("final", latest))
+    paths: list[str] = []
+    for conn in conns:
+        _, runs, events, rejected = _recv(conn)
+        paths += runs
+        totals.events += events
+        totals.rejected += rejected
+    mine = sorted((_micro_us(o.timestamp), o.id, o.to_json()) for o in judged)
+    in_memory = len(paths) * job.run_outputs <= job.merge_in_memory  # an upper bound of the runs' size
+    _write_sorted(out, [mine, *(read_run(path) for path in paths)], in_memory)
+    return totals
+
+
+def _write_sorted(out: BinaryIO, runs: list[Iterable[Record]], in_memory: bool) -> None:
+    """Merge sorted runs into `out`: in memory, as one list, where Timsort merges the runs in C;
+    or, for more than `MERGE_IN_MEMORY` outputs, as a stream through a heap."""
+    if in_memory:
+        records = [record for run in runs for record in run]
+        records.sort()
+        for at in range(0, len(records), _CHUNK):
+            out.write(b"".join([raw + b"\n" for _, _, raw in records[at : at + _CHUNK]]))
+        return
+    for _, _, raw in heapq.merge(*runs):
+        out.write(raw + b"\n")
+
+
+def _judge(
+    judges: Judges, block: tuple[int, int, array[int], list[bool]], reports: list[Any]
+) -> list[OutputEvent]:
+    """The evaluators after each line of a block, as one process calls them."""
+    number, _, running, blank = block
+    by_line: dict[int, list[dict[str, Any]]] = {}
+    for kind, sent, micro in reports:
+        assert kind == "micro" and sent == number, (kind, sent, number)
+        for i, fields in micro:
+            by_line.setdefault(i, []).append(fields)
+    out: list[OutputEvent] = []
+    if not judges.evaluators:
+        return out
+    for i, latest in enumerate(running):
+        if blank[i] or latest == _NONE:
+            continue  # one process does not judge after a blank line, nor before any event
+        out += judges.after_line(by_line.get(i, ()), latest)
+    return out
+
+
+def run_parallel(job: Job, out: BinaryIO) -> Totals:
+    """`process_file` with a private directory for the runs (and for standard input, spooled)."""
+    tmpdir = tempfile.mkdtemp(prefix="conversions-process-")
+    try:
+        path = job.path
+        if path == "-":
+            path = os.path.join(tmpdir, "stdin.ndjson")
+            with open(path, "wb") as spool:
+                shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+        return process_file(replace(job, path=path, tmpdir=tmpdir), out)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)

@@ -1,0 +1,184 @@
+"""Offline mode (CONTRACT section 4): the same engine over an NDJSON file, no Kafka, in event time.
+
+A line is one Kafka message value. After each line the engine observes the file's event time so
+far (the latest valid event's time), which fires the deadlines it makes due, and the alert and
+experiment evaluators judge that line's microconversions. `streams.offline.parallel` runs the same
+`apply_line` on several processes, each for its share of the people, with the same event times.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, BinaryIO
+
+from streams.core.config.matching import CompiledConfig
+from streams.core.input.deadletter import dead_letter
+from streams.core.input.decode import decode_message
+from streams.core.input.event import MAX_NESTING, ClickEvent, from_epoch_ms
+from streams.core.input.rejection import Rejection
+from streams.core.journeys.engine import Engine
+from streams.core.measures.alerts import MINUTE_MS, AlertEvaluator
+from streams.core.measures.cardinality import BREAKDOWN_CAP
+from streams.core.measures.experiments import ExperimentEvaluator
+from streams.core.records.outputs import OutputEvent
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FAR_FUTURE_MS = 4_102_444_800_000  # 2100-01-01
+
+
+class Judges:
+    """The alert and experiment evaluators, fed as offline mode feeds them: after each line, that
+    line's microconversions, then the line's event time less the late tolerance."""
+
+    def __init__(self, config: CompiledConfig, breakdown_cap: int = BREAKDOWN_CAP) -> None:
+        self.late_tolerance = config.late_tolerance
+        self.alerts = AlertEvaluator(config, by_cap=breakdown_cap)
+        self.experiments = ExperimentEvaluator(config, max_variants=breakdown_cap)
+        self.evaluators: list[AlertEvaluator | ExperimentEvaluator] = [
+            e for e in (self.alerts, self.experiments) if e.active
+        ]
+        self._judged_minute: int | None = None
+
+    def after_line(self, micro: Sequence[Mapping[str, Any]], latest_ms: int) -> list[OutputEvent]:
+        if not self.evaluators:
+            return []
+        watermark = latest_ms - self.late_tolerance
+        minute = watermark // MINUTE_MS
+        if not micro and minute == self._judged_minute:
+            return []  # they judge whole minutes: with nothing new and none complete, nothing to do
+        self._judged_minute = minute
+        judged: list[OutputEvent] = []
+        for evaluator in self.evaluators:
+            for output in micro:
+                evaluator.observe(output)
+            judged.extend(evaluator.advance(watermark))
+        return judged
+
+
+@dataclass
+class OfflineRun:
+    """Feeds lines through decoding and the engine exactly as ingest + journeys do on Kafka."""
+
+    config: CompiledConfig
+    partitions: int
+    source: str = "offline"
+    max_message_bytes: int = 1_000_000
+    max_batch_events: int = 10_000
+    max_nesting: int = MAX_NESTING
+    breakdown_cap: int = BREAKDOWN_CAP
+    latest_ms: int | None = None  # events stamped later are refused, as `max_future_skew_s` does on Kafka
+    store: dict[str, bytes] = field(default_factory=dict)
+    cache_journeys: int = 20_000
+    """The engine keeps the journeys it touches decoded until this many, then writes the changed
+    ones to `store` (once each) and starts again; and at the end of `run` and `flush`."""
+    lines: int = 0
+    events: int = 0
+    rejected: int = 0
+
+    def __post_init__(self) -> None:
+        self.engine = Engine(self.config, self.store, self.partitions, expected_sources=[self.source])
+        self.judges = Judges(self.config, self.breakdown_cap)
+        self.alerts = self.judges.alerts
+        self.experiments = self.judges.experiments
+        self._latest_ms: int | None = None
+        self._observed: int | None = None
+
+    def feed(self, line: bytes) -> list[OutputEvent]:
+        """One NDJSON line, which is one Kafka message value: an event or a batch array."""
+        self.lines += 1
+        if not line.strip():
+            return []
+        decoded = decode_message(
+            line.rstrip(b"\r\n"),
+            max_bytes=self.max_message_bytes,
+            max_batch=self.max_batch_events,
+            max_nesting=self.max_nesting,
+            latest_ms=self.latest_ms,
+        )
+        latest = self._latest_ms
+        for event in decoded.events:
+            latest = event.ts_ms if latest is None or event.ts_ms > latest else latest
+        out = self.apply_line(self.lines, decoded.events, decoded.rejects, self._latest_ms, latest)
+        if latest is None:
+            return out
+        # the fields as they are (what model_dump() would copy): the evaluators only read them
+        return out + self.judges.after_line([o.__dict__ for o in out if o.type == "micro"], latest)
+
+    def apply_line(
+        self,
+        line: int,
+        events: Sequence[ClickEvent],
+        rejects: Sequence[Rejection],
+        before: int | None,
+        after: int | None,
+    ) -> list[OutputEvent]:
+        """Line number `line`'s dead letters and events, then event time moved to `after`.
+
+        `before` and `after` are the file's event time before and after the line (None until a
+        valid event has come). A process given only some of the file's people (`streams.offline.parallel`)
+        first catches up with `before`, which the lines it skipped had reached."""
+        out: list[OutputEvent] = []
+        if before is not None and before != self._observed:
+            out += self._observe(before)
+        if rejects:
+            moment = from_epoch_ms(before) if before is not None else EPOCH
+            for rejection in rejects:
+                self.rejected += 1
+                out.append(
+                    dead_letter(
+                        rejection,
+                        source_topic=self.source,
+                        source_partition=None,
+                        source_offset=line,
+                        timestamp=moment,
+                    )
+                )
+        for event in events:
+            self.events += 1
+            out.extend(self.engine.process(event))
+        self._latest_ms = after
+        if after is not None:
+            out += self._observe(after)
+        if self.engine.cached >= self.cache_journeys:
+            self.engine.flush()
+        return out
+
+    def catch_up(self, latest: int | None) -> list[OutputEvent]:
+        """Event time moved to `latest` on lines this process did not apply (the end of a share)."""
+        self._latest_ms = latest
+        return self._observe(latest) if latest is not None and latest != self._observed else []
+
+    def _observe(self, event_time: int) -> list[OutputEvent]:
+        self._observed = event_time
+        out: list[OutputEvent] = []
+        for partition in range(self.partitions):
+            out.extend(self.engine.observe(partition, self.source, event_time))
+        return out
+
+    def run(self, lines: Iterable[bytes]) -> Iterator[OutputEvent]:
+        for line in lines:
+            yield from self.feed(line)
+        self.engine.flush()
+
+    def write(self, lines: Iterable[bytes], out: BinaryIO, flush: bool = False) -> None:
+        """`run` (and `flush`), each line's outputs written as NDJSON in one call."""
+        for line in lines:
+            outputs = self.feed(line)
+            if outputs:
+                out.write(b"".join([output.to_json() + b"\n" for output in outputs]))
+        self.engine.flush()
+        if flush:
+            out.write(b"".join([output.to_json() + b"\n" for output in self.flush()]))
+
+    def flush(self) -> list[OutputEvent]:
+        """Let event time run out: close every open session and attempt (end of history)."""
+        out = self._observe(FAR_FUTURE_MS + self.config.late_tolerance)
+        self.engine.flush()
+        return out
+
+
+def open_input(path: str) -> BinaryIO:
+    return sys.stdin.buffer if path == "-" else open(path, "rb")

@@ -1,0 +1,198 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.core.input.decode import decode_message
+from streams.core.input.event import (
+    MAX_NESTING,
+    ClickEvent,
+    campaign_from_url,
+    parse_timestamp,
+    to_epoch_ms,
+    url_path,
+)
+from tests.helpers import event
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2024-03-13T10:21:14Z", datetime(2024, 3, 13, 10, 21, 14, tzinfo=UTC)),
+        ("2024-03-13T12:21:14+02:00", datetime(2024, 3, 13, 10, 21, 14, tzinfo=UTC)),
+        ("2024-03-13 10:21:14", datetime(2024, 3, 13, 10, 21, 14, tzinfo=UTC)),
+        (1710325274000, datetime(2024, 3, 13, 10, 21, 14, tzinfo=UTC)),
+        (1710325274123, datetime(2024, 3, 13, 10, 21, 14, 123000, tzinfo=UTC)),
+    ],
+)
+def test_timestamp_forms(raw: object, expected: datetime) -> None:
+    assert parse_timestamp(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["yesterday", "", True, 1.5, None, "1999-12-31T23:59:59Z", 10**16, "x" * 50])
+def test_bad_timestamps_are_refused(raw: object) -> None:
+    with pytest.raises(ValueError):
+        parse_timestamp(raw)
+
+
+def test_identity_prefers_user_id() -> None:
+    both = ClickEvent.model_validate(event("x", "10:00", anonymous_id="a1"))
+    assert both.identity == "u1"
+    anonymous = ClickEvent.model_validate({**event("x", "10:00"), "user_id": None, "anonymous_id": "a1"})
+    assert anonymous.identity == "a1"
+
+
+def test_campaign_is_derived_from_utm_parameters_only_when_absent() -> None:
+    url = "https://shop.example/p/42?utm_source=google&utm_medium=cpc&utm_campaign=spring"
+    derived = ClickEvent.model_validate(event("x", "10:00", page={"url": url}))
+    assert derived.campaign is not None
+    assert derived.campaign.key() == ("google", "cpc", "spring")
+    given_campaign = ClickEvent.model_validate(
+        event("x", "10:00", page={"url": url}, campaign={"source": "bing"})
+    )
+    assert given_campaign.campaign is not None and given_campaign.campaign.source == "bing"
+    assert campaign_from_url("https://shop.example/?q=1") is None
+
+
+def test_url_path() -> None:
+    assert url_path("https://shop.example/p/42?x=1#top") == "/p/42"
+    assert url_path("https://shop.example") == "/"
+    assert url_path(None) is None
+
+
+def test_lookup_dotted_paths() -> None:
+    click = ClickEvent.model_validate(
+        event("x", "10:00", context={"platform": "ios", "app": {"v": 3}}, properties={"category": "tutorial"})
+    )
+    assert click.lookup(("context", "platform")) == "ios"
+    assert click.lookup(("context", "app", "v")) == 3
+    assert click.lookup(("properties", "category")) == "tutorial"
+    assert click.lookup(("properties", "missing", "deeper")) is None
+    assert click.lookup(("event",)) == "x"
+
+
+def test_decode_single_and_batch() -> None:
+    one = decode_message(orjson.dumps(event("page_view", "10:00")))
+    assert [e.event for e in one.events] == ["page_view"] and not one.rejects
+    batch = decode_message(orjson.dumps([event("a", "10:00"), event("b", "10:01")]))
+    assert [e.event for e in batch.events] == ["a", "b"]
+
+
+def _nested(depth: int) -> dict[str, object]:
+    value: dict[str, object] = {"leaf": 1}
+    for _ in range(depth):
+        value = {"n": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b'{"event": ', "invalid_json"),
+        (b"\xff\xfe{}", "invalid_utf8"),
+        (b"", "invalid_json"),
+        (b"42", "not_an_object"),
+        (b"[]", "empty_batch"),
+        (b"[" * 2000 + b"]" * 2000, "too_deeply_nested"),
+        (orjson.dumps({**event("x", "10:00"), "properties": _nested(20)}), "too_deeply_nested"),
+        (orjson.dumps({"event": "x", "user_id": "u", "timestamp": "2024-03-13T10:00:00Z"}), "invalid_event"),
+        (orjson.dumps({**event("x", "10:00"), "user_id": None}), "invalid_event"),
+        (orjson.dumps({**event("x", "10:00"), "event": 42}), "invalid_event"),
+        (orjson.dumps({**event("x", "10:00"), "properties": []}), "invalid_event"),
+    ],
+)
+def test_every_bad_message_is_rejected_with_a_reason_and_its_bytes(raw: bytes, reason: str) -> None:
+    decoded = decode_message(raw)
+    assert not decoded.events
+    assert [r.reason for r in decoded.rejects] == [reason]
+    assert decoded.rejects[0].original == raw
+    assert decoded.rejects[0].detail
+
+
+def test_too_large_and_too_many() -> None:
+    big = orjson.dumps({**event("x", "10:00"), "properties": {"blob": "x" * 2000}})
+    assert decode_message(big, max_bytes=1024).rejects[0].reason == "too_large"
+    many = orjson.dumps([event("x", "10:00")] * 3)
+    assert decode_message(many, max_batch=2).rejects[0].reason == "batch_too_large"
+
+
+def test_a_bad_element_of_a_batch_is_rejected_alone_with_its_index() -> None:
+    good, bad = event("ok", "10:00"), {"event": "no id"}
+    decoded = decode_message(orjson.dumps([good, bad, good]))
+    assert [e.event for e in decoded.events] == ["ok", "ok"]
+    (rejection,) = decoded.rejects
+    assert rejection.index == 1 and orjson.loads(rejection.original) == bad
+    assert {e["loc"] for e in rejection.errors} >= {"event_id", "timestamp"}
+
+
+@given(st.binary(max_size=300))
+def test_decoding_never_raises_and_loses_nothing(raw: bytes) -> None:
+    decoded = decode_message(raw)
+    assert decoded.events or decoded.rejects
+    for rejection in decoded.rejects:
+        assert rejection.original == raw or rejection.index is not None
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+EVENTISH = st.fixed_dictionaries(
+    {},
+    optional={
+        "event_id": JSON,
+        "event": JSON,
+        "user_id": JSON,
+        "anonymous_id": JSON,
+        "timestamp": JSON | st.datetimes().map(lambda d: d.isoformat()),
+        "page": JSON,
+        "properties": JSON,
+        "context": JSON,
+    },
+)
+
+
+@given(st.one_of(JSON, EVENTISH, st.lists(EVENTISH, max_size=5)))
+def test_any_json_is_either_events_or_reasoned_rejections_and_never_raises(value: object) -> None:
+    raw = orjson.dumps(value)
+    decoded = decode_message(raw, latest_ms=to_epoch_ms(datetime(2030, 1, 1, tzinfo=UTC)))
+    assert decoded.events or decoded.rejects
+    assert all(r.reason and r.detail and r.original for r in decoded.rejects)
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTING + 3, 400, 900, 1_020])
+def test_deep_nesting_anywhere_is_refused_without_exhausting_the_stack(depth: int) -> None:
+    arrays = b"[" * depth + b"]" * depth
+    in_properties = b'{"event_id":"e","event":"x","user_id":"u","timestamp":0,"properties":' + arrays + b"}"
+    for raw in (arrays, in_properties, b"[" + in_properties + b"]"):
+        decoded = decode_message(raw)
+        assert not decoded.events
+        assert [r.reason for r in decoded.rejects] == ["too_deeply_nested"], raw[:80]
+
+
+def test_events_too_far_ahead_of_the_clock_are_refused() -> None:
+    now = to_epoch_ms(datetime(2026, 11, 24, 12, tzinfo=UTC))
+    soon = orjson.dumps({"event_id": "a", "event": "x", "user_id": "u", "timestamp": now + 60_000})
+    later = orjson.dumps({"event_id": "b", "event": "x", "user_id": "u", "timestamp": now + 7_200_000})
+    decoded = decode_message(b"[" + soon + b"," + later + b"]", latest_ms=now + 3_600_000)
+    assert [e.event_id for e in decoded.events] == ["a"]
+    assert [r.reason for r in decoded.rejects] == ["future_timestamp"]
+    assert orjson.loads(decoded.rejects[0].original)["event_id"] == "b"
+
+
+def test_event_round_trips_through_its_json_form() -> None:
+    url = "https://shop.example/p?utm_source=g"
+    click = ClickEvent.model_validate(event("x", "2024-03-13T10:00:00.123456Z", page={"url": url}))
+    again = ClickEvent.model_validate(orjson.loads(orjson.dumps(click.to_json_dict())))
+    assert again == click and again.ts_ms == click.ts_ms

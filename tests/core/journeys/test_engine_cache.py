@@ -1,0 +1,86 @@
+"""The engine's per-run cache: journeys decoded once, written once at `flush`, with the same
+outputs and the same stored states as writing every journey after every event."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, MutableMapping
+
+from streams.core.config.loader import parse_config
+from streams.core.config.matching import compile_config
+from streams.core.input.decode import decode_message
+from streams.core.journeys.engine import Engine
+from streams.settings import DEFAULT_FUNNELS
+from streams.tools.simulate import Simulator
+
+CONFIG = compile_config(parse_config(DEFAULT_FUNNELS.read_text()))
+
+
+class Recording(MutableMapping[str, bytes]):
+    """A store that remembers every write and delete, in order."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.writes: list[str] = []
+
+    def __getitem__(self, key: str) -> bytes:
+        return self.data[key]
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self.data[key] = value
+        self.writes.append(key)
+
+    def __delitem__(self, key: str) -> None:
+        del self.data[key]
+        self.writes.append(f"-{key}")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def replay(store: Recording, flush_every: int | None) -> list[bytes]:
+    """The simulated shop through one engine, flushed every `flush_every` lines (None: at the end)."""
+    engine = Engine(CONFIG, store, 2, expected_sources=["s"])
+    out: list[bytes] = []
+    latest = 0
+    for n, line in enumerate(Simulator(seed=3, users=120, days=2).lines(), 1):
+        for event in decode_message(line).events:
+            latest = max(latest, event.ts_ms)
+            out += [o.to_json() for o in engine.process(event)]
+        for partition in range(2):
+            out += [o.to_json() for o in engine.observe(partition, "s", latest)]
+        if flush_every is not None and n % flush_every == 0:
+            engine.flush()
+    engine.flush()
+    for partition in range(2):  # time runs out: every session and attempt closes, links expire
+        out += [o.to_json() for o in engine.observe(partition, "s", latest + 400 * 86_400_000)]
+    engine.flush()
+    return out
+
+
+def test_flushing_once_a_run_gives_the_outputs_and_states_of_writing_after_every_line() -> None:
+    every_line, once = Recording(), Recording()
+    expected = replay(every_line, flush_every=1)
+    assert replay(once, flush_every=None) == expected
+    assert len(expected) > 1_000
+    assert once.data == every_line.data
+    # each journey is written once per flush, however many events changed it (three flushes here)
+    assert max(Counter(once.writes).values()) <= 3 < max(Counter(every_line.writes).values())
+    assert any(key.startswith("-") for key in once.writes), "expired links are deleted at the flush"
+
+
+def test_the_store_is_untouched_until_the_flush_and_then_sees_each_change_once() -> None:
+    store = Recording()
+    engine = Engine(CONFIG, store, 1, expected_sources=["s"])
+    lines = list(Simulator(seed=5, users=20, days=1).lines())[:200]
+    for line in lines:
+        for event in decode_message(line).events:
+            engine.process(event)
+    assert not store.writes and engine.cached > 0
+    written = engine.flush()
+    assert written == len(store.writes) == len(set(store.writes)) > 0
+    assert engine.cached == 0
+    assert all(engine.load(key) is not None for key in store.data)
