@@ -125,6 +125,7 @@ class Collector:
         app = web.Application(client_max_size=self.config.max_request_bytes + 1)
         app.router.add_route("POST", "/v1/{call}", self._post)
         app.router.add_route("OPTIONS", "/v1/{call}", self._preflight)
+        app.on_response_prepare.append(_plain_headers)
         # bodies are inflated by `accept`, within the request limit, not by aiohttp
         self._runner = web.AppRunner(app, access_log=None, auto_decompress=False)
         await self._runner.setup()
@@ -282,6 +283,13 @@ class Collector:
         finally:
             for ack in acks:
                 ack.add_done_callback(_retrieve)
+
+
+async def _plain_headers(_: web.Request, response: web.StreamResponse) -> None:
+    """No aiohttp version in `Server`; JSON answers are neither sniffed nor cached."""
+    response.headers["Server"] = "conversions"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
