@@ -417,11 +417,17 @@ def step_reports(
     previous: int | None = None
     for k, name in enumerate(funnel_steps):
         entered = int(fields.get(f"e:{k}{suffix}", 0))
-        reasons = {
-            key.split(":")[2]: int(v)
-            for key, v in fields.items()
-            if not suffix and key.startswith(f"d:{k}:") and "|" not in key
-        }
+        # drop-off reasons are counted overall only: a breakdown value's report (suffix) has none,
+        # and must not scan every field for them (a report per value would be quadratic)
+        reasons = (
+            {
+                key.split(":")[2]: int(v)
+                for key, v in fields.items()
+                if key.startswith(f"d:{k}:") and "|" not in key
+            }
+            if not suffix
+            else {}
+        )
         reports.append(
             StepReport(
                 name=name,
