@@ -60,6 +60,7 @@ def _milestone(step: int, at_ms: int, user: str, platform: str) -> dict[str, obj
         "user_id": user,
         "timestamp": from_epoch_ms(at_ms).isoformat(),
         "breakdowns": {"context.platform": platform},
+        "funnel_version": funnel.version,
     }
 
 

@@ -54,8 +54,17 @@ class CounterReader(Protocol):
 
     async def recent_macros(self) -> list[dict[str, Any]]: ...
 
+    async def funnel_versions(self, funnel: str) -> dict[str, int]:
+        """The funnel's versions with counters kept, newest first, with their latest event time."""
+
     async def funnel_report(
-        self, funnel: CompiledFunnel, start_ms: int, end_ms: int, by: str | None = None, cap: int = ...
+        self,
+        funnel: CompiledFunnel,
+        start_ms: int,
+        end_ms: int,
+        by: str | None = None,
+        version: str | None = None,
+        cap: int = ...,
     ) -> FunnelReport:
         """The funnel's steps, and `by` a breakdown: its `cap` largest values and `(other)`."""
 

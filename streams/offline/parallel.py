@@ -43,7 +43,7 @@ import traceback
 from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from typing import Any, BinaryIO
@@ -114,6 +114,7 @@ class Totals:
     lines: int = 0
     events: int = 0
     rejected: int = 0
+    unknown_fields: dict[str, int] = field(default_factory=dict)
 
 
 # ---- routing ------------------------------------------------------------------------------
@@ -339,6 +340,9 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router) -> Non
             events = [e for e in decoded.events if router.owner(rules.home(e)) == index]
             if events:
                 times[i] = max(e.ts_ms for e in events)
+            if rejects_here:  # the line's one owner counts what is about the whole line
+                for name, count in decoded.unknown_fields.items():
+                    run.unknown_fields[name] = run.unknown_fields.get(name, 0) + count
             mine.append((i, events, decoded.rejects if rejects_here else []))
         conn.send(("times", number, len(block), times.tobytes()))
         pending.append((number, first, mine))
@@ -355,7 +359,7 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router) -> Non
         runs.add(run.flush())
     run.engine.flush()
     runs.spill()
-    conn.send(("done", runs.paths, run.events, run.rejected))
+    conn.send(("done", runs.paths, run.events, run.rejected, run.unknown_fields))
 
 
 def _apply(
@@ -499,10 +503,12 @@ def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
         conn.send(("final", latest))
     paths: list[str] = []
     for conn in conns:
-        _, runs, events, rejected = _recv(conn)
+        _, runs, events, rejected, unknown = _recv(conn)
         paths += runs
         totals.events += events
         totals.rejected += rejected
+        for name, count in unknown.items():
+            totals.unknown_fields[name] = totals.unknown_fields.get(name, 0) + count
     mine = sorted((_micro_us(o.timestamp), o.id, o.to_json()) for o in judged)
     in_memory = len(paths) * job.run_outputs <= job.merge_in_memory  # an upper bound of the runs' size
     _write_sorted(out, [mine, *(read_run(path) for path in paths)], in_memory)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from streams.core.config.matching import CompiledConfig
-from streams.core.input.deadletter import dead_letter
+from streams.core.input.deadletter import dead_letter, placed
 from streams.core.input.decode import decode_message
 from streams.core.input.event import MAX_NESTING, ClickEvent, from_epoch_ms
 from streams.core.input.rejection import Rejection
@@ -77,6 +77,9 @@ class OfflineRun:
     lines: int = 0
     events: int = 0
     rejected: int = 0
+    """Dead letters written: the lines' rejections and the events the engine refused (late)."""
+    unknown_fields: dict[str, int] = field(default_factory=dict)
+    """Top-level fields the contract does not have, by name, with the events that carried them."""
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.config, self.store, self.partitions, expected_sources=[self.source])
@@ -98,6 +101,8 @@ class OfflineRun:
             max_nesting=self.max_nesting,
             latest_ms=self.latest_ms,
         )
+        for name, count in decoded.unknown_fields.items():
+            self.unknown_fields[name] = self.unknown_fields.get(name, 0) + count
         latest = self._latest_ms
         for event in decoded.events:
             latest = event.ts_ms if latest is None or event.ts_ms > latest else latest
@@ -138,7 +143,14 @@ class OfflineRun:
                 )
         for event in events:
             self.events += 1
-            out.extend(self.engine.process(event))
+            produced = self.engine.process(event)
+            if produced:
+                # the engine refuses some events too (late_event): they are rejected as well
+                refused = sum(1 for output in produced if output.type == "deadletter")
+                if refused:
+                    self.rejected += refused
+                    produced = placed(produced, self.source, None, line)
+                out.extend(produced)
         self._latest_ms = after
         if after is not None:
             out += self._observe(after)

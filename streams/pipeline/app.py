@@ -31,6 +31,7 @@ from streams.core.journeys.engine import Engine
 from streams.core.journeys.markers import partition_of_key
 from streams.core.records.outputs import OutputEvent
 from streams.kafka.headers import WATERMARK_HEADER
+from streams.kafka.undecodable import SkippedBatches
 from streams.metrics import Metrics
 from streams.pipeline import stores, transport
 from streams.pipeline.durable_table import DurableTable
@@ -137,7 +138,9 @@ class ConversionsApp:
             home_partition=self.engine.home_partition,
             late_tolerance_ms=config.late_tolerance,
         )
-        self.ingest_consumer = IngestConsumer(settings, self.ingest, self._flush_producer)
+        self.ingest_consumer = IngestConsumer(
+            settings, self.ingest, self._flush_producer, SkippedBatches("ingest", self.metrics, self)
+        )
         self.journeys = Journeys(
             settings,
             self.engine,
@@ -197,6 +200,7 @@ class ConversionsApp:
                 source_offset=message.offset,
                 timestamp=moment,
             )
+            self.metrics.dead_letters.labels(rejection.reason).inc()
             log.debug(
                 "dead-lettered %s:%s@%s: %s",
                 message.topic,

@@ -32,13 +32,18 @@ import orjson
 from faust.types import TP
 from pydantic import ValidationError
 
+from streams.core.config.model import FunnelConfig
+from streams.core.config.versions import Definition, config_fingerprint, diff_configs
+from streams.core.input.deadletter import placed
 from streams.core.input.event import ClickEvent
 from streams.core.input.rejection import Rejection
-from streams.core.input.repartition import PendingBatch, RepartitionBatch
+from streams.core.input.repartition import PendingBatch, RepartitionBatch, source_of
 from streams.core.journeys.engine import Engine
 from streams.core.journeys.identity import forwarder_source, is_forwarder
 from streams.core.journeys.markers import (
     applied_marker,
+    config_marker,
+    is_config_marker,
     is_marker,
     marker_source,
     marker_value,
@@ -54,6 +59,10 @@ from streams.ports import Publisher
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+MAX_DEFINITIONS = 64
+"""Funnel versions a partition remembers the definition of (the latest; an attempt written under
+an older one ends as `definition_changed` with its step as #k)."""
 
 
 class Journeys:
@@ -110,6 +119,7 @@ class Journeys:
                 continue  # redelivered (ingest or journeys crashed): already in the table
             produced = outputs[partition]
             forwarded = is_forwarder(batch.source)
+            source_position = None if forwarded else source_of(batch.source)
             for item, offset in zip(batch.events, batch.event_offsets(), strict=True):
                 if offset is not None and offset <= applied:
                     continue  # applied before, in a batch gathered differently
@@ -124,7 +134,10 @@ class Journeys:
                         [Rejection("invalid_event", str(exc), orjson.dumps(item))], message
                     )
                     continue
-                produced.extend(self.engine.process(click, partition))
+                refused_or_not = self.engine.process(click, partition)
+                if refused_or_not and source_position is not None:
+                    refused_or_not = placed(refused_or_not, *source_position, offset)
+                produced.extend(refused_or_not)
             for target, forward in self.engine.outbox:
                 forwards.setdefault((partition, target), PendingBatch()).add(
                     [forward.encode()], message.offset, 0
@@ -200,6 +213,8 @@ class Journeys:
         for key in list(self.state):
             partition = partition_of_key(key, self.settings.partitions)
             if partition in active:
+                if is_config_marker(key):
+                    continue
                 if is_marker(key):
                     markers.append((partition, key))
                 else:
@@ -208,6 +223,7 @@ class Journeys:
                 self.state.evict(key)
                 dropped += 1
         self.engine.release_partitions(released)
+        await self._settle_versions(sorted(active))
         total = sum(self.engine.rebuild_deadlines(p, by_partition.get(p, [])) for p in sorted(active))
         await self._remind_watermarks(markers)
         changelog = self.table.changelog_topic.get_topic_name()
@@ -221,6 +237,43 @@ class Journeys:
             sorted(standby) or "none",
             dropped,
         )
+
+    async def _settle_versions(self, partitions: list[int]) -> None:
+        """Before any journey is read: learn the funnel versions the partitions' journeys were
+        written under (their attempts are then carried over or ended by the version rules), log
+        what changed since (what `conversions diff-config` says), and record the current ones."""
+        current = self.engine.config.source
+        fingerprint = config_fingerprint(current)
+        changed: dict[str, FunnelConfig] = {}
+        definitions: dict[str, Definition] = {}
+        for partition in partitions:
+            raw = self.state.get(config_marker(partition))
+            if raw is None:
+                continue
+            saved = orjson.loads(raw)
+            definitions.update({d["version"]: Definition.from_json(d) for d in saved["definitions"]})
+            if saved["fingerprint"] != fingerprint:
+                changed.setdefault(saved["fingerprint"], FunnelConfig.model_validate(saved["config"]))
+        self.engine.machine.remember(definitions.values())
+        for before in changed.values():
+            log.info("the configuration differs from the one the journeys were written under:")
+            for change in diff_configs(before, current):
+                if change.status != "unchanged":
+                    log.info("  %s", change.line())
+        for definition in self.engine.config.funnels:
+            if definition.definition is not None:
+                definitions[definition.version] = definition.definition
+        record = orjson.dumps(
+            {
+                "fingerprint": fingerprint,
+                "config": current.model_dump(mode="json"),
+                "definitions": [d.to_json() for d in list(definitions.values())[-MAX_DEFINITIONS:]],
+            }
+        )
+        for partition in partitions:
+            if self.state.get(config_marker(partition)) != record:
+                self.state[config_marker(partition)] = record
+        await self.state.write_changelog()
 
     async def _remind_watermarks(self, markers: list[tuple[int, str]]) -> None:
         """Tell each recovered partition again how far its sources had got, as heartbeats on its
