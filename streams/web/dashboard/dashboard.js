@@ -74,7 +74,11 @@ function renderBreakdown(report) {
     return;
   }
   const names = report.steps.map((s) => s.name);
-  const rows = Object.entries(report.breakdown).sort((a, b) => (b[1][0]?.entered ?? 0) - (a[1][0]?.entered ?? 0));
+  // the top values (at most CONVERSIONS_BREAKDOWN_CAP), largest first, then "(other)": the rest
+  const last = (entry) => (entry[0] === "(other)" ? 1 : 0);
+  const rows = Object.entries(report.breakdown).sort(
+    (a, b) => last(a) - last(b) || (b[1][0]?.entered ?? 0) - (a[1][0]?.entered ?? 0),
+  );
   holder.replaceChildren(
     el(
       "table",
