@@ -78,9 +78,10 @@ _MICROSECOND = timedelta(microseconds=1)
 
 Record = tuple[int, str, bytes]
 """An output as the merge sorts it: event time in microseconds, id, JSON."""
-Decoded_block = tuple[int, int, list[tuple[int, list[ClickEvent], list[Rejection]]]]
+Decoded_block = tuple[int, int, list[tuple[int, list[ClickEvent], list[Rejection], bytes | None]]]
 """A block as a worker decoded it: its number, its first line's number, and per line of the
-worker's (by index in the block) its events and the dead letters it owes."""
+worker's (by index in the block) its events, the dead letters it owes, and the line itself when
+it has events (an event the engine refuses is dead-lettered with it)."""
 
 
 class WorkerFailed(ConversionsError, RuntimeError):
@@ -325,7 +326,7 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router) -> Non
     pending: deque[Decoded_block] = deque()
     first = 1  # the line number of the block's first line (one process counts from 1)
     for number, block in enumerate(_blocks(job.path, job.block_lines)):
-        mine: list[tuple[int, list[ClickEvent], list[Rejection]]] = []
+        mine: list[tuple[int, list[ClickEvent], list[Rejection], bytes | None]] = []
         times = array("q", [_NONE]) * len(block)
         for i, line in enumerate(block):
             if not line.strip():
@@ -343,7 +344,7 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router) -> Non
             if rejects_here:  # the line's one owner counts what is about the whole line
                 for name, count in decoded.unknown_fields.items():
                     run.unknown_fields[name] = run.unknown_fields.get(name, 0) + count
-            mine.append((i, events, decoded.rejects if rejects_here else []))
+            mine.append((i, events, decoded.rejects if rejects_here else [], raw if events else None))
         conn.send(("times", number, len(block), times.tobytes()))
         pending.append((number, first, mine))
         if len(pending) > job.lookahead:
@@ -376,7 +377,7 @@ def _apply(
     times = array("q")
     times.frombytes(raw_times)
     micro: list[tuple[int, dict[str, Any]]] = []
-    for i, events, rejects in mine:
+    for i, events, rejects, raw in mine:
         previous = times[i - 1] if i else before
         out = run.apply_line(
             first + i,
@@ -384,6 +385,7 @@ def _apply(
             rejects,
             None if previous == _NONE else previous,
             None if times[i] == _NONE else times[i],
+            raw,
         )
         runs.add(out)
         micro += [

@@ -94,8 +94,9 @@ class OfflineRun:
         self.lines += 1
         if not line.strip():
             return []
+        raw = line.rstrip(b"\r\n")
         decoded = decode_message(
-            line.rstrip(b"\r\n"),
+            raw,
             max_bytes=self.max_message_bytes,
             max_batch=self.max_batch_events,
             max_nesting=self.max_nesting,
@@ -106,7 +107,7 @@ class OfflineRun:
         latest = self._latest_ms
         for event in decoded.events:
             latest = event.ts_ms if latest is None or event.ts_ms > latest else latest
-        out = self.apply_line(self.lines, decoded.events, decoded.rejects, self._latest_ms, latest)
+        out = self.apply_line(self.lines, decoded.events, decoded.rejects, self._latest_ms, latest, raw)
         if latest is None:
             return out
         # the fields as they are (what model_dump() would copy): the evaluators only read them
@@ -119,8 +120,10 @@ class OfflineRun:
         rejects: Sequence[Rejection],
         before: int | None,
         after: int | None,
+        raw: bytes | None = None,
     ) -> list[OutputEvent]:
-        """Line number `line`'s dead letters and events, then event time moved to `after`.
+        """Line number `line`'s dead letters and events, then event time moved to `after`;
+        `raw`, the line itself, is what an event the engine refuses is dead-lettered with.
 
         `before` and `after` are the file's event time before and after the line (None until a
         valid event has come). A process given only some of the file's people (`streams.offline.parallel`)
@@ -149,7 +152,7 @@ class OfflineRun:
                 refused = sum(1 for output in produced if output.type == "deadletter")
                 if refused:
                     self.rejected += refused
-                    produced = placed(produced, self.source, None, line)
+                    produced = placed(produced, self.source, None, line, raw)
                 out.extend(produced)
         self._latest_ms = after
         if after is not None:
