@@ -54,10 +54,11 @@ import orjson
 from streams.core.config.matching import CompiledConfig
 from streams.core.input.audience import Enricher, EnrichmentSpec
 from streams.core.input.decode import decode_message
-from streams.core.input.event import ClickEvent
+from streams.core.input.event import MAX_NESTING, ClickEvent
 from streams.core.input.formats.detect import JSON_OPENERS, looks_like_segment, looks_like_tsv
 from streams.core.input.rejection import Decoded, Rejection
 from streams.core.journeys.identity import IdentityRules
+from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.core.records.outputs import OutputEvent
 from streams.errors import ConversionsError
 from streams.offline.run import Judges, OfflineRun
@@ -78,9 +79,10 @@ _MICROSECOND = timedelta(microseconds=1)
 
 Record = tuple[int, str, bytes]
 """An output as the merge sorts it: event time in microseconds, id, JSON."""
-Decoded_block = tuple[int, int, list[tuple[int, list[ClickEvent], list[Rejection]]]]
+Decoded_block = tuple[int, int, list[tuple[int, list[ClickEvent], list[Rejection], bytes | None]]]
 """A block as a worker decoded it: its number, its first line's number, and per line of the
-worker's (by index in the block) its events and the dead letters it owes."""
+worker's (by index in the block) its events, the dead letters it owes, and the line itself when
+it has events (an event the engine refuses is dead-lettered with it)."""
 
 
 class WorkerFailed(ConversionsError, RuntimeError):
@@ -98,6 +100,8 @@ class Job:
     workers: int
     max_message_bytes: int = 1_000_000
     max_batch_events: int = 10_000
+    max_nesting: int = MAX_NESTING
+    breakdown_cap: int = BREAKDOWN_CAP
     latest_ms: int | None = None
     flush: bool = False
     tmpdir: str = ""
@@ -178,6 +182,7 @@ def _decode(raw: bytes, job: Job) -> Decoded:
         max_batch=job.max_batch_events,
         latest_ms=job.latest_ms,
         enricher=enricher,
+        max_nesting=job.max_nesting,
     )
 
 
@@ -324,6 +329,8 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router) -> Non
         source=job.source,
         max_message_bytes=job.max_message_bytes,
         max_batch_events=job.max_batch_events,
+        max_nesting=job.max_nesting,
+        breakdown_cap=job.breakdown_cap,
         latest_ms=job.latest_ms,
         enrichment=job.enrichment,
     )
@@ -331,7 +338,7 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router) -> Non
     pending: deque[Decoded_block] = deque()
     first = 1  # the line number of the block's first line (one process counts from 1)
     for number, block in enumerate(_blocks(job.path, job.block_lines)):
-        mine: list[tuple[int, list[ClickEvent], list[Rejection]]] = []
+        mine: list[tuple[int, list[ClickEvent], list[Rejection], bytes | None]] = []
         times = array("q", [_NONE]) * len(block)
         for i, line in enumerate(block):
             if not line.strip():
@@ -349,7 +356,7 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router) -> Non
             if rejects_here:  # the line's one owner counts what is about the whole line
                 for name, count in decoded.unknown_fields.items():
                     run.unknown_fields[name] = run.unknown_fields.get(name, 0) + count
-            mine.append((i, events, decoded.rejects if rejects_here else []))
+            mine.append((i, events, decoded.rejects if rejects_here else [], raw if events else None))
         conn.send(("times", number, len(block), times.tobytes()))
         pending.append((number, first, mine))
         if len(pending) > job.lookahead:
@@ -382,7 +389,7 @@ def _apply(
     times = array("q")
     times.frombytes(raw_times)
     micro: list[tuple[int, dict[str, Any]]] = []
-    for i, events, rejects in mine:
+    for i, events, rejects, raw in mine:
         previous = times[i - 1] if i else before
         out = run.apply_line(
             first + i,
@@ -390,6 +397,7 @@ def _apply(
             rejects,
             None if previous == _NONE else previous,
             None if times[i] == _NONE else times[i],
+            raw,
         )
         runs.add(out)
         micro += [
@@ -472,7 +480,7 @@ def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
     for conn in conns:
         conn.send(roots)
 
-    judges = Judges(job.config)
+    judges = Judges(job.config, job.breakdown_cap)
     judged: list[OutputEvent] = []
     latest = _NONE  # the file's event time after the lines gathered so far
     waiting: deque[tuple[int, int, array[int], list[bool]]] = deque()  # blocks to judge, in order

@@ -18,10 +18,11 @@ from streams.core.config.matching import CompiledConfig
 from streams.core.input.audience import EnrichmentSpec
 from streams.core.input.deadletter import dead_letter, placed
 from streams.core.input.decode import decode_message
-from streams.core.input.event import ClickEvent, from_epoch_ms
+from streams.core.input.event import MAX_NESTING, ClickEvent, from_epoch_ms
 from streams.core.input.rejection import Rejection
 from streams.core.journeys.engine import Engine
 from streams.core.measures.alerts import MINUTE_MS, AlertEvaluator
+from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.core.measures.experiments import ExperimentEvaluator
 from streams.core.records.outputs import OutputEvent
 
@@ -33,10 +34,10 @@ class Judges:
     """The alert and experiment evaluators, fed as offline mode feeds them: after each line, that
     line's microconversions, then the line's event time less the late tolerance."""
 
-    def __init__(self, config: CompiledConfig) -> None:
+    def __init__(self, config: CompiledConfig, breakdown_cap: int = BREAKDOWN_CAP) -> None:
         self.late_tolerance = config.late_tolerance
-        self.alerts = AlertEvaluator(config)
-        self.experiments = ExperimentEvaluator(config)
+        self.alerts = AlertEvaluator(config, by_cap=breakdown_cap)
+        self.experiments = ExperimentEvaluator(config, max_variants=breakdown_cap)
         self.evaluators: list[AlertEvaluator | ExperimentEvaluator] = [
             e for e in (self.alerts, self.experiments) if e.active
         ]
@@ -67,6 +68,8 @@ class OfflineRun:
     source: str = "offline"
     max_message_bytes: int = 1_000_000
     max_batch_events: int = 10_000
+    max_nesting: int = MAX_NESTING
+    breakdown_cap: int = BREAKDOWN_CAP
     latest_ms: int | None = None  # events stamped later are refused, as `max_future_skew_s` does on Kafka
     store: dict[str, bytes] = field(default_factory=dict)
     cache_journeys: int = 20_000
@@ -86,7 +89,7 @@ class OfflineRun:
     def __post_init__(self) -> None:
         self.enricher = self.enrichment.build() if self.enrichment is not None else None
         self.engine = Engine(self.config, self.store, self.partitions, expected_sources=[self.source])
-        self.judges = Judges(self.config)
+        self.judges = Judges(self.config, self.breakdown_cap)
         self.alerts = self.judges.alerts
         self.experiments = self.judges.experiments
         self._latest_ms: int | None = None
@@ -97,10 +100,12 @@ class OfflineRun:
         self.lines += 1
         if not line.strip():
             return []
+        raw = line.rstrip(b"\r\n")
         decoded = decode_message(
-            line.rstrip(b"\r\n"),
+            raw,
             max_bytes=self.max_message_bytes,
             max_batch=self.max_batch_events,
+            max_nesting=self.max_nesting,
             latest_ms=self.latest_ms,
             enricher=self.enricher,
         )
@@ -111,7 +116,7 @@ class OfflineRun:
         latest = self._latest_ms
         for event in decoded.events:
             latest = event.ts_ms if latest is None or event.ts_ms > latest else latest
-        out = self.apply_line(self.lines, decoded.events, decoded.rejects, self._latest_ms, latest)
+        out = self.apply_line(self.lines, decoded.events, decoded.rejects, self._latest_ms, latest, raw)
         if latest is None:
             return out
         # the fields as they are (what model_dump() would copy): the evaluators only read them
@@ -124,8 +129,10 @@ class OfflineRun:
         rejects: Sequence[Rejection],
         before: int | None,
         after: int | None,
+        raw: bytes | None = None,
     ) -> list[OutputEvent]:
-        """Line number `line`'s dead letters and events, then event time moved to `after`.
+        """Line number `line`'s dead letters and events, then event time moved to `after`;
+        `raw`, the line itself, is what an event the engine refuses is dead-lettered with.
 
         `before` and `after` are the file's event time before and after the line (None until a
         valid event has come). A process given only some of the file's people (`streams.offline.parallel`)
@@ -154,7 +161,7 @@ class OfflineRun:
                 refused = sum(1 for output in produced if output.type == "deadletter")
                 if refused:
                     self.rejected += refused
-                    produced = placed(produced, self.source, None, line)
+                    produced = placed(produced, self.source, None, line, raw)
                 out.extend(produced)
         self._latest_ms = after
         if after is not None:

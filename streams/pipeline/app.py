@@ -34,6 +34,7 @@ from streams.core.journeys.markers import partition_of_key
 from streams.core.records.outputs import OutputEvent
 from streams.kafka.erasures import follow
 from streams.kafka.headers import WATERMARK_HEADER
+from streams.kafka.source_reader import SourceReader
 from streams.kafka.undecodable import SkippedBatches
 from streams.metrics import Metrics
 from streams.pipeline import stores, transport
@@ -144,6 +145,7 @@ class ConversionsApp:
         self.ingest_consumer = IngestConsumer(
             settings, self.ingest, self._flush_producer, SkippedBatches("ingest", self.metrics, self)
         )
+        self.source_reader = SourceReader(settings)
         self.journeys = Journeys(
             settings,
             self.engine,
@@ -154,6 +156,7 @@ class ConversionsApp:
             self._dead_letter,
             self._assignment,
             lambda: self.app.assignor,
+            read_source=self.source_reader.read,
         )
         store = self.journeys_table.data
         if isinstance(store, stores.ReadsItsChangelog):
@@ -167,7 +170,7 @@ class ConversionsApp:
         self.ingest.enricher.erased = self.journeys.erased
         self.ingest.ready = self.erasures_loaded = asyncio.Event()
         self.run_alongside("erasures", self._follow_erasures, self._nothing)
-        self.run_alongside("ingest", self.ingest_consumer.run, self.ingest_consumer.close)
+        self.run_alongside("ingest", self.ingest_consumer.run, self._close_consumers)
         self.app.agent(self.events_topic, name="journeys")(self._journeys)
         self.every(settings.watermark_interval_s, "watermarks", self.ingest.announce_watermarks)
         self.every(5.0, "lag", self._measure_lag)
@@ -197,6 +200,10 @@ class ConversionsApp:
 
     def _ingest_assignment(self) -> Any:
         return self.ingest_consumer.assignment()
+
+    async def _close_consumers(self) -> None:
+        await self.ingest_consumer.close()
+        await self.source_reader.close()
 
     async def _flush_producer(self) -> None:
         await self.app.producer.flush()

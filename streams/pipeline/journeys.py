@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from streams.core.config.model import FunnelConfig
 from streams.core.config.versions import Definition, config_fingerprint, diff_configs
-from streams.core.input.deadletter import placed
+from streams.core.input.deadletter import placed, with_original
 from streams.core.input.event import ClickEvent
 from streams.core.input.rejection import Rejection
 from streams.core.input.repartition import PendingBatch, RepartitionBatch, source_of
@@ -51,6 +51,7 @@ from streams.core.journeys.markers import (
     parse_marker,
     partition_of_key,
 )
+from streams.core.records.outputs import DeadLetter as DeadLetterRecord
 from streams.core.records.outputs import OutputEvent
 from streams.kafka.changelog import read_to_end
 from streams.pipeline.durable_table import DurableTable
@@ -60,6 +61,9 @@ from streams.ports import Publisher
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+ReadSource = Callable[[str, int, int], Awaitable[bytes | None]]
+"""Reads a source message's value back by topic, partition and offset (`kafka.SourceReader`)."""
 
 MAX_DEFINITIONS = 64
 """Funnel versions a partition remembers the definition of (the latest; an attempt written under
@@ -86,6 +90,7 @@ class Journeys:
         dead_letter: DeadLetter,
         assignment: Callable[[], set[TP]],
         assignor: Callable[[], Any],
+        read_source: ReadSource | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -96,6 +101,7 @@ class Journeys:
         self._dead_letter = dead_letter
         self._assignment = assignment
         self._assignor = assignor
+        self._read_source = read_source
         self.active_partitions: set[int] = set()
         self.lock = asyncio.Lock()
         """Held by each run and by an erasure, so that an erasure's changelog writes never go
@@ -203,9 +209,22 @@ class Journeys:
         for marker, (offset, watermark) in applied_now.items():
             self.state[marker] = marker_value(offset, watermark)
         for partition, produced in outputs.items():
+            if self._read_source is not None and any(o.type == "deadletter" for o in produced):
+                produced[:] = [await self._with_source_bytes(output) for output in produced]
             await self._publisher.publish(produced, partition)
         await self._forward(forwards)
         await self.state.write_changelog()
+
+    async def _with_source_bytes(self, output: OutputEvent) -> OutputEvent:
+        """A dead letter the engine made (a late event) with the source message's own bytes,
+        read back from where ingest read it: the engine only had the event re-encoded."""
+        if not isinstance(output, DeadLetterRecord) or output.source_offset is None:
+            return output
+        if output.reason != "late_event" or output.source_topic is None or output.source_partition is None:
+            return output
+        assert self._read_source is not None
+        original = await self._read_source(output.source_topic, output.source_partition, output.source_offset)
+        return with_original(output, original)
 
     async def _forward(self, forwards: dict[tuple[int, int], PendingBatch]) -> None:
         """Send each partition's items for others, each batch with the partition's progress

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections import defaultdict
 from pathlib import Path
 
@@ -144,4 +145,7 @@ def test_the_rejected_count_is_the_dead_letters_written(tmp_path: Path) -> None:
         # each where it came from: the line number, the late one's too
         lines_of = {r["reason"]: r["source_offset"] for r in records if r["type"] == "deadletter"}
         assert lines_of == {"late_event": 2, "invalid_json": 3, "invalid_event": 4}
+        # and with the line as it was, not the event re-encoded
+        [late] = [r for r in records if r["type"] == "deadletter" and r["reason"] == "late_event"]
+        assert base64.b64decode(late["original_b64"]) == lines[1], extra
         assert "3 rejected" in result.stderr, (extra, result.stderr)

@@ -1,37 +1,110 @@
-"""A bound on how many values of one breakdown dimension the counters keep: the first `cap` values
-seen each day, then `(other)` (GA4 and Amplitude fold the long tail the same way).
+"""How many distinct values of a client-chosen field are kept apart (`CONVERSIONS_BREAKDOWN_CAP`).
 
-Without it, a dimension such as browser version times country, or a free-text property, adds
-counter fields without bound: every value multiplies the fields of each step, goal and table.
-Values are admitted first come, per UTC day of the output's event time, so the values of a day
-that come first (the frequent ones, almost always) keep their own counts. The sets live in the
-process that counts: a restart, or a second counting process, may admit up to `cap` more in the
-same day, which bounds the fields still (cap times the processes and restarts of a day).
+Breakdown values, alert `by` values and experiment variants come from the events, so a client
+can send as many as it likes: 10,000 campaign sources would make a 10,000-row answer, a
+10,000-option selector, 10,000 Prometheus series and 10,000 alert states. Everywhere such values
+are answered or kept, at most `cap` of them stay apart and the rest are summed as one:
 
-The same setting (`breakdown_cap`, `CONVERSIONS_BREAKDOWN_CAP`) caps the values /live and the
-Prometheus labels show.
+- in answers (`top_values`, `fold_by_dimension`): the `cap` largest, ties by name, then
+  `(other)`, the sum of the rest;
+- in state and metric labels, where values arrive one by one (`Admitted`): the first `cap`
+  distinct values, then `other` (a fixed label set: a Prometheus series never changes meaning).
+
+A value that is literally `(other)` is summed with them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Hashable, Mapping
+from typing import Any, Generic, TypeVar
 
+BREAKDOWN_CAP = 50
+"""The default of `CONVERSIONS_BREAKDOWN_CAP`."""
 OTHER = "(other)"
+"""The row, option or `by` value that sums the values past the cap."""
+OTHER_LABEL = "other"
+"""The Prometheus label value past the cap (label values are plain words by convention)."""
+
+K = TypeVar("K", bound=Hashable)
+
+
+def top_values(counts: Mapping[str, float], cap: int) -> tuple[list[str], list[str]]:
+    """The values kept (the `cap` largest, ties by name) and those summed as `(other)`."""
+    ranked = sorted(counts, key=lambda value: (-counts[value], value))
+    return ranked[:cap], ranked[cap:]
+
+
+def fold_fields(fields: Mapping[str, float], dim: str, folded: set[str]) -> dict[str, float]:
+    """The counter fields `<field>|<dim>=<value>` of the `folded` values, summed into
+    `<field>|<dim>=(other)` (what a report of `(other)` reads)."""
+    marker = f"|{dim}="
+    out: dict[str, float] = {}
+    for key, count in fields.items():
+        head, found, value = key.partition(marker)
+        if found and value in folded:
+            name = f"{head}{marker}{OTHER}"
+            out[name] = out.get(name, 0.0) + count
+    return out
+
+
+def fold_by_dimension(counts: Mapping[str, int], cap: int) -> dict[str, int]:
+    """Counts keyed `<dim>=<value>` with at most `cap` values per dimension, the rest summed
+    as `<dim>=(other)`."""
+    by_dim: dict[str, dict[str, int]] = {}
+    for key, count in counts.items():
+        dim, _, value = key.partition("=")
+        by_dim.setdefault(dim, {})[value] = count
+    out: dict[str, int] = {}
+    for dim, values in by_dim.items():
+        kept, folded = top_values(values, cap)
+        out.update({f"{dim}={value}": values[value] for value in kept})
+        if folded:
+            out[f"{dim}={OTHER}"] = sum(values[value] for value in folded)
+    return out
+
+
+class Admitted(Generic[K]):
+    """The first `cap` distinct values offered are kept as they are; any later one becomes
+    `other`. Bounded: it remembers at most `cap` values."""
+
+    def __init__(self, cap: int, other: K) -> None:
+        self.cap = cap
+        self.other = other
+        self._seen: set[K] = set()
+
+    def __call__(self, value: K) -> K:
+        if value in self._seen:
+            return value
+        if len(self._seen) < self.cap:
+            self._seen.add(value)
+            return value
+        return self.other
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+# ---- the counters: values admitted per dimension and day --------------------------------------
+#
+# In the counters (`measures.counters.increments`) every breakdown value (funnel breakdowns,
+# channel, landing page, audience fields) passes `capped_output`: the first `cap` values of a
+# dimension each UTC day of the output's event time keep their own fields, later ones count as
+# `(other)`, so browser version times country cannot multiply the counter fields without bound.
+# The admitted values live in the counting process: a restart, or a second counting process, may
+# admit up to `cap` more the same day, which still bounds the fields.
+
 DAY_MS = 86_400_000
 KEPT_DAYS = 3
 """Days whose admitted values are remembered: late outputs of the day before still find theirs."""
 
 
-def cap_values(values: Mapping[str, int | float], cap: int) -> dict[str, int | float]:
-    """The `cap` largest values of a breakdown (by their number), the rest summed as `(other)`:
-    how a table of counts is shown when more values were counted than it should list."""
-    ranked = sorted(values.items(), key=lambda item: (-item[1], item[0]))
-    kept: dict[str, int | float] = dict(ranked[:cap])
-    rest = ranked[cap:]
-    if rest:
-        kept[OTHER] = kept.get(OTHER, 0) + sum(count for _, count in rest)
-    return kept
+def cap_values(values: Mapping[str, float], cap: int) -> dict[str, float]:
+    """The `cap` largest values of a breakdown, the rest summed as `(other)` (`top_values`)."""
+    kept, folded = top_values(dict(values), cap)
+    out = {value: values[value] for value in kept}
+    if folded:
+        out[OTHER] = out.get(OTHER, 0) + sum(values[value] for value in folded)
+    return out
 
 
 class ValueCap:

@@ -1,115 +1,64 @@
-"""Breakdown values are capped in the counters: the first `cap` values of a day keep their own
-fields, later ones count as `(other)`, so browser version times country cannot grow the counter
-fields without bound; totals are unchanged by the cap."""
+"""Client-chosen values are bounded (streams/core/measures/cardinality.py): the top values and `(other)`
+in answers, the first values and `other` in state, alerts and experiments, one cap for all."""
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Any
+from datetime import timedelta
 
-from streams.core.config.loader import parse_config
-from streams.core.config.matching import compile_config
-from streams.core.input.event import from_epoch_ms
-from streams.core.measures.cardinality import OTHER, ValueCap, cap_values, capped_output
-from streams.core.measures.counters import increments
-
-CONFIG = compile_config(
-    parse_config(
-        """
-version: 1
-goals: [{name: purchase, match: {event: purchase}, value: properties.value}]
-funnels:
-  - name: checkout
-    steps:
-      - {name: view, match: {event: product_view}}
-      - {name: buy, match: {goal: purchase}}
-    breakdowns: [audience.browser_version, properties.sku]
-"""
-    )
-)
-DAY = 1_710_288_000_000  # 2024-03-13T00:00Z
+from streams.core.measures.alerts import AlertEvaluator
+from streams.core.measures.cardinality import OTHER, Admitted, fold_by_dimension, fold_fields, top_values
+from streams.core.measures.experiments import MINUTE_MS as EXPERIMENT_MINUTE_MS
+from streams.core.measures.experiments import ExperimentEvaluator
+from streams.settings import Settings
+from tests.core.measures.test_alerts import CONFIG as ALERTS
+from tests.core.measures.test_alerts import T0, milestones
+from tests.core.measures.test_experiments import CONFIG as EXPERIMENTS
+from tests.core.measures.test_experiments import T0 as EXPERIMENTS_T0
+from tests.core.measures.test_experiments import milestone
 
 
-def iso(ms: int) -> str:
-    return from_epoch_ms(ms).isoformat()
+def test_the_top_values_are_kept_and_the_rest_summed() -> None:
+    counts = {"b": 5.0, "a": 5.0, "c": 9.0, "d": 1.0}
+    assert top_values(counts, 2) == (["c", "a"], ["b", "d"]), "largest first, ties by name"
+    assert top_values(counts, 10) == (["c", "a", "b", "d"], [])
+    fields = {"e:0": 20.0, "e:0|src=b": 5.0, "e:1|src=b": 2.0, "e:0|src=d": 1.0, "e:0|src=a": 5.0}
+    assert fold_fields(fields, "src", {"b", "d"}) == {f"e:0|src={OTHER}": 6.0, f"e:1|src={OTHER}": 2.0}
+    by = {"src=a": 3, "src=b": 2, "src=c": 1, "platform=web": 7}
+    assert fold_by_dimension(by, 1) == {"src=a": 3, f"src={OTHER}": 3, "platform=web": 7}
 
 
-def session(n: int, day: int = 0) -> dict[str, Any]:
-    return {
-        "type": "session",
-        "id": f"s{n}",
-        "anonymous_id": f"a{n}",
-        "session_id": f"s{n}",
-        "timestamp": iso(DAY + day * 86_400_000 + n),
-        "landing_page": f"/p/{n}",
-        "channel": "Direct",
-        "page_views": 2,
-        "duration_ms": 1000,
-        "events": 2,
-        "microconversions": 0,
-        "conversions": [],
-        "audience": {"browser": f"Browser {n}", "country": "GB", "device": "desktop"},
-    }
+def test_admitted_keeps_the_first_values_then_other() -> None:
+    labels: Admitted[str] = Admitted(2, "other")
+    assert [labels(v) for v in ("x", "y", "z", "x", "w", "y")] == ["x", "y", "other", "x", "other", "y"]
+    assert len(labels) == 2
 
 
-def micro(n: int) -> dict[str, Any]:
-    return {
-        "type": "micro",
-        "kind": "milestone",
-        "id": f"m{n}",
-        "anonymous_id": f"a{n}",
-        "timestamp": iso(DAY + n),
-        "funnel": "checkout",
-        "step": "view",
-        "step_index": 0,
-        "name": "view",
-        "started_at": iso(DAY + n),
-        "breakdowns": {"audience.browser_version": f"Chrome {n}", "properties.sku": f"sku-{n}"},
-    }
+def test_one_setting_caps_every_client_chosen_value() -> None:
+    assert Settings().breakdown_cap == 50
+    assert Settings(breakdown_cap=7).breakdown_cap == 7
 
 
-def test_the_first_values_of_a_day_are_kept_then_other() -> None:
-    cap = ValueCap(3)
-    assert [cap.admit(1, "d", v) for v in "abcab"] == list("abcab")
-    assert cap.admit(1, "d", "z") == OTHER and cap.admit(1, "d", None) is None
-    assert cap.admit(2, "d", "z") == "z"  # a new day starts afresh
-    assert cap.admit(1, "other-dim", "z") == "z"  # each dimension has its own values
+def test_alert_by_values_past_the_cap_are_judged_together_as_other() -> None:
+    """10,000 distinct platforms: the evaluator keeps cells for the first `cap` and `(other)`,
+    and no alert names more values than that."""
+    evaluator = AlertEvaluator(ALERTS, by_cap=20)
+    for minute in range(3):
+        moment = T0 + timedelta(minutes=minute)
+        for i in range(10_000):
+            for output in milestones(moment, 1, 0, platform=f"p{i}"):
+                evaluator.observe(output)
+    alerts = evaluator.advance(int((T0 + timedelta(hours=2)).timestamp() * 1000))
+    judged = evaluator.rule_counts(0)
+    assert len(judged) <= 21 and (OTHER,) in judged
+    assert {a.by["context.platform"] for a in alerts} <= {f"p{i}" for i in range(10_000)} | {OTHER}
+    assert len({a.by["context.platform"] for a in alerts}) <= 21
 
 
-def test_counter_fields_stay_bounded_and_totals_stay_exact() -> None:
-    cap = ValueCap(5)
-    outputs = [session(n) for n in range(200)] + [micro(n) for n in range(200)]
-    uncapped = [op for o in outputs for op in increments(o, CONFIG, 60_000)]
-    capped = [op for o in outputs for op in increments(o, CONFIG, 60_000, cap=cap)]
-    day_key = f"c:86400:{DAY}"
-
-    def fields(ops: list[Any], key: str) -> Counter[str]:
-        total: Counter[str] = Counter()
-        for op in ops:
-            if op.key == key:
-                total[op.field] += op.amount
-        return total
-
-    raw, kept = fields(uncapped, day_key), fields(capped, day_key)
-    assert len(raw) > 1_600 and len(kept) < 150
-    assert kept["s|audience.browser=(other)"] == 195
-    assert kept["s|landing_page=(other)"] == 195
-    for dim in ("landing_page", "audience.browser", "audience.country"):
-        per_dim = sum(v for f, v in kept.items() if f.startswith(f"s|{dim}=") and f.count("|") == 1)
-        assert per_dim == 200  # every session still counted once per dimension
-    funnel = fields(capped, f"f:checkout:86400:{DAY}")
-    assert funnel["e:0"] == 200 and funnel["e:0|properties.sku=(other)"] == 195
-    assert len([f for f in funnel if "properties.sku=" in f]) == 6
-
-
-def test_capped_output_caps_every_value_the_counters_break_down_by() -> None:
-    cap = ValueCap(1)
-    capped_output(session(1), cap, DAY)
-    second = capped_output(session(2), cap, DAY)
-    assert second["landing_page"] == OTHER and second["channel"] == "Direct"
-    assert second["audience"] == {"browser": OTHER, "country": "GB", "device": "desktop"}
-
-
-def test_a_table_shows_the_top_values_and_the_rest_as_other() -> None:
-    assert cap_values({"a": 5, "b": 9, "c": 1, "d": 1}, 2) == {"b": 9, "a": 5, OTHER: 2}
-    assert cap_values({"a": 1}, 2) == {"a": 1}
+def test_experiment_variants_use_the_same_cap() -> None:
+    evaluator = ExperimentEvaluator(EXPERIMENTS, max_variants=5)
+    evaluator.observe(milestone(5, 0, "A"))
+    for i in range(200):
+        evaluator.observe(milestone(5, 0, f"v{i:03d}"))
+    (update,) = evaluator.advance(EXPERIMENTS_T0 + 6 * EXPERIMENT_MINUTE_MS)
+    assert len(update.variants) == 5 and update.variants[0].variant == "A"
+    assert update.unassigned == 200 - 4
