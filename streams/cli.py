@@ -616,10 +616,6 @@ def infra(redis_cluster: bool) -> None:
         _fail(f"could not start the local infrastructure: {exc}")
 
 
-if __name__ == "__main__":
-    main()
-
-
 @main.command()
 @click.option("--user-id", default=None, help="The user id to erase.")
 @click.option("--anonymous-id", default=None, help="The anonymous id to erase.")
@@ -641,3 +637,7 @@ def forget(user_id: str | None, anonymous_id: str | None) -> None:
 
     record = asyncio.run(run())
     click.echo(f"erasure {record.id} recorded at {record.timestamp.isoformat()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -109,11 +109,11 @@ class Settings(BaseSettings):
     topic_experiments: str = "conversions.experiments"
     """Output: experiments' state at each decision change."""
     topic_deadletter: str = "clickstream.deadletter"
+    """Output: every input that could not be used, with the reason."""
     topic_erased: str = "privacy.erased"
     """Compacted: each erased user or anonymous id with the moment of its erasure, read by ingest."""
     topic_erasures: str = "privacy.erasures"
-    """An `erasure` record per person erased, for downstream consumers."""
-    """Output: every input that could not be used, with the reason."""
+    """Output: an `erasure` record per person erased (`conversions forget`), for downstream consumers."""
     partitions: int = Field(default=4, ge=1, le=1024)
     """Partitions of the internal and output topics and of the journeys table (how many workers
     can share the work); fixed once the topics exist."""
