@@ -183,6 +183,8 @@ def process(
             workers=workers,
             max_message_bytes=settings.max_message_bytes,
             max_batch_events=settings.max_batch_events,
+            max_nesting=settings.max_nesting,
+            breakdown_cap=settings.breakdown_cap,
             latest_ms=latest_ms,
             flush=flush,
         )
@@ -198,6 +200,8 @@ def process(
             max_message_bytes=settings.max_message_bytes,
             latest_ms=latest_ms,
             max_batch_events=settings.max_batch_events,
+            max_nesting=settings.max_nesting,
+            breakdown_cap=settings.breakdown_cap,
         )
         known: list[Any] = []
         if payload is not None:

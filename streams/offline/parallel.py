@@ -53,10 +53,11 @@ import orjson
 
 from streams.core.config.matching import CompiledConfig
 from streams.core.input.decode import decode_message
-from streams.core.input.event import ClickEvent
+from streams.core.input.event import MAX_NESTING, ClickEvent
 from streams.core.input.formats.detect import JSON_OPENERS, looks_like_segment, looks_like_tsv
 from streams.core.input.rejection import Decoded, Rejection
 from streams.core.journeys.identity import IdentityRules
+from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.core.records.outputs import OutputEvent
 from streams.errors import ConversionsError
 from streams.offline.run import Judges, OfflineRun
@@ -99,6 +100,8 @@ class Job:
     workers: int
     max_message_bytes: int = 1_000_000
     max_batch_events: int = 10_000
+    max_nesting: int = MAX_NESTING
+    breakdown_cap: int = BREAKDOWN_CAP
     latest_ms: int | None = None
     flush: bool = False
     tmpdir: str = ""
@@ -166,7 +169,11 @@ def _decoded_keys(raw: bytes, rules: IdentityRules, job: Job) -> tuple[list[str]
 
 def _decode(raw: bytes, job: Job) -> Decoded:
     return decode_message(
-        raw, max_bytes=job.max_message_bytes, max_batch=job.max_batch_events, latest_ms=job.latest_ms
+        raw,
+        max_bytes=job.max_message_bytes,
+        max_batch=job.max_batch_events,
+        latest_ms=job.latest_ms,
+        max_nesting=job.max_nesting,
     )
 
 
@@ -313,6 +320,8 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router) -> Non
         source=job.source,
         max_message_bytes=job.max_message_bytes,
         max_batch_events=job.max_batch_events,
+        max_nesting=job.max_nesting,
+        breakdown_cap=job.breakdown_cap,
         latest_ms=job.latest_ms,
     )
     runs = _Runs(job.tmpdir, f"w{index}", job.run_outputs)
@@ -463,7 +472,7 @@ def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
     for conn in conns:
         conn.send(roots)
 
-    judges = Judges(job.config)
+    judges = Judges(job.config, job.breakdown_cap)
     judged: list[OutputEvent] = []
     latest = _NONE  # the file's event time after the lines gathered so far
     waiting: deque[tuple[int, int, array[int], list[bool]]] = deque()  # blocks to judge, in order

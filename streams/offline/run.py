@@ -17,10 +17,11 @@ from typing import Any, BinaryIO
 from streams.core.config.matching import CompiledConfig
 from streams.core.input.deadletter import dead_letter, placed
 from streams.core.input.decode import decode_message
-from streams.core.input.event import ClickEvent, from_epoch_ms
+from streams.core.input.event import MAX_NESTING, ClickEvent, from_epoch_ms
 from streams.core.input.rejection import Rejection
 from streams.core.journeys.engine import Engine
 from streams.core.measures.alerts import MINUTE_MS, AlertEvaluator
+from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.core.measures.experiments import ExperimentEvaluator
 from streams.core.records.outputs import OutputEvent
 from streams.offline.summary import FunnelCounts
@@ -33,10 +34,10 @@ class Judges:
     """The alert and experiment evaluators, fed as offline mode feeds them: after each line, that
     line's microconversions, then the line's event time less the late tolerance."""
 
-    def __init__(self, config: CompiledConfig) -> None:
+    def __init__(self, config: CompiledConfig, breakdown_cap: int = BREAKDOWN_CAP) -> None:
         self.late_tolerance = config.late_tolerance
-        self.alerts = AlertEvaluator(config)
-        self.experiments = ExperimentEvaluator(config)
+        self.alerts = AlertEvaluator(config, by_cap=breakdown_cap)
+        self.experiments = ExperimentEvaluator(config, max_variants=breakdown_cap)
         self.evaluators: list[AlertEvaluator | ExperimentEvaluator] = [
             e for e in (self.alerts, self.experiments) if e.active
         ]
@@ -83,6 +84,8 @@ class OfflineRun:
     source: str = "offline"
     max_message_bytes: int = 1_000_000
     max_batch_events: int = 10_000
+    max_nesting: int = MAX_NESTING
+    breakdown_cap: int = BREAKDOWN_CAP
     latest_ms: int | None = None  # events stamped later are refused, as `max_future_skew_s` does on Kafka
     store: dict[str, bytes] = field(default_factory=dict)
     cache_journeys: int = 20_000
@@ -99,7 +102,7 @@ class OfflineRun:
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.config, self.store, self.partitions, expected_sources=[self.source])
-        self.judges = Judges(self.config)
+        self.judges = Judges(self.config, self.breakdown_cap)
         self.alerts = self.judges.alerts
         self.experiments = self.judges.experiments
         self._latest_ms: int | None = None
@@ -115,6 +118,7 @@ class OfflineRun:
             raw,
             max_bytes=self.max_message_bytes,
             max_batch=self.max_batch_events,
+            max_nesting=self.max_nesting,
             latest_ms=self.latest_ms,
         )
         for name, count in decoded.unknown_fields.items():

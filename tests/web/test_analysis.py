@@ -25,7 +25,7 @@ from streams.counters.base import CountedMessage
 from streams.counters.memory_store import MemoryCounterStore
 from streams.settings import DEFAULT_FUNNELS
 from streams.web import analysis
-from streams.web.auth import COOKIE, Access, middleware, session_value
+from streams.web.auth import COOKIE, Access, middleware
 from tests.counters.conftest import BASE, CONFIG, MINUTE
 from tests.counters.test_stores import milestone
 from tests.helpers import click
@@ -215,7 +215,7 @@ async def test_the_token_is_needed_as_bearer_or_signed_in_cookie(guarded: str) -
         async with http.post(f"{guarded}/login", data={"token": "w" * 32}, allow_redirects=False) as response:
             assert response.status == 303 and response.headers["Location"] == "/"
             cookie = response.cookies[COOKIE]
-            assert cookie.value == session_value("w" * 32) != "w" * 32, "the cookie is not the token"
+            assert "w" * 8 not in cookie.value, "the cookie is not the token"
             assert cookie["httponly"] and cookie["samesite"] == "Strict"
         async with http.get(f"{guarded}/live") as response:
             assert response.status == 200, "the session cookie is enough"

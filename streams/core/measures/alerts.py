@@ -43,6 +43,7 @@ from streams.core.config.durations import format_duration_ms
 from streams.core.config.matching import CompiledConfig
 from streams.core.config.model import AlertRule
 from streams.core.input.event import from_epoch_ms, to_epoch_ms
+from streams.core.measures.cardinality import BREAKDOWN_CAP, OTHER, Admitted
 from streams.core.measures.stats import fisher_less, scan_look_level, wilson_interval
 from streams.core.records.ids import output_id
 from streams.core.records.outputs import Alert
@@ -83,6 +84,8 @@ class _Rule:
     still firing)."""
     excluded: dict[int, frozenset[ByValues]] = field(default_factory=dict)
     """Per minute already in the baseline: the by values whose cells it skipped."""
+    admitted: Admitted[ByValues] = field(default_factory=lambda: Admitted(BREAKDOWN_CAP, ()))
+    """The by values judged on their own (streams/core/measures/cardinality.py); the rest as `(other)`."""
 
     def __post_init__(self) -> None:
         rule = self.rule
@@ -215,13 +218,17 @@ def look_level(rule: AlertRule) -> float:
 
 
 class AlertEvaluator:
-    def __init__(self, config: CompiledConfig) -> None:
+    def __init__(self, config: CompiledConfig, by_cap: int = BREAKDOWN_CAP) -> None:
+        """`by_cap`: per rule, the first this many distinct `by` values are judged on their own,
+        later ones together as `(other)` (values come from clients: bounded state and alerts)."""
         self.config = config
+        self.by_cap = by_cap
         self._rules: list[_Rule] = []
         for i, rule in enumerate(config.source.alerts):
             funnel = config.funnels_by_name[rule.funnel]
             step_index = [s.name for s in funnel.steps].index(rule.step)
             self._rules.append(_Rule(i, rule, step_index, funnel.version))
+            self._rules[-1].admitted = Admitted(by_cap, tuple(OTHER for _ in rule.by))
         self._evaluated_to: int | None = None
         self.ignored_late = 0
         self._ids: dict[int, set[str]] = {}
@@ -294,7 +301,7 @@ class AlertEvaluator:
             position = step_index - (state.step_index - 1)
             if position not in (0, 1):
                 continue
-            by = tuple(breakdowns.get(dim) for dim in state.rule.by)
+            by = state.admitted(tuple(breakdowns.get(dim) for dim in state.rule.by))
             cell = state.counts[minute].setdefault(by, [0, 0])
             cell[position] += times
 
