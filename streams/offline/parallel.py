@@ -62,6 +62,7 @@ from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.core.records.outputs import OutputEvent
 from streams.errors import ConversionsError
 from streams.offline.run import Judges, OfflineRun
+from streams.offline.summary import FunnelCounts
 
 BLOCK_LINES = 2_048
 LOOKAHEAD = 4
@@ -118,6 +119,7 @@ class Totals:
     events: int = 0
     rejected: int = 0
     unknown_fields: dict[str, int] = field(default_factory=dict)
+    funnels: FunnelCounts = field(default_factory=FunnelCounts)
 
 
 # ---- routing ------------------------------------------------------------------------------
@@ -367,12 +369,14 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router) -> Non
         _apply(run, runs, conn, pending.popleft())
     kind, final = conn.recv()  # the file's event time after its last line
     assert kind == "final", kind
-    runs.add(run.catch_up(None if final == _NONE else final))
-    if job.flush:
-        runs.add(run.flush())
+    ended = run.catch_up(None if final == _NONE else final)
+    if job.flush:  # the parent judges what the flush released, then the input to its end
+        ended += run.flush(judge=False)
+    runs.add(ended)
     run.engine.flush()
     runs.spill()
-    conn.send(("done", runs.paths, run.events, run.rejected, run.unknown_fields))
+    released = [_judged_fields(o) for o in ended if o.type == "micro"] if job.flush else []
+    conn.send(("done", runs.paths, run.events, run.rejected, run.unknown_fields, run.counts, released))
 
 
 def _apply(
@@ -516,13 +520,18 @@ def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
     for conn in conns:
         conn.send(("final", latest))
     paths: list[str] = []
+    released: list[dict[str, Any]] = []
     for conn in conns:
-        _, runs, events, rejected, unknown = _recv(conn)
+        _, runs, events, rejected, unknown, counts, micro = _recv(conn)
         paths += runs
         totals.events += events
         totals.rejected += rejected
         for name, count in unknown.items():
             totals.unknown_fields[name] = totals.unknown_fields.get(name, 0) + count
+        totals.funnels.add(counts)
+        released += micro
+    if job.flush:
+        judged += judges.finish(released, None if latest == _NONE else latest)
     mine = sorted((_micro_us(o.timestamp), o.id, o.to_json()) for o in judged)
     in_memory = len(paths) * job.run_outputs <= job.merge_in_memory  # an upper bound of the runs' size
     _write_sorted(out, [mine, *(read_run(path) for path in paths)], in_memory)

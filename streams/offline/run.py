@@ -25,6 +25,7 @@ from streams.core.measures.alerts import MINUTE_MS, AlertEvaluator
 from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.core.measures.experiments import ExperimentEvaluator
 from streams.core.records.outputs import OutputEvent
+from streams.offline.summary import FunnelCounts
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FAR_FUTURE_MS = 4_102_444_800_000  # 2100-01-01
@@ -58,6 +59,22 @@ class Judges:
             judged.extend(evaluator.advance(watermark))
         return judged
 
+    def finish(self, micro: Sequence[Mapping[str, Any]], latest_ms: int | None) -> list[OutputEvent]:
+        """The end of the input (`--flush`): the microconversions the flush released, then every
+        minute up to the input's latest event judged (the late tolerance waits for nothing
+        more), then each experiment's final state."""
+        if not self.evaluators or latest_ms is None:
+            return []
+        end = (latest_ms // MINUTE_MS + 1) * MINUTE_MS
+        self._judged_minute = end // MINUTE_MS
+        judged: list[OutputEvent] = []
+        for evaluator in self.evaluators:
+            for output in micro:
+                evaluator.observe(output)
+            judged.extend(evaluator.advance(end))
+        judged.extend(self.experiments.final(end))
+        return judged
+
 
 @dataclass
 class OfflineRun:
@@ -83,6 +100,8 @@ class OfflineRun:
     """Dead letters written: the lines' rejections and the events the engine refused (late)."""
     unknown_fields: dict[str, int] = field(default_factory=dict)
     """Top-level fields the contract does not have, by name, with the events that carried them."""
+    counts: FunnelCounts = field(default_factory=FunnelCounts)
+    """Per funnel version, the attempts the engine's outputs opened, completed and dropped."""
     screened: dict[str, int] = field(default_factory=dict)
     """Valid events not processed, by reason (bot, consent, erased)."""
 
@@ -168,12 +187,15 @@ class OfflineRun:
             out += self._observe(after)
         if self.engine.cached >= self.cache_journeys:
             self.engine.flush()
+        self.counts.add_outputs(out)
         return out
 
     def catch_up(self, latest: int | None) -> list[OutputEvent]:
         """Event time moved to `latest` on lines this process did not apply (the end of a share)."""
         self._latest_ms = latest
-        return self._observe(latest) if latest is not None and latest != self._observed else []
+        out = self._observe(latest) if latest is not None and latest != self._observed else []
+        self.counts.add_outputs(out)
+        return out
 
     def _observe(self, event_time: int) -> list[OutputEvent]:
         self._observed = event_time
@@ -197,11 +219,20 @@ class OfflineRun:
         if flush:
             out.write(b"".join([output.to_json() + b"\n" for output in self.flush()]))
 
-    def flush(self) -> list[OutputEvent]:
-        """Let event time run out: close every open session and attempt (end of history)."""
+    def flush(self, judge: bool = True) -> list[OutputEvent]:
+        """Let event time run out: close every open session and attempt (end of history), then
+        (`judge`) let the evaluators judge the input to its end (`Judges.finish`)."""
         out = self._observe(FAR_FUTURE_MS + self.config.late_tolerance)
         self.engine.flush()
+        self.counts.add_outputs(out)
+        if judge:
+            out += self.judges.finish(milestones(out), self._latest_ms)
         return out
+
+
+def milestones(outputs: Iterable[OutputEvent]) -> list[dict[str, Any]]:
+    """What the evaluators read: the milestone microconversions' fields, as they are."""
+    return [o.__dict__ for o in outputs if o.type == "micro" and o.__dict__["kind"] == "milestone"]
 
 
 def open_input(path: str) -> BinaryIO:

@@ -206,7 +206,7 @@ def increments(
         for prefix, items in groups:
             key = prefix + b
             ops += [_new_op(Op, (k, key, name, amount)) for k, name, amount in items]
-    if kind in ("micro", "dropoff"):
+    if kind in ("micro", "dropoff", "carried"):  # a carried attempt moves between cohorts
         ops += _cohort_increments(output, config, bucket_ms, at)
     return ops
 

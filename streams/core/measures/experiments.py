@@ -263,6 +263,16 @@ class ExperimentEvaluator:
             del self._ids[minute]
         return out
 
+    def final(self, end_ms: int) -> list[ExperimentUpdate]:
+        """Every experiment's state at the end of an input judged up to `end_ms` (offline mode's
+        `--flush`), marked final, with an id of its own (an update of the same minute keeps its)."""
+        return [
+            state.update(end_ms, []).model_copy(
+                update={"final": True, "id": output_id("experiment-final", state.experiment.name, end_ms)}
+            )
+            for state in self._states
+        ]
+
     def snapshot(self) -> list[ExperimentUpdate]:
         """Every experiment's current state (for /experiments and reports): changed is empty."""
         return [state.update(state.updated_at, []) for state in self._states if state.updated_at is not None]
