@@ -20,7 +20,7 @@ from streams.core.config.matching import CompiledConfig
 from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.metrics import Metrics
 from streams.ports import AlertReader, CounterReader, ExperimentReader
-from streams.web import analysis, headers, hosts, views
+from streams.web import analysis, headers, hosts, privacy, views
 from streams.web import experiments as experiment_views
 from streams.web.auth import Access, middleware
 from streams.web.views import DASHBOARD_FILES, Answer, dashboard_asset
@@ -65,6 +65,7 @@ def register_routes(
     access: Access | None = None,
     allowed_hosts: frozenset[str] = hosts.LOOPBACK_NAMES,
     cap: int = BREAKDOWN_CAP,
+    forget: privacy.Forget | None = None,
 ) -> None:
     """The routes on the app's web server, behind the Host check (`hosts`), the token (`auth`)
     and with the security headers (`headers`) on every answer."""
@@ -73,6 +74,8 @@ def register_routes(
     if access is not None and access.enabled:
         web_app.middlewares.append(middleware(access))
     headers.install(web_app)
+    if forget is not None:
+        privacy.install(web_app, forget, token_set=access is not None and access.web_token is not None)
 
     def answer(web: View, result: Answer) -> Response:
         status, body = result
