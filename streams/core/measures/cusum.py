@@ -30,6 +30,7 @@ makes the promise hold for every cycle of alarm, resolution and restart.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -38,7 +39,7 @@ RESOLUTION = 20
 MAX_THRESHOLD = 100_000
 """Grid units; the ARL grows exponentially with h, so no rule gets near it."""
 P0_STEP = 0.001
-"""Baseline rates are rounded to this before a design is computed (and cached)."""
+"""The lowest and (1 minus) the highest baseline rate a design is computed for."""
 
 
 @dataclass(frozen=True)
@@ -115,14 +116,15 @@ def arl(p: float, up: int, down: int, threshold: int, start: int) -> float:
 
 def design(p0: float, relative_drop: float, target_trials: float) -> Design:
     """The smallest threshold whose in-control ARL from h / 2 is at least `target_trials`."""
-    rounded = min(1 - P0_STEP, max(P0_STEP, round(p0 / P0_STEP) * P0_STEP))
-    return _design(round(rounded, 6), relative_drop, _two_digits(max(1.0, target_trials)))
+    rounded = min(1 - P0_STEP, max(P0_STEP, _two_digits(p0, math.floor)))
+    return _design(rounded, relative_drop, _two_digits(max(1.0, target_trials), math.ceil))
 
 
-def _two_digits(value: float) -> float:
-    """Targets rounded up to two significant digits, so a drifting volume reuses its designs."""
+def _two_digits(value: float, direction: Callable[[float], int]) -> float:
+    """Two significant digits, so a drifting rate or volume reuses its designs; rates are
+    rounded down and targets up, each the cautious way (a lower p0 is a rarer false alarm)."""
     scale = 10 ** (math.floor(math.log10(value)) - 1)
-    return float(math.ceil(value / scale) * scale)
+    return round(direction(value / scale + 1e-9 * (direction is math.floor)) * scale, 12)
 
 
 @lru_cache(maxsize=512)
