@@ -144,6 +144,7 @@ class _Rule:
     trials: dict[tuple[str, ...], _Trial] = field(default_factory=dict)
     """cusum: open trials by attempt key (funnel, start, person id), under each id it carries."""
     deadlines: dict[int, list[_Trial]] = field(default_factory=lambda: defaultdict(list))
+    first_minute: int | None = None
     times_to_convert: dict[int, int] = field(default_factory=dict)
     """Histogram: bucket -> conversions into the step from the one before, by minutes taken."""
     firing: dict[ByValues, _Firing] = field(default_factory=dict)
@@ -218,10 +219,19 @@ class _Rule:
         self.segment_counts.pop(gone, None)
         self.excluded.pop(gone, None)
 
+    def observed_span(self, t: int) -> int:
+        """The event time the baseline's counts cover: its span, or less while it fills up
+        (the trials a day it measures turn false_alarm_every into trials)."""
+        if self.first_minute is None or self.rule.seasonality == "weekly":
+            return self.baseline_span
+        return max(MINUTE_MS, min(self.baseline_span, t - self.rule.window - self.first_minute))
+
     def tally(
         self, minute: int, by: ByValues, breakdowns: Mapping[str, Any], column: int, times: int
     ) -> None:
         """`times` more in `column` of the minute's cell for `by`, and of its segments."""
+        if self.first_minute is None or minute < self.first_minute:
+            self.first_minute = minute
         cell = self.counts[minute].setdefault(by, [0, 0, 0, 0])
         cell[column] += times
         if self.dimensions:
@@ -585,7 +595,7 @@ class AlertEvaluator:
             if base_trials < rule.min_entered or base[SUCCEEDED] == 0:
                 continue  # no verdict on too few trials; nothing converts: nothing can fall
             p0 = _cautious_rate(base[SUCCEEDED], base_trials)
-            current = design(p0, rule.relative_drop, every * base_trials / state.baseline_span)
+            current = design(p0, rule.relative_drop, every * base_trials / state.observed_span(t))
             if cusum.design is None or cusum.statistic is None:
                 cusum.statistic, cusum.since = current.start, t - MINUTE_MS
             elif current != cusum.design:  # the same evidence in nats on the new grid
@@ -629,12 +639,20 @@ class AlertEvaluator:
             return None
         cusum = state.rule.method == "cusum"
         n, x = (SUCCEEDED, FAILED) if cusum else (ENTERED, REACHED)
+        windows = state.segment_window
+        if cusum and self._evaluated_to is not None:
+            # the trials of the evidence: since the statistic last left zero, at most a window
+            t = self._evaluated_to
+            since = max(state.cusums[by].since, t - state.rule.window, min(state.segment_counts, default=t))
+            windows = {}
+            for minute in range(since, t, MINUTE_MS):
+                _add(windows, state.segment_counts.get(minute), +1)
         segments: dict[str, dict[str | None, tuple[Counts, Counts]]] = {}
-        for key in set(state.segment_window) | set(state.segment_baseline):
+        for key in set(windows) | set(state.segment_baseline):
             key_by, dimension, value = key
             if key_by != by:
                 continue
-            window = state.segment_window.get(key, (0, 0, 0, 0))
+            window = windows.get(key, (0, 0, 0, 0))
             baseline = state.segment_baseline.get(key, (0, 0, 0, 0))
             if cusum:  # (trials, successes)
                 counts = ((window[n] + window[x], window[n]), (baseline[n] + baseline[x], baseline[n]))

@@ -124,7 +124,7 @@ def _two_digits(value: float, direction: Callable[[float], int]) -> float:
     """Two significant digits, so a drifting rate or volume reuses its designs; rates are
     rounded down and targets up, each the cautious way (a lower p0 is a rarer false alarm)."""
     scale = 10 ** (math.floor(math.log10(value)) - 1)
-    return round(direction(value / scale + 1e-9 * (direction is math.floor)) * scale, 12)
+    return float(round(direction(value / scale + 1e-9 * (direction is math.floor)) * scale, 12))
 
 
 @lru_cache(maxsize=512)

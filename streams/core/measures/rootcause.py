@@ -9,7 +9,8 @@ al. 2014, and the shift-share analyses it follows) into
       + sum_v n1_v (r0_v - r1_v)               rate: a value converting worse than it used to
 
 A value is named as falling only on its own evidence: at least `MIN_ENTERED` entries of it in
-the window, and its window rate below its baseline rate by Fisher's one-sided exact test at
+the window, a share of the missing conversions at least `CONCENTRATION` times its share of the
+entries, and its window rate below its baseline rate by Fisher's one-sided exact test at
 `SIGNIFICANCE`, Bonferroni-corrected over every value of every breakdown tested. Otherwise no
 single segment explains the drop, and the alert says so. A mix shift is named likewise when the
 value's share of the entries rose significantly and it converts below the average.
@@ -28,6 +29,9 @@ MIN_ENTERED = 10
 """A value's own entries in the window before it can be named."""
 MIN_SHARE = 0.1
 """A named value accounts for at least this share of the missing conversions."""
+CONCENTRATION = 1.5
+"""... and for at least this many times its share of the entries: a value that carries most of
+the traffic (or a drop spread evenly over every value) explains nothing about where it is."""
 NO_SEGMENT = "no single segment explains it"
 
 Counts = tuple[int, int]  # (entered, converted)
@@ -72,7 +76,8 @@ def explain(segments: Segments) -> RootCause:
             mix_effect = n1 * (s0 - s1) * (own - r0)
             if window[0] < MIN_ENTERED:
                 continue
-            if rate_effect / missing >= MIN_SHARE and baseline[0]:
+            share = rate_effect / missing
+            if share >= MIN_SHARE and share >= CONCENTRATION * s1 and baseline[0]:
                 p = fisher_less(
                     min(window[1], window[0]), window[0], min(baseline[1], baseline[0]), baseline[0]
                 )
