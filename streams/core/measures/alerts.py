@@ -79,7 +79,7 @@ _BUCKET_BASE = 1.1  # the times-to-convert histogram: minutes in buckets 10 % wi
 
 ByValues = tuple[str | None, ...]
 Counts = tuple[int, int]  # (entered the step before, entered the step)
-Segment = tuple[ByValues, str, str | None]  # (by values, breakdown, value)
+Segment = tuple[ByValues, tuple[str | None, ...]]  # (by values, the other breakdowns' values)
 
 ENTERED, REACHED, SUCCEEDED, FAILED = range(4)
 Cells = dict[Any, list[int]]
@@ -137,7 +137,7 @@ class _Rule:
     window: Cells = field(default_factory=dict)  # sliding sums over [t - window, t)
     baseline: Cells = field(default_factory=dict)  # and over the baseline's minutes
     segment_counts: dict[int, Cells] = field(default_factory=lambda: defaultdict(dict))
-    """The same per (by values, breakdown, value) of the funnel's other breakdowns: root causes."""
+    """The same per (by values, combination of the funnel's other breakdowns): root causes."""
     segment_window: Cells = field(default_factory=dict)
     segment_baseline: Cells = field(default_factory=dict)
     cusums: dict[ByValues, _Cusum] = field(default_factory=dict)
@@ -235,11 +235,8 @@ class _Rule:
         cell = self.counts[minute].setdefault(by, [0, 0, 0, 0])
         cell[column] += times
         if self.dimensions:
-            cells = self.segment_counts[minute]
-            for dimension in self.dimensions:
-                value = breakdowns.get(dimension)
-                key = (by, dimension, None if value is None else str(value))
-                cells.setdefault(key, [0, 0, 0, 0])[column] += times
+            combo = tuple(None if (v := breakdowns.get(d)) is None else str(v) for d in self.dimensions)
+            self.segment_counts[minute].setdefault((by, combo), [0, 0, 0, 0])[column] += times
 
     def open_trial(
         self, keys: tuple[tuple[str, ...], ...], at_ms: int, breakdowns: Mapping[str, Any]
@@ -647,19 +644,18 @@ class AlertEvaluator:
             windows = {}
             for minute in range(since, t, MINUTE_MS):
                 _add(windows, state.segment_counts.get(minute), +1)
-        segments: dict[str, dict[str | None, tuple[Counts, Counts]]] = {}
+        combos: dict[tuple[str | None, ...], tuple[Counts, Counts]] = {}
         for key in set(windows) | set(state.segment_baseline):
-            key_by, dimension, value = key
+            key_by, combo = key
             if key_by != by:
                 continue
             window = windows.get(key, (0, 0, 0, 0))
             baseline = state.segment_baseline.get(key, (0, 0, 0, 0))
             if cusum:  # (trials, successes)
-                counts = ((window[n] + window[x], window[n]), (baseline[n] + baseline[x], baseline[n]))
+                combos[combo] = ((window[n] + window[x], window[n]), (baseline[n] + baseline[x], baseline[n]))
             else:
-                counts = ((window[n], window[x]), (baseline[n], baseline[x]))
-            segments.setdefault(dimension, {})[value] = counts
-        return explain({d: segments[d] for d in state.dimensions if d in segments})
+                combos[combo] = ((window[n], window[x]), (baseline[n], baseline[x]))
+        return explain(state.dimensions, combos)
 
     def _alert(
         self,

@@ -129,7 +129,8 @@ def feed_trials(
 
 def test_cusum_pages_a_halved_rate_at_fifty_a_day_well_before_the_window_rule() -> None:
     """50 trials a day at 0.4, halved on day 21: over a few seeds the cusum rule fires within
-    four days every time (1.3 to 3 on these seeds), and sooner than the windowed Fisher rule promising as few false alarms;
+    four days every time (1.3 to 3 on these seeds), and sooner than the windowed Fisher rule
+    promising as few false alarms;
     neither fires in the three steady weeks before (the direction bench.alert_detection measures
     at length)."""
     config = compile_config(
