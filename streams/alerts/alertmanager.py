@@ -5,7 +5,7 @@ and value is the same alert in Alertmanager, grouped and deduplicated there. A f
 re-sent every `alert_alertmanager_resend_s` with endsAt four intervals ahead (Prometheus does the
 same): if the leader dies and nobody re-sends, Alertmanager resolves it by itself, and the
 successor's re-send opens it again. A resolution is sent with endsAt = the event time it
-resolved at."""
+resolved at (or now, if that is later than the clock)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ class Alertmanager:
         if link:
             annotations["dashboard"] = link
         if alert.state == "resolved":
-            ends = alert.timestamp
+            # not after now: Alertmanager keeps the later endsAt of an alert not yet resolved
+            ends = min(alert.timestamp, now)
         else:
             assert self.resend_s is not None
             ends = now + timedelta(seconds=self.resend_s * RESEND_VALIDITY)

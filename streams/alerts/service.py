@@ -10,7 +10,8 @@ follows are kept too (the latest per rule and value) and, once it leads, publish
 if they still fire or resolved within `alert_failover_lookback_s` of event time: an alert the
 previous leader judged but died before sending reaches every receiver. A worker rebuilds its
 state before the group has made it the leader, so the experiment updates it judges while
-following are kept (the latest `UNSENT_EXPERIMENT_UPDATES`) and published once it leads: an update the previous leader judged but died before sending is not
+following are kept (the latest `UNSENT_EXPERIMENT_UPDATES`) and published once it leads: an
+update the previous leader judged but died before sending is not
 lost, and those it did send come again with the same ids. A microconversion delivered twice
 counts once for the experiments (the evaluator remembers the ids of the minutes it has not
 judged yet). The service sees the pipeline only as a `ports.Publisher` and a
