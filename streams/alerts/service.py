@@ -160,6 +160,7 @@ class Alerting:
                             )
                 self._heard_at[tp.partition] = now
             watermark = self.watermark()
+            self.metrics.alert_leader.set(1 if self._leader.is_leader() else 0)
             if watermark is not None and self.evaluator.active:
                 await self._publish(self.evaluator.advance(watermark))
             if self._unsent_alerts and self._leader.is_leader():
