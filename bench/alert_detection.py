@@ -194,29 +194,31 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=40)
     parser.add_argument("--volumes", default=",".join(map(str, VOLUMES)))
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     volumes = [float(v) for v in args.volumes.split(",")]
-    runs = _runs(volumes, args.seeds)
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results: list[dict[str, Any]] = [r for r in previous.get("runs", []) if r["volume"] not in volumes]
     started = time.monotonic()
     with ProcessPoolExecutor(args.processes) as pool:
-        results = list(pool.map(simulate, runs, chunksize=1))
-    summary = summarize(results)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "seeds": args.seeds,
-                "rate": RATE,
-                "drop": DROP,
-                "window_confidence": WINDOW_CONFIDENCE,
-                "seconds": round(time.monotonic() - started),
-                "summary": summary,
-                "runs": results,
-            },
-            indent=1,
-        )
-    )
-    print(table(summary))
+        for volume in volumes:  # written after each volume: a long run shows its figures as it goes
+            results += pool.map(simulate, _runs([volume], args.seeds), chunksize=1)
+            summary = summarize(results)
+            args.out.parent.mkdir(exist_ok=True)
+            args.out.write_text(
+                json.dumps(
+                    {
+                        "rate": RATE,
+                        "drop": DROP,
+                        "window_confidence": WINDOW_CONFIDENCE,
+                        "seconds": round(time.monotonic() - started),
+                        "summary": summary,
+                        "runs": results,
+                    },
+                    indent=1,
+                )
+            )
+            print(table(summary), flush=True)
 
 
 if __name__ == "__main__":
