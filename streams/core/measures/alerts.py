@@ -57,6 +57,7 @@ from typing import Any, Literal
 from streams.core.config.durations import format_duration_ms
 from streams.core.config.matching import CompiledConfig, CompiledFunnel
 from streams.core.config.model import AlertRule
+from streams.core.config.versions import rule_identity
 from streams.core.input.event import from_epoch_ms, to_epoch_ms
 from streams.core.measures.cusum import Design, design
 from streams.core.measures.rootcause import explain
@@ -133,6 +134,9 @@ class _Rule:
     rule: AlertRule
     step_index: int
     funnel: CompiledFunnel
+    funnel_version: str = ""
+    """Only this version's counts enter the rule's sums: a baseline never mixes two definitions
+    (its identity towards receivers, `config.versions.rule_identity`, does not depend on it)."""
     counts: dict[int, Cells] = field(default_factory=lambda: defaultdict(dict))  # per minute
     window: Cells = field(default_factory=dict)  # sliding sums over [t - window, t)
     baseline: Cells = field(default_factory=dict)  # and over the baseline's minutes
@@ -400,7 +404,7 @@ class AlertEvaluator:
         for i, rule in enumerate(config.source.alerts):
             funnel = config.funnels_by_name[rule.funnel]
             step_index = [s.name for s in funnel.steps].index(rule.step)
-            self._rules.append(_Rule(i, rule, step_index, funnel))
+            self._rules.append(_Rule(i, rule, step_index, funnel, funnel.version))
         self._evaluated_to: int | None = None
         self.ignored_late = 0
         self._ids: dict[int, set[str]] = {}
@@ -447,11 +451,14 @@ class AlertEvaluator:
         funnel = str(output.get("funnel"))
         step_index = int(output["step_index"])
         breakdowns = output.get("breakdowns") or {}
-        self.count(at_ms, funnel, step_index, breakdowns)
+        version = output.get("funnel_version")
+        self.count(at_ms, funnel, step_index, breakdowns, version=version)
         if self._evaluated_to is not None and at_ms // MINUTE_MS * MINUTE_MS < self._evaluated_to:
             return  # late: ignored by count as well
         for state in self._rules:
             if state.rule.method != "cusum" or state.rule.funnel != funnel:
+                continue
+            if version is not None and version != state.funnel_version:
                 continue
             if step_index == state.step_index - 1:
                 state.open_trial(_attempt_keys(output, funnel), at_ms, breakdowns)
@@ -461,7 +468,13 @@ class AlertEvaluator:
                 state.close_trial(_attempt_keys(output, funnel), at_ms, taken)
 
     def count(
-        self, at_ms: int, funnel: str, step_index: int, breakdowns: Mapping[str, Any], times: int = 1
+        self,
+        at_ms: int,
+        funnel: str,
+        step_index: int,
+        breakdowns: Mapping[str, Any],
+        times: int = 1,
+        version: str | None = None,
     ) -> None:
         """`times` attempts of `funnel` reached `step_index` at `at_ms` (what observe reads from
         a milestone microconversion; in bulk, for replays from aggregates)."""
@@ -470,7 +483,7 @@ class AlertEvaluator:
             self.ignored_late += times  # its minute was judged already: beyond the watermark
             return
         for state in self._rules:
-            if funnel != state.rule.funnel:
+            if funnel != state.rule.funnel or (version is not None and version != state.funnel_version):
                 continue
             position = step_index - (state.step_index - 1)
             if position not in (0, 1):
@@ -710,6 +723,7 @@ class AlertEvaluator:
             interval_level=level,
             baseline_frozen=kind == "resolved",
             incident_id=incident_id,
+            funnel_version=state.funnel_version or None,
             method=rule.method,
             root_cause=self.root_cause(state.index, by) if kind == "fired" else None,
             **cusum_fields,
@@ -730,9 +744,10 @@ def _order(by: ByValues) -> tuple[str, ...]:
 
 
 def _incident_id(rule: AlertRule, by: ByValues, t: int) -> str:
-    """The dedup key of an incident: the rule's identity (not its position in the file nor
-    anything a definition version changes) and the minute it fired."""
-    return output_id("incident", rule.funnel, rule.step, rule.method, tuple(zip(rule.by, by, strict=True)), t)
+    """The dedup key of an incident: the rule's identity (its own settings: not its position in
+    the file nor its funnel's version, `config.versions.rule_identity`), the by values and the
+    minute it fired."""
+    return output_id("incident", rule_identity(rule), tuple(zip(rule.by, by, strict=True)), t)
 
 
 def _epoch_ms(value: Any) -> int:
