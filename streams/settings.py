@@ -194,6 +194,7 @@ class Settings(BaseSettings):
     alert_pagerduty_routing_key: SecretStr | None = None
     """A PagerDuty Events API v2 integration key: alerts trigger and resolve incidents."""
     alert_pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
+    """The Events API v2 endpoint (another for PagerDuty's EU service region, or a test receiver)."""
     alert_slack_webhook_url: SecretStr | None = None
     """A Slack incoming webhook (the URL is the secret)."""
     alert_severity: Literal["critical", "error", "warning", "info"] = "warning"
