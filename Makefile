@@ -51,8 +51,8 @@ bench: setup
 
 # alert detection at 2, 10, 50 and 500 entries a day: cusum beside the windowed Fisher rule (~1 h)
 bench-alerts: setup
-	$(PY) -m bench.alert_detection --seeds 40 --volumes 10,2 --processes 2 --out bench/results/alert_detection_low.json
-	$(PY) -m bench.alert_detection --seeds 16 --volumes 50,500 --processes 2 --out bench/results/alert_detection_high.json
+	$(PY) -m bench.alert_detection --seeds 40 --volumes 10 --processes 2 --out bench/results/alert_detection_10.json
+	$(PY) -m bench.alert_detection --seeds 16 --volumes 500,50,2 --processes 2 --out bench/results/alert_detection_others.json
 
 # SIGKILL the worker 20 times during a 200k-event replay; compare with an undisturbed run (~15 min)
 crash: setup

@@ -604,6 +604,11 @@ class AlertEvaluator:
             base_trials = base[SUCCEEDED] + base[FAILED]
             if base_trials < rule.min_entered or base[SUCCEEDED] == 0:
                 continue  # no verdict on too few trials; nothing converts: nothing can fall
+            if 2 * state.observed_span(t) < state.baseline_span:
+                # A baseline still filling up estimates p0 from a few hours or days: a fire on it
+                # would freeze that estimate, and a p0 too high never lets the rule resolve. So no
+                # verdict before half the baseline's span has been observed.
+                continue
             p0 = _cautious_rate(base[SUCCEEDED], base_trials)
             current = design(p0, rule.relative_drop, every * base_trials / state.observed_span(t))
             if cusum.design is None or cusum.statistic is None:
