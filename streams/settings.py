@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
+from streams.core.input.event import MAX_NESTING
 from streams.core.input.formats.detect import InputFormat, InputFormatError, format_for, parse_input_formats
 from streams.errors import ConversionsError
 from streams.examples import FUNNELS
@@ -127,6 +128,9 @@ class Settings(BaseSettings):
     client reads without an optional library (aiokafka without cramjam reads gzip only)."""
     max_batch_events: int = Field(default=10_000, ge=1)
     """Events one input message (a collector's batch) may hold; more is dead-lettered."""
+    max_nesting: int = Field(default=MAX_NESTING, ge=1, le=200)
+    """How deep an event's `context` and `properties` may nest: deeper input is dead-lettered
+    (`too_deeply_nested`) by ingest and refused with 400 by the collector."""
     max_future_skew_s: int = Field(default=3_600, ge=0)
     """Events stamped further ahead of the wall clock are dead-lettered (`future_timestamp`): one
     wrong client clock would otherwise move event time on and close everyone's sessions."""
@@ -236,6 +240,18 @@ class Settings(BaseSettings):
     """/metrics needs this bearer token instead of the web token (what Prometheus is given)."""
     metrics_public: bool = False
     """/metrics answers without any token, even with CONVERSIONS_WEB_TOKEN set."""
+    web_allowed_hosts: Annotated[list[str], NoDecode] = []
+    """Host names the web server answers to besides loopback's (localhost, 127.0.0.1, [::1]) and
+    CONVERSIONS_WEB_HOST, comma separated: a request naming another `Host` is refused (421), so a
+    DNS-rebinding page cannot read the API."""
+    web_behind_tls: bool = False
+    """The site is served over TLS by a proxy in front: the sign-in cookie is then `Secure`
+    (it is whenever the request itself came over TLS)."""
+    web_session_ttl_s: int = Field(default=12 * 3_600, ge=60, le=30 * 86_400)
+    """How long a sign-in lasts; signing out at /logout ends it sooner."""
+    breakdown_cap: int = Field(default=50, ge=1, le=10_000)
+    """The most distinct values of a breakdown (or alert `by`, or experiment variant, or metric
+    label) answered or kept apart; the rest are summed as `(other)`: values come from clients."""
 
     input_format: str = "auto"
     """How the clickstream topics are read: `auto` (each message's format detected), `contract`,
@@ -248,8 +264,14 @@ class Settings(BaseSettings):
     """The collector's port."""
     collector_write_keys: Annotated[list[SecretStr], NoDecode] = []
     """Accepted write keys, comma separated; none accepts any request (loopback only)."""
-    collector_allowed_origins: Annotated[list[str], NoDecode] = ["*"]
-    """Browser origins allowed to post (CORS), comma separated; `*` allows any."""
+    collector_allowed_origins: Annotated[list[str], NoDecode] = []
+    """Browser origins allowed to post (CORS), comma separated; none by default. `*` allows any
+    origin, and only with write keys: without them, only the listed origins."""
+    collector_max_batch_messages: int = Field(default=500, ge=1, le=100_000)
+    """The most messages one batch request may carry (more: 400 `too_many_messages`)."""
+    collector_rate_limit: float = Field(default=50.0, ge=0)
+    """Requests a second each client address, and each write key, may send (a burst of twice
+    that); more are answered 429 with Retry-After. 0 switches the limit off."""
     collector_topic: str | None = None
     """The clickstream topic the collector produces to (default: the first one)."""
     collector_send_timeout_s: float = Field(default=10.0, gt=0, le=300)
@@ -257,7 +279,13 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """The log level of the worker and the commands."""
 
-    @field_validator("topic_clickstream", "collector_write_keys", "collector_allowed_origins", mode="before")
+    @field_validator(
+        "topic_clickstream",
+        "collector_write_keys",
+        "collector_allowed_origins",
+        "web_allowed_hosts",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.lstrip().startswith("["):
@@ -267,8 +295,10 @@ class Settings(BaseSettings):
     @field_validator("web_token", "metrics_token")
     @classmethod
     def _strong_token(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 16:
-            raise ValueError("a token needs at least 16 characters (e.g. `openssl rand -hex 16`)")
+        if value is not None:
+            weakness = token_weakness(value.get_secret_value())
+            if weakness is not None:
+                raise ValueError(weakness)
         return value
 
     @model_validator(mode="after")
@@ -293,6 +323,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"CONVERSIONS_COLLECTOR_TOPIC: {topic!r} is not a clickstream topic "
                 f"({', '.join(self.topic_clickstream)}): the worker would never read what it collects"
+            )
+        if self.web_enabled and self.web_token is None and not _is_loopback(self.web_host):
+            raise ValueError(
+                f"CONVERSIONS_WEB_TOKEN: the web server listens on {self.web_host!r}, beyond "
+                "loopback, so it needs a token (e.g. `openssl rand -hex 16`), "
+                "or CONVERSIONS_WEB_HOST=127.0.0.1"
             )
         if self.collector_enabled:
             declared = format_for(formats, topic or self.topic_clickstream[0])
@@ -381,6 +417,24 @@ class Settings(BaseSettings):
                 data[key] = "**********"
         data["collector_write_keys"] = ["**********"] * len(self.collector_write_keys)
         return data
+
+
+MIN_TOKEN_LENGTH = 16
+MIN_TOKEN_DISTINCT = 8
+
+
+def token_weakness(token: str) -> str | None:
+    """Why a token is too weak to guard the web server, or None: at least 16 characters, of at
+    least 8 different ones (`openssl rand -hex 16` gives 32 of about 16)."""
+    advice = "(e.g. `openssl rand -hex 16`)"
+    if len(token) < MIN_TOKEN_LENGTH:
+        return f"a token needs at least {MIN_TOKEN_LENGTH} characters {advice}"
+    if len(set(token)) < MIN_TOKEN_DISTINCT:
+        return (
+            f"a token needs at least {MIN_TOKEN_DISTINCT} different characters, this one has "
+            f"{len(set(token))} {advice}"
+        )
+    return None
 
 
 def _is_loopback(host: str) -> bool:

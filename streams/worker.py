@@ -30,6 +30,7 @@ from streams.pipeline.app import ConversionsApp
 from streams.ports import Stopping
 from streams.settings import Settings
 from streams.web.auth import Access
+from streams.web.hosts import allowed_hosts
 from streams.web.routes import register_routes
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
             conversions.metrics,
             experiment_reader=alerting,
             access=Access.from_settings(settings),
+            allowed_hosts=allowed_hosts(settings.web_host, settings.web_allowed_hosts),
+            cap=settings.breakdown_cap,
         )
     if settings.collector_enabled:
         collector = from_settings(settings, conversions.metrics.registry)

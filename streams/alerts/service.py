@@ -43,6 +43,7 @@ from streams.alerts.webhook import Webhook
 from streams.core.config.matching import CompiledConfig
 from streams.core.input.event import to_epoch_ms
 from streams.core.measures.alerts import AlertEvaluator
+from streams.core.measures.cardinality import OTHER_LABEL, Admitted
 from streams.core.measures.experiments import MINUTE_MS, ExperimentEvaluator
 from streams.core.records.outputs import Alert, ExperimentUpdate
 from streams.kafka.clients import new_consumer, start_with_retry
@@ -102,8 +103,12 @@ class Alerting:
         self.metrics = metrics
         self._publisher = publisher
         self._leader = leader
-        self.evaluator = AlertEvaluator(config)
-        self.experiment_evaluator = ExperimentEvaluator(config)
+        cap = settings.breakdown_cap
+        self.evaluator = AlertEvaluator(config, by_cap=cap)
+        self.experiment_evaluator = ExperimentEvaluator(config, max_variants=cap)
+        # label values come from clients: a bounded set per metric, then `other`
+        self._by_labels: Admitted[str] = Admitted(cap, OTHER_LABEL)
+        self._variant_labels: Admitted[str] = Admitted(cap, OTHER_LABEL)
         self.topic = settings.output_topics["micro"]
         self._kafka: AIOKafkaConsumer | None = None
         self.delivery = Delivery(
@@ -211,9 +216,8 @@ class Alerting:
         for state in self.experiment_evaluator.snapshot():
             for variant in state.variants:
                 if variant.p_value is not None:
-                    self.metrics.experiment_p_value.labels(state.experiment, variant.variant).set(
-                        variant.p_value
-                    )
+                    label = self._variant_labels(variant.variant)
+                    self.metrics.experiment_p_value.labels(state.experiment, label).set(variant.p_value)
 
     async def _publish(self, alerts: list[Alert]) -> None:
         for alert in alerts:
@@ -223,7 +227,7 @@ class Alerting:
                 self.firing[(alert.funnel, alert.step, by)] = alert
             else:
                 self.firing.pop((alert.funnel, alert.step, by), None)
-            self.metrics.alert_firing.labels(alert.funnel, alert.step, by).set(
+            self.metrics.alert_firing.labels(alert.funnel, alert.step, self._by_labels(by)).set(
                 1 if alert.state == "fired" else 0
             )
             log.warning(

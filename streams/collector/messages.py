@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from streams.core.input.event import ClickEvent
+from streams.core.input.event import MAX_NESTING, ClickEvent, nesting_depth
 from streams.core.input.formats.segment import segment_event
 from streams.errors import ConversionsError
 
@@ -50,6 +50,9 @@ SINGLE_CALLS = {
     "g": "group",
 }
 BATCH_CALLS = frozenset(("batch", "b", "import"))
+MAX_BATCH_MESSAGES = 500
+"""The default of `CONVERSIONS_COLLECTOR_MAX_BATCH_MESSAGES`: the tracking libraries send 15 to
+100 messages a batch; 500 KB of tiny messages would otherwise be thousands, seconds of work."""
 _DROPPED = ("writeKey", "_metadata")
 
 
@@ -62,12 +65,18 @@ class CollectorConfig:
     port: int = 6067
     write_keys: frozenset[str] = frozenset()
     """Accepted write keys; empty accepts any (only sensible on loopback)."""
-    allowed_origins: frozenset[str] = frozenset(("*",))
-    """Browser origins allowed to post (CORS); "*" allows every origin."""
+    allowed_origins: frozenset[str] = frozenset()
+    """Browser origins allowed to post (CORS); "*" allows every origin, with write keys only."""
     max_message_bytes: int = SEGMENT_MESSAGE_BYTES
     max_request_bytes: int = SEGMENT_REQUEST_BYTES
     send_timeout_s: float = 10.0
     """How long a request waits for the broker's acknowledgement before answering 503."""
+    max_nesting: int = MAX_NESTING
+    """How deep a message's `properties` and `context` may nest (`CONVERSIONS_MAX_NESTING`)."""
+    max_batch_messages: int = MAX_BATCH_MESSAGES
+    """The most messages one batch may carry."""
+    rate_limit: float = 50.0
+    """Requests a second per client address and per write key (0: no limit); see `ratelimit`."""
 
 
 class Refusal(ConversionsError):
@@ -91,6 +100,8 @@ class Accepted:
 
     records: list[tuple[bytes, bytes]] = field(default_factory=list)
     types: Counter[str] = field(default_factory=Counter)
+    write_key: str | None = None
+    """The write key the request was accepted with (None: no keys configured)."""
 
 
 def accept(
@@ -116,13 +127,20 @@ def accept(
         raise Refusal(400, "invalid_json", f"the body is not JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise Refusal(400, "invalid_request", f"the body is a JSON {type(payload).__name__}, not an object")
-    _authorize(config.write_keys, authorization, payload.get("writeKey"))
+    write_key = _authorize(config.write_keys, authorization, payload.get("writeKey"))
 
     stamp = received_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     if call in BATCH_CALLS:
         batch = payload.get("batch")
         if not isinstance(batch, list) or not batch:
             raise Refusal(400, "invalid_request", "a batch is an object with a non-empty `batch` array")
+        if len(batch) > config.max_batch_messages:
+            raise Refusal(
+                400,
+                "too_many_messages",
+                f"the batch holds {len(batch)} messages, the limit is {config.max_batch_messages}: "
+                "send them in several batches",
+            )
         shared_context = payload.get("context")
         if shared_context is not None and not isinstance(shared_context, dict):
             raise Refusal(400, "invalid_request", "the batch's context is not an object")
@@ -130,17 +148,29 @@ def accept(
     else:
         messages = [_stamped({**payload, "type": SINGLE_CALLS[call]}, None, None, stamp)]
 
-    accepted = Accepted()
+    accepted = Accepted(write_key=write_key)
     errors: list[dict[str, Any]] = []
+    # a message wraps its properties and context in one more level
+    outer = config.max_nesting + 1
     for index, message in enumerate(messages):
-        value = orjson.dumps(message)
+        if nesting_depth(message, outer) > outer:
+            raise Refusal(
+                400,
+                "too_deeply_nested",
+                f"message {index} nests deeper than {outer} levels "
+                f"(properties and context at most {config.max_nesting})",
+            )
+        try:
+            value = orjson.dumps(message)
+        except orjson.JSONEncodeError as exc:  # what orjson.loads reads, it writes; kept as a guard
+            raise Refusal(400, "invalid_request", f"message {index} cannot be encoded: {exc}") from None
         if len(value) > config.max_message_bytes:
             raise Refusal(
                 413,
                 "too_large",
                 f"message {index} is {len(value)} bytes, the limit is {config.max_message_bytes}",
             )
-        result = segment_event(message)
+        result = segment_event(message, max_nesting=config.max_nesting)
         if isinstance(result, ClickEvent):
             key = _home_key(result)
         elif result is None:  # a group call: valid, produced, ignored by the engine
@@ -176,12 +206,12 @@ def _decompressed(body: bytes, encoding: str | None, limit: int) -> bytes:
     return out
 
 
-def _authorize(keys: Iterable[str], authorization: str | None, body_key: Any) -> None:
-    """Basic auth's user name is the write key (Segment's server libraries); analytics.js also
-    puts it in the body. With no keys configured, any request is accepted."""
+def _authorize(keys: Iterable[str], authorization: str | None, body_key: Any) -> str | None:
+    """The write key a request is accepted with: basic auth's user name (Segment's server
+    libraries) or the body's (analytics.js). With no keys configured, any request is accepted."""
     keys = list(keys)
     if not keys:
-        return
+        return None
     given: list[str] = []
     if authorization and authorization[:6].lower() == "basic ":
         try:
@@ -194,8 +224,10 @@ def _authorize(keys: Iterable[str], authorization: str | None, body_key: Any) ->
         given.append(body_key)
     if not given:
         raise Refusal(401, "unauthorized", "no write key: send it as the basic auth user name or `writeKey`")
-    if not any(hmac.compare_digest(g.encode(), k.encode()) for g in given for k in keys):
-        raise Refusal(401, "unauthorized", "unknown write key")
+    for key in keys:
+        if any(hmac.compare_digest(g.encode(), key.encode()) for g in given):
+            return key
+    raise Refusal(401, "unauthorized", "unknown write key")
 
 
 def _stamped(message: Any, sent_at: Any, context: Mapping[str, Any] | None, received_at: str) -> Any:

@@ -87,6 +87,7 @@ class Ingest:
                 message.value,
                 max_bytes=self.settings.max_message_bytes,
                 max_batch=self.settings.max_batch_events,
+                max_nesting=self.settings.max_nesting,
                 latest_ms=latest_ms,
                 format=format_for(self._input_formats, message.topic),
             )

@@ -25,6 +25,7 @@ from playwright.async_api import Page, async_playwright
 
 from streams.kafka import ensure_topics
 from streams.settings import Settings
+from streams.tools.infra import free_port
 from tests.collector.conftest import StartCollecting
 from tests.collector.test_collector_clients import FUNNELS, records
 from tests.helpers import read_topics
@@ -108,11 +109,11 @@ def shop_app(collector_url: str) -> web.Application:
 
 
 @asynccontextmanager
-async def shop(collector_url: str) -> AsyncIterator[str]:
-    """The shop's web server on a free loopback port; yields its address."""
+async def shop(collector_url: str, port: int = 0) -> AsyncIterator[str]:
+    """The shop's web server on a loopback port (a free one by default); yields its address."""
     runner = web.AppRunner(shop_app(collector_url), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     try:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
@@ -124,9 +125,13 @@ async def test_segment_browser_library_through_the_collector_gives_a_stitched_pu
     settings: Settings, start_collecting_worker: StartCollecting
 ) -> None:
     await ensure_topics(settings)
-    running = await start_collecting_worker(FUNNELS, WRITE_KEY)
+    # the collector answers the shop's origin only (CONVERSIONS_COLLECTOR_ALLOWED_ORIGINS)
+    shop_port = free_port()
+    running = await start_collecting_worker(
+        FUNNELS, WRITE_KEY, CONVERSIONS_COLLECTOR_ALLOWED_ORIGINS=f"http://127.0.0.1:{shop_port}"
+    )
     acknowledged = running.acknowledged
-    async with shop(running.url) as url, async_playwright() as playwright:
+    async with shop(running.url, shop_port) as url, async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page: Page = await browser.new_page()

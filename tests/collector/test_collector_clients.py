@@ -59,6 +59,7 @@ async def collector(settings: Settings) -> AsyncIterator[Collector]:
         topic=settings.topic(settings.topic_clickstream[0]),
         port=0,
         write_keys=frozenset({WRITE_KEY}),
+        allowed_origins=frozenset({"https://shop.example", "https://a.example"}),
     )
     running = Collector(config, kafka_producer(settings))
     await running.start()

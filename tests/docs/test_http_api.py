@@ -13,7 +13,7 @@ from streams.core.config.matching import compile_config
 from streams.counters.memory_store import MemoryCounterStore
 from streams.metrics import Metrics
 from streams.settings import DEFAULT_FUNNELS, Settings
-from streams.web.auth import LOGIN_PATH
+from streams.web.auth import LOGIN_PATH, LOGOUT_PATH
 from streams.web.routes import register_routes
 
 
@@ -35,8 +35,9 @@ def test_the_workers_routes_are_the_documented_ones() -> None:
     store = MemoryCounterStore(app_id="docs-routes", shards=1, bucket_ms=60_000)
     register_routes(app, store, None, config, Metrics())
     routes = registered(app.web.web_app.router.routes())
-    # /login is answered by the access middleware in front of every route (streams/web/auth.py)
-    routes |= {("GET", LOGIN_PATH), ("POST", LOGIN_PATH)}
+    # /login and /logout are answered by the access middleware in front of every route
+    # (streams/web/auth.py)
+    routes |= {("GET", LOGIN_PATH), ("POST", LOGIN_PATH), ("GET", LOGOUT_PATH), ("POST", LOGOUT_PATH)}
     assert routes == documented("worker")
 
 

@@ -343,7 +343,7 @@ class FunnelConfig(_Strict):
                 raise LocatedError(("alerts", i, "funnel"), f"unknown funnel {rule.funnel!r}")
             step_names = [s.name for s in judged.steps]
             if rule.step not in step_names:
-                raise LocatedError(("alerts", i, "step"), f"funnel {funnel.name} has no step {rule.step!r}")
+                raise LocatedError(("alerts", i, "step"), f"funnel {judged.name} has no step {rule.step!r}")
             if step_names.index(rule.step) == 0:
                 raise LocatedError(
                     ("alerts", i, "step"),

@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -25,6 +26,8 @@ _fromtimestamp = datetime.fromtimestamp
 EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_TIMESTAMP = datetime(2100, 1, 1, tzinfo=UTC)
 MAX_NESTING = 16
+"""The default of `CONVERSIONS_MAX_NESTING`: how deep `context` and `properties` may nest. Every
+decoder takes it as `max_nesting` (ingest, offline, the collector), so one setting is the limit."""
 PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
 
 
@@ -191,9 +194,12 @@ class ClickEvent(BaseModel):
 
     @field_validator("context", "properties")
     @classmethod
-    def _shallow_enough(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if not _shallow(value) and nesting_depth(value, MAX_NESTING) > MAX_NESTING:
-            raise ValueError(f"nested deeper than {MAX_NESTING} levels")
+    def _shallow_enough(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # the limit comes with input being decoded (`nesting_limit`); an event the engine
+        # re-reads from its own topics was checked when it came in
+        limit = info.context.get("max_nesting") if info.context else None
+        if limit is not None and not _shallow(value) and nesting_depth(value, limit) > limit:
+            raise ValueError(f"nested deeper than {limit} levels")
         return value
 
     @model_validator(mode="after")
@@ -235,3 +241,9 @@ class ClickEvent(BaseModel):
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
+
+
+def nesting_limit(max_nesting: int) -> dict[str, int]:
+    """The validation context of input being decoded: `ClickEvent.model_validate(obj,
+    context=nesting_limit(n))` refuses `context` or `properties` nested deeper than n."""
+    return {"max_nesting": max_nesting}

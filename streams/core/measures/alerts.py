@@ -59,6 +59,7 @@ from streams.core.config.matching import CompiledConfig, CompiledFunnel
 from streams.core.config.model import AlertRule
 from streams.core.config.versions import rule_identity
 from streams.core.input.event import from_epoch_ms, to_epoch_ms
+from streams.core.measures.cardinality import BREAKDOWN_CAP, OTHER, Admitted
 from streams.core.measures.cusum import Design, design
 from streams.core.measures.rootcause import explain
 from streams.core.measures.stats import fisher_less, scan_look_level, wilson_interval
@@ -72,6 +73,7 @@ RESOLVE_ABSOLUTE = 1.25  # resolve above drop_below * this
 DEFAULT_INTERVAL_LEVEL = 0.95  # the window rate's interval when a rule has no confidence
 
 DAY_MS = 86_400_000
+COMBO_CAP_FACTOR = 4  # combinations of the funnel's breakdowns kept per rule: this many times the cap
 DEFAULT_FALSE_ALARM_EVERY = 90 * DAY_MS
 RESOLVE_QUANTILE = 0.9  # resolve_after's default: this quantile of the observed times to convert
 RESOLVE_MIN_OBSERVED = 30  # times to convert observed before the quantile is trusted
@@ -157,6 +159,12 @@ class _Rule:
     still firing)."""
     excluded: dict[int, frozenset[ByValues]] = field(default_factory=dict)
     """Per minute already in the baseline: the by values whose cells it skipped."""
+    admitted: Admitted[ByValues] = field(default_factory=lambda: Admitted(BREAKDOWN_CAP, ()))
+    admitted_combo: Admitted[tuple[str | None, ...]] = field(
+        default_factory=lambda: Admitted(COMBO_CAP_FACTOR * BREAKDOWN_CAP, ())
+    )
+    """The root cause's combinations of breakdown values, bounded as the `by` values are."""
+    """The by values judged on their own (streams/core/measures/cardinality.py); the rest as `(other)`."""
 
     def __post_init__(self) -> None:
         rule = self.rule
@@ -239,7 +247,9 @@ class _Rule:
         cell = self.counts[minute].setdefault(by, [0, 0, 0, 0])
         cell[column] += times
         if self.dimensions:
-            combo = tuple(None if (v := breakdowns.get(d)) is None else str(v) for d in self.dimensions)
+            combo = self.admitted_combo(
+                tuple(None if (v := breakdowns.get(d)) is None else str(v) for d in self.dimensions)
+            )
             self.segment_counts[minute].setdefault((by, combo), [0, 0, 0, 0])[column] += times
 
     def open_trial(
@@ -247,7 +257,7 @@ class _Rule:
     ) -> None:
         if not keys or any(k in self.trials for k in keys):
             return
-        by = tuple(breakdowns.get(dim) for dim in self.rule.by)
+        by = self.admitted(tuple(breakdowns.get(dim) for dim in self.rule.by))
         trial = _Trial(keys, by, dict(breakdowns), at_ms + self.resolve_after())
         for key in keys:
             self.trials[key] = trial
@@ -398,13 +408,20 @@ def look_level(rule: AlertRule) -> float:
 
 
 class AlertEvaluator:
-    def __init__(self, config: CompiledConfig) -> None:
+    def __init__(self, config: CompiledConfig, by_cap: int = BREAKDOWN_CAP) -> None:
+        """`by_cap`: per rule, the first this many distinct `by` values are judged on their own,
+        later ones together as `(other)` (values come from clients: bounded state and alerts)."""
         self.config = config
+        self.by_cap = by_cap
         self._rules: list[_Rule] = []
         for i, rule in enumerate(config.source.alerts):
             funnel = config.funnels_by_name[rule.funnel]
             step_index = [s.name for s in funnel.steps].index(rule.step)
             self._rules.append(_Rule(i, rule, step_index, funnel, funnel.version))
+            self._rules[-1].admitted = Admitted(by_cap, tuple(OTHER for _ in rule.by))
+            self._rules[-1].admitted_combo = Admitted(
+                COMBO_CAP_FACTOR * by_cap, tuple(OTHER for _ in self._rules[-1].dimensions)
+            )
         self._evaluated_to: int | None = None
         self.ignored_late = 0
         self._ids: dict[int, set[str]] = {}
@@ -488,7 +505,7 @@ class AlertEvaluator:
             position = step_index - (state.step_index - 1)
             if position not in (0, 1):
                 continue
-            by = tuple(breakdowns.get(dim) for dim in state.rule.by)
+            by = state.admitted(tuple(breakdowns.get(dim) for dim in state.rule.by))
             state.tally(minute, by, breakdowns, position, times)
 
     def count_trials(
@@ -512,7 +529,7 @@ class AlertEvaluator:
                 and state.rule.funnel == funnel
                 and state.step_index == step_index
             ):
-                by = tuple(breakdowns.get(dim) for dim in state.rule.by)
+                by = state.admitted(tuple(breakdowns.get(dim) for dim in state.rule.by))
                 if succeeded:
                     state.tally(minute, by, breakdowns, SUCCEEDED, succeeded)
                 if failed:

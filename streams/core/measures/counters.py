@@ -196,7 +196,7 @@ def increments(
         for prefix, items in groups:
             key = prefix + b
             ops += [_new_op(Op, (k, key, name, amount)) for k, name, amount in items]
-    if kind in ("micro", "dropoff"):
+    if kind in ("micro", "dropoff", "carried"):  # a carried attempt moves between cohorts
         ops += _cohort_increments(output, config, bucket_ms, at)
     return ops
 
@@ -476,14 +476,20 @@ def step_reports(
     reports: list[StepReport] = []
     first = int(fields.get(f"e:0{suffix}", 0) + fields.get(f"ci:0{suffix}", 0))
     previous: int | None = None
+    # drop-off reasons (`d:<k>:<reason>`) are counted overall only, read in one pass over the
+    # fields: a breakdown value's report (suffix) has none, and a scan per step or per value
+    # grows with every value clients send
+    reasons_by_step: dict[str, dict[str, int]] = {}
+    if not suffix:
+        for key, v in fields.items():
+            if key.startswith("d:") and "|" not in key:
+                parts = key.split(":")
+                if len(parts) >= 3:
+                    reasons_by_step.setdefault(parts[1], {})[parts[2]] = int(v)
     for k, name in enumerate(funnel_steps):
         carried_in = int(fields.get(f"ci:{k}{suffix}", 0))
         entered = int(fields.get(f"e:{k}{suffix}", 0)) + carried_in
-        reasons = {
-            key.split(":")[2]: int(v)
-            for key, v in fields.items()
-            if not suffix and key.startswith(f"d:{k}:") and "|" not in key
-        }
+        reasons = reasons_by_step.get(str(k), {})
         reports.append(
             StepReport(
                 name=name,

@@ -31,14 +31,16 @@ from typing import Any, Literal
 from streams.core.config.matching import CompiledConfig, CompiledFunnel
 from streams.core.config.model import Experiment
 from streams.core.input.event import from_epoch_ms, to_epoch_ms
+from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.core.measures.counters import breakdown_values
 from streams.core.measures.stats import MixtureSPRT, wilson_interval
 from streams.core.records.ids import output_id
 from streams.core.records.outputs import ExperimentUpdate, VariantResult
 
 MINUTE_MS = 60_000
-MAX_VARIANTS = 20
-"""Values beyond this many (a mistyped or free-form field) count as unassigned: bounded state."""
+MAX_VARIANTS = BREAKDOWN_CAP
+"""The default cap on variants (`CONVERSIONS_BREAKDOWN_CAP`, the same as every client-chosen
+value's): values beyond it (a mistyped or free-form field) count as unassigned: bounded state."""
 
 Decision = Literal["control", "waiting", "inconclusive", "better", "worse"]
 
@@ -48,6 +50,7 @@ class _State:
     experiment: Experiment
     funnel: CompiledFunnel
     decide_index: int
+    max_variants: int = MAX_VARIANTS
     pending: dict[int, dict[str | None, list[int]]] = field(default_factory=dict)
     """Per minute not yet judged: per variant (None: unassigned), attempts reaching each step."""
     totals: dict[str, list[int]] = field(default_factory=dict)
@@ -63,7 +66,7 @@ class _State:
             counts = cells[value]
             variant = value
             if variant is not None and variant not in self.totals:
-                if len(self.totals) >= MAX_VARIANTS and variant != self.experiment.control:
+                if len(self.totals) >= self.max_variants and variant != self.experiment.control:
                     variant = None
                 else:
                     self.totals[variant] = [0] * len(counts)
@@ -156,8 +159,11 @@ class _State:
 class ExperimentEvaluator:
     """Milestone microconversions in, `type: experiment` updates out, in event time."""
 
-    def __init__(self, config: CompiledConfig, names: Collection[str] | None = None) -> None:
-        """Every experiment of the configuration, or only those `names`d."""
+    def __init__(
+        self, config: CompiledConfig, names: Collection[str] | None = None, max_variants: int = MAX_VARIANTS
+    ) -> None:
+        """Every experiment of the configuration, or only those `names`d; each compares at most
+        `max_variants` variants (the control among them)."""
         self._states: list[_State] = []
         for experiment in config.source.experiments:
             if names is not None and experiment.name not in names:
@@ -165,7 +171,7 @@ class ExperimentEvaluator:
             funnel = config.funnels_by_name[experiment.funnel]
             names = [s.name for s in funnel.steps]
             decide = names.index(experiment.step) if experiment.step is not None else len(names) - 1
-            self._states.append(_State(experiment, funnel, decide))
+            self._states.append(_State(experiment, funnel, decide, max_variants))
         self._evaluated_to: int | None = None
         self._seen = False
         self._ids: dict[int, set[str]] = {}
@@ -256,6 +262,16 @@ class ExperimentEvaluator:
         for minute in [m for m in self._ids if m < boundary]:
             del self._ids[minute]
         return out
+
+    def final(self, end_ms: int) -> list[ExperimentUpdate]:
+        """Every experiment's state at the end of an input judged up to `end_ms` (offline mode's
+        `--flush`), marked final, with an id of its own (an update of the same minute keeps its)."""
+        return [
+            state.update(end_ms, []).model_copy(
+                update={"final": True, "id": output_id("experiment-final", state.experiment.name, end_ms)}
+            )
+            for state in self._states
+        ]
 
     def snapshot(self) -> list[ExperimentUpdate]:
         """Every experiment's current state (for /experiments and reports): changed is empty."""

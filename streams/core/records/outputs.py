@@ -348,6 +348,9 @@ class ExperimentUpdate(OutputEvent):
     """Attempts that started without a variant: not compared."""
     funnel_version: str | None = None
     """The funnel version whose attempts are compared (an evaluation never mixes two)."""
+    final: bool = False
+    """Offline mode's last record of the experiment at the end of its input (`process --flush`):
+    its state with every minute of the input judged, whether or not a decision changed."""
 
     @property
     def identity(self) -> str | None:

@@ -11,6 +11,7 @@ function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs || {})) {
     if (key === "class") node.className = value;
+    else if (key === "style") node.style.cssText = value; // CSSOM: allowed by the CSP, an attribute is not
     else if (key.startsWith("data-") || key.startsWith("aria-")) node.setAttribute(key, value);
     else node[key] = value;
   }
@@ -73,7 +74,11 @@ function renderBreakdown(report) {
     return;
   }
   const names = report.steps.map((s) => s.name);
-  const rows = Object.entries(report.breakdown).sort((a, b) => (b[1][0]?.entered ?? 0) - (a[1][0]?.entered ?? 0));
+  // the top values (at most CONVERSIONS_BREAKDOWN_CAP), largest first, then "(other)": the rest
+  const last = (entry) => (entry[0] === "(other)" ? 1 : 0);
+  const rows = Object.entries(report.breakdown).sort(
+    (a, b) => last(a) - last(b) || (b[1][0]?.entered ?? 0) - (a[1][0]?.entered ?? 0),
+  );
   holder.replaceChildren(
     el(
       "table",
@@ -185,6 +190,7 @@ async function refresh() {
   }
 }
 
+$("controls").addEventListener("submit", (event) => event.preventDefault());
 for (const [id, key] of [["funnel", "funnel"], ["range", "window"], ["by", "by"]]) {
   $(id).addEventListener("change", (event) => {
     state[key] = event.target.value;

@@ -60,7 +60,11 @@ async function refreshTrend(live) {
   let values = [];
   if (dim) {
     const report = await getJSON(`/funnels/${encodeURIComponent(state.funnel)}?${params({ window: state.window, by: dim })}`);
-    values = Object.keys(report.breakdown).sort((a, b) => report.breakdown[b][0].entered - report.breakdown[a][0].entered);
+    // the top values (the answer holds at most CONVERSIONS_BREAKDOWN_CAP); "(other)" sums the
+    // rest, which have no trend of their own
+    values = Object.keys(report.breakdown)
+      .filter((v) => v !== "(other)")
+      .sort((a, b) => report.breakdown[b][0].entered - report.breakdown[a][0].entered);
     const firing = live.alerts.firing.find((a) => a.funnel === state.funnel && a.step === panels.step && dim in a.by);
     const latest = live.alerts.recent.find((a) => a.funnel === state.funnel && a.step === panels.step && dim in a.by);
     // until the reader chooses: the value that fires, else the one doing worst at this step

@@ -41,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from streams.core.input.event import ClickEvent, parse_timestamp, to_epoch_ms
+from streams.core.input.event import MAX_NESTING, ClickEvent, parse_timestamp, to_epoch_ms
 from streams.core.input.formats.common import (
     PAGE_VIEW_EVENT,
     app_platform,
@@ -230,7 +230,9 @@ class _Refused(ConversionsError):
         self.detail, self.reason = detail, reason
 
 
-def decode_snowplow(raw: bytes, *, max_bytes: int = 1_000_000, max_batch: int = 10_000) -> Decoded:
+def decode_snowplow(
+    raw: bytes, *, max_bytes: int = 1_000_000, max_batch: int = 10_000, max_nesting: int = MAX_NESTING
+) -> Decoded:
     """The events of one Kafka message holding Snowplow enriched TSV, one event per line."""
     out = Decoded(format=FORMAT)
     if len(raw) > max_bytes:
@@ -252,7 +254,10 @@ def decode_snowplow(raw: bytes, *, max_bytes: int = 1_000_000, max_batch: int = 
     single = len(lines) == 1
     for index, line in lines:
         result = snowplow_event(
-            line, original=raw if single else line.encode(), index=None if single else index
+            line,
+            original=raw if single else line.encode(),
+            index=None if single else index,
+            max_nesting=max_nesting,
         )
         if isinstance(result, ClickEvent):
             out.events.append(result)
@@ -261,7 +266,9 @@ def decode_snowplow(raw: bytes, *, max_bytes: int = 1_000_000, max_batch: int = 
     return out
 
 
-def snowplow_event(line: str, *, original: bytes = b"", index: int | None = None) -> ClickEvent | Rejection:
+def snowplow_event(
+    line: str, *, original: bytes = b"", index: int | None = None, max_nesting: int = MAX_NESTING
+) -> ClickEvent | Rejection:
     """One enriched event (a TSV line without its newline) as an event, or why not."""
     values = line.split("\t")
     if len(values) != len(FIELDS):
@@ -271,7 +278,7 @@ def snowplow_event(line: str, *, original: bytes = b"", index: int | None = None
         fields, where = _fields(values)
     except _Refused as refused:
         return Rejection(refused.reason, f"{FORMAT}: {refused.detail}", original, index, [], FORMAT)
-    return mapped(FORMAT, fields, original, index, lambda loc: _source(where, loc))
+    return mapped(FORMAT, fields, original, index, lambda loc: _source(where, loc), max_nesting)
 
 
 def _source(where: Mapping[str, str], loc: str) -> str:
