@@ -85,6 +85,17 @@ class Metrics:
             ["funnel", "step", "by"],
             registry=r,
         )
+        self.alert_leader = Gauge(
+            "conversions_alert_leader",
+            "1 while this worker leads (publishes and delivers alerts)",
+            registry=r,
+        )
+        self.alert_deliveries = Counter(
+            "conversions_alert_deliveries",
+            "Alert state changes delivered to a receiver, by outcome (delivered, retried, given_up)",
+            ["receiver", "outcome"],
+            registry=r,
+        )
         self.experiment_p_value = Gauge(
             "conversions_experiment_p_value",
             "Always-valid (mSPRT) p-value of no difference between a variant and the control",

@@ -194,7 +194,27 @@ class Settings(BaseSettings):
     """With a key, the counters see HMAC-SHA256(key, identity) instead of user and anonymous ids
     (unique-user counts stay exact); kept out of logs."""
     alert_webhook_timeout_s: float = Field(default=5.0, gt=0)
-    """How long one webhook POST may take (three tries)."""
+    """Each HTTP request to a receiver (every receiver below, and the webhook)."""
+    alert_alertmanager_url: str | None = None
+    """Prometheus Alertmanager's base URL (e.g. http://alertmanager:9093): alerts are POSTed to
+    /api/v2/alerts, and re-sent every `alert_alertmanager_resend_s` while they fire."""
+    alert_alertmanager_resend_s: float = Field(default=60.0, gt=0)
+    """Alertmanager resolves an alert not re-sent before its endsAt (4 of these intervals)."""
+    alert_pagerduty_routing_key: SecretStr | None = None
+    """A PagerDuty Events API v2 integration key: alerts trigger and resolve incidents."""
+    alert_pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
+    """The Events API v2 endpoint (another for PagerDuty's EU service region, or a test receiver)."""
+    alert_slack_webhook_url: SecretStr | None = None
+    """A Slack incoming webhook (the URL is the secret)."""
+    alert_severity: Literal["critical", "error", "warning", "info"] = "warning"
+    """The severity every receiver is told (Alertmanager's label, PagerDuty's payload.severity)."""
+    alert_dashboard_url: str | None = None
+    """The dashboard's public base URL, for the links in alerts (default: the web address)."""
+    alert_delivery_give_up_s: float = Field(default=300.0, gt=0)
+    """A receiver's delivery is retried with backoff for this long, then given up (logged, counted)."""
+    alert_failover_lookback_s: int = Field(default=3_600, ge=0)
+    """Event time: a worker that becomes the leader re-sends the latest state change of every rule
+    it judged while following, if it fires or resolved within this long of its watermark."""
     watermark_interval_s: float = Field(default=1.0, gt=0)
     """How often the watermarks are repeated to journey partitions that get no events, so
     deadlines fire for idle users."""
@@ -444,7 +464,14 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """Settings fit for a log line: secrets masked, credentials in URLs removed."""
         data = self.model_dump(mode="json")
-        secrets = ("kafka_sasl_password", "redis_url", "alert_webhook_url", "pseudonymize_key")
+        secrets = (
+            "kafka_sasl_password",
+            "redis_url",
+            "alert_webhook_url",
+            "alert_pagerduty_routing_key",
+            "alert_slack_webhook_url",
+            "pseudonymize_key",
+        )
         for key in (*secrets, "web_token", "metrics_token"):
             if data.get(key):
                 data[key] = "**********"

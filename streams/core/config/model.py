@@ -229,11 +229,34 @@ class AlertRule(_Strict):
     """weekly: the baseline is `baseline` of event time around the window's time of week, in each
     of the `seasons` previous weeks."""
     seasons: int = Field(default=4, ge=1, le=8)
+    method: Literal["window", "cusum"] = "window"
+    """window: judge the window's rate against the baseline's every minute; cusum: accumulate
+    the evidence of every attempt in a Bernoulli CUSUM (README "Alerts"); both resolve when the
+    window's rate is back above the resolve threshold."""
+    false_alarm_every: OptionalDuration = None
+    """cusum: false alarms on steady traffic at most this often (default 90d)."""
+    resolve_after: OptionalDuration = None
+    """cusum: an attempt that has not reached the step this long after the step before counts
+    as a failure (default: the 90th percentile of the step's observed times to convert)."""
 
     @model_validator(mode="after")
     def _threshold(self) -> AlertRule:
         if self.relative_drop is None and self.drop_below is None:
             raise ValueError("an alert needs relative_drop, drop_below or both")
+        if self.method == "cusum":
+            if self.relative_drop is None:
+                raise ValueError("method: cusum needs relative_drop (the fall it is tuned to detect)")
+            if self.confidence is not None:
+                raise ValueError(
+                    "confidence belongs to method: window; a cusum rule's false alarms are set by "
+                    "false_alarm_every"
+                )
+            if self.false_alarm_every is not None and self.false_alarm_every < 86_400_000:
+                raise ValueError("false_alarm_every must be at least 1d")
+            if self.resolve_after is not None and self.resolve_after % 60_000:
+                raise ValueError("resolve_after must be whole minutes (alerts judge minute by minute)")
+        elif self.false_alarm_every is not None or self.resolve_after is not None:
+            raise ValueError("false_alarm_every and resolve_after apply to method: cusum only")
         if self.baseline <= self.window:
             raise ValueError("baseline must be longer than window")
         if self.window % 60_000 or self.baseline % 60_000:
@@ -352,6 +375,16 @@ class FunnelConfig(_Strict):
                 raise LocatedError(
                     ("alerts", i, "by"),
                     f"{unknown_by} must be among the funnel's breakdowns {breakdowns}",
+                )
+            if (
+                rule.resolve_after is not None
+                and judged.window is not None
+                and rule.resolve_after > judged.window
+            ):
+                raise LocatedError(
+                    ("alerts", i, "resolve_after"),
+                    f"resolve_after is longer than funnel {judged.name}'s window "
+                    f"({judged.window // 60_000} min): an attempt has ended by then",
                 )
         self._check_experiments(funnels)
         return self

@@ -129,7 +129,11 @@ function renderGoals(goals) {
 function alertText(a) {
   const by = Object.entries(a.by).map(([k, v]) => `${k}=${v}`).join(", ");
   const baseline = a.baseline_rate === null ? "" : ` vs ${percent(a.baseline_rate)} baseline`;
-  return `${a.funnel}: ${a.step}${by ? ` [${by}]` : ""} at ${percent(a.rate)}${baseline} (${number(a.entered)} entered, window ${a.window}) since ${a.timestamp}`;
+  const judged = a.method === "cusum" && a.trials !== null && a.trials !== undefined
+    ? `${number(a.trials)} attempts, ${number(a.failures)} failed, cusum ${a.statistic.toFixed(2)} ≥ ${a.threshold.toFixed(2)}`
+    : `${number(a.entered)} entered, window ${a.window}`;
+  const cause = a.root_cause ? ` · root cause: ${a.root_cause.summary}` : "";
+  return `${a.funnel}: ${a.step}${by ? ` [${by}]` : ""} at ${percent(a.rate)}${baseline} (${judged}) since ${a.timestamp}${cause}`;
 }
 
 function renderAlerts(alerts) {
