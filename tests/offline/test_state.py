@@ -117,7 +117,7 @@ def test_the_command_resumes_refuses_bad_state_files_and_says_what_flush_does(tm
     for broken, says in [
         (saved[: len(saved) - 10], "corrupt or truncated"),
         (header + b"\n" + bytes([body[0] ^ 1]) + body[1:], "corrupt or truncated"),
-        (header.replace(b"state 1 ", b"state 9 ") + b"\n" + body, "newer release"),
+        (header.replace(b"state 2 ", b"state 9 ") + b"\n" + body, "newer release"),
         (b"hello\n", "not a conversions state file"),
     ]:
         state.write_bytes(broken)

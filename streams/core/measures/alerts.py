@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -112,6 +112,31 @@ class _Cusum:
     """While firing: (minute, successes, failures) of the trials since it fired, over a window."""
     after_trials: int = 0
     after_successes: int = 0
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "statistic": self.statistic,
+            "design": self.design.to_state() if self.design is not None else None,
+            "counts": [self.trials, self.failures, self.successes, self.since],
+            "after": [list(x) for x in self.after],
+            "after_counts": [self.after_trials, self.after_successes],
+        }
+
+    @classmethod
+    def from_state(cls, data: Mapping[str, Any]) -> _Cusum:
+        trials, failures, successes, since = (int(x) for x in data["counts"])
+        after_trials, after_successes = (int(x) for x in data["after_counts"])
+        return cls(
+            statistic=None if data["statistic"] is None else int(data["statistic"]),
+            design=None if data["design"] is None else Design.from_state(data["design"]),
+            trials=trials,
+            failures=failures,
+            successes=successes,
+            since=since,
+            after=deque((int(m), int(s), int(f)) for m, s, f in data["after"]),
+            after_trials=after_trials,
+            after_successes=after_successes,
+        )
 
     def restart(self) -> None:
         """After a resolution: the fast initial response again."""
@@ -183,6 +208,79 @@ class _Rule:
         limits = [RESOLVE_FALLBACK_MS, *(x for x in (step.within, self.funnel.window) if x is not None)]
         self.resolve_fallback = min(limits)
         self.resolve_cap = self.funnel.window
+
+    def to_state(self) -> dict[str, Any]:
+        """What the rule has counted and decided, as plain data (lists, numbers, strings, None)
+        for a state file; `load_state` puts it back into a rule built from the same definition.
+        A trial filed under several keys and a deadline is saved once and referred to by its
+        position, so it stays one trial."""
+        table: dict[int, int] = {}
+        trials: list[list[Any]] = []
+
+        def ref(trial: _Trial) -> int:
+            position = table.get(id(trial))
+            if position is None:
+                position = table[id(trial)] = len(trials)
+                trials.append(
+                    [_out(trial.keys), _out(trial.by), dict(trial.breakdowns), trial.deadline_ms, trial.open]
+                )
+            return position
+
+        return {
+            "counts": _minutes_out(self.counts),
+            "window": _cells_out(self.window),
+            "baseline": _cells_out(self.baseline),
+            "segment_counts": _minutes_out(self.segment_counts),
+            "segment_window": _cells_out(self.segment_window),
+            "segment_baseline": _cells_out(self.segment_baseline),
+            "cusums": [[_out(by), cusum.to_state()] for by, cusum in self.cusums.items()],
+            "open_trials": [[_out(key), ref(trial)] for key, trial in self.trials.items()],
+            "deadlines": [[minute, [ref(t) for t in due]] for minute, due in self.deadlines.items()],
+            "trials": trials,
+            "first_minute": self.first_minute,
+            "times_to_convert": [[bucket, n] for bucket, n in self.times_to_convert.items()],
+            "firing": [
+                [_out(by), [f.fired_at, list(f.baseline), f.incident_id, f.p0]]
+                for by, f in self.firing.items()
+            ],
+            "incidents": [[_out(by), [[s, e] for s, e in spans]] for by, spans in self.incidents.items()],
+            "excluded": [[minute, [_out(by) for by in skipped]] for minute, skipped in self.excluded.items()],
+            "admitted": [_out(v) for v in self.admitted.values()],
+            "admitted_combo": [_out(v) for v in self.admitted_combo.values()],
+        }
+
+    def load_state(self, data: Mapping[str, Any]) -> None:
+        """The counts and decisions `to_state` saved (of this rule under the same funnel version)."""
+        self.counts = defaultdict(dict, _minutes_in(data["counts"]))
+        self.window = _cells_in(data["window"])
+        self.baseline = _cells_in(data["baseline"])
+        self.segment_counts = defaultdict(dict, _minutes_in(data["segment_counts"]))
+        self.segment_window = _cells_in(data["segment_window"])
+        self.segment_baseline = _cells_in(data["segment_baseline"])
+        self.cusums = {_in(by): _Cusum.from_state(c) for by, c in data["cusums"]}
+        trials = [
+            _Trial(_in(keys), _in(by), dict(breakdowns), int(deadline), bool(is_open))
+            for keys, by, breakdowns, deadline, is_open in data["trials"]
+        ]
+        self.trials = {_in(key): trials[position] for key, position in data["open_trials"]}
+        self.deadlines = defaultdict(list)
+        for minute, due in data["deadlines"]:
+            self.deadlines[int(minute)] = [trials[position] for position in due]
+        self.first_minute = None if data["first_minute"] is None else int(data["first_minute"])
+        self.times_to_convert = {int(bucket): int(n) for bucket, n in data["times_to_convert"]}
+        self.firing = {
+            _in(by): _Firing(int(at), (int(base[0]), int(base[1])), str(incident), p0)
+            for by, (at, base, incident, p0) in data["firing"]
+        }
+        self.incidents = {
+            _in(by): [(int(s), None if e is None else int(e)) for s, e in spans]
+            for by, spans in data["incidents"]
+        }
+        self.excluded = {
+            int(minute): frozenset(_in(by) for by in skipped) for minute, skipped in data["excluded"]
+        }
+        self.admitted.load(_in(v) for v in data["admitted"])
+        self.admitted_combo.load(_in(v) for v in data["admitted_combo"])
 
     def resolve_after(self) -> int:
         """cusum: how long a trial waits for its conversion (rule.resolve_after, else the p90 of
@@ -335,6 +433,32 @@ class _Rule:
                 del self.incidents[by]
 
 
+def _out(value: Any) -> Any:
+    """Tuples (by values, segments, attempt keys) as JSON lists."""
+    return [_out(x) for x in value] if isinstance(value, tuple) else value
+
+
+def _in(value: Any) -> Any:
+    """`_out` undone: every list was a tuple (by and breakdown values are scalars)."""
+    return tuple(_in(x) for x in value) if isinstance(value, list) else value
+
+
+def _cells_out(cells: Cells) -> list[list[Any]]:
+    return [[_out(key), list(cell)] for key, cell in cells.items()]
+
+
+def _cells_in(data: list[list[Any]]) -> Cells:
+    return {_in(key): [int(x) for x in cell] for key, cell in data}
+
+
+def _minutes_out(counts: Mapping[int, Cells]) -> list[list[Any]]:
+    return [[minute, _cells_out(cells)] for minute, cells in counts.items()]
+
+
+def _minutes_in(data: list[list[Any]]) -> dict[int, Cells]:
+    return {int(minute): _cells_in(cells) for minute, cells in data}
+
+
 def _by_of_segment(key: Segment) -> ByValues:
     return key[0]
 
@@ -431,6 +555,44 @@ class AlertEvaluator:
     @property
     def active(self) -> bool:
         return bool(self._rules)
+
+    def to_state(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The evaluator as plain data for a state file, each rule's state under its key in
+        `keys` (one per rule, in order: what a rule's state belongs to, e.g. its alert version)."""
+        return {
+            "evaluated_to": self._evaluated_to,
+            "ignored_late": self.ignored_late,
+            "duplicates": self.duplicates,
+            "ids": [[minute, sorted(ids)] for minute, ids in self._ids.items()],
+            "rules": {key: state.to_state() for key, state in zip(keys, self._rules, strict=True)},
+        }
+
+    def restore(self, data: Mapping[str, Any], keys: Sequence[str]) -> None:
+        """What `to_state` saved: each rule whose key is among the saved ones continues from its
+        state; the others start from nothing (at the saved event time)."""
+        self._evaluated_to = None if data["evaluated_to"] is None else int(data["evaluated_to"])
+        self.ignored_late, self.duplicates = int(data["ignored_late"]), int(data["duplicates"])
+        self._ids = {int(minute): {str(i) for i in ids} for minute, ids in data["ids"]}
+        saved = data["rules"]
+        for key, state in zip(keys, self._rules, strict=True):
+            if key in saved:
+                state.load_state(saved[key])
+
+    def end_incidents(self, index: int, reason: Literal["definition_changed"]) -> list[Alert]:
+        """Resolve every incident rule `index` has firing, at the event time judged so far, with
+        `reason`: its state is dropped (its definition changed), and receivers close an incident
+        only when told, under its dedup key (`incident_id`)."""
+        state = self._rules[index]
+        t = self._evaluated_to
+        out: list[Alert] = []
+        if t is None:
+            return out
+        for by in sorted(state.firing, key=_order):
+            firing = state.firing[by]
+            entered, reached = firing.baseline
+            verdict = Verdict(None, reached / entered if entered else None, 0, entered, False, False)
+            out.append(self._resolve(state, by, t, verdict, firing, reason))
+        return out
 
     def rule_counts(self, index: int) -> dict[ByValues, tuple[Counts, Counts]]:
         """What rule `index` judges now, per by value: (window, baseline) counts of (entered the
@@ -583,11 +745,19 @@ class AlertEvaluator:
                 out.append(self._resolve(state, by, t, verdict, firing))
         return out
 
-    def _resolve(self, state: _Rule, by: ByValues, t: int, verdict: Verdict, firing: _Firing) -> Alert:
+    def _resolve(
+        self,
+        state: _Rule,
+        by: ByValues,
+        t: int,
+        verdict: Verdict,
+        firing: _Firing,
+        reason: Literal["definition_changed"] | None = None,
+    ) -> Alert:
         del state.firing[by]
         spans = state.incidents[by]
         spans[-1] = (spans[-1][0], t)
-        return self._alert(state, by, t, "resolved", verdict, firing.baseline, firing.incident_id)
+        return self._alert(state, by, t, "resolved", verdict, firing.baseline, firing.incident_id, reason)
 
     def _judge_cusum(self, state: _Rule, t: int) -> list[Alert]:
         """A minute of trials into each by value's statistic; fire at the threshold; resolve as
@@ -701,6 +871,7 @@ class AlertEvaluator:
         verdict: Verdict,
         baseline: Counts,
         incident_id: str,
+        reason: Literal["definition_changed"] | None = None,
     ) -> Alert:
         rule = state.rule
         by_map = dict(zip(rule.by, by, strict=True))
@@ -748,6 +919,7 @@ class AlertEvaluator:
             funnel_version=state.funnel_version or None,
             method=rule.method,
             root_cause=self.root_cause(state.index, by) if kind == "fired" else None,
+            reason=reason,
             **cusum_fields,
         )
 

@@ -15,7 +15,7 @@ A value that is literally `(other)` is summed with them.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 BREAKDOWN_CAP = 50
@@ -82,6 +82,14 @@ class Admitted(Generic[K]):
 
     def __len__(self) -> int:
         return len(self._seen)
+
+    def values(self) -> list[K]:
+        """The values admitted so far (for a state file), in a stable order."""
+        return sorted(self._seen, key=repr)
+
+    def load(self, values: Iterable[K]) -> None:
+        """Admitted values saved by `values` (a resumed run admits the same ones)."""
+        self._seen = set(values)
 
 
 # ---- the counters: values admitted per dimension and day --------------------------------------

@@ -33,6 +33,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 RESOLUTION = 20
 """Grid units in the larger of the two weights (the smaller is rounded to whole units)."""
@@ -67,6 +68,37 @@ class Design:
         """The statistic after a batch of trials (one minute's: their order within a minute is
         not known, so the batch moves it by its total)."""
         return max(0, statistic + failures * self.up - successes * self.down)
+
+    def to_state(self) -> list[Any]:
+        """Plain data for a state file (`from_state` reads it back); an ARL too large for a
+        float is saved as None."""
+        arl0 = self.arl0 if math.isfinite(self.arl0) else None
+        return [
+            self.p0,
+            self.p1,
+            self.up,
+            self.down,
+            self.unit,
+            self.threshold,
+            self.start,
+            arl0,
+            self.target,
+        ]
+
+    @classmethod
+    def from_state(cls, data: list[Any]) -> Design:
+        p0, p1, up, down, unit, threshold, start, arl0, target = data
+        return cls(
+            float(p0),
+            float(p1),
+            int(up),
+            int(down),
+            float(unit),
+            int(threshold),
+            int(start),
+            math.inf if arl0 is None else float(arl0),
+            float(target),
+        )
 
 
 def weights(p0: float, p1: float) -> tuple[int, int, float]:

@@ -314,6 +314,10 @@ class Alert(OutputEvent):
     false_alarm_every: str | None = None
     root_cause: RootCause | None = None
     """On a fired alert: the breakdown values that explain the drop."""
+    reason: Literal["definition_changed"] | None = None
+    """On a resolution not judged from the rate: `definition_changed`, the rule's state was
+    dropped because its definition (its funnel's version, or its own settings) changed, or the
+    rule was removed; the incident is closed under its dedup key rather than left open."""
 
 
 class VariantResult(BaseModel):
