@@ -4,7 +4,12 @@ file that cannot be used is refused with exit 2 and left as it was."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import pickle
+import zlib
+from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +21,44 @@ from hypothesis import strategies as st
 
 from streams.cli import main
 from streams.core.config.loader import parse_config
-from streams.core.config.matching import compile_config
+from streams.core.config.matching import CompiledConfig, compile_config
 from streams.core.config.versions import Definition
 from streams.offline.run import OfflineRun
-from streams.offline.state import read, restore, write
+from streams.offline.state import FORMAT, StateFileError, read, restore, write
 from streams.settings import DEFAULT_FUNNELS
-from streams.tools.simulate import Simulator, VariantSplit
+from streams.tools.simulate import Incident, Simulator, VariantSplit
 from tests.helpers import comparable
 
-FUNNELS = DEFAULT_FUNNELS.read_text().replace("min_entered: 50", "min_entered: 5")
+CUSUM_RULE = """  - funnel: checkout
+    step: payment
+    method: cusum
+    window: 30m
+    baseline: 4h
+    min_entered: 5
+    relative_drop: 0.5
+    false_alarm_every: 1d
+    resolve_after: 30m
+    by: [context.platform]
+experiments:"""
+# the example's window rule and experiment, and a cusum rule that fires during the planted drop
+FUNNELS = (
+    DEFAULT_FUNNELS.read_text()
+    .replace("min_entered: 50", "min_entered: 5")
+    .replace("window: 15m\n    baseline: 24h", "window: 30m\n    baseline: 4h")
+    .replace("experiments:", CUSUM_RULE, 1)
+)
 CONFIG = compile_config(parse_config(FUNNELS))
-LINES = list(Simulator(seed=3, users=60, days=1, bad_rate=0.02, split=VariantSplit(lift=1.5)).lines())
+START = datetime(2024, 3, 11, tzinfo=UTC)
+LINES = list(
+    Simulator(
+        seed=3,
+        users=150,
+        days=1,
+        bad_rate=0.02,
+        split=VariantSplit(lift=1.5),
+        incident=Incident(START + timedelta(hours=10), START + timedelta(hours=16), "web", 0.0),
+    ).lines()
+)
 
 
 def whole(lines: list[bytes]) -> list[dict[str, Any]]:
@@ -34,12 +66,21 @@ def whole(lines: list[bytes]) -> list[dict[str, Any]]:
     return [orjson.loads(o.to_json()) for o in run.run(lines)]
 
 
-def in_parts(lines: list[bytes], cuts: list[int], path: Path) -> list[dict[str, Any]]:
+@cache
+def whole_shop() -> list[dict[str, Any]]:
+    return whole(LINES)
+
+
+def in_parts(
+    lines: list[bytes], cuts: list[int], path: Path, configs: list[CompiledConfig] | None = None
+) -> list[dict[str, Any]]:
+    """The outputs of the parts of `lines` between `cuts`, each run on the state the previous one
+    saved (under `configs[k]` for part k when given)."""
     out: list[dict[str, Any]] = []
     bounds = [0, *sorted(set(cuts)), len(lines)]
     path.unlink(missing_ok=True)
-    for start, end in itertools.pairwise(bounds):
-        run = OfflineRun(CONFIG, partitions=3)
+    for k, (start, end) in enumerate(itertools.pairwise(bounds)):
+        run = OfflineRun(configs[k] if configs else CONFIG, partitions=3)
         payload = read(path)
         known: list[Definition] = []
         if payload is not None:
@@ -55,7 +96,7 @@ def in_parts(lines: list[bytes], cuts: list[int], path: Path) -> list[dict[str, 
 def test_any_split_into_consecutive_parts_gives_the_outputs_of_the_whole(
     tmp_path: Path, cuts: list[int]
 ) -> None:
-    expected = whole(LINES)
+    expected = whole_shop()
     assert {o["type"] for o in expected} >= {
         "micro",
         "macro",
@@ -63,7 +104,9 @@ def test_any_split_into_consecutive_parts_gives_the_outputs_of_the_whole(
         "session",
         "experiment",
         "deadletter",
+        "alert",
     }
+    assert ("cusum", "fired") in {(o["method"], o["state"]) for o in expected if o["type"] == "alert"}
     assert in_parts(LINES, cuts, tmp_path / "state") == expected
 
 
