@@ -183,7 +183,7 @@ def restore(run: OfflineRun, payload: dict[str, Any]) -> tuple[Resumed, list[Def
 
 def _restore(run: OfflineRun, payload: dict[str, Any]) -> tuple[Resumed, list[Definition]]:
     known = [Definition.from_json(d) for d in payload["definitions"]]
-    before = FunnelConfig.model_validate(payload["config"])
+    before = FunnelConfig.from_dump(payload["config"])
     store = {
         str(identity): base64.b64decode(journey, validate=True)
         for identity, journey in payload["store"].items()

@@ -311,7 +311,7 @@ class Journeys:
             saved = orjson.loads(raw)
             definitions.update({d["version"]: Definition.from_json(d) for d in saved["definitions"]})
             if saved["fingerprint"] != fingerprint:
-                changed.setdefault(saved["fingerprint"], FunnelConfig.model_validate(saved["config"]))
+                changed.setdefault(saved["fingerprint"], FunnelConfig.from_dump(saved["config"]))
         self.engine.machine.remember(definitions.values())
         for before in changed.values():
             log.info("the configuration differs from the one the journeys were written under:")

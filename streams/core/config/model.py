@@ -9,6 +9,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -18,6 +19,23 @@ from streams.core.config.durations import parse_duration_ms, parse_optional_dura
 from streams.core.config.glob import Glob
 from streams.errors import ConversionsError
 
+DUMPED = "dumped"
+"""Validation context key: the data is a `model_dump(mode="json")` of a configuration, whose
+durations are integer milliseconds (a file's bare numbers are seconds)."""
+
+
+def _duration(value: Any, info: ValidationInfo) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and (info.context or {}).get(DUMPED):
+        return value
+    return parse_duration_ms(value)
+
+
+def _optional_duration(value: Any, info: ValidationInfo) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and (info.context or {}).get(DUMPED):
+        return value
+    return parse_optional_duration_ms(value)
+
+
 _DURATION_SCHEMA = {
     "type": "string",
     "pattern": r"^\s*(\d+\s*(ms|s|m|h|d|w)\s*)+$",
@@ -25,14 +43,14 @@ _DURATION_SCHEMA = {
 }
 Duration = Annotated[
     int,
-    BeforeValidator(parse_duration_ms),
+    BeforeValidator(_duration),
     WithJsonSchema(
         {"anyOf": [_DURATION_SCHEMA, {"type": "integer", "minimum": 1, "description": "seconds"}]}
     ),
 ]
 OptionalDuration = Annotated[
     int | None,
-    BeforeValidator(parse_optional_duration_ms),
+    BeforeValidator(_optional_duration),
     WithJsonSchema(
         {
             "anyOf": [_DURATION_SCHEMA, {"type": "integer", "minimum": 1}, {"enum": ["none", None]}],
@@ -320,6 +338,13 @@ class Channels(_Strict):
 
 class FunnelConfig(_Strict):
     version: Literal[1]
+
+    @classmethod
+    def from_dump(cls, data: Any) -> FunnelConfig:
+        """A configuration saved as `model_dump(mode="json")` (state files, the journeys store's
+        registry): the same configuration again, its durations read as the milliseconds they are."""
+        return cls.model_validate(data, context={DUMPED: True})
+
     session_timeout: Duration = 30 * 60_000
     late_tolerance: Duration = 10 * 60_000
     page_view_events: list[str] = Field(default_factory=lambda: ["page_view"])
