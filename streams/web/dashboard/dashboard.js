@@ -185,7 +185,14 @@ async function chooseVersion(funnel, query) {
   older.set("version", state.version);
   const response = await fetch(`/funnels/${encodeURIComponent(state.funnel)}?${older}`, { cache: "no-store" });
   const report = await response.json();
-  if (!response.ok) throw new Error(report.error || response.statusText);
+  if (!response.ok) {
+    // its counters expired since the list was read: back to the current version, saying why
+    note.hidden = false;
+    note.textContent = `Version ${state.version} cannot be shown (${report.error || response.statusText}); showing the current one.`;
+    state.version = "";
+    $("version").value = funnel.version;
+    return funnel;
+  }
   note.hidden = false;
   note.textContent =
     `Showing the earlier version ${state.version}, not the current ${funnel.version}: its own counts, ` +
