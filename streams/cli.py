@@ -600,7 +600,9 @@ def demo(
         lasting = timedelta(milliseconds=parse_duration_ms(incident_for))
     except ValueError as exc:
         _fail(f"--incident-at/--incident-for: {exc}")
-    traffic = LiveTraffic(rate=rate, users=users, speed=speed, incident_after=after, incident_for=lasting)
+    traffic = LiveTraffic(
+        rate=rate, users=users, speed=speed, incident_after=after, incident_for=lasting, audience=True
+    )
     try:
         sys.exit(run_demo(settings, traffic, seconds=seconds, via=via))
     except InfraError as exc:
