@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import ConsumerStoppedError
 
 from streams.core.config.matching import CompiledConfig
-from streams.core.measures.counters import increments, pseudonymizer
+from streams.core.measures.counters import increments_of, pseudonymizer
 from streams.counters.base import CountedMessage
 from streams.counters.redis_store import REDIS_UNAVAILABLE, CounterStore, apply_with_retry
 from streams.kafka.clients import new_consumer, start_with_retry
@@ -100,15 +100,18 @@ class Counting:
     async def _apply(self, batch: dict[Any, list[Any]]) -> None:
         bucket_ms = self.settings.counter_bucket_s * 1_000
         by_shard: dict[int, list[CountedMessage]] = defaultdict(list)
+        config, pseudonym = self.config, self._pseudonym
         for tp, messages in batch.items():
+            counted = by_shard[tp.partition]
             for message in messages:
                 output = orjson.loads(message.value or b"{}")
-                by_shard[tp.partition].append(
+                planned = increments_of(output, config, bucket_ms, pseudonym)
+                counted.append(
                     CountedMessage(
                         tp.topic,
                         message.offset,
                         str(output.get("id", "")),
-                        increments(output, self.config, bucket_ms, self._pseudonym),
+                        () if planned is None else planned,
                     )
                 )
         for shard, counted in by_shard.items():

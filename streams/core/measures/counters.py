@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
@@ -143,6 +143,41 @@ def pseudonymizer(key: bytes) -> Callable[[str], str]:
     return pseudonym
 
 
+class Increments:
+    """One output's counter changes before they are stamped with each resolution's bucket: what
+    `increments` lists, kept folded (`counters.batch` folds the groups once per finest bucket, not
+    once per resolution). Iterating gives exactly `increments`' list, in its order."""
+
+    __slots__ = ("at", "bucket_ms", "cohorts", "groups", "head")
+
+    def __init__(
+        self, at: int, bucket_ms: int, head: list[Op], groups: list[Group], cohorts: list[Op]
+    ) -> None:
+        self.at = at
+        self.bucket_ms = bucket_ms
+        self.head = head
+        """Increments with whole keys, before the groups: the latest event time, the recent list."""
+        self.groups = groups
+        """The increments of each key without its bucket (`_bucket_increments`)."""
+        self.cohorts = cohorts
+        """Increments with whole keys, after the groups (`_cohort_increments`)."""
+
+    def __iter__(self) -> Iterator[Op]:
+        yield from self.head
+        at = self.at
+        for resolution, label in resolution_labels(self.bucket_ms):
+            b = f"{label}{at // resolution * resolution}"
+            for prefix, items in self.groups:
+                key = prefix + b
+                for k, name, amount in items:
+                    yield _new_op(Op, (k, key, name, amount))
+        yield from self.cohorts
+
+    def __len__(self) -> int:
+        per_bucket = sum(len(items) for _, items in self.groups)
+        return len(self.head) + per_bucket * len(resolution_labels(self.bucket_ms)) + len(self.cohorts)
+
+
 def increments(
     output: Mapping[str, Any],
     config: CompiledConfig,
@@ -153,31 +188,36 @@ def increments(
 
     An output's fields are the same in every bucket resolution: they are computed once
     (`_bucket_increments`, keys without their bucket) and stamped with each resolution's bucket."""
+    planned = increments_of(output, config, bucket_ms, pseudonym)
+    return [] if planned is None else list(planned)
+
+
+def increments_of(
+    output: Mapping[str, Any],
+    config: CompiledConfig,
+    bucket_ms: int,
+    pseudonym: Callable[[str], str] | None = None,
+) -> Increments | None:
+    """`increments`, unstamped (None for types not counted): what the counters consumer folds."""
     kind = output.get("type")
     if kind not in COUNTED_TYPES:
-        return []
+        return None
     if pseudonym is not None:
         identity = output.get("user_id") or output.get("anonymous_id")
         output = {**output, "user_id": pseudonym(identity) if identity else None, "anonymous_id": None}
     at = _ms(output["timestamp"])
-    ops: list[Op] = [_new_op(Op, ("m", "meta", "latest", at))]
+    head: list[Op] = [_new_op(Op, ("m", "meta", "latest", at))]
     if kind == "macro":
-        ops.append(_new_op(Op, ("l", "recent", recent_entry(output), RECENT_MACROS)))
+        head.append(_new_op(Op, ("l", "recent", recent_entry(output), RECENT_MACROS)))
     groups = _bucket_increments(output, config, at)
-    for resolution, label in _resolution_labels(bucket_ms):
-        b = f"{label}{at // resolution * resolution}"
-        for prefix, items in groups:
-            key = prefix + b
-            ops += [_new_op(Op, (k, key, name, amount)) for k, name, amount in items]
-    if kind in ("micro", "dropoff"):
-        ops += _cohort_increments(output, config, bucket_ms, at)
-    return ops
+    cohorts = _cohort_increments(output, config, bucket_ms, at) if kind in ("micro", "dropoff") else []
+    return Increments(at, bucket_ms, head, groups, cohorts)
 
 
 _LABELS: dict[int, tuple[tuple[int, str], ...]] = {}
 
 
-def _resolution_labels(bucket_ms: int) -> tuple[tuple[int, str], ...]:
+def resolution_labels(bucket_ms: int) -> tuple[tuple[int, str], ...]:
     """`resolutions` with each one's bucket label prefix (`60:`), kept per bucket size."""
     labels = _LABELS.get(bucket_ms)
     if labels is None:
@@ -217,7 +257,7 @@ def _cohort_increments(
         reached.append((started + int(output.get("time_in_funnel_ms") or 0), opened[0]))
     name = funnel.name
     ops: list[Op] = []
-    for resolution, label in _resolution_labels(bucket_ms)[:2]:  # `cohort_resolutions`
+    for resolution, label in resolution_labels(bucket_ms)[:2]:  # `cohort_resolutions`
         key = f"a:{name}:{label}{started // resolution * resolution}"
         ops += [_new_op(Op, ("h", key, opened_field, 1)) for opened_field in opened]
         for moment, reached_field in reached:
