@@ -158,79 +158,95 @@ async def once(
     }
 
 
-async def produce_outputs(settings: Settings, found: list[tuple[str, int, bytes]]) -> None:
-    """The outputs on their topics and partitions, as the worker publishes them."""
-    await ensure_topics(settings)
+async def produce_outputs(settings: Settings, found: list[tuple[str, int, bytes]], rate: float = 0.0) -> None:
+    """The outputs on their topics and partitions, as the worker publishes them: all at once, or
+    at `rate` outputs per second (live, the consumer's batches then as small as it fetches)."""
     producer = AIOKafkaProducer(**kafka_client_options(settings), linger_ms=5, max_batch_size=262_144)
     await producer.start()
+    started = time.monotonic()
     try:
-        for kind, partition, value in found:
-            topic = settings.topic(settings.output_topics["micro" if kind == "stalled" else kind])
+        for i, (kind, partition, value) in enumerate(found):
+            if rate and (ahead := started + i / rate - time.monotonic()) > 0.005:
+                await asyncio.sleep(ahead)
+            topic = settings.output_topics["micro" if kind == "stalled" else kind]
             await producer.send(topic, value, partition=partition)
         await producer.flush()
     finally:
         await producer.stop()
 
 
-def process_once(run: Run, tree: str | None, total: int, events: int) -> dict[str, Any]:
-    """One `conversions counters` process (from `tree`, else this checkout) over the outputs on
-    the run's topics, in a consumer group and app id of its own: CPU per output and per event of
-    the process and of Redis, from the first message counted to the last."""
-    port = free_port()
-    app_id = f"{run.settings.app_id}x{uuid.uuid4().hex[:6]}"
-    env = dict(run.env) | {
-        "CONVERSIONS_APP_ID": app_id,
-        "CONVERSIONS_TOPIC_PREFIX": run.settings.topic_prefix,
-    }
-    if tree:
-        env["PYTHONPATH"] = tree
-    process = WorkerProcess(
-        env, run.workdir / f"counters-{app_id}.log", ["--metrics-port", str(port)], command="counters"
-    ).start(wait_ready_s=60)
+def counted_cpu(process: WorkerProcess, port: int, redis_pid: int, total: int) -> tuple[float, list[float]]:
+    """Wall seconds and CPU seconds of the process and of Redis from the first message counted
+    to the last."""
     assert process.process is not None
-    pids = [process.process.pid, run.shared["redis"]]
+    pids = [process.process.pid, redis_pid]
+    before: list[float] | None = None
+    started = 0.0
+    deadline = time.monotonic() + 120
+    while True:
+        values = metrics(port)
+        counted = sum(v for k, v in values.items() if k.startswith("conversions_counter_messages_total"))
+        if counted and before is None:
+            before, started = cpu_seconds(pids), time.perf_counter()
+        if counted >= total:
+            break
+        if time.monotonic() > deadline or not process.running:
+            raise RuntimeError(f"the counters counted {counted} of {total}:\n{process.tail()}")
+        time.sleep(0.02)
+    wall = time.perf_counter() - started
+    assert before is not None
+    return wall, [after - first for first, after in zip(before, cpu_seconds(pids), strict=True)]
+
+
+async def process_once(
+    infra: LocalInfra,
+    workdir: Path,
+    tree: str | None,
+    found: list[tuple[str, int, bytes]],
+    events: int,
+    rate: float,
+) -> dict[str, Any]:
+    """One `conversions counters` process (from `tree`, else this checkout) over the outputs on
+    topics of its own: CPU per output and per event of the process and of Redis, from the first
+    message counted to the last."""
+    run = Run(infra, workdir, "cp")
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    await ensure_topics(run.settings)
+    if not rate:
+        await produce_outputs(run.settings, found)
+    port = free_port()
+    env = dict(run.env) | ({"PYTHONPATH": tree} if tree else {})
+    process = WorkerProcess(
+        env, run.workdir / "counters.log", ["--metrics-port", str(port)], command="counters"
+    )
+    await asyncio.to_thread(process.start, 60)
     try:
-        before: list[float] | None = None
-        started = 0.0
-        deadline = time.monotonic() + 300
-        while True:
-            values = metrics(port)
-            counted = sum(v for k, v in values.items() if k.startswith("conversions_counter_messages_total"))
-            if counted and before is None:
-                before, started = cpu_seconds(pids), time.perf_counter()
-            if counted >= total:
-                break
-            if time.monotonic() > deadline or not process.running:
-                raise RuntimeError(f"the counters counted {counted} of {total}:\n{process.tail()}")
-            time.sleep(0.02)
-        wall = time.perf_counter() - started
-        assert before is not None
-        spent = [after - first for first, after in zip(before, cpu_seconds(pids), strict=True)]
+        producing = asyncio.create_task(produce_outputs(run.settings, found, rate)) if rate else None
+        wall, spent = await asyncio.to_thread(counted_cpu, process, port, run.shared["redis"], len(found))
+        if producing is not None:
+            await producing
     finally:
         process.stop()
     return {
         "tree": tree or "this checkout",
-        "outputs_per_s": round(total / wall),
-        "process_us_per_output": round(spent[0] / total * 1e6, 1),
+        "outputs_per_s": round(len(found) / wall),
+        "process_us_per_output": round(spent[0] / len(found) * 1e6, 1),
         "process_us_per_event": round(spent[0] / events * 1e6, 1),
         "redis_us_per_event": round(spent[1] / events * 1e6, 1),
     }
 
 
 async def process_runs(
-    found: list[tuple[str, int, bytes]], events: int, trees: list[str | None], repeat: int
+    found: list[tuple[str, int, bytes]], events: int, trees: list[str | None], repeat: int, rate: float
 ) -> list[dict[str, Any]]:
     """`process_once` for each tree in turn, `repeat` times, on one Tansu and redis-server."""
     workdir = ROOT.parent / "var" / "bench" / "counters-process"
     given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("REDIS_URL")
     rows: list[dict[str, Any]] = []
     with LocalInfra(*given, workdir=workdir / "infra") as infra:
-        run = Run(infra, workdir, "cp")
-        run.workdir.mkdir(parents=True, exist_ok=True)
-        await produce_outputs(run.settings, found)
         for _ in range(repeat):
             for tree in trees:
-                row = await asyncio.to_thread(process_once, run, tree, len(found), events)
+                row = await process_once(infra, workdir, tree, found, events, rate)
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
     return rows
@@ -287,13 +303,16 @@ def main() -> None:
     parser.add_argument("--pipeline", action="store_true", help="The whole pipeline instead (see above).")
     parser.add_argument("--process", action="store_true", help="The counters' own process (see above).")
     parser.add_argument(
+        "--rate", type=float, default=0.0, help="With --process: outputs/s produced live (0: all waiting)."
+    )
+    parser.add_argument(
         "--tree", action="append", default=[], help="With --process: also a process from this source tree."
     )
     args = parser.parse_args()
     if args.process:
         read: list[int] = []
         found = outputs(args.outputs, args.partitions, args.days, read)
-        rows = asyncio.run(process_runs(found, read[0], [None, *args.tree], args.repeat))
+        rows = asyncio.run(process_runs(found, read[0], [None, *args.tree], args.repeat, args.rate))
         print(
             json.dumps(
                 {
@@ -301,6 +320,7 @@ def main() -> None:
                     "outputs": len(found),
                     "events": read[0],
                     "days": args.days,
+                    "rate": args.rate,
                     "process": rows,
                     "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 },

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     counter_dedupe_s: int = Field(default=3_600, ge=60)
     counter_batch_size: int = Field(default=2_000, ge=1)
     counter_batch_window_s: float = Field(default=0.25, gt=0)
+    """The counters apply up to `counter_batch_size` outputs at a time, or what came within this
+    many seconds of a batch's first output: one Redis call per shard and one offset commit for
+    all of them (the counters lag the outputs by up to this)."""
     alert_webhook_url: SecretStr | None = None
     """Alerts are also POSTed here as JSON (by the leader); the URL may hold a token."""
     # with a key, counters see HMAC-SHA256(key, identity) instead of user and anonymous ids

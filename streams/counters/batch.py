@@ -133,12 +133,13 @@ class BatchIncrements:
         self._stamped = True
 
     def wire(self) -> dict[str, Any]:
-        """The folded increments as the apply script reads them (amounts as strings, so Redis
-        gets exactly these digits): `h`, `f`, `m`: key -> field -> amount; `p`: key -> members;
-        `l`: key -> [[cap, entries oldest first], ...]."""
+        """The folded increments as the apply script reads them, so that Redis gets exactly these
+        digits: `h`, `f`, `m`: key -> field -> amount; `p`: key -> members; `l`: key -> [[cap,
+        entries oldest first], ...]. Amounts are strings, but a key's integer sums go as JSON
+        numbers when a double holds each exactly (Redis's Lua writes those as their digits)."""
         self._stamp()
         return {
-            "h": {key: {f: str(a) for f, a in fields.items()} for key, fields in self.ints.items()},
+            "h": {key: _exact(fields) for key, fields in self.ints.items()},
             "f": {key: {f: _decimal(a) for f, a in fields.items()} for key, fields in self.floats.items()},
             "m": {key: {f: str(a) for f, a in fields.items()} for key, fields in self.maxima.items()},
             "p": {key: list(members) for key, members in self.members.items()},
@@ -163,6 +164,16 @@ def fold(batches: Iterable[Iterable[Op]]) -> BatchIncrements:
     for ops in batches:
         folded.add(ops)
     return folded
+
+
+_EXACT = 2**53  # integers below this in magnitude survive cjson's doubles unchanged
+
+
+def _exact(sums: dict[str, int]) -> dict[str, int] | dict[str, str]:
+    """A key's integer sums as they are, or as strings where one is too large for a double."""
+    if max(sums.values()) < _EXACT and min(sums.values()) > -_EXACT:
+        return sums
+    return {name: str(amount) for name, amount in sums.items()}
 
 
 def _decimal(value: Decimal) -> str:

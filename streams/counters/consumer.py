@@ -71,10 +71,7 @@ class Counting:
         log.info("counters: consuming %s", ", ".join(self.topics))
         while not stopping():
             try:
-                batch = await consumer.getmany(
-                    timeout_ms=int(self.settings.counter_batch_window_s * 1000),
-                    max_records=self.settings.counter_batch_size,
-                )
+                batch = await self._gather(consumer, stopping)
             except ConsumerStoppedError:
                 return
             if batch:
@@ -83,6 +80,25 @@ class Counting:
                     if self._closing:
                         return  # applied, not committed: the next owner skips it by offset
                     await consumer.commit()
+
+    async def _gather(self, consumer: AIOKafkaConsumer, stopping: Stopping) -> dict[Any, list[Any]]:
+        """Up to `counter_batch_size` records, or what came within `counter_batch_window_s` of
+        the first: a fetch hands over whatever arrived since the last (a few dozen records of
+        live traffic), and each batch costs a Lua call per shard and a commit, whatever its size."""
+        size, window = self.settings.counter_batch_size, self.settings.counter_batch_window_s
+        batch: dict[Any, list[Any]] = await consumer.getmany(timeout_ms=int(window * 1000), max_records=size)
+        gathered = sum(map(len, batch.values()))
+        loop = asyncio.get_running_loop()
+        until = loop.time() + window
+        while batch and gathered < size and not stopping():
+            left = until - loop.time()
+            if left <= 0:
+                break
+            more = await consumer.getmany(timeout_ms=max(1, int(left * 1000)), max_records=size - gathered)
+            for tp, records in more.items():
+                batch.setdefault(tp, []).extend(records)
+                gathered += len(records)
+        return batch
 
     async def publish_step_rates(self) -> None:
         await publish_step_rates(self.store, self.config, self.metrics)

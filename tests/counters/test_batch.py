@@ -42,6 +42,7 @@ def test_each_kind_folds_to_one_increment_per_key_and_field() -> None:
         Op("h", "f:x", "e:0", 2),
         Op("h", "f:x", "d:1", -1),
         Op("h", "g:x", "n", "4"),
+        Op("h", "g:y", "n", 2**53),
         Op("f", "g:x", "v", 0.1),
         Op("f", "g:x", "v", 0.2),
         Op("f", "g:x", "w", 1e-7),
@@ -58,13 +59,14 @@ def test_each_kind_folds_to_one_increment_per_key_and_field() -> None:
     ]
     folded = fold([ops[:8], ops[8:]])
     assert folded.wire() == {
-        "h": {"f:x": {"e:0": "3", "d:1": "-1"}, "g:x": {"n": "4"}},
+        # integer sums as numbers, a key's as strings where one is beyond a double's exact range
+        "h": {"f:x": {"e:0": 3, "d:1": -1}, "g:x": {"n": 4}, "g:y": {"n": str(2**53)}},
         "f": {"g:x": {"v": "0.3", "w": "0.0000001"}},  # exact decimal sums, no exponent
         "m": {"meta": {"latest": "9"}},
         "p": {"u:x": ["alice", "bob"]},
         "l": {"recent": [[2, ["b", "c"]], [3, ["d"]]]},  # runs of one cap, in order
     }
-    assert len(folded) == 3 + 2 + 1 + 2 + 2
+    assert len(folded) == 4 + 2 + 1 + 2 + 2
     with pytest.raises(ValueError, match="unknown increment kind"):
         fold([[Op("x", "k", "f", 1)]])  # type: ignore[arg-type]
 
