@@ -156,6 +156,7 @@ class ConversionsApp:
             store.key_partition = self.state.partition_of
         self.journeys_table.on_recover(self.journeys.rebuild_deadlines)
         self.run_alongside("ingest", self.ingest_consumer.run, self.ingest_consumer.close)
+        self.run_alongside("watermarks-now", self.ingest.announce_when_moved, _nothing)
         self.app.agent(self.events_topic, name="journeys")(self._journeys)
         self.every(settings.watermark_interval_s, "watermarks", self.ingest.announce_watermarks)
         self.every(5.0, "lag", self._measure_lag)
@@ -274,3 +275,7 @@ class ConversionsApp:
             watermark = self.engine.watermark(partition)
             if watermark is not None:
                 self.metrics.watermark.labels(partition).set(watermark / 1000)
+
+
+async def _nothing() -> None:
+    """A service's close with nothing to close."""
