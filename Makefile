@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-browser demo test unit integration lint typecheck schemas bench crash soak clean
+.PHONY: setup setup-browser demo test unit integration lint typecheck schemas docs docs-serve bench crash soak clean
 
 setup:
 	@./scripts/bootstrap
@@ -17,6 +17,7 @@ demo: setup
 
 test: setup-browser lint typecheck
 	$(PY) -m streams.cli schemas --check
+	$(PY) -m streams.cli docs-reference --check
 	$(PY) -m pytest
 
 unit: setup
@@ -36,6 +37,14 @@ typecheck: setup
 schemas: setup
 	$(PY) -m streams.cli schemas
 
+# the docs site (mkdocs-material), strictly: a broken link or anchor fails; into site/ (git-ignored)
+docs: setup
+	$(PY) -m streams.cli docs-reference
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict
+
 # one run of every contender on the same traffic; writes bench/results/latest.json (5-10 min)
 bench: setup
 	$(PY) -m bench.run
@@ -49,4 +58,4 @@ soak: setup
 	$(PY) -m bench.soak
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var site

@@ -2,6 +2,11 @@
 and once while the worker is killed with SIGKILL at random moments, and compare what users
 see: the counters' reports (Redis, through the API) and the conversion topics deduplicated by
 id. `make crash` (about 10 minutes); writes bench/results/crash.json.
+
+A share of the input (`--compressed-share`, 40 % by default) is sent by idempotent librdkafka
+producers (confluent-kafka), in turn gzip, snappy, lz4 and zstd: each partition in chunks of
+`CHUNK` messages, every chunk delivered before the next, each to the partition the aiokafka
+producer would have chosen, so both runs read the same partitions in the same order.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import confluent_kafka
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 
 from bench.harness import RESULTS, Run, say
 from streams.kafka import ensure_topics, kafka_client_options
@@ -43,26 +50,90 @@ def traffic(events: int) -> list[bytes]:
     return lines + ticks
 
 
-async def produce(run: Run, lines: list[bytes]) -> None:
+CODECS = ("gzip", "snappy", "lz4", "zstd")
+CHUNK = 500
+"""Messages of one partition sent by one producer before the next chunk's producer starts (each
+chunk delivered first), so both runs get every partition in the same order."""
+
+
+def librdkafka_producer(run: Run, codec: str) -> Any:
+    return confluent_kafka.Producer(
+        {
+            "bootstrap.servers": run.settings.kafka_bootstrap_servers,
+            "compression.type": codec,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+        }
+    )
+
+
+def send_chunk(producer: Any, topic: str, partition: int, chunk: list[tuple[bytes | None, bytes]]) -> None:
+    failures: list[str] = []
+
+    def delivered(error: Any, _: Any) -> None:
+        if error is not None:
+            failures.append(str(error))
+
+    for key, value in chunk:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, partition=partition, on_delivery=delivered)
+                break
+            except BufferError:  # its queue is full: let it deliver
+                producer.poll(0.1)
+    assert producer.flush(120) == 0 and not failures, failures[:5]
+
+
+def by_partition(lines: list[bytes], partitions: int) -> dict[int, list[tuple[bytes | None, bytes]]]:
+    """Where the aiokafka producer would put each message (Kafka's murmur2 of the key), in order;
+    an unkeyed (malformed) line by its index, the ticks one per partition."""
+    partitioner = DefaultPartitioner()
+    every = list(range(partitions))
+    found: dict[int, list[tuple[bytes | None, bytes]]] = {p: [] for p in every}
+    for index, line in enumerate(lines):
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            event = {}  # a malformed line: sent as it is, unkeyed
+        if not isinstance(event, dict):
+            event = {}
+        if str(event.get("event_id", "")).startswith("tick-"):  # one per source partition
+            found[int(event["event_id"][5:]) % partitions].append((None, line))
+            continue
+        key = event.get("anonymous_id") or event.get("user_id")  # as trackers key: by device
+        if isinstance(key, str):
+            found[partitioner(key.encode(), every, every)].append((key.encode(), line))
+        else:
+            found[index % partitions].append((None, line))
+    return found
+
+
+async def produce(run: Run, lines: list[bytes], compressed_share: float = 0.4) -> Counter[str]:
+    """Send the traffic, each partition in chunks of `CHUNK`: a `compressed_share` of the chunks
+    by librdkafka producers (confluent-kafka), one codec each in turn, the others by aiokafka
+    uncompressed. Returns how many messages each codec carried."""
     producer = AIOKafkaProducer(**kafka_client_options(run.settings), linger_ms=5)
+    others = {codec: librdkafka_producer(run, codec) for codec in CODECS}
+    sent: Counter[str] = Counter()
     await producer.start()
     try:
-        for line in lines:
-            try:
-                event = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                event = {}  # a malformed line: sent as it is, unkeyed
-            if not isinstance(event, dict):
-                event = {}
-            if str(event.get("event_id", "")).startswith("tick-"):  # one per source partition
-                partition = int(event["event_id"][5:]) % run.settings.partitions
-                await producer.send(run.source, line, partition=partition)
-                continue
-            key = event.get("anonymous_id") or event.get("user_id")  # as trackers key: by device
-            await producer.send(run.source, line, key=key.encode() if isinstance(key, str) else None)
-        await producer.flush()
+        number = 0
+        for partition, messages in by_partition(lines, run.settings.partitions).items():
+            for start in range(0, len(messages), CHUNK):
+                chunk = messages[start : start + CHUNK]
+                if number % 10 < round(compressed_share * 10):
+                    codec = CODECS[number % len(CODECS)]
+                    await asyncio.to_thread(send_chunk, others[codec], run.source, partition, chunk)
+                else:
+                    codec = "aiokafka"
+                    for key, value in chunk:
+                        await producer.send(run.source, value, key=key, partition=partition)
+                    await producer.flush()
+                sent[codec] += len(chunk)
+                number += 1
     finally:
         await producer.stop()
+    return sent
 
 
 def report(port: int) -> Any:
@@ -150,7 +221,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         calm, crashy = Run(infra, WORKDIR, "calm"), Run(infra, WORKDIR, "crash")
         for run in (calm, crashy):
             await ensure_topics(run.settings)
-            await produce(run, lines)
+            compressed = await produce(run, lines, args.compressed_share)
+        say(f"messages by producer: {dict(compressed)}")
         say("undisturbed run")
         port = free_port()
         started = time.monotonic()
@@ -189,6 +261,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         **({} if equal_reports and equal_outputs else {"differences": differences}),
         "events_requested": args.events,
         "messages": len(lines),  # the simulated lines (events and a few malformed ones) and 8 ticks
+        "messages_by_producer": dict(compressed),
+        "librdkafka_version": confluent_kafka.libversion()[0],
         "kills": len(kills),
         "kill_times_s": kills,
         "undisturbed_s": round(calm_seconds),
@@ -207,6 +281,12 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--max-gap-s", type=float, default=12.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--compressed-share",
+        type=float,
+        default=0.4,
+        help="share of the input sent by librdkafka, compressed",
+    )
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     RESULTS.mkdir(exist_ok=True)

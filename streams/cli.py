@@ -13,7 +13,7 @@ from streams.core.config.loader import ConfigError, load_config
 from streams.core.config.matching import CompiledConfig, compile_config
 from streams.core.config.model import FunnelConfig
 from streams.logging_setup import setup_logging
-from streams.settings import DEFAULT_FUNNELS, Settings, SettingsError, load_settings
+from streams.settings import Settings, SettingsError, load_settings
 
 
 def _fail(message: str) -> NoReturn:
@@ -58,8 +58,26 @@ def check_config(path: Path) -> None:
     config = _config(path)
     click.echo(
         f"{path}: OK ({len(config.goals)} goals, {len(config.funnels)} funnels, "
-        f"{len(config.micro)} micro, {len(config.alerts)} alerts)"
+        f"{len(config.micro)} micro, {len(config.alerts)} alerts, {len(config.experiments)} experiments)"
     )
+
+
+@main.command("diff-config")
+@click.argument("old", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("new", type=click.Path(dir_okay=False, path_type=Path))
+def diff_config(old: Path, new: Path) -> None:
+    """What a restart from state written under OLD does under NEW: per funnel, goal, micro, alert
+    and experiment, unchanged, compatible (in-flight attempts continue) or incompatible (they end
+    with definition_changed), and what happens to its counters and baselines. Exit 0 when
+    nothing is incompatible, 1 otherwise, 2 on a bad file."""
+    from streams.core.config.versions import diff_configs
+
+    changes = diff_configs(_config(old), _config(new))
+    for change in changes:
+        click.echo(change.line())
+    incompatible = [c for c in changes if c.incompatible]
+    click.echo(f"{len(incompatible)} incompatible of {len(changes)}", err=True)
+    sys.exit(1 if incompatible else 0)
 
 
 @main.command()
@@ -67,9 +85,8 @@ def check_config(path: Path) -> None:
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_FUNNELS,
-    show_default=True,
-    help="Funnel configuration (YAML).",
+    default=None,
+    help="Funnel configuration (YAML); default: CONVERSIONS_FUNNELS or the example.",
 )
 @click.option(
     "--input",
@@ -103,20 +120,46 @@ def check_config(path: Path) -> None:
     help="Processes, each for its share of the people; with more than one, the outputs are "
     "written sorted by event time, then id.",
 )
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Continue the journeys, event time and evaluators saved in this file (created when "
+    "absent) and save them at the end: files processed one after the other give the outputs "
+    "of one run over all of them. One process only.",
+)
 def process(
-    config_path: Path,
+    config_path: Path | None,
     input_path: str,
     partitions: int | None,
     flush: bool,
     progress: bool | None,
     workers: int,
+    state_path: Path | None,
 ) -> None:
     """Run the engine over a file, with no Kafka, and write every output as NDJSON to stdout."""
     from streams.offline.run import OfflineRun, open_input
+    from streams.offline.state import StateFileError, read, restore, write
     from streams.progress import line_progress
 
-    config = compile_config(_config(config_path))
     settings = _settings()
+    config = compile_config(_config(config_path or settings.funnels))
+    payload = None
+    if state_path is not None:
+        if workers > 1:
+            _fail("--state runs in one process: leave out --workers")
+        try:
+            payload = read(state_path)
+        except StateFileError as exc:
+            _fail(str(exc))
+    if input_path != "-" and not Path(input_path).is_file():
+        _fail(f"--input {input_path}: no such file (give an NDJSON file, or - for stdin)")
+    if input_path == "-" and sys.stdin.isatty():
+        click.echo(
+            "reading events from stdin (NDJSON, one per line; Ctrl-D ends); --input FILE reads a file",
+            err=True,
+        )
     latest_ms = settings.latest_accepted_ms()
     if workers > 1:
         from streams.offline.parallel import Job, run_parallel
@@ -134,6 +177,7 @@ def process(
         )
         totals = run_parallel(job, sys.stdout.buffer)
         counts = (totals.lines, totals.events, totals.rejected)
+        unknown = totals.unknown_fields
     else:
         run = OfflineRun(
             config,
@@ -143,19 +187,54 @@ def process(
             latest_ms=latest_ms,
             max_batch_events=settings.max_batch_events,
         )
+        known: list[Any] = []
+        if payload is not None:
+            resumed, known = restore(run, payload)
+            for change in resumed.changes:
+                if change.status != "unchanged":
+                    click.echo(f"since the state was saved: {change.line()}", err=True)
+            sys.stdout.buffer.write(b"".join(output.to_json() + b"\n" for output in resumed.outputs))
         show = sys.stderr.isatty() if progress is None else progress
         with open_input(input_path) as stream, line_progress(stream, input_path, show) as lines:
             run.write(lines, sys.stdout.buffer, flush=flush)
+        if state_path is not None:
+            write(state_path, run, known)
+            if flush:
+                click.echo(
+                    f"--flush: every open session and attempt was closed; {state_path} holds them "
+                    "closed (a later run does not continue them)",
+                    err=True,
+                )
         counts = (run.lines, run.events, run.rejected)
+        unknown = run.unknown_fields
     sys.stdout.buffer.flush()
     click.echo("{} lines, {} events, {} rejected".format(*counts), err=True)
+    if unknown:
+        named = ", ".join(f"{name!a} ({count})" for name, count in sorted(unknown.items())[:20])
+        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+        click.echo(f"fields the contract does not have, ignored: {named}{more}", err=True)
+
+
+_partitions = click.option(
+    "--partitions",
+    type=int,
+    default=None,
+    help="Partitions of the internal and output topics (default: CONVERSIONS_PARTITIONS, 4).",
+)
+_app_id = click.option(
+    "--app-id",
+    default=None,
+    help="Consumer groups, changelog and counter keys are named after it (default: CONVERSIONS_APP_ID).",
+)
 
 
 @main.command()
 @_worker_funnels
-@click.option("--partitions", type=int, default=None)
-@click.option("--web-port", type=int, default=None)
-@click.option("--app-id", default=None)
+@_partitions
+@click.option(
+    "--web-port", type=int, default=None, help="The web server's port (default: CONVERSIONS_WEB_PORT)."
+)
+@_app_id
 def worker(funnels: Path | None, partitions: int | None, web_port: int | None, app_id: str | None) -> None:
     """Run a worker against KAFKA_BOOTSTRAP_SERVERS (see `conversions demo` for a local one)."""
     settings = _settings(funnels=funnels, partitions=partitions, web_port=web_port, app_id=app_id)
@@ -173,8 +252,8 @@ def worker(funnels: Path | None, partitions: int | None, web_port: int | None, a
 
 @main.command()
 @_worker_funnels
-@click.option("--partitions", type=int, default=None)
-@click.option("--app-id", default=None)
+@_partitions
+@_app_id
 @click.option(
     "--metrics-port",
     type=click.IntRange(min=0, max=65535),
@@ -220,10 +299,37 @@ def schemas(check: bool) -> None:
         click.echo(f"wrote {path}")
 
 
+@main.command("docs-reference")
+@click.option("--check", is_flag=True, help="Exit 1 if a committed reference page differs from the code.")
+def docs_reference(check: bool) -> None:
+    """Write the docs site's generated reference pages (docs/reference/) from the code."""
+    from streams.tools import docs_reference as reference
+
+    if check:
+        drifted = reference.drift(main)
+        if drifted:
+            click.secho(
+                f"docs reference out of date: {', '.join(drifted)} (run `conversions docs-reference`)",
+                fg="red",
+                err=True,
+            )
+            sys.exit(1)
+        click.echo("docs reference up to date")
+        return
+    for path in reference.write(main):
+        click.echo(f"wrote {path}")
+
+
 @main.command()
-@click.option("--users", type=int, default=1_000, show_default=True)
-@click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--days", type=float, default=7.0, show_default=True)
+@click.option("--users", type=int, default=1_000, show_default=True, help="People visiting the shop.")
+@click.option(
+    "--seed",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Random seed: one seed, one traffic.",
+)
+@click.option("--days", type=float, default=7.0, show_default=True, help="Simulated days of history.")
 @click.option(
     "--bad-rate", type=float, default=0.0, show_default=True, help="Share of extra malformed events mixed in."
 )
@@ -327,7 +433,8 @@ def report(
     experiment: str | None,
     as_json: bool,
 ) -> None:
-    """A funnel's step counts and rates, or an experiment's decision, from the Redis counters."""
+    """A funnel's step counts and rates, or an experiment's decision, from the Redis counters:
+    needs REDIS_URL (the workers' Redis) and the workers' CONVERSIONS_APP_ID and funnels."""
     import asyncio
     from datetime import datetime
 
@@ -480,18 +587,20 @@ def infra(redis_cluster: bool) -> None:
     import contextlib
     import time
 
-    from streams.tools.infra import InfraError, LocalInfra
+    from streams.tools.infra import InfraError, LocalInfra, stopped_by_signals
     from streams.tools.redis_cluster import LocalRedisCluster
 
     setup_logging("INFO")
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(stopped_by_signals())
             cluster = stack.enter_context(LocalRedisCluster()) if redis_cluster else None
             local = stack.enter_context(LocalInfra(redis_url=cluster.url if cluster else None))
             redis_url = cluster.url if cluster else local.redis_url
             addresses = {"KAFKA_BOOTSTRAP_SERVERS": local.kafka_bootstrap, "REDIS_URL": redis_url}
             click.echo(orjson.dumps(addresses).decode())
             click.echo(f"export KAFKA_BOOTSTRAP_SERVERS={local.kafka_bootstrap} REDIS_URL={redis_url}")
+            sys.stdout.flush()
             try:
                 while True:
                     time.sleep(3600)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+UNKNOWN_FIELD_LABELS = 20
+"""Field names come from producers: only this many get a series of their own."""
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -20,6 +23,14 @@ class Metrics:
             ["format"],
             registry=r,
         )
+        self.unknown_fields = Counter(
+            "conversions_unknown_fields",
+            "Top-level fields the contract does not have, in valid events (ignored), by name: the first "
+            f"{UNKNOWN_FIELD_LABELS} names seen, the others as `(other)`",
+            ["field"],
+            registry=r,
+        )
+        self._unknown_field_labels: set[str] = set()
         self.counter_messages = Counter(
             "conversions_counter_messages", "Output messages seen by the counters", ["result"], registry=r
         )
@@ -68,3 +79,18 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def count_unknown_fields(self, fields: dict[str, int]) -> list[str]:
+        """Counts each unknown field; returns the names given a series for the first time (to log
+        once), so a producer can neither add series nor log lines without bound."""
+        new = []
+        for name, count in fields.items():
+            if (
+                name not in self._unknown_field_labels
+                and len(self._unknown_field_labels) < UNKNOWN_FIELD_LABELS
+            ):
+                self._unknown_field_labels.add(name)
+                new.append(name)
+            label = name if name in self._unknown_field_labels else "(other)"
+            self.unknown_fields.labels(label).inc(count)
+        return new

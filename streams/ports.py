@@ -54,8 +54,16 @@ class CounterReader(Protocol):
 
     async def recent_macros(self) -> list[dict[str, Any]]: ...
 
+    async def funnel_versions(self, funnel: str) -> dict[str, int]:
+        """The funnel's versions with counters kept, newest first, with their latest event time."""
+
     async def funnel_report(
-        self, funnel: CompiledFunnel, start_ms: int, end_ms: int, by: str | None = None
+        self,
+        funnel: CompiledFunnel,
+        start_ms: int,
+        end_ms: int,
+        by: str | None = None,
+        version: str | None = None,
     ) -> FunnelReport: ...
 
     async def goals_report(self, goals: list[str], start_ms: int, end_ms: int) -> dict[str, Any]: ...

@@ -1,7 +1,9 @@
 """JSON Schemas generated from the pydantic models: the authoritative form of the contract, and
 beside them a copy of the example configuration shipped in the package (`streams.examples`) and
 an AsyncAPI 3.0 document of every topic (`asyncapi.yaml`: address, key, headers and message
-schema, the payloads from the same models), for the services that consume the topics.
+schema, the payloads from the same models), for the services that consume the topics, and an
+OpenAPI 3.1 document of the HTTP API (`openapi.yaml`: the worker's read-only endpoints and the
+collector's; tests/docs/test_http_api.py holds its paths to the routes the servers register).
 
 A development command: the schemas live in the repository's `schemas/`, not in the package."""
 
@@ -22,6 +24,7 @@ from streams.core.records.outputs import (
     OUTPUT_MODELS,
     Alert,
     AnyOutput,
+    Carried,
     DeadLetter,
     Dropoff,
     ExperimentUpdate,
@@ -57,10 +60,12 @@ def generated() -> dict[str, bytes]:
     }
     out[EXAMPLE] = FUNNELS.read_bytes()  # a copy: the package's is the one to edit
     out[ASYNCAPI] = yaml.safe_dump(asyncapi(), sort_keys=False, allow_unicode=True, width=100).encode()
+    out[OPENAPI] = yaml.safe_dump(openapi(), sort_keys=False, allow_unicode=True, width=100).encode()
     return out
 
 
 ASYNCAPI = "asyncapi.yaml"
+OPENAPI = "openapi.yaml"
 WATERMARK_HEADER = "conversions-watermark"
 """`kafka.headers.WATERMARK_HEADER`, spelt out: this leaf does not import the Kafka room (the
 tests hold the two equal, and the topic names below to the settings' defaults)."""
@@ -115,10 +120,11 @@ _TOPICS: list[tuple[str, str, list[str], dict[str, Any] | None, dict[str, Any] |
     (
         "funnel.dropoffs",
         "topic_dropoffs",
-        ["Dropoff", "Stalled"],
+        ["Dropoff", "Stalled", "Carried"],
         IDENTITY_KEY,
         WATERMARK,
-        "An attempt that ended without its goal, and the non-final stalled signal (by `type`).",
+        "An attempt that ended without its goal, and the non-final stalled and carried (over to a new "
+        "funnel version) signals (by `type`).",
     ),
     (
         "funnel.alerts",
@@ -166,6 +172,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "MacroConversion": MacroConversion,
     "Dropoff": Dropoff,
     "Stalled": Stalled,
+    "Carried": Carried,
     "Alert": Alert,
     "SessionSummary": SessionSummary,
     "IdentityLink": IdentityLink,
@@ -281,6 +288,257 @@ def asyncapi() -> dict[str, Any]:
         "channels": channels,
         "operations": operations,
         "components": {"messages": messages, "schemas": _components()},
+    }
+
+
+# The HTTP API. A parameter: (name, where, description, required); `window`, `start` and `end` are
+# shared by every counters view.
+Param = tuple[str, str, str, bool]
+_WINDOW: list[Param] = [
+    ("window", "query", "How far back from the end: a duration (5m, 1h, 7d).", False),
+    ("start", "query", "Start of the window, RFC 3339 or epoch ms (instead of window).", False),
+    (
+        "end",
+        "query",
+        "End of the window, RFC 3339 or epoch ms (default: the latest event time counted).",
+        False,
+    ),
+]
+_FUNNEL: Param = ("name", "path", "A funnel of the configuration (404 otherwise).", True)
+_COUNTERS = {
+    "200": "the view, as JSON",
+    "400": "an unknown or invalid parameter, with what to change",
+    "404": "an unknown funnel",
+    "503": "Redis is unavailable (the counters wait for it)",
+}
+# (server, method, path, summary, parameters, responses)
+HTTP_ROUTES: list[tuple[str, str, str, str, list[Param], dict[str, str]]] = [
+    (
+        "worker",
+        "get",
+        "/funnels",
+        "Every funnel and the goals over the window.",
+        _WINDOW,
+        _COUNTERS,
+    ),
+    (
+        "worker",
+        "get",
+        "/funnels/{name}",
+        "A funnel's steps: entered, unique users, rate from the previous step, overall rate, dropped (by "
+        "reason), stalled; per breakdown value with `by`.",
+        [_FUNNEL, *_WINDOW, ("by", "query", "One of the funnel's breakdowns, e.g. context.platform.", False)],
+        _COUNTERS,
+    ),
+    (
+        "worker",
+        "get",
+        "/funnels/{name}/series",
+        "A step's rate from the step before per bucket, and what its alert rule judges at each bucket's "
+        "end (rate over its window, baseline, frozen or not, thresholds) with its fired and resolved marks.",
+        [
+            _FUNNEL,
+            *_WINDOW,
+            (
+                "step",
+                "query",
+                "The step (default: the first step an alert rule judges, else the second).",
+                False,
+            ),
+            ("by", "query", "A breakdown of the funnel; needs `value`.", False),
+            ("value", "query", "The breakdown value to follow.", False),
+            (
+                "bucket",
+                "query",
+                "Bucket size, a multiple of the counters' bucket (default: ~100 buckets).",
+                False,
+            ),
+        ],
+        _COUNTERS,
+    ),
+    (
+        "worker",
+        "get",
+        "/funnels/{name}/progress",
+        "The attempts that opened in the window, per step: entered, went on, dropped (by reason), in "
+        "progress, the rate so far, the rate of the closed ones and the projected rate.",
+        [_FUNNEL, *_WINDOW],
+        _COUNTERS,
+    ),
+    (
+        "worker",
+        "get",
+        "/funnels/{name}/time-to-convert",
+        "Per step after the first: count, mean, median, p90 and the histogram of the time from the "
+        "attempt's first step.",
+        [_FUNNEL, *_WINDOW],
+        _COUNTERS,
+    ),
+    (
+        "worker",
+        "get",
+        "/channels",
+        "Per channel or landing page (and visitor type): sessions, converting sessions, conversion rate, "
+        "conversions, value, decision time, microconversions, micro/macro ratio, and the totals.",
+        [
+            *_WINDOW,
+            ("dimension", "query", "channel (default) or landing_page.", False),
+            ("goal", "query", "The goal counted (default: the first).", False),
+            ("split", "query", "visitor_type: split each row into new and returning visitors.", False),
+            ("sort", "query", "The column to sort by (default: sessions).", False),
+            ("order", "query", "desc (default) or asc.", False),
+            ("limit", "query", "Rows, 1 to 500 (default 50).", False),
+        ],
+        _COUNTERS,
+    ),
+    (
+        "worker",
+        "get",
+        "/goals",
+        "Goal counts, unique users, value, average decision time and histogram, by channel and landing "
+        "page, the micro/macro ratio, sessions.",
+        _WINDOW,
+        _COUNTERS,
+    ),
+    (
+        "worker",
+        "get",
+        "/live",
+        "What the dashboard shows, in one request: every funnel (the chosen one broken down), goals, the "
+        "20 latest macroconversions, alerts.",
+        [
+            *_WINDOW,
+            ("funnel", "query", "The funnel to break down.", False),
+            ("by", "query", "The breakdown.", False),
+        ],
+        _COUNTERS,
+    ),
+    (
+        "worker",
+        "get",
+        "/alerts",
+        "The alerts firing now and the latest alert changes.",
+        [],
+        {"200": "the alerts, as JSON"},
+    ),
+    (
+        "worker",
+        "get",
+        "/experiments",
+        "Every experiment (or one), live: per variant entered, each step, rate with interval, lift, "
+        "always-valid p-value and confidence sequence, decision; the latest decision changes.",
+        [
+            ("name", "query", "One experiment (404 if the configuration has none of that name).", False),
+            ("funnel", "query", "The experiments of one funnel (404 for an unknown funnel).", False),
+        ],
+        {"200": "the experiments, as JSON", "400": "an unknown parameter", "404": "an unknown name"},
+    ),
+    ("worker", "get", "/", "The live dashboard (HTML).", [], {"200": "the page"}),
+    (
+        "worker",
+        "get",
+        "/dashboard/{name}",
+        "The dashboard's static files (script, style sheet).",
+        [("name", "path", "A file of streams/web/dashboard/.", True)],
+        {"200": "the file", "404": "no such file"},
+    ),
+    (
+        "worker",
+        "get",
+        "/metrics",
+        "Prometheus metrics of the worker (CONVERSIONS_METRICS_TOKEN, else the web token, or public with "
+        "CONVERSIONS_METRICS_PUBLIC=true).",
+        [],
+        {"200": "the metrics, in Prometheus' text format"},
+    ),
+    (
+        "worker",
+        "get",
+        "/login",
+        "The sign-in form, served by the access middleware when CONVERSIONS_WEB_TOKEN is set (303 to / "
+        "without a token).",
+        [],
+        {"200": "the form", "303": "no token is needed"},
+    ),
+    (
+        "worker",
+        "post",
+        "/login",
+        "Sign in with the form's `token`: sets the session cookie (HttpOnly, SameSite=Strict).",
+        [],
+        {"303": "signed in, to /", "401": "not the token"},
+    ),
+    (
+        "collector",
+        "post",
+        "/v1/{call}",
+        "A Segment HTTP API call (track, page, screen, identify, alias, group, or their one-letter "
+        "forms; batch, b, import): answered 200 once the broker acknowledged every record.",
+        [("call", "path", "The call, as Segment's HTTP API and analytics.js name it.", True)],
+        {
+            "200": '{"success": true}',
+            "400": "a body that is not a Segment message, with the reason",
+            "401": "a missing or unknown write key (when write keys are set)",
+            "413": "a body over the limit",
+            "503": "the broker is not reachable or did not acknowledge (Retry-After)",
+        },
+    ),
+    (
+        "collector",
+        "options",
+        "/v1/{call}",
+        "CORS preflight for the allowed origins (CONVERSIONS_COLLECTOR_ALLOWED_ORIGINS).",
+        [("call", "path", "As for POST.", True)],
+        {"204": "allowed", "403": "origin not allowed"},
+    ),
+]
+_SECURITY = {"bearer": {"type": "http", "scheme": "bearer"}}
+
+
+def openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the worker's web server and the collector (`HTTP_ROUTES`)."""
+    paths: dict[str, Any] = {}
+    for server, method, path, summary, params, responses in HTTP_ROUTES:
+        operation: dict[str, Any] = {
+            "tags": [server],
+            "summary": summary,
+            "responses": {code: {"description": text} for code, text in responses.items()},
+        }
+        if params:
+            operation["parameters"] = [
+                {
+                    "name": name,
+                    "in": where,
+                    "required": required,
+                    "description": text,
+                    "schema": {"type": "string"},
+                }
+                for name, where, text, required in params
+            ]
+        if server == "collector":
+            operation["servers"] = [
+                {"url": "http://127.0.0.1:6067", "description": "CONVERSIONS_COLLECTOR_*"}
+            ]
+        elif path != "/login":
+            operation["security"] = [{}, {"bearer": []}]
+        paths.setdefault(path, {})[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Conversion Streams HTTP API",
+            "version": version("conversion-streams"),
+            "description": "The worker's read-only web server (CONVERSIONS_WEB_HOST/PORT; every route needs "
+            "CONVERSIONS_WEB_TOKEN when it is set) and the Segment-compatible collector "
+            "(CONVERSIONS_COLLECTOR_ENABLED). Generated by `conversions schemas`.",
+            "license": {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"},
+        },
+        "servers": [{"url": "http://127.0.0.1:6066", "description": "the worker (CONVERSIONS_WEB_*)"}],
+        "tags": [
+            {"name": "worker", "description": "the worker's web server"},
+            {"name": "collector", "description": "the Segment-compatible collector, on its own port"},
+        ],
+        "paths": paths,
+        "components": {"securitySchemes": _SECURITY},
     }
 
 

@@ -45,95 +45,174 @@ class SettingsError(ConversionsError, ValueError):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, populate_by_name=True
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        # each field's docstring is its description: docs/reference/settings.md is generated from them
+        use_attribute_docstrings=True,
     )
 
     # Kafka: None means "start the embedded local broker" (demo, tests)
     kafka_bootstrap_servers: str | None = _env("KAFKA_BOOTSTRAP_SERVERS")
+    """The brokers, `host:port[,host:port]`. Unset: the demo and the tests start a local broker
+    (Tansu); the worker refuses to start."""
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = _env(
         "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"
     )
+    """How every Kafka client connects: TLS (`SSL`, `SASL_SSL`) and SASL authentication."""
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = _env(
         "KAFKA_SASL_MECHANISM"
     )
+    """The SASL mechanism; required with a SASL security protocol."""
     kafka_sasl_username: str | None = _env("KAFKA_SASL_USERNAME")
+    """The SASL user; required with a SASL security protocol."""
     kafka_sasl_password: SecretStr | None = _env("KAFKA_SASL_PASSWORD")
+    """The SASL password (masked in logs)."""
     kafka_ssl_cafile: Path | None = _env("KAFKA_SSL_CAFILE")
+    """CA bundle that signs the brokers' certificates (default: the system's)."""
     kafka_ssl_certfile: Path | None = _env("KAFKA_SSL_CERTFILE")
+    """Client certificate, for brokers that authenticate clients by TLS."""
     kafka_ssl_keyfile: Path | None = _env("KAFKA_SSL_KEYFILE")
+    """The client certificate's private key."""
 
-    # Redis: None means "start the embedded local redis-server"
     redis_url: SecretStr | None = _env("REDIS_URL")
+    """The counters' Redis: `redis://` or `rediss://` (TLS), with ACL user and password;
+    `redis+cluster://host:port[,host:port]` (`rediss+cluster://`) for a Redis Cluster. Unset: the
+    demo and the tests start a local redis-server."""
 
     app_id: str = Field(default="conversions", pattern=r"^[A-Za-z0-9._-]+$")
+    """Names the consumer groups (`<app_id>`, `<app_id>-ingest`, `<app_id>-counters`), the
+    journeys changelog topic and the counters' keys. Workers with the same id share the work."""
     funnels: Path = DEFAULT_FUNNELS
+    """The funnel configuration (YAML) of `worker`, `counters`, `process` and `report`."""
     topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
+    """Prefixed to every topic name below."""
     topic_clickstream: Annotated[list[str], NoDecode] = ["clickstream"]
+    """The input topics, comma separated."""
     topic_events: str = "clickstream.events"
+    """Internal: ingest's repartitioned events (by identity)."""
     topic_micro: str = "conversions.micro"
+    """Output: milestone and secondary microconversions."""
     topic_macro: str = "conversions.macro"
+    """Output: macroconversions (goals reached)."""
     topic_dropoffs: str = "funnel.dropoffs"
+    """Output: drop-offs and stalled signals."""
     topic_alerts: str = "funnel.alerts"
+    """Output: alerts fired and resolved."""
     topic_sessions: str = "journeys.sessions"
+    """Output: closed sessions."""
     topic_identities: str = "journeys.identities"
+    """Output: identity links and refusals."""
     topic_experiments: str = "conversions.experiments"
+    """Output: experiments' state at each decision change."""
     topic_deadletter: str = "clickstream.deadletter"
+    """Output: every input that could not be used, with the reason."""
     partitions: int = Field(default=4, ge=1, le=1024)
+    """Partitions of the internal and output topics and of the journeys table (how many workers
+    can share the work); fixed once the topics exist."""
     replication_factor: int = Field(default=1, ge=1, le=10)
+    """Replication factor of the topics the worker creates."""
     create_topics: bool = True
+    """Create missing topics at start (`false`: they must exist; `conversions topics` creates them)."""
 
     max_message_bytes: int = Field(default=1_000_000, ge=1_024)
-    output_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    """Larger input messages are dead-lettered (`too_large`)."""
+    output_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "gzip"
     """Codec of the record batches the engine writes (outputs, repartitioned events, changelog).
-    Every codec is read whatever this says; `make bench` measures each (bench/README)."""
+    Every codec is read whatever this says. gzip by default, from `python -m bench.compression`
+    (bench/results/compression.json): the outputs take 6.1x fewer bytes than uncompressed
+    (zstd 6.0x, lz4 4.5x, snappy 3.9x) at no throughput or CPU cost measurable beside the noise
+    (203-219 us of worker CPU per event for every codec), and gzip is the one codec every Kafka
+    client reads without an optional library (aiokafka without cramjam reads gzip only)."""
     max_batch_events: int = Field(default=10_000, ge=1)
-    # events stamped further than this ahead of the wall clock are dead-lettered
+    """Events one input message (a collector's batch) may hold; more is dead-lettered."""
     max_future_skew_s: int = Field(default=3_600, ge=0)
+    """Events stamped further ahead of the wall clock are dead-lettered (`future_timestamp`): one
+    wrong client clock would otherwise move event time on and close everyone's sessions."""
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    """`exactly_once` uses Kafka transactions (real Kafka only; Tansu has none). Outputs carry
+    deterministic ids either way."""
     rebalance_timeout_s: float = Field(default=60.0, gt=0)
+    """The consumer groups' rebalance timeout; keep it at a few seconds on Tansu (every group
+    join waits for it)."""
     session_timeout_s: float = Field(default=60.0, gt=0)
+    """The consumer groups' session timeout: a worker silent this long loses its partitions."""
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
+    """The consumer groups' heartbeat interval."""
     commit_interval_s: float = Field(default=2.0, gt=0)
+    """How often Faust and the ingest consumer commit their input offsets, each after the producer
+    has delivered what was sent; a restart re-reads at most this much input, which the journeys
+    skip by source offset."""
     commit_every: int = Field(default=10_000, ge=1)
     """Also commit after this many messages, whatever the interval."""
     max_poll_records: int | None = Field(default=None, ge=1)
+    """Faust's `broker_max_poll_records` (unset: Faust's default)."""
     agent_batch_messages: int = Field(default=1_000, ge=1)
-    """The agents take up to this many messages at a time: decoded, applied and written as one run."""
+    """Ingest and the journeys agent each take up to this many messages at a time and handle them
+    as one run: one repartition message per source and partition, one changelog write per journey
+    changed."""
     agent_batch_window_s: float = Field(default=0.05, gt=0, le=5)
     """...waiting at most this long for them (latency added per hop when traffic is light)."""
+    ingest_isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
+    """How ingest reads the clickstream: `read_committed` never reads the records of a
+    transactional producer's aborted transactions (Kafka Connect, Flink or Kafka Streams sinks
+    with exactly-once), nor those of open transactions until they commit."""
     fetch_max_wait_ms: int = Field(default=100, ge=1, le=60_000)
     """How long a fetch may wait on the broker for data. Some brokers (Tansu) answer an empty
-    fetch only at this deadline, however soon data arrives, which adds up to it to every hop."""
+    fetch only at this deadline, however soon data arrives, which adds up to it to every hop
+    (Faust's fixed 1500 ms put up to 0.44 s on every hop there); on Kafka, lower only means more
+    idle fetches."""
     counters_enabled: bool = True
+    """Apply the outputs to the Redis counters in the worker (`false` when `conversions counters`
+    processes do it)."""
     counters_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+$")
     """Consumer group of the counters (default `<app_id>-counters`); a new one re-reads every
     output, which the applied offsets kept in Redis then skip."""
     counter_bucket_s: int = Field(default=60, ge=1, le=86_400)
+    """The counters' finest event-time bucket (hour and day rollups are kept too)."""
     counter_ttl_s: int = Field(default=8 * 86_400, ge=60)
+    """How long counter keys live."""
     counter_dedupe_s: int = Field(default=3_600, ge=60)
+    """How long the counters remember output ids (a repeated output is counted once)."""
     counter_batch_size: int = Field(default=2_000, ge=1)
+    """Output messages the counters apply to Redis in one batch, at most."""
     counter_batch_window_s: float = Field(default=0.25, gt=0)
-    """The counters apply up to `counter_batch_size` outputs at a time, or what came within this
-    many seconds of a batch's first output: one Redis call per shard and one offset commit for
-    all of them (the counters lag the outputs by up to this)."""
+    """...or what came within this many seconds of a batch's first output: one Redis call per
+    shard and one offset commit for all of them (the counters lag the outputs by up to this)."""
     alert_webhook_url: SecretStr | None = None
     """Alerts are also POSTed here as JSON (by the leader); the URL may hold a token."""
-    # with a key, counters see HMAC-SHA256(key, identity) instead of user and anonymous ids
     pseudonymize_key: SecretStr | None = None
+    """With a key, the counters see HMAC-SHA256(key, identity) instead of user and anonymous ids
+    (unique-user counts stay exact); kept out of logs."""
     alert_webhook_timeout_s: float = Field(default=5.0, gt=0)
+    """How long one webhook POST may take (three tries)."""
     watermark_interval_s: float = Field(default=1.0, gt=0)
+    """How often the watermarks are repeated to journey partitions that get no events, so
+    deadlines fire for idle users."""
     source_idle_s: float = Field(default=10.0, gt=0)
+    """A source partition silent this long stops holding event time back."""
     watermark_refresh_s: float = Field(default=10.0, gt=0)
+    """How often the source partitions' end offsets are refreshed for the idle check."""
     table_store: str = "memory://"
+    """The journeys store: `memory://` (rebuilt from the changelog at start) or `rocksdb://` (on
+    disk under `CONVERSIONS_DATA_DIR`, the production option)."""
     table_standby_replicas: int = Field(default=0, ge=0)
+    """Workers that keep a warm copy of each journeys partition, for faster failover."""
     data_dir: Path = Path("var/conversions")
+    """Where the worker keeps its files (RocksDB, the demo's logs)."""
 
     web_enabled: bool = True
+    """Serve the dashboard, the JSON API and /metrics."""
     web_host: str = "127.0.0.1"
+    """The web server's address (loopback by default; set a web token beyond it)."""
     web_port: int = Field(default=6066, ge=0, le=65535)
+    """The web server's port."""
     web_token: SecretStr | None = None
-    """When set, every request to the web server needs it: `Authorization: Bearer <token>`, or
-    the cookie that signing in at /login sets. For a dashboard exposed beyond loopback."""
+    """When set (16 characters or more), every request to the web server needs it:
+    `Authorization: Bearer <token>`, or the cookie that signing in at /login sets (an HMAC of the
+    token, HttpOnly, SameSite=Strict); compared in constant time, never logged. For a dashboard
+    exposed beyond loopback."""
     metrics_token: SecretStr | None = None
     """/metrics needs this bearer token instead of the web token (what Prometheus is given)."""
     metrics_public: bool = False
@@ -142,10 +221,12 @@ class Settings(BaseSettings):
     input_format: str = "auto"
     """How the clickstream topics are read: `auto` (each message's format detected), `contract`,
     `segment`, `snowplow`, or per topic: `clickstream=segment,snowplow-enriched=snowplow`."""
-    # the Segment-compatible collector (streams/collector), off unless asked for
     collector_enabled: bool = False
+    """Run the Segment-compatible collector (streams/collector) in the worker, on its own port."""
     collector_host: str = "127.0.0.1"
+    """The collector's address; beyond loopback it needs write keys."""
     collector_port: int = Field(default=6067, ge=0, le=65535)
+    """The collector's port."""
     collector_write_keys: Annotated[list[SecretStr], NoDecode] = []
     """Accepted write keys, comma separated; none accepts any request (loopback only)."""
     collector_allowed_origins: Annotated[list[str], NoDecode] = ["*"]
@@ -155,6 +236,7 @@ class Settings(BaseSettings):
     collector_send_timeout_s: float = Field(default=10.0, gt=0, le=300)
     """How long a request waits for the broker's acknowledgement before answering 503."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """The log level of the worker and the commands."""
 
     @field_validator("topic_clickstream", "collector_write_keys", "collector_allowed_origins", mode="before")
     @classmethod
@@ -224,6 +306,7 @@ class Settings(BaseSettings):
             "macro": self.topic(self.topic_macro),
             "dropoff": self.topic(self.topic_dropoffs),
             "stalled": self.topic(self.topic_dropoffs),
+            "carried": self.topic(self.topic_dropoffs),
             "alert": self.topic(self.topic_alerts),
             "experiment": self.topic(self.topic_experiments),
             "session": self.topic(self.topic_sessions),

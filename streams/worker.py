@@ -45,7 +45,7 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
         store = redis_counter_store(settings)
     if store is not None:
         if settings.counters_enabled:
-            counting = Counting(settings, config, conversions.metrics, store)
+            counting = Counting(settings, config, conversions.metrics, store, publisher=conversions)
             conversions.run_alongside("counters", counting.run, counting.close)
         else:
             log.info(

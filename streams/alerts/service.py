@@ -38,6 +38,7 @@ from streams.core.measures.experiments import MINUTE_MS, ExperimentEvaluator
 from streams.core.records.outputs import Alert, ExperimentUpdate
 from streams.kafka.clients import new_consumer, start_with_retry
 from streams.kafka.headers import WATERMARK_HEADER
+from streams.kafka.undecodable import GuardedConsumer, SkippedBatches, undecodable
 from streams.metrics import Metrics
 from streams.ports import LeaderCheck, Publisher, Stopping
 from streams.settings import Settings
@@ -72,6 +73,7 @@ class Alerting:
             if url is not None
             else None
         )
+        self._skipped = SkippedBatches("alerts", metrics, publisher)
         self._watermarks: dict[int, int] = {}
         self._heard_at: dict[int, float] = {}
         self.firing: dict[tuple[str, str, str], Alert] = {}
@@ -90,7 +92,7 @@ class Alerting:
         return min(active) if active else max(self._watermarks.values())
 
     async def run(self, stopping: Stopping) -> None:
-        consumer = self._kafka = new_consumer(self.settings)
+        consumer = self._kafka = new_consumer(self.settings, cls=GuardedConsumer)
         if not await start_with_retry(consumer, "alerts", stopping):
             return
         partitions = [TopicPartition(self.topic, p) for p in range(self.settings.partitions)]
@@ -108,6 +110,11 @@ class Alerting:
             now = time.monotonic()
             for tp, messages in batch.items():
                 for message in messages:
+                    skipped = undecodable(message)
+                    if skipped is not None:  # every worker reads it: the leader reports it
+                        if self._leader.is_leader():
+                            await self._skipped.report(tp.topic, tp.partition, skipped)
+                        continue
                     output = orjson.loads(message.value or b"{}")
                     for evaluator in evaluators:
                         evaluator.observe(output)

@@ -111,10 +111,15 @@ class Collector:
         """True once the producer has reached the broker."""
         return self._producer is not None
 
-    async def start(self) -> None:
+    def application(self) -> web.Application:
+        """The aiohttp application with the collector's routes (schemas/openapi.yaml lists them)."""
         app = web.Application(client_max_size=self.config.max_request_bytes + 1)
         app.router.add_route("POST", "/v1/{call}", self._post)
         app.router.add_route("OPTIONS", "/v1/{call}", self._preflight)
+        return app
+
+    async def start(self) -> None:
+        app = self.application()
         # bodies are inflated by `accept`, within the request limit, not by aiohttp
         self._runner = web.AppRunner(app, access_log=None, auto_decompress=False)
         await self._runner.setup()

@@ -23,6 +23,7 @@ from streams.core.measures.counters import (
     bucket_of,
     buckets_between,
     cohort_resolutions,
+    counter_name,
     plan_buckets,
     resolutions,
     step_reports,
@@ -80,6 +81,18 @@ class CounterReads:
         """The given fields of each hash (None where missing)."""
         raise NotImplementedError
 
+    async def funnel_versions(self, funnel: str) -> dict[str, int]:
+        """The versions of `funnel` with counters kept, each with the latest event time counted
+        under it (the newest is the current one; the others until their counters expire)."""
+        hashes = await self._hgetall_each([self.prefix(shard) + "fv" for shard in range(self.shards)])
+        versions: dict[str, int] = {}
+        for fields in hashes:
+            for raw, value in fields.items():
+                name, _, version = (raw.decode() if isinstance(raw, bytes) else str(raw)).rpartition("@")
+                if name == funnel:
+                    versions[version] = max(versions.get(version, 0), int(float(value)))
+        return dict(sorted(versions.items(), key=lambda item: -item[1]))
+
     async def latest_event_ms(self) -> int | None:
         latest = await self._hget_each(
             [self.prefix(shard) + "meta" for shard in range(self.shards)], "latest"
@@ -135,17 +148,27 @@ class CounterReads:
         return [[self.prefix(shard) + name.format(b=b) for b in buckets] for shard in range(self.shards)]
 
     async def funnel_report(
-        self, funnel: CompiledFunnel, start_ms: int, end_ms: int, by: str | None = None
+        self,
+        funnel: CompiledFunnel,
+        start_ms: int,
+        end_ms: int,
+        by: str | None = None,
+        version: str | None = None,
     ) -> FunnelReport:
-        fields = await self._sum(self._keys(f"f:{funnel.name}:{{b}}", start_ms, end_ms))
-        uniques = await self._count_unique(
-            {
-                k: self._keys_by_shard(f"u:{funnel.name}:{k}:{{b}}", start_ms, end_ms)
-                for k in range(len(funnel.steps))
-            }
-        )
+        """The funnel's counters of its current version, or of an earlier `version` (its steps
+        then named by the current definition when it has as many, else `#k`)."""
+        name = counter_name(funnel, version)
+        fields = await self._sum(self._keys(f"f:{name}:{{b}}", start_ms, end_ms))
         names = [s.name for s in funnel.steps]
+        if version is not None and version != funnel.version:
+            indexes = [int(key.split(":")[1].split("|")[0]) for key in fields if key.count(":") >= 1]
+            names = [f"#{k}" for k in range(max(indexes, default=-1) + 1)]
+        uniques = await self._count_unique(
+            {k: self._keys_by_shard(f"u:{name}:{k}:{{b}}", start_ms, end_ms) for k in range(len(names))}
+        )
         report = FunnelReport(funnel.name, start_ms, end_ms, step_reports(names, fields, uniques), by=by)
+        report.version = version or funnel.version
+        report.versions = await self.funnel_versions(funnel.name)
         if by is not None:
             for value in breakdown_values(fields, by):
                 report.breakdown[value] = step_reports(names, fields, {}, suffix=f"|{by}={value}")
@@ -164,9 +187,9 @@ class CounterReads:
         buckets = buckets_between(start_ms, end_ms, self.bucket_ms)
         if coarse is not None:
             hours = sorted({bucket_of(b, coarse) for b in buckets})
-            held = await self._read_buckets(funnel.name, coarse, hours)
+            held = await self._read_buckets(counter_name(funnel), coarse, hours)
             buckets = [b for b in buckets if bucket_of(b, coarse) in held]
-        return await self._read_buckets(funnel.name, self.bucket_ms, buckets)
+        return await self._read_buckets(counter_name(funnel), self.bucket_ms, buckets)
 
     async def _read_buckets(self, funnel: str, size: int, buckets: list[int]) -> dict[int, dict[str, float]]:
         out: dict[int, dict[str, float]] = {}

@@ -27,8 +27,9 @@ from streams.core.measures.counters import increments_of, pseudonymizer
 from streams.counters.base import CountedMessage
 from streams.counters.redis_store import REDIS_UNAVAILABLE, CounterStore, apply_with_retry
 from streams.kafka.clients import new_consumer, start_with_retry
+from streams.kafka.undecodable import DeadLetterProducer, GuardedConsumer, SkippedBatches, undecodable
 from streams.metrics import Metrics
-from streams.ports import Stopping
+from streams.ports import Publisher, Stopping
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,15 @@ COUNTED = ("micro", "macro", "dropoff", "session")
 
 class Counting:
     def __init__(
-        self, settings: Settings, config: CompiledConfig, metrics: Metrics, store: CounterStore
+        self,
+        settings: Settings,
+        config: CompiledConfig,
+        metrics: Metrics,
+        store: CounterStore,
+        publisher: Publisher | None = None,
     ) -> None:
+        """`publisher` sends the dead letters of undecodable batches: the worker's pipeline, or
+        (None) a producer of the counters' own, started when one comes."""
         self.settings = settings
         self.config = config
         self.metrics = metrics
@@ -50,12 +58,15 @@ class Counting:
         self._committing = asyncio.Lock()
         self._closing = False
         self.topics = sorted({settings.output_topics[k] for k in COUNTED})
+        self._own_producer = DeadLetterProducer(settings) if publisher is None else None
+        self._skipped = SkippedBatches("counters", metrics, publisher or self._own_producer)
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         s = self.settings
         return new_consumer(
             s,
             *self.topics,
+            cls=GuardedConsumer,
             group_id=s.counters_group or f"{s.app_id}-counters",
             auto_offset_reset="earliest",
             max_poll_records=s.counter_batch_size,
@@ -111,6 +122,8 @@ class Counting:
             async with self._committing:
                 with contextlib.suppress(Exception):
                     await self._kafka.stop()
+        if self._own_producer is not None:
+            await self._own_producer.close()
         await self.store.redis.aclose()
 
     async def _apply(self, batch: dict[Any, list[Any]]) -> None:
@@ -120,6 +133,10 @@ class Counting:
         for tp, messages in batch.items():
             counted = by_shard[tp.partition]
             for message in messages:
+                bad = undecodable(message)
+                if bad is not None:  # its offsets are committed with the batch's
+                    await self._skipped.report(tp.topic, tp.partition, bad)
+                    continue
                 output = orjson.loads(message.value or b"{}")
                 planned = increments_of(output, config, bucket_ms, pseudonym)
                 counted.append(

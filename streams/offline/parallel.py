@@ -46,7 +46,7 @@ import traceback
 from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from typing import Any, BinaryIO
@@ -84,9 +84,10 @@ _MICROSECOND = timedelta(microseconds=1)
 
 Record = tuple[int, str, bytes]
 """An output as the merge sorts it: event time in microseconds, id, JSON."""
-Decoded_block = tuple[int, int, list[tuple[int, list[ClickEvent], list[Rejection]]]]
+Decoded_block = tuple[int, int, list[tuple[int, list[ClickEvent], list[Rejection], bytes | None]]]
 """A block as a worker decoded it: its number, its first line's number, and per line of the
-worker's (by index in the block) its events and the dead letters it owes."""
+worker's (by index in the block) its events, the dead letters it owes, and the line itself when
+it has events (an event the engine refuses is dead-lettered with it)."""
 
 
 class WorkerFailed(ConversionsError, RuntimeError):
@@ -118,6 +119,7 @@ class Totals:
     lines: int = 0
     events: int = 0
     rejected: int = 0
+    unknown_fields: dict[str, int] = field(default_factory=dict)
 
 
 # ---- routing ------------------------------------------------------------------------------
@@ -339,7 +341,7 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router, flags:
     pending: deque[Decoded_block] = deque()
     first = 1  # the line number of the block's first line (one process counts from 1)
     for number, block in enumerate(_blocks(job.path, job.block_lines)):
-        mine: list[tuple[int, list[ClickEvent], list[Rejection]]] = []
+        mine: list[tuple[int, list[ClickEvent], list[Rejection], bytes | None]] = []
         times = array("q", [_NONE]) * len(block)
         for i, line in enumerate(block):
             flag = flags[first + i - 1]
@@ -348,11 +350,15 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router, flags:
                     times[i] = _BLANK
                 continue
             rejects_here = flag == _REJECTS
-            decoded = _decode(line.rstrip(b"\r\n"), job)
+            raw = line.rstrip(b"\r\n")
+            decoded = _decode(raw, job)
             events = [e for e in decoded.events if router.owner(rules.home(e)) == index]
             if events:
                 times[i] = max(e.ts_ms for e in events)
-            mine.append((i, events, decoded.rejects if rejects_here else []))
+            if rejects_here:  # the line's one owner counts what is about the whole line
+                for name, count in decoded.unknown_fields.items():
+                    run.unknown_fields[name] = run.unknown_fields.get(name, 0) + count
+            mine.append((i, events, decoded.rejects if rejects_here else [], raw if events else None))
         conn.send(("times", number, len(block), times.tobytes()))
         pending.append((number, first, mine))
         if len(pending) > job.lookahead:
@@ -368,7 +374,7 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router, flags:
         runs.add(run.flush())
     run.engine.flush()
     runs.spill()
-    conn.send(("done", runs.paths, run.events, run.rejected))
+    conn.send(("done", runs.paths, run.events, run.rejected, run.unknown_fields))
 
 
 def _apply(
@@ -385,7 +391,7 @@ def _apply(
     times = array("q")
     times.frombytes(raw_times)
     micro: list[tuple[int, dict[str, Any]]] = []
-    for i, events, rejects in mine:
+    for i, events, rejects, raw in mine:
         previous = times[i - 1] if i else before
         out = run.apply_line(
             first + i,
@@ -393,6 +399,7 @@ def _apply(
             rejects,
             None if previous == _NONE else previous,
             None if times[i] == _NONE else times[i],
+            raw,
         )
         runs.add(out)
         micro += [
@@ -514,10 +521,12 @@ def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
         conn.send(("final", latest))
     paths: list[str] = []
     for conn in conns:
-        _, runs, events, rejected = _recv(conn)
+        _, runs, events, rejected, unknown = _recv(conn)
         paths += runs
         totals.events += events
         totals.rejected += rejected
+        for name, count in unknown.items():
+            totals.unknown_fields[name] = totals.unknown_fields.get(name, 0) + count
     mine = sorted((_micro_us(o.timestamp), o.id, o.to_json()) for o in judged)
     in_memory = len(paths) * job.run_outputs <= job.merge_in_memory  # an upper bound of the runs' size
     _write_sorted(out, [mine, *(read_run(path) for path in paths)], in_memory)

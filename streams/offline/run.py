@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from streams.core.config.matching import CompiledConfig
-from streams.core.input.deadletter import dead_letter
+from streams.core.input.deadletter import dead_letter, placed
 from streams.core.input.decode import decode_message
 from streams.core.input.event import ClickEvent, from_epoch_ms
 from streams.core.input.rejection import Rejection
@@ -74,6 +74,9 @@ class OfflineRun:
     lines: int = 0
     events: int = 0
     rejected: int = 0
+    """Dead letters written: the lines' rejections and the events the engine refused (late)."""
+    unknown_fields: dict[str, int] = field(default_factory=dict)
+    """Top-level fields the contract does not have, by name, with the events that carried them."""
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.config, self.store, self.partitions, expected_sources=[self.source])
@@ -88,16 +91,19 @@ class OfflineRun:
         self.lines += 1
         if not line.strip():
             return []
+        raw = line.rstrip(b"\r\n")
         decoded = decode_message(
-            line.rstrip(b"\r\n"),
+            raw,
             max_bytes=self.max_message_bytes,
             max_batch=self.max_batch_events,
             latest_ms=self.latest_ms,
         )
+        for name, count in decoded.unknown_fields.items():
+            self.unknown_fields[name] = self.unknown_fields.get(name, 0) + count
         latest = self._latest_ms
         for event in decoded.events:
             latest = event.ts_ms if latest is None or event.ts_ms > latest else latest
-        out = self.apply_line(self.lines, decoded.events, decoded.rejects, self._latest_ms, latest)
+        out = self.apply_line(self.lines, decoded.events, decoded.rejects, self._latest_ms, latest, raw)
         if latest is None:
             return out
         # the fields as they are (what model_dump() would copy): the evaluators only read them
@@ -110,8 +116,10 @@ class OfflineRun:
         rejects: Sequence[Rejection],
         before: int | None,
         after: int | None,
+        raw: bytes | None = None,
     ) -> list[OutputEvent]:
-        """Line number `line`'s dead letters and events, then event time moved to `after`.
+        """Line number `line`'s dead letters and events, then event time moved to `after`;
+        `raw`, the line itself, is what an event the engine refuses is dead-lettered with.
 
         `before` and `after` are the file's event time before and after the line (None until a
         valid event has come). A process given only some of the file's people (`streams.offline.parallel`)
@@ -134,7 +142,14 @@ class OfflineRun:
                 )
         for event in events:
             self.events += 1
-            out.extend(self.engine.process(event))
+            produced = self.engine.process(event)
+            if produced:
+                # the engine refuses some events too (late_event): they are rejected as well
+                refused = sum(1 for output in produced if output.type == "deadletter")
+                if refused:
+                    self.rejected += refused
+                    produced = placed(produced, self.source, None, line, raw)
+                out.extend(produced)
         self._latest_ms = after
         if after is not None:
             out += self._observe(after)

@@ -31,6 +31,8 @@ from streams.core.journeys.engine import Engine
 from streams.core.journeys.markers import partition_of_key
 from streams.core.records.outputs import OutputEvent
 from streams.kafka.headers import WATERMARK_HEADER
+from streams.kafka.source_reader import SourceReader
+from streams.kafka.undecodable import SkippedBatches
 from streams.metrics import Metrics
 from streams.pipeline import stores, transport
 from streams.pipeline.durable_table import DurableTable
@@ -137,7 +139,10 @@ class ConversionsApp:
             home_partition=self.engine.home_partition,
             late_tolerance_ms=config.late_tolerance,
         )
-        self.ingest_consumer = IngestConsumer(settings, self.ingest, self._flush_producer)
+        self.ingest_consumer = IngestConsumer(
+            settings, self.ingest, self._flush_producer, SkippedBatches("ingest", self.metrics, self)
+        )
+        self.source_reader = SourceReader(settings)
         self.journeys = Journeys(
             settings,
             self.engine,
@@ -148,6 +153,7 @@ class ConversionsApp:
             self._dead_letter,
             self._assignment,
             lambda: self.app.assignor,
+            read_source=self.source_reader.read,
         )
         store = self.journeys_table.data
         if isinstance(store, stores.ReadsItsChangelog):
@@ -155,7 +161,7 @@ class ConversionsApp:
             store.partitions_of = self.journeys.changelog_partitions
             store.key_partition = self.state.partition_of
         self.journeys_table.on_recover(self.journeys.rebuild_deadlines)
-        self.run_alongside("ingest", self.ingest_consumer.run, self.ingest_consumer.close)
+        self.run_alongside("ingest", self.ingest_consumer.run, self._close_consumers)
         self.run_alongside("watermarks-now", self.ingest.announce_when_moved, _nothing)
         self.app.agent(self.events_topic, name="journeys")(self._journeys)
         self.every(settings.watermark_interval_s, "watermarks", self.ingest.announce_watermarks)
@@ -169,6 +175,10 @@ class ConversionsApp:
 
     def _ingest_assignment(self) -> Any:
         return self.ingest_consumer.assignment()
+
+    async def _close_consumers(self) -> None:
+        await self.ingest_consumer.close()
+        await self.source_reader.close()
 
     async def _flush_producer(self) -> None:
         await self.app.producer.flush()
@@ -198,6 +208,7 @@ class ConversionsApp:
                 source_offset=message.offset,
                 timestamp=moment,
             )
+            self.metrics.dead_letters.labels(rejection.reason).inc()
             log.debug(
                 "dead-lettered %s:%s@%s: %s",
                 message.topic,

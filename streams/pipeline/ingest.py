@@ -101,6 +101,15 @@ class Ingest:
             )
             if decoded.ignored:  # valid, nothing for the engine: Segment's group calls
                 self.metrics.ignored.labels(decoded.format).inc(decoded.ignored)
+            if decoded.unknown_fields:
+                for name in self.metrics.count_unknown_fields(decoded.unknown_fields):
+                    log.warning(
+                        "events on %s[%d] carry a field the contract does not have, %s: ignored, and "
+                        "counted in conversions_unknown_fields_total (a typo of a contract field?)",
+                        message.topic,
+                        message.partition,
+                        ascii(name),
+                    )
             if decoded.rejects:
                 await self._dead_letter(decoded.rejects, message)
             self.metrics.events_in.inc(len(decoded.events))
@@ -158,6 +167,11 @@ class Ingest:
                 continue
             self._moved.clear()
             await self.announce_watermarks()
+
+    def skipped(self, source: str, next_offset: int) -> None:
+        """Offsets up to `next_offset` of the source were dealt with outside a run (an
+        undecodable batch, dead-lettered)."""
+        self._handled_next[source] = max(self._handled_next.get(source, 0), next_offset)
 
     def carrying(self) -> bool:
         """Whether messages were held back for the next run."""

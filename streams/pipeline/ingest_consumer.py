@@ -33,6 +33,7 @@ from aiokafka.errors import ConsumerStoppedError, KafkaError
 
 from streams.core.input.repartition import source_name
 from streams.kafka.clients import new_consumer, start_with_retry
+from streams.kafka.undecodable import GuardedConsumer, SkippedBatches, undecodable
 from streams.pipeline.ingest import Ingest
 from streams.ports import Stopping
 from streams.settings import Settings
@@ -58,9 +59,16 @@ def ingest_group(settings: Settings) -> str:
 class IngestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
     """Reads the clickstream topics and hands each batch to `Ingest.repartition`."""
 
-    def __init__(self, settings: Settings, ingest: Ingest, flush: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ingest: Ingest,
+        flush: Callable[[], Awaitable[None]],
+        skipped: SkippedBatches,
+    ) -> None:
         self.settings = settings
         self.ingest = ingest
+        self._skipped = skipped  # batches that cannot be decoded: dead-lettered, then passed
         self._flush = flush  # waits until the producer has delivered what was sent
         self.topics = sorted(map(settings.topic, settings.topic_clickstream))
         self._consumer: AIOKafkaConsumer | None = None
@@ -86,8 +94,10 @@ class IngestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         s = self.settings
         return new_consumer(
             s,
+            cls=GuardedConsumer,
             group_id=ingest_group(s),
             auto_offset_reset="earliest",
+            isolation_level=s.ingest_isolation_level,
             max_poll_records=s.agent_batch_messages,
             max_partition_fetch_bytes=max(s.max_message_bytes * 2, 4_194_304),
             rebalance_timeout_ms=int(s.rebalance_timeout_s * 1000),
@@ -146,18 +156,26 @@ class IngestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         return highwater > position
 
     async def _repartition(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        messages = [
-            SourceMessage(
-                record.topic,
-                record.partition,
-                record.offset,
-                record.value,
-                record.timestamp / 1000 if record.timestamp is not None else None,
-            )
-            for records in batch.values()
-            for record in records
-        ]
+        messages, skipped_to = [], {}
+        for tp, records in batch.items():
+            for record in records:
+                skipped = undecodable(record)
+                if skipped is not None:
+                    await self._skipped.report(tp.topic, tp.partition, skipped)
+                    skipped_to[source_name(tp.topic, tp.partition)] = skipped.last_offset + 1
+                    continue
+                messages.append(
+                    SourceMessage(
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        record.value,
+                        record.timestamp / 1000 if record.timestamp is not None else None,
+                    )
+                )
         await self.ingest.repartition(messages)
+        for source, next_offset in skipped_to.items():
+            self.ingest.skipped(source, next_offset)
         for tp in self.assignment():  # not revoked while the run was being sent
             resume = self.ingest.resume_offset(source_name(tp.topic, tp.partition))
             if resume is not None:

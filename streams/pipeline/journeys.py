@@ -25,26 +25,32 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 from faust.types import TP
 from pydantic import ValidationError
 
+from streams.core.config.model import FunnelConfig
+from streams.core.config.versions import Definition, config_fingerprint, diff_configs
+from streams.core.input.deadletter import placed, with_original
 from streams.core.input.event import ClickEvent
 from streams.core.input.rejection import Rejection
-from streams.core.input.repartition import PendingBatch, RepartitionBatch
+from streams.core.input.repartition import PendingBatch, RepartitionBatch, source_of
 from streams.core.journeys.engine import Engine
 from streams.core.journeys.identity import forwarder_source, is_forwarder
 from streams.core.journeys.markers import (
     applied_marker,
+    config_marker,
+    is_config_marker,
     is_marker,
     marker_source,
     marker_value,
     parse_marker,
     partition_of_key,
 )
+from streams.core.records.outputs import DeadLetter as DeadLetterRecord
 from streams.core.records.outputs import OutputEvent
 from streams.kafka.changelog import read_to_end
 from streams.pipeline.durable_table import DurableTable
@@ -54,6 +60,13 @@ from streams.ports import Publisher
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+ReadSource = Callable[[str, int, int], Awaitable[bytes | None]]
+"""Reads a source message's value back by topic, partition and offset (`kafka.SourceReader`)."""
+
+MAX_DEFINITIONS = 64
+"""Funnel versions a partition remembers the definition of (the latest; an attempt written under
+an older one ends as `definition_changed` with its step as #k)."""
 
 
 class Journeys:
@@ -68,6 +81,7 @@ class Journeys:
         dead_letter: DeadLetter,
         assignment: Callable[[], set[TP]],
         assignor: Callable[[], Any],
+        read_source: ReadSource | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -78,6 +92,7 @@ class Journeys:
         self._dead_letter = dead_letter
         self._assignment = assignment
         self._assignor = assignor
+        self._read_source = read_source
         self.active_partitions: set[int] = set()
         self._progress_sent: dict[tuple[int, int], tuple[int | None, float]] = {}
 
@@ -110,6 +125,7 @@ class Journeys:
                 continue  # redelivered (ingest or journeys crashed): already in the table
             produced = outputs[partition]
             forwarded = is_forwarder(batch.source)
+            source_position = None if forwarded else source_of(batch.source)
             for item, offset in zip(batch.events, batch.event_offsets(), strict=True):
                 if offset is not None and offset <= applied:
                     continue  # applied before, in a batch gathered differently
@@ -124,7 +140,10 @@ class Journeys:
                         [Rejection("invalid_event", str(exc), orjson.dumps(item))], message
                     )
                     continue
-                produced.extend(self.engine.process(click, partition))
+                refused_or_not = self.engine.process(click, partition)
+                if refused_or_not and source_position is not None:
+                    refused_or_not = placed(refused_or_not, *source_position, offset)
+                produced.extend(refused_or_not)
             for target, forward in self.engine.outbox:
                 forwards.setdefault((partition, target), PendingBatch()).add(
                     [forward.encode()], message.offset, 0
@@ -151,9 +170,22 @@ class Journeys:
         for marker, (offset, watermark) in applied_now.items():
             self.state[marker] = marker_value(offset, watermark)
         for partition, produced in outputs.items():
+            if self._read_source is not None and any(o.type == "deadletter" for o in produced):
+                produced[:] = [await self._with_source_bytes(output) for output in produced]
             await self._publisher.publish(produced, partition)
         await self._forward(forwards)
         await self.state.write_changelog()
+
+    async def _with_source_bytes(self, output: OutputEvent) -> OutputEvent:
+        """A dead letter the engine made (a late event) with the source message's own bytes,
+        read back from where ingest read it: the engine only had the event re-encoded."""
+        if not isinstance(output, DeadLetterRecord) or output.source_offset is None:
+            return output
+        if output.reason != "late_event" or output.source_topic is None or output.source_partition is None:
+            return output
+        assert self._read_source is not None
+        original = await self._read_source(output.source_topic, output.source_partition, output.source_offset)
+        return with_original(output, original)
 
     async def _forward(self, forwards: dict[tuple[int, int], PendingBatch]) -> None:
         """Send each partition's items for others, each batch with the partition's progress
@@ -200,6 +232,8 @@ class Journeys:
         for key in list(self.state):
             partition = partition_of_key(key, self.settings.partitions)
             if partition in active:
+                if is_config_marker(key):
+                    continue
                 if is_marker(key):
                     markers.append((partition, key))
                 else:
@@ -208,6 +242,7 @@ class Journeys:
                 self.state.evict(key)
                 dropped += 1
         self.engine.release_partitions(released)
+        await self._settle_versions(sorted(active))
         total = sum(self.engine.rebuild_deadlines(p, by_partition.get(p, [])) for p in sorted(active))
         await self._remind_watermarks(markers)
         changelog = self.table.changelog_topic.get_topic_name()
@@ -221,6 +256,43 @@ class Journeys:
             sorted(standby) or "none",
             dropped,
         )
+
+    async def _settle_versions(self, partitions: list[int]) -> None:
+        """Before any journey is read: learn the funnel versions the partitions' journeys were
+        written under (their attempts are then carried over or ended by the version rules), log
+        what changed since (what `conversions diff-config` says), and record the current ones."""
+        current = self.engine.config.source
+        fingerprint = config_fingerprint(current)
+        changed: dict[str, FunnelConfig] = {}
+        definitions: dict[str, Definition] = {}
+        for partition in partitions:
+            raw = self.state.get(config_marker(partition))
+            if raw is None:
+                continue
+            saved = orjson.loads(raw)
+            definitions.update({d["version"]: Definition.from_json(d) for d in saved["definitions"]})
+            if saved["fingerprint"] != fingerprint:
+                changed.setdefault(saved["fingerprint"], FunnelConfig.model_validate(saved["config"]))
+        self.engine.machine.remember(definitions.values())
+        for before in changed.values():
+            log.info("the configuration differs from the one the journeys were written under:")
+            for change in diff_configs(before, current):
+                if change.status != "unchanged":
+                    log.info("  %s", change.line())
+        for definition in self.engine.config.funnels:
+            if definition.definition is not None:
+                definitions[definition.version] = definition.definition
+        record = orjson.dumps(
+            {
+                "fingerprint": fingerprint,
+                "config": current.model_dump(mode="json"),
+                "definitions": [d.to_json() for d in list(definitions.values())[-MAX_DEFINITIONS:]],
+            }
+        )
+        for partition in partitions:
+            if self.state.get(config_marker(partition)) != record:
+                self.state[config_marker(partition)] = record
+        await self.state.write_changelog()
 
     async def _remind_watermarks(self, markers: list[tuple[int, str]]) -> None:
         """Tell each recovered partition again how far its sources had got, as heartbeats on its

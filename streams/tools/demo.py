@@ -25,7 +25,7 @@ from streams.kafka import ensure_topics
 from streams.kafka.clients import new_consumer
 from streams.settings import Settings
 from streams.tools.collector_traffic import CollectorSink
-from streams.tools.infra import LOCAL_BROKER_ENV, LocalInfra, free_port
+from streams.tools.infra import LOCAL_BROKER_ENV, LocalInfra, free_port, stopped_by_signals
 from streams.tools.live_traffic import LiveTraffic, TrafficStats
 from streams.tools.worker_process import WorkerProcess
 
@@ -180,14 +180,14 @@ async def _run(
     return traffic.stats
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def run_demo(settings: Settings, traffic: LiveTraffic, seconds: float | None, via: Via = "broker") -> int:
     # SIGTERM before the event loop runs (while the worker starts) must still unwind the `with`
     # blocks below, or the broker, Redis and the worker would outlive the demo
-    signal.signal(signal.SIGTERM, _interrupt)
+    with stopped_by_signals():
+        return _run_demo(settings, traffic, seconds, via)
+
+
+def _run_demo(settings: Settings, traffic: LiveTraffic, seconds: float | None, via: Via) -> int:
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     workdir = Path(settings.data_dir) / "demo"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -231,7 +231,7 @@ def run_demo(settings: Settings, traffic: LiveTraffic, seconds: float | None, vi
                 console.print(f"the simulated shop clock runs {traffic.speed:g}x faster than real time")
             stats = asyncio.run(_run(live_settings, traffic, seconds, dashboard, collector_url))
         finally:
-            console.print("[bold]stopping[/] worker, broker and Redis ...")
+            console.print("\n[bold]stopping[/] worker, broker and Redis ...")  # below the live summary line
             worker.stop()
         errors = worker.error_lines()
         if errors:

@@ -7,15 +7,17 @@ nothing is started for that part and the given address is used instead.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -42,6 +44,42 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def dies_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that has the child sent SIGTERM when the process starting it dies, however
+    it dies (SIGKILL included), so that a broker, a Redis or a worker never outlives what
+    started it (Linux's PR_SET_PDEATHSIG; None elsewhere: the signal handlers still stop them)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind the block as Ctrl-C (SIGINT) does: the `with` blocks that
+    started processes stop them (an orchestrator's, a closed terminal's or `kill`'s stop)."""
+    previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _wait_for(check: object, what: str, process: subprocess.Popen[bytes] | None, log_path: Path) -> None:
@@ -183,7 +221,11 @@ def start_redis(
         *extra,
     ]
     process = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=dies_with_parent(),  # noqa: PLW1509 (one prctl call, no lock taken)
     )
     server = RedisServer("redis-server", process, log_path, port=port, data_dir=data_dir)
     try:
@@ -225,6 +267,7 @@ def start_broker(workdir: Path, port: int | None = None) -> KafkaBroker:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=dies_with_parent(),  # noqa: PLW1509 (one prctl call, no lock taken)
             env={**os.environ, "RUST_LOG": os.environ.get("TANSU_LOG", "warn")},
         )
     broker = KafkaBroker("tansu", process, log_path, port=port)

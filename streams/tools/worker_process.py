@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from streams.tools.infra import kill_group, terminate
+from streams.tools.infra import dies_with_parent, kill_group, terminate
 
 READY_LINE = "Worker ready"
 READY_LINES = {"counters": "counters: consuming"}
@@ -44,6 +44,7 @@ class WorkerProcess:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=dies_with_parent(),  # noqa: PLW1509 (one prctl call, no lock taken)
             )
         if wait_ready_s:
             self.wait_for(READY_LINES.get(self.command, READY_LINE), wait_ready_s)

@@ -24,7 +24,7 @@ from streams.core.config.durations import format_duration_ms, parse_duration_ms
 from streams.core.config.matching import CompiledConfig, CompiledFunnel
 from streams.core.config.model import AlertRule
 from streams.core.input.event import to_epoch_ms
-from streams.core.measures.counters import CHANNEL_DIMS, VISITOR_TYPE
+from streams.core.measures.counters import CHANNEL_DIMS, VISITOR_TYPE, counter_name
 from streams.core.measures.insights import (
     CHANNEL_COLUMNS,
     cdf,
@@ -159,7 +159,7 @@ async def _series(
     start = end - count * size
     suffix = f"|{by}={value}" if by is not None else ""
     fields = [f"e:{k - 1}{suffix}", f"e:{k}{suffix}"]
-    family = f"f:{funnel.name}:{{b}}"
+    family = f"f:{counter_name(funnel)}:{{b}}"
     step = funnel.steps[k].name
     rules = _rules_for(config, funnel.name, step)
     rule = next((r for r in rules if r.by == ([by] if by else [])), None)
@@ -321,10 +321,10 @@ async def progress_view(
         return funnel
     try:
         start, end = await resolve_window(store, query)
-        size, cohorts = await store.cohorts(funnel.name, start, end)
-        waiting_ms, waiting = await store.cohorts(funnel.name, start, end, family="r")
+        size, cohorts = await store.cohorts(counter_name(funnel), start, end)
+        waiting_ms, waiting = await store.cohorts(counter_name(funnel), start, end, family="r")
         lookback = min(funnel.window or CURVE_LOOKBACK_MS, CURVE_LOOKBACK_MS)
-        curve_fields = await store.window_sums(f"t:{funnel.name}:{{b}}", end - lookback, end)
+        curve_fields = await store.window_sums(f"t:{counter_name(funnel)}:{{b}}", end - lookback, end)
     except BadQuery as exc:
         return 400, {"error": str(exc)}
     except QueryTooLarge as exc:
@@ -389,7 +389,7 @@ async def time_to_convert_view(
         return funnel
     try:
         start, end = await resolve_window(store, query)
-        fields = await store.window_sums(f"t:{funnel.name}:{{b}}", start, end)
+        fields = await store.window_sums(f"t:{counter_name(funnel)}:{{b}}", start, end)
     except BadQuery as exc:
         return 400, {"error": str(exc)}
     except QueryTooLarge as exc:

@@ -84,7 +84,10 @@ async def funnel(store: CounterReader, config: CompiledConfig, name: str, query:
         start, end = await resolve_window(store, query)
     except BadQuery as exc:
         return 400, {"error": str(exc)}
-    return 200, (await store.funnel_report(chosen, start, end, by=by)).as_dict()
+    version = query.get("version")
+    if version is not None and version != chosen.version and version not in await store.funnel_versions(name):
+        return 404, {"error": f"no counters of {name} version {version!r}", "version": chosen.version}
+    return 200, (await store.funnel_report(chosen, start, end, by=by, version=version)).as_dict()
 
 
 def _goal_names(config: CompiledConfig) -> list[str]:

@@ -27,6 +27,7 @@ def milestone(step: int, at_ms: int, user: str, platform: str = "web") -> dict[s
         "user_id": user,
         "timestamp": at_ms_iso(at_ms),
         "breakdowns": {"context.platform": platform},
+        "funnel_version": CHECKOUT.version,
     }
 
 

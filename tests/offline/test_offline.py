@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections import defaultdict
 from pathlib import Path
 
@@ -118,3 +119,33 @@ def test_flush_closes_what_is_still_open() -> None:
     flushed = run.flush()
     assert flushed and {o.type for o in flushed} <= {"session", "dropoff", "stalled"}
     assert all(run.engine.load(identity).session is None for identity in run.store)  # type: ignore[union-attr]
+
+
+def test_the_rejected_count_is_the_dead_letters_written(tmp_path: Path) -> None:
+    """Lines refused by decoding and events refused by the engine (late) both count: the summary
+    said 11 rejected beside 12 dead letters when one event was late."""
+    from tests.helpers import event
+
+    lines = [
+        orjson.dumps(event("product_view", "12:00", "late-user")),
+        orjson.dumps(event("product_view", "09:00", "late-user")),  # hours behind its journey
+        b"{not json",
+        orjson.dumps({"event": "no id or time"}),
+    ]
+    source = tmp_path / "events.ndjson"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    for extra in ([], ["--workers", "2"]):
+        result = CliRunner().invoke(
+            main, ["process", "--config", str(DEFAULT_FUNNELS), "--input", str(source), *extra]
+        )
+        assert result.exit_code == 0, result.output
+        records = [orjson.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        letters = sorted(r["reason"] for r in records if r["type"] == "deadletter")
+        assert letters == ["invalid_event", "invalid_json", "late_event"], extra
+        # each where it came from: the line number, the late one's too
+        lines_of = {r["reason"]: r["source_offset"] for r in records if r["type"] == "deadletter"}
+        assert lines_of == {"late_event": 2, "invalid_json": 3, "invalid_event": 4}
+        # and with the line as it was, not the event re-encoded
+        [late] = [r for r in records if r["type"] == "deadletter" and r["reason"] == "late_event"]
+        assert base64.b64decode(late["original_b64"]) == lines[1], extra
+        assert "3 rejected" in result.stderr, (extra, result.stderr)

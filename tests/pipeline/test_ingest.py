@@ -21,6 +21,7 @@ GOOD = [
     event("product_view", "10:01", "bob"),
     event("add_to_cart", "10:02", "alice"),
     {**event("page_view", "10:03", "x"), "user_id": None, "anonymous_id": "anon-7"},
+    event("page_view", "10:03", "dave", propertys={"typo": True}),  # processed; the field named
 ]
 BAD = {
     b'{"event": "page_view", "user_id": ': "invalid_json",
@@ -40,7 +41,7 @@ async def test_ingest_repartitions_valid_and_dead_letters_invalid(
     await ensure_topics(settings)
     batch_line = orjson.dumps([event("share", "10:08", "carol"), {"event": "broken"}])
     lines = [orjson.dumps(e) for e in GOOD] + list(BAD) + [batch_line]
-    start_worker()
+    worker = start_worker()
     assert await produce_lines(settings, lines) == len(lines)
 
     dead = await read_topics(settings, [settings.topic(settings.topic_deadletter)], expect=len(BAD) + 1)
@@ -74,3 +75,4 @@ async def test_ingest_repartitions_valid_and_dead_letters_invalid(
         assert batch.source.startswith(settings.topic("clickstream") + "/")
     expected_ids = {e["event_id"] for e in GOOD} | {orjson.loads(batch_line)[0]["event_id"]}
     assert set(seen) == expected_ids
+    assert "carry a field the contract does not have, 'propertys'" in worker.log_text()

@@ -8,6 +8,7 @@ from typing import Any
 
 from streams.core.config.glob import Glob
 from streams.core.config.model import FunnelConfig, Match
+from streams.core.config.versions import Definition, definition
 from streams.core.input.event import ClickEvent, url_path
 
 
@@ -68,6 +69,12 @@ class CompiledFunnel:
     attributed: tuple[str, ...] = ()
     """The breakdowns read at `attribution_step`: the funnel's own, not an experiment's variant,
     which an attempt keeps from its start."""
+    definition: Definition | None = None
+    """What its version covers (`config.versions`); None only for funnels built by hand."""
+
+    @property
+    def version(self) -> str:
+        return self.definition.version if self.definition is not None else ""
 
     @property
     def last_index(self) -> int:
@@ -122,6 +129,7 @@ def compile_config(config: FunnelConfig) -> CompiledConfig:
             max_held_attempts=f.max_held_attempts,
             attribution_step=f.step_index(f.attribution.step) if f.attribution else None,
             attributed=tuple(f.breakdowns) if f.attribution else (),
+            definition=definition(config, f),
         )
         for f in config.funnels
     )

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from streams.core.input.rejection import Rejection
 from streams.core.records.ids import output_id
-from streams.core.records.outputs import DeadLetter
+from streams.core.records.outputs import DeadLetter, OutputEvent
 
 MAX_ORIGINAL_BYTES = 256 * 1024
 
@@ -19,6 +19,7 @@ def dead_letter(
     source_topic: str,
     source_partition: int | None,
     source_offset: int | None,
+    source_offset_last: int | None = None,
     timestamp: datetime,
     max_original_bytes: int = MAX_ORIGINAL_BYTES,
 ) -> DeadLetter:
@@ -43,4 +44,43 @@ def dead_letter(
         source_topic=source_topic,
         source_partition=source_partition,
         source_offset=source_offset,
+        source_offset_last=source_offset_last,
+    )
+
+
+def placed(
+    outputs: list[OutputEvent],
+    topic: str,
+    partition: int | None,
+    offset: int | None,
+    original: bytes | None = None,
+) -> list[OutputEvent]:
+    """The outputs of one event, its dead letters (an event the engine refused: `late_event`)
+    given what the engine does not know: where the event was read, and with `original`, the
+    message as it arrived there (the engine only has the event, re-encoded)."""
+    return [
+        with_original(
+            output.model_copy(
+                update={"source_topic": topic, "source_partition": partition, "source_offset": offset}
+            ),
+            original,
+        )
+        if isinstance(output, DeadLetter) and output.source_topic is None
+        else output
+        for output in outputs
+    ]
+
+
+def with_original(letter: DeadLetter, original: bytes | None) -> DeadLetter:
+    """The dead letter carrying `original` (the source message's bytes) in place of the copy the
+    engine re-encoded; as it was when `original` is None (the message could not be read back)."""
+    if original is None:
+        return letter
+    return letter.model_copy(
+        update={
+            "original_b64": base64.b64encode(original[:MAX_ORIGINAL_BYTES]).decode(),
+            "original_size": len(original),
+            "original_sha256": hashlib.sha256(original).hexdigest(),
+            "original_truncated": len(original) > MAX_ORIGINAL_BYTES,
+        }
     )

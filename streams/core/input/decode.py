@@ -61,7 +61,9 @@ def decode_message(
     out = _decode(raw, max_bytes, max_batch, format)
     if latest_ms is None or all(event.ts_ms <= latest_ms for event in out.events):
         return out
-    kept = Decoded(rejects=out.rejects, ignored=out.ignored, format=out.format)
+    kept = Decoded(
+        rejects=out.rejects, ignored=out.ignored, unknown_fields=out.unknown_fields, format=out.format
+    )
     for event in out.events:
         if event.ts_ms <= latest_ms:
             kept.events.append(event)
@@ -71,6 +73,25 @@ def decode_message(
             original = orjson.dumps(event.to_json_dict())
             kept.rejects.append(Rejection("future_timestamp", detail, original, format=out.format))
     return kept
+
+
+EVENT_FIELDS = frozenset(ClickEvent.model_fields)
+"""The contract's top-level fields; any other is ignored, and counted (a typo like `propertys`
+would otherwise vanish without a trace)."""
+
+
+def _count_unknown(out: Decoded, event: dict[str, Any]) -> None:
+    for name in event.keys() - EVENT_FIELDS:
+        out.unknown_fields[name] = out.unknown_fields.get(name, 0) + 1
+
+
+def _not_utf8(raw: bytes) -> str | None:
+    """Where a message stops being UTF-8, in the words a producer's developer can act on."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8: {exc.reason} at byte {exc.start} (0x{raw[exc.start]:02x})"
+    return None
 
 
 def _decode(raw: bytes | None, max_bytes: int, max_batch: int, fmt: InputFormat = "auto") -> Decoded:
@@ -90,7 +111,7 @@ def _decode(raw: bytes | None, max_bytes: int, max_batch: int, fmt: InputFormat 
         message = str(exc)
         reason: RejectReason = "invalid_json"
         if "UTF-8" in message:
-            reason = "invalid_utf8"
+            reason, message = "invalid_utf8", _not_utf8(raw) or message
         elif "depth limit" in message or "recursion" in message:
             reason = "too_deeply_nested"
         out.rejects.append(Rejection(reason, f"{out.format}: {message}", raw, format=out.format))
@@ -110,6 +131,8 @@ def _decode(raw: bytes | None, max_bytes: int, max_batch: int, fmt: InputFormat 
         result = _validate_one(parsed)
         if isinstance(result, ClickEvent):
             out.events.append(result)
+            if parsed.keys() - EVENT_FIELDS:
+                _count_unknown(out, parsed)
         else:
             out.rejects.append(Rejection(result.reason, result.detail, raw, None, result.errors))
         return out
@@ -123,6 +146,8 @@ def _decode(raw: bytes | None, max_bytes: int, max_batch: int, fmt: InputFormat 
             result = _validate_one(obj)
             if isinstance(result, ClickEvent):
                 out.events.append(result)
+                if obj.keys() - EVENT_FIELDS:
+                    _count_unknown(out, obj)
             else:
                 original = orjson.dumps(obj)
                 out.rejects.append(Rejection(result.reason, result.detail, original, index, result.errors))

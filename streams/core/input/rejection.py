@@ -20,6 +20,11 @@ RejectReason = Literal[
     "late_event",
     "future_timestamp",
     "invalid_tsv",
+    # a Kafka record batch the client could not decode (`kafka.undecodable`)
+    "unsupported_codec",
+    "crc_mismatch",
+    "corrupt_batch",
+    "truncated_batch",
 ]
 
 
@@ -43,4 +48,7 @@ class Decoded:
     rejects: list[Rejection] = field(default_factory=list)
     ignored: int = 0
     """Valid input that carries nothing for the engine (a Segment `group` call), counted."""
+    unknown_fields: dict[str, int] = field(default_factory=dict)
+    """Top-level fields of valid contract events that the contract does not have, by name: the
+    events are processed without them (a typo such as `propertys` is counted and named)."""
     format: str = "contract"

@@ -100,3 +100,9 @@ class PendingBatch:
 
 def source_name(topic: str, partition: int) -> str:
     return f"{topic}/{partition}"
+
+
+def source_of(source: str) -> tuple[str, int] | None:
+    """The topic and partition of a `source_name` (None for another kind of source)."""
+    topic, _, partition = source.rpartition("/")
+    return (topic, int(partition)) if topic and partition.isdigit() else None

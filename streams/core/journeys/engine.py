@@ -33,6 +33,7 @@ from typing import Any
 from zlib import crc32
 
 from streams.core.config.matching import CompiledConfig
+from streams.core.config.versions import Definition
 from streams.core.input.event import ClickEvent
 from streams.core.journeys.identity import (
     Forwarded,
@@ -82,8 +83,11 @@ class Engine:
         partitions: int,
         expected_sources: Iterable[str] = (),
         forwarding: bool = False,
+        known: Iterable[Definition] = (),
     ) -> None:
-        self.machine = JourneyMachine(config)
+        """`known`: the funnel versions state may have been written under (the store's registry,
+        `config.versions`), so attempts written under them are settled by their rules."""
+        self.machine = JourneyMachine(config, known)
         self.config = config
         self.store = store
         self.partitions = partitions

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Any
@@ -21,10 +21,12 @@ import orjson
 
 from streams.core.config.durations import format_duration_ms
 from streams.core.config.matching import CompiledConfig, CompiledFunnel, CompiledGoal, CompiledMicro, Matcher
+from streams.core.config.versions import Definition, continues
 from streams.core.input.channel import classify_channel
 from streams.core.input.event import ClickEvent, from_epoch_ms, url_path
 from streams.core.records.ids import output_id, short_hash
 from streams.core.records.outputs import (
+    Carried,
     DeadLetter,
     Dropoff,
     DropoffReason,
@@ -37,10 +39,13 @@ from streams.core.records.outputs import (
     build,
 )
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 """3: attempts keep their chains, journeys their same-millisecond ties and identity stitching's
 stub, held items and merged ids (trailing fields: versions 1 and 2 load with their defaults, and
-a reader of version 2 refuses a version 3 state rather than misread it)."""
+a reader of version 2 refuses a version 3 state rather than misread it). 4: each attempt names
+the funnel version it was written under, as an index into its journey's table of versions
+(`Journey.versions`); attempts of versions 1 to 3 load with no version (`Attempt.version` -1)."""
+LOADABLE_VERSIONS = frozenset({1, 2, 3, STATE_VERSION})
 MAX_REMEMBERED_IDS = 256
 MAX_PATH = 50
 MAX_BREAKDOWN_VALUE = 100
@@ -98,6 +103,9 @@ class Attempt:
     breakdowns: dict[str, str | None]
     stalled: bool = False
     chains: list[int | None] = field(default_factory=list)
+    version: int = -1
+    """The funnel version it was written under: an index into `Journey.versions` (-1: written
+    before versions existed, STATE_VERSION 3 or earlier)."""
 
 
 @dataclass(slots=True)
@@ -130,6 +138,9 @@ class Journey:
     """Per attempt key, the steps (bits; step 1 never needs it) matched by the events already
     applied at the journey's latest event time: a later event of the same millisecond is taken
     as if in step order (README "Funnel semantics"). Emptied when event time moves on."""
+    versions: list[str] = field(default_factory=list)
+    """The funnel versions its attempts were written under (`config.versions`): each attempt
+    holds an index into it, a few bytes instead of a version string per attempt."""
 
     @property
     def identity(self) -> str:
@@ -151,7 +162,7 @@ class Journey:
     @classmethod
     def loads(cls, raw: bytes) -> Journey:
         version, *values = orjson.loads(raw)
-        if version not in (1, 2, STATE_VERSION):
+        if version not in LOADABLE_VERSIONS:
             raise ValueError(f"unknown journey state version {version}")
         journey = cls(*values)
         if version >= 2:
@@ -186,6 +197,16 @@ def attempt_key(funnel: CompiledFunnel, held: tuple[str, ...] | None) -> str:
     if held is None:
         return funnel.name
     return f"{funnel.name}#{orjson.dumps(list(held)).decode()}"  # names cannot contain '#'
+
+
+def version_index(journey: Journey, version: str) -> int:
+    """The index of a funnel version in the journey's table, added when new."""
+    versions = journey.versions
+    for i, known in enumerate(versions):
+        if known == version:
+            return i
+    versions.append(version)
+    return len(versions) - 1
 
 
 def funnel_of(key: str) -> str:
@@ -288,7 +309,37 @@ def attempt_end(funnel: CompiledFunnel, attempt: Attempt) -> tuple[int, DropoffR
     return None if latest_index < 0 else (latest_at, latest_reason)
 
 
-_SESSION_DUE, _DROP_DUE, _STALL_DUE = 0, 2, 4
+def _fits(attempt: Attempt, funnel: CompiledFunnel) -> bool:
+    """Whether an attempt's step indexes can be those of `funnel` (one of an unknown version)."""
+    steps = len(funnel.steps)
+    return (
+        attempt.reached < steps
+        and attempt.done_mask < (1 << steps) - 1
+        and len(attempt.chains) <= 2 * funnel.last_index
+    )
+
+
+def _stale(attempt: Attempt, funnel: CompiledFunnel, versions: list[str]) -> bool:
+    """Written under another version of `funnel` than the current one. An attempt written before
+    versions existed counts as the current version's when its indexes fit (`_settle`)."""
+    if attempt.version < 0:
+        return not _fits(attempt, funnel)
+    return attempt.version >= len(versions) or versions[attempt.version] != funnel.version
+
+
+def _compact_versions(journey: Journey) -> None:
+    """Keep only the versions its attempts refer to."""
+    used = sorted({a.version for a in journey.attempts.values() if a.version >= 0})
+    if len(used) == len(journey.versions):
+        return
+    remap = {old: new for new, old in enumerate(used)}
+    journey.versions = [journey.versions[i] for i in used]
+    for attempt in journey.attempts.values():
+        if attempt.version >= 0:
+            attempt.version = remap[attempt.version]
+
+
+_SESSION_DUE, _VERSION_DUE, _DROP_DUE, _STALL_DUE = 0, 1, 2, 4
 Due = tuple[int, int, str, DropoffReason | None]
 """A deadline: (event time, kind, the attempt's key (empty for the session), a drop-off's reason).
 Simultaneous deadlines fire in this order: the session, then drop-offs, then stalls, by key."""
@@ -332,9 +383,18 @@ def _may_match(matcher: Matcher, name: str, goals: frozenset[str] = frozenset())
 class JourneyMachine:
     """Applies events and the passing of event time to journeys, for one compiled configuration."""
 
-    def __init__(self, config: CompiledConfig) -> None:
+    def __init__(self, config: CompiledConfig, known: Iterable[Definition] = ()) -> None:
         self.config = config
         self._plans: dict[str, _Plan] = {}
+        self.known: dict[str, Definition] = {}
+        """Definitions of funnel versions state may have been written under, by version."""
+        self.remember([f.definition for f in config.funnels if f.definition is not None])
+        self.remember(known)
+
+    def remember(self, definitions: Iterable[Definition]) -> None:
+        """Funnel versions that earlier runs wrote state under (the store's registry)."""
+        for definition in definitions:
+            self.known[definition.version] = definition
 
     def _plan(self, name: str) -> _Plan:
         plan = self._plans.get(name)
@@ -368,9 +428,9 @@ class JourneyMachine:
         out: Outputs = []
         attempts = journey.attempts
         if attempts:
-            funnels = self.config.funnels_by_name
-            for key in [k for k in attempts if k not in funnels and funnel_of(k) not in funnels]:
-                del attempts[key]  # the funnel left the configuration
+            self._reconcile(journey, out)
+        elif journey.versions:
+            journey.versions = []
         while True:
             due = self._earliest(journey)
             if due is None or due[0] >= now:
@@ -378,6 +438,8 @@ class JourneyMachine:
             at, kind, key, reason = due
             if kind == _SESSION_DUE:
                 self._close_session(journey, at, out)
+                continue
+            if kind == _VERSION_DUE:  # not reached: `_reconcile` ran above
                 continue
             funnel = self.config.funnels_by_name[funnel_of(key)]
             if kind == _DROP_DUE:
@@ -393,11 +455,18 @@ class JourneyMachine:
         if session is not None:
             earliest = (session.last + self.config.session_timeout, _SESSION_DUE, "", None)
         funnels = self.config.funnels_by_name
+        versions = journey.versions
         for key, attempt in journey.attempts.items():
-            funnel = funnels.get(key) or funnels[funnel_of(key)]
+            funnel = funnels.get(key) or funnels.get(funnel_of(key))
+            if funnel is None or _stale(attempt, funnel, versions):
+                # written under another definition: `advance` settles it first, at the journey's time
+                due: Due = (journey.last_ts, _VERSION_DUE, key, None)
+                if earliest is None or due < earliest:
+                    earliest = due
+                continue
             end = attempt_end(funnel, attempt)
             if end is not None:
-                due: Due = (end[0], _DROP_DUE, key, end[1])
+                due = (end[0], _DROP_DUE, key, end[1])
                 if earliest is None or due < earliest:
                     earliest = due
             if funnel.stalled_after is not None and not attempt.stalled:
@@ -405,6 +474,109 @@ class JourneyMachine:
                 if earliest is None or due < earliest:
                     earliest = due
         return earliest
+
+    # ---- definition versions ----------------------------------------------------------
+    #
+    # docs/howto/changing-funnels.md is the specification. An attempt written under another
+    # version of its funnel than the current one (or under a funnel gone from the configuration)
+    # is settled before anything else happens to its journey, at the journey's latest event time
+    # (so the outcome depends on the events alone, never on when the restart happened): it is
+    # carried over when `versions.continues` says the change cannot alter its course, else it
+    # ends with a `definition_changed` drop-off in its own version's terms.
+
+    def _reconcile(self, journey: Journey, out: Outputs) -> None:
+        funnels = self.config.funnels_by_name
+        versions = journey.versions
+        stale: list[str] = []
+        for key, attempt in journey.attempts.items():
+            funnel = funnels.get(key) or funnels.get(funnel_of(key))
+            if funnel is None or attempt.version < 0 or _stale(attempt, funnel, versions):
+                stale.append(key)
+        if stale:
+            for key in stale:
+                self._settle(journey, key, out)
+        if len(versions) > len(journey.attempts) or stale:
+            _compact_versions(journey)
+
+    def _settle(self, journey: Journey, key: str, out: Outputs) -> None:
+        attempt = journey.attempts[key]
+        funnel = self.config.funnels_by_name.get(funnel_of(key))
+        versions = journey.versions
+        written = versions[attempt.version] if 0 <= attempt.version < len(versions) else None
+        old = self.known.get(written) if written is not None else None
+        if (
+            written is None
+            and funnel is not None
+            and funnel.definition is not None
+            and _fits(attempt, funnel)
+        ):
+            # written before versions existed: taken as written under the current definition
+            attempt.version = version_index(journey, funnel.version)
+            return
+        new = funnel.definition if funnel is not None else None
+        if old is not None and new is not None and continues(old, new, attempt.reached, attempt.done_mask):
+            self._carry(journey, funnel, key, attempt, old, out)  # type: ignore[arg-type]
+            return
+        self._end_changed(journey, funnel_of(key), key, attempt, old, written, out)
+
+    def _carry(
+        self,
+        journey: Journey,
+        funnel: CompiledFunnel,
+        key: str,
+        attempt: Attempt,
+        old: Definition,
+        out: Outputs,
+    ) -> None:
+        at = journey.last_ts
+        attempt.version = version_index(journey, funnel.version)
+        journey.ties.pop(key, None)
+        out.append(
+            build(
+                Carried,
+                id=output_id("carried", journey.identity, funnel.name, attempt.number, funnel.version),
+                previous_version=old.version,
+                previous_step=old.step_names[attempt.reached],
+                previous_step_index=attempt.reached,
+                reached=[k for k in range(len(funnel.steps)) if attempt.done_mask >> k & 1],
+                **self._attempt_fields(journey, funnel, attempt, at),
+            )
+        )
+
+    @staticmethod
+    def _end_changed(
+        journey: Journey,
+        name: str,
+        key: str,
+        attempt: Attempt,
+        old: Definition | None,
+        written: str | None,
+        out: Outputs,
+    ) -> None:
+        """The `definition_changed` drop-off, in the terms of the version the attempt was written
+        under (a step name of the form #k when that definition is not known)."""
+        del journey.attempts[key]
+        journey.ties.pop(key, None)
+        k = attempt.reached
+        step = old.step_names[k] if old is not None and k < len(old.step_names) else f"#{k}"
+        out.append(
+            build(
+                Dropoff,
+                id=output_id("dropoff", journey.identity, name, attempt.number),
+                reason="definition_changed",
+                time_in_funnel_ms=attempt.last - attempt.start,
+                user_id=journey.user_id,
+                anonymous_id=journey.anonymous_id,
+                session_id=attempt.session_id,
+                timestamp=from_epoch_ms(journey.last_ts),
+                funnel=name,
+                step=step,
+                step_index=k,
+                started_at=from_epoch_ms(attempt.start),
+                breakdowns=attempt.breakdowns,
+                funnel_version=written,
+            )
+        )
 
     # ---- events -----------------------------------------------------------------------
 
@@ -608,7 +780,10 @@ class JourneyMachine:
         breakdowns = self._breakdowns(funnel.breakdowns, event, session)
         if funnel.attribution_step:
             breakdowns.update(dict.fromkeys(funnel.attributed))  # unknown until that step
+        if not journey.attempts:
+            journey.versions = []  # no attempt refers to the table any more
         attempt = Attempt(journey.sequence, now, now, 0, 0, session.id, breakdowns)
+        attempt.version = version_index(journey, funnel.version)
         journey.attempts[key] = attempt
         return attempt
 
@@ -718,6 +893,7 @@ class JourneyMachine:
                 landing_page=session.landing,
                 channel=session.channel,
                 breakdowns=attempt.breakdowns,
+                funnel_version=funnel.version,
             )
         )
         if complete:
@@ -775,6 +951,7 @@ class JourneyMachine:
             "step_index": attempt.reached,
             "started_at": from_epoch_ms(attempt.start),
             "breakdowns": attempt.breakdowns,
+            "funnel_version": funnel.version,
         }
 
     # ---- conversions ------------------------------------------------------------------

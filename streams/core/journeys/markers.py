@@ -24,6 +24,16 @@ def is_marker(key: str) -> bool:
     return key.startswith(MARKER_PREFIX)
 
 
+def config_marker(partition: int) -> str:
+    """The journeys-table key holding the configuration a partition's journeys were written
+    under and the definitions of the funnel versions they may refer to (`config.versions`)."""
+    return f"{MARKER_PREFIX}config:{partition}"
+
+
+def is_config_marker(key: str) -> bool:
+    return key.startswith(f"{MARKER_PREFIX}config:")
+
+
 def marker_source(key: str) -> str:
     """The source ("topic/partition") an applied marker's key names."""
     return key.split(":", 2)[2]

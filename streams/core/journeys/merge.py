@@ -28,6 +28,7 @@ from streams.core.journeys.journey import (
     JourneyMachine,
     Outputs,
     funnel_of,
+    version_index,
 )
 from streams.core.records.outputs import FirstTouch
 
@@ -62,6 +63,8 @@ def merge_journeys(
         anonymous.session.number += offset
     person.sequence += anonymous.sequence
     for key, attempt in anonymous.attempts.items():
+        # both were settled under the current versions by `advance`: the index moves tables
+        attempt.version = version_index(person, anonymous.versions[attempt.version])
         person.attempts[key] = attempt
         if key in anonymous.ties:
             person.ties[key] = anonymous.ties[key]

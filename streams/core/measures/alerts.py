@@ -71,6 +71,9 @@ class _Rule:
     index: int
     rule: AlertRule
     step_index: int
+    funnel_version: str = ""
+    """Only this version's counts enter the rule's sums: a baseline never mixes two definitions
+    (its identity towards receivers, `config.versions.rule_identity`, does not depend on it)."""
     counts: dict[int, Cells] = field(default_factory=lambda: defaultdict(dict))  # per minute
     window: Cells = field(default_factory=dict)  # sliding sums over [t - window, t)
     baseline: Cells = field(default_factory=dict)  # and over the baseline's minutes
@@ -218,7 +221,7 @@ class AlertEvaluator:
         for i, rule in enumerate(config.source.alerts):
             funnel = config.funnels_by_name[rule.funnel]
             step_index = [s.name for s in funnel.steps].index(rule.step)
-            self._rules.append(_Rule(i, rule, step_index))
+            self._rules.append(_Rule(i, rule, step_index, funnel.version))
         self._evaluated_to: int | None = None
         self.ignored_late = 0
         self._ids: dict[int, set[str]] = {}
@@ -267,10 +270,17 @@ class AlertEvaluator:
             str(output.get("funnel")),
             int(output["step_index"]),
             output.get("breakdowns") or {},
+            version=output.get("funnel_version"),
         )
 
     def count(
-        self, at_ms: int, funnel: str, step_index: int, breakdowns: Mapping[str, Any], times: int = 1
+        self,
+        at_ms: int,
+        funnel: str,
+        step_index: int,
+        breakdowns: Mapping[str, Any],
+        times: int = 1,
+        version: str | None = None,
     ) -> None:
         """`times` attempts of `funnel` reached `step_index` at `at_ms` (what observe reads from
         a milestone microconversion; in bulk, for replays from aggregates)."""
@@ -279,7 +289,7 @@ class AlertEvaluator:
             self.ignored_late += times  # its minute was judged already: beyond the watermark
             return
         for state in self._rules:
-            if funnel != state.rule.funnel:
+            if funnel != state.rule.funnel or (version is not None and version != state.funnel_version):
                 continue
             position = step_index - (state.step_index - 1)
             if position not in (0, 1):
@@ -375,4 +385,5 @@ class AlertEvaluator:
             rate_high=high,
             interval_level=level,
             baseline_frozen=kind == "resolved",
+            funnel_version=state.funnel_version or None,
         )

@@ -42,7 +42,7 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 
-from streams.core.config.matching import CompiledConfig
+from streams.core.config.matching import CompiledConfig, CompiledFunnel
 from streams.core.input.event import to_epoch_ms
 
 OpKind = Literal["h", "f", "p", "m", "l"]  # HINCRBY, HINCRBYFLOAT, PFADD, keep-the-max, capped LPUSH
@@ -56,7 +56,31 @@ TIME_TO_CONVERT_S = (
 doubling from 10 s to 7 days, then `inf`."""
 CHANNEL_DIMS = ("channel", "landing_page")
 VISITOR_TYPE = "visitor_type"
-COUNTED_TYPES = frozenset({"micro", "macro", "dropoff", "stalled", "session"})
+COUNTED_TYPES = frozenset({"micro", "macro", "dropoff", "stalled", "carried", "session"})
+
+
+def versioned(funnel: str, version: str | None) -> str:
+    """The name a funnel's counters are kept under: with its definition's version, so the history
+    of one version is never relabelled or mixed with another's (an output without a version,
+    written before versions existed, keeps the bare name)."""
+    return f"{funnel}@{version}" if version else funnel
+
+
+def counter_name(funnel: CompiledFunnel, version: str | None = None) -> str:
+    """The funnel's counters of `version` (default: its current one)."""
+    return versioned(funnel.name, version or funnel.version)
+
+
+def _output_dims(config: CompiledConfig, output: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The breakdowns an output of a funnel is counted by (None: not counted): the funnel's, or
+    for a funnel no longer configured, whose version-stamped outputs still close its accounts,
+    the output's own."""
+    funnel = config.funnels_by_name.get(str(output.get("funnel")))
+    if funnel is not None:
+        return funnel.breakdowns
+    if output.get("funnel_version"):
+        return tuple(output.get("breakdowns") or {})
+    return None
 
 
 class Op(NamedTuple):
@@ -207,6 +231,9 @@ def increments_of(
         output = {**output, "user_id": pseudonym(identity) if identity else None, "anonymous_id": None}
     at = _ms(output["timestamp"])
     head: list[Op] = [_new_op(Op, ("m", "meta", "latest", at))]
+    version = output.get("funnel_version")
+    if version and kind != "session":
+        head.append(_new_op(Op, ("m", "fv", f"{output['funnel']}@{version}", at)))
     if kind == "macro":
         head.append(_new_op(Op, ("l", "recent", recent_entry(output), RECENT_MACROS)))
     groups = _bucket_increments(output, config, at)
@@ -237,16 +264,27 @@ def _cohort_increments(
     """A milestone or drop-off counted under the moment its attempt opened (`started_at`), and
     under the moment it reached the step it left or stayed at. `at` is the output's timestamp."""
     kind = output.get("type")
-    if kind not in ("micro", "dropoff") or output.get("started_at") is None:
+    if kind not in ("micro", "dropoff", "carried") or output.get("started_at") is None:
         return []
     if kind == "micro" and output.get("kind") != "milestone":
         return []
-    funnel = config.funnels_by_name.get(str(output.get("funnel")))
-    if funnel is None:
+    if _output_dims(config, output) is None:
         return []
     started = _ms(output["started_at"])
     k = int(output["step_index"])
     reached: list[tuple[int, str]] = []  # (when the attempt reached that step, field)
+    funnel = str(output["funnel"])
+    if kind == "carried":  # out of the old version's cohort, into the new one's at its steps
+        ops: list[Op] = []
+        old = versioned(funnel, output.get("previous_version"))
+        new = versioned(funnel, output.get("funnel_version"))
+        for resolution, label in resolution_labels(bucket_ms)[:2]:
+            bucket = f"{label}{started // resolution * resolution}"
+            ops.append(_new_op(Op, ("h", f"a:{old}:{bucket}", f"co:{output['previous_step_index']}", 1)))
+            ops += [
+                _new_op(Op, ("h", f"a:{new}:{bucket}", f"ci:{j}", 1)) for j in output.get("reached") or ()
+            ]
+        return ops
     if kind == "micro":
         opened = [f"e:{k}"]
         reached.append((at, opened[0]))
@@ -255,8 +293,8 @@ def _cohort_increments(
     else:
         opened = [f"d:{k}", f"d:{k}:{output['reason']}"]
         reached.append((started + int(output.get("time_in_funnel_ms") or 0), opened[0]))
-    name = funnel.name
-    ops: list[Op] = []
+    name = versioned(funnel, output.get("funnel_version"))
+    ops = []
     for resolution, label in resolution_labels(bucket_ms)[:2]:  # `cohort_resolutions`
         key = f"a:{name}:{label}{started // resolution * resolution}"
         ops += [_new_op(Op, ("h", key, opened_field, 1)) for opened_field in opened]
@@ -307,13 +345,13 @@ def _bucket_increments(output: Mapping[str, Any], config: CompiledConfig, at: in
         if output.get("kind") == "secondary":
             goals.append(("h", f"m:{output['name']}", 1))
             return [("g:", goals)]
-        funnel = config.funnels_by_name.get(str(output.get("funnel")))
-        if funnel is None:
+        dims = _output_dims(config, output)
+        if dims is None:
             return [("g:", goals)]
-        name = funnel.name
+        name = versioned(str(output["funnel"]), output.get("funnel_version"))
         k = int(output["step_index"])
         steps: list[Item] = []
-        _with_breakdowns(steps, "h", f"e:{k}", 1, _suffixes(breakdowns, funnel.breakdowns))
+        _with_breakdowns(steps, "h", f"e:{k}", 1, _suffixes(breakdowns, dims))
         groups: list[Group] = [("g:", goals), (f"f:{name}:", steps), (f"u:{name}:{k}:", [("p", identity, 1)])]
         if k > 0:
             times: list[Item] = []
@@ -328,19 +366,34 @@ def _bucket_increments(output: Mapping[str, Any], config: CompiledConfig, at: in
             if times:
                 groups.append((f"t:{name}:", times))
         return groups
+    if kind == "carried":  # leaves the old version's account at its step, enters the new one's
+        dims = _output_dims(config, output)
+        if dims is None:
+            return []
+        suffixes = _suffixes(breakdowns, dims)
+        out_of: list[Item] = []
+        _with_breakdowns(out_of, "h", f"co:{output['previous_step_index']}", 1, suffixes)
+        into: list[Item] = []
+        for j in output.get("reached") or ():
+            _with_breakdowns(into, "h", f"ci:{j}", 1, suffixes)
+        funnel_name = str(output["funnel"])
+        return [
+            (f"f:{versioned(funnel_name, output.get('previous_version'))}:", out_of),
+            (f"f:{versioned(funnel_name, output.get('funnel_version'))}:", into),
+        ]
     if kind in ("dropoff", "stalled"):
-        funnel = config.funnels_by_name.get(str(output.get("funnel")))
-        if funnel is None:
+        dims = _output_dims(config, output)
+        if dims is None:
             return []
         k = int(output["step_index"])
         steps = []
-        suffixes = _suffixes(breakdowns, funnel.breakdowns)
+        suffixes = _suffixes(breakdowns, dims)
         if kind == "stalled":
             _with_breakdowns(steps, "h", f"st:{k}", 1, suffixes)
         else:
             _with_breakdowns(steps, "h", f"d:{k}", 1, suffixes)
             steps.append(("h", f"d:{k}:{output['reason']}", 1))
-        return [(f"f:{funnel.name}:", steps)]
+        return [(f"f:{versioned(str(output['funnel']), output.get('funnel_version'))}:", steps)]
     channels = _suffixes(output, CHANNEL_DIMS)
     visitor = f"|{VISITOR_TYPE}={visitor_type_of(output)}"
     table: list[Item] = []
@@ -428,6 +481,10 @@ class StepReport:
     dropped_by_reason: dict[str, int]
     rate_from_previous: float | None
     rate_overall: float | None
+    carried_in: int = 0
+    """Attempts carried over into this version at this step (counted in `entered`)."""
+    carried_out: int = 0
+    """Attempts carried over from this version to the next one, at this step."""
 
 
 @dataclass
@@ -438,6 +495,10 @@ class FunnelReport:
     steps: list[StepReport]
     by: str | None = None
     breakdown: dict[str, list[StepReport]] = field(default_factory=dict)
+    version: str | None = None
+    """The funnel version these counts are of (`config.versions`)."""
+    versions: dict[str, int] = field(default_factory=dict)
+    """Every version with counters kept, newest first, with the latest event time counted."""
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -453,10 +514,11 @@ def step_reports(
     funnel_steps: list[str], fields: Mapping[str, float], uniques: Mapping[int, int], suffix: str = ""
 ) -> list[StepReport]:
     reports: list[StepReport] = []
-    first = int(fields.get(f"e:0{suffix}", 0))
+    first = int(fields.get(f"e:0{suffix}", 0) + fields.get(f"ci:0{suffix}", 0))
     previous: int | None = None
     for k, name in enumerate(funnel_steps):
-        entered = int(fields.get(f"e:{k}{suffix}", 0))
+        carried_in = int(fields.get(f"ci:{k}{suffix}", 0))
+        entered = int(fields.get(f"e:{k}{suffix}", 0)) + carried_in
         reasons = {
             key.split(":")[2]: int(v)
             for key, v in fields.items()
@@ -473,6 +535,8 @@ def step_reports(
                 dropped_by_reason=reasons,
                 rate_from_previous=_rate(entered, previous) if previous is not None else None,
                 rate_overall=_rate(entered, first),
+                carried_in=carried_in,
+                carried_out=int(fields.get(f"co:{k}{suffix}", 0)),
             )
         )
         previous = entered

@@ -149,6 +149,7 @@ class _State:
             changed=changed,
             variants=results,
             unassigned=self.unassigned,
+            funnel_version=self.funnel.version or None,
         )
 
 
@@ -195,19 +196,35 @@ class ExperimentEvaluator:
                 return
             seen.add(identifier)
         self.count(
-            at_ms, str(output.get("funnel")), int(output["step_index"]), output.get("breakdowns") or {}
+            at_ms,
+            str(output.get("funnel")),
+            int(output["step_index"]),
+            output.get("breakdowns") or {},
+            version=output.get("funnel_version"),
         )
 
     def _funnel_watched(self, funnel: object) -> bool:
         return any(s.funnel.name == funnel for s in self._states)
 
     def count(
-        self, at_ms: int, funnel: str, step_index: int, breakdowns: Mapping[str, Any], times: int = 1
+        self,
+        at_ms: int,
+        funnel: str,
+        step_index: int,
+        breakdowns: Mapping[str, Any],
+        times: int = 1,
+        version: str | None = None,
     ) -> None:
         """`times` attempts of `funnel` reached `step_index` at `at_ms` (what `observe` reads from
         a milestone microconversion; in bulk, for replays from the counters' per-minute sums).
-        An empty variant is no variant: the counters cannot tell the two apart."""
-        states = [s for s in self._states if s.funnel.name == funnel]
+        An empty variant is no variant: the counters cannot tell the two apart. Counts of another
+        `version` of the funnel than the current one are not this evaluation's (None: an output
+        written before versions existed)."""
+        states = [
+            s
+            for s in self._states
+            if s.funnel.name == funnel and (version is None or version == s.funnel.version)
+        ]
         if not states:
             return
         minute = at_ms // MINUTE_MS * MINUTE_MS

@@ -94,6 +94,8 @@ class FunnelOutput(OutputEvent):
     step: str
     step_index: int
     breakdowns: Breakdowns = Field(default_factory=dict)
+    funnel_version: str | None = None
+    """The version of the funnel's definition the attempt was under (docs/howto/changing-funnels.md)."""
 
 
 class MicroConversion(OutputEvent):
@@ -115,6 +117,8 @@ class MicroConversion(OutputEvent):
     landing_page: str | None = None
     channel: str | None = None
     breakdowns: Breakdowns = Field(default_factory=dict)
+    funnel_version: str | None = None
+    """For a milestone: the version of the funnel's definition its attempt was under."""
 
 
 class FirstTouch(BaseModel):
@@ -143,7 +147,14 @@ class MacroConversion(OutputEvent):
 
 
 DropoffReason = Literal[
-    "window_expired", "step_timeout", "session_ended", "excluded", "out_of_order", "merged", "evicted"
+    "window_expired",
+    "step_timeout",
+    "session_ended",
+    "excluded",
+    "out_of_order",
+    "merged",
+    "evicted",
+    "definition_changed",
 ]
 
 
@@ -162,6 +173,21 @@ class Stalled(FunnelOutput):
     type: Literal["stalled"] = "stalled"
     started_at: datetime
     idle_ms: int
+
+
+class Carried(FunnelOutput):
+    """Not final: an attempt open when its funnel's definition changed in a way that cannot alter
+    its course, carried over to the new version (docs/howto/changing-funnels.md). It closes the
+    attempt's account in `previous_version` (at `previous_step`) and opens it in `funnel_version`
+    at the steps in `reached`, so per version entered = completed + dropped + carried + open."""
+
+    type: Literal["carried"] = "carried"
+    previous_version: str | None
+    previous_step: str
+    previous_step_index: int
+    reached: list[int]
+    """The steps (new indexes) the attempt has reported so far."""
+    started_at: datetime
 
 
 class SessionSummary(OutputEvent):
@@ -206,6 +232,8 @@ class Alert(OutputEvent):
     interval_level: float | None = None
     baseline_frozen: bool = False
     """The baseline is the one the rule fired with (an incident does not become the norm)."""
+    funnel_version: str | None = None
+    """The funnel version whose counts the rule judged (a baseline never mixes two)."""
 
 
 class VariantResult(BaseModel):
@@ -251,6 +279,8 @@ class ExperimentUpdate(OutputEvent):
     variants: list[VariantResult]
     unassigned: int = 0
     """Attempts that started without a variant: not compared."""
+    funnel_version: str | None = None
+    """The funnel version whose attempts are compared (an evaluation never mixes two)."""
 
     @property
     def identity(self) -> str | None:
@@ -298,6 +328,8 @@ class DeadLetter(OutputEvent):
     source_topic: str | None = None
     source_partition: int | None = None
     source_offset: int | None = None
+    source_offset_last: int | None = None
+    """The last offset of a whole record batch dead-lettered (it could not be decoded)."""
 
 
 AnyOutput = Annotated[
@@ -305,6 +337,7 @@ AnyOutput = Annotated[
     | MacroConversion
     | Dropoff
     | Stalled
+    | Carried
     | SessionSummary
     | Alert
     | ExperimentUpdate
@@ -317,6 +350,7 @@ OUTPUT_MODELS: dict[str, type[OutputEvent]] = {
     "macro": MacroConversion,
     "dropoff": Dropoff,
     "stalled": Stalled,
+    "carried": Carried,
     "session": SessionSummary,
     "alert": Alert,
     "experiment": ExperimentUpdate,

@@ -196,3 +196,37 @@ def test_event_round_trips_through_its_json_form() -> None:
     click = ClickEvent.model_validate(event("x", "2024-03-13T10:00:00.123456Z", page={"url": url}))
     again = ClickEvent.model_validate(orjson.loads(orjson.dumps(click.to_json_dict())))
     assert again == click and again.ts_ms == click.ts_ms
+
+
+def test_a_message_that_is_not_utf8_says_so_and_where() -> None:
+    raw = b'{"event_id": "e1", "event": "caf\xe9", "user_id": "u1"}'
+    [rejection] = decode_message(raw).rejects
+    assert rejection.reason == "invalid_utf8"
+    assert rejection.detail == "json: not UTF-8: invalid continuation byte at byte 32 (0xe9)"
+    assert "surrogates" not in rejection.detail
+
+
+def test_unknown_top_level_fields_are_counted_and_named_not_rejected() -> None:
+    typo = event("add_to_cart", "10:00", propertys={"value": 3})
+    decoded = decode_message(orjson.dumps([typo, typo, event("page_view", "10:01")]))
+    assert len(decoded.events) == 3 and not decoded.rejects
+    assert decoded.unknown_fields == {"propertys": 2}
+    assert decode_message(orjson.dumps(event("page_view", "10:02"))).unknown_fields == {}
+    single = decode_message(orjson.dumps(event("page_view", "10:03", referer="x", propertys={})))
+    assert single.unknown_fields == {"referer": 1, "propertys": 1}
+
+
+def test_unknown_fields_get_a_bounded_number_of_series() -> None:
+    from streams.metrics import UNKNOWN_FIELD_LABELS, Metrics
+
+    metrics = Metrics()
+    first = metrics.count_unknown_fields({f"f{i}": 1 for i in range(UNKNOWN_FIELD_LABELS + 30)})
+    assert len(first) == UNKNOWN_FIELD_LABELS
+    assert metrics.count_unknown_fields({"f0": 2, "new": 1}) == []
+    samples = {
+        s.labels["field"]: s.value
+        for s in next(iter(metrics.unknown_fields.collect())).samples
+        if s.name.endswith("_total")
+    }
+    assert len(samples) == UNKNOWN_FIELD_LABELS + 1
+    assert samples["(other)"] == 31 and samples["f0"] == 3

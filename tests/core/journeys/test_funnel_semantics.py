@@ -21,7 +21,7 @@ from streams.core.config.matching import CompiledConfig, compile_config
 from streams.core.input.event import ClickEvent
 from streams.core.journeys.engine import Engine
 from streams.core.journeys.journey import Journey, JourneyMachine
-from streams.core.measures.counters import increments
+from streams.core.measures.counters import counter_name, increments
 from streams.core.records.outputs import OutputEvent
 from tests.core.journeys.window_funnel_reference import (
     any_attempts,
@@ -644,7 +644,7 @@ def test_counters_reconcile_entered_with_completed_dropped_and_open(
     fields: Counter[str] = Counter()
     for output in outputs:
         for op in increments(output, cfg, 60_000):
-            if op.key.startswith("f:f:60:"):
+            if op.key.startswith(f"f:{counter_name(cfg.funnels_by_name['f'])}:60:"):
                 fields[op.field] += int(op.amount)
     open_at: Counter[str] = Counter()
     for raw in engine.store.values():

@@ -309,11 +309,12 @@ def test_secondary_micro_with_field_equality() -> None:
     assert kinds(out) == ["micro:tutorial"]
 
 
-def test_funnel_removed_from_config_drops_its_attempts_silently() -> None:
+def test_an_attempt_of_a_funnel_gone_from_the_config_ends_as_definition_changed() -> None:
     journey, _ = run(machine(), click("product_view", "10:00"))
     journey.attempts["gone"] = journey.attempts["checkout"]
     m = machine()
-    assert [o.type for o in m.advance(journey, click("x", "10:01").ts_ms)] == []
+    out = m.advance(journey, click("x", "10:01").ts_ms)
+    assert [(o.type, o.funnel, o.reason) for o in out] == [("dropoff", "gone", "definition_changed")]  # type: ignore[attr-defined]
     assert "gone" not in journey.attempts
 
 

@@ -3,7 +3,9 @@
 `increments` was rewritten for speed (issue 17: the fields of an output computed once and
 stamped for each bucket resolution, a cheaper `Op`); nothing it counts may change. The
 reference below is the implementation before that rewrite, copied verbatim and renamed, apart
-from the engine: every output of a seeded simulated run (each counted type, with the example
+from the engine and definition versions (issue 25: a funnel's keys carry its version, `name@version`,
+and a `fv` field records the version; `_versioned` applies exactly that to the reference): every
+output of a seeded simulated run (each counted type, with the example
 funnels' breakdowns), decoded as the counters consumer decodes it, and seeded variations of
 them (fields missing or None, unknown funnels, no identity, no value), must make exactly the
 same multiset of (kind, key, field, amount, type of amount), with and without a pseudonym, at
@@ -348,6 +350,8 @@ def _variations(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 changed[name] = rng.choice(["", "a b|c=d", "ü"])
         if "step_index" in changed and rng.random() < 0.1:
             changed["step_index"] = 0
+        if changed.get("funnel") not in CONFIG.funnels_by_name:
+            changed.pop("funnel_version", None)  # counted by its own breakdowns: test_counters
         varied.append(changed)
     # datetimes rather than strings, as an output's fields are before serialization
     for output in outputs[:500]:
@@ -376,6 +380,23 @@ def test_the_simulated_run_covers_every_counted_output(outputs: list[dict[str, A
     assert any(o.get("previous_at") and o.get("started_at") for o in outputs)
 
 
+def _versioned(output: Mapping[str, Any], ops: list[RefOp]) -> list[RefOp]:
+    """The reference's increments of an output of a versioned funnel: its keys under
+    `name@version`, and the version's latest event time in `fv`."""
+    version, funnel = output.get("funnel_version"), output.get("funnel")
+    if not version or funnel not in CONFIG.funnels_by_name or output["type"] == "session":
+        return ops
+    out = []
+    for op in ops:
+        parts = op.key.split(":")
+        if parts[0] in ("f", "u", "t", "a", "r") and parts[1] == funnel:
+            parts[1] = f"{funnel}@{version}"
+        out.append(RefOp(op.kind, ":".join(parts), op.field, op.amount))
+    moment = output["timestamp"]
+    at = to_epoch_ms(moment if isinstance(moment, datetime) else datetime.fromisoformat(moment))
+    return [*out, RefOp("m", "fv", f"{funnel}@{version}", at)]
+
+
 @pytest.mark.parametrize("bucket_ms", BUCKETS_MS)
 @pytest.mark.parametrize("pseudonymized", [False, True])
 def test_increments_equal_the_reference_for_every_output(
@@ -385,7 +406,7 @@ def test_increments_equal_the_reference_for_every_output(
     counted = 0
     macros_without_value = 0
     for output in [*outputs, *_variations(outputs)]:
-        expected = ref_increments(output, CONFIG, bucket_ms, pseudonym)
+        expected = _versioned(output, ref_increments(output, CONFIG, bucket_ms, pseudonym))
         actual = increments(output, CONFIG, bucket_ms, pseudonym)
         assert _multiset(actual) == _multiset(expected), output
         assert all(type(op) is Op for op in actual)

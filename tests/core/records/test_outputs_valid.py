@@ -4,7 +4,7 @@ model's own JSON serialization writes.
 The engine builds most outputs without validating them again (`outputs.build`) and serializes
 them from their fields (`OutputEvent.to_json`): the models stay the contract, so this checks,
 over a simulated run that emits every kind of output (milestones and secondary actions, goals,
-drop-offs, stalls, sessions, identity links, dead letters, alerts and experiment updates),
+drop-offs, stalls, carried attempts, sessions, identity links, dead letters, alerts and experiment updates),
 that each one would have passed validation and reads back to the same bytes."""
 
 from __future__ import annotations
@@ -42,8 +42,16 @@ def outputs() -> list[OutputEvent]:
             start=START + timedelta(hours=20), end=START + timedelta(hours=34), payment_rate=0.1
         ),
     )
+    lines = list(sim.lines())
+    cut = len(lines) * 2 // 3
     run = OfflineRun(compile_config(parse_config(FUNNELS)), partitions=3)
-    return [*run.run(sim.lines()), *run.flush()]
+    first = list(run.run(lines[:cut]))
+    # then a step renamed: the attempts in flight are carried over to the new version
+    renamed = compile_config(parse_config(FUNNELS.replace("{name: shipping,", "{name: ship,")))
+    known = [f.definition for f in run.config.funnels if f.definition is not None]
+    after = OfflineRun(renamed, partitions=3, store=run.store)
+    after.engine.machine.remember(known)
+    return [*first, *after.run(lines[cut:]), *after.flush()]
 
 
 def test_every_emitted_output_validates_against_its_model_and_serializes_as_it_would() -> None:
