@@ -215,7 +215,8 @@ async def process_once(
     if not rate:
         await produce_outputs(run.settings, found)
     port = free_port()
-    env = dict(run.env) | ({"PYTHONPATH": tree} if tree else {})
+    # PYTHONSAFEPATH: `python -m` would put the current directory (this checkout) first
+    env = dict(run.env) | ({"PYTHONPATH": tree, "PYTHONSAFEPATH": "1"} if tree else {})
     process = WorkerProcess(
         env, run.workdir / "counters.log", ["--metrics-port", str(port)], command="counters"
     )

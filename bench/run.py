@@ -398,8 +398,8 @@ async def stitching_latency(
                 run = Run(infra, workdir, "sl" if stitched else "nl")
                 if not stitched:
                     run.without_stitching()
-                if tree:
-                    run.env["PYTHONPATH"] = tree
+                if tree:  # PYTHONSAFEPATH: `python -m` would put this checkout first
+                    run.env |= {"PYTHONPATH": tree, "PYTHONSAFEPATH": "1"}
                 measured = await latency(run, lines, args.latency_rate, args.latency_s)
                 row = {"tree": tree or "this checkout", "stitching": stitched, **measured}
                 say(json.dumps(row))
