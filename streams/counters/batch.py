@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
-from streams.core.measures.counters import Increments, Op, resolution_labels
+from streams.core.measures.counters import COHORT_LEVELS, Increments, Item, Op, resolution_labels
 
 _Slot = tuple[dict[str, int], dict[str, Decimal], dict[str, None]]
 """The folded items of one key prefix and finest bucket: sums, decimal sums, members."""
@@ -48,8 +48,9 @@ class BatchIncrements:
         self.maxima: dict[str, dict[str, int | float | str]] = {}
         self.members: dict[str, dict[str, None]] = {}
         self.lists: dict[str, list[tuple[int, list[str]]]] = {}
-        # (key prefix, finest bucket start, bucket size) -> its folded items, not yet stamped
-        self._unstamped: dict[tuple[str, int, int], _Slot] = {}
+        # (key prefix, finest bucket start, bucket size, resolutions) -> its folded items, not
+        # yet stamped (resolutions: how many, from the finest; 0 for all)
+        self._unstamped: dict[tuple[str, int, int, int], _Slot] = {}
         self._stamped = True
 
     def add(self, ops: Iterable[Op]) -> None:
@@ -86,40 +87,44 @@ class BatchIncrements:
                 raise ValueError(f"unknown increment kind {kind!r}")
 
     def add_increments(self, planned: Increments) -> None:
-        """One output's increments, their groups folded under the output's finest bucket."""
+        """One output's increments, their groups folded under their finest bucket."""
         self.add(planned.head)
         size = planned.bucket_ms
         at = planned.at // size * size
-        unstamped = self._unstamped
         for prefix, items in planned.groups:
-            slot = unstamped.get((prefix, at, size))
-            if slot is None:
-                slot = unstamped[(prefix, at, size)] = ({}, {}, {})
-            ints, floats, members = slot
-            for kind, name, amount in items:
-                if kind == "h":
-                    ints[name] = ints.get(name, 0) + (amount if type(amount) is int else int(amount))
-                elif kind == "p":
-                    members[name] = None
-                elif kind == "f":
-                    floats[name] = floats.get(name, Decimal(0)) + Decimal(str(amount))
-                else:
-                    # the groups hold sums and members only (`core.counters._bucket_increments`)
-                    raise ValueError(f"unexpected increment kind {kind!r} in a bucket group")
+            self._fold(prefix, at, size, 0, items)
+        for prefix, moment, items in planned.cohorts:
+            self._fold(prefix, moment // size * size, size, COHORT_LEVELS, items)
         self._stamped = False
-        self.add(planned.cohorts)
+
+    def _fold(self, prefix: str, at: int, size: int, levels: int, items: list[Item]) -> None:
+        slot = self._unstamped.get((prefix, at, size, levels))
+        if slot is None:
+            slot = self._unstamped[(prefix, at, size, levels)] = ({}, {}, {})
+        ints, floats, members = slot
+        for kind, name, amount in items:
+            if kind == "h":
+                ints[name] = ints.get(name, 0) + (amount if type(amount) is int else int(amount))
+            elif kind == "p":
+                members[name] = None
+            elif kind == "f":
+                floats[name] = floats.get(name, Decimal(0)) + Decimal(str(amount))
+            else:
+                # the groups hold sums and members only (`core.counters._bucket_increments`)
+                raise ValueError(f"unexpected increment kind {kind!r} in a bucket group")
 
     def _stamp(self) -> None:
         """Stamp the folded groups with each resolution's bucket and fold them in."""
         if self._stamped:
             return
-        for (prefix, at, size), (ints, floats, members) in self._unstamped.items():
-            for resolution, label in resolution_labels(size):
+        for (prefix, at, size, levels), (ints, floats, members) in self._unstamped.items():
+            labels = resolution_labels(size)
+            for resolution, label in labels[:levels] if levels else labels:
                 key = f"{prefix}{label}{at // resolution * resolution}"
                 if ints:
                     held = self.ints.get(key)
                     if held is None:
-                        self.ints[key] = dict(ints)
+                        self.ints[key] = ints.copy()
                     else:
                         for name, amount in ints.items():
                             held[name] = held.get(name, 0) + amount

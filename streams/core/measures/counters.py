@@ -98,6 +98,9 @@ Item = tuple[OpKind, str, int | float | str]
 """An increment of one output without its bucket: (kind, field, amount)."""
 Group = tuple[str, list[Item]]
 """The increments of one key: the key without its bucket (`f:checkout:`), and its items."""
+Cohort = tuple[str, int, list[Item]]
+"""A cohort's increments: the key without its bucket, the moment (ms) whose buckets it goes
+under at the first `COHORT_LEVELS` resolutions, and its items."""
 
 
 def bucket_of(timestamp_ms: int, bucket_ms: int) -> int:
@@ -175,7 +178,7 @@ class Increments:
     __slots__ = ("at", "bucket_ms", "cohorts", "groups", "head")
 
     def __init__(
-        self, at: int, bucket_ms: int, head: list[Op], groups: list[Group], cohorts: list[Op]
+        self, at: int, bucket_ms: int, head: list[Op], groups: list[Group], cohorts: list[Cohort]
     ) -> None:
         self.at = at
         self.bucket_ms = bucket_ms
@@ -184,7 +187,7 @@ class Increments:
         self.groups = groups
         """The increments of each key without its bucket (`_bucket_increments`)."""
         self.cohorts = cohorts
-        """Increments with whole keys, after the groups (`_cohort_increments`)."""
+        """The cohort increments, after the groups, each at its own moment (`_cohort_groups`)."""
 
     def __iter__(self) -> Iterator[Op]:
         yield from self.head
@@ -195,11 +198,17 @@ class Increments:
                 key = prefix + b
                 for k, name, amount in items:
                     yield _new_op(Op, (k, key, name, amount))
-        yield from self.cohorts
+        for prefix, moment, items in self.cohorts:
+            for resolution, label in resolution_labels(self.bucket_ms)[:COHORT_LEVELS]:
+                key = f"{prefix}{label}{moment // resolution * resolution}"
+                for k, name, amount in items:
+                    yield _new_op(Op, (k, key, name, amount))
 
     def __len__(self) -> int:
         per_bucket = sum(len(items) for _, items in self.groups)
-        return len(self.head) + per_bucket * len(resolution_labels(self.bucket_ms)) + len(self.cohorts)
+        levels = resolution_labels(self.bucket_ms)
+        cohorts = sum(len(items) for _, _, items in self.cohorts) * len(levels[:COHORT_LEVELS])
+        return len(self.head) + per_bucket * len(levels) + cohorts
 
 
 def increments(
@@ -237,7 +246,7 @@ def increments_of(
     if kind == "macro":
         head.append(_new_op(Op, ("l", "recent", recent_entry(output), RECENT_MACROS)))
     groups = _bucket_increments(output, config, at)
-    cohorts = _cohort_increments(output, config, bucket_ms, at) if kind in ("micro", "dropoff") else []
+    cohorts = _cohort_groups(output, config, at) if kind in ("micro", "dropoff") else []
     return Increments(at, bucket_ms, head, groups, cohorts)
 
 
@@ -258,9 +267,11 @@ def cohort_resolutions(bucket_ms: int) -> tuple[int, ...]:
     return resolutions(bucket_ms)[:2]
 
 
-def _cohort_increments(
-    output: Mapping[str, Any], config: CompiledConfig, bucket_ms: int, at: int
-) -> list[Op]:
+COHORT_LEVELS = 2
+"""Cohorts are kept at the first two resolutions (`cohort_resolutions`)."""
+
+
+def _cohort_groups(output: Mapping[str, Any], config: CompiledConfig, at: int) -> list[Cohort]:
     """A milestone or drop-off counted under the moment its attempt opened (`started_at`), and
     under the moment it reached the step it left or stayed at. `at` is the output's timestamp."""
     kind = output.get("type")
@@ -275,16 +286,12 @@ def _cohort_increments(
     reached: list[tuple[int, str]] = []  # (when the attempt reached that step, field)
     funnel = str(output["funnel"])
     if kind == "carried":  # out of the old version's cohort, into the new one's at its steps
-        ops: list[Op] = []
         old = versioned(funnel, output.get("previous_version"))
         new = versioned(funnel, output.get("funnel_version"))
-        for resolution, label in resolution_labels(bucket_ms)[:2]:
-            bucket = f"{label}{started // resolution * resolution}"
-            ops.append(_new_op(Op, ("h", f"a:{old}:{bucket}", f"co:{output['previous_step_index']}", 1)))
-            ops += [
-                _new_op(Op, ("h", f"a:{new}:{bucket}", f"ci:{j}", 1)) for j in output.get("reached") or ()
-            ]
-        return ops
+        return [
+            (f"a:{old}:", started, [("h", f"co:{output['previous_step_index']}", 1)]),
+            (f"a:{new}:", started, [("h", f"ci:{j}", 1) for j in output.get("reached") or ()]),
+        ]
     if kind == "micro":
         opened = [f"e:{k}"]
         reached.append((at, opened[0]))
@@ -294,14 +301,9 @@ def _cohort_increments(
         opened = [f"d:{k}", f"d:{k}:{output['reason']}"]
         reached.append((started + int(output.get("time_in_funnel_ms") or 0), opened[0]))
     name = versioned(funnel, output.get("funnel_version"))
-    ops = []
-    for resolution, label in resolution_labels(bucket_ms)[:2]:  # `cohort_resolutions`
-        key = f"a:{name}:{label}{started // resolution * resolution}"
-        ops += [_new_op(Op, ("h", key, opened_field, 1)) for opened_field in opened]
-        for moment, reached_field in reached:
-            reached_key = f"r:{name}:{label}{moment // resolution * resolution}"
-            ops.append(_new_op(Op, ("h", reached_key, reached_field, 1)))
-    return ops
+    cohorts: list[Cohort] = [(f"a:{name}:", started, [("h", field, 1) for field in opened])]
+    cohorts += [(f"r:{name}:", moment, [("h", field, 1)]) for moment, field in reached]
+    return cohorts
 
 
 def _channel_fields(
