@@ -135,7 +135,6 @@ AREAS = (
     ("start-up (imports, configuration)", ("_find_and_load", "load_config", "compile_config")),
 )
 FUNCTIONS = (
-    "ClickEvent.model_validate",
     "BaseModel.model_validate",
     "Journey.loads",
     "Journey.dumps",
