@@ -274,8 +274,8 @@ def offline_targets(offline: dict[str, Any]) -> dict[str, Any]:
         f"offline_parallel_vs_one >= {TARGET_WORKERS}": (
             offline["parallel_eps"] / offline["eps"],
             "{workers} workers used {parallel} us of CPU per event against one process's {one}, so "
-            "with a core each and nothing else running they would reach {free}x: each also parses "
-            "every line to route it and catches up with the file's event time before its lines, "
+            "with a core each and nothing else running they would reach {free}x: each also reads "
+            "every line (parsing only its own) and catches up with the file's event time before its lines, "
             "the parent judges every microconversion for alerts and experiments and merges the "
             "sorted outputs, and two processes side by side take {pairs}x the CPU per event of one "
             "alone on this machine's two cores; the wall-clock figure also pays for what else ran "
