@@ -105,7 +105,8 @@ def diff_config(old: Path, new: Path) -> None:
     "--flush/--no-flush",
     default=False,
     show_default=True,
-    help="At the end, let time run out: close open sessions and attempts.",
+    help="At the end, let time run out: close open sessions and attempts, judge alerts and "
+    "experiments to the input's last event, and end each experiment with a record marked final.",
 )
 @click.option(
     "--progress/--no-progress",
@@ -129,6 +130,15 @@ def diff_config(old: Path, new: Path) -> None:
     "absent) and save them at the end: files processed one after the other give the outputs "
     "of one run over all of them. One process only.",
 )
+@click.option(
+    "--summary",
+    "summary_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the run's counts as JSON to this file: lines, events, rejected, unknown fields, "
+    "and per funnel version the attempts entered, completed, dropped and open, step by step "
+    "(also on stderr).",
+)
 def process(
     config_path: Path | None,
     input_path: str,
@@ -137,6 +147,7 @@ def process(
     progress: bool | None,
     workers: int,
     state_path: Path | None,
+    summary_path: Path | None,
 ) -> None:
     """Run the engine over a file, with no Kafka, and write every output as NDJSON to stdout."""
     from streams.offline.run import OfflineRun, open_input
@@ -172,12 +183,16 @@ def process(
             workers=workers,
             max_message_bytes=settings.max_message_bytes,
             max_batch_events=settings.max_batch_events,
+            max_nesting=settings.max_nesting,
+            breakdown_cap=settings.breakdown_cap,
             latest_ms=latest_ms,
             flush=flush,
+            enrichment=settings.enrichment(),
         )
         totals = run_parallel(job, sys.stdout.buffer)
         counts = (totals.lines, totals.events, totals.rejected)
         unknown = totals.unknown_fields
+        funnels = totals.funnels
     else:
         run = OfflineRun(
             config,
@@ -186,6 +201,9 @@ def process(
             max_message_bytes=settings.max_message_bytes,
             latest_ms=latest_ms,
             max_batch_events=settings.max_batch_events,
+            enrichment=settings.enrichment(),
+            max_nesting=settings.max_nesting,
+            breakdown_cap=settings.breakdown_cap,
         )
         known: list[Any] = []
         if payload is not None:
@@ -207,12 +225,25 @@ def process(
                 )
         counts = (run.lines, run.events, run.rejected)
         unknown = run.unknown_fields
+        funnels = run.counts
     sys.stdout.buffer.flush()
     click.echo("{} lines, {} events, {} rejected".format(*counts), err=True)
     if unknown:
         named = ", ".join(f"{name!a} ({count})" for name, count in sorted(unknown.items())[:20])
         more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
         click.echo(f"fields the contract does not have, ignored: {named}{more}", err=True)
+    for line in funnels.lines():
+        click.echo(line, err=True)
+    if summary_path is not None:
+        summary = {
+            "lines": counts[0],
+            "events": counts[1],
+            "rejected": counts[2],
+            "unknown_fields": dict(sorted(unknown.items())),
+            "flushed": flush,
+            "funnels": funnels.to_json(),
+        }
+        summary_path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
 
 
 _partitions = click.option(
@@ -569,7 +600,9 @@ def demo(
         lasting = timedelta(milliseconds=parse_duration_ms(incident_for))
     except ValueError as exc:
         _fail(f"--incident-at/--incident-for: {exc}")
-    traffic = LiveTraffic(rate=rate, users=users, speed=speed, incident_after=after, incident_for=lasting)
+    traffic = LiveTraffic(
+        rate=rate, users=users, speed=speed, incident_after=after, incident_for=lasting, audience=True
+    )
     try:
         sys.exit(run_demo(settings, traffic, seconds=seconds, via=via))
     except InfraError as exc:
@@ -608,6 +641,29 @@ def infra(redis_cluster: bool) -> None:
                 click.echo("stopping", err=True)
     except InfraError as exc:
         _fail(f"could not start the local infrastructure: {exc}")
+
+
+@main.command()
+@click.option("--user-id", default=None, help="The user id to erase.")
+@click.option("--anonymous-id", default=None, help="The anonymous id to erase.")
+def forget(user_id: str | None, anonymous_id: str | None) -> None:
+    """Erase a person: the workers delete their journey and link stubs, and drop their events
+    stamped before now; an `erasure` record goes to the erasures topic (docs/howto/erase-a-person.md)."""
+    import asyncio
+
+    from streams.kafka import ensure_topics
+    from streams.kafka.erasures import forget as record_erasure
+
+    if not user_id and not anonymous_id:
+        _fail("give --user-id, --anonymous-id or both")
+    settings = _settings()
+
+    async def run() -> Any:
+        await ensure_topics(settings)
+        return await record_erasure(settings, user_id=user_id, anonymous_id=anonymous_id)
+
+    record = asyncio.run(run())
+    click.echo(f"erasure {record.id} recorded at {record.timestamp.isoformat()}")
 
 
 if __name__ == "__main__":

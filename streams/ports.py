@@ -64,9 +64,14 @@ class CounterReader(Protocol):
         end_ms: int,
         by: str | None = None,
         version: str | None = None,
-    ) -> FunnelReport: ...
+        cap: int = ...,
+    ) -> FunnelReport:
+        """The funnel's steps, and `by` a breakdown: its `cap` largest values and `(other)`."""
 
-    async def goals_report(self, goals: list[str], start_ms: int, end_ms: int) -> dict[str, Any]: ...
+    async def goals_report(
+        self, goals: list[str], start_ms: int, end_ms: int, cap: int = ...
+    ) -> dict[str, Any]:
+        """The goals; their and the sessions' `by` counts at most `cap` values per dimension."""
 
     async def read_grids(
         self, family: str, fields: Sequence[str], grids: Sequence[tuple[int, int, int]]

@@ -464,9 +464,48 @@ HTTP_ROUTES: list[tuple[str, str, str, str, list[Param], dict[str, str]]] = [
         "worker",
         "post",
         "/login",
-        "Sign in with the form's `token`: sets the session cookie (HttpOnly, SameSite=Strict).",
+        "Sign in with the form's `token`: sets the session cookie (a random session id and its expiry, "
+        "signed; HttpOnly, SameSite=Strict, Max-Age CONVERSIONS_WEB_SESSION_TTL_S, Secure over TLS or with "
+        "CONVERSIONS_WEB_BEHIND_TLS). Five wrong tokens from one address, then one a minute.",
         [],
-        {"303": "signed in, to /", "401": "not the token"},
+        {
+            "303": "signed in, to /",
+            "401": "not the token",
+            "429": "too many wrong tokens from this address (Retry-After)",
+        },
+    ),
+    (
+        "worker",
+        "get",
+        "/logout",
+        "Sign out: revokes this session's cookie (until it would have expired) and clears it.",
+        [],
+        {"303": "signed out, to /login"},
+    ),
+    (
+        "worker",
+        "post",
+        "/logout",
+        "Sign out, as GET.",
+        [],
+        {"303": "signed out, to /login"},
+    ),
+    (
+        "worker",
+        "post",
+        "/privacy/forget",
+        "Erase a person, as `conversions forget` does: a JSON body with `user_id` and/or `anonymous_id`. "
+        "Only when CONVERSIONS_WEB_TOKEN is set, and only as application/json (a cross-site form cannot "
+        "send it). The erased ids go to the compacted erased-ids topic, an `erasure` record to the "
+        "erasures topic (docs/howto/erase-a-person.md).",
+        [],
+        {
+            "202": "recorded: the `erasure` record",
+            "400": "no id, or an id that is not a non-empty string of at most 256 characters",
+            "401": "no token",
+            "403": "no CONVERSIONS_WEB_TOKEN is set: erasure over HTTP is off",
+            "415": "not application/json",
+        },
     ),
     (
         "collector",
@@ -477,9 +516,12 @@ HTTP_ROUTES: list[tuple[str, str, str, str, list[Param], dict[str, str]]] = [
         [("call", "path", "The call, as Segment's HTTP API and analytics.js name it.", True)],
         {
             "200": '{"success": true}',
-            "400": "a body that is not a Segment message, with the reason",
+            "400": "a body that is not a Segment message, nested deeper than CONVERSIONS_MAX_NESTING, or a "
+            "batch of more than CONVERSIONS_COLLECTOR_MAX_BATCH_MESSAGES, with the reason",
             "401": "a missing or unknown write key (when write keys are set)",
+            "403": "a browser origin not allowed (CONVERSIONS_COLLECTOR_ALLOWED_ORIGINS)",
             "413": "a body over the limit",
+            "429": "over CONVERSIONS_COLLECTOR_RATE_LIMIT for this address or write key (Retry-After)",
             "503": "the broker is not reachable or did not acknowledge (Retry-After)",
         },
     ),
@@ -519,7 +561,7 @@ def openapi() -> dict[str, Any]:
             operation["servers"] = [
                 {"url": "http://127.0.0.1:6067", "description": "CONVERSIONS_COLLECTOR_*"}
             ]
-        elif path != "/login":
+        elif path not in ("/login", "/logout"):
             operation["security"] = [{}, {"bearer": []}]
         paths.setdefault(path, {})[method] = operation
     return {

@@ -14,6 +14,7 @@ Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -23,13 +24,15 @@ from streams.alerts.service import Alerting
 from streams.collector import Collector, from_settings
 from streams.core.config.loader import load_config
 from streams.core.config.matching import CompiledConfig, compile_config
+from streams.core.records.outputs import Erasure
 from streams.counters.consumer import Counting, publish_step_rates
 from streams.counters.redis_store import redis_counter_store
-from streams.kafka import ensure_topics, source_partitions
+from streams.kafka import ensure_topics, erasures, source_partitions
 from streams.pipeline.app import ConversionsApp
 from streams.ports import Stopping
 from streams.settings import Settings
 from streams.web.auth import Access
+from streams.web.hosts import allowed_hosts
 from streams.web.routes import register_routes
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,9 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
             conversions.metrics,
             experiment_reader=alerting,
             access=Access.from_settings(settings),
+            allowed_hosts=allowed_hosts(settings.web_host, settings.web_allowed_hosts),
+            cap=settings.breakdown_cap,
+            forget=functools.partial(_forget_over_http, settings),
         )
     if settings.collector_enabled:
         collector = from_settings(settings, conversions.metrics.registry)
@@ -123,3 +129,7 @@ def run_worker(settings: Settings) -> None:
         override_logging=False,
     )
     worker.execute_from_commandline()
+
+
+async def _forget_over_http(settings: Settings, user_id: str | None, anonymous_id: str | None) -> Erasure:
+    return await erasures.forget(settings, user_id=user_id, anonymous_id=anonymous_id, requested_by="http")

@@ -115,7 +115,9 @@ def test_collector_settings_default_to_off_on_loopback(monkeypatch: pytest.Monke
     settings = load_settings()
     assert not settings.collector_enabled
     assert (settings.collector_host, settings.collector_port) == ("127.0.0.1", 6067)
-    assert settings.collector_write_keys == [] and settings.collector_allowed_origins == ["*"]
+    assert settings.collector_write_keys == [] and settings.collector_allowed_origins == [], (
+        "no browser origin unless listed"
+    )
     assert settings.collector_target == "clickstream"
     monkeypatch.setenv("CONVERSIONS_TOPIC_CLICKSTREAM", "web,app")
     monkeypatch.setenv("CONVERSIONS_TOPIC_PREFIX", "prod.")

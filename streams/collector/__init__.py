@@ -5,7 +5,7 @@ pointed at this collector instead (their `host` / `apiHost` option), they feed t
 no Segment account and no translator in between. It takes `POST /v1/batch` (and `/v1/import`,
 and analytics.js's `/v1/b`) and the single calls `/v1/track`, `/v1/page`, `/v1/screen`,
 `/v1/identify`, `/v1/alias`, `/v1/group` (and analytics.js's `/v1/t`, `/v1/p`, ...), checks
-them with the same Segment mapping the worker decodes them with (streams/core/formats), and
+them with the same Segment mapping the worker decodes them with (streams/core/input/formats), and
 produces each message, as a Segment message stamped with `receivedAt`, to the clickstream topic,
 keyed by its anonymous id, else its user id (the id identity stitching decides it on). It
 answers 200 only once the broker has acknowledged every message of the request, so nothing it

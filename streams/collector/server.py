@@ -5,7 +5,9 @@ A request is answered 200 only after the broker has acknowledged every record it
 retrying) while the broker cannot be reached or does not acknowledge within `send_timeout_s`.
 The producer is started in the background and restarted until the broker answers, so the
 collector can start, and answer 503, before the broker is up. Browsers get CORS: a preflight is
-answered for the allowed origins, and every answer names the origin it allows.
+answered for the allowed origins, a request from any other origin is refused with 403 (`origins`).
+Each client address and each write key may send `CONVERSIONS_COLLECTOR_RATE_LIMIT` requests a
+second (`ratelimit`); past it, 429 with Retry-After, which the tracking libraries honour.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter
 
-from streams.collector.messages import CollectorConfig, Refusal, accept
+from streams.collector.messages import Client, CollectorConfig, Refusal, accept, client_address
+from streams.collector.origins import allowed_origin, refused
+from streams.core.input.geo import GeoLookup
 from streams.kafka.clients import new_producer
+from streams.ratelimit import RateLimiter, retry_after
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,6 +62,11 @@ def collector_config(settings: Settings) -> CollectorConfig:
         write_keys=frozenset(key.get_secret_value() for key in settings.collector_write_keys),
         allowed_origins=frozenset(settings.collector_allowed_origins),
         send_timeout_s=settings.collector_send_timeout_s,
+        ip_mode=settings.ip_mode,
+        trusted_proxies=tuple(settings.collector_trusted_proxies),
+        max_nesting=settings.max_nesting,
+        max_batch_messages=settings.collector_max_batch_messages,
+        rate_limit=settings.collector_rate_limit,
     )
 
 
@@ -67,6 +77,7 @@ def from_settings(settings: Settings, registry: CollectorRegistry | None = None)
         collector_config(settings),
         kafka_producer(settings, request_timeout_s=settings.collector_send_timeout_s),
         registry=registry,
+        geo=GeoLookup(settings.geoip_database),
     )
 
 
@@ -80,8 +91,10 @@ class Collector:
         *,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
+        geo: GeoLookup | None = None,
     ) -> None:
         self.config = config
+        self._geo = geo or GeoLookup()
         self._new_producer = producer_factory
         self._producer: AIOKafkaProducer | None = None
         self._clock = clock
@@ -89,6 +102,9 @@ class Collector:
         self._connecting: asyncio.Task[None] | None = None
         self._stopping = False
         self.port = config.port
+        burst = 2 * config.rate_limit
+        self._per_client = RateLimiter(config.rate_limit, burst)
+        self._per_key = RateLimiter(config.rate_limit, burst)
         self.requests = Counter(
             "conversions_collector_requests",
             "Collector requests by HTTP status",
@@ -116,6 +132,7 @@ class Collector:
         app = web.Application(client_max_size=self.config.max_request_bytes + 1)
         app.router.add_route("POST", "/v1/{call}", self._post)
         app.router.add_route("OPTIONS", "/v1/{call}", self._preflight)
+        app.on_response_prepare.append(_plain_headers)
         return app
 
     async def start(self) -> None:
@@ -164,11 +181,11 @@ class Collector:
     # ---- requests -------------------------------------------------------------------------
 
     def _cors(self, request: web.Request) -> dict[str, str]:
-        origin = request.headers.get("Origin")
-        allowed = self.config.allowed_origins
-        if origin is None or not ("*" in allowed or origin in allowed):
-            return {}
-        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        config = self.config
+        origin = allowed_origin(
+            request.headers.get("Origin"), config.allowed_origins, bool(config.write_keys)
+        )
+        return {} if origin is None else {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
 
     async def _preflight(self, request: web.Request) -> web.Response:
         headers = self._cors(request)
@@ -193,6 +210,14 @@ class Collector:
         )
 
     async def _post(self, request: web.Request) -> web.Response:
+        config = self.config
+        origin = request.headers.get("Origin")
+        if refused(origin, config.allowed_origins, bool(config.write_keys)):
+            why = f"origin {origin!r} may not post here (CONVERSIONS_COLLECTOR_ALLOWED_ORIGINS)"
+            return self._answer(request, 403, {"code": "forbidden_origin", "message": why})
+        wait = self._per_client.take(request.remote or "")
+        if wait:
+            return self._too_many(request, wait, "this client")
         try:
             if (request.content_length or 0) > self.config.max_request_bytes:
                 size, limit = request.content_length, self.config.max_request_bytes
@@ -210,9 +235,22 @@ class Collector:
                 received_at=datetime.fromtimestamp(self._clock(), UTC),
                 content_encoding=request.headers.get("Content-Encoding"),
                 authorization=request.headers.get("Authorization"),
+                client=Client(
+                    client_address(
+                        request.remote,
+                        request.headers.get("X-Forwarded-For"),
+                        self.config.trusted_proxies,
+                    ),
+                    request.headers.get("User-Agent"),
+                ),
+                locate=self._geo.lookup,
             )
         except Refusal as refusal:
             return self._answer(request, refusal.status, refusal.body())
+        if accepted.write_key is not None:
+            wait = self._per_key.take(accepted.write_key)
+            if wait:
+                return self._too_many(request, wait, "this write key")
         producer = self._producer
         if producer is None:
             return self._unavailable(request, "the broker is not reachable yet")
@@ -227,6 +265,13 @@ class Collector:
         for kind, count in accepted.types.items():
             self.messages.labels(kind).inc(count)
         return self._answer(request, 200, {"success": True})
+
+    def _too_many(self, request: web.Request, wait_s: float, who: str) -> web.Response:
+        limit = self.config.rate_limit
+        why = f"{who} sends more than {limit:g} requests a second; retry later"
+        return self._answer(
+            request, 429, {"code": "rate_limited", "message": why}, **{"Retry-After": retry_after(wait_s)}
+        )
 
     def _unavailable(self, request: web.Request, why: str) -> web.Response:
         return self._answer(
@@ -258,6 +303,13 @@ class Collector:
         finally:
             for ack in acks:
                 ack.add_done_callback(_retrieve)
+
+
+async def _plain_headers(_: web.Request, response: web.StreamResponse) -> None:
+    """No aiohttp version in `Server`; JSON answers are neither sniffed nor cached."""
+    response.headers["Server"] = "conversions"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from streams.core.config.matching import CompiledFunnel
+from streams.core.measures.cardinality import BREAKDOWN_CAP, OTHER, fold_by_dimension, fold_fields, top_values
 from streams.core.measures.counters import (
     RECENT_MACROS,
     FunnelReport,
@@ -154,6 +155,7 @@ class CounterReads:
         end_ms: int,
         by: str | None = None,
         version: str | None = None,
+        cap: int = BREAKDOWN_CAP,
     ) -> FunnelReport:
         """The funnel's counters of its current version, or of an earlier `version` (its steps
         then named by the current definition when it has as many, else `#k`)."""
@@ -170,8 +172,13 @@ class CounterReads:
         report.version = version or funnel.version
         report.versions = await self.funnel_versions(funnel.name)
         if by is not None:
-            for value in breakdown_values(fields, by):
+            values = breakdown_values(fields, by)
+            kept, folded = top_values({v: fields.get(f"e:0|{by}={v}", 0.0) for v in values}, cap)
+            for value in kept:
                 report.breakdown[value] = step_reports(names, fields, {}, suffix=f"|{by}={value}")
+            if folded:
+                other = fold_fields(fields, by, set(folded))
+                report.breakdown[OTHER] = step_reports(names, other, {}, suffix=f"|{by}={OTHER}")
         return report
 
     async def funnel_buckets(
@@ -258,7 +265,9 @@ class CounterReads:
                 out[b] = fields
         return size, out
 
-    async def goals_report(self, goals: list[str], start_ms: int, end_ms: int) -> dict[str, Any]:
+    async def goals_report(
+        self, goals: list[str], start_ms: int, end_ms: int, cap: int = BREAKDOWN_CAP
+    ) -> dict[str, Any]:
         fields = await self._sum(self._keys("g:{b}", start_ms, end_ms))
         uniques = await self._count_unique(
             {g: self._keys_by_shard(f"ug:{g}:{{b}}", start_ms, end_ms) for g in goals}
@@ -285,12 +294,14 @@ class CounterReads:
                     for key, v in fields.items()
                     if key.startswith(f"dth:{goal}:")
                 },
-                "by": {
-                    dim_value: int(v)
-                    for key, v in fields.items()
-                    if key.startswith(f"n:{goal}|")
-                    for dim_value in [key.split("|", 1)[1]]
-                },
+                "by": fold_by_dimension(
+                    {
+                        key.split("|", 1)[1]: int(v)
+                        for key, v in fields.items()
+                        if key.startswith(f"n:{goal}|")
+                    },
+                    cap,
+                ),
             }
         report["secondary"] = {
             key[2:]: int(v) for key, v in fields.items() if key.startswith("m:") and "|" not in key
@@ -299,6 +310,8 @@ class CounterReads:
             "count": int(sessions.get("n", 0)),
             "page_views": int(sessions.get("pv", 0)),
             "duration_ms": int(sessions.get("dur", 0)),
-            "by": {key.split("|", 1)[1]: int(v) for key, v in sessions.items() if key.startswith("n|")},
+            "by": fold_by_dimension(
+                {key.split("|", 1)[1]: int(v) for key, v in sessions.items() if key.startswith("n|")}, cap
+            ),
         }
         return report

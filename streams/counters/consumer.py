@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import ConsumerStoppedError
 
 from streams.core.config.matching import CompiledConfig
+from streams.core.measures.cardinality import ValueCap
 from streams.core.measures.counters import increments_of, pseudonymizer
 from streams.counters.base import CountedMessage
 from streams.counters.redis_store import REDIS_UNAVAILABLE, CounterStore, apply_with_retry
@@ -54,6 +55,7 @@ class Counting:
         self.store = store
         key = settings.pseudonymize_key
         self._pseudonym = pseudonymizer(key.get_secret_value().encode()) if key is not None else None
+        self._cap = ValueCap(settings.breakdown_cap)
         self._kafka: AIOKafkaConsumer | None = None
         self._committing = asyncio.Lock()
         self._closing = False
@@ -138,7 +140,7 @@ class Counting:
                     await self._skipped.report(tp.topic, tp.partition, bad)
                     continue
                 output = orjson.loads(message.value or b"{}")
-                planned = increments_of(output, config, bucket_ms, pseudonym)
+                planned = increments_of(output, config, bucket_ms, pseudonym, self._cap)
                 counted.append(
                     CountedMessage(
                         tp.topic,

@@ -56,14 +56,17 @@ from zlib import crc32
 import orjson
 
 from streams.core.config.matching import CompiledConfig
+from streams.core.input.audience import Enricher, EnrichmentSpec
 from streams.core.input.decode import decode_message
-from streams.core.input.event import ClickEvent
+from streams.core.input.event import MAX_NESTING, ClickEvent
 from streams.core.input.formats.detect import JSON_OPENERS, looks_like_segment, looks_like_tsv
 from streams.core.input.rejection import Decoded, Rejection
 from streams.core.journeys.identity import IdentityRules
+from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.core.records.outputs import OutputEvent
 from streams.errors import ConversionsError
 from streams.offline.run import Judges, OfflineRun
+from streams.offline.summary import FunnelCounts
 
 GC_THRESHOLDS = (50_000, 50, 100)
 """The workers' `gc.set_threshold` (see `_work`)."""
@@ -108,6 +111,8 @@ class Job:
     workers: int
     max_message_bytes: int = 1_000_000
     max_batch_events: int = 10_000
+    max_nesting: int = MAX_NESTING
+    breakdown_cap: int = BREAKDOWN_CAP
     latest_ms: int | None = None
     flush: bool = False
     tmpdir: str = ""
@@ -115,6 +120,7 @@ class Job:
     run_outputs: int = RUN_OUTPUTS
     lookahead: int = LOOKAHEAD
     merge_in_memory: int = MERGE_IN_MEMORY
+    enrichment: EnrichmentSpec | None = None
 
 
 @dataclass
@@ -123,6 +129,7 @@ class Totals:
     events: int = 0
     rejected: int = 0
     unknown_fields: dict[str, int] = field(default_factory=dict)
+    funnels: FunnelCounts = field(default_factory=FunnelCounts)
 
 
 # ---- routing ------------------------------------------------------------------------------
@@ -172,9 +179,22 @@ def _decoded_keys(raw: bytes, rules: IdentityRules, job: Job) -> tuple[list[str]
     return keys, pairs
 
 
+_ENRICHERS: dict[EnrichmentSpec, Enricher] = {}
+
+
 def _decode(raw: bytes, job: Job) -> Decoded:
+    enricher = None
+    if job.enrichment is not None:
+        enricher = _ENRICHERS.get(job.enrichment)
+        if enricher is None:
+            enricher = _ENRICHERS[job.enrichment] = job.enrichment.build()
     return decode_message(
-        raw, max_bytes=job.max_message_bytes, max_batch=job.max_batch_events, latest_ms=job.latest_ms
+        raw,
+        max_bytes=job.max_message_bytes,
+        max_batch=job.max_batch_events,
+        latest_ms=job.latest_ms,
+        enricher=enricher,
+        max_nesting=job.max_nesting,
     )
 
 
@@ -345,7 +365,10 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router, flags:
         source=job.source,
         max_message_bytes=job.max_message_bytes,
         max_batch_events=job.max_batch_events,
+        max_nesting=job.max_nesting,
+        breakdown_cap=job.breakdown_cap,
         latest_ms=job.latest_ms,
+        enrichment=job.enrichment,
     )
     runs = _Runs(job.tmpdir, f"w{index}", job.run_outputs)
     pending: deque[Decoded_block] = deque()
@@ -379,12 +402,14 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router, flags:
         _apply(run, runs, conn, pending.popleft())
     kind, final = conn.recv()  # the file's event time after its last line
     assert kind == "final", kind
-    runs.add(run.catch_up(None if final == _NONE else final))
-    if job.flush:
-        runs.add(run.flush())
+    ended = run.catch_up(None if final == _NONE else final)
+    if job.flush:  # the parent judges what the flush released, then the input to its end
+        ended += run.flush(judge=False)
+    runs.add(ended)
     run.engine.flush()
     runs.spill()
-    conn.send(("done", runs.paths, run.events, run.rejected, run.unknown_fields))
+    released = [_judged_fields(o) for o in ended if o.type == "micro"] if job.flush else []
+    conn.send(("done", runs.paths, run.events, run.rejected, run.unknown_fields, run.counts, released))
 
 
 def _apply(
@@ -494,7 +519,7 @@ def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
     for index, flags in enumerate(_gather_flags(job.workers, [_recv(conn) for conn in conns])):
         conns[index].send(flags)
 
-    judges = Judges(job.config)
+    judges = Judges(job.config, job.breakdown_cap)
     judged: list[OutputEvent] = []
     latest = _NONE  # the file's event time after the lines gathered so far
     waiting: deque[tuple[int, int, array[int], list[bool]]] = deque()  # blocks to judge, in order
@@ -530,13 +555,18 @@ def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
     for conn in conns:
         conn.send(("final", latest))
     paths: list[str] = []
+    released: list[dict[str, Any]] = []
     for conn in conns:
-        _, runs, events, rejected, unknown = _recv(conn)
+        _, runs, events, rejected, unknown, counts, micro = _recv(conn)
         paths += runs
         totals.events += events
         totals.rejected += rejected
         for name, count in unknown.items():
             totals.unknown_fields[name] = totals.unknown_fields.get(name, 0) + count
+        totals.funnels.add(counts)
+        released += micro
+    if job.flush:
+        judged += judges.finish(released, None if latest == _NONE else latest)
     mine = sorted((_micro_us(o.timestamp), o.id, o.to_json()) for o in judged)
     in_memory = len(paths) * job.run_outputs <= job.merge_in_memory  # an upper bound of the runs' size
     _write_sorted(out, [mine, *(read_run(path) for path in paths)], in_memory)

@@ -15,14 +15,17 @@ from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from streams.core.config.matching import CompiledConfig
+from streams.core.input.audience import EnrichmentSpec
 from streams.core.input.deadletter import dead_letter, placed
 from streams.core.input.decode import decode_message
-from streams.core.input.event import ClickEvent, from_epoch_ms
+from streams.core.input.event import MAX_NESTING, ClickEvent, from_epoch_ms
 from streams.core.input.rejection import Rejection
 from streams.core.journeys.engine import Engine
 from streams.core.measures.alerts import MINUTE_MS, AlertEvaluator
+from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.core.measures.experiments import ExperimentEvaluator
 from streams.core.records.outputs import OutputEvent
+from streams.offline.summary import FunnelCounts
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FAR_FUTURE_MS = 4_102_444_800_000  # 2100-01-01
@@ -32,10 +35,10 @@ class Judges:
     """The alert and experiment evaluators, fed as offline mode feeds them: after each line, that
     line's microconversions, then the line's event time less the late tolerance."""
 
-    def __init__(self, config: CompiledConfig) -> None:
+    def __init__(self, config: CompiledConfig, breakdown_cap: int = BREAKDOWN_CAP) -> None:
         self.late_tolerance = config.late_tolerance
-        self.alerts = AlertEvaluator(config)
-        self.experiments = ExperimentEvaluator(config)
+        self.alerts = AlertEvaluator(config, by_cap=breakdown_cap)
+        self.experiments = ExperimentEvaluator(config, max_variants=breakdown_cap)
         self.evaluators: list[AlertEvaluator | ExperimentEvaluator] = [
             e for e in (self.alerts, self.experiments) if e.active
         ]
@@ -56,6 +59,22 @@ class Judges:
             judged.extend(evaluator.advance(watermark))
         return judged
 
+    def finish(self, micro: Sequence[Mapping[str, Any]], latest_ms: int | None) -> list[OutputEvent]:
+        """The end of the input (`--flush`): the microconversions the flush released, then every
+        minute up to the input's latest event judged (the late tolerance waits for nothing
+        more), then each experiment's final state."""
+        if not self.evaluators or latest_ms is None:
+            return []
+        end = (latest_ms // MINUTE_MS + 1) * MINUTE_MS
+        self._judged_minute = end // MINUTE_MS
+        judged: list[OutputEvent] = []
+        for evaluator in self.evaluators:
+            for output in micro:
+                evaluator.observe(output)
+            judged.extend(evaluator.advance(end))
+        judged.extend(self.experiments.final(end))
+        return judged
+
 
 @dataclass
 class OfflineRun:
@@ -66,21 +85,30 @@ class OfflineRun:
     source: str = "offline"
     max_message_bytes: int = 1_000_000
     max_batch_events: int = 10_000
+    max_nesting: int = MAX_NESTING
+    breakdown_cap: int = BREAKDOWN_CAP
     latest_ms: int | None = None  # events stamped later are refused, as `max_future_skew_s` does on Kafka
     store: dict[str, bytes] = field(default_factory=dict)
     cache_journeys: int = 20_000
     """The engine keeps the journeys it touches decoded until this many, then writes the changed
     ones to `store` (once each) and starts again; and at the end of `run` and `flush`."""
+    enrichment: EnrichmentSpec | None = None
+    """Audience enrichment, the IP mode and the screens, as ingest applies them (None: none)."""
     lines: int = 0
     events: int = 0
     rejected: int = 0
     """Dead letters written: the lines' rejections and the events the engine refused (late)."""
     unknown_fields: dict[str, int] = field(default_factory=dict)
     """Top-level fields the contract does not have, by name, with the events that carried them."""
+    counts: FunnelCounts = field(default_factory=FunnelCounts)
+    """Per funnel version, the attempts the engine's outputs opened, completed and dropped."""
+    screened: dict[str, int] = field(default_factory=dict)
+    """Valid events not processed, by reason (bot, consent, erased)."""
 
     def __post_init__(self) -> None:
+        self.enricher = self.enrichment.build() if self.enrichment is not None else None
         self.engine = Engine(self.config, self.store, self.partitions, expected_sources=[self.source])
-        self.judges = Judges(self.config)
+        self.judges = Judges(self.config, self.breakdown_cap)
         self.alerts = self.judges.alerts
         self.experiments = self.judges.experiments
         self._latest_ms: int | None = None
@@ -96,10 +124,14 @@ class OfflineRun:
             raw,
             max_bytes=self.max_message_bytes,
             max_batch=self.max_batch_events,
+            max_nesting=self.max_nesting,
             latest_ms=self.latest_ms,
+            enricher=self.enricher,
         )
         for name, count in decoded.unknown_fields.items():
             self.unknown_fields[name] = self.unknown_fields.get(name, 0) + count
+        for reason, count in decoded.screened.items():
+            self.screened[reason] = self.screened.get(reason, 0) + count
         latest = self._latest_ms
         for event in decoded.events:
             latest = event.ts_ms if latest is None or event.ts_ms > latest else latest
@@ -155,12 +187,15 @@ class OfflineRun:
             out += self._observe(after)
         if self.engine.cached >= self.cache_journeys:
             self.engine.flush()
+        self.counts.add_outputs(out)
         return out
 
     def catch_up(self, latest: int | None) -> list[OutputEvent]:
         """Event time moved to `latest` on lines this process did not apply (the end of a share)."""
         self._latest_ms = latest
-        return self._observe(latest) if latest is not None and latest != self._observed else []
+        out = self._observe(latest) if latest is not None and latest != self._observed else []
+        self.counts.add_outputs(out)
+        return out
 
     def _observe(self, event_time: int) -> list[OutputEvent]:
         self._observed = event_time
@@ -184,11 +219,20 @@ class OfflineRun:
         if flush:
             out.write(b"".join([output.to_json() + b"\n" for output in self.flush()]))
 
-    def flush(self) -> list[OutputEvent]:
-        """Let event time run out: close every open session and attempt (end of history)."""
+    def flush(self, judge: bool = True) -> list[OutputEvent]:
+        """Let event time run out: close every open session and attempt (end of history), then
+        (`judge`) let the evaluators judge the input to its end (`Judges.finish`)."""
         out = self._observe(FAR_FUTURE_MS + self.config.late_tolerance)
         self.engine.flush()
+        self.counts.add_outputs(out)
+        if judge:
+            out += self.judges.finish(milestones(out), self._latest_ms)
         return out
+
+
+def milestones(outputs: Iterable[OutputEvent]) -> list[dict[str, Any]]:
+    """What the evaluators read: the milestone microconversions' fields, as they are."""
+    return [o.__dict__ for o in outputs if o.type == "micro" and o.__dict__["kind"] == "milestone"]
 
 
 def open_input(path: str) -> BinaryIO:

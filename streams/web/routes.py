@@ -17,9 +17,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams.core.config.matching import CompiledConfig
+from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.metrics import Metrics
 from streams.ports import AlertReader, CounterReader, ExperimentReader
-from streams.web import analysis, views
+from streams.web import analysis, headers, hosts, privacy, views
 from streams.web import experiments as experiment_views
 from streams.web.auth import Access, middleware
 from streams.web.views import DASHBOARD_FILES, Answer, dashboard_asset
@@ -62,9 +63,19 @@ def register_routes(
     metrics: Metrics,
     experiment_reader: ExperimentReader | None = None,
     access: Access | None = None,
+    allowed_hosts: frozenset[str] = hosts.LOOPBACK_NAMES,
+    cap: int = BREAKDOWN_CAP,
+    forget: privacy.Forget | None = None,
 ) -> None:
+    """The routes on the app's web server, behind the Host check (`hosts`), the token (`auth`)
+    and with the security headers (`headers`) on every answer."""
+    web_app = app.web.web_app
+    web_app.middlewares.append(hosts.middleware(allowed_hosts))
     if access is not None and access.enabled:
-        app.web.web_app.middlewares.append(middleware(access))
+        web_app.middlewares.append(middleware(access))
+    headers.install(web_app)
+    if forget is not None:
+        privacy.install(web_app, forget, token_set=access is not None and access.web_token is not None)
 
     def answer(web: View, result: Answer) -> Response:
         status, body = result
@@ -72,22 +83,22 @@ def register_routes(
 
     @redis_outage_as_503
     async def funnel(web: View, request: Request, name: str) -> Response:
-        return answer(web, await views.funnel(counters, config, name, dict(request.query)))
+        return answer(web, await views.funnel(counters, config, name, dict(request.query), cap))
 
     @redis_outage_as_503
     async def overview(web: View, request: Request) -> Response:
-        return answer(web, await views.overview(counters, config, dict(request.query)))
+        return answer(web, await views.overview(counters, config, dict(request.query), cap))
 
     @redis_outage_as_503
     async def goals(web: View, request: Request) -> Response:
-        return answer(web, await views.goals(counters, config, dict(request.query)))
+        return answer(web, await views.goals(counters, config, dict(request.query), cap))
 
     async def alerts(web: View, request: Request) -> Response:
         return web.json(views.alerts(alert_reader, config))
 
     @redis_outage_as_503
     async def live(web: View, request: Request) -> Response:
-        return answer(web, await views.live(counters, config, alert_reader, dict(request.query)))
+        return answer(web, await views.live(counters, config, alert_reader, dict(request.query), cap))
 
     async def experiments(web: View, request: Request) -> Response:
         return answer(web, experiment_views.experiments(experiment_reader, config, dict(request.query)))

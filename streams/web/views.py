@@ -3,7 +3,9 @@
 nothing of Faust or Redis. `routes` serves them; the tests call them with the in-memory store.
 
 Windows are in event time: explicit `start`/`end`, else the last `window` up to the latest event
-time counted, so a replay of history reads like live traffic.
+time counted, so a replay of history reads like live traffic. Breakdown values come from clients:
+each answer names at most `cap` of a breakdown's values (`CONVERSIONS_BREAKDOWN_CAP`), the rest
+summed as `(other)` (streams/core/measures/cardinality.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from streams.core.config.durations import parse_duration_ms
 from streams.core.config.matching import CompiledConfig
 from streams.core.input.event import to_epoch_ms
+from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.core.measures.counters import bucket_of
 from streams.errors import ConversionsError, QueryTooLarge
 from streams.ports import AlertReader, CounterReader
@@ -24,6 +27,7 @@ DASHBOARD_FILES = {
     "dashboard.js": "text/javascript",
     "panels.js": "text/javascript",
     "dashboard.css": "text/css",
+    "login.css": "text/css",
 }
 
 Answer = tuple[int, dict[str, Any]]
@@ -71,7 +75,9 @@ async def resolve_window(store: CounterReader, query: dict[str, str]) -> tuple[i
     return start, end
 
 
-async def funnel(store: CounterReader, config: CompiledConfig, name: str, query: dict[str, str]) -> Answer:
+async def funnel(
+    store: CounterReader, config: CompiledConfig, name: str, query: dict[str, str], cap: int = BREAKDOWN_CAP
+) -> Answer:
     """One funnel's steps over the window, broken down `by` one of its breakdowns if asked."""
     funnels = config.funnels_by_name
     chosen = funnels.get(name)
@@ -87,14 +93,16 @@ async def funnel(store: CounterReader, config: CompiledConfig, name: str, query:
     version = query.get("version")
     if version is not None and version != chosen.version and version not in await store.funnel_versions(name):
         return 404, {"error": f"no counters of {name} version {version!r}", "version": chosen.version}
-    return 200, (await store.funnel_report(chosen, start, end, by=by, version=version)).as_dict()
+    return 200, (await store.funnel_report(chosen, start, end, by=by, version=version, cap=cap)).as_dict()
 
 
 def _goal_names(config: CompiledConfig) -> list[str]:
     return [g.name for g in config.goals]
 
 
-async def overview(store: CounterReader, config: CompiledConfig, query: dict[str, str]) -> Answer:
+async def overview(
+    store: CounterReader, config: CompiledConfig, query: dict[str, str], cap: int = BREAKDOWN_CAP
+) -> Answer:
     """Every funnel and the goals over the window."""
     try:
         start, end = await resolve_window(store, query)
@@ -103,16 +111,18 @@ async def overview(store: CounterReader, config: CompiledConfig, query: dict[str
     body: dict[str, Any] = {"start_ms": start, "end_ms": end, "funnels": {}}
     for name, compiled in config.funnels_by_name.items():
         body["funnels"][name] = (await store.funnel_report(compiled, start, end)).as_dict()
-    body["goals"] = await store.goals_report(_goal_names(config), start, end)
+    body["goals"] = await store.goals_report(_goal_names(config), start, end, cap=cap)
     return 200, body
 
 
-async def goals(store: CounterReader, config: CompiledConfig, query: dict[str, str]) -> Answer:
+async def goals(
+    store: CounterReader, config: CompiledConfig, query: dict[str, str], cap: int = BREAKDOWN_CAP
+) -> Answer:
     try:
         start, end = await resolve_window(store, query)
     except BadQuery as exc:
         return 400, {"error": str(exc)}
-    return 200, await store.goals_report(_goal_names(config), start, end)
+    return 200, await store.goals_report(_goal_names(config), start, end, cap=cap)
 
 
 def alerts(reader: AlertReader | None, config: CompiledConfig) -> dict[str, Any]:
@@ -128,7 +138,11 @@ def alerts(reader: AlertReader | None, config: CompiledConfig) -> dict[str, Any]
 
 
 async def live(
-    store: CounterReader, config: CompiledConfig, alert_reader: AlertReader | None, query: dict[str, str]
+    store: CounterReader,
+    config: CompiledConfig,
+    alert_reader: AlertReader | None,
+    query: dict[str, str],
+    cap: int = BREAKDOWN_CAP,
 ) -> Answer:
     """Everything the dashboard shows, in one request: every funnel (the chosen one broken
     down by `by`), the goals, recent macroconversions and alerts."""
@@ -145,9 +159,9 @@ async def live(
     }
     for name, compiled in config.funnels_by_name.items():
         breakdown = by if name == chosen and by in compiled.breakdowns else None
-        report = await store.funnel_report(compiled, start, end, by=breakdown)
+        report = await store.funnel_report(compiled, start, end, by=breakdown, cap=cap)
         body["funnels"][name] = {"breakdowns": list(compiled.breakdowns), **report.as_dict()}
-    body["goals"] = await store.goals_report(_goal_names(config), start, end)
+    body["goals"] = await store.goals_report(_goal_names(config), start, end, cap=cap)
     body["recent_macros"] = await store.recent_macros()
     body["alerts"] = alerts(alert_reader, config)
     return 200, body

@@ -93,8 +93,22 @@ def test_process_command_writes_ndjson_with_a_type(tmp_path: Path) -> None:
     assert (
         {"micro", "session", "deadletter"}
         <= types
-        <= {"micro", "macro", "dropoff", "stalled", "session", "deadletter", "alert", "identity"}
+        <= {
+            "micro",
+            "macro",
+            "dropoff",
+            "stalled",
+            "session",
+            "deadletter",
+            "alert",
+            "identity",
+            "experiment",
+        }
     )
+    # --flush ends each experiment with its final state (this traffic has no variant: none compared)
+    assert [(r["experiment"], r["final"], r["variants"]) for r in records if r["type"] == "experiment"] == [
+        ("one_page_checkout", True, [])
+    ]
     assert all(r["id"] and r["timestamp"] for r in records)
     assert "events," in result.stderr and "rejected" in result.stderr
 
@@ -117,7 +131,9 @@ def test_flush_closes_what_is_still_open() -> None:
     run = OfflineRun(compile_config(parse_config(DEFAULT_FUNNELS.read_text())), partitions=2)
     list(run.run(lines))
     flushed = run.flush()
-    assert flushed and {o.type for o in flushed} <= {"session", "dropoff", "stalled"}
+    closed = [o for o in flushed if o.type != "experiment"]
+    assert closed and {o.type for o in closed} <= {"session", "dropoff", "stalled", "alert"}
+    assert [o.type for o in flushed[len(closed) :]] == ["experiment"]  # its final state, last
     assert all(run.engine.load(identity).session is None for identity in run.store)  # type: ignore[union-attr]
 
 

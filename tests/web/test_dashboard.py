@@ -5,7 +5,7 @@ The demo starts its own broker, Redis and worker, and sends shop traffic on a si
 rate falls from 0.8 to 0.3), so the example config's payment alert fires within minutes. The
 worker runs with an access token: the page first asks for it. One browser session drives every
 panel: the funnel, the trend with its alert band and marks, in progress vs dropped, time to
-convert, the channels table (sorted by clicking), and the API with and without the token.
+convert, the channels table (sorted by clicking), the audience panel, and the API with and without the token.
 """
 
 from __future__ import annotations
@@ -105,12 +105,24 @@ async def _column(page: Page, column: str) -> list[float]:
 NONZERO = re.compile(r"^[1-9][0-9]*$")
 
 
+def _check_security_headers(headers: dict[str, str]) -> None:
+    csp = headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp and "style-src 'self'" in csp
+    assert "unsafe-inline" not in csp
+    assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "no-referrer" and headers["cache-control"] == "no-store"
+    assert headers["server"] == "conversions"
+
+
 async def test_dashboard_panels_the_planted_alert_and_the_token(demo: str) -> None:
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = await browser.new_page(viewport={"width": 1300, "height": 900})
         page_errors: list[str] = []
         page.on("pageerror", lambda error: page_errors.append(str(error)))
+        # Chromium reports what the Content-Security-Policy blocks on the console
+        console: list[str] = []
+        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
 
         # the token: refused without it, as a bearer token or after signing in
         assert _get(demo + "live") == 401 and _get(demo + "channels") == 401
@@ -120,13 +132,17 @@ async def test_dashboard_panels_the_planted_alert_and_the_token(demo: str) -> No
             assert _get(demo + faust_page) == 401 and _get(demo + faust_page, TOKEN) == 404
         response = await page.goto(demo)
         assert response is not None and response.status == 401
+        _check_security_headers(await response.all_headers())
         await page.fill("[data-testid=token-input]", "wrong-token-0123456789")
         await page.click("[data-testid=sign-in]")
         await expect(page.locator("[data-testid=login-error]")).to_be_visible()
         await page.fill("[data-testid=token-input]", TOKEN)
         await page.click("[data-testid=sign-in]")
         await expect(page.locator("[data-testid=status]")).to_contain_text("latest event", timeout=30_000)
-        assert (await page.request.get(demo + "live")).status == 200, "the session cookie opens the API"
+        api = await page.request.get(demo + "live")
+        assert api.status == 200, "the session cookie opens the API"
+        _check_security_headers(api.headers)
+        _check_security_headers((await page.request.get(demo)).headers)
 
         steps = page.locator("[data-testid=step]")
         await expect(steps).to_have_count(5, timeout=30_000)
@@ -192,6 +208,16 @@ async def test_dashboard_panels_the_planted_alert_and_the_token(demo: str) -> No
         await page.check("[data-testid=channel-split]")
         await expect(page.locator("[data-testid=channel-table] th[data-sort=visitor_type]")).to_be_visible()
 
+        # the audience panel: the demo's people carry user agents, addresses and locales
+        await expect(page.locator("[data-testid=audience-row]").first).to_be_visible(timeout=30_000)
+        await expect(
+            page.locator("[data-testid=audience-row] td[data-column=sessions]").first
+        ).not_to_have_text("0", timeout=30_000)
+        await page.click("[data-testid=audience-tabs] button[data-dim='audience.browser']")
+        await expect(page.locator('[data-testid=audience-row][data-value="Chrome"]')).to_be_visible(
+            timeout=10_000
+        )
+
         await page.select_option("[data-testid=breakdown-select]", "context.platform")
         mobile = page.locator("[data-testid=breakdown-table] tr[data-value=mobile]")
         await expect(mobile).to_be_visible(timeout=10_000)
@@ -222,5 +248,12 @@ async def test_dashboard_panels_the_planted_alert_and_the_token(demo: str) -> No
         assert float(rate.rstrip("%")) < float(baseline.rstrip("%")), (rate, baseline)
         await expect(line).not_to_have_attribute("d", drawn, timeout=30_000)  # it moves
 
+        # signing out ends this session: the page asks for the token again, the API refuses
+        await page.click("[data-testid=sign-out]")
+        await expect(page.locator("[data-testid=token-input]")).to_be_visible()
+        assert (await page.request.get(demo + "live")).status == 401
+
         await browser.close()
         assert not page_errors, page_errors
+        blocked = [line for line in console if "Content Security Policy" in line]
+        assert not blocked, blocked

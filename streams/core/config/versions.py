@@ -148,6 +148,14 @@ def continues(old: Definition, new: Definition, reached: int, done_mask: int) ->
     return len(new.steps) > top + 1 and old.steps[:upto] == new.steps[:upto]
 
 
+def shared_steps(old: Definition, new: Definition) -> int:
+    """How many leading steps the two versions have alike (match and `within`; names aside)."""
+    same = 0
+    while same < min(len(old.steps), len(new.steps)) and old.steps[same] == new.steps[same]:
+        same += 1
+    return same
+
+
 def goal_version(goal: Goal) -> str:
     return fingerprint({"name": goal.name, "match": _match(goal.match, {}), "value": goal.value})
 
@@ -212,9 +220,7 @@ def _funnel_change(old: Definition, new: Definition) -> tuple[Status, str]:
     appended = len(new.steps) > len(old.steps) and new.steps[: len(old.steps)] == old.steps
     if appended and old.order != "strict":
         return "compatible", f"steps appended: in-flight attempts continue (carried over); {counters}"
-    same = 0
-    while same < min(len(old.steps), len(new.steps)) and old.steps[same] == new.steps[same]:
-        same += 1
+    same = shared_steps(old, new)
     if old.order == "sequential" and same >= 2:
         return (
             "incompatible",

@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from streams.core.input.event import MAX_NESTING, ClickEvent, nesting_depth, within_nesting
+from streams.core.input.audience import Enricher
+from streams.core.input.event import MAX_NESTING, ClickEvent, nesting_depth, nesting_limit, within_nesting
 from streams.core.input.formats.detect import JSON_OPENERS, InputFormat, looks_like_segment, looks_like_tsv
 from streams.core.input.formats.segment import decode_segment
 from streams.core.input.formats.snowplow import decode_snowplow
@@ -26,12 +27,12 @@ def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
-def _validate_one(obj: Any) -> ClickEvent | Rejection:
+def _validate_one(obj: Any, max_nesting: int = MAX_NESTING) -> ClickEvent | Rejection:
     """Validate one decoded JSON value; a Rejection comes back without its original bytes."""
     if not isinstance(obj, dict):
         return Rejection("not_an_object", f"contract: expected a JSON object, got {type(obj).__name__}", b"")
     try:
-        return ClickEvent.model_validate(obj)
+        return ClickEvent.model_validate(obj, context=nesting_limit(max_nesting))
     except ValidationError as exc:
         errors = _validation_errors(exc)
         detail = "contract: " + "; ".join(f"{e['loc'] or 'event'}: {e['msg']}" for e in errors)
@@ -46,6 +47,8 @@ def decode_message(
     max_batch: int = 10_000,
     latest_ms: int | None = None,
     format: InputFormat = "auto",
+    max_nesting: int = MAX_NESTING,
+    enricher: Enricher | None = None,
 ) -> Decoded:
     """Turn one Kafka message value (an event object or a batch array) into events and rejections.
 
@@ -56,13 +59,24 @@ def decode_message(
 
     `format` is the topic's declared input format; "auto" reads our own JSON as before (an object
     with `event_id` costs one dict lookup more) and hands Segment messages and Snowplow enriched
-    TSV to `input.formats`.
+    TSV to `input.formats`. `max_nesting` is how deep `context` and `properties` may nest
+    (`CONVERSIONS_MAX_NESTING`).
+
+    With an `enricher` (`input.audience`), every valid event gets its audience and the IP mode
+    applied, and bots (by default), events whose consent denies analytics and erased people's
+    are counted in `screened` and not returned.
     """
-    out = _decode(raw, max_bytes, max_batch, format)
+    out = _decode(raw, max_bytes, max_batch, format, max_nesting)
+    if enricher is not None and out.events:
+        enricher.apply(out)
     if latest_ms is None or all(event.ts_ms <= latest_ms for event in out.events):
         return out
     kept = Decoded(
-        rejects=out.rejects, ignored=out.ignored, unknown_fields=out.unknown_fields, format=out.format
+        rejects=out.rejects,
+        ignored=out.ignored,
+        unknown_fields=out.unknown_fields,
+        format=out.format,
+        screened=out.screened,
     )
     for event in out.events:
         if event.ts_ms <= latest_ms:
@@ -94,10 +108,16 @@ def _not_utf8(raw: bytes) -> str | None:
     return None
 
 
-def _decode(raw: bytes | None, max_bytes: int, max_batch: int, fmt: InputFormat = "auto") -> Decoded:
+def _decode(
+    raw: bytes | None,
+    max_bytes: int,
+    max_batch: int,
+    fmt: InputFormat = "auto",
+    max_nesting: int = MAX_NESTING,
+) -> Decoded:
     raw = raw or b""
     if fmt == "snowplow" or (fmt == "auto" and raw[:1] not in JSON_OPENERS and looks_like_tsv(raw)):
-        return decode_snowplow(raw, max_bytes=max_bytes, max_batch=max_batch)
+        return decode_snowplow(raw, max_bytes=max_bytes, max_batch=max_batch, max_nesting=max_nesting)
     out = Decoded()
     if fmt != "contract":
         out.format = "json" if fmt == "auto" else fmt
@@ -119,16 +139,17 @@ def _decode(raw: bytes | None, max_bytes: int, max_batch: int, fmt: InputFormat 
     if fmt != "contract" and (
         fmt == "segment" or looks_like_segment(parsed[0] if isinstance(parsed, list) and parsed else parsed)
     ):
-        return decode_segment(parsed, raw, max_batch=max_batch)
+        return decode_segment(parsed, raw, max_batch=max_batch, max_nesting=max_nesting)
     out.format = "contract"
-    # the event object, the batch array and properties nesting MAX_NESTING deep; orjson refuses
+    # the event object, the batch array and properties nesting max_nesting deep; orjson refuses
     # past 1024 levels, and an ordinary event has too few brackets to need the walk at all
-    if not within_nesting(raw, MAX_NESTING + 2) and nesting_depth(parsed, MAX_NESTING + 2) > MAX_NESTING + 2:
-        detail = f"contract: nested deeper than {MAX_NESTING + 2} levels"
+    outer = max_nesting + 2
+    if not within_nesting(raw, outer) and nesting_depth(parsed, outer) > outer:
+        detail = f"contract: nested deeper than {outer} levels"
         out.rejects.append(Rejection("too_deeply_nested", detail, raw))
         return out
     if not isinstance(parsed, list):
-        result = _validate_one(parsed)
+        result = _validate_one(parsed, max_nesting)
         if isinstance(result, ClickEvent):
             out.events.append(result)
             if parsed.keys() - EVENT_FIELDS:
@@ -143,7 +164,7 @@ def _decode(raw: bytes | None, max_bytes: int, max_batch: int, fmt: InputFormat 
         out.rejects.append(Rejection("batch_too_large", detail, raw))
     else:
         for index, obj in enumerate(parsed):
-            result = _validate_one(obj)
+            result = _validate_one(obj, max_nesting)
             if isinstance(result, ClickEvent):
                 out.events.append(result)
                 if obj.keys() - EVENT_FIELDS:

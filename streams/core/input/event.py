@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -25,6 +26,8 @@ _fromtimestamp = datetime.fromtimestamp
 EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_TIMESTAMP = datetime(2100, 1, 1, tzinfo=UTC)
 MAX_NESTING = 16
+"""The default of `CONVERSIONS_MAX_NESTING`: how deep `context` and `properties` may nest. Every
+decoder takes it as `max_nesting` (ingest, offline, the collector), so one setting is the limit."""
 PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
 
 
@@ -127,6 +130,37 @@ class Campaign(BaseModel):
         return (self.source, self.medium, self.name)
 
 
+class Audience(BaseModel):
+    """Who the visitor is, as enrichment (`input.audience`) or a producer's own enriched fields
+    (Snowplow's `br_family`, `os_family`, `dvce_type`, `geo_country`...) say: the breakdown fields
+    `audience.browser`, `audience.os`, `audience.device`, `audience.country`, `audience.language`.
+    A field already set is never overwritten by enrichment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    browser: str | None = Field(default=None, max_length=64)
+    """The browser family (ua-parser's names: Chrome, Mobile Safari, Firefox...)."""
+    browser_version: str | None = Field(default=None, max_length=80)
+    """The family and its major version, e.g. `Chrome 120`."""
+    os: str | None = Field(default=None, max_length=64)
+    device: str | None = Field(default=None, max_length=16)
+    """desktop, mobile, tablet or bot."""
+    country: str | None = Field(default=None, max_length=8)
+    """ISO 3166-1 alpha-2, upper case."""
+    region: str | None = Field(default=None, max_length=64)
+    city: str | None = Field(default=None, max_length=128)
+    language: str | None = Field(default=None, max_length=16)
+    """The primary language subtag of the locale, lower case (`en` for en-US)."""
+    bot: bool = False
+
+    def values(self) -> dict[str, str]:
+        """The set fields as breakdown values (`bot` only when true)."""
+        out = {k: v for k, v in self.__dict__.items() if isinstance(v, str)}
+        if self.bot:
+            out["bot"] = "true"
+        return out
+
+
 _UTM_FIELDS = ("source", "medium", "name", "term", "content")
 _UTM_PARAMS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
 
@@ -183,6 +217,9 @@ class ClickEvent(BaseModel):
     campaign: Campaign | None = None
     context: dict[str, Any] = Field(default_factory=dict)
     properties: dict[str, Any] = Field(default_factory=dict)
+    audience: Audience | None = None
+    """Set by enrichment at ingest (from `context.user_agent`, `context.ip`, `context.locale`), or
+    by the producer; read once per session, when the session opens."""
 
     @field_validator("timestamp", mode="before")
     @classmethod
@@ -191,9 +228,12 @@ class ClickEvent(BaseModel):
 
     @field_validator("context", "properties")
     @classmethod
-    def _shallow_enough(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if not _shallow(value) and nesting_depth(value, MAX_NESTING) > MAX_NESTING:
-            raise ValueError(f"nested deeper than {MAX_NESTING} levels")
+    def _shallow_enough(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # the limit comes with input being decoded (`nesting_limit`); an event the engine
+        # re-reads from its own topics was checked when it came in
+        limit = info.context.get("max_nesting") if info.context else None
+        if limit is not None and not _shallow(value) and nesting_depth(value, limit) > limit:
+            raise ValueError(f"nested deeper than {limit} levels")
         return value
 
     @model_validator(mode="after")
@@ -235,3 +275,9 @@ class ClickEvent(BaseModel):
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
+
+
+def nesting_limit(max_nesting: int) -> dict[str, int]:
+    """The validation context of input being decoded: `ClickEvent.model_validate(obj,
+    context=nesting_limit(n))` refuses `context` or `properties` nested deeper than n."""
+    return {"max_nesting": max_nesting}

@@ -21,8 +21,8 @@ import orjson
 
 from streams.core.config.durations import format_duration_ms
 from streams.core.config.matching import CompiledConfig, CompiledFunnel, CompiledGoal, CompiledMicro, Matcher
-from streams.core.config.versions import Definition, continues
-from streams.core.input.channel import classify_channel
+from streams.core.config.versions import Definition, continues, shared_steps
+from streams.core.input.channel import classify_traffic
 from streams.core.input.event import ClickEvent, from_epoch_ms, url_path
 from streams.core.records.ids import output_id, short_hash
 from streams.core.records.outputs import (
@@ -72,6 +72,13 @@ class Session:
     goals: list[str] = field(default_factory=list)
     returning: bool = False
     """Not the person's first session (`visitor_type: returning`), as known when it opened."""
+    audience: dict[str, str] | None = None
+    """Who the visitor is (`ClickEvent.audience`, its set fields), as the session's first event
+    said: read once, when the session opens."""
+    source: str | None = None
+    medium: str | None = None
+    term: str | None = None
+    """The source, medium and search term the channel was derived from (`input.channel`)."""
 
 
 @dataclass(slots=True)
@@ -135,9 +142,11 @@ class Journey:
     merged: list[str] = field(default_factory=list)
     """The anonymous ids merged into this journey (the latest few)."""
     ties: dict[str, int] = field(default_factory=dict)
-    """Per attempt key, the steps (bits; step 1 never needs it) matched by the events already
-    applied at the journey's latest event time: a later event of the same millisecond is taken
-    as if in step order (README "Funnel semantics"). Emptied when event time moves on."""
+    """Per funnel version and attempt key (`tie_key`), the steps (bits; step 1 never needs it)
+    matched by the events already applied at the journey's latest event time: a later event of
+    the same millisecond is taken as if in step order (README "Funnel semantics"). Emptied when
+    event time moves on. Bits are step indexes of one version: a tie written under another is
+    never read (keys of states before this, without the version, are never read either)."""
     versions: list[str] = field(default_factory=list)
     """The funnel versions its attempts were written under (`config.versions`): each attempt
     holds an index into it, a few bytes instead of a version string per attempt."""
@@ -197,6 +206,15 @@ def attempt_key(funnel: CompiledFunnel, held: tuple[str, ...] | None) -> str:
     if held is None:
         return funnel.name
     return f"{funnel.name}#{orjson.dumps(list(held)).decode()}"  # names cannot contain '#'
+
+
+def tie_key(version: str, key: str) -> str:
+    """Where a journey keeps the same-millisecond ties of an attempt key under a funnel version."""
+    return f"{version}:{key}"
+
+
+def tie_attempt_key(tie: str) -> str:
+    return tie.partition(":")[2]
 
 
 def version_index(journey: Journey, version: str) -> int:
@@ -515,7 +533,7 @@ class JourneyMachine:
             return
         new = funnel.definition if funnel is not None else None
         if old is not None and new is not None and continues(old, new, attempt.reached, attempt.done_mask):
-            self._carry(journey, funnel, key, attempt, old, out)  # type: ignore[arg-type]
+            self._carry(journey, funnel, key, attempt, old, new, out)  # type: ignore[arg-type]
             return
         self._end_changed(journey, funnel_of(key), key, attempt, old, written, out)
 
@@ -526,11 +544,15 @@ class JourneyMachine:
         key: str,
         attempt: Attempt,
         old: Definition,
+        new: Definition,
         out: Outputs,
     ) -> None:
         at = journey.last_ts
         attempt.version = version_index(journey, funnel.version)
-        journey.ties.pop(key, None)
+        # what came at its latest millisecond still counts for the steps the versions share
+        tied = journey.ties.pop(tie_key(old.version, key), 0) & ((1 << shared_steps(old, new)) - 1)
+        if tied:
+            journey.ties[tie_key(funnel.version, key)] = tied
         out.append(
             build(
                 Carried,
@@ -556,7 +578,8 @@ class JourneyMachine:
         """The `definition_changed` drop-off, in the terms of the version the attempt was written
         under (a step name of the form #k when that definition is not known)."""
         del journey.attempts[key]
-        journey.ties.pop(key, None)
+        if written is not None:
+            journey.ties.pop(tie_key(written, key), None)
         k = attempt.reached
         step = old.step_names[k] if old is not None and k < len(old.step_names) else f"#{k}"
         out.append(
@@ -648,11 +671,14 @@ class JourneyMachine:
             self._close_session(journey, now, out)
         page_url = event.page.url if event.page is not None else None
         referrer = event.page.referrer if event.page is not None else None
-        channel = classify_channel(event.campaign, referrer, page_url)
+        traffic = classify_traffic(event.campaign, referrer, page_url, self.config.unwanted_referrals)
+        channel = traffic.channel
         landing = url_path(page_url)
         journey.sequence += 1
         session_id = event.session_id or "s-" + output_id(journey.identity, journey.sequence)[:16]
         session = Session(journey.sequence, session_id, now, now, landing, channel, campaign)
+        session.audience = event.audience.values() if event.audience is not None else None
+        session.source, session.medium, session.term = traffic.source, traffic.medium, traffic.term
         journey.session = session
         journey.sessions += 1
         session.returning = journey.sessions > 1
@@ -690,6 +716,10 @@ class JourneyMachine:
                 microconversions=session.micros,
                 conversions=list(session.goals),
                 visitor_type="returning" if session.returning else "new",
+                audience=session.audience,
+                source=session.source,
+                medium=session.medium,
+                search_term=session.term,
             )
         )
         journey.session = None
@@ -734,10 +764,11 @@ class JourneyMachine:
         key = attempt_key(funnel, held)
         earlier = 0
         if funnel.best_chain and funnel.order == "sequential":
-            earlier = journey.ties.get(key, 0)
+            tie = tie_key(funnel.version, key)
+            earlier = journey.ties.get(tie, 0)
             mine = sum(1 << i for i in matched) & ~1  # step 1 never needs re-ordering
             if mine & ~earlier:
-                journey.ties[key] = earlier | mine
+                journey.ties[tie] = earlier | mine
         attempt = journey.attempts.get(key)
         fresh = attempt is None
         if attempt is None:
@@ -898,7 +929,7 @@ class JourneyMachine:
         )
         if complete:
             del journey.attempts[key]
-            journey.ties.pop(key, None)  # events that served this attempt serve no other
+            journey.ties.pop(tie_key(funnel.version, key), None)  # events that served it serve no other
 
     def drop(
         self,
@@ -912,7 +943,7 @@ class JourneyMachine:
         """End the journey's attempt at `funnel` (the one under `key`, with `hold`) with a drop-off."""
         key = funnel.name if key is None else key
         attempt = journey.attempts.pop(key)
-        journey.ties.pop(key, None)
+        journey.ties.pop(tie_key(funnel.version, key), None)
         out.append(
             build(
                 Dropoff,
@@ -1028,6 +1059,7 @@ class JourneyMachine:
             event=event.event,
             event_id=event.event_id,
             breakdowns=dimensions,
+            audience=session.audience,
         )
 
     @staticmethod
@@ -1040,6 +1072,8 @@ class JourneyMachine:
                 value = session.channel
             elif path == "visitor_type":
                 value = "returning" if session.returning else "new"
+            elif path.startswith("audience.") and session.audience is not None:
+                value = session.audience.get(path[9:])
             else:
                 value = event.lookup(tuple(path.split(".")))
             values[path] = None if value is None else str(value)[:MAX_BREAKDOWN_VALUE]

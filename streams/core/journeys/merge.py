@@ -28,6 +28,7 @@ from streams.core.journeys.journey import (
     JourneyMachine,
     Outputs,
     funnel_of,
+    tie_attempt_key,
     version_index,
 )
 from streams.core.records.outputs import FirstTouch
@@ -66,8 +67,9 @@ def merge_journeys(
         # both were settled under the current versions by `advance`: the index moves tables
         attempt.version = version_index(person, anonymous.versions[attempt.version])
         person.attempts[key] = attempt
-        if key in anonymous.ties:
-            person.ties[key] = anonymous.ties[key]
+    for tie, bits in anonymous.ties.items():
+        if tie_attempt_key(tie) in anonymous.attempts:
+            person.ties[tie] = bits
 
     # at equal times the anonymous journey's history is the one with the pages (a device's),
     # where the user's may hold only a backend's events

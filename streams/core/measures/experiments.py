@@ -31,14 +31,16 @@ from typing import Any, Literal
 from streams.core.config.matching import CompiledConfig, CompiledFunnel
 from streams.core.config.model import Experiment
 from streams.core.input.event import from_epoch_ms, to_epoch_ms
+from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.core.measures.counters import breakdown_values
 from streams.core.measures.stats import MixtureSPRT, wilson_interval
 from streams.core.records.ids import output_id
 from streams.core.records.outputs import ExperimentUpdate, VariantResult
 
 MINUTE_MS = 60_000
-MAX_VARIANTS = 20
-"""Values beyond this many (a mistyped or free-form field) count as unassigned: bounded state."""
+MAX_VARIANTS = BREAKDOWN_CAP
+"""The default cap on variants (`CONVERSIONS_BREAKDOWN_CAP`, the same as every client-chosen
+value's): values beyond it (a mistyped or free-form field) count as unassigned: bounded state."""
 
 Decision = Literal["control", "waiting", "inconclusive", "better", "worse"]
 
@@ -48,6 +50,7 @@ class _State:
     experiment: Experiment
     funnel: CompiledFunnel
     decide_index: int
+    max_variants: int = MAX_VARIANTS
     pending: dict[int, dict[str | None, list[int]]] = field(default_factory=dict)
     """Per minute not yet judged: per variant (None: unassigned), attempts reaching each step."""
     totals: dict[str, list[int]] = field(default_factory=dict)
@@ -56,6 +59,34 @@ class _State:
     decisions: dict[str, Decision] = field(default_factory=dict)
     updated_at: int | None = None
 
+    def to_state(self) -> dict[str, Any]:
+        """Plain data for a state file; `load_state` puts it back into a state built from the
+        same definition."""
+        return {
+            "pending": [
+                [minute, [[v, list(c)] for v, c in cells.items()]] for minute, cells in self.pending.items()
+            ],
+            "totals": {variant: list(counts) for variant, counts in self.totals.items()},
+            "unassigned": self.unassigned,
+            "tests": {v: [t.alpha, t.tau, t.p_value, t.low, t.high, t.looks] for v, t in self.tests.items()},
+            "decisions": dict(self.decisions),
+            "updated_at": self.updated_at,
+        }
+
+    def load_state(self, data: Mapping[str, Any]) -> None:
+        self.pending = {
+            int(minute): {None if v is None else str(v): [int(x) for x in c] for v, c in cells}
+            for minute, cells in data["pending"]
+        }
+        self.totals = {str(v): [int(x) for x in c] for v, c in data["totals"].items()}
+        self.unassigned = int(data["unassigned"])
+        self.tests = {
+            str(v): MixtureSPRT(float(a), float(tau), float(p), float(low), float(high), int(looks))
+            for v, (a, tau, p, low, high, looks) in data["tests"].items()
+        }
+        self.decisions = {str(v): _decision(d) for v, d in data["decisions"].items()}
+        self.updated_at = None if data["updated_at"] is None else int(data["updated_at"])
+
     def absorb(self, cells: dict[str | None, list[int]]) -> None:
         """A complete minute's counts; new variants are admitted in name order up to the cap, so
         which ones are admitted does not depend on the order events arrived in."""
@@ -63,7 +94,7 @@ class _State:
             counts = cells[value]
             variant = value
             if variant is not None and variant not in self.totals:
-                if len(self.totals) >= MAX_VARIANTS and variant != self.experiment.control:
+                if len(self.totals) >= self.max_variants and variant != self.experiment.control:
                     variant = None
                 else:
                     self.totals[variant] = [0] * len(counts)
@@ -156,8 +187,11 @@ class _State:
 class ExperimentEvaluator:
     """Milestone microconversions in, `type: experiment` updates out, in event time."""
 
-    def __init__(self, config: CompiledConfig, names: Collection[str] | None = None) -> None:
-        """Every experiment of the configuration, or only those `names`d."""
+    def __init__(
+        self, config: CompiledConfig, names: Collection[str] | None = None, max_variants: int = MAX_VARIANTS
+    ) -> None:
+        """Every experiment of the configuration, or only those `names`d; each compares at most
+        `max_variants` variants (the control among them)."""
         self._states: list[_State] = []
         for experiment in config.source.experiments:
             if names is not None and experiment.name not in names:
@@ -165,7 +199,7 @@ class ExperimentEvaluator:
             funnel = config.funnels_by_name[experiment.funnel]
             names = [s.name for s in funnel.steps]
             decide = names.index(experiment.step) if experiment.step is not None else len(names) - 1
-            self._states.append(_State(experiment, funnel, decide))
+            self._states.append(_State(experiment, funnel, decide, max_variants))
         self._evaluated_to: int | None = None
         self._seen = False
         self._ids: dict[int, set[str]] = {}
@@ -176,6 +210,30 @@ class ExperimentEvaluator:
     @property
     def active(self) -> bool:
         return bool(self._states)
+
+    def to_state(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The evaluator as plain data for a state file, each experiment's state under its key in
+        `keys` (one per experiment evaluated, in order: e.g. its experiment version)."""
+        return {
+            "evaluated_to": self._evaluated_to,
+            "seen": self._seen,
+            "ignored_late": self.ignored_late,
+            "duplicates": self.duplicates,
+            "ids": [[minute, sorted(ids)] for minute, ids in self._ids.items()],
+            "experiments": {key: state.to_state() for key, state in zip(keys, self._states, strict=True)},
+        }
+
+    def restore(self, data: Mapping[str, Any], keys: Sequence[str]) -> None:
+        """What `to_state` saved: an experiment whose key was saved continues, the others start
+        from nothing."""
+        self._evaluated_to = None if data["evaluated_to"] is None else int(data["evaluated_to"])
+        self._seen = bool(data["seen"])
+        self.ignored_late, self.duplicates = int(data["ignored_late"]), int(data["duplicates"])
+        self._ids = {int(minute): {str(i) for i in ids} for minute, ids in data["ids"]}
+        saved = data["experiments"]
+        for key, state in zip(keys, self._states, strict=True):
+            if key in saved:
+                state.load_state(saved[key])
 
     def observe(self, output: Mapping[str, Any]) -> None:
         """Count one output event (only milestone microconversions of experimented funnels).
@@ -257,9 +315,25 @@ class ExperimentEvaluator:
             del self._ids[minute]
         return out
 
+    def final(self, end_ms: int) -> list[ExperimentUpdate]:
+        """Every experiment's state at the end of an input judged up to `end_ms` (offline mode's
+        `--flush`), marked final, with an id of its own (an update of the same minute keeps its)."""
+        return [
+            state.update(end_ms, []).model_copy(
+                update={"final": True, "id": output_id("experiment-final", state.experiment.name, end_ms)}
+            )
+            for state in self._states
+        ]
+
     def snapshot(self) -> list[ExperimentUpdate]:
         """Every experiment's current state (for /experiments and reports): changed is empty."""
         return [state.update(state.updated_at, []) for state in self._states if state.updated_at is not None]
+
+
+def _decision(value: object) -> Decision:
+    if value not in ("control", "waiting", "inconclusive", "better", "worse"):
+        raise ValueError(f"not a decision: {value!r}")
+    return value
 
 
 def replay(

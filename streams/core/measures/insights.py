@@ -183,8 +183,13 @@ def progress(
     waiting_ms: int = 0,
 ) -> list[dict[str, Any]]:
     """Per step, over the attempts that opened in the cohorts given (start of bucket -> fields
-    e:<k>, d:<k>, d:<k>:<reason>): entered, reached the next step, dropped (by reason), still in
-    progress, the observed rates and the projection.
+    e:<k>, d:<k>, d:<k>:<reason>, ci:<k>, co:<k>): entered, reached the next step, dropped (by
+    reason), still in progress, the observed rates and the projection.
+
+    An attempt carried over from an earlier funnel version (docs/howto/changing-funnels.md)
+    enters the new version's cohort at every step it had reached (`ci:<k>`: counted as entered
+    and, below its step, as reached next) and leaves the old version's at its step (`co:<k>`:
+    no longer in progress there, nor dropped).
 
     Without `waiting`, the projection ages the open attempts from their opening, with
     `curves[k + 1]` the time from opening to step k+1. With `waiting` (cohorts by the time each
@@ -195,21 +200,24 @@ def progress(
     out = []
     last = len(steps) - 1
     for k, name in enumerate(steps):
-        entered = reached = dropped = 0
+        entered = reached = dropped = carried_in = carried_out = 0
         reasons: dict[str, int] = {}
         open_by_age: list[tuple[float, int]] = []
         for start, fields in cohorts.items():
-            e = int(fields.get(f"e:{k}", 0))
-            nxt = int(fields.get(f"e:{k + 1}", 0)) if k < last else 0
+            came = int(fields.get(f"ci:{k}", 0))
+            e = int(fields.get(f"e:{k}", 0)) + came
+            nxt = int(fields.get(f"e:{k + 1}", 0) + fields.get(f"ci:{k + 1}", 0)) if k < last else 0
             d = int(fields.get(f"d:{k}", 0))
+            went = int(fields.get(f"co:{k}", 0))
             entered, reached, dropped = entered + e, reached + nxt, dropped + d
+            carried_in, carried_out = carried_in + came, carried_out + went
             for key, value in fields.items():
                 if key.startswith(f"d:{k}:"):
                     reason = key.split(":", 2)[2]
                     reasons[reason] = reasons.get(reason, 0) + int(value)
-            if k < last and e - nxt - d > 0:
+            if k < last and e - nxt - d - went > 0:
                 age = max(0.0, as_of_ms - (start + cohort_ms / 2))
-                open_by_age.append((age, e - nxt - d))
+                open_by_age.append((age, e - nxt - d - went))
         in_progress = sum(count for _, count in open_by_age)
         row: dict[str, Any] = {
             "step": name,
@@ -218,6 +226,8 @@ def progress(
             "dropped": dropped,
             "dropped_by_reason": dict(sorted(reasons.items())),
             "in_progress": in_progress,
+            "carried_in": carried_in,
+            "carried_out": carried_out,
         }
         if k < last:
             curve = curves.get(k + 1, lambda _: 1.0)
@@ -254,7 +264,30 @@ CHANNEL_COLUMNS = (
     "avg_decision_time_ms",
     "microconversions",
     "micro_macro_ratio",
+    "avg_session_duration_ms",
+    "pages_per_session",
+    "bounce_rate",
 )
+CHANNEL_BASES = {
+    "closed sessions (journeys.sessions)": [
+        "sessions",
+        "converting_sessions",
+        "conversion_rate",
+        "microconversions",
+        "micro_macro_ratio",
+        "avg_session_duration_ms",
+        "pages_per_session",
+        "bounce_rate",
+    ],
+    "macroconversions as they happen, in sessions still open too (conversions.macro)": [
+        "conversions",
+        "value",
+        "avg_decision_time_ms",
+    ],
+}
+"""What each column counts: a session is counted when it closes (30 minutes after its last event),
+a conversion when it happens, so a row can show more conversions than converting sessions while
+its sessions are open; `conversion_rate` stays on one basis (closed sessions)."""
 
 
 def channel_rows(
@@ -316,6 +349,9 @@ def _row(metrics: Mapping[str, float], goal: str) -> dict[str, Any]:
         "avg_decision_time_ms": metrics.get(f"dt:{goal}", 0) / conversions if conversions else None,
         "microconversions": micro,
         "micro_macro_ratio": micro / in_sessions if in_sessions else None,
+        "avg_session_duration_ms": metrics.get("dur", 0) / sessions if sessions else None,
+        "pages_per_session": metrics.get("pv", 0) / sessions if sessions else None,
+        "bounce_rate": metrics.get("b", 0) / sessions if sessions else None,
     }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from streams.core.input.event import ClickEvent
+from streams.core.input.event import MAX_NESTING, ClickEvent, nesting_limit
 from streams.core.input.rejection import Decoded, Rejection, RejectReason
 
 PAGE_VIEW_EVENT = "page_view"
@@ -59,6 +59,7 @@ def mapped(
     original: bytes | Callable[[], bytes],
     index: int | None,
     source_field: Callable[[str], str],
+    max_nesting: int = MAX_NESTING,
 ) -> ClickEvent | Rejection:
     """Validate a mapped event; a rejection names the format and the source field of each error.
 
@@ -67,7 +68,7 @@ def mapped(
     only when they are rejected.
     """
     try:
-        return ClickEvent.model_validate(fields)
+        return ClickEvent.model_validate(fields, context=nesting_limit(max_nesting))
     except ValidationError as exc:
         errors = []
         for err in exc.errors(include_url=False, include_input=False):

@@ -54,8 +54,8 @@ from streams.core.input.formats.detect import SEGMENT_TYPES
 from streams.core.input.rejection import Decoded, Rejection, RejectReason
 
 FORMAT = "segment"
-# what a batch adds around a message: the batch object and its array
-_MAX_DEPTH = MAX_NESTING + 3
+# what a batch adds around a message's properties: the batch object, its array, the message
+_AROUND_PROPERTIES = 3
 _CAMPAIGN_FIELDS = ("source", "medium", "name", "term", "content")
 _EXCLUDED_FROM_DIGEST = ("sentAt", "receivedAt", "_metadata")
 # library names, lower-cased, by what they run on
@@ -74,11 +74,14 @@ _SOURCE_FIELDS = {
 }
 
 
-def decode_segment(parsed: Any, raw: bytes, *, max_batch: int = 10_000) -> Decoded:
+def decode_segment(
+    parsed: Any, raw: bytes, *, max_batch: int = 10_000, max_nesting: int = MAX_NESTING
+) -> Decoded:
     """The events of one Kafka message holding Segment-spec JSON (already parsed from `raw`)."""
     out = Decoded(format=FORMAT)
-    if nesting_depth(parsed, _MAX_DEPTH) > _MAX_DEPTH:
-        reject(out, "too_deeply_nested", f"nested deeper than {_MAX_DEPTH} levels", raw)
+    outer = max_nesting + _AROUND_PROPERTIES
+    if nesting_depth(parsed, outer) > outer:
+        reject(out, "too_deeply_nested", f"nested deeper than {outer} levels", raw)
         return out
     shared: Mapping[str, Any] = {}
     single = False
@@ -107,6 +110,7 @@ def decode_segment(parsed: Any, raw: bytes, *, max_batch: int = 10_000) -> Decod
             shared,
             original=raw if single else encode(message),
             index=None if single else index,
+            max_nesting=max_nesting,
         )
         if result is None:
             out.ignored += 1
@@ -123,6 +127,7 @@ def segment_event(
     *,
     original: bytes | Callable[[], bytes] = b"",
     index: int | None = None,
+    max_nesting: int = MAX_NESTING,
 ) -> ClickEvent | Rejection | None:
     """One Segment message as an event, a rejection, or None for a `group` call (ignored).
 
@@ -228,7 +233,26 @@ def segment_event(
             where.update({f"campaign.{key}": f"context.campaign.{key}" for key in values})
     elif campaign is not None:
         return refuse(f"{kind}: context.campaign is not an object")
-    return mapped(FORMAT, fields, original, index, lambda loc: _source(where, loc))
+    location = _location(context.get("location"))
+    if location:
+        fields["audience"] = location
+    return mapped(FORMAT, fields, original, index, lambda loc: _source(where, loc), max_nesting)
+
+
+def _location(location: Any) -> dict[str, str]:
+    """Segment's `context.location` where it names the country by its ISO code (as our collector
+    writes it, having looked the client address up): the audience's country, region and city."""
+    if not isinstance(location, dict):
+        return {}
+    country = text(location.get("country"))
+    if country is None or len(country) != 2 or not country.isalpha():
+        return {}
+    out = {"country": country.upper()}
+    for key, size in (("region", 64), ("city", 128)):
+        value = text(location.get(key))
+        if value is not None:
+            out[key] = value[:size]
+    return out
 
 
 def _source(where: Mapping[str, str], loc: str) -> str:
@@ -311,6 +335,17 @@ def _context(context: Mapping[str, Any], channel: Any) -> dict[str, Any]:
         described = {key: library[key] for key in ("name", "version") if text(library.get(key))}
         if described:
             out["library"] = described
+    ip = text(context.get("ip"))
+    if ip is not None:
+        out["ip"] = ip  # enrichment reads it, then CONVERSIONS_IP_MODE drops or truncates it
+    hints = context.get("userAgentData")
+    if isinstance(hints, dict):
+        kept = {key: hints[key] for key in ("mobile", "platform") if key in hints}
+        if kept:
+            out["user_agent_data"] = kept
+    consent = context.get("consent")
+    if isinstance(consent, dict):
+        out["consent"] = consent
     return out
 
 
