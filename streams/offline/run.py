@@ -174,7 +174,7 @@ class OfflineRun:
                 )
         for event in events:
             self.events += 1
-            produced = self.engine.process(event)
+            produced = self.engine.process(event, source=(self.source, None, line))
             if produced:
                 # the engine refuses some events too (late_event): they are rejected as well
                 refused = sum(1 for output in produced if output.type == "deadletter")

@@ -179,7 +179,8 @@ class Journeys:
                         [Rejection("invalid_event", str(exc), orjson.dumps(item))], message
                     )
                     continue
-                refused_or_not = self.engine.process(click, partition)
+                where = (*source_position, offset) if source_position is not None else None
+                refused_or_not = self.engine.process(click, partition, where)
                 if refused_or_not and source_position is not None:
                     refused_or_not = placed(refused_or_not, *source_position, offset)
                 produced.extend(refused_or_not)

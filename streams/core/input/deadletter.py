@@ -65,7 +65,12 @@ def placed(
             ),
             original,
         )
-        if isinstance(output, DeadLetter) and output.source_topic is None
+        if isinstance(output, DeadLetter)
+        and (
+            output.source_topic is None  # placed by the engine already when the event was held
+            or (output.source_topic, output.source_partition, output.source_offset)
+            == (topic, partition, offset)
+        )
         else output
         for output in outputs
     ]

@@ -34,12 +34,14 @@ from zlib import crc32
 
 from streams.core.config.matching import CompiledConfig
 from streams.core.config.versions import Definition
+from streams.core.input.deadletter import placed
 from streams.core.input.event import ClickEvent
 from streams.core.journeys.identity import (
     Forwarded,
     IdentityRules,
     Item,
     Merge,
+    Source,
     decide,
     decode_item,
     forwarder_source,
@@ -256,8 +258,11 @@ class Engine:
         self._clicks = {}
         return written
 
-    def process(self, event: ClickEvent, partition: int | None = None) -> Outputs:
-        """Apply one event on its home partition. Deadlines fire in `observe`, when sources move on."""
+    def process(
+        self, event: ClickEvent, partition: int | None = None, source: Source | None = None
+    ) -> Outputs:
+        """Apply one event on its home partition. Deadlines fire in `observe`, when sources move on.
+        `source`, where the event was read, travels with it when it is held or forwarded."""
         if not self.rules.stitch:
             if partition is None:
                 partition = self.partition_of(event.identity)
@@ -270,7 +275,9 @@ class Engine:
             partition = self.partition_of(home)
         clock = self._clock(partition)
         if event.anonymous_id is None:  # the person's own event: held with what is forwarded to it
-            return self._send(partition, Forwarded(home, event.to_json_dict(), event.ts_ms), event)
+            return self._send(
+                partition, Forwarded(home, event.to_json_dict(), event.ts_ms, source=source), event
+            )
         journey = self.load(home)
         decision, person = decide(self.rules, journey.linked_to if journey else None, event)
         if decision == "local":
@@ -289,7 +296,7 @@ class Engine:
                 # them, so a copy delivered again (a redone run) is not forwarded a second time
                 stub.seen, stub.seen_at = list(journey.seen), list(journey.seen_at)
             self._save(clock, stub)
-            item: Item = Merge(person, home, state, event.to_json_dict(), event.ts_ms)
+            item: Item = Merge(person, home, state, event.to_json_dict(), event.ts_ms, source=source)
         else:
             if (
                 journey is not None
@@ -303,7 +310,7 @@ class Engine:
             if journey is not None and journey.linked_to is not None and event.ts_ms > journey.last_ts:
                 journey.last_ts = event.ts_ms  # the link lives on while its anonymous id is seen
                 self._save(clock, journey)
-            item = Forwarded(person, event.to_json_dict(), event.ts_ms)
+            item = Forwarded(person, event.to_json_dict(), event.ts_ms, source=source)
         return out + self._send(partition, item, event)
 
     def forget(self, identity: str) -> list[str]:
@@ -398,6 +405,8 @@ class Engine:
                         links[id(item)] = link
                     continue
                 journey, applied = self.machine.apply(journey, self._event_of(item))
+                if item.source is not None and applied:  # refused when released: where it was read
+                    applied = placed(applied, *item.source)
                 out += applied
                 link = links.pop(id(item), None)
                 if link is not None:  # what the merge kept, once its linking event has applied

@@ -106,6 +106,11 @@ def is_forwarder(source: str) -> bool:
     return source.startswith(FORWARDER_PREFIX)
 
 
+Source = tuple[str, int | None, int | None]
+"""Where an event was read: topic, partition and offset (offline: the file and its line). A held
+event carries it, so that a dead letter made when it is released says where it came from."""
+
+
 @dataclass(frozen=True, slots=True)
 class Forwarded:
     """An event for a person whose journey lives on another partition."""
@@ -115,9 +120,13 @@ class Forwarded:
     ts: int
     body: dict[str, Any] | None = field(default=None, compare=False, repr=False)
     """The held body this item was decoded from (the engine knows its event by it)."""
+    source: Source | None = field(default=None, compare=False)
 
     def encode(self) -> dict[str, Any]:
-        return {"person": self.person, "ts": self.ts, "event": self.event}
+        body = {"person": self.person, "ts": self.ts, "event": self.event}
+        if self.source is not None:
+            body["src"] = list(self.source)
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,15 +140,19 @@ class Merge:
     event: dict[str, Any]
     ts: int
     body: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    source: Source | None = field(default=None, compare=False)
 
     def encode(self) -> dict[str, Any]:
-        return {
+        body = {
             "person": self.person,
             "ts": self.ts,
             "merge": self.anonymous_id,
             "journey": self.journey.decode() if self.journey is not None else None,
             "event": self.event,
         }
+        if self.source is not None:
+            body["src"] = list(self.source)
+        return body
 
 
 Item = Forwarded | Merge
@@ -152,13 +165,26 @@ def decode_item(body: Any) -> Item:
     person, ts, event = body.get("person"), body.get("ts"), body.get("event")
     if not isinstance(person, str) or not isinstance(event, dict) or not isinstance(ts, int):
         raise ValueError("a forwarded item needs a person, a time and an event")
+    source = _source(body.get("src"))
     if "merge" not in body:
-        return Forwarded(person, event, ts, body)
+        return Forwarded(person, event, ts, body, source)
     anonymous_id = body["merge"]
     journey = body.get("journey")
     if not isinstance(anonymous_id, str) or not (journey is None or isinstance(journey, str)):
         raise ValueError("a merge needs the anonymous id and the journey's stored form")
-    return Merge(person, anonymous_id, journey.encode() if journey is not None else None, event, ts, body)
+    return Merge(
+        person, anonymous_id, journey.encode() if journey is not None else None, event, ts, body, source
+    )
+
+
+def _source(value: Any) -> Source | None:
+    """An item's `src` as `encode` wrote it; None when absent (items written before it) or odd."""
+    if not isinstance(value, list) or len(value) != 3 or not isinstance(value[0], str):
+        return None
+    partition, offset = value[1], value[2]
+    if not all(v is None or isinstance(v, int) for v in (partition, offset)):
+        return None
+    return (value[0], partition, offset)
 
 
 Step = Literal["merge", "event"]

@@ -302,3 +302,27 @@ def test_a_redone_run_does_not_forward_what_the_merged_anonymous_journey_already
         engine.process(click, home)
     forwarded = [item.event["event"] for _, item in engine.outbox]
     assert forwarded == ["login"]  # the linking event: the person's journey knows it by its id
+
+
+def test_an_item_refused_when_released_says_where_its_event_was_read() -> None:
+    """A person's items (their own events, events forwarded from another partition) are applied
+    when event time has passed them; one refused then as late is dead-lettered with the topic,
+    partition and offset it was read at, carried in the item, not with none."""
+    from streams.core.journeys.engine import Engine
+    from streams.core.journeys.identity import Forwarded, forwarder_source
+    from tests.helpers import click
+
+    engine = Engine(compile_config(parse_config(EXAMPLE)), {}, 2, expected_sources=["in/0"], forwarding=True)
+    home = engine.partition_of("u1")
+    first = click("product_view", "12:00", "u1")
+    engine.process(first, home, source=("clickstream", 0, 5))
+    for source in ("in/0", forwarder_source(1 - home)):  # every source of the partition has passed it
+        engine.observe(home, source, first.ts_ms)
+    assert engine.load("u1") is not None and not engine.load("u1").held  # applied: at 12:00
+    late = click("add_to_cart", "09:00", "u1")  # hours behind it, forwarded from the other partition
+    item = Forwarded("u1", late.to_json_dict(), late.ts_ms, source=("clickstream", 1, 7))
+    out = engine.accept(home, orjson.loads(orjson.dumps(item.encode())))
+    letters = [o for o in out if o.type == "deadletter"]
+    assert [(d.reason, d.source_topic, d.source_partition, d.source_offset) for d in letters] == [
+        ("late_event", "clickstream", 1, 7)
+    ]
