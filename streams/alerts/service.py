@@ -41,7 +41,7 @@ from streams.kafka.clients import new_consumer, start_with_retry
 from streams.kafka.headers import WATERMARK_HEADER
 from streams.kafka.undecodable import GuardedConsumer, SkippedBatches, undecodable
 from streams.metrics import Metrics
-from streams.ports import LeaderCheck, Publisher, Stopping
+from streams.ports import GenerationCheck, LeaderCheck, Publisher, Stopping
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,12 +58,14 @@ class Alerting:
         metrics: Metrics,
         publisher: Publisher,
         leader: LeaderCheck,
+        generation: GenerationCheck | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
         self.metrics = metrics
         self._publisher = publisher
         self._leader = leader
+        self._generation = generation
         cap = settings.breakdown_cap
         self.evaluator = AlertEvaluator(config, by_cap=cap)
         self.experiment_evaluator = ExperimentEvaluator(config, max_variants=cap)
@@ -140,6 +142,13 @@ class Alerting:
             elif self._unsent:
                 await self._publish_experiments([])
 
+    def may_send(self) -> bool:
+        """Whether what is judged now goes to receivers (the webhook, and any receiver added
+        beside it): this worker leads and its generation is current. A generation reprocessing
+        history, or retired, judges and records (its own topics) but sends nothing."""
+        current = self._generation is None or self._generation.is_current()
+        return current and self._leader.is_leader()
+
     def experiments(self) -> list[ExperimentUpdate]:
         """Each experiment's state now (`ports.ExperimentReader`)."""
         return self.experiment_evaluator.snapshot()
@@ -198,7 +207,7 @@ class Alerting:
             )
         if alerts and self._leader.is_leader():
             await self._publisher.publish(alerts)
-            if self._webhook is not None:
+            if self._webhook is not None and self.may_send():
                 for alert in alerts:
                     await self._webhook.post(alert)
 
