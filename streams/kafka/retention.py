@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
-from aiokafka.admin import ConfigResource, ConfigResourceType
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streams.kafka.clients import new_admin, new_consumer
 from streams.settings import Settings

@@ -102,18 +102,20 @@ def _moment(ms: int | None) -> str:
 async def _group_lag(
     settings: Settings, group: str, tps: list[TopicPartition], ends: dict[Any, int]
 ) -> dict[str, int]:
-    admin = new_admin(settings)
-    await admin.start()
+    """Per partition, the records past the group's committed offset (OffsetFetch through a
+    consumer of the group that never joins it: Tansu drops the admin client's request)."""
+    consumer = new_consumer(settings, group_id=group)
+    await consumer.start()
     try:
-        committed = await admin.list_consumer_group_offsets(group)
+        lag = {}
+        for tp in tps:
+            done = await consumer.committed(tp)
+            lag[f"{tp.topic}/{tp.partition}"] = max(
+                0, ends[tp] - (done if done is not None and done >= 0 else 0)
+            )
+        return lag
     finally:
-        await admin.close()
-    lag = {}
-    for tp in tps:
-        meta = committed.get(tp)
-        done = meta.offset if meta is not None and meta.offset >= 0 else 0
-        lag[f"{tp.topic}/{tp.partition}"] = max(0, ends[tp] - done)
-    return lag
+        await consumer.stop()
 
 
 class Watcher:
