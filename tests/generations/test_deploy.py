@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +43,7 @@ B = A.replace(
     "      - {name: start, match: {event: trial_start}}\n"
     "      - {name: pay, match: {event: trial_pay}}\nidentity:",
 )
+CLI = (sys.executable, "-m", "streams.cli")
 WINDOW = {"start": "2024-03-13T00:00:00+00:00", "end": "2024-03-14T00:00:00+00:00"}
 
 
@@ -110,23 +110,19 @@ async def test_deploy_reprocesses_cuts_over_and_rolls_back(
     live_before = await read_topics(settings, live_topics, expect=16, quiet_s=2)
 
     deploy_log = (tmp_path / "deploy.log").open("wb")
-    deploy = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streams.cli",
-            "deploy",
-            "--config",
-            str(config_b),
-            "--workers",
-            "1",
-            "--web-port",
-            str(new_port),
-            "--accept-short-history",
-        ],
+    deploy = await asyncio.create_subprocess_exec(
+        *CLI,
+        "deploy",
+        "--config",
+        str(config_b),
+        "--workers",
+        "1",
+        "--web-port",
+        str(new_port),
+        "--accept-short-history",
         env={**os.environ, **env},
         stdout=deploy_log,
-        stderr=subprocess.STDOUT,
+        stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
     )
     redis = Redis.from_url(infra.redis_url)
@@ -137,7 +133,7 @@ async def test_deploy_reprocesses_cuts_over_and_rolls_back(
         answers: list[tuple[int, int, list[int] | None]] = []
 
         async def flipped() -> bool:
-            assert deploy.poll() is None, (tmp_path / "deploy.log").read_text()
+            assert deploy.returncode is None, (tmp_path / "deploy.log").read_text()
             current = await registry.current_number()
             try:
                 status, body = await api(new_port, "/funnels/checkout")
@@ -149,7 +145,7 @@ async def test_deploy_reprocesses_cuts_over_and_rolls_back(
             return current == 1 and trial_status == 200
 
         await poll_until(flipped, timeout_s=150)
-        assert deploy.poll() is None
+        assert deploy.returncode is None
         seen = {(status, counts is None) for _, status, counts in answers}
         assert (200, False) in seen
         # the trial funnel never answers partly: absent (404) under generation 0, whole under 1
@@ -159,7 +155,8 @@ async def test_deploy_reprocesses_cuts_over_and_rolls_back(
         progress = await registry.progress(1)
         assert progress is not None and progress["total_lag"] == 0
 
-        first.process.wait(timeout=30)  # a retired generation's workers stop  # type: ignore[union-attr]
+        assert first.process is not None
+        await asyncio.to_thread(first.process.wait, 30)  # a retired generation's workers stop
         # the replay wrote to generation 1's own topics, nothing to the live ones
         prefix = f"{settings.app_id}-g1."
         own = [settings.topic(prefix + settings.topic_micro)]
@@ -167,21 +164,17 @@ async def test_deploy_reprocesses_cuts_over_and_rolls_back(
         live_after = await read_topics(settings, live_topics, expect=len(live_before), quiet_s=2)
         assert sorted(o["id"] for o in live_after) == sorted(o["id"] for o in live_before)
 
-        rollback = subprocess.run(
-            [sys.executable, "-m", "streams.cli", "rollback"],
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        rollback = await asyncio.create_subprocess_exec(
+            *CLI, "rollback", env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE
         )
-        assert rollback.returncode == 0, rollback.stdout + rollback.stderr
+        said, _ = await asyncio.wait_for(rollback.communicate(), 60)
+        assert rollback.returncode == 0, said
         assert await registry.current_number() == 0
-        assert deploy.wait(timeout=60) == 0  # its worker (generation 1, now retired) stopped
+        assert await asyncio.wait_for(deploy.wait(), 60) == 0  # its worker (now retired) stopped
     finally:
-        if deploy.poll() is None:
+        if deploy.returncode is None:
             deploy.terminate()
-            deploy.wait(timeout=30)
+            await asyncio.wait_for(deploy.wait(), 30)
         deploy_log.close()
         await redis.aclose()
     text = (tmp_path / "deploy.log").read_text()
