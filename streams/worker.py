@@ -31,6 +31,7 @@ from streams.counters.redis_store import RedisClient, counter_store, redis_clien
 from streams.generations.current import CurrentGeneration, join
 from streams.generations.naming import base_app_id
 from streams.generations.registry import Registry
+from streams.generations.relay import Relay
 from streams.kafka import ensure_topics, source_partitions
 from streams.pipeline.app import ConversionsApp
 from streams.ports import Stopping
@@ -69,6 +70,9 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
     if store is not None:
         current = _current_generation(settings, config, store.redis, store)
         conversions.run_alongside("generations", current.run, _nothing)
+        if settings.generation:  # N >= 1 writes its own topics: relayed to the live ones once current
+            relay = Relay(settings, Registry(store.redis, base_app_id(settings)), current, conversions)
+            conversions.run_alongside("relay", relay.run, relay.close)
     alerting = None
     if config.source.alerts or config.source.experiments:
         alerting = Alerting(

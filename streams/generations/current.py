@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 
@@ -71,24 +73,24 @@ class CurrentGeneration:
         self._registry = registry
         self._reader_for = reader_for
         self._on_retired = on_retired
-        self._current = self.number
+        # until the first refresh: only a worker that found no registry at all is current
+        self._current: int | None = None if settings.generation is not None else self.number
         self._views: dict[int, tuple[CompiledConfig, CounterReader]] = {}
         self._checked_at = 0.0
         self._base = base_app_id(settings)
         self._stopping = False
+        self._member = f"{socket.gethostname()}:{os.getpid()}"
 
     def is_current(self) -> bool:
         """Whether this worker's generation is the current one (as of the last refresh): what it
         judges may go to receivers."""
         return self._current == self.number
 
-    @property
-    def current(self) -> int:
-        return self._current
-
     async def refresh(self) -> None:
         current = await self._registry.current_number()
         own = await self._registry.get(self.number)
+        if own is not None and own.state != "retired":
+            await self._registry.beat(self.number, self._member)
         if current != self._current:
             log.info("generations: generation %d of %s is now current", current, self._base)
         self._current = current
@@ -104,7 +106,7 @@ class CurrentGeneration:
                 await self.refresh()
             except Exception as exc:  # a Redis outage: keep the last answer, say so
                 log.warning(
-                    "generations: registry unreadable (%s); keeping generation %d", exc, self._current
+                    "generations: registry unreadable (%s); keeping generation %s", exc, self._current
                 )
             await asyncio.sleep(REFRESH_S)
 
@@ -113,7 +115,7 @@ class CurrentGeneration:
         if time.monotonic() - self._checked_at > REFRESH_S:
             await self.refresh()
         number = self._current
-        if number == self.number:
+        if number is None or number == self.number:
             return self._own
         cached = self._views.get(number)
         if cached is None:

@@ -172,12 +172,42 @@ class Registry:
         raw = await self.redis.hget(self.key, f"progress:{number}")
         return dict(orjson.loads(raw)) if raw is not None else None
 
+    async def set_seam(self, number: int, seam: dict[str, dict[str, int]]) -> None:
+        """Where generation `number`'s relay starts (its topics' ends at the flip) and where the
+        live topics were then (`relay`)."""
+        await self.redis.hset(self.key, f"seam:{number}", orjson.dumps(seam))
+
+    async def seam(self, number: int) -> dict[str, dict[str, int]] | None:
+        raw = await self.redis.hget(self.key, f"seam:{number}")
+        return dict(orjson.loads(raw)) if raw is not None else None
+
+    async def set_relay_offsets(self, number: int, offsets: dict[str, int]) -> None:
+        if offsets:
+            await self.redis.hset(f"{self.key}:relay:{number}", mapping=offsets)
+
+    async def relay_offsets(self, number: int) -> dict[str, int]:
+        raw = await self.redis.hgetall(f"{self.key}:relay:{number}")
+        return {_text(k): int(v) for k, v in raw.items()}
+
+    async def beat(self, number: int, member: str) -> None:
+        """A worker of generation `number` is alive (`alive_elsewhere`)."""
+        await self.redis.zadd(f"{self.key}:alive", {f"{number}:{member}": _now_ms()})
+
+    async def alive_elsewhere(self, number: int, within_ms: int = 3_000) -> list[int]:
+        """The other generations with a worker that beat within `within_ms`."""
+        key = f"{self.key}:alive"
+        await self.redis.zremrangebyscore(key, 0, _now_ms() - 10 * within_ms)
+        members = await self.redis.zrangebyscore(key, _now_ms() - within_ms, "+inf")
+        found = {int(_text(m).split(":", 1)[0]) for m in members}
+        return sorted(found - {number})
+
     async def forget(self, number: int) -> None:
         """Remove a retired generation's record (after its topics and keys are deleted)."""
         generation = await self.get(number)
         if generation is not None and generation.state != "retired":
             raise RegistryError(f"generation {number} is {generation.state}: only a retired one is forgotten")
-        await self.redis.hdel(self.key, f"g:{number}", f"progress:{number}")
+        await self.redis.hdel(self.key, f"g:{number}", f"progress:{number}", f"seam:{number}")
+        await self.redis.delete(f"{self.key}:relay:{number}")
         if await self.previous_number() == number:
             await self.redis.hdel(self.key, "previous")
 

@@ -155,6 +155,43 @@ class Watcher:
         return progress
 
 
+async def last_offsets(settings: Settings, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The offset after each partition's last record, read: Tansu reports as the end offset the
+    start of the last batch plus one, short of the batch's other records."""
+    consumer = new_consumer(settings)
+    await consumer.start()
+    try:
+        ends = dict(await consumer.end_offsets(tps))
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, max(0, ends[tp] - 1))
+        quiet = 0
+        while quiet < 2:
+            batch = await consumer.getmany(timeout_ms=300, max_records=10_000)
+            quiet = 0 if batch else quiet + 1
+            for tp, messages in batch.items():
+                ends[tp] = max(ends[tp], messages[-1].offset + 1)
+        return ends
+    finally:
+        await consumer.stop()
+
+
+async def seam(base: Settings, new: Settings) -> dict[str, dict[str, int]]:
+    """The end offsets of the new generation's output topics (its relay starts there) and of the
+    live ones (what arrives there after it, the old generation's last words, is not relayed
+    twice): `generations.relay`."""
+    found: dict[str, dict[str, int]] = {}
+    for name, settings in (("from", new), ("live", base)):
+        tps = [
+            TopicPartition(t, p)
+            for t in sorted(set(settings.output_topics.values()))
+            for p in range(settings.partitions)
+        ]
+        ends = await last_offsets(base, tps)
+        found[name] = {f"{tp.topic}/{tp.partition}": ends[tp] for tp in tps}
+    return found
+
+
 def retention_report(retained: Retained, config_text: str, say: Say) -> list[str]:
     """Says how far back the new configuration's history reaches; the refused needs' lines."""
     span = retained.span_ms()
@@ -246,6 +283,7 @@ async def deploy(
                 say("a reprocessing worker exited: see its log in " + str(log_dir))
                 return 1
             await asyncio.sleep(every_s)
+        await registry.set_seam(generation.number, await seam(base, new))
         if not await registry.flip(current.number, generation.number):
             say("refused: the current generation changed meanwhile (another deploy or a rollback)")
             return 1
