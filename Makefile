@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-browser demo test unit integration lint typecheck schemas docs docs-serve bench crash soak clean
+.PHONY: setup setup-browser demo test unit integration lint typecheck schemas docs docs-serve bench bench-alerts crash soak clean
 
 setup:
 	@./scripts/bootstrap
@@ -48,6 +48,11 @@ docs-serve: setup
 # one run of every contender on the same traffic; writes bench/results/latest.json (5-10 min)
 bench: setup
 	$(PY) -m bench.run
+
+# alert detection at 2, 10, 50 and 500 entries a day: cusum beside the windowed Fisher rule (~1 h)
+bench-alerts: setup
+	$(PY) -m bench.alert_detection --seeds 40 --volumes 10 --processes 2 --out bench/results/alert_detection_10.json
+	$(PY) -m bench.alert_detection --seeds 16 --volumes 500,50,2 --processes 2 --out bench/results/alert_detection_others.json
 
 # SIGKILL the worker 20 times during a 200k-event replay; compare with an undisturbed run (~15 min)
 crash: setup

@@ -649,11 +649,16 @@ def main() -> None:
     started = time.monotonic()
     say("offline mode first, before the broker and Redis start: conversions process, one and two workers")
     offline = offline_throughput(workdir)
+    say("audience enrichment: cost per event with and without, counters' memory per day")
+    from bench.enrichment import measure as enrichment_cost
+
+    enrichment = enrichment_cost()
     with LocalInfra(
         os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("REDIS_URL"), workdir=workdir / "infra"
     ) as infra:
         result = asyncio.run(measure(args, infra, workdir))
     result["offline"] = offline
+    result["enrichment"] = enrichment
     result["targets"] = targets(result)
     result["machine"] = {
         "cpus": os.cpu_count(),

@@ -187,6 +187,7 @@ def process(
             breakdown_cap=settings.breakdown_cap,
             latest_ms=latest_ms,
             flush=flush,
+            enrichment=settings.enrichment(),
         )
         totals = run_parallel(job, sys.stdout.buffer)
         counts = (totals.lines, totals.events, totals.rejected)
@@ -200,6 +201,7 @@ def process(
             max_message_bytes=settings.max_message_bytes,
             latest_ms=latest_ms,
             max_batch_events=settings.max_batch_events,
+            enrichment=settings.enrichment(),
             max_nesting=settings.max_nesting,
             breakdown_cap=settings.breakdown_cap,
         )
@@ -717,7 +719,9 @@ def demo(
         lasting = timedelta(milliseconds=parse_duration_ms(incident_for))
     except ValueError as exc:
         _fail(f"--incident-at/--incident-for: {exc}")
-    traffic = LiveTraffic(rate=rate, users=users, speed=speed, incident_after=after, incident_for=lasting)
+    traffic = LiveTraffic(
+        rate=rate, users=users, speed=speed, incident_after=after, incident_for=lasting, audience=True
+    )
     try:
         sys.exit(run_demo(settings, traffic, seconds=seconds, via=via))
     except InfraError as exc:
@@ -756,6 +760,29 @@ def infra(redis_cluster: bool) -> None:
                 click.echo("stopping", err=True)
     except InfraError as exc:
         _fail(f"could not start the local infrastructure: {exc}")
+
+
+@main.command()
+@click.option("--user-id", default=None, help="The user id to erase.")
+@click.option("--anonymous-id", default=None, help="The anonymous id to erase.")
+def forget(user_id: str | None, anonymous_id: str | None) -> None:
+    """Erase a person: the workers delete their journey and link stubs, and drop their events
+    stamped before now; an `erasure` record goes to the erasures topic (docs/howto/erase-a-person.md)."""
+    import asyncio
+
+    from streams.kafka import ensure_topics
+    from streams.kafka.erasures import forget as record_erasure
+
+    if not user_id and not anonymous_id:
+        _fail("give --user-id, --anonymous-id or both")
+    settings = _settings()
+
+    async def run() -> Any:
+        await ensure_topics(settings)
+        return await record_erasure(settings, user_id=user_id, anonymous_id=anonymous_id)
+
+    record = asyncio.run(run())
+    click.echo(f"erasure {record.id} recorded at {record.timestamp.isoformat()}")
 
 
 if __name__ == "__main__":

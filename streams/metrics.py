@@ -31,6 +31,21 @@ class Metrics:
             registry=r,
         )
         self._unknown_field_labels: set[str] = set()
+        self.screened = Counter(
+            "conversions_screened",
+            "Valid clickstream events not processed, by reason: bot (CONVERSIONS_BOTS=exclude), "
+            "consent (analytics denied), erased (an erased person's events from before the erasure)",
+            ["reason"],
+            registry=r,
+        )
+        self.erasures = Counter(
+            "conversions_erasures", "Erased ids read from the erasures topic (each worker)", registry=r
+        )
+        self.bots = Counter(
+            "conversions_bot_events",
+            "Clickstream events of known bots (by user agent), excluded or not",
+            registry=r,
+        )
         self.counter_messages = Counter(
             "conversions_counter_messages", "Output messages seen by the counters", ["result"], registry=r
         )
@@ -68,6 +83,17 @@ class Metrics:
             "conversions_alert_firing",
             "1 while an alert rule is firing",
             ["funnel", "step", "by"],
+            registry=r,
+        )
+        self.alert_leader = Gauge(
+            "conversions_alert_leader",
+            "1 while this worker leads (publishes and delivers alerts)",
+            registry=r,
+        )
+        self.alert_deliveries = Counter(
+            "conversions_alert_deliveries",
+            "Alert state changes delivered to a receiver, by outcome (delivered, retried, given_up)",
+            ["receiver", "outcome"],
             registry=r,
         )
         self.experiment_p_value = Gauge(

@@ -501,6 +501,23 @@ HTTP_ROUTES: list[tuple[str, str, str, str, list[Param], dict[str, str]]] = [
         {"303": "signed out, to /login"},
     ),
     (
+        "worker",
+        "post",
+        "/privacy/forget",
+        "Erase a person, as `conversions forget` does: a JSON body with `user_id` and/or `anonymous_id`. "
+        "Only when CONVERSIONS_WEB_TOKEN is set, and only as application/json (a cross-site form cannot "
+        "send it). The erased ids go to the compacted erased-ids topic, an `erasure` record to the "
+        "erasures topic (docs/howto/erase-a-person.md).",
+        [],
+        {
+            "202": "recorded: the `erasure` record",
+            "400": "no id, or an id that is not a non-empty string of at most 256 characters",
+            "401": "no token",
+            "403": "no CONVERSIONS_WEB_TOKEN is set: erasure over HTTP is off",
+            "415": "not application/json",
+        },
+    ),
+    (
         "collector",
         "post",
         "/v1/{call}",

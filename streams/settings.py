@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
+from streams.core.input.audience import EnrichmentSpec
 from streams.core.input.event import MAX_NESTING
 from streams.core.input.formats.detect import InputFormat, InputFormatError, format_for, parse_input_formats
 from streams.errors import ConversionsError
@@ -114,6 +115,10 @@ class Settings(BaseSettings):
     """Output: experiments' state at each decision change."""
     topic_deadletter: str = "clickstream.deadletter"
     """Output: every input that could not be used, with the reason."""
+    topic_erased: str = "privacy.erased"
+    """Compacted: each erased user or anonymous id with the moment of its erasure, read by ingest."""
+    topic_erasures: str = "privacy.erasures"
+    """Output: an `erasure` record per person erased (`conversions forget`), for downstream consumers."""
     partitions: int = Field(default=4, ge=1, le=1024)
     """Partitions of the internal and output topics and of the journeys table (how many workers
     can share the work); fixed once the topics exist."""
@@ -194,7 +199,27 @@ class Settings(BaseSettings):
     """With a key, the counters see HMAC-SHA256(key, identity) instead of user and anonymous ids
     (unique-user counts stay exact); kept out of logs."""
     alert_webhook_timeout_s: float = Field(default=5.0, gt=0)
-    """How long one webhook POST may take (three tries)."""
+    """Each HTTP request to a receiver (every receiver below, and the webhook)."""
+    alert_alertmanager_url: str | None = None
+    """Prometheus Alertmanager's base URL (e.g. http://alertmanager:9093): alerts are POSTed to
+    /api/v2/alerts, and re-sent every `alert_alertmanager_resend_s` while they fire."""
+    alert_alertmanager_resend_s: float = Field(default=60.0, gt=0)
+    """Alertmanager resolves an alert not re-sent before its endsAt (4 of these intervals)."""
+    alert_pagerduty_routing_key: SecretStr | None = None
+    """A PagerDuty Events API v2 integration key: alerts trigger and resolve incidents."""
+    alert_pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
+    """The Events API v2 endpoint (another for PagerDuty's EU service region, or a test receiver)."""
+    alert_slack_webhook_url: SecretStr | None = None
+    """A Slack incoming webhook (the URL is the secret)."""
+    alert_severity: Literal["critical", "error", "warning", "info"] = "warning"
+    """The severity every receiver is told (Alertmanager's label, PagerDuty's payload.severity)."""
+    alert_dashboard_url: str | None = None
+    """The dashboard's public base URL, for the links in alerts (default: the web address)."""
+    alert_delivery_give_up_s: float = Field(default=300.0, gt=0)
+    """A receiver's delivery is retried with backoff for this long, then given up (logged, counted)."""
+    alert_failover_lookback_s: int = Field(default=3_600, ge=0)
+    """Event time: a worker that becomes the leader re-sends the latest state change of every rule
+    it judged while following, if it fires or resolved within this long of its watermark."""
     watermark_interval_s: float = Field(default=1.0, gt=0)
     """How often the watermarks are repeated to journey partitions that get no events, so
     deadlines fire for idle users."""
@@ -261,13 +286,58 @@ class Settings(BaseSettings):
     """The clickstream topic the collector produces to (default: the first one)."""
     collector_send_timeout_s: float = Field(default=10.0, gt=0, le=300)
     """How long a request waits for the broker's acknowledgement before answering 503."""
+    collector_trusted_proxies: Annotated[list[str], NoDecode] = []
+    """Addresses or networks (CIDR) of the proxies in front of the collector, comma separated: only
+    when the immediate peer is one of them is the client address read from X-Forwarded-For."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """The log level of the worker and the commands."""
+
+    # audience enrichment and personal data (docs/howto/audience.md, docs/howto/erasure.md)
+    ip_mode: Literal["drop", "truncate", "keep"] = "drop"
+    """What is kept of a client address (`context.ip`) once its country is looked up: nothing,
+    its /24 (IPv4) or /48 (IPv6), or all of it."""
+    bots: Literal["exclude", "include"] = "exclude"
+    """Events of known bots (by user agent) are counted in /metrics and not processed, or kept."""
+    geoip_database: Path | None = None
+    """A MaxMind .mmdb file (GeoLite2/GeoIP2 Country or City) used instead of the shipped RIR data."""
+    consent_category: str | None = "analytics"
+    """The category of Segment's context.consent.categoryPreferences whose `false` means the
+    event is counted and not processed (case-insensitive); empty: not checked."""
+    consent_field: str | None = None
+    """Another field path whose false / `denied` value means the same, e.g.
+    context.consent.analytics_storage."""
+
+    @field_validator("consent_field")
+    @classmethod
+    def _consent_path(cls, value: str | None) -> str | None:
+        if value:
+            from streams.core.config.model import check_field_path
+
+            return check_field_path(value)
+        return None
+
+    @field_validator("collector_trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an address or a network (CIDR)") from None
+        return value
+
+    @field_validator("geoip_database")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file (a MaxMind .mmdb database)")
+        return value
 
     @field_validator(
         "topic_clickstream",
         "collector_write_keys",
         "collector_allowed_origins",
+        "collector_trusted_proxies",
         "web_allowed_hosts",
         mode="before",
     )
@@ -331,6 +401,16 @@ class Settings(BaseSettings):
                 )
         return self
 
+    def enrichment(self) -> EnrichmentSpec:
+        """The ingest enrichment these settings ask for (`input.audience`)."""
+        return EnrichmentSpec(
+            ip_mode=self.ip_mode,
+            bots=self.bots,
+            geoip_database=str(self.geoip_database) if self.geoip_database else None,
+            consent_category=self.consent_category or None,
+            consent_field=tuple(self.consent_field.split(".")) if self.consent_field else None,
+        )
+
     def latest_accepted_ms(self) -> int:
         """The latest event time accepted now (epoch ms): `max_future_skew_s` past the clock."""
         return int((time.time() + self.max_future_skew_s) * 1000)
@@ -389,7 +469,14 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """Settings fit for a log line: secrets masked, credentials in URLs removed."""
         data = self.model_dump(mode="json")
-        secrets = ("kafka_sasl_password", "redis_url", "alert_webhook_url", "pseudonymize_key")
+        secrets = (
+            "kafka_sasl_password",
+            "redis_url",
+            "alert_webhook_url",
+            "alert_pagerduty_routing_key",
+            "alert_slack_webhook_url",
+            "pseudonymize_key",
+        )
         for key in (*secrets, "web_token", "metrics_token"):
             if data.get(key):
                 data[key] = "**********"

@@ -14,6 +14,7 @@ Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -26,13 +27,14 @@ from streams.alerts.service import Alerting
 from streams.collector import Collector, from_settings
 from streams.core.config.loader import load_config
 from streams.core.config.matching import CompiledConfig, compile_config
+from streams.core.records.outputs import Erasure
 from streams.counters.consumer import Counting, publish_step_rates
 from streams.counters.redis_store import RedisClient, counter_store, redis_client, redis_counter_store
 from streams.generations.current import CurrentGeneration, join
 from streams.generations.naming import base_app_id
 from streams.generations.registry import Registry
 from streams.generations.relay import Relay
-from streams.kafka import ensure_topics, source_partitions
+from streams.kafka import ensure_topics, erasures, source_partitions
 from streams.pipeline.app import ConversionsApp
 from streams.ports import Stopping
 from streams.settings import Settings
@@ -106,6 +108,7 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
             access=Access.from_settings(settings),
             allowed_hosts=allowed_hosts(settings.web_host, settings.web_allowed_hosts),
             cap=settings.breakdown_cap,
+            forget=functools.partial(_forget_over_http, settings),
             current=current.view,
             generations=generations,
         )
@@ -191,3 +194,7 @@ def run_worker(settings: Settings) -> None:
         override_logging=False,
     )
     worker.execute_from_commandline()
+
+
+async def _forget_over_http(settings: Settings, user_id: str | None, anonymous_id: str | None) -> Erasure:
+    return await erasures.forget(settings, user_id=user_id, anonymous_id=anonymous_id, requested_by="http")

@@ -4,10 +4,14 @@
 Every worker reads all of `conversions.micro` (manually assigned, from the beginning, so a
 restarted worker rebuilds the same state) and keeps both evaluators (`core.alerts`,
 `core.experiments`) up to date from the one consumer, in the same event time; only the leader
-publishes (and POSTs alerts to the webhook), so a failover repeats nothing that ids do not
-dedupe. A worker rebuilds its state before the group has made it the leader, so the experiment
-updates it judges while following are kept (the latest `UNSENT_EXPERIMENT_UPDATES`) and
-published once it leads: an update the previous leader judged but died before sending is not
+publishes, and hands alerts to the receivers (`streams.alerts.delivery`), so a failover repeats
+nothing that ids and dedup keys do not dedupe. The alert state changes a worker judges while it
+follows are kept too (the latest per rule and value) and, once it leads, published and delivered
+if they still fire or resolved within `alert_failover_lookback_s` of event time: an alert the
+previous leader judged but died before sending reaches every receiver. A worker rebuilds its
+state before the group has made it the leader, so the experiment updates it judges while
+following are kept (the latest `UNSENT_EXPERIMENT_UPDATES`) and published once it leads: an
+update the previous leader judged but died before sending is not
 lost, and those it did send come again with the same ids. A microconversion delivered twice
 counts once for the experiments (the evaluator remembers the ids of the minutes it has not
 judged yet). The service sees the pipeline only as a `ports.Publisher` and a
@@ -31,8 +35,13 @@ from collections import deque
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.alerts.alertmanager import Alertmanager
+from streams.alerts.delivery import Delivery, Receiver
+from streams.alerts.pagerduty import PagerDuty
+from streams.alerts.slack import Slack
 from streams.alerts.webhook import Webhook
 from streams.core.config.matching import CompiledConfig
+from streams.core.input.event import to_epoch_ms
 from streams.core.measures.alerts import AlertEvaluator
 from streams.core.measures.cardinality import OTHER_LABEL, Admitted
 from streams.core.measures.experiments import MINUTE_MS, ExperimentEvaluator
@@ -48,6 +57,36 @@ log = logging.getLogger(__name__)
 
 UNSENT_EXPERIMENT_UPDATES = 1_000
 """Experiment updates a worker keeps while it does not lead, and publishes once it does."""
+
+
+def receivers(settings: Settings) -> list[Receiver]:
+    """Every receiver the settings configure, any number at once."""
+    dashboard = settings.alert_dashboard_url or f"http://{settings.web_host}:{settings.web_port}"
+    out: list[Receiver] = []
+    if settings.alert_alertmanager_url:
+        out.append(
+            Alertmanager(
+                settings.alert_alertmanager_url,
+                settings.alert_severity,
+                dashboard,
+                settings.alert_alertmanager_resend_s,
+            )
+        )
+    if settings.alert_pagerduty_routing_key is not None:
+        out.append(
+            PagerDuty(
+                settings.alert_pagerduty_routing_key,
+                settings.alert_pagerduty_url,
+                settings.alert_severity,
+                settings.app_id,
+                dashboard,
+            )
+        )
+    if settings.alert_slack_webhook_url is not None:
+        out.append(Slack(settings.alert_slack_webhook_url, dashboard))
+    if settings.alert_webhook_url is not None:
+        out.append(Webhook(settings.alert_webhook_url))
+    return out
 
 
 class Alerting:
@@ -74,13 +113,16 @@ class Alerting:
         self._variant_labels: Admitted[str] = Admitted(cap, OTHER_LABEL)
         self.topic = settings.output_topics["micro"]
         self._kafka: AIOKafkaConsumer | None = None
-        url = settings.alert_webhook_url
-        self._webhook = (
-            Webhook(url, settings.alert_webhook_timeout_s, settings.output_topics["alert"])
-            if url is not None
-            else None
+        self.delivery = Delivery(
+            receivers(settings),
+            metrics,
+            timeout_s=settings.alert_webhook_timeout_s,
+            give_up_s=settings.alert_delivery_give_up_s,
+            firing=lambda: list(self.firing.values()) if self.may_send() else [],
         )
         self._skipped = SkippedBatches("alerts", metrics, publisher)
+        self._unsent_alerts: dict[tuple[str, str, str, str], Alert] = {}
+        """While following: the latest state change judged per rule and value."""
         self._watermarks: dict[int, int] = {}
         self._heard_at: dict[int, float] = {}
         self.firing: dict[tuple[str, str, str], Alert] = {}
@@ -132,9 +174,12 @@ class Alerting:
                             )
                 self._heard_at[tp.partition] = now
             watermark = self.watermark()
+            self.metrics.alert_leader.set(1 if self._leader.is_leader() else 0)
+            if watermark is not None and self.evaluator.active:
+                await self._publish(self.evaluator.advance(watermark))
+            if self._unsent_alerts and self._leader.is_leader():
+                await self._publish([])
             if watermark is not None:
-                if self.evaluator.active:
-                    await self._publish(self.evaluator.advance(watermark))
                 if self.experiment_evaluator.active:
                     await self._publish_experiments(self.experiment_evaluator.advance(watermark))
                     self._experiment_metrics(watermark)
@@ -143,8 +188,9 @@ class Alerting:
                 await self._publish_experiments([])
 
     def may_send(self) -> bool:
-        """Whether what is judged now goes to receivers (the webhook, and any receiver added
-        beside it): this worker leads and its generation is current. A generation reprocessing
+        """Whether what is judged now goes to the receivers (`alerts.delivery`: Alertmanager,
+        PagerDuty, Slack, the webhook): this worker leads and its generation is
+        current. A generation reprocessing
         history, or retired, judges and records (its own topics) but sends nothing."""
         current = self._generation is None or self._generation.is_current()
         return current and self._leader.is_leader()
@@ -195,7 +241,7 @@ class Alerting:
                 1 if alert.state == "fired" else 0
             )
             log.warning(
-                "alert %s: %s -> %s%s rate %.3f (baseline %s, %d entered) at %s",
+                "alert %s: %s -> %s%s rate %.3f (baseline %s, %d entered) at %s%s",
                 alert.state,
                 alert.funnel,
                 alert.step,
@@ -204,16 +250,38 @@ class Alerting:
                 f"{alert.baseline_rate:.3f}" if alert.baseline_rate is not None else "n/a",
                 alert.entered,
                 alert.timestamp.isoformat(),
+                f"; {alert.root_cause.summary}" if alert.root_cause is not None else "",
             )
-        if alerts and self._leader.is_leader():
+        if not self._leader.is_leader():
+            for alert in alerts:
+                self._unsent_alerts[
+                    (alert.funnel, alert.step, alert.method, repr(sorted(alert.by.items())))
+                ] = alert
+            return
+        if self._unsent_alerts:
+            alerts = [*self._taken_over(), *alerts]
+        if alerts:
             await self._publisher.publish(alerts)
-            if self._webhook is not None and self.may_send():
-                for alert in alerts:
-                    await self._webhook.post(alert)
+            if self.may_send():
+                self.delivery.submit(alerts)
+
+    def _taken_over(self) -> list[Alert]:
+        """What this worker judged while following and must send now it leads: per rule and
+        value, the latest state change, if it fires or resolved within the lookback."""
+        latest = max((to_epoch_ms(a.timestamp) for a in self._unsent_alerts.values()), default=0)
+        horizon = latest - self.settings.alert_failover_lookback_s * 1000
+        kept = [
+            a
+            for a in self._unsent_alerts.values()
+            if a.state == "fired" or to_epoch_ms(a.timestamp) >= horizon
+        ]
+        self._unsent_alerts.clear()
+        if kept:
+            log.info("alerts: leading now; sending %d alert state changes judged while following", len(kept))
+        return sorted(kept, key=lambda a: (a.timestamp, a.id))
 
     async def close(self) -> None:
-        if self._webhook is not None:
-            await self._webhook.close()
+        await self.delivery.close()
         if self._kafka is not None:
             with contextlib.suppress(Exception):
                 await self._kafka.stop()

@@ -9,7 +9,11 @@ itself, which the worker applies again when it reads the topic.
 What is produced is each message as the client sent it, keyed by its anonymous id (else its
 user id), with what Segment's own API adds: the batch's `sentAt` and `context` where the message
 has none, and `receivedAt`, the collector's clock, from which the worker corrects the client's
-clock (`receivedAt - (sentAt - timestamp)`).
+clock (`receivedAt - (sentAt - timestamp)`), and the client: the request's User-Agent where the
+message has no `context.userAgent`, and the client address (the connection's, or X-Forwarded-For's
+behind a trusted proxy) looked up into `context.location` (ISO country, region, city) and then
+dropped, truncated or kept by CONVERSIONS_IP_MODE, so that in the default `drop` mode no address
+reaches the topic.
 The write key and analytics.js's `_metadata` are dropped. A request is all or nothing: one
 invalid message refuses it whole, with every reason, and nothing of it is produced.
 """
@@ -19,9 +23,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import ipaddress
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +35,7 @@ import orjson
 
 from streams.core.input.event import MAX_NESTING, ClickEvent, nesting_depth
 from streams.core.input.formats.segment import segment_event
+from streams.core.input.geo import IpMode, Place, mask, parse_address
 from streams.errors import ConversionsError
 
 SEGMENT_MESSAGE_BYTES = 32 * 1024
@@ -50,6 +56,7 @@ SINGLE_CALLS = {
     "g": "group",
 }
 BATCH_CALLS = frozenset(("batch", "b", "import"))
+Locate = Callable[[str], Place]
 MAX_BATCH_MESSAGES = 500
 """The default of `CONVERSIONS_COLLECTOR_MAX_BATCH_MESSAGES`: the tracking libraries send 15 to
 100 messages a batch; 500 KB of tiny messages would otherwise be thousands, seconds of work."""
@@ -77,6 +84,65 @@ class CollectorConfig:
     """The most messages one batch may carry."""
     rate_limit: float = 50.0
     """Requests a second per client address and per write key (0: no limit); see `ratelimit`."""
+    ip_mode: IpMode = "drop"
+    """What of the client address is written to the topic (CONVERSIONS_IP_MODE)."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Networks whose X-Forwarded-For is believed (CONVERSIONS_COLLECTOR_TRUSTED_PROXIES)."""
+
+
+@dataclass(frozen=True)
+class Client:
+    """Who sent the request, as the connection says: the address (`client_address`) and the
+    User-Agent header. Written into each message that lacks them, as Segment's API does."""
+
+    address: str | None = None
+    user_agent: str | None = None
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted: Iterable[str]) -> str | None:
+    """The client's address: the connection's peer, or, when the peer is a trusted proxy, the
+    address X-Forwarded-For names last before the trusted proxies (the header's left part is the
+    client's own claim, which any client can forge)."""
+    networks = [ipaddress.ip_network(n, strict=False) for n in trusted]
+    peer_address = parse_address(peer)
+
+    def is_trusted(address: Any) -> bool:
+        return address is not None and any(address in network for network in networks)
+
+    if not forwarded_for or not is_trusted(peer_address):
+        return str(peer_address) if peer_address is not None else None
+    for hop in reversed([part.strip() for part in forwarded_for.split(",") if part.strip()]):
+        address = parse_address(hop)
+        if address is None:
+            break
+        if not is_trusted(address):
+            return str(address)
+    return str(peer_address)
+
+
+def _with_client(message: dict[str, Any], client: Client, mode: IpMode, locate: Locate | None) -> None:
+    """The request's address and user agent where the message has none; then the address is
+    looked up (`context.location`, ISO country) and CONVERSIONS_IP_MODE applied, so that in
+    `drop` mode no address is written to the topic."""
+    context = message.get("context")
+    if not isinstance(context, dict):
+        if context is not None:
+            return  # refused by the mapping
+        context = message["context"] = {}
+    if client.user_agent and not context.get("userAgent"):
+        context["userAgent"] = client.user_agent[:1024]
+    address = context.get("ip") if isinstance(context.get("ip"), str) else client.address
+    if address is None:
+        return
+    if locate is not None and not isinstance(context.get("location"), dict):
+        place = locate(address)
+        if place.country is not None:
+            context["location"] = {k: v for k, v in place._asdict().items() if v is not None}
+    kept = mask(address, mode)
+    if kept is None:
+        context.pop("ip", None)
+    else:
+        context["ip"] = kept
 
 
 class Refusal(ConversionsError):
@@ -112,6 +178,8 @@ def accept(
     received_at: datetime,
     content_encoding: str | None = None,
     authorization: str | None = None,
+    client: Client | None = None,
+    locate: Locate | None = None,
 ) -> Accepted:
     """The records one request to `/v1/<call>` produces; raises Refusal (400, 401, 404, 413)."""
     if call not in SINGLE_CALLS and call not in BATCH_CALLS:
@@ -147,6 +215,9 @@ def accept(
         messages = [_stamped(m, payload.get("sentAt"), shared_context, stamp) for m in batch]
     else:
         messages = [_stamped({**payload, "type": SINGLE_CALLS[call]}, None, None, stamp)]
+    for message in messages:
+        if isinstance(message, dict):
+            _with_client(message, client or Client(), config.ip_mode, locate)
 
     accepted = Accepted(write_key=write_key)
     errors: list[dict[str, Any]] = []

@@ -26,8 +26,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter
 
-from streams.collector.messages import CollectorConfig, Refusal, accept
+from streams.collector.messages import Client, CollectorConfig, Refusal, accept, client_address
 from streams.collector.origins import allowed_origin, refused
+from streams.core.input.geo import GeoLookup
 from streams.kafka.clients import new_producer
 from streams.ratelimit import RateLimiter, retry_after
 from streams.settings import Settings
@@ -61,6 +62,8 @@ def collector_config(settings: Settings) -> CollectorConfig:
         write_keys=frozenset(key.get_secret_value() for key in settings.collector_write_keys),
         allowed_origins=frozenset(settings.collector_allowed_origins),
         send_timeout_s=settings.collector_send_timeout_s,
+        ip_mode=settings.ip_mode,
+        trusted_proxies=tuple(settings.collector_trusted_proxies),
         max_nesting=settings.max_nesting,
         max_batch_messages=settings.collector_max_batch_messages,
         rate_limit=settings.collector_rate_limit,
@@ -74,6 +77,7 @@ def from_settings(settings: Settings, registry: CollectorRegistry | None = None)
         collector_config(settings),
         kafka_producer(settings, request_timeout_s=settings.collector_send_timeout_s),
         registry=registry,
+        geo=GeoLookup(settings.geoip_database),
     )
 
 
@@ -87,8 +91,10 @@ class Collector:
         *,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
+        geo: GeoLookup | None = None,
     ) -> None:
         self.config = config
+        self._geo = geo or GeoLookup()
         self._new_producer = producer_factory
         self._producer: AIOKafkaProducer | None = None
         self._clock = clock
@@ -229,6 +235,15 @@ class Collector:
                 received_at=datetime.fromtimestamp(self._clock(), UTC),
                 content_encoding=request.headers.get("Content-Encoding"),
                 authorization=request.headers.get("Authorization"),
+                client=Client(
+                    client_address(
+                        request.remote,
+                        request.headers.get("X-Forwarded-For"),
+                        self.config.trusted_proxies,
+                    ),
+                    request.headers.get("User-Agent"),
+                ),
+                locate=self._geo.lookup,
             )
         except Refusal as refusal:
             return self._answer(request, refusal.status, refusal.body())

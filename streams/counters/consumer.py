@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import ConsumerStoppedError
 
 from streams.core.config.matching import CompiledConfig
+from streams.core.measures.cardinality import ValueCap
 from streams.core.measures.counters import increments, pseudonymizer
 from streams.counters.base import CountedMessage
 from streams.counters.redis_store import REDIS_UNAVAILABLE, CounterStore, apply_with_retry
@@ -54,6 +55,7 @@ class Counting:
         self.store = store
         key = settings.pseudonymize_key
         self._pseudonym = pseudonymizer(key.get_secret_value().encode()) if key is not None else None
+        self._cap = ValueCap(settings.breakdown_cap)
         self._kafka: AIOKafkaConsumer | None = None
         self._committing = asyncio.Lock()
         self._closing = False
@@ -125,7 +127,7 @@ class Counting:
                         tp.topic,
                         message.offset,
                         str(output.get("id", "")),
-                        increments(output, self.config, bucket_ms, self._pseudonym),
+                        increments(output, self.config, bucket_ms, self._pseudonym, self._cap),
                     )
                 )
         for shard, counted in by_shard.items():

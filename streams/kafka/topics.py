@@ -30,8 +30,15 @@ def required_topics(settings: Settings) -> dict[str, int]:
         settings.topic(settings.topic_events),
         *settings.output_topics.values(),
         changelog_topic(settings, "journeys"),
+        settings.topic(settings.topic_erased),
+        settings.topic(settings.topic_erasures),
     ]
     return dict.fromkeys(names, n)
+
+
+def compacted_topics(settings: Settings) -> frozenset[str]:
+    """Topics that keep the latest record per key (`cleanup.policy=compact`)."""
+    return frozenset({settings.topic(settings.topic_erased)})
 
 
 async def ensure_topics(settings: Settings, wait_s: float = 300.0) -> list[str]:
@@ -46,8 +53,17 @@ async def ensure_topics(settings: Settings, wait_s: float = 300.0) -> list[str]:
             existing = set(await admin.list_topics())
             missing = [name for name in wanted if name not in existing]
             if missing:
+                compacted = compacted_topics(settings)
                 await admin.create_topics(
-                    [NewTopic(name, wanted[name], settings.replication_factor) for name in missing]
+                    [
+                        NewTopic(
+                            name,
+                            wanted[name],
+                            settings.replication_factor,
+                            topic_configs={"cleanup.policy": "compact"} if name in compacted else None,
+                        )
+                        for name in missing
+                    ]
                 )
                 log.info("created topics: %s", ", ".join(missing))
             return missing

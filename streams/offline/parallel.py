@@ -52,6 +52,7 @@ from zlib import crc32
 import orjson
 
 from streams.core.config.matching import CompiledConfig
+from streams.core.input.audience import Enricher, EnrichmentSpec
 from streams.core.input.decode import decode_message
 from streams.core.input.event import MAX_NESTING, ClickEvent
 from streams.core.input.formats.detect import JSON_OPENERS, looks_like_segment, looks_like_tsv
@@ -109,6 +110,7 @@ class Job:
     run_outputs: int = RUN_OUTPUTS
     lookahead: int = LOOKAHEAD
     merge_in_memory: int = MERGE_IN_MEMORY
+    enrichment: EnrichmentSpec | None = None
 
 
 @dataclass
@@ -167,12 +169,21 @@ def _decoded_keys(raw: bytes, rules: IdentityRules, job: Job) -> tuple[list[str]
     return keys, pairs
 
 
+_ENRICHERS: dict[EnrichmentSpec, Enricher] = {}
+
+
 def _decode(raw: bytes, job: Job) -> Decoded:
+    enricher = None
+    if job.enrichment is not None:
+        enricher = _ENRICHERS.get(job.enrichment)
+        if enricher is None:
+            enricher = _ENRICHERS[job.enrichment] = job.enrichment.build()
     return decode_message(
         raw,
         max_bytes=job.max_message_bytes,
         max_batch=job.max_batch_events,
         latest_ms=job.latest_ms,
+        enricher=enricher,
         max_nesting=job.max_nesting,
     )
 
@@ -323,6 +334,7 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router) -> Non
         max_nesting=job.max_nesting,
         breakdown_cap=job.breakdown_cap,
         latest_ms=job.latest_ms,
+        enrichment=job.enrichment,
     )
     runs = _Runs(job.tmpdir, f"w{index}", job.run_outputs)
     pending: deque[Decoded_block] = deque()

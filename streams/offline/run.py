@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from streams.core.config.matching import CompiledConfig
+from streams.core.input.audience import EnrichmentSpec
 from streams.core.input.deadletter import dead_letter, placed
 from streams.core.input.decode import decode_message
 from streams.core.input.event import MAX_NESTING, ClickEvent, from_epoch_ms
@@ -91,6 +92,8 @@ class OfflineRun:
     cache_journeys: int = 20_000
     """The engine keeps the journeys it touches decoded until this many, then writes the changed
     ones to `store` (once each) and starts again; and at the end of `run` and `flush`."""
+    enrichment: EnrichmentSpec | None = None
+    """Audience enrichment, the IP mode and the screens, as ingest applies them (None: none)."""
     lines: int = 0
     events: int = 0
     rejected: int = 0
@@ -99,8 +102,11 @@ class OfflineRun:
     """Top-level fields the contract does not have, by name, with the events that carried them."""
     counts: FunnelCounts = field(default_factory=FunnelCounts)
     """Per funnel version, the attempts the engine's outputs opened, completed and dropped."""
+    screened: dict[str, int] = field(default_factory=dict)
+    """Valid events not processed, by reason (bot, consent, erased)."""
 
     def __post_init__(self) -> None:
+        self.enricher = self.enrichment.build() if self.enrichment is not None else None
         self.engine = Engine(self.config, self.store, self.partitions, expected_sources=[self.source])
         self.judges = Judges(self.config, self.breakdown_cap)
         self.alerts = self.judges.alerts
@@ -120,9 +126,12 @@ class OfflineRun:
             max_batch=self.max_batch_events,
             max_nesting=self.max_nesting,
             latest_ms=self.latest_ms,
+            enricher=self.enricher,
         )
         for name, count in decoded.unknown_fields.items():
             self.unknown_fields[name] = self.unknown_fields.get(name, 0) + count
+        for reason, count in decoded.screened.items():
+            self.screened[reason] = self.screened.get(reason, 0) + count
         latest = self._latest_ms
         for event in decoded.events:
             latest = event.ts_ms if latest is None or event.ts_ms > latest else latest

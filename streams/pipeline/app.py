@@ -15,6 +15,7 @@ beside its agents (`Scheduler`). It imports nothing of counters, alerts or web; 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 
 from streams.core.config.matching import CompiledConfig
 from streams.core.input.deadletter import dead_letter
@@ -30,6 +32,7 @@ from streams.core.input.repartition import RepartitionBatch
 from streams.core.journeys.engine import Engine
 from streams.core.journeys.markers import partition_of_key
 from streams.core.records.outputs import OutputEvent
+from streams.kafka.erasures import follow
 from streams.kafka.headers import WATERMARK_HEADER
 from streams.kafka.source_reader import SourceReader
 from streams.kafka.undecodable import SkippedBatches
@@ -161,10 +164,33 @@ class ConversionsApp:
             store.partitions_of = self.journeys.changelog_partitions
             store.key_partition = self.state.partition_of
         self.journeys_table.on_recover(self.journeys.rebuild_deadlines)
+        self.journeys_table.on_recover(self.journeys.forget_recovered)
+        # erasures: one map of erased ids for ingest's screen and the journeys; ingest waits
+        # until the compacted topic has been read to its end
+        self.ingest.enricher.erased = self.journeys.erased
+        self.ingest.ready = self.erasures_loaded = asyncio.Event()
+        self.run_alongside("erasures", self._follow_erasures, self._nothing)
         self.run_alongside("ingest", self.ingest_consumer.run, self._close_consumers)
         self.app.agent(self.events_topic, name="journeys")(self._journeys)
         self.every(settings.watermark_interval_s, "watermarks", self.ingest.announce_watermarks)
         self.every(5.0, "lag", self._measure_lag)
+
+    async def _follow_erasures(self, stopping: Stopping) -> None:
+        while not stopping():
+            try:
+                await follow(self.settings, self._forget, self.erasures_loaded, stopping)
+            except (KafkaError, OSError) as exc:  # an outage is waited out; ingest waits for it
+                log.warning("erasures: Kafka unavailable (%s); retrying", exc.__class__.__name__)
+                await asyncio.sleep(1.0)
+
+    async def _forget(self, identity: str, at_ms: int) -> None:
+        deleted = await self.journeys.forget(identity, at_ms)
+        self.metrics.erasures.inc()
+        if deleted:
+            log.info("erasure: %d journeys deleted", deleted)  # no id: the log keeps none
+
+    async def _nothing(self) -> None:
+        return None
 
     def _raw_topic(self, *names: str) -> faust.TopicT:
         return self.app.topic(*names, key_serializer="raw", value_serializer="raw")

@@ -10,6 +10,7 @@ no events, and says when a source has gone idle, so event time moves on everywhe
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import time
@@ -58,6 +59,10 @@ class Ingest:
         self._assignment = assignment
         self.source_topics = frozenset(map(settings.topic, settings.topic_clickstream))
         self._input_formats = settings.input_formats  # CONVERSIONS_INPUT_FORMAT, by topic
+        self.enricher = settings.enrichment().build()
+        self.ready: asyncio.Event | None = None
+        """Set once the erased ids are loaded (`streams.kafka.erasures`): ingest waits for it."""
+        """Audience, IP mode, bots, consent and erasures, before anything is repartitioned."""
         # per source, how far its event time has got and when it last had input
         self._source_watermarks: dict[str, int] = {}
         self._source_seen_at: dict[str, float] = {}
@@ -80,6 +85,8 @@ class Ingest:
         (`resume_offset`), so that a journey never receives one source's later events a late
         tolerance before another's earlier ones. A run without new messages sends what was
         carried. Keyed input, and live traffic, make one send a run and carry nothing."""
+        if self.ready is not None and not self.ready.is_set():
+            await self.ready.wait()
         latest_ms = self.settings.latest_accepted_ms()
         by_source, self._carried = self._carried, defaultdict(list)
         for message in messages:
@@ -90,7 +97,16 @@ class Ingest:
                 max_nesting=self.settings.max_nesting,
                 latest_ms=latest_ms,
                 format=format_for(self._input_formats, message.topic),
+                enricher=self.enricher,
             )
+            if decoded.screened:
+                for reason, count in decoded.screened.items():
+                    self.metrics.screened.labels(reason).inc(count)
+            bots = decoded.screened.get("bot", 0) + sum(
+                1 for click in decoded.events if click.audience is not None and click.audience.bot
+            )
+            if bots:
+                self.metrics.bots.inc(bots)
             if decoded.ignored:  # valid, nothing for the engine: Segment's group calls
                 self.metrics.ignored.labels(decoded.format).inc(decoded.ignored)
             if decoded.unknown_fields:

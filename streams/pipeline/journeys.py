@@ -22,6 +22,7 @@ changelog partitions to their true end itself (`read_changelog`, through `kafka.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -69,6 +70,14 @@ MAX_DEFINITIONS = 64
 an older one ends as `definition_changed` with its step as #k)."""
 
 
+def _erased(erased: dict[str, int], click: ClickEvent) -> bool:
+    for identity in (click.user_id, click.anonymous_id):
+        at = erased.get(identity) if identity is not None else None
+        if at is not None and click.ts_ms <= at:
+            return True
+    return False
+
+
 class Journeys:
     def __init__(
         self,
@@ -94,6 +103,13 @@ class Journeys:
         self._assignor = assignor
         self._read_source = read_source
         self.active_partitions: set[int] = set()
+        self.lock = asyncio.Lock()
+        """Held by each run and by an erasure, so that an erasure's changelog writes never go
+        out in the middle of a run (before the run's outputs are published)."""
+        self.erased: dict[str, int] = {}
+        """Erased ids and the moment of their erasure (ms), shared with ingest
+        (`streams.kafka.erasures`): their events stamped before it, repartitioned before the
+        erasure was known, are not applied either."""
         self._progress_sent: dict[tuple[int, int], tuple[int | None, float]] = {}
 
     async def apply(self, messages: list[Any]) -> None:
@@ -101,6 +117,27 @@ class Journeys:
         changelog once for the run, each partition's outputs before its journeys and applied
         markers, so a crash in between repeats outputs (deduplicated downstream by id) but
         never loses them."""
+        async with self.lock:
+            await self._apply(messages)
+
+    async def forget(self, identity: str, at_ms: int) -> int:
+        """An erasure: the person's journey and link stubs held on this worker's partitions
+        deleted (tombstones in the changelog); the number of journeys deleted."""
+        self.erased[identity] = max(at_ms, self.erased.get(identity, at_ms))
+        async with self.lock:
+            deleted = self.engine.forget(identity)
+            self.engine.flush()
+            if deleted:
+                await self.state.write_changelog()
+        return len(deleted)
+
+    async def forget_recovered(self) -> None:
+        """After a recovery: what was erased is deleted again from the partitions recovered (a
+        changelog not yet compacted may have brought a journey back from before its tombstone)."""
+        for identity, at_ms in list(self.erased.items()):
+            await self.forget(identity, at_ms)
+
+    async def _apply(self, messages: list[Any]) -> None:
         assigned = self._assignment()
         outputs: dict[int, list[OutputEvent]] = defaultdict(list)
         applied_now: dict[str, tuple[int, int | None]] = {}
@@ -134,6 +171,8 @@ class Journeys:
                         produced.extend(self.engine.accept(partition, item))
                         continue
                     click = ClickEvent.model_validate(item)
+                    if self.erased and _erased(self.erased, click):
+                        continue
                 except (ValidationError, ValueError) as exc:
                     self.engine.flush()
                     await self._dead_letter(
@@ -272,7 +311,7 @@ class Journeys:
             saved = orjson.loads(raw)
             definitions.update({d["version"]: Definition.from_json(d) for d in saved["definitions"]})
             if saved["fingerprint"] != fingerprint:
-                changed.setdefault(saved["fingerprint"], FunnelConfig.model_validate(saved["config"]))
+                changed.setdefault(saved["fingerprint"], FunnelConfig.from_dump(saved["config"]))
         self.engine.machine.remember(definitions.values())
         for before in changed.values():
             log.info("the configuration differs from the one the journeys were written under:")

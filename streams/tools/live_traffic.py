@@ -103,6 +103,7 @@ class LiveTraffic:
         incident_for: timedelta = timedelta(minutes=30),
         timing: ShopTiming | Literal["auto"] | None = "auto",
         history: timedelta | Literal["auto"] | None = "auto",
+        audience: bool = False,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
@@ -122,8 +123,15 @@ class LiveTraffic:
         # the realistic shop runs the example configuration's experiment: a variant per person,
         # the treatment's purchase step 15 % likelier
         self.split = DEMO_SPLIT if self.timing is not None else None
+        # with `audience`, every event carries its person's user agent, address and locale
+        # (`Simulator.audience`), which the worker's enrichment turns into `audience.*` fields
         self.simulator = Simulator(
-            seed=seed or 0, users=users, gap_scale=gap_scale, timing=self.timing, split=self.split
+            seed=seed or 0,
+            users=users,
+            gap_scale=gap_scale,
+            timing=self.timing,
+            split=self.split,
+            audience=audience,
         )
         self._people = itertools.count()
         self.stats = TrafficStats()
@@ -169,6 +177,7 @@ class LiveTraffic:
             timing=self.timing,
             incident=self.simulator.incident,
             split=self.split,
+            audience=self.simulator.audience,
         )
         return background.events()
 

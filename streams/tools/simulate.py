@@ -38,6 +38,39 @@ CHANNELS: tuple[tuple[dict[str, str] | None, str | None, float], ...] = (
     (None, None, 0.22),
 )
 LANDING_PAGES = ("/", "/p/42", "/p/7", "/sale", "/pricing")
+USER_AGENTS = {
+    "web": (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/{v}.0.0.0 Safari/537.36",
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+        "Version/17.{m} Safari/605.1.15",
+        "Mozilla/5.0 (X11; Linux x86_64; rv:{v}.0) Gecko/20100101 Firefox/{v}.0",
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/{v}.0.0.0 Safari/537.36 Edg/{v}.0.0.0",
+    ),
+    "mobile": (
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_{m} like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+        "Version/17.{m} Mobile/15E148 Safari/604.1",
+        "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/{v}.0.0.0 Mobile Safari/537.36",
+        "Mozilla/5.0 (iPad; CPU OS 17_{m} like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+        "Version/17.{m} Mobile/15E148 Safari/604.1",
+    ),
+    "ios": ("Shop/4.{m} (iPhone; iOS 17.{m}; Scale/3.00)",),
+    "android": ("Dalvik/2.1.0 (Linux; U; Android 14; Pixel 8 Build/UQ1A.{m})",),
+}
+BOT_AGENT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+PLACES = (
+    ("81.2.69.{n}", "en-GB", 0.3),
+    ("5.9.{n}.7", "de-DE", 0.2),
+    ("62.4.{n}.9", "fr-FR", 0.15),
+    ("8.8.{n}.4", "en-US", 0.15),
+    ("80.58.{n}.1", "es-ES", 0.1),
+    ("2.16.{n}.1", "nl-NL", 0.05),
+    ("2001:4860::{n:x}", "en-US", 0.05),
+)
+"""Opt-in audiences (`Simulator.audience`): public addresses of these countries' registry blocks
+(GB, DE, FR, US, ES, NL), each person with their own last part, and a locale that fits."""
 PRODUCTS = {"p42": 59.9, "p7": 129.0, "p13": 19.5, "p99": 249.0}
 
 
@@ -173,6 +206,23 @@ class Simulator:
     timing: ShopTiming | None = None
     """Opt-in realistic timing (seasonal visits, returns after minutes to days, carts that wait
     for a later visit); the live demo's traffic uses it."""
+    audience: bool = False
+    """Opt-in: every event carries its person's user agent (by platform, browser versions
+    varying), client address and locale in `context` (drawn from the seed and the person, so the
+    traffic is otherwise exactly what it is without)."""
+    bot_share: float = 0.0
+    """With `audience`: this share of the people are a crawler (Googlebot's user agent)."""
+
+    def audience_of(self, u: int, platform: str) -> dict[str, str]:
+        """Person `u`'s user agent, address and locale (empty without `audience`)."""
+        if not self.audience:
+            return {}
+        own = random.Random(f"{self.seed}:audience:{u}")
+        agent = own.choice(USER_AGENTS[platform]).format(v=own.randint(118, 125), m=own.randint(0, 4))
+        if own.random() < self.bot_share:
+            agent = BOT_AGENT
+        address, locale, _ = own.choices(PLACES, [p[2] for p in PLACES])[0]
+        return {"user_agent": agent, "ip": address.format(n=own.randint(1, 250)), "locale": locale}
 
     def variant_of(self, u: int) -> str | None:
         """Person `u`'s variant under `split` (None without one)."""
@@ -286,6 +336,7 @@ class Simulator:
             )
             campaign = None  # carried only by the URL: the engine derives it
         seq = 0
+        audience = self.audience_of(u, platform)
         variant_name = self.variant_of(u)
         variant = {self.split.field: variant_name} if self.split is not None and variant_name else {}
 
@@ -310,7 +361,7 @@ class Simulator:
                     "url": f"https://shop.example{path}{query if first else ''}",
                     "referrer": referrer if first else f"https://shop.example{landing}",
                 },
-                "context": {"platform": platform, "locale": "en-US"},
+                "context": {"platform": platform, "locale": "en-US", **audience},
                 "properties": {**(properties or {}), **variant},
                 "_at": at,
             }

@@ -24,8 +24,9 @@ from streams.core.config.durations import format_duration_ms, parse_duration_ms
 from streams.core.config.matching import CompiledConfig, CompiledFunnel
 from streams.core.config.model import AlertRule
 from streams.core.input.event import to_epoch_ms
-from streams.core.measures.counters import CHANNEL_DIMS, VISITOR_TYPE, counter_name
+from streams.core.measures.counters import TABLE_DIMS, VISITOR_TYPE, counter_name
 from streams.core.measures.insights import (
+    CHANNEL_BASES,
     CHANNEL_COLUMNS,
     cdf,
     channel_rows,
@@ -413,10 +414,10 @@ async def channels(store: CounterReader, config: CompiledConfig, query: dict[str
     if refused:
         return refused
     dim = query.get("dimension", "channel")
-    if dim not in CHANNEL_DIMS:
+    if dim not in TABLE_DIMS:
         return 400, {
-            "error": f"dimension must be one of {', '.join(CHANNEL_DIMS)}",
-            "dimensions": list(CHANNEL_DIMS),
+            "error": f"dimension must be one of {', '.join(TABLE_DIMS)}",
+            "dimensions": list(TABLE_DIMS),
         }
     goals = [g.name for g in config.goals]
     goal = query.get("goal") or (goals[0] if goals else "")
@@ -464,4 +465,6 @@ async def channels(store: CounterReader, config: CompiledConfig, query: dict[str
         "rows": rows[:limit],
         "truncated": len(rows) > limit,
         "totals": totals,
+        "bases": CHANNEL_BASES,
+        "dimensions": list(TABLE_DIMS),
     }

@@ -20,7 +20,7 @@ from streams.core.config.matching import CompiledConfig
 from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.metrics import Metrics
 from streams.ports import AlertReader, CounterReader, ExperimentReader
-from streams.web import analysis, headers, hosts, views
+from streams.web import analysis, headers, hosts, privacy, views
 from streams.web import experiments as experiment_views
 from streams.web.auth import Access, middleware
 from streams.web.views import DASHBOARD_FILES, Answer, dashboard_asset
@@ -67,6 +67,7 @@ def register_routes(
     access: Access | None = None,
     allowed_hosts: frozenset[str] = hosts.LOOPBACK_NAMES,
     cap: int = BREAKDOWN_CAP,
+    forget: privacy.Forget | None = None,
     current: CurrentView | None = None,
     generations: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> None:
@@ -77,6 +78,8 @@ def register_routes(
     if access is not None and access.enabled:
         web_app.middlewares.append(middleware(access))
     headers.install(web_app)
+    if forget is not None:
+        privacy.install(web_app, forget, token_set=access is not None and access.web_token is not None)
 
     async def source() -> tuple[CompiledConfig, CounterReader]:
         """The configuration and counters one request answers from: the current generation's

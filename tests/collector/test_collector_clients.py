@@ -159,7 +159,7 @@ async def test_segment_and_rudderstack_libraries_through_the_collector_give_stit
         assert abs(moment - (start + PURCHASE_AFTER)) < timedelta(seconds=1)
         assert macro["decision_time_ms"] == PURCHASE_AFTER // timedelta(milliseconds=1)
         # the anonymous first visit's landing page and campaign: the identify call stitched them
-        assert macro["landing_page"] == "/" and macro["channel"] == "email"
+        assert macro["landing_page"] == "/" and macro["channel"] == "Email"
         assert macro["first_touch"]["landing_page"] == "/"
     # the funnel attempt the purchase closed started on the anonymous landing page view
     micros = await read_topics(settings, [settings.topic(settings.topic_micro)], expect=6, quiet_s=2)

@@ -10,6 +10,7 @@ from streams import schemas
 from streams.collector.server import Collector, collector_config
 from streams.core.config.loader import load_config
 from streams.core.config.matching import compile_config
+from streams.core.records.outputs import Erasure
 from streams.counters.memory_store import MemoryCounterStore
 from streams.metrics import Metrics
 from streams.settings import DEFAULT_FUNNELS, Settings
@@ -29,11 +30,15 @@ def registered(router_routes: object) -> set[tuple[str, str]]:
     }
 
 
+async def _never_called(user_id: str | None, anonymous_id: str | None) -> Erasure:
+    raise AssertionError("only the routes are listed here")
+
+
 def test_the_workers_routes_are_the_documented_ones() -> None:
     app = faust.App("docs-routes", broker="kafka://127.0.0.1:1", web_enabled=True)
     config = compile_config(load_config(DEFAULT_FUNNELS))
     store = MemoryCounterStore(app_id="docs-routes", shards=1, bucket_ms=60_000)
-    register_routes(app, store, None, config, Metrics())
+    register_routes(app, store, None, config, Metrics(), forget=_never_called)
     routes = registered(app.web.web_app.router.routes())
     # /login and /logout are answered by the access middleware in front of every route
     # (streams/web/auth.py)

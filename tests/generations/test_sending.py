@@ -1,6 +1,6 @@
 """Alerts judged by a generation that is not current are recorded (published to its own
 `funnel.alerts`) but never sent to a receiver (issue 26): `Alerting.may_send` is the one
-predicate, checked here with a real HTTP receiver on loopback."""
+predicate before `alerts.delivery`, checked here with a real HTTP receiver on loopback."""
 
 from __future__ import annotations
 
@@ -36,12 +36,14 @@ async def test_only_the_current_generation_sends_to_receivers() -> None:
     try:
         assert not alerting.may_send()
         await alerting._publish([alert()])
+        await alerting.delivery.idle()
         assert [a.id for a in pipeline.published] == ["a1"]  # recorded on its own topic
         assert received == []  # but nobody paged
         generation.current = True  # the cut-over
         assert alerting.may_send()
         resolved = alert().model_copy(update={"id": "a2", "state": "resolved", "rate": 0.8})
         await alerting._publish([resolved])
+        await alerting.delivery.idle()
         assert [body["id"] for body in received] == ["a2"]
         pipeline.leader = False  # a follower of the current generation sends nothing either
         assert not alerting.may_send()

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from streams.cli import main
 from streams.core.config.loader import parse_config
 from streams.core.config.matching import compile_config
+from streams.core.input.audience import EnrichmentSpec
 from streams.offline.parallel import Job, persons, process_file, run_parallel
 from streams.offline.run import OfflineRun
 from streams.settings import DEFAULT_FUNNELS
@@ -78,8 +79,11 @@ def _object(raw: bytes) -> object:
         return None
 
 
-def one_process(lines: list[bytes], flush: bool, partitions: int = 4, source: str = "file:x") -> list[bytes]:
-    run = OfflineRun(CONFIG, partitions, source=source)
+def one_process(
+    lines: list[bytes], flush: bool, partitions: int = 4, source: str = "file:x", enrich: bool = False
+) -> list[bytes]:
+    """One process's outputs; `enrich`: with the default audience enrichment, as the command runs."""
+    run = OfflineRun(CONFIG, partitions, source=source, enrichment=EnrichmentSpec() if enrich else None)
     outputs = list(run.run(lines)) + (run.flush() if flush else [])
     keyed = sorted(
         ((o.timestamp - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1), o.id, o.to_json())
@@ -141,7 +145,7 @@ def test_the_command_reads_a_file_or_standard_input(tmp_path: Path) -> None:
     path.write_bytes(b"\n".join(lines) + b"\n")
     config = tmp_path / "funnels.yaml"
     config.write_text(FUNNELS)
-    expected = one_process(lines, flush=True, source=f"file:{path}")
+    expected = one_process(lines, flush=True, source=f"file:{path}", enrich=True)
     from_file = CliRunner().invoke(
         main, ["process", "--config", str(config), "--input", str(path), "--workers", "2", "--flush"]
     )
@@ -154,7 +158,9 @@ def test_the_command_reads_a_file_or_standard_input(tmp_path: Path) -> None:
         input=path.read_bytes(),
     )
     assert from_stdin.exit_code == 0, from_stdin.output
-    assert from_stdin.stdout_bytes.splitlines() == one_process(lines, flush=True, source="file:-")
+    assert from_stdin.stdout_bytes.splitlines() == one_process(
+        lines, flush=True, source="file:-", enrich=True
+    )
 
 
 def test_an_empty_file_writes_nothing(tmp_path: Path) -> None:

@@ -46,7 +46,9 @@ def traffic(users: int, seed: int) -> tuple[list[bytes], list[bytes]]:
 
 
 def offline_outputs(settings: Settings, lines: list[bytes]) -> list[dict[str, Any]]:
-    run = OfflineRun(compile_config(load_config(settings.funnels)), settings.partitions)
+    run = OfflineRun(
+        compile_config(load_config(settings.funnels)), settings.partitions, enrichment=settings.enrichment()
+    )
     return [orjson.loads(o.to_json()) for o in run.run(lines)]
 
 

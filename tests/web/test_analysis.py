@@ -144,7 +144,7 @@ async def test_a_coarse_trend_says_how_it_draws_the_window(shop: MemoryCounterSt
         ("series", {"colour": "red"}, "unknown parameter 'colour'"),
         ("progress", {"window": "later"}, "invalid duration"),
         ("ttc", {"by": "x"}, "unknown parameter 'by'"),
-        ("channels", {"dimension": "country"}, "dimension must be one of"),
+        ("channels", {"dimension": "country"}, "dimension must be one of"),  # audience.country is one
         ("channels", {"goal": "nope"}, "no goal 'nope'"),
         ("channels", {"sort": "nope"}, "cannot sort by"),
         ("channels", {"limit": "0"}, "between 1 and 500"),

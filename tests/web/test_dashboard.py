@@ -5,7 +5,7 @@ The demo starts its own broker, Redis and worker, and sends shop traffic on a si
 rate falls from 0.8 to 0.3), so the example config's payment alert fires within minutes. The
 worker runs with an access token: the page first asks for it. One browser session drives every
 panel: the funnel, the trend with its alert band and marks, in progress vs dropped, time to
-convert, the channels table (sorted by clicking), and the API with and without the token.
+convert, the channels table (sorted by clicking), the audience panel, and the API with and without the token.
 """
 
 from __future__ import annotations
@@ -207,6 +207,16 @@ async def test_dashboard_panels_the_planted_alert_and_the_token(demo: str) -> No
         assert values == sorted(values)
         await page.check("[data-testid=channel-split]")
         await expect(page.locator("[data-testid=channel-table] th[data-sort=visitor_type]")).to_be_visible()
+
+        # the audience panel: the demo's people carry user agents, addresses and locales
+        await expect(page.locator("[data-testid=audience-row]").first).to_be_visible(timeout=30_000)
+        await expect(
+            page.locator("[data-testid=audience-row] td[data-column=sessions]").first
+        ).not_to_have_text("0", timeout=30_000)
+        await page.click("[data-testid=audience-tabs] button[data-dim='audience.browser']")
+        await expect(page.locator('[data-testid=audience-row][data-value="Chrome"]')).to_be_visible(
+            timeout=10_000
+        )
 
         await page.select_option("[data-testid=breakdown-select]", "context.platform")
         mobile = page.locator("[data-testid=breakdown-table] tr[data-value=mobile]")

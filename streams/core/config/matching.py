@@ -9,6 +9,7 @@ from typing import Any
 from streams.core.config.glob import Glob
 from streams.core.config.model import FunnelConfig, Match
 from streams.core.config.versions import Definition, definition
+from streams.core.input.channel import DEFAULT_UNWANTED_REFERRALS
 from streams.core.input.event import ClickEvent, url_path
 
 
@@ -111,6 +112,8 @@ class CompiledConfig:
     micro: tuple[CompiledMicro, ...]
     breakdowns: tuple[str, ...]
     """Every breakdown any funnel asks for, in first-seen order: what outputs carry."""
+    unwanted_referrals: tuple[str, ...] = ()
+    """Hosts whose referral leaves a session Direct (`input.channel`)."""
 
 
 def compile_config(config: FunnelConfig) -> CompiledConfig:
@@ -147,4 +150,12 @@ def compile_config(config: FunnelConfig) -> CompiledConfig:
         funnels_by_name={f.name: f for f in funnels},
         micro=tuple(CompiledMicro(m.name, Matcher.compile(m.match)) for m in config.micro),
         breakdowns=breakdowns,
+        unwanted_referrals=tuple(
+            dict.fromkeys(
+                [
+                    *(DEFAULT_UNWANTED_REFERRALS if config.channels.default_unwanted_referrals else ()),
+                    *config.channels.unwanted_referrals,
+                ]
+            )
+        ),
     )

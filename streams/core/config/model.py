@@ -9,6 +9,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -18,6 +19,23 @@ from streams.core.config.durations import parse_duration_ms, parse_optional_dura
 from streams.core.config.glob import Glob
 from streams.errors import ConversionsError
 
+DUMPED = "dumped"
+"""Validation context key: the data is a `model_dump(mode="json")` of a configuration, whose
+durations are integer milliseconds (a file's bare numbers are seconds)."""
+
+
+def _duration(value: Any, info: ValidationInfo) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and (info.context or {}).get(DUMPED):
+        return value
+    return parse_duration_ms(value)
+
+
+def _optional_duration(value: Any, info: ValidationInfo) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and (info.context or {}).get(DUMPED):
+        return value
+    return parse_optional_duration_ms(value)
+
+
 _DURATION_SCHEMA = {
     "type": "string",
     "pattern": r"^\s*(\d+\s*(ms|s|m|h|d|w)\s*)+$",
@@ -25,14 +43,14 @@ _DURATION_SCHEMA = {
 }
 Duration = Annotated[
     int,
-    BeforeValidator(parse_duration_ms),
+    BeforeValidator(_duration),
     WithJsonSchema(
         {"anyOf": [_DURATION_SCHEMA, {"type": "integer", "minimum": 1, "description": "seconds"}]}
     ),
 ]
 OptionalDuration = Annotated[
     int | None,
-    BeforeValidator(parse_optional_duration_ms),
+    BeforeValidator(_optional_duration),
     WithJsonSchema(
         {
             "anyOf": [_DURATION_SCHEMA, {"type": "integer", "minimum": 1}, {"enum": ["none", None]}],
@@ -53,6 +71,7 @@ FIELD_ROOTS = frozenset(
         "campaign",
         "context",
         "properties",
+        "audience",
     }
 )
 DERIVED_BREAKDOWNS = frozenset({"landing_page", "channel", "visitor_type"})
@@ -228,11 +247,34 @@ class AlertRule(_Strict):
     """weekly: the baseline is `baseline` of event time around the window's time of week, in each
     of the `seasons` previous weeks."""
     seasons: int = Field(default=4, ge=1, le=8)
+    method: Literal["window", "cusum"] = "window"
+    """window: judge the window's rate against the baseline's every minute; cusum: accumulate
+    the evidence of every attempt in a Bernoulli CUSUM (README "Alerts"); both resolve when the
+    window's rate is back above the resolve threshold."""
+    false_alarm_every: OptionalDuration = None
+    """cusum: false alarms on steady traffic at most this often (default 90d)."""
+    resolve_after: OptionalDuration = None
+    """cusum: an attempt that has not reached the step this long after the step before counts
+    as a failure (default: the 90th percentile of the step's observed times to convert)."""
 
     @model_validator(mode="after")
     def _threshold(self) -> AlertRule:
         if self.relative_drop is None and self.drop_below is None:
             raise ValueError("an alert needs relative_drop, drop_below or both")
+        if self.method == "cusum":
+            if self.relative_drop is None:
+                raise ValueError("method: cusum needs relative_drop (the fall it is tuned to detect)")
+            if self.confidence is not None:
+                raise ValueError(
+                    "confidence belongs to method: window; a cusum rule's false alarms are set by "
+                    "false_alarm_every"
+                )
+            if self.false_alarm_every is not None and self.false_alarm_every < 86_400_000:
+                raise ValueError("false_alarm_every must be at least 1d")
+            if self.resolve_after is not None and self.resolve_after % 60_000:
+                raise ValueError("resolve_after must be whole minutes (alerts judge minute by minute)")
+        elif self.false_alarm_every is not None or self.resolve_after is not None:
+            raise ValueError("false_alarm_every and resolve_after apply to method: cusum only")
         if self.baseline <= self.window:
             raise ValueError("baseline must be longer than window")
         if self.window % 60_000 or self.baseline % 60_000:
@@ -277,8 +319,32 @@ class Identity(_Strict):
     """A link is forgotten this long after its anonymous id was last seen (event time)."""
 
 
+class Channels(_Strict):
+    """How sessions get their channel (GA4's default channel grouping, `input.channel`)."""
+
+    unwanted_referrals: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=list, max_length=1000
+    )
+    """Hosts whose referral is ignored (the session is Direct), each with its subdomains, on top
+    of the payment providers and 3-D Secure pages of `input.channel.DEFAULT_UNWANTED_REFERRALS`."""
+    default_unwanted_referrals: bool = True
+    """False: only `unwanted_referrals` count as unwanted."""
+
+    @field_validator("unwanted_referrals")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return [host.strip().lower().removeprefix("www.") for host in value]
+
+
 class FunnelConfig(_Strict):
     version: Literal[1]
+
+    @classmethod
+    def from_dump(cls, data: Any) -> FunnelConfig:
+        """A configuration saved as `model_dump(mode="json")` (state files, the journeys store's
+        registry): the same configuration again, its durations read as the milliseconds they are."""
+        return cls.model_validate(data, context={DUMPED: True})
+
     session_timeout: Duration = 30 * 60_000
     late_tolerance: Duration = 10 * 60_000
     page_view_events: list[str] = Field(default_factory=lambda: ["page_view"])
@@ -288,6 +354,7 @@ class FunnelConfig(_Strict):
     alerts: list[AlertRule] = Field(default_factory=list)
     experiments: list[Experiment] = Field(default_factory=list)
     identity: Identity = Field(default_factory=Identity)
+    channels: Channels = Field(default_factory=Channels)
 
     @model_validator(mode="after")
     def _references(self) -> FunnelConfig:
@@ -333,6 +400,16 @@ class FunnelConfig(_Strict):
                 raise LocatedError(
                     ("alerts", i, "by"),
                     f"{unknown_by} must be among the funnel's breakdowns {breakdowns}",
+                )
+            if (
+                rule.resolve_after is not None
+                and judged.window is not None
+                and rule.resolve_after > judged.window
+            ):
+                raise LocatedError(
+                    ("alerts", i, "resolve_after"),
+                    f"resolve_after is longer than funnel {judged.name}'s window "
+                    f"({judged.window // 60_000} min): an attempt has ended by then",
                 )
         self._check_experiments(funnels)
         return self

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from streams.core.input.audience import Enricher
 from streams.core.input.event import MAX_NESTING, ClickEvent, nesting_depth, nesting_limit, within_nesting
 from streams.core.input.formats.detect import JSON_OPENERS, InputFormat, looks_like_segment, looks_like_tsv
 from streams.core.input.formats.segment import decode_segment
@@ -47,6 +48,7 @@ def decode_message(
     latest_ms: int | None = None,
     format: InputFormat = "auto",
     max_nesting: int = MAX_NESTING,
+    enricher: Enricher | None = None,
 ) -> Decoded:
     """Turn one Kafka message value (an event object or a batch array) into events and rejections.
 
@@ -59,12 +61,22 @@ def decode_message(
     with `event_id` costs one dict lookup more) and hands Segment messages and Snowplow enriched
     TSV to `input.formats`. `max_nesting` is how deep `context` and `properties` may nest
     (`CONVERSIONS_MAX_NESTING`).
+
+    With an `enricher` (`input.audience`), every valid event gets its audience and the IP mode
+    applied, and bots (by default), events whose consent denies analytics and erased people's
+    are counted in `screened` and not returned.
     """
     out = _decode(raw, max_bytes, max_batch, format, max_nesting)
+    if enricher is not None and out.events:
+        enricher.apply(out)
     if latest_ms is None or all(event.ts_ms <= latest_ms for event in out.events):
         return out
     kept = Decoded(
-        rejects=out.rejects, ignored=out.ignored, unknown_fields=out.unknown_fields, format=out.format
+        rejects=out.rejects,
+        ignored=out.ignored,
+        unknown_fields=out.unknown_fields,
+        format=out.format,
+        screened=out.screened,
     )
     for event in out.events:
         if event.ts_ms <= latest_ms:

@@ -130,6 +130,37 @@ class Campaign(BaseModel):
         return (self.source, self.medium, self.name)
 
 
+class Audience(BaseModel):
+    """Who the visitor is, as enrichment (`input.audience`) or a producer's own enriched fields
+    (Snowplow's `br_family`, `os_family`, `dvce_type`, `geo_country`...) say: the breakdown fields
+    `audience.browser`, `audience.os`, `audience.device`, `audience.country`, `audience.language`.
+    A field already set is never overwritten by enrichment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    browser: str | None = Field(default=None, max_length=64)
+    """The browser family (ua-parser's names: Chrome, Mobile Safari, Firefox...)."""
+    browser_version: str | None = Field(default=None, max_length=80)
+    """The family and its major version, e.g. `Chrome 120`."""
+    os: str | None = Field(default=None, max_length=64)
+    device: str | None = Field(default=None, max_length=16)
+    """desktop, mobile, tablet or bot."""
+    country: str | None = Field(default=None, max_length=8)
+    """ISO 3166-1 alpha-2, upper case."""
+    region: str | None = Field(default=None, max_length=64)
+    city: str | None = Field(default=None, max_length=128)
+    language: str | None = Field(default=None, max_length=16)
+    """The primary language subtag of the locale, lower case (`en` for en-US)."""
+    bot: bool = False
+
+    def values(self) -> dict[str, str]:
+        """The set fields as breakdown values (`bot` only when true)."""
+        out = {k: v for k, v in self.__dict__.items() if isinstance(v, str)}
+        if self.bot:
+            out["bot"] = "true"
+        return out
+
+
 _UTM_FIELDS = ("source", "medium", "name", "term", "content")
 _UTM_PARAMS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
 
@@ -186,6 +217,9 @@ class ClickEvent(BaseModel):
     campaign: Campaign | None = None
     context: dict[str, Any] = Field(default_factory=dict)
     properties: dict[str, Any] = Field(default_factory=dict)
+    audience: Audience | None = None
+    """Set by enrichment at ingest (from `context.user_agent`, `context.ip`, `context.locale`), or
+    by the producer; read once per session, when the session opens."""
 
     @field_validator("timestamp", mode="before")
     @classmethod

@@ -52,3 +52,5 @@ class Decoded:
     """Top-level fields of valid contract events that the contract does not have, by name: the
     events are processed without them (a typo such as `propertys` is counted and named)."""
     format: str = "contract"
+    screened: dict[str, int] = field(default_factory=dict)
+    """Valid events not processed, by reason (`input.audience`: bot, consent, erased), counted."""

@@ -27,7 +27,7 @@ lines. Between two flushes the store is behind: read it only after a flush.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 from zlib import crc32
@@ -74,6 +74,38 @@ class _PartitionClock:
     """(earliest held item's time, person): journeys with items waiting for the hold watermark."""
     held_at: dict[str, int] = field(default_factory=dict)
 
+    def to_state(self) -> dict[str, Any]:
+        """Plain data for a state file (the heaps as they are: the order deadlines fire in within
+        one advance of event time depends on them)."""
+        return {
+            "sources": dict(self.sources),
+            "waiting_for": sorted(self.waiting_for),
+            "floor": self.floor,
+            "idle_reached": self.idle_reached,
+            "heap": [list(x) for x in self.heap],
+            "scheduled": dict(self.scheduled),
+            "hold_floor": self.hold_floor,
+            "holds": [list(x) for x in self.holds],
+            "held_at": dict(self.held_at),
+        }
+
+    @classmethod
+    def from_state(cls, data: Mapping[str, Any]) -> _PartitionClock:
+        def optional(value: Any) -> int | None:
+            return None if value is None else int(value)
+
+        return cls(
+            sources={str(k): int(v) for k, v in data["sources"].items()},
+            waiting_for={str(x) for x in data["waiting_for"]},
+            floor=optional(data["floor"]),
+            idle_reached=optional(data["idle_reached"]),
+            heap=[(int(t), str(i)) for t, i in data["heap"]],
+            scheduled={str(k): int(v) for k, v in data["scheduled"].items()},
+            hold_floor=optional(data["hold_floor"]),
+            holds=[(int(t), str(i)) for t, i in data["holds"]],
+            held_at={str(k): int(v) for k, v in data["held_at"].items()},
+        )
+
 
 class Engine:
     def __init__(
@@ -104,6 +136,21 @@ class Engine:
         self._clicks: dict[int, tuple[dict[str, Any], ClickEvent]] = {}
         """Held item bodies of this run (by id, the body kept alive with it) and their event,
         validated already: applying them needs no second validation."""
+
+    def clocks_state(self) -> dict[str, Any]:
+        """Each partition's clock and deadline index as plain data (offline `--state`)."""
+        return {str(partition): clock.to_state() for partition, clock in self._clocks.items()}
+
+    def restore_clocks(self, data: Mapping[str, Any], source: str) -> None:
+        """The clocks `clocks_state` saved, with `source` in place of the sources they heard
+        from (a resumed offline run reads another file)."""
+        clocks: dict[int, _PartitionClock] = {}
+        for partition, saved in data.items():
+            clock = _PartitionClock.from_state(saved)
+            clock.sources = {source: max(clock.sources.values())} if clock.sources else {}
+            clock.waiting_for = {source} if clock.waiting_for else set()
+            clocks[int(partition)] = clock
+        self._clocks = clocks
 
     def _clock(self, partition: int) -> _PartitionClock:
         clock = self._clocks.get(partition)
@@ -258,6 +305,30 @@ class Engine:
                 self._save(clock, journey)
             item = Forwarded(person, event.to_json_dict(), event.ts_ms)
         return out + self._send(partition, item, event)
+
+    def forget(self, identity: str) -> list[str]:
+        """Erase a person (`conversions forget`, `streams.kafka.erasures`): their journey with its
+        held items, and the link stubs of the anonymous ids merged into it; given an anonymous id
+        linked to a user, the user's journey too, since the anonymous history lives in it now.
+        The keys deleted (the flush writes their tombstones), none when nothing is known."""
+        journey = self.load(identity)
+        if journey is None:
+            return []
+        if journey.linked_to is not None:  # an anonymous id's stub: the person is the user
+            person = self.load(journey.linked_to)
+            deleted = [identity]
+            self._delete(identity)
+            return deleted + (self.forget(journey.linked_to) if person is not None else [])
+        deleted = [identity]
+        self._delete(identity)
+        for anonymous in dict.fromkeys([journey.anonymous_id, *journey.merged]):
+            if anonymous is None or anonymous == identity:
+                continue
+            stub = self.load(anonymous)
+            if stub is not None and stub.linked_to == identity:
+                self._delete(anonymous)
+                deleted.append(anonymous)
+        return deleted
 
     def accept(self, partition: int, body: object) -> Outputs:
         """An item another partition forwarded here (as `Item.encode` wrote it)."""

@@ -22,7 +22,7 @@ import orjson
 from streams.core.config.durations import format_duration_ms
 from streams.core.config.matching import CompiledConfig, CompiledFunnel, CompiledGoal, CompiledMicro, Matcher
 from streams.core.config.versions import Definition, continues, shared_steps
-from streams.core.input.channel import classify_channel
+from streams.core.input.channel import classify_traffic
 from streams.core.input.event import ClickEvent, from_epoch_ms, url_path
 from streams.core.records.ids import output_id, short_hash
 from streams.core.records.outputs import (
@@ -72,6 +72,13 @@ class Session:
     goals: list[str] = field(default_factory=list)
     returning: bool = False
     """Not the person's first session (`visitor_type: returning`), as known when it opened."""
+    audience: dict[str, str] | None = None
+    """Who the visitor is (`ClickEvent.audience`, its set fields), as the session's first event
+    said: read once, when the session opens."""
+    source: str | None = None
+    medium: str | None = None
+    term: str | None = None
+    """The source, medium and search term the channel was derived from (`input.channel`)."""
 
 
 @dataclass(slots=True)
@@ -664,11 +671,14 @@ class JourneyMachine:
             self._close_session(journey, now, out)
         page_url = event.page.url if event.page is not None else None
         referrer = event.page.referrer if event.page is not None else None
-        channel = classify_channel(event.campaign, referrer, page_url)
+        traffic = classify_traffic(event.campaign, referrer, page_url, self.config.unwanted_referrals)
+        channel = traffic.channel
         landing = url_path(page_url)
         journey.sequence += 1
         session_id = event.session_id or "s-" + output_id(journey.identity, journey.sequence)[:16]
         session = Session(journey.sequence, session_id, now, now, landing, channel, campaign)
+        session.audience = event.audience.values() if event.audience is not None else None
+        session.source, session.medium, session.term = traffic.source, traffic.medium, traffic.term
         journey.session = session
         journey.sessions += 1
         session.returning = journey.sessions > 1
@@ -706,6 +716,10 @@ class JourneyMachine:
                 microconversions=session.micros,
                 conversions=list(session.goals),
                 visitor_type="returning" if session.returning else "new",
+                audience=session.audience,
+                source=session.source,
+                medium=session.medium,
+                search_term=session.term,
             )
         )
         journey.session = None
@@ -1045,6 +1059,7 @@ class JourneyMachine:
             event=event.event,
             event_id=event.event_id,
             breakdowns=dimensions,
+            audience=session.audience,
         )
 
     @staticmethod
@@ -1057,6 +1072,8 @@ class JourneyMachine:
                 value = session.channel
             elif path == "visitor_type":
                 value = "returning" if session.returning else "new"
+            elif path.startswith("audience.") and session.audience is not None:
+                value = session.audience.get(path[9:])
             else:
                 value = event.lookup(tuple(path.split(".")))
             values[path] = None if value is None else str(value)[:MAX_BREAKDOWN_VALUE]

@@ -21,10 +21,12 @@ every resolution R (the finest, and the hour and day rollups), written as `R:B` 
     r:<funnel>:B   hash  the same by the time the attempt *reached step k* (minute and hour): e:<k>,
                          n:<k> went on to k+1 (by `previous_at`), d:<k> dropped at k (by its last
                          progress): how long the open ones have waited at their step
-    c:B            hash  the channels table, per <dim>=<value> (dim: channel, landing_page), each also
-                         with |visitor_type=<new|returning>, and per visitor_type alone:
+    c:B            hash  the channels table, per <dim>=<value> (dim: channel, landing_page and the
+                         audience fields audience.device, .browser, .os, .country, .language),
+                         each also with |visitor_type=<new|returning>, and per visitor_type alone:
                          from closed sessions s| sessions, mi| their microconversions, cv| their
-                         conversions, cs:<goal>| sessions that reached the goal; from
+                         conversions, cs:<goal>| sessions that reached the goal, pv| page views,
+                         dur| duration ms, b| bounces (sessions of one page view or less); from
                          macroconversions n:<goal>| count, v:<goal>| value, dt:<goal>| decision ms
     meta           hash  latest: the latest event time counted (ms)
     recent         list  the latest macroconversions, newest first (no identities), capped
@@ -44,6 +46,7 @@ import orjson
 
 from streams.core.config.matching import CompiledConfig, CompiledFunnel
 from streams.core.input.event import to_epoch_ms
+from streams.core.measures.cardinality import ValueCap, capped_output
 
 OpKind = Literal["h", "f", "p", "m", "l"]  # HINCRBY, HINCRBYFLOAT, PFADD, keep-the-max, capped LPUSH
 RECENT_MACROS = 20
@@ -55,6 +58,9 @@ TIME_TO_CONVERT_S = (
 """Upper bounds (inclusive) of the time-to-convert histogram's buckets, in seconds: roughly
 doubling from 10 s to 7 days, then `inf`."""
 CHANNEL_DIMS = ("channel", "landing_page")
+AUDIENCE_DIMS = tuple(f"audience.{name}" for name in ("device", "browser", "os", "country", "language"))
+TABLE_DIMS = CHANNEL_DIMS + AUDIENCE_DIMS
+"""The channels table's dimensions (`c:` fields)."""
 VISITOR_TYPE = "visitor_type"
 COUNTED_TYPES = frozenset({"micro", "macro", "dropoff", "stalled", "carried", "session"})
 
@@ -172,11 +178,13 @@ def increments(
     config: CompiledConfig,
     bucket_ms: int,
     pseudonym: Callable[[str], str] | None = None,
+    cap: ValueCap | None = None,
 ) -> list[Op]:
     """The counter changes one output event makes, at every resolution (none for types not counted).
 
     An output's fields are the same in every bucket resolution: they are computed once
-    (`_bucket_increments`, keys without their bucket) and stamped with each resolution's bucket."""
+    (`_bucket_increments`, keys without their bucket) and stamped with each resolution's bucket.
+    With `cap`, every breakdown value is capped first (`measures.cardinality`)."""
     kind = output.get("type")
     if kind not in COUNTED_TYPES:
         return []
@@ -184,6 +192,8 @@ def increments(
         identity = output.get("user_id") or output.get("anonymous_id")
         output = {**output, "user_id": pseudonym(identity) if identity else None, "anonymous_id": None}
     at = _ms(output["timestamp"])
+    if cap is not None:
+        output = capped_output(output, cap, at)
     ops: list[Op] = [_new_op(Op, ("m", "meta", "latest", at))]
     version = output.get("funnel_version")
     if version and kind != "session":
@@ -355,6 +365,10 @@ def _bucket_increments(output: Mapping[str, Any], config: CompiledConfig, at: in
             steps.append(("h", f"d:{k}:{output['reason']}", 1))
         return [(f"f:{versioned(str(output['funnel']), output.get('funnel_version'))}:", steps)]
     channels = _suffixes(output, CHANNEL_DIMS)
+    audience = output.get("audience")
+    tables = channels
+    if audience:  # an output without an audience (enrichment off) adds no audience rows
+        tables = channels + _suffixes({f"audience.{k}": v for k, v in audience.items()}, AUDIENCE_DIMS)
     visitor = f"|{VISITOR_TYPE}={visitor_type_of(output)}"
     table: list[Item] = []
     if kind == "macro":
@@ -371,10 +385,10 @@ def _bucket_increments(output: Mapping[str, Any], config: CompiledConfig, at: in
         decision = int(output.get("decision_time_ms") or 0)
         goals.append(("h", f"dt:{goal}", decision))
         goals.append(("h", f"dth:{goal}:{decision_bucket(decision)}", 1))
-        _channel_fields(table, f"n:{goal}", 1, channels, visitor)
+        _channel_fields(table, f"n:{goal}", 1, tables, visitor)
         if value is not None:
-            _channel_fields(table, f"v:{goal}", float(value), channels, visitor)
-        _channel_fields(table, f"dt:{goal}", decision, channels, visitor)
+            _channel_fields(table, f"v:{goal}", float(value), tables, visitor)
+        _channel_fields(table, f"dt:{goal}", decision, tables, visitor)
         return [("g:", goals), (f"ug:{goal}:", [("p", identity, 1)]), ("c:", table)]
     # a session: its landing page, then its channel
     suffixes = channels[::-1]
@@ -383,12 +397,17 @@ def _bucket_increments(output: Mapping[str, Any], config: CompiledConfig, at: in
     _with_breakdowns(sessions, "h", "pv", int(output.get("page_views") or 0), suffixes)
     _with_breakdowns(sessions, "h", "dur", int(output.get("duration_ms") or 0), suffixes)
     reached = list(output.get("conversions") or [])
-    _channel_fields(table, "s", 1, channels, visitor)
-    _channel_fields(table, "mi", int(output.get("microconversions") or 0), channels, visitor)
+    page_views = int(output.get("page_views") or 0)
+    _channel_fields(table, "s", 1, tables, visitor)
+    _channel_fields(table, "mi", int(output.get("microconversions") or 0), tables, visitor)
+    _channel_fields(table, "pv", page_views, tables, visitor)
+    _channel_fields(table, "dur", int(output.get("duration_ms") or 0), tables, visitor)
+    if page_views <= 1:
+        _channel_fields(table, "b", 1, tables, visitor)
     if reached:
-        _channel_fields(table, "cv", len(reached), channels, visitor)
+        _channel_fields(table, "cv", len(reached), tables, visitor)
     for goal in sorted(set(reached)):
-        _channel_fields(table, f"cs:{goal}", 1, channels, visitor)
+        _channel_fields(table, f"cs:{goal}", 1, tables, visitor)
     return [("s:", sessions), ("c:", table)]
 
 

@@ -59,6 +59,34 @@ class _State:
     decisions: dict[str, Decision] = field(default_factory=dict)
     updated_at: int | None = None
 
+    def to_state(self) -> dict[str, Any]:
+        """Plain data for a state file; `load_state` puts it back into a state built from the
+        same definition."""
+        return {
+            "pending": [
+                [minute, [[v, list(c)] for v, c in cells.items()]] for minute, cells in self.pending.items()
+            ],
+            "totals": {variant: list(counts) for variant, counts in self.totals.items()},
+            "unassigned": self.unassigned,
+            "tests": {v: [t.alpha, t.tau, t.p_value, t.low, t.high, t.looks] for v, t in self.tests.items()},
+            "decisions": dict(self.decisions),
+            "updated_at": self.updated_at,
+        }
+
+    def load_state(self, data: Mapping[str, Any]) -> None:
+        self.pending = {
+            int(minute): {None if v is None else str(v): [int(x) for x in c] for v, c in cells}
+            for minute, cells in data["pending"]
+        }
+        self.totals = {str(v): [int(x) for x in c] for v, c in data["totals"].items()}
+        self.unassigned = int(data["unassigned"])
+        self.tests = {
+            str(v): MixtureSPRT(float(a), float(tau), float(p), float(low), float(high), int(looks))
+            for v, (a, tau, p, low, high, looks) in data["tests"].items()
+        }
+        self.decisions = {str(v): _decision(d) for v, d in data["decisions"].items()}
+        self.updated_at = None if data["updated_at"] is None else int(data["updated_at"])
+
     def absorb(self, cells: dict[str | None, list[int]]) -> None:
         """A complete minute's counts; new variants are admitted in name order up to the cap, so
         which ones are admitted does not depend on the order events arrived in."""
@@ -183,6 +211,30 @@ class ExperimentEvaluator:
     def active(self) -> bool:
         return bool(self._states)
 
+    def to_state(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The evaluator as plain data for a state file, each experiment's state under its key in
+        `keys` (one per experiment evaluated, in order: e.g. its experiment version)."""
+        return {
+            "evaluated_to": self._evaluated_to,
+            "seen": self._seen,
+            "ignored_late": self.ignored_late,
+            "duplicates": self.duplicates,
+            "ids": [[minute, sorted(ids)] for minute, ids in self._ids.items()],
+            "experiments": {key: state.to_state() for key, state in zip(keys, self._states, strict=True)},
+        }
+
+    def restore(self, data: Mapping[str, Any], keys: Sequence[str]) -> None:
+        """What `to_state` saved: an experiment whose key was saved continues, the others start
+        from nothing."""
+        self._evaluated_to = None if data["evaluated_to"] is None else int(data["evaluated_to"])
+        self._seen = bool(data["seen"])
+        self.ignored_late, self.duplicates = int(data["ignored_late"]), int(data["duplicates"])
+        self._ids = {int(minute): {str(i) for i in ids} for minute, ids in data["ids"]}
+        saved = data["experiments"]
+        for key, state in zip(keys, self._states, strict=True):
+            if key in saved:
+                state.load_state(saved[key])
+
     def observe(self, output: Mapping[str, Any]) -> None:
         """Count one output event (only milestone microconversions of experimented funnels).
 
@@ -276,6 +328,12 @@ class ExperimentEvaluator:
     def snapshot(self) -> list[ExperimentUpdate]:
         """Every experiment's current state (for /experiments and reports): changed is empty."""
         return [state.update(state.updated_at, []) for state in self._states if state.updated_at is not None]
+
+
+def _decision(value: object) -> Decision:
+    if value not in ("control", "waiting", "inconclusive", "better", "worse"):
+        raise ValueError(f"not a decision: {value!r}")
+    return value
 
 
 def replay(

@@ -264,7 +264,30 @@ CHANNEL_COLUMNS = (
     "avg_decision_time_ms",
     "microconversions",
     "micro_macro_ratio",
+    "avg_session_duration_ms",
+    "pages_per_session",
+    "bounce_rate",
 )
+CHANNEL_BASES = {
+    "closed sessions (journeys.sessions)": [
+        "sessions",
+        "converting_sessions",
+        "conversion_rate",
+        "microconversions",
+        "micro_macro_ratio",
+        "avg_session_duration_ms",
+        "pages_per_session",
+        "bounce_rate",
+    ],
+    "macroconversions as they happen, in sessions still open too (conversions.macro)": [
+        "conversions",
+        "value",
+        "avg_decision_time_ms",
+    ],
+}
+"""What each column counts: a session is counted when it closes (30 minutes after its last event),
+a conversion when it happens, so a row can show more conversions than converting sessions while
+its sessions are open; `conversion_rate` stays on one basis (closed sessions)."""
 
 
 def channel_rows(
@@ -326,6 +349,9 @@ def _row(metrics: Mapping[str, float], goal: str) -> dict[str, Any]:
         "avg_decision_time_ms": metrics.get(f"dt:{goal}", 0) / conversions if conversions else None,
         "microconversions": micro,
         "micro_macro_ratio": micro / in_sessions if in_sessions else None,
+        "avg_session_duration_ms": metrics.get("dur", 0) / sessions if sessions else None,
+        "pages_per_session": metrics.get("pv", 0) / sessions if sessions else None,
+        "bounce_rate": metrics.get("b", 0) / sessions if sessions else None,
     }
 
 

@@ -144,6 +144,9 @@ class MacroConversion(OutputEvent):
     event: str
     event_id: str
     breakdowns: Breakdowns = Field(default_factory=dict)
+    audience: dict[str, str] | None = None
+    """Who the visitor is, as their session opened: browser, browser_version, os, device
+    (desktop, mobile, tablet), country, region, city, language, when known."""
 
 
 DropoffReason = Literal[
@@ -205,6 +208,66 @@ class SessionSummary(OutputEvent):
     visitor_type: Literal["new", "returning"] | None = None
     """`new` for the person's first session, `returning` after one (as GA reports it); fixed when
     the session opens."""
+    audience: dict[str, str] | None = None
+    """Who the visitor is, from the session's first event: browser, browser_version, os, device
+    (desktop, mobile, tablet), country, region, city, language, when known."""
+    source: str | None = None
+    """GA4's session source: utm_source, a click id's ad platform, the search engine, the referring
+    host, or `(direct)`."""
+    medium: str | None = None
+    """GA4's session medium: utm_medium, `cpc` for a click id, `organic`, `referral` or `(none)`."""
+    search_term: str | None = None
+    """The search term the referring search engine's URL carried (or utm_term)."""
+
+
+class SegmentDrop(BaseModel):
+    """A breakdown value whose own rate fell, with its part of the missing conversions."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    breakdown: str
+    value: str | None
+    share: float
+    """Of the missing conversions (the window's entries at the baseline rate minus its conversions)."""
+    missing: float
+    rate: float
+    baseline_rate: float
+    entered: int
+    baseline_entered: int
+    p_value: float
+    """Fisher's one-sided exact test of the value's window rate against its baseline rate."""
+
+
+class MixShift(BaseModel):
+    """A breakdown value whose share of the entries rose while it converts below the average."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    breakdown: str
+    value: str | None
+    share: float
+    missing: float
+    entries_share: float
+    baseline_entries_share: float
+    baseline_rate: float
+    p_value: float
+
+
+class RootCause(BaseModel):
+    """What explains a fired alert's drop, per breakdown of the funnel (README "Alerts")."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    missing: float
+    """Conversions the window would have had at the baseline rate, minus those it had."""
+    segments: list[SegmentDrop] = Field(default_factory=list)
+    """Values named as falling, largest share first; empty: no single segment explains it."""
+    mix: list[MixShift] = Field(default_factory=list)
+    significance: float
+    """Family-wise level (Bonferroni over the values tested) a value must reach to be named."""
+    min_entered: int
+    """Entries of its own a value needs in the window to be named."""
+    summary: str
 
 
 class Alert(OutputEvent):
@@ -234,6 +297,27 @@ class Alert(OutputEvent):
     """The baseline is the one the rule fired with (an incident does not become the norm)."""
     funnel_version: str | None = None
     """The funnel version whose counts the rule judged (a baseline never mixes two)."""
+    incident_id: str | None = None
+    """The same for a fire and its resolution: a function of the rule (its own settings, not its
+    funnel's version), the by values and the moment it fired; the dedup key receivers use."""
+    method: Literal["window", "cusum"] = "window"
+    statistic: float | None = None
+    """cusum: the statistic (log-likelihood ratio, nats) when the alert changed state."""
+    threshold: float | None = None
+    """cusum: the statistic's threshold h (nats)."""
+    trials: int | None = None
+    """cusum: attempts resolved since the statistic last left zero."""
+    failures: int | None = None
+    """cusum: of those, the ones that did not reach the step within resolve_after."""
+    resolution_delay: str | None = None
+    """cusum: resolve_after, what waiting for an attempt's outcome adds to the detection."""
+    false_alarm_every: str | None = None
+    root_cause: RootCause | None = None
+    """On a fired alert: the breakdown values that explain the drop."""
+    reason: Literal["definition_changed"] | None = None
+    """On a resolution not judged from the rate: `definition_changed`, the rule's state was
+    dropped because its definition (its funnel's version, or its own settings) changed, or the
+    rule was removed; the incident is closed under its dedup key rather than left open."""
 
 
 class VariantResult(BaseModel):
@@ -333,6 +417,15 @@ class DeadLetter(OutputEvent):
     source_offset: int | None = None
     source_offset_last: int | None = None
     """The last offset of a whole record batch dead-lettered (it could not be decoded)."""
+
+
+class Erasure(OutputEvent):
+    """A person erased (`conversions forget`), on its own topic (`privacy.erasures`) for downstream
+    consumers to erase their copies; `timestamp` is the moment of the erasure: the person's events
+    stamped at or before it are not processed any more."""
+
+    type: Literal["erasure"] = "erasure"
+    requested_by: str = "cli"
 
 
 AnyOutput = Annotated[

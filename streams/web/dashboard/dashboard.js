@@ -4,7 +4,7 @@
 
 const REFRESH_MS = 2000;
 const $ = (id) => document.getElementById(id);
-const state = { funnel: null, window: "15m", by: "" };
+const state = { funnel: null, window: "15m", by: "", version: "" }; // version "": the current one
 let failures = 0;
 
 function el(tag, attrs, ...children) {
@@ -129,7 +129,11 @@ function renderGoals(goals) {
 function alertText(a) {
   const by = Object.entries(a.by).map(([k, v]) => `${k}=${v}`).join(", ");
   const baseline = a.baseline_rate === null ? "" : ` vs ${percent(a.baseline_rate)} baseline`;
-  return `${a.funnel}: ${a.step}${by ? ` [${by}]` : ""} at ${percent(a.rate)}${baseline} (${number(a.entered)} entered, window ${a.window}) since ${a.timestamp}`;
+  const judged = a.method === "cusum" && a.trials !== null && a.trials !== undefined
+    ? `${number(a.trials)} attempts, ${number(a.failures)} failed, cusum ${a.statistic.toFixed(2)} ≥ ${a.threshold.toFixed(2)}`
+    : `${number(a.entered)} entered, window ${a.window}`;
+  const cause = a.root_cause ? ` · root cause: ${a.root_cause.summary}` : "";
+  return `${a.funnel}: ${a.step}${by ? ` [${by}]` : ""} at ${percent(a.rate)}${baseline} (${judged}) since ${a.timestamp}${cause}`;
 }
 
 function renderAlerts(alerts) {
@@ -153,6 +157,50 @@ function renderRecent(macros) {
   );
 }
 
+// The funnel's definition version (issue 25): the current one, and any earlier one whose counters
+// have not expired yet (`versions`, newest first), which GET /funnels/<name>?version= reads.
+function versionChoices(report) {
+  const others = Object.keys(report.versions || {}).filter((v) => v !== report.version);
+  return report.version ? [report.version, ...others] : others;
+}
+
+async function chooseVersion(funnel, query) {
+  const choices = versionChoices(funnel);
+  if (!choices.includes(state.version) || state.version === funnel.version) state.version = "";
+  const labels = choices.map((v, i) => {
+    if (i === 0) return `${v} (current)`;
+    const last = funnel.versions[v];
+    return `${v} (${i === 1 ? "previous" : "older"}, counted until ${moment(last)})`;
+  });
+  fillSelect($("version"), choices, state.version || funnel.version, labels);
+  $("version-choice").hidden = choices.length < 2;
+  $("funnel-version").textContent = funnel.version ? `version ${funnel.version}` : "";
+  const note = $("version-note");
+  if (!state.version) {
+    note.hidden = true;
+    return funnel;
+  }
+  const older = new URLSearchParams(query);
+  older.delete("funnel");
+  older.set("version", state.version);
+  const response = await fetch(`/funnels/${encodeURIComponent(state.funnel)}?${older}`, { cache: "no-store" });
+  const report = await response.json();
+  if (!response.ok) {
+    // its counters expired since the list was read: back to the current version, saying why
+    note.hidden = false;
+    note.textContent = `Version ${state.version} cannot be shown (${report.error || response.statusText}); showing the current one.`;
+    state.version = "";
+    $("version").value = funnel.version;
+    return funnel;
+  }
+  note.hidden = false;
+  note.textContent =
+    `Showing the earlier version ${state.version}, not the current ${funnel.version}: its own counts, ` +
+    "kept until its counters expire; its steps are numbered #k (k from 0) since the current " +
+    "definition may not have them.";
+  return report;
+}
+
 async function refresh() {
   const params = new URLSearchParams({ window: state.window });
   if (state.funnel) params.set("funnel", state.funnel);
@@ -169,9 +217,10 @@ async function refresh() {
     fillSelect($("by"), ["", ...funnel.breakdowns], state.by, ["none", ...funnel.breakdowns]);
     $("funnel-title").textContent = `Funnel ${state.funnel}`;
     $("window-label").textContent = `${moment(body.start_ms)} to ${moment(body.end_ms)} (event time)`;
+    const shown = await chooseVersion(funnel, params);
     const alerting = new Set(body.alerts.firing.filter((a) => a.funnel === state.funnel).map((a) => a.step));
-    renderSteps(funnel, alerting);
-    renderBreakdown(funnel);
+    renderSteps(shown, shown === funnel ? alerting : new Set());
+    renderBreakdown(shown);
     renderGoals(body.goals);
     renderAlerts(body.alerts);
     renderRecent(body.recent_macros);
@@ -187,10 +236,13 @@ async function refresh() {
 }
 
 $("controls").addEventListener("submit", (event) => event.preventDefault());
-for (const [id, key] of [["funnel", "funnel"], ["range", "window"], ["by", "by"]]) {
+for (const [id, key] of [["funnel", "funnel"], ["range", "window"], ["by", "by"], ["version", "version"]]) {
   $(id).addEventListener("change", (event) => {
     state[key] = event.target.value;
-    if (key === "funnel") state.by = "";
+    if (key === "funnel") {
+      state.by = "";
+      state.version = "";
+    }
     tick(true);
   });
 }

@@ -1,5 +1,5 @@
 // The analysis panels: a step's trend with its alert, in progress vs dropped with the projected
-// rate, time to convert, channels and landing pages, experiments. Each reads one JSON endpoint
+// rate, time to convert, channels and landing pages, the audience, experiments. Each reads one JSON endpoint
 // (linked in the footer) and draws it with plain DOM and hand-drawn SVG; every value from the
 // counters is set as text or an attribute, never as HTML. Uses dashboard.js's helpers.
 "use strict";
@@ -11,8 +11,6 @@ const panels = {
   step: null,
   value: null, // "" = all traffic
   valueChosen: false,
-  channelSort: "sessions",
-  channelOrder: "desc",
 };
 
 function svg(tag, attrs, ...children) {
@@ -312,11 +310,22 @@ function drawHistogram(step) {
   );
 }
 
-// ---- channels and landing pages ---------------------------------------------------------
+// ---- channels, landing pages and audience ------------------------------------------------
 
+// Two tables over GET /channels: channels and landing pages, and the audience (one tab per
+// audience field). Each column says its basis (the answer's `bases`): sessions are counted when
+// they close, conversions as they happen.
 const CHANNEL_LABELS = {
   channel: "channel",
   landing_page: "landing page",
+  "audience.device": "device",
+  "audience.browser": "browser",
+  "audience.os": "OS",
+  "audience.country": "country",
+  "audience.language": "language",
+  avg_session_duration_ms: "avg. session",
+  pages_per_session: "pages / session",
+  bounce_rate: "bounce rate",
   visitor_type: "visitors",
   sessions: "sessions",
   converting_sessions: "converting",
@@ -327,65 +336,141 @@ const CHANNEL_LABELS = {
   microconversions: "micro",
   micro_macro_ratio: "micro/macro",
 };
+const AUDIENCE_COLUMNS = [
+  "sessions",
+  "converting_sessions",
+  "conversion_rate",
+  "conversions",
+  "value",
+  "avg_session_duration_ms",
+  "pages_per_session",
+  "bounce_rate",
+];
+const BY_DIMENSION = "dimension"; // a table sorted by its first column, whichever dimension it shows
 
 function channelCell(column, value) {
   if (value === null || value === undefined) return "–";
-  if (column === "conversion_rate") return rate(value);
-  if (column === "avg_decision_time_ms") return duration(value);
-  if (column === "micro_macro_ratio") return value.toFixed(1);
+  if (column === "conversion_rate" || column === "bounce_rate") return rate(value);
+  if (column === "avg_decision_time_ms" || column === "avg_session_duration_ms") return duration(value);
+  if (column === "pages_per_session" || column === "micro_macro_ratio") return value.toFixed(1);
   if (column === "value") return number(Math.round(value));
   if (typeof value === "number") return number(value);
   return value === "" ? "(none)" : value;
 }
 
-async function refreshChannels(live) {
+// Each basis gets a mark (1, 2...) on its columns' headers and a line in the legend below.
+function basisMarks(bases) {
+  const marks = {};
+  Object.entries(bases).forEach(([basis, columns], i) => {
+    for (const column of columns) marks[column] = { mark: String(i + 1), basis, index: i };
+  });
+  return marks;
+}
+
+function renderBases(id, bases, shown) {
+  $(id).replaceChildren(
+    ...Object.entries(bases).map(([basis, columns], i) => {
+      const here = columns.filter((c) => shown.includes(c)).map((c) => CHANNEL_LABELS[c] || c);
+      return el(
+        "li",
+        { "data-testid": "basis", "data-basis": String(i + 1) },
+        el("sup", { class: `basis basis-${i}` }, String(i + 1)),
+        ` ${basis}: ${here.join(", ")}`,
+      );
+    }),
+  );
+}
+
+const tables = {
+  channels: {
+    table: "channel-table",
+    bases: "channel-bases",
+    row: "channel-row",
+    dim: () => $("channel-dim").value,
+    goal: "channel-goal",
+    split: () => $("channel-split").checked,
+    columns: null, // all of the answer's
+    sort: "sessions",
+    order: "desc",
+  },
+  audience: {
+    table: "audience-table",
+    bases: "audience-bases",
+    row: "audience-row",
+    dim: () => document.querySelector("#audience-tabs [aria-selected=true]").dataset.dim,
+    goal: "audience-goal",
+    split: () => false,
+    columns: AUDIENCE_COLUMNS,
+    sort: "sessions",
+    order: "desc",
+  },
+};
+
+async function refreshTable(spec, live) {
   const goals = Object.keys(live.goals.goals);
-  const goal = $("channel-goal").value || goals[0] || "";
-  fillSelect($("channel-goal"), goals, goal);
-  const dim = $("channel-dim").value;
-  const split = $("channel-split").checked ? "visitor_type" : "";
-  const sort = panels.channelSort === "channel" || panels.channelSort === "landing_page" ? dim : panels.channelSort;
-  const body = await getJSON(`/channels?${params({ window: state.window, dimension: dim, goal, split, sort, order: panels.channelOrder, limit: 50 })}`);
-  const columns = body.columns;
+  const goal = $(spec.goal).value || goals[0] || "";
+  fillSelect($(spec.goal), goals, goal);
+  const dim = spec.dim();
+  const sort = spec.sort === BY_DIMENSION ? dim : spec.sort;
+  const query = { window: state.window, dimension: dim, goal, split: spec.split() ? "visitor_type" : "", sort, order: spec.order, limit: 50 };
+  const body = await getJSON(`/channels?${params(query)}`);
+  const columns = spec.columns ? [dim, ...spec.columns] : body.columns;
+  const marks = basisMarks(body.bases);
   const head = el(
     "tr",
     {},
-    ...columns.map((column) =>
-      el(
+    ...columns.map((column) => {
+      const basis = marks[column];
+      return el(
         "th",
         {
           "data-sort": column,
+          "data-basis": basis ? basis.mark : "",
           "aria-sort": column === body.sort ? (body.order === "asc" ? "ascending" : "descending") : "none",
           class: column === body.sort ? `sorted ${body.order}` : "",
-          title: "sort",
+          title: basis ? `sort · ${basis.basis}` : "sort",
         },
         CHANNEL_LABELS[column] || column,
-      ),
-    ),
+        basis ? el("sup", { class: `basis basis-${basis.index}` }, basis.mark) : "",
+      );
+    }),
   );
   const rows = body.rows.map((row) =>
-    el("tr", { "data-testid": "channel-row", "data-value": row[dim] }, ...columns.map((c) => el("td", { "data-column": c, title: String(row[c] ?? "") }, channelCell(c, row[c])))),
+    el(
+      "tr",
+      { "data-testid": spec.row, "data-value": row[dim] },
+      ...columns.map((c) => el("td", { "data-column": c, title: String(row[c] ?? "") }, channelCell(c, row[c]))),
+    ),
   );
   const totals = Object.entries(body.totals).map(([who, row]) =>
     el("tr", { class: "total" }, ...columns.map((c, i) => el("td", {}, i === 0 ? `total${who === "all" ? "" : ` ${who}`}` : c === "visitor_type" ? who : channelCell(c, row[c])))),
   );
-  $("channel-table").replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows), el("tfoot", {}, ...totals));
+  $(spec.table).replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows), el("tfoot", {}, ...totals));
+  renderBases(spec.bases, body.bases, columns);
 }
 
-$("channel-table").addEventListener("click", (event) => {
-  const th = event.target.closest("th[data-sort]");
-  if (!th) return;
-  const column = th.dataset.sort;
-  if (panels.channelSort === column || (column === $("channel-dim").value && (panels.channelSort === "channel" || panels.channelSort === "landing_page"))) {
-    panels.channelOrder = panels.channelOrder === "desc" ? "asc" : "desc";
-  } else {
-    panels.channelSort = column;
-    panels.channelOrder = column === "channel" || column === "landing_page" || column === "visitor_type" ? "asc" : "desc";
-  }
-  if (column === "visitor_type") panels.channelSort = "sessions";
+for (const spec of Object.values(tables)) {
+  $(spec.table).addEventListener("click", (event) => {
+    const th = event.target.closest("th[data-sort]");
+    if (!th || th.dataset.sort === "visitor_type") return; // the split is not a sort order
+    const column = th.dataset.sort === spec.dim() ? BY_DIMENSION : th.dataset.sort;
+    if (spec.sort === column) {
+      spec.order = spec.order === "desc" ? "asc" : "desc";
+    } else {
+      spec.sort = column;
+      spec.order = column === BY_DIMENSION ? "asc" : "desc";
+    }
+    tick(true);
+  });
+  $(spec.goal).addEventListener("change", () => tick(true));
+}
+for (const id of ["channel-dim", "channel-split"]) $(id).addEventListener("change", () => tick(true));
+$("audience-tabs").addEventListener("click", (event) => {
+  const tab = event.target.closest("button[data-dim]");
+  if (!tab) return;
+  for (const other of $("audience-tabs").querySelectorAll("button")) other.setAttribute("aria-selected", String(other === tab));
   tick(true);
 });
-for (const id of ["channel-dim", "channel-goal", "channel-split"]) $(id).addEventListener("change", () => tick(true));
 $("trend-step").addEventListener("change", (event) => {
   panels.step = event.target.value;
   panels.valueChosen = false;
@@ -448,7 +533,8 @@ async function refreshPanels(live) {
     ["trend-chart", refreshTrend(live)],
     ["progress-steps", refreshProgress()],
     ["ttc-steps", refreshTtc()],
-    ["channel-table", refreshChannels(live)],
+    ["channel-table", refreshTable(tables.channels, live)],
+    ["audience-table", refreshTable(tables.audience, live)],
     ["experiment-list", refreshExperiments()],
   ];
   await Promise.all(jobs.map(([id, job]) => job.catch((error) => panelError(id, error))));

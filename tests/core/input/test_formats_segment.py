@@ -57,6 +57,7 @@ def test_track_as_processed_by_segment_keeps_its_corrected_timestamp() -> None:
             "platform": "web",
             "user_agent": MAC_CHROME,
             "library": {"name": "analytics.js", "version": "2.11.1"},
+            "ip": "203.0.113.7",  # mapped as is: enrichment at ingest drops or truncates it
         },
         "properties": {"product_id": "p42", "price": 59.9, "currency": "EUR"},
     }
@@ -77,13 +78,13 @@ def test_page_is_a_page_view_with_its_own_page_and_the_campaign_of_its_url() -> 
     # a raw client message with sentAt and receivedAt: corrected for the client's clock,
     # receivedAt - (sentAt - timestamp), which is receivedAt here since timestamp == sentAt
     assert event["timestamp"] == "2024-03-13T10:00:00.387000Z"
-    assert event["context"] == {"platform": "web", "user_agent": MAC_CHROME}
+    assert event["context"] == {"platform": "web", "user_agent": MAC_CHROME, "ip": "203.0.113.7"}
 
 
 def test_screen_is_a_page_view_titled_by_the_screen() -> None:
     event = one(SPEC["screen"])
     assert (event["event"], event["page"], event["user_id"]) == ("page_view", {"title": "Home"}, "user_0077")
-    assert event["context"] == {"platform": "mobile"}  # channel mobile, no OS given
+    assert event["context"] == {"platform": "mobile", "ip": "203.0.113.9"}  # channel mobile, no OS given
     assert event["properties"] == {"name": "Home", "variation": "blue signup button"}
 
 
@@ -480,7 +481,7 @@ def test_a_segment_journey_gives_the_outputs_our_json_gives() -> None:
         user,
         59.9,
         "/",
-        "email",
+        "Email",
     )
     assert [o["step"] for o in from_segment if o["type"] == "micro"] == ["product", "cart", "purchase"]
     assert [o["type"] for o in from_segment].count("identity") == 1

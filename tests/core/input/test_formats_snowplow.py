@@ -158,10 +158,31 @@ def reference(sdk: dict[str, Any]) -> dict[str, Any]:
     else:
         platform = {"android": "android", "ios": "ios"}[_contexts(sdk, "mobile_context")[0]["osType"]]
     context = {"platform": platform, "app_id": sdk["app_id"]}
-    for key, column in (("user_agent", "useragent"), ("locale", "br_lang"), ("timezone", "os_timezone")):
+    for key, column in (
+        ("user_agent", "useragent"),
+        ("locale", "br_lang"),
+        ("timezone", "os_timezone"),
+        ("ip", "user_ipaddress"),
+    ):
         if column in sdk:
             context[key] = sdk[column]
     context["library"] = {"name": "snowplow", "version": sdk["v_tracker"]}
+    # Snowplow's own enrichments, kept as the audience (enrichment at ingest fills the rest)
+    audience: dict[str, Any] = {}
+    if sdk.get("br_family") not in (None, "Unknown", "Other"):
+        audience["browser"] = sdk["br_family"]
+        major = str(sdk.get("br_version") or "").split(".")[0]
+        audience["browser_version"] = f"{sdk['br_family']} {major}" if major else sdk["br_family"]
+    if sdk.get("os_family") not in (None, "Unknown", "Other"):
+        audience["os"] = sdk["os_family"]
+    device = {"computer": "desktop", "mobile": "mobile", "tablet": "tablet"}.get(
+        str(sdk.get("dvce_type")).lower()
+    )
+    if device:
+        audience["device"] = device
+    for key, column in (("country", "geo_country"), ("region", "geo_region"), ("city", "geo_city")):
+        if sdk.get(column):
+            audience[key] = sdk[column]
 
     expected: dict[str, Any] = {
         "event_id": sdk["event_id"],
@@ -176,6 +197,7 @@ def reference(sdk: dict[str, Any]) -> dict[str, Any]:
         ("session_id", sdk.get("domain_sessionid")),
         ("page", page),
         ("campaign", campaign),
+        ("audience", {**audience, "bot": False} if audience else None),
     ):
         if value:
             expected[key] = value
@@ -264,7 +286,7 @@ funnels:
     outputs += [o.model_dump(mode="json") for o in run.flush()]
     (macro,) = [o for o in outputs if o["type"] == "macro"]
     assert macro["user_id"] == "user_0042" and macro["value"] == 59.9
-    assert macro["landing_page"] == "/" and macro["channel"] == "email"
+    assert macro["landing_page"] == "/" and macro["channel"] == "Email"
     steps = [o["step"] for o in outputs if o["type"] == "micro" and o.get("funnel") == "checkout"]
     assert steps == ["product_view", "add_to_cart", "shipping", "purchase"]
     assert any(o["type"] == "identity" for o in outputs)

@@ -73,10 +73,10 @@ def test_the_seven_event_checkout_is_one_journey_with_its_true_first_touch(parti
     assert macro["first_touch"] == {
         "timestamp": "2024-03-13T10:00:00Z",
         "landing_page": "/spring-sale",
-        "channel": "paid_search",
+        "channel": "Paid Search",
     }
     assert macro["decision_time_ms"] == 14 * 60_000
-    assert macro["landing_page"] == "/spring-sale" and macro["channel"] == "paid_search"
+    assert macro["landing_page"] == "/spring-sale" and macro["channel"] == "Paid Search"
     assert macro["micro_path"] == ["product_view", "add_to_cart", "shipping", "payment", "purchase"]
     assert macro["page_views"] == 1 and macro["sessions"] == 1
     (link,) = of_type(out, "identity")
@@ -95,7 +95,7 @@ def test_without_stitching_the_same_events_are_two_journeys_as_before() -> None:
     reached = milestones(out)
     assert ("add_to_cart", None) in reached and ("shipping", "user-1") not in reached
     (macro,) = of_type(out, "macro")
-    assert macro["micro_path"] == [] and macro["channel"] == "direct"
+    assert macro["micro_path"] == [] and macro["channel"] == "Direct"
     assert [d["reason"] for d in of_type(out, "dropoff") if d["funnel"] == "checkout"] == ["window_expired"]
 
 
@@ -278,7 +278,7 @@ def test_a_visit_stamped_with_one_millisecond_keeps_its_landing_page_and_channel
         offline = OfflineRun(config(), 4)
         out = offline.feed(orjson.dumps([visit[i] for i in order])) + offline.flush()
         (macro,) = of_type(out, "macro")
-        assert macro["landing_page"] == "/spring-sale" and macro["channel"] == "paid_search", order
+        assert macro["landing_page"] == "/spring-sale" and macro["channel"] == "Paid Search", order
         assert macro["first_touch"]["landing_page"] == "/spring-sale", order
 
 

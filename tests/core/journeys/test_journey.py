@@ -97,12 +97,12 @@ def test_a_full_checkout() -> None:
     assert macro["value"] == 59.9 and macro["currency"] == "EUR"
     assert macro["decision_time_ms"] == 5 * 60_000
     assert macro["micro_path"] == ["view", "newsletter", "cart", "pay", "buy"]
-    assert (macro["landing_page"], macro["channel"]) == ("/p/1", "paid_search")
+    assert (macro["landing_page"], macro["channel"]) == ("/p/1", "Paid Search")
     assert macro["page_views"] == 1 and macro["sessions"] == 1
     assert out[-2].model_dump()["final"] is True
     assert out[0].model_dump()["breakdowns"] == {
         "context.platform": "ios",
-        "channel": "paid_search",
+        "channel": "Paid Search",
         "landing_page": "/p/1",
     }
     assert journey.attempts == {} and journey.path == []
@@ -229,9 +229,9 @@ def test_sessions_split_on_inactivity_campaign_and_session_id() -> None:
     )
     sessions = [o.model_dump() for o in out if o.type == "session"]
     assert [(s["events"], s["channel"], s["landing_page"]) for s in sessions] == [
-        (2, "search", "/a"),
-        (1, "direct", None),
-        (1, "email", None),
+        (2, "Organic Search", "/a"),
+        (1, "Direct", None),
+        (1, "Email", None),
     ]
     assert sessions[0]["duration_ms"] == 10 * 60_000 and sessions[0]["page_views"] == 2
     assert len({s["id"] for s in sessions}) == 3

@@ -181,8 +181,10 @@ def ref_channel_fields(
     """`metric` per channel and landing page, each also split by visitor type, and per visitor type."""
     kind: OpKind = "f" if isinstance(amount, float) else "h"
     visitor = ref_visitor_type_of(output)
-    for dim in CHANNEL_DIMS:
-        value = output.get(dim)
+    audience = output.get("audience") or {}
+    dims = [*CHANNEL_DIMS, *(f"audience.{n}" for n in ("device", "browser", "os", "country", "language"))]
+    for dim in dims if audience else CHANNEL_DIMS:
+        value = audience.get(dim[9:]) if dim.startswith("audience.") else output.get(dim)
         field = f"{metric}|{dim}={'' if value is None else value}"
         ops.append(RefOp(kind, key, field, amount))
         ops.append(RefOp(kind, key, f"{field}|{VISITOR_TYPE}={visitor}", amount))
@@ -267,6 +269,10 @@ def ref_bucket_increments(output: Mapping[str, Any], config: CompiledConfig, b: 
         reached = list(output.get("conversions") or [])
         ref_channel_fields(ops, f"c:{b}", "s", 1, output)
         ref_channel_fields(ops, f"c:{b}", "mi", int(output.get("microconversions") or 0), output)
+        ref_channel_fields(ops, f"c:{b}", "pv", int(output.get("page_views") or 0), output)
+        ref_channel_fields(ops, f"c:{b}", "dur", int(output.get("duration_ms") or 0), output)
+        if int(output.get("page_views") or 0) <= 1:
+            ref_channel_fields(ops, f"c:{b}", "b", 1, output)
         if reached:
             ref_channel_fields(ops, f"c:{b}", "cv", len(reached), output)
         for goal in sorted(set(reached)):

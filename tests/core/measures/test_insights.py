@@ -168,6 +168,9 @@ def test_channel_rows_split_and_totals() -> None:
         "dt:purchase|channel=email": 3 * MINUTE,
         "mi|channel=email": 12,
         "cv|channel=email": 3,
+        "pv|channel=email": 25,
+        "dur|channel=email": 10 * MINUTE,
+        "b|channel=email": 4,
         "s|landing_page=/": 10,
         "s|visitor_type=new": 4,
         "s|visitor_type=returning": 6,
@@ -184,6 +187,9 @@ def test_channel_rows_split_and_totals() -> None:
             "avg_decision_time_ms": MINUTE,
             "microconversions": 12,
             "micro_macro_ratio": 4.0,
+            "avg_session_duration_ms": MINUTE,
+            "pages_per_session": 2.5,
+            "bounce_rate": 0.4,
         }
     ]
     assert totals["all"]["sessions"] == 10

@@ -233,7 +233,26 @@ def segment_event(
             where.update({f"campaign.{key}": f"context.campaign.{key}" for key in values})
     elif campaign is not None:
         return refuse(f"{kind}: context.campaign is not an object")
+    location = _location(context.get("location"))
+    if location:
+        fields["audience"] = location
     return mapped(FORMAT, fields, original, index, lambda loc: _source(where, loc), max_nesting)
+
+
+def _location(location: Any) -> dict[str, str]:
+    """Segment's `context.location` where it names the country by its ISO code (as our collector
+    writes it, having looked the client address up): the audience's country, region and city."""
+    if not isinstance(location, dict):
+        return {}
+    country = text(location.get("country"))
+    if country is None or len(country) != 2 or not country.isalpha():
+        return {}
+    out = {"country": country.upper()}
+    for key, size in (("region", 64), ("city", 128)):
+        value = text(location.get(key))
+        if value is not None:
+            out[key] = value[:size]
+    return out
 
 
 def _source(where: Mapping[str, str], loc: str) -> str:
@@ -316,6 +335,17 @@ def _context(context: Mapping[str, Any], channel: Any) -> dict[str, Any]:
         described = {key: library[key] for key in ("name", "version") if text(library.get(key))}
         if described:
             out["library"] = described
+    ip = text(context.get("ip"))
+    if ip is not None:
+        out["ip"] = ip  # enrichment reads it, then CONVERSIONS_IP_MODE drops or truncates it
+    hints = context.get("userAgentData")
+    if isinstance(hints, dict):
+        kept = {key: hints[key] for key in ("mobile", "platform") if key in hints}
+        if kept:
+            out["user_agent_data"] = kept
+    consent = context.get("consent")
+    if isinstance(consent, dict):
+        out["consent"] = consent
     return out
 
 

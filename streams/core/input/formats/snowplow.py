@@ -335,6 +335,9 @@ def _fields(values: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
     }
     if get("domain_sessionid"):
         fields["session_id"] = get("domain_sessionid")
+    audience = _audience(get)
+    if audience:
+        fields["audience"] = audience
     page = {key: get(f"page_{key}") for key in ("url", "referrer", "title") if get(f"page_{key}")}
     screen_name = properties.get("name") if unstruct is not None and unstruct[1] == "screen_view" else None
     if isinstance(screen_name, str) and screen_name and "title" not in page:
@@ -495,11 +498,42 @@ def _context(get: Callable[[str], str], contexts: list[Context]) -> dict[str, An
         ("locale", "br_lang"),
         ("timezone", "os_timezone"),
         ("app_id", "app_id"),
+        ("ip", "user_ipaddress"),
     ):
         if get(name):
             out[target] = get(name)
     if get("v_tracker"):
         out["library"] = {"name": "snowplow", "version": get("v_tracker")}
+    return out
+
+
+_DEVICE_TYPES = {"computer": "desktop", "mobile": "mobile", "tablet": "tablet"}
+
+
+def _audience(get: Callable[[str], str]) -> dict[str, Any]:
+    """What Snowplow's own enrichments (ua-parser, IP lookups) found: kept, enrichment fills the rest."""
+    out: dict[str, Any] = {}
+    family = get("br_family")
+    if family and family.lower() not in ("unknown", "other"):
+        out["browser"] = family[:64]
+        version = get("br_version")
+        major = version.split(".", 1)[0] if version else ""
+        out["browser_version"] = f"{family} {major}"[:80] if major else family[:80]
+    os_family = get("os_family")
+    if os_family and os_family.lower() not in ("unknown", "other"):
+        out["os"] = os_family[:64]
+    device = _DEVICE_TYPES.get((get("dvce_type") or "").lower())
+    if device is not None:
+        out["device"] = device
+    if get("br_type").lower() in ("robot", "spider"):
+        out["device"], out["bot"] = "bot", True
+    for target, name, size in (
+        ("country", "geo_country", 8),
+        ("region", "geo_region", 64),
+        ("city", "geo_city", 128),
+    ):
+        if get(name):
+            out[target] = get(name)[:size].upper() if target == "country" else get(name)[:size]
     return out
 
 
