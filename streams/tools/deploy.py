@@ -78,7 +78,7 @@ class Progress:
     def line(self) -> str:
         reached = _moment(self.event_ms)
         behind = (
-            format_duration_ms(max(0, self.live_event_ms - self.event_ms) // 1000 * 1000) + " behind"
+            _behind(self.live_event_ms - self.event_ms)
             if self.event_ms is not None and self.live_event_ms is not None
             else "live: none counted"
             if self.live_event_ms is None
@@ -91,6 +91,11 @@ class Progress:
             f"(clickstream {sum(self.lag.values())}, worst {worst[0]} {worst[1]}; "
             f"events {self.events_lag}); {eta}"
         )
+
+
+def _behind(ms: int) -> str:
+    seconds = max(0, ms) // 1000
+    return (format_duration_ms(seconds * 1000) if seconds else "0s") + " behind"
 
 
 def _moment(ms: int | None) -> str:
