@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 from redis.asyncio import Redis
 
 from streams.generations.registry import Registry
 from streams.kafka import ensure_topics
 from streams.settings import Settings
 from streams.tools.infra import LocalInfra, free_port
+from streams.tools.producer import clickstream_producer
 from streams.tools.worker_process import WorkerProcess
 from tests.helpers import event, read_topics
-from tests.pipeline.test_config_change import send
 
 A = """
 version: 1
@@ -45,6 +46,18 @@ B = A.replace(
 )
 CLI = (sys.executable, "-m", "streams.cli")
 WINDOW = {"start": "2024-03-13T00:00:00+00:00", "end": "2024-03-14T00:00:00+00:00"}
+
+
+async def send(settings: Settings, bodies: list[dict[str, Any]]) -> None:
+    """Keyed by person, as a collector would: one person's events stay in order on one partition."""
+    producer = clickstream_producer(settings)
+    await producer.start()
+    try:
+        for body in bodies:
+            key = str(body["user_id"]).encode()
+            await producer.send_and_wait(settings.topic("clickstream"), orjson.dumps(body), key=key)
+    finally:
+        await producer.stop()
 
 
 def history() -> list[dict[str, Any]]:
@@ -154,6 +167,10 @@ async def test_deploy_reprocesses_cuts_over_and_rolls_back(
         assert generations == {0: "retired", 1: "live"}
         progress = await registry.progress(1)
         assert progress is not None and progress["total_lag"] == 0
+        status, listed = await api(new_port, "/generations")  # what the dashboard can show
+        assert status == 200 and listed["current"] == 1
+        assert [(g["number"], g["state"]) for g in listed["generations"]] == [(0, "retired"), (1, "live")]
+        assert listed["generations"][1]["progress"]["lag"] == progress["lag"]
 
         assert first.process is not None
         await asyncio.to_thread(first.process.wait, 30)  # a retired generation's workers stop
@@ -163,6 +180,7 @@ async def test_deploy_reprocesses_cuts_over_and_rolls_back(
         replayed = await read_topics(settings, own, expect=22, quiet_s=2)
         assert len(replayed) == 22
         # an unchanged funnel's records keep their ids across generations (same funnel_version)
+        # (keyed input: each person's events in one partition, in the same order for both)
         assert {o["id"] for o in replayed if o["funnel"] == "checkout"} == {o["id"] for o in live_before}
         # the live topics got none of the replay; from the seam on, generation 1's records
         # (of the unchanged funnel and of the new one) arrive there through the relay, once

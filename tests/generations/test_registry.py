@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from streams.core.config.horizon import history_needs, short_needs
 from streams.core.config.loader import parse_config
+from streams.generations.current import GenerationRefused, join
 from streams.generations.naming import generation_settings
 from streams.generations.registry import Registry, RegistryError
 from streams.kafka import ensure_topics
@@ -115,6 +116,34 @@ async def test_a_retired_generation_is_deleted_after_its_grace_period(
         assert await redis.exists(f"conv:{{{gen1.app_id}:0}}:meta") == 0
         assert await registry.get(1) is None and await registry.current_number() == 0
         assert await rollback(settings, said.append) == 1  # nothing left to return to
+    finally:
+        await redis.delete(registry.key)
+        await redis.aclose()
+
+
+async def test_a_plain_worker_runs_the_current_generation_and_never_creates_one(
+    settings: Settings, infra: LocalInfra
+) -> None:
+    redis = Redis.from_url(infra.redis_url)
+    registry = Registry(redis, settings.app_id)
+    try:
+        joined, generation = await join(settings, registry)  # nothing deployed: unchanged
+        assert (joined, generation) == (settings, None) and await registry.all() == []
+        await registry.ensure_first("version: 1\n", "f0")
+        await registry.create(WEEK, "f1")
+        joined, generation = await join(settings, registry)  # still generation 0 until the flip
+        assert (joined.app_id, joined.generation) == (settings.app_id, 0)
+        assert await registry.flip(0, 1)
+        joined, generation = await join(settings, registry)  # a restart after the cut-over
+        assert generation is not None and generation.number == 1
+        assert (joined.app_id, joined.generation) == (f"{settings.app_id}-g1", 1)
+        assert joined.topic(joined.topic_micro) == settings.topic(f"{settings.app_id}-g1.conversions.micro")
+        assert joined.topic_clickstream == settings.topic_clickstream
+        assert joined.funnels.read_text() == WEEK
+        assert [g.number for g in await registry.all()] == [0, 1]
+        retired = settings.model_copy(update={"generation": 0})
+        with pytest.raises(GenerationRefused, match=r"generation 0 .* is retired"):
+            await join(retired, registry)
     finally:
         await redis.delete(registry.key)
         await redis.aclose()
