@@ -143,7 +143,7 @@ class Watcher:
             ]
             events_topic = s.topic(s.topic_events)
             events = [TopicPartition(events_topic, p) for p in range(s.partitions)]
-            ends = await consumer.end_offsets(sources + events)
+            ends = await read_ends(consumer, sources + events)
         finally:
             await consumer.stop()
         lag = await _group_lag(s, f"{s.app_id}-ingest", sources, ends)  # pipeline.ingest_consumer's group
@@ -166,19 +166,28 @@ async def last_offsets(settings: Settings, tps: list[TopicPartition]) -> dict[To
     consumer = new_consumer(settings)
     await consumer.start()
     try:
-        ends = dict(await consumer.end_offsets(tps))
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, max(0, ends[tp] - 1))
-        quiet = 0
-        while quiet < 2:
-            batch = await consumer.getmany(timeout_ms=300, max_records=10_000)
-            quiet = 0 if batch else quiet + 1
-            for tp, messages in batch.items():
-                ends[tp] = max(ends[tp], messages[-1].offset + 1)
-        return ends
+        return await read_ends(consumer, tps)
     finally:
         await consumer.stop()
+
+
+async def read_ends(consumer: Any, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """`last_offsets` with a started consumer of no group."""
+    ends = dict(await consumer.end_offsets(tps))
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, max(0, ends[tp] - 1))
+    # the first fetch from the reported end returns the whole last batch: its last record is
+    # the end (under live traffic later records keep coming: not waited for)
+    pending = {tp for tp in tps if ends[tp] > 0}
+    quiet, deadline = 0, time.monotonic() + 5.0
+    while pending and quiet < 2 and time.monotonic() < deadline:
+        batch = await consumer.getmany(*pending, timeout_ms=300, max_records=10_000)
+        quiet = 0 if batch else quiet + 1
+        for tp, messages in batch.items():
+            ends[tp] = max(ends[tp], messages[-1].offset + 1)
+            pending.discard(tp)
+    return ends
 
 
 async def seam(base: Settings, new: Settings) -> dict[str, dict[str, int]]:
