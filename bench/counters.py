@@ -8,6 +8,13 @@ calls, each per output, and the wall-clock rate. The same outputs are applied to
 in each repetition; the best repetition is reported (the machine is shared). With REDIS_URL
 set, that Redis is used instead of starting one; `redis+cluster://` there runs it on a cluster.
 
+With `--process`, the counters in their own process as deployed (`conversions counters`): the
+same outputs produced to the output topics of a local Tansu, then consumed and applied by the
+process, its CPU time (and Redis's) per output and per input event from the first message
+counted to the last; `--tree DIR` (repeatable) runs the process from other source trees too (a
+checkout of an earlier commit), in turn, so that a change is measured beside what it replaced on
+the same traffic in the same run.
+
 With `--pipeline`, the whole pipeline instead, as `make bench` measures it (`bench.run`: the same
 traffic waiting on the topic, events per second from the first event in to the last counter
 applied): the counters in the worker, then in a `conversions counters` process beside a worker
@@ -25,13 +32,16 @@ import sys
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from redis.asyncio.cluster import RedisCluster
 
 from bench.harness import Run, batched, produce, traffic
+from bench.run import cpu_seconds, metrics
 from bench.run import pipeline as run_pipeline
 from streams.core.config.loader import load_config
 from streams.core.config.matching import compile_config
@@ -39,12 +49,13 @@ from streams.core.input.decode import decode_message
 from streams.core.journeys.engine import partition_for
 from streams.counters.consumer import Counting
 from streams.counters.redis_store import counter_store, redis_client
-from streams.kafka import ensure_topics
+from streams.kafka import ensure_topics, kafka_client_options
 from streams.metrics import Metrics
 from streams.offline.run import OfflineRun
 from streams.settings import DEFAULT_FUNNELS, Settings
-from streams.tools.infra import LocalInfra, start_redis
+from streams.tools.infra import LocalInfra, free_port, start_redis
 from streams.tools.simulate import Simulator
+from streams.tools.worker_process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent
 COUNTED = ("micro", "macro", "dropoff", "stalled", "session")
@@ -62,21 +73,34 @@ class Record:
     value: bytes
 
 
-def outputs(count: int, partitions: int, days: float = 2.0) -> list[tuple[str, int, bytes]]:
+def outputs(
+    count: int, partitions: int, days: float = 2.0, read: list[int] | None = None
+) -> list[tuple[str, int, bytes]]:
     """(type, partition, value) of the first `count` counted outputs of the simulated shop, its
     visits spread over `days` (the bench's traffic: 2 days replayed; a small fraction of a day is
-    denser, as live traffic is: a batch's outputs then share the same few minutes)."""
+    denser, as live traffic is: a batch's outputs then share the same few minutes). `read`, when
+    given, gets the number of input lines (one event each) that made them."""
     config = compile_config(load_config(DEFAULT_FUNNELS))
     run = OfflineRun(config, partitions)
     found: list[tuple[str, int, bytes]] = []
     users = max(1_000, count // 4)
-    for output in run.run(Simulator(seed=7, users=users, days=days, bad_rate=0.0).lines()):
+    lines = 0
+
+    def counted_lines() -> Iterator[bytes]:
+        nonlocal lines
+        for line in Simulator(seed=7, users=users, days=days, bad_rate=0.0).lines():
+            lines += 1
+            yield line
+
+    for output in run.run(counted_lines()):
         if output.type not in COUNTED:
             continue
         identity = getattr(output, "user_id", None) or getattr(output, "anonymous_id", None) or ""
         found.append((output.type, partition_for(identity, partitions), output.to_json()))
         if len(found) >= count:
             break
+    if read is not None:
+        read.append(lines)
     return found
 
 
@@ -134,6 +158,101 @@ async def once(
     }
 
 
+async def produce_outputs(settings: Settings, found: list[tuple[str, int, bytes]], rate: float = 0.0) -> None:
+    """The outputs on their topics and partitions, as the worker publishes them: all at once, or
+    at `rate` outputs per second (live, the consumer's batches then as small as it fetches)."""
+    producer = AIOKafkaProducer(**kafka_client_options(settings), linger_ms=5, max_batch_size=262_144)
+    await producer.start()
+    started = time.monotonic()
+    try:
+        for i, (kind, partition, value) in enumerate(found):
+            if rate and (ahead := started + i / rate - time.monotonic()) > 0.005:
+                await asyncio.sleep(ahead)
+            topic = settings.output_topics["micro" if kind == "stalled" else kind]
+            await producer.send(topic, value, partition=partition)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def counted_cpu(process: WorkerProcess, port: int, redis_pid: int, total: int) -> tuple[float, list[float]]:
+    """Wall seconds and CPU seconds of the process and of Redis from the first message counted
+    to the last."""
+    assert process.process is not None
+    pids = [process.process.pid, redis_pid]
+    before: list[float] | None = None
+    started = 0.0
+    deadline = time.monotonic() + 120
+    while True:
+        values = metrics(port)
+        counted = sum(v for k, v in values.items() if k.startswith("conversions_counter_messages_total"))
+        if counted and before is None:
+            before, started = cpu_seconds(pids), time.perf_counter()
+        if counted >= total:
+            break
+        if time.monotonic() > deadline or not process.running:
+            raise RuntimeError(f"the counters counted {counted} of {total}:\n{process.tail()}")
+        time.sleep(0.02)
+    wall = time.perf_counter() - started
+    assert before is not None
+    return wall, [after - first for first, after in zip(before, cpu_seconds(pids), strict=True)]
+
+
+async def process_once(
+    infra: LocalInfra,
+    workdir: Path,
+    tree: str | None,
+    found: list[tuple[str, int, bytes]],
+    events: int,
+    rate: float,
+) -> dict[str, Any]:
+    """One `conversions counters` process (from `tree`, else this checkout) over the outputs on
+    topics of its own: CPU per output and per event of the process and of Redis, from the first
+    message counted to the last."""
+    run = Run(infra, workdir, "cp")
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    await ensure_topics(run.settings)
+    if not rate:
+        await produce_outputs(run.settings, found)
+    port = free_port()
+    # PYTHONSAFEPATH: `python -m` would put the current directory (this checkout) first
+    env = dict(run.env) | ({"PYTHONPATH": tree, "PYTHONSAFEPATH": "1"} if tree else {})
+    process = WorkerProcess(
+        env, run.workdir / "counters.log", ["--metrics-port", str(port)], command="counters"
+    )
+    await asyncio.to_thread(process.start, 60)
+    try:
+        producing = asyncio.create_task(produce_outputs(run.settings, found, rate)) if rate else None
+        wall, spent = await asyncio.to_thread(counted_cpu, process, port, run.shared["redis"], len(found))
+        if producing is not None:
+            await producing
+    finally:
+        process.stop()
+    return {
+        "tree": tree or "this checkout",
+        "outputs_per_s": round(len(found) / wall),
+        "process_us_per_output": round(spent[0] / len(found) * 1e6, 1),
+        "process_us_per_event": round(spent[0] / events * 1e6, 1),
+        "redis_us_per_event": round(spent[1] / events * 1e6, 1),
+    }
+
+
+async def process_runs(
+    found: list[tuple[str, int, bytes]], events: int, trees: list[str | None], repeat: int, rate: float
+) -> list[dict[str, Any]]:
+    """`process_once` for each tree in turn, `repeat` times, on one Tansu and redis-server."""
+    workdir = ROOT.parent / "var" / "bench" / "counters-process"
+    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("REDIS_URL")
+    rows: list[dict[str, Any]] = []
+    with LocalInfra(*given, workdir=workdir / "infra") as infra:
+        for _ in range(repeat):
+            for tree in trees:
+                row = await process_once(infra, workdir, tree, found, events, rate)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                rows.append(row)
+    return rows
+
+
 async def pipeline_once(
     infra: LocalInfra, workdir: Path, lines: list[bytes], expected: int, kind: str, where: str
 ) -> dict[str, Any]:
@@ -183,7 +302,33 @@ def main() -> None:
     )
     parser.add_argument("--label", default="", help="Recorded with the result (e.g. a commit).")
     parser.add_argument("--pipeline", action="store_true", help="The whole pipeline instead (see above).")
+    parser.add_argument("--process", action="store_true", help="The counters' own process (see above).")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="With --process: outputs/s produced live (0: all waiting)."
+    )
+    parser.add_argument(
+        "--tree", action="append", default=[], help="With --process: also a process from this source tree."
+    )
     args = parser.parse_args()
+    if args.process:
+        read: list[int] = []
+        found = outputs(args.outputs, args.partitions, args.days, read)
+        rows = asyncio.run(process_runs(found, read[0], [None, *args.tree], args.repeat, args.rate))
+        print(
+            json.dumps(
+                {
+                    "label": args.label,
+                    "outputs": len(found),
+                    "events": read[0],
+                    "days": args.days,
+                    "rate": args.rate,
+                    "process": rows,
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                },
+                indent=2,
+            )
+        )
+        return
     if args.pipeline:
         rows = asyncio.run(pipeline(args.repeat))
         print(

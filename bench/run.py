@@ -385,6 +385,28 @@ async def stitching(
     }
 
 
+async def stitching_latency(
+    infra: LocalInfra, workdir: Path, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """p50/p99 with stitching on and off, side by side, `args.repeat` times, for this checkout
+    and each `args.tree` (workers run from that source tree), in turn on one broker."""
+    lines = traffic(args.events)
+    rows: list[dict[str, Any]] = []
+    for _ in range(args.repeat):
+        for tree in [None, *args.tree]:
+            for stitched in (True, False):
+                run = Run(infra, workdir, "sl" if stitched else "nl")
+                if not stitched:
+                    run.without_stitching()
+                if tree:  # PYTHONSAFEPATH: `python -m` would put this checkout first
+                    run.env |= {"PYTHONPATH": tree, "PYTHONSAFEPATH": "1"}
+                measured = await latency(run, lines, args.latency_rate, args.latency_s)
+                row = {"tree": tree or "this checkout", "stitching": stitched, **measured}
+                say(json.dumps(row))
+                rows.append(row)
+    return rows
+
+
 async def journey_states(run: Run) -> dict[str, bytes]:
     """Every journey's latest state in the run's changelog, by identity."""
     states: dict[str, bytes] = {}
@@ -623,9 +645,17 @@ def main() -> None:
     parser.add_argument("--profile-s", type=float, default=6.0, help="py-spy the pipeline's worker (0: no)")
     parser.add_argument(
         "--only",
-        choices=["offline", "latency"],
+        choices=["offline", "latency", "stitching"],
         help="just this section (offline: python -m bench.offline, results/offline.json; "
-        "latency: printed, at --latency-rate)",
+        "latency: printed, at --latency-rate; stitching: the latency with stitching on, then off, "
+        "--repeat times, and with each --tree too, all on one broker)",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="for --only stitching")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        help="for --only stitching: also workers run from this source tree (an earlier checkout)",
     )
     parser.add_argument(
         "--latency-rate", type=float, default=1_000.0, help="events/s for --only latency (default 1000)"
@@ -639,6 +669,12 @@ def main() -> None:
         return
     workdir = ROOT.parent / "var" / "bench"
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.only == "stitching":
+        given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("REDIS_URL")
+        with LocalInfra(*given, workdir=workdir / "infra") as infra:
+            rows = asyncio.run(stitching_latency(infra, workdir, args))
+        print(json.dumps({"rate_eps": args.latency_rate, "seconds": args.latency_s, "runs": rows}, indent=2))
+        return
     if args.only == "latency":
         given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("REDIS_URL")
         with LocalInfra(*given, workdir=workdir / "infra") as infra:

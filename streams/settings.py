@@ -192,7 +192,8 @@ class Settings(BaseSettings):
     counter_batch_size: int = Field(default=2_000, ge=1)
     """Output messages the counters apply to Redis in one batch, at most."""
     counter_batch_window_s: float = Field(default=0.25, gt=0)
-    """...or what came within this many seconds."""
+    """...or what came within this many seconds of a batch's first output: one Redis call per
+    shard and one offset commit for all of them (the counters lag the outputs by up to this)."""
     alert_webhook_url: SecretStr | None = None
     """Alerts are also POSTed here as JSON (by the leader); the URL may hold a token."""
     pseudonymize_key: SecretStr | None = None

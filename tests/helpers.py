@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.core.config.matching import CompiledConfig
 from streams.core.input.event import ClickEvent
 from streams.core.input.repartition import RepartitionBatch
 from streams.kafka import kafka_client_options
@@ -166,3 +167,36 @@ async def read_topics_raw(settings: Settings, topic: str) -> list[tuple[int, Rep
         return out
     finally:
         await consumer.stop()
+
+
+STALE_CONFIG = """
+version: 1
+funnels:
+  - name: f
+    steps:
+      - {name: a, match: {event: a}}
+      - {name: b, match: {event: %s}}
+alerts:
+  - {funnel: f, step: b, window: 5m, baseline: 1h, min_entered: 1, drop_below: 0.5}
+"""
+
+
+def fired_alert(config: CompiledConfig) -> dict[str, Any]:
+    """The alert `STALE_CONFIG`'s rule fires on ten attempts of which two reach step b, as JSON."""
+    from streams.core.measures.alerts import AlertEvaluator
+
+    evaluator = AlertEvaluator(config)
+    for n in range(10):
+        for step in (0, 1) if n < 2 else (0,):
+            evaluator.observe(
+                {
+                    "type": "micro",
+                    "kind": "milestone",
+                    "id": f"m{n}-{step}",
+                    "funnel": "f",
+                    "step_index": step,
+                    "timestamp": "2024-03-13T10:01:30+00:00",
+                }
+            )
+    [fired] = [a for a in evaluator.advance(1710324000000 + 10 * 60_000) if a.state == "fired"]
+    return fired.model_dump(mode="json")

@@ -29,6 +29,7 @@ from typing import Protocol
 import aiohttp
 
 from streams.core.records.outputs import Alert
+from streams.errors import ConversionsError
 from streams.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ QUEUE_LIMIT = 10_000
 """Alerts waiting per receiver; beyond it the oldest waiting one is dropped (and counted)."""
 
 
-class DeliveryError(Exception):
+class DeliveryError(ConversionsError):
     """A failed delivery; `permanent` when retrying cannot help (the receiver refused the body)."""
 
     def __init__(self, reason: str, permanent: bool = False) -> None:

@@ -31,6 +31,8 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -42,10 +44,11 @@ from streams.alerts.slack import Slack
 from streams.alerts.webhook import Webhook
 from streams.core.config.matching import CompiledConfig
 from streams.core.input.event import to_epoch_ms
-from streams.core.measures.alerts import AlertEvaluator
+from streams.core.measures.alerts import AlertEvaluator, stale_incidents
 from streams.core.measures.cardinality import OTHER_LABEL, Admitted
 from streams.core.measures.experiments import MINUTE_MS, ExperimentEvaluator
 from streams.core.records.outputs import Alert, ExperimentUpdate
+from streams.kafka.changelog import read_to_end
 from streams.kafka.clients import new_consumer, start_with_retry
 from streams.kafka.headers import WATERMARK_HEADER
 from streams.kafka.undecodable import GuardedConsumer, SkippedBatches, undecodable
@@ -153,6 +156,7 @@ class Alerting:
             len(self.config.source.experiments),
             self.topic,
         )
+        await self._end_stale_incidents()
         evaluators = [e for e in (self.evaluator, self.experiment_evaluator) if e.active]
         while not stopping():
             batch = await consumer.getmany(timeout_ms=500, max_records=5_000)
@@ -189,11 +193,34 @@ class Alerting:
 
     def may_send(self) -> bool:
         """Whether what is judged now goes to the receivers (`alerts.delivery`: Alertmanager,
-        PagerDuty, Slack, the webhook): this worker leads and its generation is
-        current. A generation reprocessing
-        history, or retired, judges and records (its own topics) but sends nothing."""
+        PagerDuty, Slack, the webhook): this worker leads and its generation is current. A
+        generation reprocessing history, or retired, judges and records (its own topics) but
+        sends nothing."""
         current = self._generation is None or self._generation.is_current()
         return current and self._leader.is_leader()
+
+    async def _end_stale_incidents(self) -> None:
+        """Incidents the alerts topic leaves firing that this configuration no longer judges (a
+        rule removed or changed, its funnel's version changed) are resolved with the same dedup
+        key, so that no receiver keeps them open (`measures.alerts.stale_incidents`)."""
+        published: list[dict[str, Any]] = []
+
+        def keep(partition: int, records: Sequence[Any], end: int) -> int:
+            published.extend(orjson.loads(r.value) for r in records if r.value and not undecodable(r))
+            return len(records)
+
+        topic = self.settings.output_topics["alert"]
+        await read_to_end(
+            self.settings, topic, list(range(self.settings.partitions)), lambda p: -1, keep, "alerts"
+        )
+        published.sort(key=lambda alert: (str(alert.get("timestamp")), str(alert.get("id"))))
+        stale = stale_incidents(published, self.config)
+        if stale:
+            log.info(
+                "alerts: %d incidents fired under another definition are resolved (definition_changed)",
+                len(stale),
+            )
+            await self._publish(stale)
 
     def experiments(self) -> list[ExperimentUpdate]:
         """Each experiment's state now (`ports.ExperimentReader`)."""

@@ -10,7 +10,9 @@ What is produced is each message as the client sent it, keyed by its anonymous i
 user id), with what Segment's own API adds: the batch's `sentAt` and `context` where the message
 has none, and `receivedAt`, the collector's clock, from which the worker corrects the client's
 clock (`receivedAt - (sentAt - timestamp)`), and the client: the request's User-Agent where the
-message has no `context.userAgent`, and the client address (the connection's, or X-Forwarded-For's
+message has no `context.userAgent` (unless it is an HTTP library's, such as curl's or okhttp's:
+that names the server-side sender, not the visitor, and would mark the call a bot), and the
+client address (the connection's, or X-Forwarded-For's
 behind a trusted proxy) looked up into `context.location` (ISO country, region, city) and then
 dropped, truncated or kept by CONVERSIONS_IP_MODE, so that in the default `drop` mode no address
 reaches the topic.
@@ -36,6 +38,7 @@ import orjson
 from streams.core.input.event import MAX_NESTING, ClickEvent, nesting_depth
 from streams.core.input.formats.segment import segment_event
 from streams.core.input.geo import IpMode, Place, mask, parse_address
+from streams.core.input.useragent import is_http_library
 from streams.errors import ConversionsError
 
 SEGMENT_MESSAGE_BYTES = 32 * 1024
@@ -129,7 +132,9 @@ def _with_client(message: dict[str, Any], client: Client, mode: IpMode, locate: 
         if context is not None:
             return  # refused by the mapping
         context = message["context"] = {}
-    if client.user_agent and not context.get("userAgent"):
+    # a backend's curl or HTTP library is the sender, not the visitor: its agent would make every
+    # server-side call a bot (CONVERSIONS_BOTS=exclude); a browser's or a crawler's is the visitor's
+    if client.user_agent and not context.get("userAgent") and not is_http_library(client.user_agent):
         context["userAgent"] = client.user_agent[:1024]
     address = context.get("ip") if isinstance(context.get("ip"), str) else client.address
     if address is None:

@@ -8,7 +8,7 @@ Redis store (`redis_store`) and the in-memory one (`memory_store`) answer alike.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,12 +38,13 @@ MAX_KEYS_PER_QUERY = 50_000
 
 @dataclass(frozen=True, slots=True)
 class CountedMessage:
-    """One output message to count: where it sits in Kafka, its id, and its increments."""
+    """One output message to count: where it sits in Kafka, its id, and its increments (a list,
+    or `core.counters.Increments` as the consumer makes them: iterated again when refolded)."""
 
     topic: str
     offset: int
     output_id: str
-    ops: Sequence[Op]
+    ops: Iterable[Op]
 
 
 class CounterReads:

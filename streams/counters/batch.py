@@ -17,6 +17,12 @@ A field is written by one kind of increment (a counter is either summed or kept 
 so the kinds are applied one after another. It works at the level of `core.counters.Op`, so
 whatever increments `increments` makes are folded alike. Which messages are folded (the fresh
 ones, not those already applied) is the store's business: `redis_store`.
+
+An output's increments come unstamped (`core.counters.Increments`): the same fields under the
+finest bucket and each rollup. They are folded once per key prefix and finest bucket, and only
+the folded sums are stamped with each resolution's bucket (`wire`): a third of the work, and no
+`Op` built per resolution. Sums, unions and the two other kinds do not depend on the grouping,
+so the result is the same as folding the stamped list.
 """
 
 from __future__ import annotations
@@ -25,13 +31,16 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
-from streams.core.measures.counters import Op
+from streams.core.measures.counters import COHORT_LEVELS, Increments, Item, Op, resolution_labels
+
+_Slot = tuple[dict[str, int], dict[str, Decimal], dict[str, None]]
+"""The folded items of one key prefix and finest bucket: sums, decimal sums, members."""
 
 
 class BatchIncrements:
     """The increments of a batch, folded per key and field (see the module docstring)."""
 
-    __slots__ = ("floats", "ints", "lists", "maxima", "members")
+    __slots__ = ("_stamped", "_unstamped", "floats", "ints", "lists", "maxima", "members")
 
     def __init__(self) -> None:
         self.ints: dict[str, dict[str, int]] = {}
@@ -39,8 +48,15 @@ class BatchIncrements:
         self.maxima: dict[str, dict[str, int | float | str]] = {}
         self.members: dict[str, dict[str, None]] = {}
         self.lists: dict[str, list[tuple[int, list[str]]]] = {}
+        # (key prefix, finest bucket start, bucket size, resolutions) -> its folded items, not
+        # yet stamped (resolutions: how many, from the finest; 0 for all)
+        self._unstamped: dict[tuple[str, int, int, int], _Slot] = {}
+        self._stamped = True
 
     def add(self, ops: Iterable[Op]) -> None:
+        if type(ops) is Increments:
+            self.add_increments(ops)
+            return
         ints = self.ints
         for kind, key, name, amount in ops:
             if kind == "h":
@@ -70,12 +86,65 @@ class BatchIncrements:
             else:
                 raise ValueError(f"unknown increment kind {kind!r}")
 
+    def add_increments(self, planned: Increments) -> None:
+        """One output's increments, their groups folded under their finest bucket."""
+        self.add(planned.head)
+        size = planned.bucket_ms
+        at = planned.at // size * size
+        for prefix, items in planned.groups:
+            self._fold(prefix, at, size, 0, items)
+        for prefix, moment, items in planned.cohorts:
+            self._fold(prefix, moment // size * size, size, COHORT_LEVELS, items)
+        self._stamped = False
+
+    def _fold(self, prefix: str, at: int, size: int, levels: int, items: list[Item]) -> None:
+        slot = self._unstamped.get((prefix, at, size, levels))
+        if slot is None:
+            slot = self._unstamped[(prefix, at, size, levels)] = ({}, {}, {})
+        ints, floats, members = slot
+        for kind, name, amount in items:
+            if kind == "h":
+                ints[name] = ints.get(name, 0) + (amount if type(amount) is int else int(amount))
+            elif kind == "p":
+                members[name] = None
+            elif kind == "f":
+                floats[name] = floats.get(name, Decimal(0)) + Decimal(str(amount))
+            else:
+                # the groups hold sums and members only (`core.counters._bucket_increments`)
+                raise ValueError(f"unexpected increment kind {kind!r} in a bucket group")
+
+    def _stamp(self) -> None:
+        """Stamp the folded groups with each resolution's bucket and fold them in."""
+        if self._stamped:
+            return
+        for (prefix, at, size, levels), (ints, floats, members) in self._unstamped.items():
+            labels = resolution_labels(size)
+            for resolution, label in labels[:levels] if levels else labels:
+                key = f"{prefix}{label}{at // resolution * resolution}"
+                if ints:
+                    held = self.ints.get(key)
+                    if held is None:
+                        self.ints[key] = ints.copy()
+                    else:
+                        for name, amount in ints.items():
+                            held[name] = held.get(name, 0) + amount
+                if floats:
+                    sums = self.floats.setdefault(key, {})
+                    for name, value in floats.items():
+                        sums[name] = sums.get(name, Decimal(0)) + value
+                if members:
+                    self.members.setdefault(key, {}).update(members)
+        self._unstamped = {}
+        self._stamped = True
+
     def wire(self) -> dict[str, Any]:
-        """The folded increments as the apply script reads them (amounts as strings, so Redis
-        gets exactly these digits): `h`, `f`, `m`: key -> field -> amount; `p`: key -> members;
-        `l`: key -> [[cap, entries oldest first], ...]."""
+        """The folded increments as the apply script reads them, so that Redis gets exactly these
+        digits: `h`, `f`, `m`: key -> field -> amount; `p`: key -> members; `l`: key -> [[cap,
+        entries oldest first], ...]. Amounts are strings, but a key's integer sums go as JSON
+        numbers when a double holds each exactly (Redis's Lua writes those as their digits)."""
+        self._stamp()
         return {
-            "h": {key: {f: str(a) for f, a in fields.items()} for key, fields in self.ints.items()},
+            "h": {key: _exact(fields) for key, fields in self.ints.items()},
             "f": {key: {f: _decimal(a) for f, a in fields.items()} for key, fields in self.floats.items()},
             "m": {key: {f: str(a) for f, a in fields.items()} for key, fields in self.maxima.items()},
             "p": {key: list(members) for key, members in self.members.items()},
@@ -84,6 +153,7 @@ class BatchIncrements:
 
     def __len__(self) -> int:
         """How many increments Redis is sent: one per key and field, member or list run."""
+        self._stamp()
         return (
             sum(map(len, self.ints.values()))
             + sum(map(len, self.floats.values()))
@@ -99,6 +169,16 @@ def fold(batches: Iterable[Iterable[Op]]) -> BatchIncrements:
     for ops in batches:
         folded.add(ops)
     return folded
+
+
+_EXACT = 2**53  # integers below this in magnitude survive cjson's doubles unchanged
+
+
+def _exact(sums: dict[str, int]) -> dict[str, int] | dict[str, str]:
+    """A key's integer sums as they are, or as strings where one is too large for a double."""
+    if max(sums.values()) < _EXACT and min(sums.values()) > -_EXACT:
+        return sums
+    return {name: str(amount) for name, amount in sums.items()}
 
 
 def _decimal(value: Decimal) -> str:

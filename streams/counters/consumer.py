@@ -24,7 +24,7 @@ from aiokafka.errors import ConsumerStoppedError
 
 from streams.core.config.matching import CompiledConfig
 from streams.core.measures.cardinality import ValueCap
-from streams.core.measures.counters import increments, pseudonymizer
+from streams.core.measures.counters import increments_of, pseudonymizer
 from streams.counters.base import CountedMessage
 from streams.counters.redis_store import REDIS_UNAVAILABLE, CounterStore, apply_with_retry
 from streams.kafka.clients import new_consumer, start_with_retry
@@ -84,10 +84,7 @@ class Counting:
         log.info("counters: consuming %s", ", ".join(self.topics))
         while not stopping():
             try:
-                batch = await consumer.getmany(
-                    timeout_ms=int(self.settings.counter_batch_window_s * 1000),
-                    max_records=self.settings.counter_batch_size,
-                )
+                batch = await self._gather(consumer, stopping)
             except ConsumerStoppedError:
                 return
             if batch:
@@ -96,6 +93,25 @@ class Counting:
                     if self._closing:
                         return  # applied, not committed: the next owner skips it by offset
                     await consumer.commit()
+
+    async def _gather(self, consumer: AIOKafkaConsumer, stopping: Stopping) -> dict[Any, list[Any]]:
+        """Up to `counter_batch_size` records, or what came within `counter_batch_window_s` of
+        the first: a fetch hands over whatever arrived since the last (a few dozen records of
+        live traffic), and each batch costs a Lua call per shard and a commit, whatever its size."""
+        size, window = self.settings.counter_batch_size, self.settings.counter_batch_window_s
+        batch: dict[Any, list[Any]] = await consumer.getmany(timeout_ms=int(window * 1000), max_records=size)
+        gathered = sum(map(len, batch.values()))
+        loop = asyncio.get_running_loop()
+        until = loop.time() + window
+        while batch and gathered < size and not stopping():
+            left = until - loop.time()
+            if left <= 0:
+                break
+            more = await consumer.getmany(timeout_ms=max(1, int(left * 1000)), max_records=size - gathered)
+            for tp, records in more.items():
+                batch.setdefault(tp, []).extend(records)
+                gathered += len(records)
+        return batch
 
     async def publish_step_rates(self) -> None:
         await publish_step_rates(self.store, self.config, self.metrics)
@@ -115,19 +131,22 @@ class Counting:
     async def _apply(self, batch: dict[Any, list[Any]]) -> None:
         bucket_ms = self.settings.counter_bucket_s * 1_000
         by_shard: dict[int, list[CountedMessage]] = defaultdict(list)
+        config, pseudonym = self.config, self._pseudonym
         for tp, messages in batch.items():
+            counted = by_shard[tp.partition]
             for message in messages:
                 bad = undecodable(message)
                 if bad is not None:  # its offsets are committed with the batch's
                     await self._skipped.report(tp.topic, tp.partition, bad)
                     continue
                 output = orjson.loads(message.value or b"{}")
-                by_shard[tp.partition].append(
+                planned = increments_of(output, config, bucket_ms, pseudonym, self._cap)
+                counted.append(
                     CountedMessage(
                         tp.topic,
                         message.offset,
                         str(output.get("id", "")),
-                        increments(output, self.config, bucket_ms, self._pseudonym, self._cap),
+                        () if planned is None else planned,
                     )
                 )
         for shard, counted in by_shard.items():

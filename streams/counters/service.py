@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 
@@ -38,6 +39,10 @@ async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None
     """Count until `stop` is set."""
     config = compile_config(load_config(settings.funnels))
     counting = Counting(settings, config, metrics or Metrics(), redis_counter_store(settings))
+    # What is alive now (modules, the configuration, the clients) lives as long as the process:
+    # out of the cyclic collector's sight, its full collections walk only a batch's objects.
+    gc.collect()
+    gc.freeze()
     running = asyncio.create_task(counting.run(stop.is_set))
     stopped = asyncio.create_task(stop.wait())
     try:

@@ -4,13 +4,16 @@ Identity stitching makes a person's events depend on each other across ids: an a
 journey merges into its user's, a refused link needs the anonymous id's stub and the other
 user's journey. So the split is by *person*:
 
-1. **Links, in parallel.** Each worker reads one byte range of the file and collects every
-   (anonymous id, user id) pair an event carries. The parent unites them (union-find): a person
-   is every id linked, directly or not, to another. This is a superset of what the engine will
-   link (first link wins, `link_on`, expiry): ids it keeps apart only share a worker.
-2. **People, in parallel.** Every worker reads the whole file; a line is cheap to skip (parsed,
-   not validated) unless it holds an event of one of the worker's people (a person's worker is a
-   hash of the person), which it decodes in full, applying only its own events. A batch line
+1. **Links and routes, in parallel.** Each worker reads one byte range of the file, parses each
+   line once (not validated) for the home key of each event it may hold, and collects every
+   (anonymous id, user id) pair an event carries. The parent unites the pairs (union-find): a
+   person is every id linked, directly or not, to another. This is a superset of what the engine
+   will link (first link wins, `link_on`, expiry): ids it keeps apart only share a worker. With
+   the people known, each worker says for each line of its range which workers it concerns (a
+   person's worker is a hash of the person), and the parent hands each worker its own flags for
+   the whole file: a line is parsed once in all, not once by every worker.
+2. **People, in parallel.** Every worker reads the whole file and skips, unparsed, the lines its
+   flags leave out; it decodes the others in full, applying only its own events. A batch line
    with several people is decoded by each of their workers. Dead letters of a line belong to the
    worker of the line's first event (of the line number, without one).
 
@@ -32,6 +35,7 @@ Each worker keeps its outputs sorted in runs of at most `RUN_OUTPUTS` on disk; t
 
 from __future__ import annotations
 
+import gc
 import heapq
 import marshal
 import multiprocessing
@@ -64,6 +68,8 @@ from streams.errors import ConversionsError
 from streams.offline.run import Judges, OfflineRun
 from streams.offline.summary import FunnelCounts
 
+GC_THRESHOLDS = (50_000, 50, 100)
+"""The workers' `gc.set_threshold` (see `_work`)."""
 BLOCK_LINES = 2_048
 LOOKAHEAD = 4
 """Blocks a worker decodes ahead of the one it applies: a worker or the parent that the machine
@@ -73,6 +79,10 @@ RUN_OUTPUTS = 200_000
 MERGE_IN_MEMORY = 1_000_000
 """Outputs the parent sorts in memory at the end; beyond, it merges the runs as a stream."""
 _CHUNK = 4_096  # records per marshal chunk of a run file
+_SKIP, _EVENTS, _REJECTS, _KEYLESS = 0, 1, 3, 2
+"""A line's flag for one worker: skip it; decode it for its events; decode it for its events
+and its dead letters (the worker of its first event); a line without any event's key, whose dead
+letters go by its line number (which only the parent knows)."""
 _NONE = -1  # no valid event (yet): an event time is never negative here
 _BLANK = -2  # a blank line: one process skips it entirely (no event time, no judging)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -288,10 +298,19 @@ def read_run(path: str) -> Iterator[Record]:
 
 
 def _work(index: int, job: Job, conn: Connection) -> None:
+    # A worker keeps `lookahead` blocks of decoded events alive while it waits for their event
+    # times: they outlive the young collections, and the full collections they bring on walk
+    # every journey the engine holds. The start-up heap (the parent's, forked) out of the
+    # collector's sight and young collections every 50,000 allocations instead of 700: the
+    # workers spent about a sixth less CPU (bench/README.md, "Offline on two cores").
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
-        _phase_links(job, conn)
-        roots = conn.recv()
-        _phase_people(index, job, conn, Router(roots, job.workers))
+        keys = _phase_links(job, conn)
+        router = Router(conn.recv(), job.workers)
+        conn.send(_flags(keys, router))
+        del keys
+        _phase_people(index, job, conn, router, conn.recv())
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         raise
@@ -299,28 +318,43 @@ def _work(index: int, job: Job, conn: Connection) -> None:
         conn.close()
 
 
-def _phase_links(job: Job, conn: Connection) -> None:
+def _phase_links(job: Job, conn: Connection) -> list[list[str] | None]:
+    """The pairs of ids of the worker's byte range, sent to the parent; returns each line's home
+    keys (None for a blank line), kept for `_flags`."""
     start, end = conn.recv()
     rules = IdentityRules.from_config(job.config.source.identity)
     pairs: set[tuple[str, str]] = set()
-    if rules.stitch:
-        for line in _lines(job.path, start, end):
-            if _may_pair(line):
-                pairs.update(line_keys(line.rstrip(b"\r\n"), rules, job)[1])
+    keys: list[list[str] | None] = []
+    for line in _lines(job.path, start, end):
+        if not line.strip():
+            keys.append(None)
+            continue
+        homes, found = line_keys(line.rstrip(b"\r\n"), rules, job)
+        keys.append(homes)
+        if rules.stitch:
+            pairs.update(found)
     conn.send(sorted(pairs))
+    return keys
 
 
-def _may_pair(line: bytes) -> bool:
-    """Whether a line may carry both ids of a person: our JSON names both fields (unless it spells
-    them with escapes), a Segment message names `userId`, and a TSV line is decoded to know."""
-    if not line.strip():
-        return False
-    if line[:1] not in JSON_OPENERS:
-        return True
-    return (b"user_id" in line and b"anonymous_id" in line) or b"userId" in line or b"\\u" in line
+def _flags(keys: list[list[str] | None], router: Router) -> list[bytes]:
+    """Per worker, a flag for each line of this range (`_SKIP` ... `_KEYLESS`)."""
+    flags = [bytearray(len(keys)) for _ in range(router.workers)]
+    for i, homes in enumerate(keys):
+        if homes is None:
+            continue  # blank: every worker sees that for itself
+        if not homes:
+            for worker in flags:
+                worker[i] = _KEYLESS
+            continue
+        owners = [router.owner(key) for key in homes]
+        for owner in owners:
+            flags[owner][i] = _EVENTS
+        flags[owners[0]][i] = _REJECTS
+    return [bytes(worker) for worker in flags]
 
 
-def _phase_people(index: int, job: Job, conn: Connection, router: Router) -> None:
+def _phase_people(index: int, job: Job, conn: Connection, router: Router, flags: bytes) -> None:
     rules = IdentityRules.from_config(job.config.source.identity)
     # One partition: offline, every partition hears the one source at the same event times, so
     # the outputs do not depend on their number (test_parallel checks it against four), and each
@@ -343,14 +377,13 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router) -> Non
         mine: list[tuple[int, list[ClickEvent], list[Rejection], bytes | None]] = []
         times = array("q", [_NONE]) * len(block)
         for i, line in enumerate(block):
-            if not line.strip():
-                times[i] = _BLANK
+            flag = flags[first + i - 1]
+            if not flag:
+                if not line.strip():
+                    times[i] = _BLANK
                 continue
+            rejects_here = flag == _REJECTS
             raw = line.rstrip(b"\r\n")
-            owners = [router.owner(key) for key in line_keys(raw, rules, job)[0]]
-            rejects_here = (owners[0] if owners else (first + i) % job.workers) == index
-            if not rejects_here and index not in owners:
-                continue
             decoded = _decode(raw, job)
             events = [e for e in decoded.events if router.owner(rules.home(e)) == index]
             if events:
@@ -483,6 +516,8 @@ def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
     roots = persons(pairs)
     for conn in conns:
         conn.send(roots)
+    for index, flags in enumerate(_gather_flags(job.workers, [_recv(conn) for conn in conns])):
+        conns[index].send(flags)
 
     judges = Judges(job.config, job.breakdown_cap)
     judged: list[OutputEvent] = []
@@ -536,6 +571,19 @@ def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
     in_memory = len(paths) * job.run_outputs <= job.merge_in_memory  # an upper bound of the runs' size
     _write_sorted(out, [mine, *(read_run(path) for path in paths)], in_memory)
     return totals
+
+
+def _gather_flags(workers: int, ranges: list[list[bytes]]) -> list[bytes]:
+    """Each worker's flags for the whole file, from each range's: a keyless line's dead letters
+    go to the worker its line number (counted from 1) names."""
+    whole = [bytearray(b"".join(flags[worker] for flags in ranges)) for worker in range(workers)]
+    if workers:
+        start = 0
+        while (i := whole[0].find(_KEYLESS, start)) >= 0:
+            for worker, flags in enumerate(whole):
+                flags[i] = _REJECTS if (i + 1) % workers == worker else _SKIP
+            start = i + 1
+    return [bytes(flags) for flags in whole]
 
 
 def _write_sorted(out: BinaryIO, runs: list[Iterable[Record]], in_memory: bool) -> None:

@@ -171,6 +171,7 @@ class ConversionsApp:
         self.ingest.ready = self.erasures_loaded = asyncio.Event()
         self.run_alongside("erasures", self._follow_erasures, self._nothing)
         self.run_alongside("ingest", self.ingest_consumer.run, self._close_consumers)
+        self.run_alongside("watermarks-now", self.ingest.announce_when_moved, _nothing)
         self.app.agent(self.events_topic, name="journeys")(self._journeys)
         self.every(settings.watermark_interval_s, "watermarks", self.ingest.announce_watermarks)
         self.every(5.0, "lag", self._measure_lag)
@@ -311,3 +312,7 @@ class ConversionsApp:
             watermark = self.engine.watermark(partition)
             if watermark is not None:
                 self.metrics.watermark.labels(partition).set(watermark / 1000)
+
+
+async def _nothing() -> None:
+    """A service's close with nothing to close."""

@@ -4,8 +4,14 @@ Each raw message is decoded once (`core.events.decode_message`: an event or a co
 array); what is invalid is dead-lettered; the valid events are repartitioned by identity
 (`user_id`, else `anonymous_id`): ONE message per source and target partition per run
 (`core.repartition.RepartitionBatch`), carrying the source's watermark, each event with the
-offset of the input message it came from. A timer repeats the watermarks to partitions that got
-no events, and says when a source has gone idle, so event time moves on everywhere.
+offset of the input message it came from. Right after each run, the partitions that got no
+events of a source learn how far it has got (`announce_when_moved`), and a timer repeats the
+watermarks and says when a source has gone idle, so event time moves on everywhere.
+
+The hold watermark of a journey partition (what a stitched event held there waits for) is the
+slowest of every source's progress as every partition has seen it: had a partition that got
+nothing of a source learnt its watermark only at the next tick of the timer, every held event
+would wait up to that interval for it.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from streams.core.input.rejection import Rejection
 from streams.core.input.repartition import PendingBatch, RepartitionBatch, source_name
 from streams.core.journeys.engine import partition_for
 from streams.metrics import Metrics
+from streams.ports import Stopping
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,6 +78,7 @@ class Ingest:
         # the last message handled
         self._carried: dict[str, list[tuple[int, Any, list[ClickEvent]]]] = defaultdict(list)
         self._handled_next: dict[str, int] = {}
+        self._moved = asyncio.Event()  # a run moved a source's watermark on
 
     async def repartition(self, messages: list[Any]) -> None:
         """Repartition the valid events of a run of clickstream messages: one batch per source
@@ -160,7 +168,21 @@ class Ingest:
         await self._send_pending(pending, watermarks)
         # Only now may the heartbeat timer repeat them: had it run during the sends above, a
         # partition could learn a watermark before receiving the events it covers.
+        moved = any(self._source_watermarks.get(source) != at for source, at in watermarks.items())
         self._source_watermarks.update(watermarks)
+        if moved:
+            self._moved.set()
+
+    async def announce_when_moved(self, stopping: Stopping, poll_s: float = 0.5) -> None:
+        """Announce the watermarks (`announce_watermarks`: only what changed) right after each
+        run that moved one, until `stopping`: a service beside the ingest consumer."""
+        while not stopping():
+            try:
+                await asyncio.wait_for(self._moved.wait(), poll_s)
+            except TimeoutError:
+                continue
+            self._moved.clear()
+            await self.announce_watermarks()
 
     def skipped(self, source: str, next_offset: int) -> None:
         """Offsets up to `next_offset` of the source were dealt with outside a run (an

@@ -173,3 +173,17 @@ def test_group_calls_are_produced_keyed_by_their_user() -> None:
     (record,) = post("group", {"userId": "user_1", "groupId": "g1", "timestamp": "2024-03-13T10:00:00Z"})
     assert record["key"] == "user_1"
     assert decode_message(orjson.dumps(record)).ignored == 1
+
+
+def test_a_server_side_senders_agent_is_not_taken_for_the_visitors() -> None:
+    """curl or a backend's HTTP library sends for the visitor: its agent would make the call a bot
+    (kept out of funnels by default); a browser's agent is the visitor's own."""
+    from streams.collector.messages import Client, _with_client
+
+    chrome = (
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
+    )
+    for agent, kept in (("curl/8.5.0", None), ("okhttp/4.12.0", None), (chrome, chrome)):
+        message: dict[str, object] = {"type": "track", "event": "Order Completed"}
+        _with_client(message, Client(address=None, user_agent=agent), "drop", None)
+        assert message["context"] == ({"userAgent": kept} if kept else {}), agent

@@ -1,19 +1,21 @@
 """Folding a batch's increments (`counters.batch`) changes no result.
 
 The Redis stores (one server and the cluster) fold each batch's increments per key and field
-before their one Lua call; the in-memory store applies every message's increments one by one,
-as the Lua script did before folding, and is the reference here. Seeded deliveries of the
-simulated shop's outputs, with crashes that redeliver what was applied, ids repeated upstream
-and within a batch, two topics and two shards, must leave both with the same (applied, skipped)
-for every call and the same contents in every key: each hash field (sums of integers and of
-decimals), each list, each offset, and each unique-user sketch (its count equals that of a
-sketch built from the reference's exact members one by one; decimal sums as `same_amount`
-says).
+before their one Lua call (the counters consumer hands them unstamped, `core.counters.
+Increments`: folded once per finest bucket, stamped per resolution after); the in-memory store
+applies every message's increments one by one, as the Lua script did before folding, and is the
+reference here. Seeded deliveries of the simulated shop's outputs, with crashes that redeliver
+what was applied, ids repeated upstream and within a batch, two topics and two shards, must
+leave both with the same (applied, skipped) for every call and the same contents in every key:
+each hash field (sums of integers and of decimals), each list, each offset, and each
+unique-user sketch (its count equals that of a sketch built from the reference's exact members
+one by one; decimal sums as `same_amount` says).
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from streams.core.measures.counters import Op, increments
+from streams.core.measures.counters import Increments, Op, increments, increments_of
 from streams.counters.base import CountedMessage
 from streams.counters.batch import fold
 from streams.counters.memory_store import MemoryCounterStore
@@ -40,6 +42,7 @@ def test_each_kind_folds_to_one_increment_per_key_and_field() -> None:
         Op("h", "f:x", "e:0", 2),
         Op("h", "f:x", "d:1", -1),
         Op("h", "g:x", "n", "4"),
+        Op("h", "g:y", "n", 2**53),
         Op("f", "g:x", "v", 0.1),
         Op("f", "g:x", "v", 0.2),
         Op("f", "g:x", "w", 1e-7),
@@ -56,21 +59,41 @@ def test_each_kind_folds_to_one_increment_per_key_and_field() -> None:
     ]
     folded = fold([ops[:8], ops[8:]])
     assert folded.wire() == {
-        "h": {"f:x": {"e:0": "3", "d:1": "-1"}, "g:x": {"n": "4"}},
+        # integer sums as numbers, a key's as strings where one is beyond a double's exact range
+        "h": {"f:x": {"e:0": 3, "d:1": -1}, "g:x": {"n": 4}, "g:y": {"n": str(2**53)}},
         "f": {"g:x": {"v": "0.3", "w": "0.0000001"}},  # exact decimal sums, no exponent
         "m": {"meta": {"latest": "9"}},
         "p": {"u:x": ["alice", "bob"]},
         "l": {"recent": [[2, ["b", "c"]], [3, ["d"]]]},  # runs of one cap, in order
     }
-    assert len(folded) == 3 + 2 + 1 + 2 + 2
+    assert len(folded) == 4 + 2 + 1 + 2 + 2
     with pytest.raises(ValueError, match="unknown increment kind"):
         fold([[Op("x", "k", "f", 1)]])  # type: ignore[arg-type]
 
 
-def shop_messages(seed: int) -> list[list[CountedMessage]]:
+def test_unstamped_increments_fold_as_their_stamped_list() -> None:
+    """The consumer's path (the groups folded per finest bucket, stamped once) against the
+    stamped list folded op by op, over every output of a simulated run, at three bucket sizes
+    and batch sizes: the same wire, field for field."""
+    run = OfflineRun(CONFIG, partitions=2)
+    outputs = [o.model_dump(mode="json") for o in run.run(Simulator(seed=4, users=150, days=0.5).lines())]
+    for bucket_ms in (MINUTE, 5 * MINUTE, 3_600_000):
+        planned = [p for p in (increments_of(o, CONFIG, bucket_ms) for o in outputs) if p is not None]
+        assert len(planned) > 300
+        for size in (1, 37, 500):
+            for start in range(0, len(planned), size):
+                chunk = planned[start : start + size]
+                unstamped, stamped = fold(chunk), fold([list(p) for p in chunk])
+                assert unstamped.wire() == stamped.wire()
+                assert len(unstamped) == len(stamped)
+    assert all(isinstance(p, Increments) and len(p) == len(list(p)) for p in planned)
+
+
+def shop_messages(seed: int, unstamped: bool = False) -> list[list[CountedMessage]]:
     """Per shard, the messages of the simulated shop's outputs in offset order: two topics,
     some ids repeated upstream (at a later offset), some without an id, and extra increments of
-    every kind (lists of another cap, negative and large amounts)."""
+    every kind (lists of another cap, negative and large amounts). `unstamped`: an output's own
+    increments as the counters consumer makes them (`increments_of`), where nothing is added."""
     rng = random.Random(seed)
     run = OfflineRun(CONFIG, partitions=2)
     outputs = [o.model_dump(mode="json") for o in run.run(Simulator(seed=seed, users=120, days=0.2).lines())]
@@ -79,9 +102,12 @@ def shop_messages(seed: int) -> list[list[CountedMessage]]:
     ids: list[str] = []
     for output in outputs:
         shard, topic = rng.randrange(2), rng.choice(["micro", "macro"])
-        ops = increments(output, CONFIG, MINUTE)
+        ops: list[Op] | Increments | None = increments(output, CONFIG, MINUTE)
         if not ops:
             continue
+        if unstamped:
+            ops = increments_of(output, CONFIG, MINUTE)
+            assert ops is not None
         if rng.random() < 0.2:
             ops = [
                 *ops,
@@ -180,9 +206,9 @@ async def contents(store: CounterStore, memory: MemoryCounterStore, shard: int) 
     return differences
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(("seed", "unstamped"), [(1, False), (2, True), (3, True)])
 async def test_folded_batches_equal_increments_applied_one_by_one(
-    served_store: tuple[CounterStore, str], seed: int
+    served_store: tuple[CounterStore, str], seed: int, unstamped: bool
 ) -> None:
     store, _ = served_store
     store = CounterStore(
@@ -191,9 +217,10 @@ async def test_folded_batches_equal_increments_applied_one_by_one(
     memory = MemoryCounterStore(app_id=store.app_id, shards=2, bucket_ms=MINUTE, dedupe_s=DAY_S)
     rng = random.Random(seed)
     redelivered = 0
-    for shard, messages in enumerate(shop_messages(seed)):
+    for shard, messages in enumerate(shop_messages(seed, unstamped)):
         for batch in deliveries(messages, rng):
-            want = await memory.apply(shard, batch)
+            # the reference applies each message's stamped list, op by op
+            want = await memory.apply(shard, [replace(m, ops=list(m.ops)) for m in batch])
             got = await store.apply(shard, batch)
             assert got == want, (shard, batch[0].offset)
             redelivered += want[1]

@@ -44,6 +44,14 @@ _LIBRARY = re.compile(
     r"(?i)^(curl|wget|python-requests|python-urllib|aiohttp|httpx|go-http-client|java/|okhttp|"
     r"axios|node-fetch|libwww-perl|apache-httpclient|postmanruntime|insomnia)"
 )
+
+
+def is_http_library(user_agent: str) -> bool:
+    """An HTTP library's or tool's own agent (curl, requests, okhttp...): the sender of a
+    server-side call, not the visitor the call is about."""
+    return bool(_LIBRARY.match(user_agent))
+
+
 _BOT_WORDS = re.compile(r"(?i)bot\b|crawl|spider|slurp|scrap|preview|monitor|lighthouse")
 _TABLET_MODEL = re.compile(r"(?i)tablet|\btab\b|ipad|kindle|silk|playbook|nexus (7|9|10)|sm-t\d|gt-p\d")
 _PHONE_OS = frozenset(

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -916,6 +916,7 @@ class AlertEvaluator:
             interval_level=level,
             baseline_frozen=kind == "resolved",
             incident_id=incident_id,
+            rule_id=rule_identity(rule),
             funnel_version=state.funnel_version or None,
             method=rule.method,
             root_cause=self.root_cause(state.index, by) if kind == "fired" else None,
@@ -957,3 +958,51 @@ def _attempt_keys(output: Mapping[str, Any], funnel: str) -> tuple[tuple[str, ..
         for kind in ("user_id", "anonymous_id")
         if output.get(kind) is not None
     )
+
+
+def stale_incidents(published: Iterable[Mapping[str, Any]], config: CompiledConfig) -> list[Alert]:
+    """Resolutions for the incidents `published` (the alerts topic, oldest first) left firing that
+    no rule of `config` can resolve any more: their rule is gone or changed (another `rule_id`),
+    or its funnel's version changed. A worker restarted on a new configuration judges from the
+    new version's counts only, so without these the receivers would keep the incident open.
+
+    Each resolution has the fired alert's dedup key (`incident_id`), `reason: definition_changed`,
+    the time of the latest alert published, and an id of its own from the incident, so every
+    worker that computes it sends the same record."""
+    last: dict[str, Mapping[str, Any]] = {}
+    latest: str | None = None
+    for alert in published:
+        if alert.get("type") != "alert" or not alert.get("incident_id"):
+            continue
+        last[str(alert["incident_id"])] = alert
+        stamp = str(alert["timestamp"])
+        latest = stamp if latest is None or stamp > latest else latest
+    current = {rule_identity(rule): rule for rule in config.source.alerts}
+    out: list[Alert] = []
+    for incident, alert in last.items():
+        if alert.get("state") != "fired" or latest is None:
+            continue
+        rule = current.get(str(alert.get("rule_id"))) if alert.get("rule_id") else None
+        if alert.get("rule_id") is None:  # published before rules carried their identity
+            rule = next(
+                (r for r in config.source.alerts if (r.funnel, r.step) == (alert["funnel"], alert["step"])),
+                None,
+            )
+        funnel = config.funnels_by_name.get(rule.funnel) if rule is not None else None
+        version = funnel.version if funnel is not None else None
+        if rule is not None and (not version or version == alert.get("funnel_version")):
+            continue  # its rule still judges it, and resolves it in time
+        out.append(
+            Alert.model_validate(
+                {
+                    **alert,
+                    "id": output_id("alert", incident, "definition_changed"),
+                    "timestamp": latest,
+                    "state": "resolved",
+                    "reason": "definition_changed",
+                    "root_cause": None,
+                    "baseline_frozen": True,
+                }
+            )
+        )
+    return sorted(out, key=lambda a: (a.timestamp, a.id))

@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
@@ -104,6 +104,9 @@ Item = tuple[OpKind, str, int | float | str]
 """An increment of one output without its bucket: (kind, field, amount)."""
 Group = tuple[str, list[Item]]
 """The increments of one key: the key without its bucket (`f:checkout:`), and its items."""
+Cohort = tuple[str, int, list[Item]]
+"""A cohort's increments: the key without its bucket, the moment (ms) whose buckets it goes
+under at the first `COHORT_LEVELS` resolutions, and its items."""
 
 
 def bucket_of(timestamp_ms: int, bucket_ms: int) -> int:
@@ -173,6 +176,47 @@ def pseudonymizer(key: bytes) -> Callable[[str], str]:
     return pseudonym
 
 
+class Increments:
+    """One output's counter changes before they are stamped with each resolution's bucket: what
+    `increments` lists, kept folded (`counters.batch` folds the groups once per finest bucket, not
+    once per resolution). Iterating gives exactly `increments`' list, in its order."""
+
+    __slots__ = ("at", "bucket_ms", "cohorts", "groups", "head")
+
+    def __init__(
+        self, at: int, bucket_ms: int, head: list[Op], groups: list[Group], cohorts: list[Cohort]
+    ) -> None:
+        self.at = at
+        self.bucket_ms = bucket_ms
+        self.head = head
+        """Increments with whole keys, before the groups: the latest event time, the recent list."""
+        self.groups = groups
+        """The increments of each key without its bucket (`_bucket_increments`)."""
+        self.cohorts = cohorts
+        """The cohort increments, after the groups, each at its own moment (`_cohort_groups`)."""
+
+    def __iter__(self) -> Iterator[Op]:
+        yield from self.head
+        at = self.at
+        for resolution, label in resolution_labels(self.bucket_ms):
+            b = f"{label}{at // resolution * resolution}"
+            for prefix, items in self.groups:
+                key = prefix + b
+                for k, name, amount in items:
+                    yield _new_op(Op, (k, key, name, amount))
+        for prefix, moment, items in self.cohorts:
+            for resolution, label in resolution_labels(self.bucket_ms)[:COHORT_LEVELS]:
+                key = f"{prefix}{label}{moment // resolution * resolution}"
+                for k, name, amount in items:
+                    yield _new_op(Op, (k, key, name, amount))
+
+    def __len__(self) -> int:
+        per_bucket = sum(len(items) for _, items in self.groups)
+        levels = resolution_labels(self.bucket_ms)
+        cohorts = sum(len(items) for _, _, items in self.cohorts) * len(levels[:COHORT_LEVELS])
+        return len(self.head) + per_bucket * len(levels) + cohorts
+
+
 def increments(
     output: Mapping[str, Any],
     config: CompiledConfig,
@@ -185,36 +229,43 @@ def increments(
     An output's fields are the same in every bucket resolution: they are computed once
     (`_bucket_increments`, keys without their bucket) and stamped with each resolution's bucket.
     With `cap`, every breakdown value is capped first (`measures.cardinality`)."""
+    planned = increments_of(output, config, bucket_ms, pseudonym, cap)
+    return [] if planned is None else list(planned)
+
+
+def increments_of(
+    output: Mapping[str, Any],
+    config: CompiledConfig,
+    bucket_ms: int,
+    pseudonym: Callable[[str], str] | None = None,
+    cap: ValueCap | None = None,
+) -> Increments | None:
+    """`increments`, unstamped (None for types not counted): what the counters consumer folds."""
     kind = output.get("type")
     if kind not in COUNTED_TYPES:
-        return []
+        return None
     if pseudonym is not None:
         identity = output.get("user_id") or output.get("anonymous_id")
         output = {**output, "user_id": pseudonym(identity) if identity else None, "anonymous_id": None}
     at = _ms(output["timestamp"])
     if cap is not None:
         output = capped_output(output, cap, at)
-    ops: list[Op] = [_new_op(Op, ("m", "meta", "latest", at))]
+    head: list[Op] = [_new_op(Op, ("m", "meta", "latest", at))]
     version = output.get("funnel_version")
     if version and kind != "session":
-        ops.append(_new_op(Op, ("m", "fv", f"{output['funnel']}@{version}", at)))
+        head.append(_new_op(Op, ("m", "fv", f"{output['funnel']}@{version}", at)))
     if kind == "macro":
-        ops.append(_new_op(Op, ("l", "recent", recent_entry(output), RECENT_MACROS)))
+        head.append(_new_op(Op, ("l", "recent", recent_entry(output), RECENT_MACROS)))
     groups = _bucket_increments(output, config, at)
-    for resolution, label in _resolution_labels(bucket_ms):
-        b = f"{label}{at // resolution * resolution}"
-        for prefix, items in groups:
-            key = prefix + b
-            ops += [_new_op(Op, (k, key, name, amount)) for k, name, amount in items]
-    if kind in ("micro", "dropoff", "carried"):  # a carried attempt moves between cohorts
-        ops += _cohort_increments(output, config, bucket_ms, at)
-    return ops
+    # a carried attempt moves between cohorts
+    cohorts = _cohort_groups(output, config, at) if kind in ("micro", "dropoff", "carried") else []
+    return Increments(at, bucket_ms, head, groups, cohorts)
 
 
 _LABELS: dict[int, tuple[tuple[int, str], ...]] = {}
 
 
-def _resolution_labels(bucket_ms: int) -> tuple[tuple[int, str], ...]:
+def resolution_labels(bucket_ms: int) -> tuple[tuple[int, str], ...]:
     """`resolutions` with each one's bucket label prefix (`60:`), kept per bucket size."""
     labels = _LABELS.get(bucket_ms)
     if labels is None:
@@ -228,9 +279,11 @@ def cohort_resolutions(bucket_ms: int) -> tuple[int, ...]:
     return resolutions(bucket_ms)[:2]
 
 
-def _cohort_increments(
-    output: Mapping[str, Any], config: CompiledConfig, bucket_ms: int, at: int
-) -> list[Op]:
+COHORT_LEVELS = 2
+"""Cohorts are kept at the first two resolutions (`cohort_resolutions`)."""
+
+
+def _cohort_groups(output: Mapping[str, Any], config: CompiledConfig, at: int) -> list[Cohort]:
     """A milestone or drop-off counted under the moment its attempt opened (`started_at`), and
     under the moment it reached the step it left or stayed at. `at` is the output's timestamp."""
     kind = output.get("type")
@@ -245,16 +298,12 @@ def _cohort_increments(
     reached: list[tuple[int, str]] = []  # (when the attempt reached that step, field)
     funnel = str(output["funnel"])
     if kind == "carried":  # out of the old version's cohort, into the new one's at its steps
-        ops: list[Op] = []
         old = versioned(funnel, output.get("previous_version"))
         new = versioned(funnel, output.get("funnel_version"))
-        for resolution, label in _resolution_labels(bucket_ms)[:2]:
-            bucket = f"{label}{started // resolution * resolution}"
-            ops.append(_new_op(Op, ("h", f"a:{old}:{bucket}", f"co:{output['previous_step_index']}", 1)))
-            ops += [
-                _new_op(Op, ("h", f"a:{new}:{bucket}", f"ci:{j}", 1)) for j in output.get("reached") or ()
-            ]
-        return ops
+        return [
+            (f"a:{old}:", started, [("h", f"co:{output['previous_step_index']}", 1)]),
+            (f"a:{new}:", started, [("h", f"ci:{j}", 1) for j in output.get("reached") or ()]),
+        ]
     if kind == "micro":
         opened = [f"e:{k}"]
         reached.append((at, opened[0]))
@@ -264,14 +313,9 @@ def _cohort_increments(
         opened = [f"d:{k}", f"d:{k}:{output['reason']}"]
         reached.append((started + int(output.get("time_in_funnel_ms") or 0), opened[0]))
     name = versioned(funnel, output.get("funnel_version"))
-    ops = []
-    for resolution, label in _resolution_labels(bucket_ms)[:2]:  # `cohort_resolutions`
-        key = f"a:{name}:{label}{started // resolution * resolution}"
-        ops += [_new_op(Op, ("h", key, opened_field, 1)) for opened_field in opened]
-        for moment, reached_field in reached:
-            reached_key = f"r:{name}:{label}{moment // resolution * resolution}"
-            ops.append(_new_op(Op, ("h", reached_key, reached_field, 1)))
-    return ops
+    cohorts: list[Cohort] = [(f"a:{name}:", started, [("h", field, 1) for field in opened])]
+    cohorts += [(f"r:{name}:", moment, [("h", field, 1)]) for moment, field in reached]
+    return cohorts
 
 
 def _channel_fields(

@@ -300,6 +300,10 @@ class Alert(OutputEvent):
     incident_id: str | None = None
     """The same for a fire and its resolution: a function of the rule (its own settings, not its
     funnel's version), the by values and the moment it fired; the dedup key receivers use."""
+    rule_id: str | None = None
+    """The rule's identity (`config.versions.rule_identity`: its own settings, not its funnel's
+    version): a worker restarted on another configuration tells by it whether an incident still
+    has a rule to resolve it."""
     method: Literal["window", "cusum"] = "window"
     statistic: float | None = None
     """cusum: the statistic (log-likelihood ratio, nats) when the alert changed state."""

@@ -11,7 +11,7 @@ from streams.core.config.model import AlertRule
 from streams.core.measures.alerts import AlertEvaluator, judge
 from streams.offline.run import OfflineRun
 from streams.tools.simulate import Incident, Simulator
-from tests.helpers import incident_funnels
+from tests.helpers import STALE_CONFIG, fired_alert, incident_funnels
 
 RULE = AlertRule(
     funnel="f", step="b", window="1h", baseline="6h", min_entered=20, relative_drop=0.3, drop_below=0.2
@@ -198,3 +198,32 @@ alerts:
     end = 1710324000000 + 10 * 60_000
     assert [a.model_dump() for a in once.advance(end)] == [a.model_dump() for a in twice.advance(end)]
     assert once.rule_counts(0) == twice.rule_counts(0) and twice.duplicates == 16
+
+
+def test_an_incident_no_rule_judges_any_more_is_resolved_under_its_dedup_key() -> None:
+    """A worker restarted on another configuration reads the alerts topic: an incident left firing
+    by a rule whose funnel changed, or that is gone, is resolved; an unchanged one is left to its
+    rule (which resolves it in time), so no receiver is told twice."""
+    from streams.core.measures.alerts import stale_incidents
+
+    before = compile_config(parse_config(STALE_CONFIG % "b"))
+    fired = fired_alert(before)
+    assert fired["rule_id"] and fired["incident_id"]
+    assert stale_incidents([fired], before) == []
+    legacy = {k: v for k, v in fired.items() if k != "rule_id"}  # published before rule ids
+    assert stale_incidents([legacy], before) == []
+
+    edited = compile_config(parse_config(STALE_CONFIG % "checkout_b"))  # step b's match: a new version
+    assert edited.funnels_by_name["f"].version != fired["funnel_version"]
+    [resolved] = stale_incidents([fired], edited)
+    assert (resolved.state, resolved.reason, resolved.incident_id) == (
+        "resolved",
+        "definition_changed",
+        fired["incident_id"],
+    )
+    assert resolved.funnel_version == fired["funnel_version"] and resolved.root_cause is None
+    assert [a.id for a in stale_incidents([fired], edited)] == [resolved.id]  # every worker alike
+    assert stale_incidents([fired, resolved.model_dump(mode="json")], edited) == []  # once only
+
+    removed = compile_config(parse_config((STALE_CONFIG % "b").split("alerts:")[0]))
+    assert [a.incident_id for a in stale_incidents([fired], removed)] == [fired["incident_id"]]
