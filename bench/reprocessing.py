@@ -1,9 +1,9 @@
 """Reprocessing in a new generation against offline mode, on the same events
-(`python -m bench.reprocessing [EVENTS]`; issue 26).
+(`python -m bench.reprocessing [EVENTS [WORKERS]]`; issue 26).
 
 The simulated shop's traffic (keyed by identity) is produced to the clickstream; generation 0 (one
 worker, counters inside) processes it; then `deploy` (the same function as `conversions deploy`,
-progress every 0.5 s) starts one worker of generation 1 on the same configuration, which reads the
+progress every 0.5 s) starts WORKERS (1) workers of generation 1 on the same configuration, which reads the
 clickstream from the earliest offset, and cuts over once its lag is zero and its counters reached
 generation 0's event time. Reprocessing speed = events / (cut-over time - the child's start,
 group join on Tansu included); offline = `conversions process` on the same file, wall clock from
@@ -54,7 +54,7 @@ def offline(source: Path, env: dict[str, str]) -> None:
     )
 
 
-async def main(events: int) -> dict[str, object]:
+async def main(events: int, workers: int = 1) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp, LocalInfra(workdir=Path(tmp) / "infra") as infra:
         run = Run(infra, Path(tmp), "reproc")
         lines = traffic(events)
@@ -85,7 +85,7 @@ async def main(events: int) -> dict[str, object]:
                     run.settings,
                     DEFAULT_FUNNELS.read_text(),
                     mark,
-                    workers=1,
+                    workers=workers,
                     accept_short_history=True,
                     every_s=0.5,
                     log_dir=run.workdir,
@@ -104,11 +104,12 @@ async def main(events: int) -> dict[str, object]:
             "events": len(lines),
             "offline_s": round(offline_s, 2),
             "offline_events_per_s": round(len(lines) / offline_s),
-            "reprocess_one_worker_s": round(reprocess_s, 2),
-            "reprocess_one_worker_events_per_s": round(len(lines) / reprocess_s),
+            "workers": workers,
+            "reprocess_s": round(reprocess_s, 2),
+            "reprocess_events_per_s": round(len(lines) / reprocess_s),
             "reprocess_after_worker_ready_s": round(after_ready_s, 2),
             "reprocess_after_worker_ready_events_per_s": round(len(lines) / after_ready_s),
-            "note": "reprocess_one_worker runs from the generation's record to the cut-over: the child "
+            "note": "reprocess runs from the generation's record to the cut-over: the child "
             "worker's start, its group joins (Tansu waits the 3 s rebalance timeout on each), ingest, "
             "journeys and counters, progress polled every 0.5 s; after_worker_ready starts at the "
             "child's 'Worker ready' line (group joins still inside)",
@@ -118,5 +119,8 @@ async def main(events: int) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    figures = asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 40_000))
-    (RESULTS / "reprocessing.json").write_text(json.dumps(figures, indent=2) + "\n")
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 40_000
+    workers = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    figures = asyncio.run(main(count, workers))
+    name = "reprocessing.json" if workers == 1 else f"reprocessing_{workers}_workers.json"
+    (RESULTS / name).write_text(json.dumps(figures, indent=2) + "\n")
