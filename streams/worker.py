@@ -29,7 +29,13 @@ from streams.core.config.loader import load_config
 from streams.core.config.matching import CompiledConfig, compile_config
 from streams.core.records.outputs import Erasure
 from streams.counters.consumer import Counting, publish_step_rates
-from streams.counters.redis_store import RedisClient, counter_store, redis_client, redis_counter_store
+from streams.counters.redis_store import (
+    REDIS_UNAVAILABLE,
+    RedisClient,
+    counter_store,
+    redis_client,
+    redis_counter_store,
+)
 from streams.generations.current import CurrentGeneration, join
 from streams.generations.naming import base_app_id
 from streams.generations.registry import Registry
@@ -163,8 +169,21 @@ def _starter(collector: Collector) -> Callable[[Stopping], Awaitable[None]]:
 async def _join_generation(settings: Settings, dsn: str) -> Settings:
     """The settings of the generation this worker runs (`generations.current.join`)."""
     redis = redis_client(dsn, socket_timeout=5)
+    delay = 0.5
     try:
-        joined, generation = await join(settings, Registry(redis, base_app_id(settings)))
+        while True:
+            try:
+                joined, generation = await join(settings, Registry(redis, base_app_id(settings)))
+                break
+            except REDIS_UNAVAILABLE as exc:  # waited out, as the counters wait
+                log.warning(
+                    "Redis unavailable (%s): the generations registry is read before the worker "
+                    "starts; retrying in %.1f s",
+                    exc.__class__.__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
     finally:
         await redis.aclose()
     if generation is not None:
