@@ -309,6 +309,125 @@ def counters(
 
 
 @main.command()
+@click.option(
+    "--config",
+    "new_config",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The configuration to deploy (YAML).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Reprocessing workers started here (0: start them on other hosts with the command printed).",
+)
+@click.option(
+    "--accept-short-history",
+    is_flag=True,
+    help="Deploy even when the retained clickstream is shorter than a funnel window or an alert baseline.",
+)
+@click.option("--no-cut-over", is_flag=True, help="Reprocess and show the progress, never flip `current`.")
+@click.option(
+    "--max-lag",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Cut over once at most this many input records are not yet processed...",
+)
+@click.option(
+    "--tolerance",
+    default="1m",
+    show_default=True,
+    help="...and the new generation's event time is within this of the current one's.",
+)
+@click.option("--web-port", type=int, default=None, help="Serve the web from the first worker started here.")
+def deploy(
+    new_config: Path,
+    workers: int,
+    accept_short_history: bool,
+    no_cut_over: bool,
+    max_lag: int,
+    tolerance: str,
+    web_port: int | None,
+) -> None:
+    """Deploy a configuration with its history: a new generation reprocesses the retained
+    clickstream while the current one serves, then the web and the alerts switch to it at once.
+    Exit 0 when cut over (or recorded, with --no-cut-over), 1 when refused, 2 on a bad file."""
+    import asyncio
+
+    from streams.core.config.durations import parse_duration_ms
+    from streams.tools.deploy import deploy as run_deploy
+
+    settings = _settings()
+    setup_logging("WARNING")
+    _config(new_config)
+    if not settings.kafka_bootstrap_servers or not settings.redis_dsn:
+        _fail("KAFKA_BOOTSTRAP_SERVERS and REDIS_URL must be set")
+    try:
+        tolerance_ms = parse_duration_ms(tolerance)
+    except ValueError as exc:
+        _fail(f"--tolerance: {exc}")
+    status = asyncio.run(
+        run_deploy(
+            settings,
+            new_config.read_text(),
+            click.echo,
+            workers=workers,
+            accept_short_history=accept_short_history,
+            cut_over=not no_cut_over,
+            max_lag=max_lag,
+            tolerance_ms=tolerance_ms,
+            web_port=web_port,
+        )
+    )
+    sys.exit(status)
+
+
+@main.command()
+def rollback() -> None:
+    """Make the previous generation current again (while its topics and keys still exist)."""
+    import asyncio
+
+    from streams.tools.deploy import rollback as run_rollback
+
+    settings = _settings()
+    if not settings.redis_dsn:
+        _fail("REDIS_URL must be set")
+    sys.exit(asyncio.run(run_rollback(settings, click.echo)))
+
+
+@main.command()
+@click.option(
+    "--delete", "delete", type=int, default=None, help="Delete this retired generation's topics and keys."
+)
+@click.option("--grace", default="24h", show_default=True, help="...if it retired at least this long ago.")
+def generations(delete: int | None, grace: str) -> None:
+    """The generations recorded (current first), or delete a retired one."""
+    import asyncio
+
+    from streams.core.config.durations import parse_duration_ms
+    from streams.tools.deploy import delete_generation, list_generations
+
+    settings = _settings()
+    if not settings.redis_dsn:
+        _fail("REDIS_URL must be set")
+    if delete is not None:
+        try:
+            grace_ms = parse_duration_ms(grace)
+        except ValueError as exc:
+            _fail(f"--grace: {exc}")
+        sys.exit(asyncio.run(delete_generation(settings, delete, grace_ms, click.echo)))
+    current, listed = asyncio.run(list_generations(settings))
+    for generation in listed:
+        mark = "*" if generation.number == current else " "
+        click.echo(
+            f"{mark} {generation.number}  {generation.app_id}  {generation.state}  {generation.fingerprint}"
+        )
+
+
+@main.command()
 @click.option("--check", is_flag=True, help="Exit 1 if the committed schemas differ from the models.")
 def schemas(check: bool) -> None:
     """Write schemas/*.json from the pydantic models."""

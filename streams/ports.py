@@ -33,6 +33,12 @@ class LeaderCheck(Protocol):
         """Whether this worker is the one that speaks for all (publishes alerts)."""
 
 
+class GenerationCheck(Protocol):
+    def is_current(self) -> bool:
+        """Whether this worker's generation is the current one: only then does what it judges
+        go to receivers (issue 26; `streams.generations.current`)."""
+
+
 class Scheduler(Protocol):
     def every(self, interval_s: float, name: str, job: Job) -> None:
         """Run `job` every `interval_s` seconds while the worker runs."""

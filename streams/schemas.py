@@ -433,6 +433,16 @@ HTTP_ROUTES: list[tuple[str, str, str, str, list[Param], dict[str, str]]] = [
         ],
         {"200": "the experiments, as JSON", "400": "an unknown parameter", "404": "an unknown name"},
     ),
+    (
+        "worker",
+        "get",
+        "/generations",
+        "The generations deployed (`conversions deploy`): which is current, each one's state "
+        "(reprocessing, live, retired) and a reprocessing one's progress (event time reached, lag per "
+        "clickstream partition, time left).",
+        [],
+        {"200": "the generations, as JSON"},
+    ),
     ("worker", "get", "/", "The live dashboard (HTML).", [], {"200": "the page"}),
     (
         "worker",

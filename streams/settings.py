@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     app_id: str = Field(default="conversions", pattern=r"^[A-Za-z0-9._-]+$")
     """Names the consumer groups (`<app_id>`, `<app_id>-ingest`, `<app_id>-counters`), the
     journeys changelog topic and the counters' keys. Workers with the same id share the work."""
+    generation: int | None = Field(default=None, ge=0)
+    """The generation this worker runs (`conversions deploy` prints the number): its application
+    id `<app_id>-g<N>`, its own topics and the configuration recorded for it in the generations
+    registry. Unset: the current generation (0, the plain worker with `CONVERSIONS_FUNNELS`,
+    until a `deploy` cuts over). A worker whose generation is retired stops."""
     funnels: Path = DEFAULT_FUNNELS
     """The funnel configuration (YAML) of `worker`, `counters`, `process` and `report`."""
     topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")

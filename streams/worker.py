@@ -16,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import signal
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import faust
 
@@ -26,7 +29,17 @@ from streams.core.config.loader import load_config
 from streams.core.config.matching import CompiledConfig, compile_config
 from streams.core.records.outputs import Erasure
 from streams.counters.consumer import Counting, publish_step_rates
-from streams.counters.redis_store import redis_counter_store
+from streams.counters.redis_store import (
+    REDIS_UNAVAILABLE,
+    RedisClient,
+    counter_store,
+    redis_client,
+    redis_counter_store,
+)
+from streams.generations.current import CurrentGeneration, join
+from streams.generations.naming import base_app_id
+from streams.generations.registry import Registry
+from streams.generations.relay import Relay
 from streams.kafka import ensure_topics, erasures, source_partitions
 from streams.pipeline.app import ConversionsApp
 from streams.ports import Stopping
@@ -61,11 +74,36 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
             await publish_step_rates(reads, config, conversions.metrics)
 
         conversions.every(STEP_RATES_EVERY_S, "step_rates", step_rates)
+    current = None
+    if store is not None:
+        current = _current_generation(settings, config, store.redis, store)
+        conversions.run_alongside("generations", current.run, _nothing)
+        if settings.generation:  # N >= 1 writes its own topics: relayed to the live ones once current
+            relay = Relay(settings, Registry(store.redis, base_app_id(settings)), current, conversions)
+            conversions.run_alongside("relay", relay.run, relay.close)
     alerting = None
     if config.source.alerts or config.source.experiments:
-        alerting = Alerting(settings, config, conversions.metrics, publisher=conversions, leader=conversions)
+        alerting = Alerting(
+            settings,
+            config,
+            conversions.metrics,
+            publisher=conversions,
+            leader=conversions,
+            generation=current,
+        )
         conversions.run_alongside("alerts", alerting.run, alerting.close)
     if settings.web_enabled and store is not None:
+        assert current is not None
+        registry = Registry(store.redis, base_app_id(settings))
+
+        async def generations() -> dict[str, Any]:
+            listed = await registry.all()
+            progress = {g.number: await registry.progress(g.number) for g in listed}
+            return {
+                "current": await registry.current_number(),
+                "generations": [{**g.summary(), "progress": progress[g.number]} for g in listed],
+            }
+
         register_routes(
             conversions.app,
             store,
@@ -77,11 +115,30 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
             allowed_hosts=allowed_hosts(settings.web_host, settings.web_allowed_hosts),
             cap=settings.breakdown_cap,
             forget=functools.partial(_forget_over_http, settings),
+            current=current.view,
+            generations=generations,
         )
     if settings.collector_enabled:
         collector = from_settings(settings, conversions.metrics.registry)
         conversions.run_alongside("collector", _starter(collector), collector.stop)
     return conversions
+
+
+def _current_generation(
+    settings: Settings, config: CompiledConfig, redis: RedisClient, own: Any
+) -> CurrentGeneration:
+    def reader_for(app_id: str) -> Any:
+        return counter_store(settings.model_copy(update={"app_id": app_id}), redis)
+
+    def stop() -> None:  # the ordinary shutdown, as an orchestrator's SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    registry = Registry(redis, base_app_id(settings))
+    return CurrentGeneration(settings, config, own, registry, reader_for, stop)
+
+
+async def _nothing() -> None:
+    pass
 
 
 async def _reads_only(_: Stopping) -> None:
@@ -109,13 +166,40 @@ def _starter(collector: Collector) -> Callable[[Stopping], Awaitable[None]]:
     return start
 
 
+async def _join_generation(settings: Settings, dsn: str) -> Settings:
+    """The settings of the generation this worker runs (`generations.current.join`)."""
+    redis = redis_client(dsn, socket_timeout=5)
+    delay = 0.5
+    try:
+        while True:
+            try:
+                joined, generation = await join(settings, Registry(redis, base_app_id(settings)))
+                break
+            except REDIS_UNAVAILABLE as exc:  # waited out, as the counters wait
+                log.warning(
+                    "Redis unavailable (%s): the generations registry is read before the worker "
+                    "starts; retrying in %.1f s",
+                    exc.__class__.__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+    finally:
+        await redis.aclose()
+    if generation is not None:
+        log.info("worker: generation %d (%s), %s", generation.number, joined.app_id, generation.state)
+    return joined
+
+
 def run_worker(settings: Settings) -> None:
     """Blocks until the worker is stopped (SIGTERM / Ctrl-C)."""
-    config = compile_config(load_config(settings.funnels))
-    log.info("starting worker %s with settings %s", settings.app_id, settings.redacted())
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    if settings.redis_dsn:
+        settings = loop.run_until_complete(_join_generation(settings, settings.redis_dsn))
+    config = compile_config(load_config(settings.funnels))
+    log.info("starting worker %s with settings %s", settings.app_id, settings.redacted())
     if settings.create_topics:
         loop.run_until_complete(ensure_topics(settings))
     sources = loop.run_until_complete(source_partitions(settings))

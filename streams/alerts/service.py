@@ -53,7 +53,7 @@ from streams.kafka.clients import new_consumer, start_with_retry
 from streams.kafka.headers import WATERMARK_HEADER
 from streams.kafka.undecodable import GuardedConsumer, SkippedBatches, undecodable
 from streams.metrics import Metrics
-from streams.ports import LeaderCheck, Publisher, Stopping
+from streams.ports import GenerationCheck, LeaderCheck, Publisher, Stopping
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -100,12 +100,14 @@ class Alerting:
         metrics: Metrics,
         publisher: Publisher,
         leader: LeaderCheck,
+        generation: GenerationCheck | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
         self.metrics = metrics
         self._publisher = publisher
         self._leader = leader
+        self._generation = generation
         cap = settings.breakdown_cap
         self.evaluator = AlertEvaluator(config, by_cap=cap)
         self.experiment_evaluator = ExperimentEvaluator(config, max_variants=cap)
@@ -119,7 +121,7 @@ class Alerting:
             metrics,
             timeout_s=settings.alert_webhook_timeout_s,
             give_up_s=settings.alert_delivery_give_up_s,
-            firing=lambda: list(self.firing.values()) if self._leader.is_leader() else [],
+            firing=lambda: list(self.firing.values()) if self.may_send() else [],
         )
         self._skipped = SkippedBatches("alerts", metrics, publisher)
         self._unsent_alerts: dict[tuple[str, str, str, str], Alert] = {}
@@ -188,6 +190,14 @@ class Alerting:
                 self.metrics.alert_watermark.set(watermark / 1000)
             elif self._unsent:
                 await self._publish_experiments([])
+
+    def may_send(self) -> bool:
+        """Whether what is judged now goes to the receivers (`alerts.delivery`: Alertmanager,
+        PagerDuty, Slack, the webhook): this worker leads and its generation is current. A
+        generation reprocessing history, or retired, judges and records (its own topics) but
+        sends nothing."""
+        current = self._generation is None or self._generation.is_current()
+        return current and self._leader.is_leader()
 
     async def _end_stale_incidents(self) -> None:
         """Incidents the alerts topic leaves firing that this configuration no longer judges (a
@@ -279,7 +289,8 @@ class Alerting:
             alerts = [*self._taken_over(), *alerts]
         if alerts:
             await self._publisher.publish(alerts)
-            self.delivery.submit(alerts)
+            if self.may_send():
+                self.delivery.submit(alerts)
 
     def _taken_over(self) -> list[Alert]:
         """What this worker judged while following and must send now it leads: per rule and

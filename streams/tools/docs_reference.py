@@ -26,6 +26,7 @@ from streams.collector.server import Collector, collector_config
 from streams.core.config.model import FunnelConfig
 from streams.core.measures import counters as counter_layout
 from streams.counters.memory_store import MemoryCounterStore
+from streams.generations.registry import registry_key
 from streams.metrics import Metrics
 from streams.settings import DEFAULT_FUNNELS, ENV_PREFIX, Settings
 
@@ -353,6 +354,7 @@ def http_page() -> str:
 
 
 def redis_page() -> str:
+    registry = registry_key("<app_id>")
     store = MemoryCounterStore(app_id="conversions", shards=1, bucket_ms=60_000)
     generic = store.prefix(0).replace("0", "<shard>").replace("conversions", "<app_id>")
     _, _, body = (counter_layout.__doc__ or "").partition("Layout")
@@ -375,7 +377,16 @@ def redis_page() -> str:
         + " ".join(header.split())
         + "\n\n```\n"
         + layout
-        + "\n```\n"
+        + "\n```\n\n"
+        + "## Generations\n\n"
+        + "A generation N >= 1 (`conversions deploy`) keeps its counters under its own application id, "
+        + "`conv:{<app_id>-g<N>:<shard>}:...`. The registry (docs/howto/deploy-with-history.md), never "
+        + "expiring, one Cluster slot per base application id:\n\n"
+        + f"- `{registry}`: hash; `current`, `previous`, `g:<N>` (a generation's record, JSON: "
+        + "number, app_id, config, fingerprint, state, created_ms, live_ms, retired_ms), `progress:<N>` "
+        + "(JSON, written by `deploy`), `seam:<N>` (JSON, where its relay starts)\n"
+        + f"- `{registry}:relay:<N>`: hash, the relay's next offset per own output topic partition\n"
+        + f"- `{registry}:alive`: sorted set, `<N>:<host>:<pid>` scored by the last heartbeat (ms)\n"
     )
 
 

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Handler = Callable[..., Awaitable["Response"]]
+CurrentView = Callable[[], Awaitable[tuple[CompiledConfig, CounterReader | None]]]
+"""The current generation's configuration and counters (`generations.current`)."""
 REDIS_DOWN = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -66,6 +68,8 @@ def register_routes(
     allowed_hosts: frozenset[str] = hosts.LOOPBACK_NAMES,
     cap: int = BREAKDOWN_CAP,
     forget: privacy.Forget | None = None,
+    current: CurrentView | None = None,
+    generations: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> None:
     """The routes on the app's web server, behind the Host check (`hosts`), the token (`auth`)
     and with the security headers (`headers`) on every answer."""
@@ -77,20 +81,31 @@ def register_routes(
     if forget is not None:
         privacy.install(web_app, forget, token_set=access is not None and access.web_token is not None)
 
+    async def source() -> tuple[CompiledConfig, CounterReader]:
+        """The configuration and counters one request answers from: the current generation's
+        (issue 26), resolved once so an answer never mixes two."""
+        if current is None:
+            return config, counters
+        resolved_config, resolved = await current()
+        return resolved_config, resolved if resolved is not None else counters
+
     def answer(web: View, result: Answer) -> Response:
         status, body = result
         return web.json(body, status=status)
 
     @redis_outage_as_503
     async def funnel(web: View, request: Request, name: str) -> Response:
+        config, counters = await source()
         return answer(web, await views.funnel(counters, config, name, dict(request.query), cap))
 
     @redis_outage_as_503
     async def overview(web: View, request: Request) -> Response:
+        config, counters = await source()
         return answer(web, await views.overview(counters, config, dict(request.query), cap))
 
     @redis_outage_as_503
     async def goals(web: View, request: Request) -> Response:
+        config, counters = await source()
         return answer(web, await views.goals(counters, config, dict(request.query), cap))
 
     async def alerts(web: View, request: Request) -> Response:
@@ -98,6 +113,7 @@ def register_routes(
 
     @redis_outage_as_503
     async def live(web: View, request: Request) -> Response:
+        config, counters = await source()
         return answer(web, await views.live(counters, config, alert_reader, dict(request.query), cap))
 
     async def experiments(web: View, request: Request) -> Response:
@@ -106,18 +122,22 @@ def register_routes(
     @redis_outage_as_503
     async def series(web: View, request: Request, name: str) -> Response:
         query = dict(request.query)
+        config, counters = await source()
         return answer(web, await analysis.series(counters, config, alert_reader, name, query))
 
     @redis_outage_as_503
     async def progress(web: View, request: Request, name: str) -> Response:
+        config, counters = await source()
         return answer(web, await analysis.progress_view(counters, config, name, dict(request.query)))
 
     @redis_outage_as_503
     async def time_to_convert(web: View, request: Request, name: str) -> Response:
+        config, counters = await source()
         return answer(web, await analysis.time_to_convert_view(counters, config, name, dict(request.query)))
 
     @redis_outage_as_503
     async def channels(web: View, request: Request) -> Response:
+        config, counters = await source()
         return answer(web, await analysis.channels(counters, config, dict(request.query)))
 
     async def dashboard(web: View, request: Request) -> Response:
@@ -131,6 +151,12 @@ def register_routes(
     async def prometheus(web: View, request: Request) -> Response:
         return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
+    async def generations_page(web: View, request: Request) -> Response:
+        if generations is None:
+            return web.json({"current": 0, "generations": []})
+        return web.json(await generations())
+
+    app.page("/generations")(generations_page)
     app.page("/funnels/{name}")(funnel)
     app.page("/funnels/{name}/series")(series)
     app.page("/funnels/{name}/progress")(progress)

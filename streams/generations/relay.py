@@ -1,0 +1,196 @@
+"""The relay: the current generation's outputs onto the live topics, from the cut-over on.
+
+A generation N >= 1 writes its outputs to topics of its own (`generations.naming`); the services
+downstream read the live topics. Once N is current, its leading worker copies each record of its
+own output topics to the live topic of the same name and partition, from the seam `deploy`
+recorded at the flip (the end offsets of N's topics then): what N produced before the seam is
+history the previous generation had already published, or a new funnel's history, which is not
+sent (no flood). Until the previous generation's workers have stopped (their heartbeats in the
+registry expire) nothing is relayed; then every record the live topics received since the seam
+(the previous generation's last words) is remembered by id and not sent again: a consumer of the
+live topics sees each record once across a cut-over. The relay's offsets are kept in the
+registry after each delivered batch: a new leader resumes there (a crash between the two
+repeats a batch, with the same deterministic ids).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams.generations.registry import Registry
+from streams.kafka.clients import new_consumer, new_producer, start_with_retry
+from streams.kafka.undecodable import GuardedConsumer, undecodable
+from streams.ports import GenerationCheck, LeaderCheck, Stopping
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WAIT_FOR_OLD_S = 30.0
+"""How long the relay waits for the previous generation's workers to stop before it goes on."""
+
+
+LOOKBACK = 10_000
+"""Records per live partition before the seam whose ids are also remembered."""
+
+
+def split(name: str) -> TopicPartition:
+    topic, _, partition = name.rpartition("/")
+    return TopicPartition(topic, int(partition))
+
+
+def live_topic(settings: Settings, own: str) -> str:
+    """The live topic a generation topic is relayed to: the name without the generation prefix."""
+    marker = f"{settings.app_id}."
+    head, found, tail = own.partition(marker)
+    assert found, f"{own} is not a topic of {settings.app_id}"
+    return head + tail
+
+
+def own_output_topics(settings: Settings) -> list[str]:
+    return sorted(set(settings.output_topics.values()))
+
+
+class Relay:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        generation: GenerationCheck,
+        leader: LeaderCheck,
+    ) -> None:
+        self.settings = settings
+        self.number = settings.generation or 0
+        self.registry = registry
+        self.generation = generation
+        self.leader = leader
+        self.relayed = 0
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    def _active(self) -> bool:
+        if not self.generation.is_current():
+            return False
+        try:
+            return self.leader.is_leader()
+        except Exception:
+            return False
+
+    async def run(self, stopping: Stopping) -> None:
+        while not stopping():
+            if not self._active():
+                await self._park()
+                await asyncio.sleep(0.5)
+                continue
+            seam = await self.registry.seam(self.number)
+            if seam is None:  # current without a seam: never cut over by deploy (rollback target)
+                seam = {"from": {}, "live": {}}
+            await self._relay(seam, stopping)
+
+    async def _park(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    async def _wait_for_previous(self, stopping: Stopping) -> None:
+        deadline = time.monotonic() + WAIT_FOR_OLD_S
+        while not stopping() and time.monotonic() < deadline:
+            others = await self.registry.alive_elsewhere(self.number)
+            if not others:
+                return
+            await asyncio.sleep(0.5)
+        log.warning("relay: workers of generation(s) %s still beat; relaying anyway", others)
+
+    async def _relay(self, seam: dict[str, dict[str, int]], stopping: Stopping) -> None:
+        s = self.settings
+        positions = {**seam["from"], **(await self.registry.relay_offsets(self.number))}
+        await self._wait_for_previous(stopping)
+        published = await self._published_since(seam["live"], stopping)
+        consumer = self._consumer = new_consumer(s, cls=GuardedConsumer)
+        if self._producer is None:
+            self._producer = new_producer(s, acks="all")
+            if not await start_with_retry(self._producer, "relay", stopping):
+                return
+        if not await start_with_retry(consumer, "relay", stopping):
+            return
+        tps = [TopicPartition(t, p) for t in own_output_topics(s) for p in range(s.partitions)]
+        consumer.assign(tps)
+        for tp in tps:
+            name = f"{tp.topic}/{tp.partition}"
+            if name in positions:
+                consumer.seek(tp, positions[name])
+            else:
+                await consumer.seek_to_beginning(tp)
+        log.info(
+            "relay: generation %d's outputs to the live topics (%d ids already there)",
+            self.number,
+            len(published),
+        )
+        while not stopping() and self._active():
+            batch = await consumer.getmany(timeout_ms=500, max_records=5_000)
+            if not batch:
+                continue
+            sent, moved = [], {}
+            for tp, messages in batch.items():
+                for message in messages:
+                    moved[f"{tp.topic}/{tp.partition}"] = message.offset + 1
+                    if undecodable(message) is not None or message.value is None:
+                        continue
+                    output_id = orjson.loads(message.value).get("id")
+                    if output_id in published:
+                        published.discard(output_id)
+                        continue
+                    sent.append(
+                        await self._producer.send(
+                            live_topic(s, tp.topic),
+                            value=message.value,
+                            key=message.key,
+                            partition=tp.partition,
+                            headers=list(message.headers or ()),
+                        )
+                    )
+            await asyncio.gather(*sent)
+            self.relayed += len(sent)
+            await self.registry.set_relay_offsets(self.number, moved)
+        await self._park()
+
+    async def _published_since(self, live: dict[str, int], stopping: Stopping) -> set[Any]:
+        """The ids on the live topics from a little before the seam to their end: what the
+        previous generation sent last (`LOOKBACK` before it too: a broker may report an end
+        offset short of its last batch, Tansu does)."""
+        if not live:
+            return set()
+        consumer = new_consumer(self.settings, cls=GuardedConsumer)
+        if not await start_with_retry(consumer, "relay", stopping):
+            return set()
+        try:
+            tps = [split(name) for name in live]
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, max(0, live[f"{tp.topic}/{tp.partition}"] - LOOKBACK))
+            ids: set[Any] = set()
+            quiet = 0
+            while not stopping() and quiet < 2:  # it has stopped: nothing more comes
+                batch = await consumer.getmany(timeout_ms=1_000, max_records=5_000)
+                quiet = 0 if batch else quiet + 1
+                for messages in batch.values():
+                    for message in messages:
+                        if undecodable(message) is None and message.value is not None:
+                            ids.add(orjson.loads(message.value).get("id"))
+            return ids
+        finally:
+            await consumer.stop()
+
+    async def close(self) -> None:
+        await self._park()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.stop()

@@ -1,0 +1,149 @@
+"""The generations registry on the real Redis, the retention check on the real broker, and the
+deletion of a retired generation after its grace period (issue 26)."""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from redis.asyncio import Redis
+
+from streams.core.config.horizon import history_needs, short_needs
+from streams.core.config.loader import parse_config
+from streams.generations.current import GenerationRefused, join
+from streams.generations.naming import generation_settings
+from streams.generations.registry import Registry, RegistryError
+from streams.kafka import ensure_topics
+from streams.kafka.clients import kafka_client_options
+from streams.settings import Settings
+from streams.tools.deploy import delete_generation, deploy, rollback
+from streams.tools.infra import LocalInfra
+from tests.helpers import event
+from tests.pipeline.test_config_change import send
+
+WEEK = """
+version: 1
+funnels:
+  - name: checkout
+    window: 7d
+    steps:
+      - {name: view, match: {event: product_view}}
+      - {name: cart, match: {event: add_to_cart}}
+alerts:
+  - {funnel: checkout, step: cart, window: 15m, baseline: 1d, min_entered: 5, relative_drop: 0.5}
+"""
+
+
+def test_history_needs_name_the_longest_window_baseline_and_ttl() -> None:
+    needs = history_needs(parse_config(WEEK))
+    assert [(n.what, n.ms, n.required) for n in needs] == [
+        ("funnel checkout window", 7 * 86_400_000, True),
+        ("alert on checkout/cart baseline", 86_400_000 + 15 * 60_000, True),
+        ("identity ttl", 90 * 86_400_000, False),
+    ]
+    refused, warned = short_needs(needs, 2 * 86_400_000)
+    assert [n.what for n in refused] == ["funnel checkout window"]
+    assert [n.what for n in warned] == ["identity ttl"]
+
+
+async def test_the_registry_flips_once_and_refuses_a_second_reprocessing(infra: LocalInfra) -> None:
+    redis = Redis.from_url(infra.redis_url)
+    registry = Registry(redis, "reg-test-" + str(id(redis)))
+    try:
+        assert await registry.current_number() == 0
+        await registry.ensure_first("version: 1\n", "f0")
+        first = await registry.create("version: 1\n", "f1")
+        assert (first.number, first.app_id, first.state) == (1, f"{registry.app_id}-g1", "reprocessing")
+        with pytest.raises(RegistryError, match="still reprocessing"):
+            await registry.create("version: 1\n", "f2")
+        assert await registry.flip(0, 1)
+        assert not await registry.flip(0, 1)  # a second flip from 0 lost the race: no change
+        states = {g.number: g.state for g in await registry.all()}
+        assert (await registry.current_number(), states) == (1, {0: "retired", 1: "live"})
+        assert await registry.previous_number() == 0
+        assert await registry.flip(1, 0)  # a rollback
+        assert {g.number: g.state for g in await registry.all()} == {0: "live", 1: "retired"}
+    finally:
+        await redis.delete(registry.key)
+        await redis.aclose()
+
+
+async def test_deploy_says_how_far_back_history_reaches_and_refuses_short_history(
+    settings: Settings, infra: LocalInfra
+) -> None:
+    await ensure_topics(settings)
+    await send(settings, [event("product_view", "10:00", "u1"), event("add_to_cart", "10:01", "u1")])
+    said: list[str] = []
+    assert await deploy(settings, WEEK, said.append) == 1
+    text = "\n".join(said)
+    assert "history: 2 records retained, from " in text
+    assert "retention.ms not reported" in text  # Tansu does not answer DescribeConfigs
+    assert "SHORT  funnel checkout window: 1w" in text and "SHORT  alert on checkout/cart" in text
+    assert "refused: the retained history is shorter than funnel checkout window" in text
+    assert "--accept-short-history" in text
+    redis = Redis.from_url(infra.redis_url)
+    try:  # refused before anything was recorded
+        assert await Registry(redis, settings.app_id).all() == []
+    finally:
+        await redis.aclose()
+
+
+async def test_a_retired_generation_is_deleted_after_its_grace_period(
+    settings: Settings, infra: LocalInfra
+) -> None:
+    redis = Redis.from_url(infra.redis_url)
+    registry = Registry(redis, settings.app_id)
+    said: list[str] = []
+    try:
+        await registry.ensure_first("version: 1\n", "f0")
+        await registry.create("version: 1\n", "f1")
+        gen1 = generation_settings(settings, 1)
+        created = await ensure_topics(gen1)
+        await redis.hset(f"conv:{{{gen1.app_id}:0}}:meta", "latest", "1")
+        assert await registry.flip(0, 1)
+        assert await rollback(settings, said.append) == 0
+        assert await delete_generation(settings, 1, 3_600_000, said.append) == 1
+        assert "less than the grace period ago" in said[-1]
+        assert await delete_generation(settings, 1, 0, said.append) == 0
+        admin = AIOKafkaAdminClient(**kafka_client_options(settings))
+        await admin.start()
+        try:
+            left = set(await admin.list_topics())
+        finally:
+            await admin.close()
+        own = [t for t in created if t.startswith(settings.topic(f"{gen1.app_id}.")) or "-g1-" in t]
+        assert own and not (set(own) & left)
+        assert settings.topic("clickstream") in left  # the input stays
+        assert await redis.exists(f"conv:{{{gen1.app_id}:0}}:meta") == 0
+        assert await registry.get(1) is None and await registry.current_number() == 0
+        assert await rollback(settings, said.append) == 1  # nothing left to return to
+    finally:
+        await redis.delete(registry.key)
+        await redis.aclose()
+
+
+async def test_a_plain_worker_runs_the_current_generation_and_never_creates_one(
+    settings: Settings, infra: LocalInfra
+) -> None:
+    redis = Redis.from_url(infra.redis_url)
+    registry = Registry(redis, settings.app_id)
+    try:
+        joined, generation = await join(settings, registry)  # nothing deployed: unchanged
+        assert (joined, generation) == (settings, None) and await registry.all() == []
+        await registry.ensure_first("version: 1\n", "f0")
+        await registry.create(WEEK, "f1")
+        joined, generation = await join(settings, registry)  # still generation 0 until the flip
+        assert (joined.app_id, joined.generation) == (settings.app_id, 0)
+        assert await registry.flip(0, 1)
+        joined, generation = await join(settings, registry)  # a restart after the cut-over
+        assert generation is not None and generation.number == 1
+        assert (joined.app_id, joined.generation) == (f"{settings.app_id}-g1", 1)
+        assert joined.topic(joined.topic_micro) == settings.topic(f"{settings.app_id}-g1.conversions.micro")
+        assert joined.topic_clickstream == settings.topic_clickstream
+        assert joined.funnels.read_text() == WEEK
+        assert [g.number for g in await registry.all()] == [0, 1]
+        retired = settings.model_copy(update={"generation": 0})
+        with pytest.raises(GenerationRefused, match=r"generation 0 .* is retired"):
+            await join(retired, registry)
+    finally:
+        await redis.delete(registry.key)
+        await redis.aclose()
