@@ -10,11 +10,12 @@ import asyncio
 from collections.abc import Callable
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
 from streams.kafka import ensure_topics, kafka_client_options
+from streams.kafka.clients import new_consumer
 from streams.settings import Settings
 from streams.tools.worker_process import WorkerProcess
 from tests.helpers import event, read_topics
@@ -24,7 +25,7 @@ ADDRESSES = {"81.2.69.201": "GB", "5.9.77.3": "DE", "2001:4860::77:1": "US", "20
 
 
 async def raw_records(settings: Settings, topic: str) -> list[bytes]:
-    consumer = AIOKafkaConsumer(**kafka_client_options(settings), enable_auto_commit=False, group_id=None)
+    consumer = new_consumer(settings)  # the broker's short empty-fetch wait: many topics are read
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
