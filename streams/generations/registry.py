@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import orjson
 
+from streams.errors import ConversionsError
+
 State = Literal["reprocessing", "live", "retired"]
 
 
@@ -59,7 +61,7 @@ class Generation:
         return data
 
 
-class RegistryError(RuntimeError):
+class RegistryError(ConversionsError, RuntimeError):
     """A registry operation that cannot be done as asked (the message says why)."""
 
 

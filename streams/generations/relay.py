@@ -101,12 +101,14 @@ class Relay:
 
     async def _wait_for_previous(self, stopping: Stopping) -> None:
         deadline = time.monotonic() + WAIT_FOR_OLD_S
+        others: list[int] = []
         while not stopping() and time.monotonic() < deadline:
             others = await self.registry.alive_elsewhere(self.number)
             if not others:
                 return
             await asyncio.sleep(0.5)
-        log.warning("relay: workers of generation(s) %s still beat; relaying anyway", others)
+        if others and not stopping():
+            log.warning("relay: workers of generation(s) %s still beat; relaying anyway", others)
 
     async def _relay(self, seam: dict[str, dict[str, int]], stopping: Stopping) -> None:
         s = self.settings

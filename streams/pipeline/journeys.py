@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 ReadSource = Callable[[str, int, int], Awaitable[bytes | None]]
 """Reads a source message's value back by topic, partition and offset (`kafka.SourceReader`)."""
 
+READ_BACK_BUDGET_S = 5.0
+"""How long one run may spend reading late events' source messages back for their dead letters."""
+
 MAX_DEFINITIONS = 64
 """Funnel versions a partition remembers the definition of (the latest; an attempt written under
 an older one ends as `definition_changed` with its step as #k)."""
@@ -209,17 +212,22 @@ class Journeys:
         self.engine.flush()
         for marker, (offset, watermark) in applied_now.items():
             self.state[marker] = marker_value(offset, watermark)
+        read_back_until = time.monotonic() + READ_BACK_BUDGET_S
         for partition, produced in outputs.items():
             if self._read_source is not None and any(o.type == "deadletter" for o in produced):
-                produced[:] = [await self._with_source_bytes(output) for output in produced]
+                produced[:] = [await self._with_source_bytes(output, read_back_until) for output in produced]
             await self._publisher.publish(produced, partition)
         await self._forward(forwards)
         await self.state.write_changelog()
 
-    async def _with_source_bytes(self, output: OutputEvent) -> OutputEvent:
+    async def _with_source_bytes(self, output: OutputEvent, until: float) -> OutputEvent:
         """A dead letter the engine made (a late event) with the source message's own bytes,
-        read back from where ingest read it: the engine only had the event re-encoded."""
+        read back from where ingest read it: the engine only had the event re-encoded. Past
+        `until` (the run's budget: a replay can make many late events at once, and the run waits
+        on every read), the re-encoded event stays."""
         if not isinstance(output, DeadLetterRecord) or output.source_offset is None:
+            return output
+        if time.monotonic() >= until:
             return output
         if output.reason != "late_event" or output.source_topic is None or output.source_partition is None:
             return output
