@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-browser demo test unit integration lint typecheck schemas docs docs-serve bench bench-alerts crash soak clean
+.PHONY: setup setup-browser demo test test-slow unit integration lint typecheck schemas docs docs-serve bench bench-alerts crash soak clean
 
 setup:
 	@./scripts/bootstrap
@@ -18,7 +18,11 @@ demo: setup
 test: setup-browser lint typecheck
 	$(PY) -m streams.cli schemas --check
 	$(PY) -m streams.cli docs-reference --check
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
+
+# the long crash and outage simulations (SIGKILLed workers, a 30 s Redis outage, a frozen broker)
+test-slow: setup-browser
+	$(PY) -m pytest -m slow
 
 unit: setup
 	$(PY) -m pytest -m "not integration and not browser and not wheel"

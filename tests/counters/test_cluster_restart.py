@@ -40,6 +40,9 @@ from streams.tools.worker_process import WorkerProcess
 from tests.counters.test_batch import same_amount
 from tests.counters.test_counters_worker import get_metric, wait_for
 
+# a long crash or outage simulation: `make test-slow`, not every `make test`
+pytestmark = pytest.mark.slow
+
 COUNTED = ("micro", "macro", "dropoff", "stalled", "session")
 
 

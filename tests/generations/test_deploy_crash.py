@@ -25,6 +25,9 @@ from streams.tools.worker_process import WorkerProcess
 from tests.counters.test_counters_worker import WINDOW, expected_steps, get_json, wait_for
 from tests.pipeline.test_journeys_kafka import SOURCE_IDLE, offline_outputs, send_ticks, traffic
 
+# a long crash or outage simulation: `make test-slow`, not every `make test`
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.timeout(400)
 async def test_a_reprocessing_worker_killed_half_way_loses_nothing_and_counts_nothing_twice(

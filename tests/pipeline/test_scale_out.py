@@ -9,6 +9,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from streams.kafka import ensure_topics
 from streams.settings import Settings
 from streams.tools.producer import produce_lines
@@ -23,6 +25,9 @@ from tests.pipeline.test_journeys_kafka import (
     traffic,
     unique_by_id,
 )
+
+# a long crash or outage simulation: `make test-slow`, not every `make test`
+pytestmark = pytest.mark.slow
 
 RECOVERED = re.compile(r"journeys recovered: (\d+) journeys in partitions \[([\d, ]*)\]")
 CHANGELOG_READ = re.compile(r"journeys: read (\d+) changelog records")

@@ -22,6 +22,9 @@ from streams.tools.worker_process import READY_LINE, WorkerProcess
 from tests.counters.test_counters_worker import WINDOW, expected_steps, get_json, get_metric, wait_for
 from tests.pipeline.test_journeys_kafka import SOURCE_IDLE, offline_outputs, send_ticks, traffic
 
+# a long crash or outage simulation: `make test-slow`, not every `make test`
+pytestmark = pytest.mark.slow
+
 OUTAGE_S = 30
 
 
