@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -200,3 +201,28 @@ def fired_alert(config: CompiledConfig) -> dict[str, Any]:
             )
     [fired] = [a for a in evaluator.advance(1710324000000 + 10 * 60_000) if a.state == "fired"]
     return fired.model_dump(mode="json")
+
+
+def lines_past(end: datetime) -> tuple[list[bytes], list[bytes]]:
+    """What moves a run's event time to `end` everywhere: product views from enough users that
+    every micro partition carries a watermark past it (they reach the alert and experiment
+    evaluators), and one tick for each of four partitions (every journey partition's watermark)."""
+    closing = [
+        orjson.dumps(
+            {
+                "event_id": f"close-{i}",
+                "event": "product_view",
+                "user_id": f"closer-{i}",
+                "timestamp": end.isoformat(),
+                "context": {"platform": "web"},
+            }
+        )
+        for i in range(40)
+    ]
+    ticks = [
+        orjson.dumps(
+            {"event_id": f"tick-{p}", "event": "tick", "user_id": f"tick-{p}", "timestamp": end.isoformat()}
+        )
+        for p in range(4)
+    ]
+    return closing, ticks

@@ -23,7 +23,7 @@ from streams.tools.producer import produce_lines
 from streams.tools.simulate import Incident, Simulator
 from streams.tools.worker_process import WorkerProcess
 from tests.counters.test_counters_worker import get_metric, wait_for
-from tests.helpers import incident_funnels, read_topics
+from tests.helpers import incident_funnels, lines_past, read_topics
 from tests.pipeline.test_journeys_kafka import SOURCE_IDLE, send_ticks
 
 FUNNELS = incident_funnels(baseline="3d", min_entered=15)
@@ -39,25 +39,7 @@ async def test_kafka_raises_the_same_alerts_as_offline(
     incident = Incident(start + timedelta(days=4), start + timedelta(days=11), "mobile", 0.3)  # a week
     lines = list(Simulator(seed=8, users=4_000, start=start, days=13, incident=incident).lines())
     end = start + timedelta(days=40)
-    # product views far ahead from enough users that every micro partition moves past the end
-    closing = [
-        orjson.dumps(
-            {
-                "event_id": f"close-{i}",
-                "event": "product_view",
-                "user_id": f"closer-{i}",
-                "timestamp": end.isoformat(),
-                "context": {"platform": "web"},
-            }
-        )
-        for i in range(40)
-    ]
-    ticks = [
-        orjson.dumps(
-            {"event_id": f"tick-{p}", "event": "tick", "user_id": f"tick-{p}", "timestamp": end.isoformat()}
-        )
-        for p in range(4)
-    ]
+    closing, ticks = lines_past(end)
     run = OfflineRun(compile_config(load_config(funnels)), settings.partitions)
     expected = [orjson.loads(o.to_json()) for o in run.run(lines + closing + ticks) if o.type == "alert"]
     assert any(a["state"] == "fired" and a["by"] == {"context.platform": "mobile"} for a in expected)

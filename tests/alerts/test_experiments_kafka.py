@@ -29,7 +29,7 @@ from streams.tools.report import experiment_report
 from streams.tools.simulate import Simulator, VariantSplit
 from streams.tools.worker_process import WorkerProcess
 from tests.counters.test_counters_worker import get_json, get_metric, wait_for
-from tests.helpers import experiment_funnels, read_topics
+from tests.helpers import experiment_funnels, lines_past, read_topics
 from tests.pipeline.test_journeys_kafka import SOURCE_IDLE, send_ticks, unique_by_id
 
 START = datetime(2024, 3, 1, tzinfo=UTC)
@@ -46,25 +46,7 @@ async def test_kafka_publishes_the_experiment_updates_offline_mode_prints(
     split = VariantSplit(step="add_to_cart", lift=1.4)
     lines = list(Simulator(seed=8, users=2_000, start=START, days=DAYS, split=split).lines())
     end = START + timedelta(days=40)
-    # product views far ahead from enough users that every micro partition moves past the end
-    closing = [
-        orjson.dumps(
-            {
-                "event_id": f"close-{i}",
-                "event": "product_view",
-                "user_id": f"closer-{i}",
-                "timestamp": end.isoformat(),
-                "context": {"platform": "web"},
-            }
-        )
-        for i in range(40)
-    ]
-    ticks = [
-        orjson.dumps(
-            {"event_id": f"tick-{p}", "event": "tick", "user_id": f"tick-{p}", "timestamp": end.isoformat()}
-        )
-        for p in range(4)
-    ]
+    closing, ticks = lines_past(end)
     run = OfflineRun(config, settings.partitions)
     expected = [o for o in run.run(lines + closing + ticks) if isinstance(o, ExperimentUpdate)]
     (final,) = [s for s in run.experiments.snapshot() if s.experiment == "cart_button"]

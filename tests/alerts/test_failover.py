@@ -23,7 +23,7 @@ from streams.tools.simulate import Incident, Simulator
 from streams.tools.worker_process import WorkerProcess
 from tests.alerts.receivers import Receiver, alertmanager, am_get, receiver
 from tests.counters.test_counters_worker import get_metric, wait_for
-from tests.helpers import incident_funnels
+from tests.helpers import incident_funnels, lines_past
 from tests.pipeline.test_journeys_kafka import SOURCE_IDLE, send_ticks
 
 __all__ = ["alertmanager", "receiver"]
@@ -48,24 +48,7 @@ async def test_the_successor_delivers_every_state_change_once_per_incident(
     before = [line for line in lines if _at(line) < middle]
     after = [line for line in lines if _at(line) >= middle]
     end = start + timedelta(days=40)
-    closing = [
-        orjson.dumps(
-            {
-                "event_id": f"close-{i}",
-                "event": "product_view",
-                "user_id": f"closer-{i}",
-                "timestamp": end.isoformat(),
-                "context": {"platform": "web"},
-            }
-        )
-        for i in range(40)
-    ]
-    ticks = [
-        orjson.dumps(
-            {"event_id": f"tick-{p}", "event": "tick", "user_id": f"tick-{p}", "timestamp": end.isoformat()}
-        )
-        for p in range(4)
-    ]
+    closing, ticks = lines_past(end)
     ports = [free_port(), free_port()]
     env = {
         **SOURCE_IDLE,
