@@ -8,9 +8,11 @@ depends on how ingest interleaves the partitions; offline mode, reading the line
 refuses none.
 
 This sends the same batches to fixed partitions (message i to partition i % 4, so every run of
-it sees the same input), lets one worker (counters inside) handle them until the sources go idle
-and every deadline has fired, and counts the outputs by type and the dead letters by reason.
-Run it at two commits to compare them (bench/results/replay_order.json keeps the last run).
+it sees the same input), then one far-future tick per partition (which moves event time past
+every deadline), lets one worker (counters inside) handle them until the outputs stay still, and
+counts the outputs by type and the dead letters by reason, beside offline mode's outputs over the
+same events in their order (`offline`). Run it at two commits to compare them
+(bench/results/replay_order.json keeps the last run).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,13 @@ from aiokafka import AIOKafkaProducer
 
 from bench.harness import COUNTED, Run, batched, say, traffic
 from bench.run import metrics
+from streams.core.config.loader import load_config
+from streams.core.config.matching import compile_config
 from streams.core.input.decode import decode_message
 from streams.kafka import ensure_topics, kafka_client_options
 from streams.kafka.changelog import read_to_end
+from streams.offline.run import OfflineRun
+from streams.settings import Settings
 from streams.tools.infra import LocalInfra, free_port
 
 ROOT = Path(__file__).resolve().parent
@@ -41,6 +47,7 @@ QUIET_S = 15.0
 async def replay(infra: LocalInfra, workdir: Path, events: int) -> dict[str, Any]:
     lines = traffic(events)
     messages = batched(lines)
+    ticks = _ticks(lines, 4)
     run = Run(infra, workdir, "ord")
     run.env["CONVERSIONS_SOURCE_IDLE_S"] = "4"
     await ensure_topics(run.settings)
@@ -49,6 +56,8 @@ async def replay(infra: LocalInfra, workdir: Path, events: int) -> dict[str, Any
     try:
         for i, message in enumerate(messages):
             await producer.send(run.source, message, partition=i % run.settings.partitions)
+        for partition, tick in enumerate(ticks):
+            await producer.send(run.source, tick, partition=partition)
         await producer.flush()
     finally:
         await producer.stop()
@@ -66,13 +75,35 @@ async def replay(infra: LocalInfra, workdir: Path, events: int) -> dict[str, Any
     finally:
         worker.stop()
     dead = await _dead_letters(run)
+    offline = _offline(run.settings, lines + ticks)
+    found = {kind: int(count) for kind, count in outputs.items()}
     return {
         "events": sum(len(decode_message(line).events) for line in lines),
         "messages": len(messages),
-        "outputs": {kind: int(count) for kind, count in outputs.items()},
+        "outputs": found,
         "outputs_total": int(sum(outputs.values())),
         "dead_letters": dict(Counter(letter["reason"] for letter in dead)),
+        "offline": offline,
+        "equal_offline": found == offline,
     }
+
+
+def _ticks(lines: list[bytes], partitions: int) -> list[bytes]:
+    """One event per partition 60 days after the last: every session and attempt ends."""
+    end = datetime.fromisoformat(orjson.loads(lines[-1])["timestamp"]) + timedelta(days=60)
+    return [
+        orjson.dumps(
+            {"event_id": f"tick-{p}", "event": "tick", "user_id": f"tick-{p}", "timestamp": end.isoformat()}
+        )
+        for p in range(partitions)
+    ]
+
+
+def _offline(settings: Settings, lines: list[bytes]) -> dict[str, int]:
+    """Offline mode's outputs by type over the same events, in their order."""
+    run = OfflineRun(compile_config(load_config(settings.funnels)), settings.partitions)
+    found = Counter(output.type for output in run.run(lines))
+    return {kind: found[kind] for kind in COUNTED}
 
 
 async def _dead_letters(run: Run) -> list[dict[str, Any]]:
@@ -95,7 +126,10 @@ def main() -> None:
         result = asyncio.run(replay(infra, workdir, 40_000))
     result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     result["command"] = "python -m bench.replay_order"
-    say(f"outputs {result['outputs_total']:,}, dead letters {result['dead_letters']}")
+    say(
+        f"outputs {result['outputs_total']:,}, dead letters {result['dead_letters']}, "
+        f"offline {sum(result['offline'].values()):,} (equal by type: {result['equal_offline']})"
+    )
     text = json.dumps(result, indent=2)
     (ROOT / "results" / "replay_order.json").write_text(text + "\n")
     print(text)

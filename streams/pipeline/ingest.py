@@ -21,7 +21,7 @@ import heapq
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from faust.types import TP
@@ -56,6 +56,7 @@ class Ingest:
         late_tolerance_ms: int = 10 * 60_000,
     ) -> None:
         self.settings = settings
+        self.late_tolerance_ms = late_tolerance_ms
         self._flush_after_ms = max(1, late_tolerance_ms // 2)
         self.metrics = metrics
         self._home_partition = home_partition or (
@@ -79,8 +80,21 @@ class Ingest:
         self._carried: dict[str, list[tuple[int, Any, list[ClickEvent]]]] = defaultdict(list)
         self._handled_next: dict[str, int] = {}
         self._moved = asyncio.Event()  # a run moved a source's watermark on
+        # per source, the latest event time read (sent or carried): how far it has been read
+        self._read_to: dict[str, int] = {}
+        self._unkeyed = False  # once a run held one person's events in two sources
 
-    async def repartition(self, messages: list[Any]) -> None:
+    @property
+    def unkeyed(self) -> bool:
+        """Whether the input has shown one person's events in two sources (unkeyed producers):
+        from then on the sources' event times are kept aligned (`repartition`'s `holding`)."""
+        return self._unkeyed
+
+    def read_to(self, source: str) -> int | None:
+        """The latest event time read from the source (sent or carried), None before any."""
+        return self._read_to.get(source)
+
+    async def repartition(self, messages: list[Any], holding: Collection[str] | None = None) -> None:
         """Repartition the valid events of a run of clickstream messages: one batch per source
         and target partition (more when they grow past `max_message_bytes`), each sent with
         its source's watermark once it holds every event that watermark covers.
@@ -92,7 +106,14 @@ class Ingest:
         than that past where another source of the run stops are carried to the next run
         (`resume_offset`), so that a journey never receives one source's later events a late
         tolerance before another's earlier ones. A run without new messages sends what was
-        carried. Keyed input, and live traffic, make one send a run and carry nothing."""
+        carried. Keyed input, and live traffic, make one send a run and carry nothing.
+
+        `holding` (the ingest consumer's) names the sources that still hold event time back:
+        assigned, with records known past what was read. Once the input has shown itself
+        unkeyed, no message is sent whose earliest event is later than where every holding
+        source has been read to (in this run or an earlier one): what such a source will
+        deliver next is not earlier than that, so a person's events reach their journey in
+        event-time order across the sources. A source read to its end holds nothing back."""
         if self.ready is not None and not self.ready.is_set():
             await self.ready.wait()
         latest_ms = self.settings.latest_accepted_ms()
@@ -134,10 +155,15 @@ class Ingest:
             self._handled_next[source] = message.offset + 1
             if decoded.events:
                 earliest = min(c.ts_ms for c in decoded.events)
+                latest = max(c.ts_ms for c in decoded.events)
+                self._read_to[source] = max(latest, self._read_to.get(source, latest))
                 by_source[source].append((earliest, message, decoded.events))
-        spread = _spread_over_sources(by_source)
+        spread = self._unkeyed = self._unkeyed or _spread_over_sources(by_source)
         until = None
-        if messages and spread:
+        if spread and holding is not None:
+            # a holding source nothing was read from yet may hold anything: carry all
+            until = min((self._read_to.get(source, -1) for source in holding), default=None)
+        elif messages and spread:
             until = min(found[-1][0] for found in by_source.values() if found) + self._flush_after_ms
         pending: dict[tuple[str, int], PendingBatch] = {}
         watermarks: dict[str, int] = {}
@@ -204,6 +230,7 @@ class Ingest:
         for source in sources:
             self._carried.pop(source, None)
             self._handled_next.pop(source, None)
+            self._read_to.pop(source, None)
 
     async def _send_pending(
         self, pending: dict[tuple[str, int], PendingBatch], watermarks: dict[str, int]
