@@ -2,12 +2,12 @@
 
 A replay reads hours of history at once, and nothing keeps the input partitions at the same
 event time: a fetch that comes back late, or a partition whose messages each hold more events,
-lets one run hours ahead of another. With keyed input that is harmless. With unkeyed input (one
-person's events spread over the partitions) the journey then gets the later events first and
-refuses the earlier ones past the late tolerance (`late_event`), or counts them in another
-order than `conversions process` would.
-
-So once ingest has seen the input unkeyed (`Ingest.unkeyed`), after every run:
+lets one run hours ahead of another. With unkeyed input (one person's events spread over the
+partitions) the journey then gets the later events first and refuses the earlier ones past the
+late tolerance (`late_event`), or counts them in another order than `conversions process` would.
+Whether the input is keyed cannot be known before the first runs are sent, and event time that
+runs ahead also holds back every watermark behind it, so the partitions are aligned whatever
+the keys. After every run:
 
 - a partition *holds* event time back while it has records the consumer has not read yet (its
   position short of the broker's end, or records fetched and not handed over) and it has not

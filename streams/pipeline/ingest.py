@@ -84,12 +84,6 @@ class Ingest:
         self._read_to: dict[str, int] = {}
         self._unkeyed = False  # once a run held one person's events in two sources
 
-    @property
-    def unkeyed(self) -> bool:
-        """Whether the input has shown one person's events in two sources (unkeyed producers):
-        from then on the sources' event times are kept aligned (`repartition`'s `holding`)."""
-        return self._unkeyed
-
     def read_to(self, source: str) -> int | None:
         """The latest event time read from the source (sent or carried), None before any."""
         return self._read_to.get(source)
@@ -100,7 +94,9 @@ class Ingest:
         its source's watermark once it holds every event that watermark covers.
 
         Messages are taken in event-time order across the sources (each source's own order
-        kept). When a person's events are spread over the sources (unkeyed producers) and the
+        kept). When a person's events are spread over the sources (unkeyed producers), a batch
+        holding a person's events is sent before another source's next event of theirs is
+        added to its own, so that the journey gets them in that order; and when the
         run's sources have got to different event times (a replay), the batches are sent
         whenever the run has moved on by half the late tolerance, and a source's messages more
         than that past where another source of the run stops are carried to the next run
@@ -109,11 +105,12 @@ class Ingest:
         carried. Keyed input, and live traffic, make one send a run and carry nothing.
 
         `holding` (the ingest consumer's) names the sources that still hold event time back:
-        assigned, with records known past what was read. Once the input has shown itself
-        unkeyed, no message is sent whose earliest event is later than where every holding
-        source has been read to (in this run or an earlier one): what such a source will
-        deliver next is not earlier than that, so a person's events reach their journey in
-        event-time order across the sources. A source read to its end holds nothing back."""
+        assigned, with records known past what was read. No message is then sent whose
+        earliest event is later than where every holding source has been read to (in this run
+        or an earlier one): what such a source delivers next is not earlier than that (each
+        partition in time order), so a person's events reach their journey in event-time order
+        across the sources, however the input is keyed (whether it is cannot be known before
+        the first runs have been sent). A source read to its end holds nothing back."""
         if self.ready is not None and not self.ready.is_set():
             await self.ready.wait()
         latest_ms = self.settings.latest_accepted_ms()
@@ -160,12 +157,14 @@ class Ingest:
                 by_source[source].append((earliest, message, decoded.events))
         spread = self._unkeyed = self._unkeyed or _spread_over_sources(by_source)
         until = None
-        if spread and holding is not None:
+        if holding is not None:
             # a holding source nothing was read from yet may hold anything: carry all
             until = min((self._read_to.get(source, -1) for source in holding), default=None)
         elif messages and spread:
             until = min(found[-1][0] for found in by_source.values() if found) + self._flush_after_ms
         pending: dict[tuple[str, int], PendingBatch] = {}
+        # per journey partition and person, the pending batch their events are in (spread input)
+        holders: dict[tuple[int, str | None], tuple[str, PendingBatch]] = {}
         watermarks: dict[str, int] = {}
         started_at: int | None = None  # the event time the pending batches began at
         in_time_order = heapq.merge(*by_source.values(), key=lambda found: found[0])
@@ -178,8 +177,16 @@ class Ingest:
                 await self._send_pending(pending, watermarks)
                 started_at = earliest
             by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
+            people: list[tuple[int, str | None]] = []
             for click in events:
-                by_partition[self._home_partition(click)].append(click.to_json_dict())
+                partition = self._home_partition(click)
+                by_partition[partition].append(click.to_json_dict())
+                people.append((partition, click.anonymous_id or click.user_id))
+            if spread:
+                for other, partition in _interleaved(people, source, holders, pending):
+                    # the person's earlier events, from another source, go first
+                    earlier = pending.pop((other, partition))
+                    await self._send_batch(partition, earlier.build(other, watermarks[other]))
             size = len(message.value or b"")
             before = watermarks.get(source, self._source_watermarks.get(source, 0))
             for partition in by_partition:
@@ -191,6 +198,9 @@ class Ingest:
             watermarks[source] = max(before, *(c.ts_ms for c in events))
             for partition, items in by_partition.items():
                 pending.setdefault((source, partition), PendingBatch()).add(items, message.offset, size)
+            if spread:
+                for person in people:
+                    holders[person] = (source, pending[(source, person[0])])
         await self._send_pending(pending, watermarks)
         # Only now may the heartbeat timer repeat them: had it run during the sends above, a
         # partition could learn a watermark before receiving the events it covers.
@@ -284,6 +294,22 @@ class Ingest:
                 announced, sent_at = self._announced.get((source, partition), (-1, 0.0))
                 if announced != watermark or sent_at < stale_before:
                     await self._send_batch(partition, RepartitionBatch(source, watermark, [], idle=idle))
+
+
+def _interleaved(
+    people: Iterable[tuple[int, str | None]],
+    source: str,
+    holders: Mapping[tuple[int, str | None], tuple[str, PendingBatch]],
+    pending: Mapping[tuple[str, int], PendingBatch],
+) -> list[tuple[str, int]]:
+    """The pending batches (source, journey partition) of other sources that hold earlier events
+    of these people (journey partition, identity)."""
+    found = set()
+    for person in people:
+        held = holders.get(person)
+        if held is not None and held[0] != source and pending.get((held[0], person[0])) is held[1]:
+            found.add((held[0], person[0]))
+    return sorted(found)
 
 
 def _spread_over_sources(by_source: Mapping[str, list[tuple[int, Any, list[ClickEvent]]]]) -> bool:

@@ -6,8 +6,9 @@ more than decoding and repartitioning the event itself. `getmany` hands over wha
 fetcher has, in the order of each partition, for a few microseconds a message: the raw ceiling's
 path. A run takes an equal share of every assigned partition (`_next_run`), so that they stay
 in step as Faust's round robin kept them. Faust still runs the journeys agent, whose input is
-already in batches. Across runs, a replay of unkeyed input keeps the partitions at the same
-event time (`pipeline.alignment`: what runs ahead is carried, then paused).
+already in batches. Across runs, the partitions are kept at the same event time
+(`pipeline.alignment`: what runs ahead is carried, then paused), which a replay of unkeyed input
+needs.
 
 At least once, as before: a run of messages is repartitioned (`Ingest.repartition`), and the
 offsets after it are committed only once Faust's producer has delivered what it sent (flushed
@@ -130,8 +131,7 @@ class IngestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 if batch or self.ingest.carrying() or consumer.paused():
                     holding = await self._alignment.holding(consumer, batch)
                     await self._repartition(batch, {source_name(tp.topic, tp.partition) for tp in holding})
-                    if self.ingest.unkeyed:
-                        self._alignment.pace(consumer, holding, self.ingest.read_to)
+                    self._alignment.pace(consumer, holding, self.ingest.read_to)
                 if time.monotonic() - self._committed_at >= self.settings.commit_interval_s:
                     await self._commit(self.assignment())
 
