@@ -104,3 +104,32 @@ async def test_keyed_input_is_sent_once_per_source_and_partition_however_long_th
     await agent.repartition(run)
     assert len(sent) == 2 and not agent.carrying()
     assert received(sent, "x") == [f"{10 + i}:00" for i in range(1, 6)]
+
+
+async def test_nothing_is_sent_past_where_a_source_still_holding_records_was_read_to() -> None:
+    """Across runs: the consumer names the sources with records still to read (`holding`); a
+    source missing from a run still holds the others back at where it was read to, and one
+    read to its end holds nothing back."""
+    agent, sent = ingest()
+    both = {"p.clickstream/0", "p.clickstream/1"}
+    await agent.repartition(
+        [message(0, 1, event("page_view", "10:00", "x")), message(1, 1, event("page_view", "10:01", "x"))],
+        holding=both,
+    )
+    assert received(sent, "x") == ["10:00"], "source 0 may still deliver something before 10:01"
+    await agent.repartition([message(0, 2, event("page_view", "10:03", "x"))], holding=both)
+    assert received(sent, "x") == ["10:00", "10:01"]
+    await agent.repartition([], holding={"p.clickstream/0"})  # source 1 at its end, 10:01
+    assert received(sent, "x") == ["10:00", "10:01", "10:03"] and not agent.carrying()
+
+
+async def test_a_persons_events_alternating_between_sources_keep_their_order_in_one_run() -> None:
+    agent, sent = ingest()
+    run = [message(0, 1, event("page_view", "10:00", "x")), message(0, 2, event("login", "10:02", "x"))]
+    run += [
+        message(1, 1, event("product_view", "10:01", "x")),
+        message(1, 2, event("add_to_cart", "10:03", "x")),
+    ]
+    await agent.repartition(run, holding=set())
+    assert received(sent, "x") == ["10:00", "10:01", "10:02", "10:03"]
+    assert len(sent) == 4, "one batch per switch of source"
