@@ -41,7 +41,7 @@ from streams.settings import Settings
 from streams.tools.infra import LocalInfra, free_port
 
 ROOT = Path(__file__).resolve().parent
-QUIET_S = 15.0
+QUIET_S = 20.0
 
 
 async def replay(infra: LocalInfra, workdir: Path, events: int) -> dict[str, Any]:

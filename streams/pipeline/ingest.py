@@ -115,6 +115,8 @@ class Ingest:
             await self.ready.wait()
         latest_ms = self.settings.latest_accepted_ms()
         by_source, self._carried = self._carried, defaultdict(list)
+        for source in by_source:  # what was carried is news from its source too
+            self._source_seen_at[source] = time.monotonic()
         for message in messages:
             decoded = decode_message(
                 message.value,
@@ -206,6 +208,9 @@ class Ingest:
         # partition could learn a watermark before receiving the events it covers.
         moved = any(self._source_watermarks.get(source) != at for source, at in watermarks.items())
         self._source_watermarks.update(watermarks)
+        now = time.monotonic()
+        for source in watermarks:  # what was carried is news from its source too
+            self._source_seen_at[source] = now
         if moved:
             self._moved.set()
 
@@ -277,7 +282,7 @@ class Ingest:
         idle_before = now - self.settings.source_idle_s
         stale_before = now - self.settings.watermark_refresh_s
         for source, seen_at in list(self._source_seen_at.items()):
-            idle = seen_at < idle_before
+            idle = seen_at < idle_before and not self._carried.get(source)  # carried: read, not sent
             watermark = None if idle else self._source_watermarks.get(source)
             if watermark is None and not idle:
                 continue  # assigned, no event yet, not idle yet: nothing to say
