@@ -46,6 +46,9 @@ class Generation:
     created_ms: int
     live_ms: int | None = None
     retired_ms: int | None = None
+    pending: str | None = None
+    """What must happen before its workers may start (`deploy --history`: the history's hand-off,
+    "history"); None once they may."""
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -117,8 +120,9 @@ class Registry:
         assert current is not None
         return current
 
-    async def create(self, config_text: str, fingerprint: str) -> Generation:
-        """Record the next generation, reprocessing; refused while another one reprocesses."""
+    async def create(self, config_text: str, fingerprint: str, pending: str | None = None) -> Generation:
+        """Record the next generation, reprocessing; refused while another one reprocesses.
+        `pending`: its workers are refused until `ready` (`Generation.pending`)."""
         existing = await self.all()
         busy = [g.number for g in existing if g.state == "reprocessing"]
         if busy:
@@ -134,10 +138,20 @@ class Registry:
             fingerprint,
             "reprocessing",
             _now_ms(),
+            pending=pending,
         )
         if not await self.redis.hsetnx(self.key, f"g:{number}", generation.to_json()):
             raise RegistryError(f"generation {number} was recorded meanwhile by another deploy")
         return generation
+
+    async def ready(self, number: int) -> Generation:
+        """A generation whose workers may start now (what was `pending` is done)."""
+        generation = await self.get(number)
+        if generation is None or generation.state != "reprocessing":
+            raise RegistryError(f"generation {number} is not reprocessing")
+        started = replace(generation, pending=None)
+        await self.redis.hset(self.key, f"g:{number}", started.to_json())
+        return started
 
     async def abandon(self, number: int) -> Generation:
         """A reprocessing generation that will never go live: retired, its workers stop."""
