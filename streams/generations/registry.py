@@ -64,6 +64,22 @@ class Generation:
         return data
 
 
+LIVE = "live:"
+REMEMBERED = "remembered"
+
+
+@dataclass(frozen=True)
+class RelayCheckpoint:
+    """Where a generation's relay had got (`generations.relay`); empty before its first batch."""
+
+    own: dict[str, int]
+    """`topic/partition` of the generation's own topics -> the next offset to relay."""
+    live: dict[str, int]
+    """`topic/partition` of a live topic -> the offset after the last record relayed to it."""
+    remembered: list[Any] | None
+    """The previous generation's last words (ids) not met yet; None before the first checkpoint."""
+
+
 class RegistryError(ConversionsError, RuntimeError):
     """A registry operation that cannot be done as asked (the message says why)."""
 
@@ -197,13 +213,28 @@ class Registry:
         raw = await self.redis.hget(self.key, f"seam:{number}")
         return dict(orjson.loads(raw)) if raw is not None else None
 
-    async def set_relay_offsets(self, number: int, offsets: dict[str, int]) -> None:
-        if offsets:
-            await self.redis.hset(f"{self.key}:relay:{number}", mapping=offsets)
+    async def set_relay_checkpoint(
+        self,
+        number: int,
+        own: dict[str, int],
+        live: dict[str, int],
+        remembered: list[Any] | None = None,
+    ) -> None:
+        """The relay's position after a delivered batch, in one HSET: in generation `number`'s
+        topics (`own`), in the live topics after what it sent (`live`), and, when it changed, the
+        ids of the previous generation's last words it has not met yet (`remembered`)."""
+        mapping: dict[str, Any] = {**own, **{LIVE + name: offset for name, offset in live.items()}}
+        if remembered is not None:
+            mapping[REMEMBERED] = orjson.dumps(remembered)
+        if mapping:
+            await self.redis.hset(f"{self.key}:relay:{number}", mapping=mapping)
 
-    async def relay_offsets(self, number: int) -> dict[str, int]:
-        raw = await self.redis.hgetall(f"{self.key}:relay:{number}")
-        return {_text(k): int(v) for k, v in raw.items()}
+    async def relay_checkpoint(self, number: int) -> RelayCheckpoint:
+        raw = {_text(k): v for k, v in (await self.redis.hgetall(f"{self.key}:relay:{number}")).items()}
+        remembered = raw.pop(REMEMBERED, None)
+        own = {k: int(v) for k, v in raw.items() if not k.startswith(LIVE)}
+        live = {k.removeprefix(LIVE): int(v) for k, v in raw.items() if k.startswith(LIVE)}
+        return RelayCheckpoint(own, live, orjson.loads(remembered) if remembered is not None else None)
 
     async def beat(self, number: int, member: str) -> None:
         """A worker of generation `number` is alive (`alive_elsewhere`)."""
