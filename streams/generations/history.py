@@ -72,7 +72,7 @@ def read_offsets(path: Path) -> dict[str, int]:
         for k, v in data.items()
     ):
         raise HistoryError(
-            f'{path}: expected a JSON object of "<topic>/<partition>": <offset> (the first offset '
+            f'{path}: not an offsets file: expected a JSON object of "<topic>/<partition>": <offset> (the first offset '
             "not in the archive, per clickstream partition)"
         )
     return dict(data)
