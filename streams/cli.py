@@ -432,12 +432,21 @@ def rollback() -> None:
     "--delete", "delete", type=int, default=None, help="Delete this retired generation's topics and keys."
 )
 @click.option("--grace", default="24h", show_default=True, help="...if it retired at least this long ago.")
-def generations(delete: int | None, grace: str) -> None:
-    """The generations recorded (current first), or delete a retired one."""
+@click.option(
+    "--abandon",
+    "abandon",
+    type=int,
+    default=None,
+    help="Retire this reprocessing generation without a cut-over (its workers stop): a deploy "
+    "given up, or one that died during its history hand-off.",
+)
+def generations(delete: int | None, grace: str, abandon: int | None) -> None:
+    """The generations recorded (current first), delete a retired one, or abandon one still
+    reprocessing."""
     import asyncio
 
     from streams.core.config.durations import parse_duration_ms
-    from streams.tools.deploy import delete_generation, list_generations
+    from streams.tools.deploy import abandon_generation, delete_generation, list_generations
 
     settings = _settings()
     if not settings.redis_dsn:
@@ -448,11 +457,14 @@ def generations(delete: int | None, grace: str) -> None:
         except ValueError as exc:
             _fail(f"--grace: {exc}")
         sys.exit(asyncio.run(delete_generation(settings, delete, grace_ms, click.echo)))
+    if abandon is not None:
+        sys.exit(asyncio.run(abandon_generation(settings, abandon, click.echo)))
     current, listed = asyncio.run(list_generations(settings))
     for generation in listed:
         mark = "*" if generation.number == current else " "
         click.echo(
             f"{mark} {generation.number}  {generation.app_id}  {generation.state}  {generation.fingerprint}"
+            + (f"  (pending: {generation.pending})" if generation.pending is not None else "")
         )
 
 

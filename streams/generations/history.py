@@ -72,8 +72,8 @@ def read_offsets(path: Path) -> dict[str, int]:
         for k, v in data.items()
     ):
         raise HistoryError(
-            f'{path}: not an offsets file: expected a JSON object of "<topic>/<partition>": <offset> (the first offset '
-            "not in the archive, per clickstream partition)"
+            f'{path}: not an offsets file: expected a JSON object of "<topic>/<partition>": <offset> '
+            "(the first offset not in the archive, per clickstream partition)"
         )
     return dict(data)
 

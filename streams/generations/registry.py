@@ -144,7 +144,7 @@ class Registry:
         if busy:
             raise RegistryError(
                 f"generation {busy[0]} is still reprocessing: wait for its cut-over, or "
-                f"`conversions deploy --abandon {busy[0]}`"
+                f"`conversions generations --abandon {busy[0]}`"
             )
         number = max((g.number for g in existing), default=0) + 1
         generation = Generation(

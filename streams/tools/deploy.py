@@ -422,6 +422,22 @@ async def list_generations(base: Settings) -> tuple[int, list[Generation]]:
         await redis.aclose()
 
 
+async def abandon_generation(base: Settings, number: int, say: Say) -> int:
+    """A reprocessing generation retired without a cut-over; `generations --delete` frees it."""
+    assert base.redis_dsn, "REDIS_URL must be set"
+    redis = redis_client(base.redis_dsn, socket_timeout=10)
+    try:
+        try:
+            await Registry(redis, base_app_id(base)).abandon(number)
+        except RegistryError as exc:
+            say(f"refused: {exc}")
+            return 1
+        say(f"generation {number} abandoned (retired): its workers stop; `--delete {number}` frees it")
+        return 0
+    finally:
+        await redis.aclose()
+
+
 async def delete_generation(base: Settings, number: int, grace_ms: int, say: Say) -> int:
     """A retired generation's topics (internal, outputs, changelog) and counter keys deleted, then
     its record: refused within `grace_ms` of its retirement (the time left for a rollback)."""

@@ -17,7 +17,7 @@ from streams.generations.registry import Registry, RegistryError
 from streams.kafka import ensure_topics
 from streams.kafka.clients import kafka_client_options
 from streams.settings import Settings
-from streams.tools.deploy import delete_generation, deploy, rollback
+from streams.tools.deploy import abandon_generation, delete_generation, deploy, rollback
 from streams.tools.infra import LocalInfra
 from tests.helpers import event
 from tests.pipeline.test_config_change import send
@@ -166,6 +166,11 @@ async def test_a_generation_whose_history_is_being_handed_over_refuses_its_worke
         assert (await registry.ready(1)).pending is None
         joined, _ = await join(mine, registry)
         assert joined.app_id == f"{settings.app_id}-g1"
+        said: list[str] = []  # a deploy given up: `conversions generations --abandon 1`
+        assert await abandon_generation(settings, 1, said.append) == 0
+        assert (await registry.get(1)).state == "retired"  # type: ignore[union-attr]
+        assert await abandon_generation(settings, 1, said.append) == 1
+        assert said[-1] == "refused: generation 1 is not reprocessing"
     finally:
         await redis.delete(registry.key)
         await redis.aclose()
