@@ -7,6 +7,8 @@ none: the operator starts them on other hosts), which read the clickstream from 
 retained offset in consumer groups of their own while the current generation serves. It shows
 the progress (event time reached, lag per partition against the live head, time left), writes it
 to the registry for the dashboard, and flips `current` once the new generation has caught up.
+With `--history`, archived exports are first read by offline mode and handed over to the new
+generation, which continues at the offsets after the archive (`generations.history`).
 """
 
 from __future__ import annotations
@@ -209,15 +211,19 @@ async def seam(base: Settings, new: Settings) -> dict[str, dict[str, int]]:
     return found
 
 
-def retention_report(retained: Retained, config_text: str, say: Say) -> list[str]:
-    """Says how far back the new configuration's history reaches; the refused needs' lines."""
+def retention_report(retained: Retained, config_text: str, say: Say, archived: int = 0) -> list[str]:
+    """Says how far back the new configuration's history reaches; the refused needs' lines.
+    `archived`: events read from an archive before it (`--history`; `retained.earliest_ms` is then
+    the archive's earliest)."""
     span = retained.span_ms()
     config = parse_config(config_text)
     if retained.earliest_ms is None:
         say("history: the clickstream topics hold no records; the new funnels start from now")
     else:
         say(
-            f"history: {retained.records} records retained, from {_moment(retained.earliest_ms)} "
+            f"history: {retained.records} records retained"
+            + (f" after {archived} archived events" if archived else "")
+            + f", from {_moment(retained.earliest_ms)} "
             f"({format_duration_ms(span // 60_000 * 60_000 or 60_000)} back): the new generation's funnels "
             "reach back that far"
         )
@@ -312,7 +318,7 @@ async def _deploy(
     history: History | None,
     history_offsets: dict[str, int] | None,
 ) -> int:
-    refused = retention_report(retained, config_text, say)
+    refused = retention_report(retained, config_text, say, history.run.events if history is not None else 0)
     if refused and not accept_short_history:
         say(
             f"refused: the retained history is shorter than {', '.join(refused)}; their first answers "
