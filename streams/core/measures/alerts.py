@@ -507,7 +507,11 @@ class AlertEvaluator:
                 "false_alarm_every": format_duration_ms(rule.false_alarm_every or DEFAULT_FALSE_ALARM_EVERY),
             }
         return Alert(
-            id=output_id("alert", state.index, rule.funnel, rule.step, by, kind, t),
+            # a resolution for a changed definition has the id `stale_incidents` gives it from the
+            # published alerts, so offline mode and a restarted worker publish one record
+            id=output_id("alert", incident_id, reason)
+            if reason is not None
+            else output_id("alert", state.index, rule.funnel, rule.step, by, kind, t),
             timestamp=from_epoch_ms(t),
             funnel=rule.funnel,
             step=rule.step,
