@@ -276,9 +276,36 @@ def worker(funnels: Path | None, partitions: int | None, web_port: int | None, a
             "or run `conversions demo` for an embedded one"
         )
     _config(settings.funnels)  # refused before anything connects
+    _ports_free(settings)
     from streams.worker import run_worker
 
     run_worker(settings)
+
+
+def _ports_free(settings: Any) -> None:
+    """A second worker on one host would otherwise start, fail to bind inside Faust and stop
+    30 s later with an OSError among the log lines."""
+    import socket
+
+    wanted = []
+    if settings.web_enabled:
+        how = "--web-port or CONVERSIONS_WEB_PORT"
+        wanted.append(("web server", settings.web_host, settings.web_port, how))
+    if settings.collector_enabled:
+        how = "CONVERSIONS_COLLECTOR_PORT"
+        wanted.append(("collector", settings.collector_host, settings.collector_port, how))
+    for what, host, port, how in wanted:
+        if port == 0:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                _fail(
+                    f"the {what}'s address {host}:{port} is taken ({exc.strerror}): is another worker "
+                    f"running on this host? Give this one another port with {how}"
+                )
 
 
 @main.command()
@@ -343,6 +370,22 @@ def counters(
     help="...and the new generation's event time is within this of the current one's.",
 )
 @click.option("--web-port", type=int, default=None, help="Serve the web from the first worker started here.")
+@click.option(
+    "--history",
+    "history_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="An archived clickstream export (NDJSON, one message value a line), older than Kafka keeps; "
+    "repeat for several, oldest first. Offline mode reads them first and hands its state over to "
+    "the new generation. Needs --history-offsets.",
+)
+@click.option(
+    "--history-offsets",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help='JSON {"<topic>/<partition>": offset}: per clickstream partition, the first offset not in '
+    "the archive, where the new generation continues on Kafka.",
+)
 def deploy(
     new_config: Path,
     workers: int,
@@ -351,6 +394,8 @@ def deploy(
     max_lag: int,
     tolerance: str,
     web_port: int | None,
+    history_files: tuple[Path, ...],
+    history_offsets: Path | None,
 ) -> None:
     """Deploy a configuration with its history: a new generation reprocesses the retained
     clickstream while the current one serves, then the web and the alerts switch to it at once.
@@ -358,6 +403,7 @@ def deploy(
     import asyncio
 
     from streams.core.config.durations import parse_duration_ms
+    from streams.generations.history import HistoryError, read_offsets
     from streams.tools.deploy import deploy as run_deploy
 
     settings = _settings()
@@ -365,6 +411,14 @@ def deploy(
     _config(new_config)
     if not settings.kafka_bootstrap_servers or not settings.redis_dsn:
         _fail("KAFKA_BOOTSTRAP_SERVERS and REDIS_URL must be set")
+    if bool(history_files) != (history_offsets is not None):
+        _fail("--history and --history-offsets go together: the archive, and where Kafka continues it")
+    offsets = None
+    if history_offsets is not None:
+        try:
+            offsets = read_offsets(history_offsets)
+        except HistoryError as exc:
+            _fail(str(exc))
     try:
         tolerance_ms = parse_duration_ms(tolerance)
     except ValueError as exc:
@@ -380,6 +434,8 @@ def deploy(
             max_lag=max_lag,
             tolerance_ms=tolerance_ms,
             web_port=web_port,
+            history_files=history_files,
+            history_offsets=offsets,
         )
     )
     sys.exit(status)
@@ -403,12 +459,21 @@ def rollback() -> None:
     "--delete", "delete", type=int, default=None, help="Delete this retired generation's topics and keys."
 )
 @click.option("--grace", default="24h", show_default=True, help="...if it retired at least this long ago.")
-def generations(delete: int | None, grace: str) -> None:
-    """The generations recorded (current first), or delete a retired one."""
+@click.option(
+    "--abandon",
+    "abandon",
+    type=int,
+    default=None,
+    help="Retire this reprocessing generation without a cut-over (its workers stop): a deploy "
+    "given up, or one that died during its history hand-off.",
+)
+def generations(delete: int | None, grace: str, abandon: int | None) -> None:
+    """The generations recorded (current first), delete a retired one, or abandon one still
+    reprocessing."""
     import asyncio
 
     from streams.core.config.durations import parse_duration_ms
-    from streams.tools.deploy import delete_generation, list_generations
+    from streams.tools.deploy import abandon_generation, delete_generation, list_generations
 
     settings = _settings()
     if not settings.redis_dsn:
@@ -419,11 +484,14 @@ def generations(delete: int | None, grace: str) -> None:
         except ValueError as exc:
             _fail(f"--grace: {exc}")
         sys.exit(asyncio.run(delete_generation(settings, delete, grace_ms, click.echo)))
+    if abandon is not None:
+        sys.exit(asyncio.run(abandon_generation(settings, abandon, click.echo)))
     current, listed = asyncio.run(list_generations(settings))
     for generation in listed:
         mark = "*" if generation.number == current else " "
         click.echo(
             f"{mark} {generation.number}  {generation.app_id}  {generation.state}  {generation.fingerprint}"
+            + (f"  (pending: {generation.pending})" if generation.pending is not None else "")
         )
 
 
@@ -589,7 +657,7 @@ def report(
     from datetime import datetime
 
     from streams.core.config.durations import parse_duration_ms
-    from streams.tools.report import funnel_report, print_report
+    from streams.tools.report import NothingCounted, funnel_report, print_report
 
     settings = _settings()
     if not settings.redis_dsn:
@@ -610,7 +678,10 @@ def report(
         end_at = datetime.fromisoformat(end) if end else None
     except ValueError as exc:
         _fail(str(exc))
-    result = asyncio.run(funnel_report(settings, compiled, window_ms, end_at, by))
+    try:
+        result = asyncio.run(funnel_report(settings, compiled, window_ms, end_at, by))
+    except NothingCounted as exc:
+        _fail(str(exc))
     if as_json:
         click.echo(orjson.dumps(result.as_dict()).decode())
     else:
@@ -632,7 +703,7 @@ def _experiment_report(
     from datetime import datetime
 
     from streams.core.config.durations import parse_duration_ms
-    from streams.tools.report import experiment_report, print_experiment
+    from streams.tools.report import NothingCounted, experiment_report, print_experiment
 
     names = [e.name for e in config.source.experiments]
     if experiment is None:
@@ -646,7 +717,10 @@ def _experiment_report(
         end_at = datetime.fromisoformat(end) if end else None
     except ValueError as exc:
         _fail(str(exc))
-    result = asyncio.run(experiment_report(settings, config, experiment, window_ms, end_at))
+    try:
+        result = asyncio.run(experiment_report(settings, config, experiment, window_ms, end_at))
+    except NothingCounted as exc:
+        _fail(str(exc))
     if as_json:
         click.echo(orjson.dumps(result.as_dict()).decode())
     else:
