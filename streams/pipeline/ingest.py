@@ -94,15 +94,13 @@ class Ingest:
         its source's watermark once it holds every event that watermark covers.
 
         Messages are taken in event-time order across the sources (each source's own order
-        kept). When a person's events are spread over the sources (unkeyed producers), a batch
-        holding a person's events is sent before another source's next event of theirs is
-        added to its own, so that the journey gets them in that order; and when the
-        run's sources have got to different event times (a replay), the batches are sent
-        whenever the run has moved on by half the late tolerance, and a source's messages more
-        than that past where another source of the run stops are carried to the next run
-        (`resume_offset`), so that a journey never receives one source's later events a late
-        tolerance before another's earlier ones. A run without new messages sends what was
-        carried. Keyed input, and live traffic, make one send a run and carry nothing.
+        kept). When a person's events are spread over the sources (unkeyed producers), a
+        pending batch holding a person's events is sent before another source's next event of
+        theirs joins its own batch (a person is in one pending batch of a partition at a time),
+        so that the journey gets them in event-time order. Without `holding`, a source's
+        messages more than half the late tolerance past where another source of the run stops
+        are carried to the next run (`resume_offset`). A run without new messages sends what
+        was carried. Keyed input, and live traffic, make one send a run and carry nothing.
 
         `holding` (the ingest consumer's) names the sources that still hold event time back:
         assigned, with records known past what was read. No message is then sent whose
@@ -168,16 +166,12 @@ class Ingest:
         # per journey partition and person, the pending batch their events are in (spread input)
         holders: dict[tuple[int, str | None], tuple[str, PendingBatch]] = {}
         watermarks: dict[str, int] = {}
-        started_at: int | None = None  # the event time the pending batches began at
         in_time_order = heapq.merge(*by_source.values(), key=lambda found: found[0])
         for earliest, message, events in in_time_order:
             source = source_name(message.topic, message.partition)
             if (until is not None and earliest > until) or source in self._carried:
                 self._carried[source].append((earliest, message, events))
                 continue
-            if spread and (started_at is None or earliest - started_at > self._flush_after_ms):
-                await self._send_pending(pending, watermarks)
-                started_at = earliest
             by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
             people: list[tuple[int, str | None]] = []
             for click in events:

@@ -4,7 +4,9 @@ A run read from several partitions of unkeyed input holds one person's events in
 source, and a replay holds hours of event time in one run. Sent as one batch per source and
 target partition, a journey would get one source's 11:00 before another's 10:10, more than the
 late tolerance apart, and refuse the earlier as late. Ingest takes the messages in time order,
-sends every half tolerance, and carries to the next run what runs ahead of another source.
+sends a person's pending batch before another source's next event of theirs joins its own, and
+carries to a later run what runs ahead of another source (of the run, or one the consumer says
+still holds records to read).
 Keyed input (each identity in one source) is sent as one batch per source and partition.
 
 Ingest's decode step is run directly on plain messages; what it sends is collected as it is.
