@@ -11,14 +11,17 @@ This sends the same batches to fixed partitions (message i to partition i % 4, s
 it sees the same input), then one far-future tick per partition (which moves event time past
 every deadline), lets one worker (counters inside) handle them until the outputs stay still, and
 counts the outputs by type and the dead letters by reason, beside offline mode's outputs over the
-same events in their order (`offline`). Run it at two commits to compare them
-(bench/results/replay_order.json keeps the last run).
+same events in their order (`offline`). `python -m bench.replay_order 2` runs two workers in one
+group (each ingest consumer aligns only its own partitions). Run it at two commits to compare
+them (bench/results/replay_order.json keeps the last run, replay_order_2_workers.json two
+workers').
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -44,7 +47,7 @@ ROOT = Path(__file__).resolve().parent
 QUIET_S = 20.0
 
 
-async def replay(infra: LocalInfra, workdir: Path, events: int) -> dict[str, Any]:
+async def replay(infra: LocalInfra, workdir: Path, events: int, workers: int = 1) -> dict[str, Any]:
     lines = traffic(events)
     messages = batched(lines)
     ticks = _ticks(lines, 4)
@@ -61,23 +64,31 @@ async def replay(infra: LocalInfra, workdir: Path, events: int) -> dict[str, Any
         await producer.flush()
     finally:
         await producer.stop()
-    port = free_port()
-    worker = run.worker(web_port=port).start(wait_ready_s=0)
+    ports = [free_port() for _ in range(workers)]
+    started = [
+        run.worker(web_port=port, name="worker" if i == 0 else f"worker{i}").start(wait_ready_s=0)
+        for i, port in enumerate(ports)
+    ]
     outputs: dict[str, float] = {}
     changed = time.monotonic()
     try:
         while time.monotonic() - changed < QUIET_S:
-            found = metrics(port)
-            now = {kind: found.get(f'conversions_outputs_total{{type="{kind}"}}', 0.0) for kind in COUNTED}
+            found = [metrics(port) for port in ports]
+            now = {
+                kind: sum(one.get(f'conversions_outputs_total{{type="{kind}"}}', 0.0) for one in found)
+                for kind in COUNTED
+            }
             if now != outputs:
                 outputs, changed = now, time.monotonic()
             await asyncio.sleep(0.5)
     finally:
-        worker.stop()
+        for worker in started:
+            worker.stop()
     dead = await _dead_letters(run)
     offline = _offline(run.settings, lines + ticks)
     found = {kind: int(count) for kind, count in outputs.items()}
     return {
+        "workers": workers,
         "events": sum(len(decode_message(line).events) for line in lines),
         "messages": len(messages),
         "outputs": found,
@@ -120,18 +131,20 @@ async def _dead_letters(run: Run) -> list[dict[str, Any]]:
 
 
 def main() -> None:
+    workers = int(sys.argv[1]) if len(sys.argv) > 1 else 1
     workdir = ROOT.parent / "var" / "bench" / "replay-order"
     workdir.mkdir(parents=True, exist_ok=True)
     with LocalInfra(workdir=workdir / "infra") as infra:
-        result = asyncio.run(replay(infra, workdir, 40_000))
+        result = asyncio.run(replay(infra, workdir, 40_000, workers))
     result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
-    result["command"] = "python -m bench.replay_order"
+    result["command"] = "python -m bench.replay_order" + (f" {workers}" if workers > 1 else "")
     say(
         f"outputs {result['outputs_total']:,}, dead letters {result['dead_letters']}, "
         f"offline {sum(result['offline'].values()):,} (equal by type: {result['equal_offline']})"
     )
     text = json.dumps(result, indent=2)
-    (ROOT / "results" / "replay_order.json").write_text(text + "\n")
+    name = "replay_order.json" if workers == 1 else f"replay_order_{workers}_workers.json"
+    (ROOT / "results" / name).write_text(text + "\n")
     print(text)
 
 
