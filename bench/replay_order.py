@@ -73,9 +73,9 @@ async def replay(infra: LocalInfra, workdir: Path, events: int, workers: int = 1
     changed = time.monotonic()
     try:
         while time.monotonic() - changed < QUIET_S:
-            found = [metrics(port) for port in ports]
+            scraped = [metrics(port) for port in ports]
             now = {
-                kind: sum(one.get(f'conversions_outputs_total{{type="{kind}"}}', 0.0) for one in found)
+                kind: sum(one.get(f'conversions_outputs_total{{type="{kind}"}}', 0.0) for one in scraped)
                 for kind in COUNTED
             }
             if now != outputs:
