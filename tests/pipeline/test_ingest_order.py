@@ -14,9 +14,11 @@ Ingest's decode step is run directly on plain messages; what it sends is collect
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
+from faust.types import TP
 
 from streams.core.input.event import ClickEvent
 from streams.core.input.repartition import RepartitionBatch
@@ -135,3 +137,42 @@ async def test_a_persons_events_alternating_between_sources_keep_their_order_in_
     await agent.repartition(run, holding=set())
     assert received(sent, "x") == ["10:00", "10:01", "10:02", "10:03"]
     assert len(sent) == 4, "one batch per switch of source"
+
+
+async def test_a_source_whose_messages_wait_in_the_carry_is_not_announced_idle() -> None:
+    """Its watermark must still be waited for: announced idle, the journeys would stop waiting
+    for it, and the far-ahead messages sent later would move no watermark."""
+    sent: list[tuple[int, RepartitionBatch]] = []
+
+    async def send(partition: int, batch: RepartitionBatch) -> None:
+        sent.append((partition, batch))
+
+    async def dead_letter(rejects: Any, _: Any) -> None:
+        raise AssertionError(f"nothing here is invalid: {rejects}")
+
+    settings = Settings(topic_prefix="p.", partitions=1, max_future_skew_s=10**9, source_idle_s=0.05)
+    agent = Ingest(
+        settings,
+        Metrics(),
+        send,
+        dead_letter,
+        assignment=lambda: {TP("p.clickstream", 0), TP("p.clickstream", 1)},
+        home_partition=lambda click: 0,
+    )
+    both = {"p.clickstream/0", "p.clickstream/1"}
+    await agent.repartition(
+        [message(0, 1, event("page_view", "10:00", "x")), message(1, 1, event("page_view", "12:00", "x"))],
+        holding=both,
+    )
+    assert agent.carrying()
+    await asyncio.sleep(0.1)  # past source_idle_s: nothing new from either
+    await agent.announce_watermarks()
+    idle = {batch.source for _, batch in sent if batch.idle}
+    assert idle == {"p.clickstream/0"}, "source 1's 12:00 waits in the carry: it is not idle"
+
+    await agent.repartition([], holding=set())  # both at their end: the carried message goes
+    [(_, last)] = sent[-1:]
+    assert (
+        last.source == "p.clickstream/1"
+        and last.watermark == ClickEvent.model_validate(event("x", "12:00", "x")).ts_ms
+    )
