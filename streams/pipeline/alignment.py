@@ -12,7 +12,8 @@ the keys. After every run:
 - a partition *holds* event time back while it has records the consumer has not read yet (its
   position short of the broker's end, or records fetched and not handed over) and it has not
   been silent for `source_idle_s` with them (a stuck fetch, an open transaction): a partition at
-  its end, caught up with the live head, holds nothing back;
+  its end, caught up with the live head, holds nothing back, nor one whose messages held no
+  event so far (`Ingest.held_at`: garbage on one partition must not stop the others);
 - ingest sends no message whose earliest event is later than where every holding partition has
   been read to (`Ingest.repartition`'s `holding`); what lies beyond is carried to a later run;
 - a partition read more than `bound_ms` (half the late tolerance) past the slowest holding one
@@ -74,14 +75,18 @@ class Alignment:
         return position < end
 
     def pace(
-        self, consumer: Any, holding: Collection[TopicPartition], read_to: Callable[[str], int | None]
+        self,
+        consumer: Any,
+        holding: Collection[TopicPartition],
+        read_to: Callable[[str], int | None],
+        held_at: Callable[[str], int | None],
     ) -> None:
-        """Pause the partitions read more than `bound_ms` past the slowest holding one, resume
-        the others."""
+        """Pause the partitions read more than `bound_ms` past the slowest holding one
+        (`Ingest.held_at`), resume the others."""
         ahead: set[TopicPartition] = set()
-        if holding:
-            # a holding partition nothing was read from yet may hold anything
-            slowest = min(_or_unknown(read_to(source_name(tp.topic, tp.partition))) for tp in holding)
+        held = [held_at(source_name(tp.topic, tp.partition)) for tp in holding]
+        slowest = min((at for at in held if at is not None), default=None)
+        if slowest is not None:
             for tp in consumer.assignment():
                 at = read_to(source_name(tp.topic, tp.partition))
                 if at is not None and at > slowest + self.bound_ms:
@@ -97,7 +102,3 @@ class Alignment:
     def forget(self, revoked: Collection[TopicPartition]) -> None:
         for tp in revoked:
             self._silent_since.pop(tp, None)
-
-
-def _or_unknown(at: int | None) -> int:
-    return at if at is not None else -(2**62)

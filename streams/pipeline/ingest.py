@@ -38,6 +38,9 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
+UNREAD = -(2**62)
+"""`Ingest.held_at` of a source nothing was read from yet."""
+
 SendBatch = Callable[[int, RepartitionBatch], Awaitable[None]]
 """Send a batch to a partition of the internal events topic."""
 DeadLetter = Callable[[Iterable[Rejection], Any], Awaitable[None]]
@@ -87,6 +90,16 @@ class Ingest:
     def read_to(self, source: str) -> int | None:
         """The latest event time read from the source (sent or carried), None before any."""
         return self._read_to.get(source)
+
+    def held_at(self, source: str) -> int | None:
+        """Where a source with records still to read holds event time back: the latest event
+        time read from it; before anything was read from it, the earliest there is (what comes
+        may be anything); None when what was read held no event (a partition of invalid or
+        screened messages must not stop the others)."""
+        at = self._read_to.get(source)
+        if at is None and source not in self._handled_next:
+            return UNREAD
+        return at
 
     async def repartition(self, messages: list[Any], holding: Collection[str] | None = None) -> None:
         """Repartition the valid events of a run of clickstream messages: one batch per source
@@ -159,7 +172,8 @@ class Ingest:
         until = None
         if holding is not None:
             # a holding source nothing was read from yet may hold anything: carry all
-            until = min((self._read_to.get(source, -1) for source in holding), default=None)
+            found = [at for at in map(self.held_at, holding) if at is not None]
+            until = min(found, default=None)
         elif messages and spread:
             until = min(found[-1][0] for found in by_source.values() if found) + self._flush_after_ms
         pending: dict[tuple[str, int], PendingBatch] = {}

@@ -131,7 +131,7 @@ class IngestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 if batch or self.ingest.carrying() or consumer.paused():
                     holding = await self._alignment.holding(consumer, batch)
                     await self._repartition(batch, {source_name(tp.topic, tp.partition) for tp in holding})
-                    self._alignment.pace(consumer, holding, self.ingest.read_to)
+                    self._alignment.pace(consumer, holding, self.ingest.read_to, self.ingest.held_at)
                 if time.monotonic() - self._committed_at >= self.settings.commit_interval_s:
                     await self._commit(self.assignment())
 

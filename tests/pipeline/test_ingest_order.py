@@ -176,3 +176,22 @@ async def test_a_source_whose_messages_wait_in_the_carry_is_not_announced_idle()
         last.source == "p.clickstream/1"
         and last.watermark == ClickEvent.model_validate(event("x", "12:00", "x")).ts_ms
     )
+
+
+async def test_a_source_whose_messages_hold_no_event_does_not_stop_the_others() -> None:
+    """A partition of messages with nothing for the engine (Segment group calls here; invalid
+    ones alike) has no event time: still reading, it holds nothing back. One nothing was read
+    from yet holds everything."""
+    agent, sent = ingest()
+    group = {
+        "type": "group",
+        "userId": "u",
+        "groupId": "g",
+        "timestamp": "2024-03-13T10:00:00Z",
+        "messageId": "m",
+    }
+    both = {"p.clickstream/0", "p.clickstream/1"}
+    await agent.repartition([message(0, 1, event("page_view", "10:00", "x"))], holding=both)
+    assert received(sent, "x") == [], "source 1 has not been read yet"
+    await agent.repartition([message(1, 1, group)], holding=both)
+    assert received(sent, "x") == ["10:00"]

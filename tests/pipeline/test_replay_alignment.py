@@ -98,19 +98,19 @@ async def test_a_paused_partition_resumes_when_the_slow_one_reaches_its_end(sett
         note(run)
         holding = await alignment.holding(consumer, run)
         assert holding == {slow_tp}, "the fast one is read to its end; the slow one has 20 to go"
-        alignment.pace(consumer, holding, read_to.get)
+        alignment.pace(consumer, holding, read_to.get, read_to.get)
         assert consumer.paused() == {fast_tp}
 
         run = await _read(consumer, slow_tp, 10)
         note(run)
-        alignment.pace(consumer, await alignment.holding(consumer, run), read_to.get)
+        alignment.pace(consumer, await alignment.holding(consumer, run), read_to.get, read_to.get)
         assert consumer.paused() == {fast_tp}, "10:19 is still far behind 12:02"
 
         run = await _read(consumer, slow_tp, 10, ask=100)
         note(run)
         holding = await alignment.holding(consumer, run)
         assert holding == set()
-        alignment.pace(consumer, holding, read_to.get)
+        alignment.pace(consumer, holding, read_to.get, read_to.get)
         assert consumer.paused() == set(), "the slow one is at its end: it holds nothing back"
     finally:
         await consumer.stop()
