@@ -36,7 +36,7 @@ from streams.counters.redis_store import (
     redis_client,
     redis_counter_store,
 )
-from streams.generations.current import CurrentGeneration, join
+from streams.generations.current import CurrentGeneration, join_waiting
 from streams.generations.naming import base_app_id
 from streams.generations.registry import Registry
 from streams.generations.relay import Relay
@@ -169,21 +169,9 @@ def _starter(collector: Collector) -> Callable[[Stopping], Awaitable[None]]:
 async def _join_generation(settings: Settings, dsn: str) -> Settings:
     """The settings of the generation this worker runs (`generations.current.join`)."""
     redis = redis_client(dsn, socket_timeout=5)
-    delay = 0.5
     try:
-        while True:
-            try:
-                joined, generation = await join(settings, Registry(redis, base_app_id(settings)))
-                break
-            except REDIS_UNAVAILABLE as exc:  # waited out, as the counters wait
-                log.warning(
-                    "Redis unavailable (%s): the generations registry is read before the worker "
-                    "starts; retrying in %.1f s",
-                    exc.__class__.__name__,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        registry = Registry(redis, base_app_id(settings))
+        joined, generation = await join_waiting(settings, registry, REDIS_UNAVAILABLE, "worker")
     finally:
         await redis.aclose()
     if generation is not None:

@@ -56,6 +56,43 @@ async def join(base: Settings, registry: Registry) -> tuple[Settings, Generation
     return generation_settings(base, number, path), generation
 
 
+async def join_waiting(
+    base: Settings, registry: Registry, unavailable: tuple[type[BaseException], ...], what: str
+) -> tuple[Settings, Generation | None]:
+    """`join`, with a Redis outage waited out (`unavailable`: the client's errors for it), as
+    the counters wait: the registry is read before `what` starts."""
+    delay = 0.5
+    while True:
+        try:
+            return await join(base, registry)
+        except unavailable as exc:
+            log.warning(
+                "Redis unavailable (%s): the generations registry is read before the %s starts; "
+                "retrying in %.1f s",
+                exc.__class__.__name__,
+                what,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def until_retired(registry: Registry, number: int, stopping: Stopping) -> bool:
+    """Wait until generation `number` is retired (True) or `stopping` (False): a process of a
+    retired generation stops on its own, as its workers do. A registry it cannot read is waited
+    out (the last answer stands)."""
+    while not stopping():
+        try:
+            own = await registry.get(number)
+        except Exception as exc:
+            log.warning("generations: registry unreadable (%s); generation %d keeps running", exc, number)
+        else:
+            if own is not None and own.state == "retired":
+                return True
+        await asyncio.sleep(REFRESH_S)
+    return False
+
+
 class CurrentGeneration:
     """The registry as one worker sees it, refreshed every `REFRESH_S`."""
 
