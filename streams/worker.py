@@ -36,6 +36,7 @@ from streams.counters.redis_store import (
     redis_client,
     redis_counter_store,
 )
+from streams.generations import judged
 from streams.generations.current import CurrentGeneration, join_waiting
 from streams.generations.naming import base_app_id
 from streams.generations.registry import Registry
@@ -92,6 +93,15 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
             generation=current,
         )
         conversions.run_alongside("alerts", alerting.run, alerting.close)
+        if current is not None and store is not None:  # what it judged, for other generations' web
+            current.judging = alerting
+            judging, number = alerting, current.number
+            judges = Registry(store.redis, base_app_id(settings))
+
+            async def publish_judged(stopping: Stopping) -> None:
+                await judged.publish(judges, number, judging, conversions, stopping)
+
+            conversions.run_alongside("judged", publish_judged, _nothing)
     if settings.web_enabled and store is not None:
         assert current is not None
         registry = Registry(store.redis, base_app_id(settings))
@@ -115,7 +125,7 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
             allowed_hosts=allowed_hosts(settings.web_host, settings.web_allowed_hosts),
             cap=settings.breakdown_cap,
             forget=functools.partial(_forget_over_http, settings),
-            current=current.view,
+            current=current.source,
             generations=generations,
         )
     if settings.collector_enabled:

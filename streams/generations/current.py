@@ -14,13 +14,16 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from streams.core.config.loader import parse_config
 from streams.core.config.matching import CompiledConfig, compile_config
 from streams.errors import ConversionsError
+from streams.generations import judged
+from streams.generations.judged import Judging
 from streams.generations.naming import base_app_id, generation_settings
 from streams.generations.registry import Generation, Registry
-from streams.ports import CounterReader, Stopping
+from streams.ports import AlertReader, CounterReader, ExperimentReader, Stopping
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,16 @@ async def until_retired(registry: Registry, number: int, stopping: Stopping) -> 
     return False
 
 
+class Source(NamedTuple):
+    """Everything one web request answers from: one generation's (`CurrentGeneration.source`)."""
+
+    config: CompiledConfig
+    counters: CounterReader | None
+    """None: the worker's own store."""
+    alerts: AlertReader | None
+    experiments: ExperimentReader | None
+
+
 class CurrentGeneration:
     """The registry as one worker sees it, refreshed every `REFRESH_S`."""
 
@@ -117,6 +130,8 @@ class CurrentGeneration:
         self._base = base_app_id(settings)
         self._stopping = False
         self._member = f"{socket.gethostname()}:{os.getpid()}"
+        self.judging: Judging | None = None
+        """This worker's own alert and experiment evaluators, when it has rules."""
 
     def is_current(self) -> bool:
         """Whether this worker's generation is the current one (as of the last refresh): what it
@@ -149,16 +164,32 @@ class CurrentGeneration:
 
     async def view(self) -> tuple[CompiledConfig, CounterReader | None]:
         """The configuration and counters of the current generation: one request's whole answer."""
+        _, config, counters = await self._resolve()
+        return config, counters
+
+    async def source(self) -> Source:
+        """The current generation's configuration, counters and judged alerts and experiments
+        (this worker's own evaluators when its generation is current, else the snapshot its
+        leader wrote: `generations.judged`)."""
+        number, config, counters = await self._resolve()
+        if number == self.number:
+            return Source(config, counters, self.judging, self.judging)
+        snapshot = await judged.read(self._registry, number)
+        if snapshot is None and (config.source.alerts or config.source.experiments):
+            snapshot = judged.Judged()  # its leader has not written yet: nothing judged
+        return Source(config, counters, snapshot, snapshot)
+
+    async def _resolve(self) -> tuple[int, CompiledConfig, CounterReader | None]:
         if time.monotonic() - self._checked_at > REFRESH_S:
             await self.refresh()
         number = self._current
         if number is None or number == self.number:
-            return self._own
+            return self.number, *self._own
         cached = self._views.get(number)
         if cached is None:
             generation = await self._registry.get(number)
             if generation is None:  # deleted meanwhile: answer from our own
-                return self._own
+                return self.number, *self._own
             config = compile_config(parse_config(generation.config, f"generation {number}"))
             cached = self._views[number] = (config, self._reader_for(generation.app_id))
-        return cached
+        return number, *cached
