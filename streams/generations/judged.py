@@ -82,13 +82,20 @@ async def read(registry: Registry, number: int) -> Judged | None:
     return Judged(orjson.loads(raw)) if raw is not None else None
 
 
+def _leads(leader: LeaderCheck) -> bool:
+    try:
+        return leader.is_leader()
+    except Exception:  # the group not joined yet (Faust's consumer not started)
+        return False
+
+
 async def publish(
     registry: Registry, number: int, judging: Judging, leader: LeaderCheck, stopping: Stopping
 ) -> None:
     """While this worker leads its generation: its snapshot, once a second when it changed."""
     written = b""
     while not stopping():
-        if leader.is_leader():
+        if _leads(leader):
             raw = orjson.dumps(snapshot(judging))
             if raw != written:
                 try:
