@@ -76,11 +76,16 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
 
         conversions.every(STEP_RATES_EVERY_S, "step_rates", step_rates)
     current = None
-    if store is not None:
-        current = _current_generation(settings, config, store.redis, store)
-        conversions.run_alongside("generations", current.run, _nothing)
+    # a worker that neither counts nor serves (both elsewhere) still follows its generation: it
+    # stops once that is retired, and may lead it (relay, judged alerts)
+    redis = (
+        store.redis if store is not None else redis_client(settings.redis_dsn) if settings.redis_dsn else None
+    )
+    if redis is not None:
+        current = _current_generation(settings, config, redis, store)
+        conversions.run_alongside("generations", current.run, _nothing if store is not None else redis.aclose)
         if settings.generation:  # N >= 1 writes its own topics: relayed to the live ones once current
-            relay = Relay(settings, Registry(store.redis, base_app_id(settings)), current, conversions)
+            relay = Relay(settings, Registry(redis, base_app_id(settings)), current, conversions)
             conversions.run_alongside("relay", relay.run, relay.close)
     alerting = None
     if config.source.alerts or config.source.experiments:
@@ -93,10 +98,10 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
             generation=current,
         )
         conversions.run_alongside("alerts", alerting.run, alerting.close)
-        if current is not None and store is not None:  # what it judged, for other generations' web
+        if current is not None and redis is not None:  # what it judged, for other generations' web
             current.judging = alerting
             judging, number = alerting, current.number
-            judges = Registry(store.redis, base_app_id(settings))
+            judges = Registry(redis, base_app_id(settings))
 
             async def publish_judged(stopping: Stopping) -> None:
                 await judged.publish(judges, number, judging, conversions, stopping)

@@ -1,13 +1,15 @@
 """`conversions counters` joins a generation as a worker does (issue 26): without
 `CONVERSIONS_GENERATION` the current one, with it generation N (its group, its own output topics,
 its counter keys, the configuration recorded for it); a process whose generation is retired stops
-on its own, and one started after the flip joins the new current generation. (That such a
+on its own (and so does a worker that neither counts nor serves the web, its counters in such a
+process), and one started after the flip joins the new current generation. (That such a
 process counts its generation's outputs is shown end to end by the deploy through the dashboard,
 tests/web/test_deploy_dashboard.py.)"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -33,7 +35,11 @@ funnels:
 
 
 async def test_the_counters_process_joins_a_generation_and_stops_when_it_is_retired(
-    settings: Settings, worker_env: dict[str, str], tmp_path: Path, infra: LocalInfra
+    settings: Settings,
+    worker_env: dict[str, str],
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+    infra: LocalInfra,
 ) -> None:
     redis = Redis.from_url(infra.redis_url)
     registry = Registry(redis, settings.app_id)
@@ -56,6 +62,10 @@ async def test_the_counters_process_joins_a_generation_and_stops_when_it_is_reti
         return process.start(wait_ready_s=90)
 
     try:
+        # a worker whose counters run in such a process and that serves no web follows too
+        journeys = start_worker(
+            "journeys", env={"CONVERSIONS_COUNTERS_ENABLED": "false", "CONVERSIONS_WEB_ENABLED": "false"}
+        )
         current = counters("current")  # generation 0 until the flip
         assert micro in consumed(current)
         chosen = counters("g1", {"CONVERSIONS_GENERATION": "1"})
@@ -68,6 +78,9 @@ async def test_the_counters_process_joins_a_generation_and_stops_when_it_is_reti
         assert await asyncio.to_thread(current.process.wait, 30) == 0  # on its own, cleanly
         assert "counters: generation 0 is retired; stopping" in current.log_text()
         assert chosen.running  # generation 1 counts on
+        assert journeys.process is not None
+        await asyncio.to_thread(journeys.process.wait, 30)
+        assert "this worker's generation 0 is retired; stopping" in journeys.log_text()
 
         joined = counters("after")  # a restart under a supervisor: the current generation
         assert f"counters: generation 1 ({settings.app_id}-g1), live" in joined.log_text()
