@@ -34,7 +34,7 @@ function renderGeneration(body, now) {
     const lag = p.total_lag ?? null;
     if (lag !== null) widestLag.set(g.number, Math.max(widestLag.get(g.number) || 0, lag));
     const widest = widestLag.get(g.number) || 0;
-    const reached = p.event_ms ? moment(p.event_ms) : "nothing counted yet";
+    const reached = p.event_ms ? `reached ${moment(p.event_ms)}` : "none counted yet";
     const against = p.live_event_ms
       ? ` (generation ${body.current}: ${moment(p.live_event_ms)}` +
         (p.event_ms ? `, ${duration(Math.max(0, p.live_event_ms - p.event_ms))} behind)` : ")")
@@ -49,7 +49,7 @@ function renderGeneration(body, now) {
         "data-live-event-ms": p.live_event_ms ?? "",
       },
       `Generation ${g.number} is reprocessing the history`,
-      `event time reached ${reached}${against} · lag ${lag === null ? "–" : number(lag)} records · ${left}. ` +
+      `event time ${reached}${against} · lag ${lag === null ? "–" : number(lag)} records · ${left}. ` +
         `This page answers from generation ${body.current} until it cuts over.`,
       widest > 0 && lag !== null ? 1 - lag / widest : 0,
     );
