@@ -1,9 +1,11 @@
 """Which generation a worker belongs to and which one is current, as every worker sees it: the
 registry read at start (`join`) and every `REFRESH_S` after (`CurrentGeneration`).
 
-The web answers each request from the current generation's configuration and counters, resolved
-once per request (one request never mixes two generations); the alerts send to receivers only
-while their generation is current (`is_current`); a worker whose generation is retired stops.
+The web answers each request from the current generation's configuration, counters and judged
+alerts and experiments (`source`), resolved once per request (one request never mixes two
+generations); the alerts send to receivers only while their generation is current
+(`is_current`); a worker whose generation is retired stops, and so does a `conversions counters`
+process (`until_retired`).
 """
 
 from __future__ import annotations
@@ -162,15 +164,10 @@ class CurrentGeneration:
                 )
             await asyncio.sleep(REFRESH_S)
 
-    async def view(self) -> tuple[CompiledConfig, CounterReader | None]:
-        """The configuration and counters of the current generation: one request's whole answer."""
-        _, config, counters = await self._resolve()
-        return config, counters
-
     async def source(self) -> Source:
-        """The current generation's configuration, counters and judged alerts and experiments
-        (this worker's own evaluators when its generation is current, else the snapshot its
-        leader wrote: `generations.judged`)."""
+        """One request's whole answer: the current generation's configuration, counters, and
+        judged alerts and experiments (this worker's own evaluators when its generation is
+        current, else the snapshot that generation's leader wrote: `generations.judged`)."""
         number, config, counters = await self._resolve()
         if number == self.number:
             return Source(config, counters, self.judging, self.judging)
