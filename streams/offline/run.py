@@ -199,10 +199,7 @@ class OfflineRun:
 
     def _observe(self, event_time: int) -> list[OutputEvent]:
         self._observed = event_time
-        out: list[OutputEvent] = []
-        for partition in range(self.partitions):
-            out.extend(self.engine.observe(partition, self.source, event_time))
-        return out
+        return self.engine.observe_all(self.source, event_time)
 
     def run(self, lines: Iterable[bytes]) -> Iterator[OutputEvent]:
         for line in lines:

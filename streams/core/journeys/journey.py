@@ -15,7 +15,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -50,11 +50,21 @@ MAX_REMEMBERED_IDS = 256
 MAX_PATH = 50
 MAX_BREAKDOWN_VALUE = 100
 
+_SESSION_DUE, _VERSION_DUE, _DROP_DUE, _STALL_DUE = 0, 1, 2, 4
+Due = tuple[int, int, str, DropoffReason | None]
+"""A deadline: (event time, kind, the attempt's key (empty for the session), a drop-off's reason).
+Simultaneous deadlines fire in this order: the session, then drop-offs, then stalls, by key."""
+
+
+def _stored(cls: type) -> list[str]:
+    """A dataclass's stored fields, in order (a field with `compare=False` is a cache, not state)."""
+    return [f.name for f in fields(cls) if f.compare]
+
 
 def _packer(cls: type) -> Callable[[Any], tuple[Any, ...]]:
     """A dataclass's values in field order: the compact positional form journeys are stored in
     (one C-level attrgetter per class, where `dataclasses.fields` on every call was a cost)."""
-    return attrgetter(*(f.name for f in fields(cls)))
+    return attrgetter(*_stored(cls))
 
 
 @dataclass(slots=True)
@@ -150,6 +160,13 @@ class Journey:
     versions: list[str] = field(default_factory=list)
     """The funnel versions its attempts were written under (`config.versions`): each attempt
     holds an index into it, a few bytes instead of a version string per attempt."""
+    due: Due | Literal[False] | None = field(default=False, compare=False, repr=False)
+    """Not stored: the next deadline (`JourneyMachine._earliest`) as last computed, False when not
+    known. Whatever changes the session or the attempts outside `JourneyMachine` calls `changed`."""
+
+    def changed(self) -> None:
+        """Forget the cached next deadline (the session, the attempts or `last_ts` changed)."""
+        self.due = False
 
     @property
     def identity(self) -> str:
@@ -188,7 +205,7 @@ class Journey:
 _pack_journey = _packer(Journey)
 _pack_session = _packer(Session)
 _pack_attempt = _packer(Attempt)
-_JOURNEY_FIELDS = [f.name for f in fields(Journey)]
+_JOURNEY_FIELDS = _stored(Journey)
 _SESSION_AT = _JOURNEY_FIELDS.index("session")
 _ATTEMPTS_AT = _JOURNEY_FIELDS.index("attempts")
 _SEEN_AT = _JOURNEY_FIELDS.index("seen")
@@ -357,12 +374,6 @@ def _compact_versions(journey: Journey) -> None:
             attempt.version = remap[attempt.version]
 
 
-_SESSION_DUE, _VERSION_DUE, _DROP_DUE, _STALL_DUE = 0, 1, 2, 4
-Due = tuple[int, int, str, DropoffReason | None]
-"""A deadline: (event time, kind, the attempt's key (empty for the session), a drop-off's reason).
-Simultaneous deadlines fire in this order: the session, then drop-offs, then stalls, by key."""
-
-
 def previous_step_at(funnel: CompiledFunnel, attempt: Attempt, index: int) -> int | None:
     """When the attempt reached the step before `index` (the step-to-step time of issue 18's
     projections): with best chains, the last step of the chain at that step; otherwise the
@@ -438,21 +449,30 @@ class JourneyMachine:
 
     def next_deadline(self, journey: Journey) -> int | None:
         """The earliest event time at which `advance` would change this journey."""
-        due = self._earliest(journey)
+        due = journey.due
+        if due is False:
+            due = journey.due = self._earliest(journey)
         return None if due is None else due[0]
 
     def advance(self, journey: Journey, now: int) -> Outputs:
-        """Fire every deadline strictly before `now`, earliest first."""
+        """Fire every deadline strictly before `now`, earliest first.
+
+        The next deadline is computed once per change of the journey (`Journey.due`), not once
+        per call: most calls find nothing due and change nothing."""
         out: Outputs = []
         attempts = journey.attempts
         if attempts:
-            self._reconcile(journey, out)
+            if self._reconcile(journey, out):
+                journey.due = False
         elif journey.versions:
             journey.versions = []
         while True:
-            due = self._earliest(journey)
+            due = journey.due
+            if due is False:
+                due = journey.due = self._earliest(journey)
             if due is None or due[0] >= now:
                 return out
+            journey.due = False  # whatever fires changes the journey
             at, kind, key, reason = due
             if kind == _SESSION_DUE:
                 self._close_session(journey, at, out)
@@ -502,7 +522,8 @@ class JourneyMachine:
     # carried over when `versions.continues` says the change cannot alter its course, else it
     # ends with a `definition_changed` drop-off in its own version's terms.
 
-    def _reconcile(self, journey: Journey, out: Outputs) -> None:
+    def _reconcile(self, journey: Journey, out: Outputs) -> bool:
+        """Settle the attempts written under other versions; whether there were any."""
         funnels = self.config.funnels_by_name
         versions = journey.versions
         stale: list[str] = []
@@ -515,6 +536,7 @@ class JourneyMachine:
                 self._settle(journey, key, out)
         if len(versions) > len(journey.attempts) or stale:
             _compact_versions(journey)
+        return bool(stale)
 
     def _settle(self, journey: Journey, key: str, out: Outputs) -> None:
         attempt = journey.attempts[key]
@@ -617,6 +639,7 @@ class JourneyMachine:
         if now > journey.last_ts and journey.ties:
             journey.ties = {}
         out = self.advance(journey, now)
+        journey.due = False  # the event changes the session at least
         session = self._session_for(journey, event, now, out)
         if event.event in self.config.page_view_events:
             session.page_views += 1
