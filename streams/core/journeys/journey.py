@@ -390,11 +390,19 @@ def previous_step_at(funnel: CompiledFunnel, attempt: Attempt, index: int) -> in
 class _Plan:
     """What an event name can match: the goals and micro actions, and per funnel the steps and
     exclusions, whose matchers name no event or name this one (in configuration order). A funnel
-    none of whose steps or exclusions it can match is left out: the event changes nothing there."""
+    none of whose steps or exclusions it can match is left out: the event changes nothing there.
 
-    goals: tuple[CompiledGoal, ...]
-    micro: tuple[CompiledMicro, ...]
-    funnels: tuple[tuple[CompiledFunnel, tuple[int, ...], tuple[Matcher, ...]], ...]
+    Each comes with what is left to test of its matcher once the name has passed (`_rest`): None
+    when the name is all it asks (most steps), so such a step costs no call per event."""
+
+    goals: tuple[tuple[CompiledGoal, Matcher | None], ...]
+    micro: tuple[tuple[CompiledMicro, Matcher | None], ...]
+    funnels: tuple[tuple[CompiledFunnel, _Steps, _Exclusions], ...]
+
+
+_Steps = tuple[tuple[int, "Matcher | None"], ...]
+"""A funnel's steps an event name can match: (index, what is left to test, or None)."""
+_Exclusions = tuple["Matcher | None", ...]
 
 
 MAX_PLANS = 4_096
@@ -407,6 +415,14 @@ def _may_match(matcher: Matcher, name: str, goals: frozenset[str] = frozenset())
     return (matcher.events is None or name in matcher.events) and (
         matcher.goal is None or matcher.goal in goals
     )
+
+
+def _rest(matcher: Matcher) -> Matcher | None:
+    """What is left to test of a matcher for an event whose name passed its event filter (None:
+    nothing, the name is enough)."""
+    if matcher.goal is None and matcher.url is None and not matcher.fields:
+        return None
+    return Matcher(None, matcher.url, matcher.goal, matcher.fields)
 
 
 class JourneyMachine:
@@ -430,17 +446,20 @@ class JourneyMachine:
         if plan is not None:
             return plan
         config = self.config
-        goals = tuple(g for g in config.goals if _may_match(g.matcher, name))
-        reach = frozenset(g.name for g in goals)
+        goals = tuple((g, _rest(g.matcher)) for g in config.goals if _may_match(g.matcher, name))
+        reach = frozenset(g.name for g, _ in goals)
         funnels = []
         for funnel in config.funnels:
-            steps = tuple(i for i, step in enumerate(funnel.steps) if _may_match(step.matcher, name, reach))
-            exclusions = tuple(m for m in funnel.exclusions if _may_match(m, name, reach))
+            steps = tuple(
+                (i, _rest(step.matcher))
+                for i, step in enumerate(funnel.steps)
+                if _may_match(step.matcher, name, reach)
+            )
+            exclusions = tuple(_rest(m) for m in funnel.exclusions if _may_match(m, name, reach))
             if steps or exclusions:
                 funnels.append((funnel, steps, exclusions))
-        plan = _Plan(
-            goals, tuple(m for m in config.micro if _may_match(m.matcher, name, reach)), tuple(funnels)
-        )
+        micro = tuple((m, _rest(m.matcher)) for m in config.micro if _may_match(m.matcher, name, reach))
+        plan = _Plan(goals, micro, tuple(funnels))
         if len(self._plans) < MAX_PLANS:
             self._plans[name] = plan
         return plan
@@ -651,9 +670,9 @@ class JourneyMachine:
         journey.last_ts = now
 
         plan = self._plan(event.event)
-        goals_hit = [g for g in plan.goals if g.matcher.matches(event)]
+        goals_hit = [g for g, rest in plan.goals if rest is None or rest.matches(event)]
         goal_names = [g.name for g in goals_hit]
-        micros = [m for m in plan.micro if m.matcher.matches(event, goal_names)]
+        micros = [m for m, rest in plan.micro if rest is None or rest.matches(event, goal_names)]
         dimensions = self._breakdowns(self.config.breakdowns, event, session) if micros or goals_hit else {}
         for micro in micros:
             self._record_micro(journey, session, micro.name)
@@ -765,12 +784,12 @@ class JourneyMachine:
         now: int,
         goal_names: list[str],
         out: Outputs,
-        steps: tuple[int, ...],
-        exclusions: tuple[Matcher, ...],
+        steps: _Steps,
+        exclusions: _Exclusions,
     ) -> None:
         """`steps` and `exclusions`: those the event's name can match (`_plan`)."""
-        held = held_values(funnel, event)
-        if exclusions and any(m.matches(event, goal_names) for m in exclusions):
+        held = held_values(funnel, event) if funnel.hold else None
+        if exclusions and any(m is None or m.matches(event, goal_names) for m in exclusions):
             # an exclusion ends the attempt of its held value; one without the value ends them all
             ended = [
                 key
@@ -781,7 +800,7 @@ class JourneyMachine:
                 self.drop(journey, funnel, "excluded", now, out, key)
             if ended:
                 return
-        matched = [i for i in steps if funnel.steps[i].matcher.matches(event, goal_names)]
+        matched = [i for i, rest in steps if rest is None or rest.matches(event, goal_names)]
         if not matched or (funnel.hold and held is None):
             return
         key = attempt_key(funnel, held)
