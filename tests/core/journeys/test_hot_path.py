@@ -98,6 +98,7 @@ def test_an_event_names_plan_keeps_only_what_its_name_leaves_open() -> None:
     purchase = machine._plan("purchase")  # the goal, then the steps that need it
     assert [(g.name, rest) for g, rest in purchase.goals] == [("purchase", None)]
     [(_, [(index, needs_goal)], _)] = purchase.funnels
-    assert index == 4 and needs_goal is not None and needs_goal.goal == "purchase" and needs_goal.events is None
+    assert index == 4 and needs_goal is not None
+    assert needs_goal.goal == "purchase" and needs_goal.events is None
     assert machine._plan("refund").funnels[0][2] == (None,)  # checkout's exclusion, by name alone
     assert machine._plan("no_such_event").funnels == ()
