@@ -276,9 +276,36 @@ def worker(funnels: Path | None, partitions: int | None, web_port: int | None, a
             "or run `conversions demo` for an embedded one"
         )
     _config(settings.funnels)  # refused before anything connects
+    _ports_free(settings)
     from streams.worker import run_worker
 
     run_worker(settings)
+
+
+def _ports_free(settings: Any) -> None:
+    """A second worker on one host would otherwise start, fail to bind inside Faust and stop
+    30 s later with an OSError among the log lines."""
+    import socket
+
+    wanted = []
+    if settings.web_enabled:
+        how = "--web-port or CONVERSIONS_WEB_PORT"
+        wanted.append(("web server", settings.web_host, settings.web_port, how))
+    if settings.collector_enabled:
+        how = "CONVERSIONS_COLLECTOR_PORT"
+        wanted.append(("collector", settings.collector_host, settings.collector_port, how))
+    for what, host, port, how in wanted:
+        if port == 0:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                _fail(
+                    f"the {what}'s address {host}:{port} is taken ({exc.strerror}): is another worker "
+                    f"running on this host? Give this one another port with {how}"
+                )
 
 
 @main.command()
@@ -589,7 +616,7 @@ def report(
     from datetime import datetime
 
     from streams.core.config.durations import parse_duration_ms
-    from streams.tools.report import funnel_report, print_report
+    from streams.tools.report import NothingCounted, funnel_report, print_report
 
     settings = _settings()
     if not settings.redis_dsn:
@@ -610,7 +637,10 @@ def report(
         end_at = datetime.fromisoformat(end) if end else None
     except ValueError as exc:
         _fail(str(exc))
-    result = asyncio.run(funnel_report(settings, compiled, window_ms, end_at, by))
+    try:
+        result = asyncio.run(funnel_report(settings, compiled, window_ms, end_at, by))
+    except NothingCounted as exc:
+        _fail(str(exc))
     if as_json:
         click.echo(orjson.dumps(result.as_dict()).decode())
     else:
@@ -632,7 +662,7 @@ def _experiment_report(
     from datetime import datetime
 
     from streams.core.config.durations import parse_duration_ms
-    from streams.tools.report import experiment_report, print_experiment
+    from streams.tools.report import NothingCounted, experiment_report, print_experiment
 
     names = [e.name for e in config.source.experiments]
     if experiment is None:
@@ -646,7 +676,10 @@ def _experiment_report(
         end_at = datetime.fromisoformat(end) if end else None
     except ValueError as exc:
         _fail(str(exc))
-    result = asyncio.run(experiment_report(settings, config, experiment, window_ms, end_at))
+    try:
+        result = asyncio.run(experiment_report(settings, config, experiment, window_ms, end_at))
+    except NothingCounted as exc:
+        _fail(str(exc))
     if as_json:
         click.echo(orjson.dumps(result.as_dict()).decode())
     else:

@@ -112,3 +112,18 @@ def test_process_names_the_unknown_fields_it_ignored(tmp_path: Path) -> None:
         result = CliRunner().invoke(main, ["process", "--input", str(path), "--workers", workers])
         assert result.exit_code == 0, result.output
         assert "fields the contract does not have, ignored: 'propertys' (1)" in result.stderr
+
+
+def test_a_worker_whose_web_port_is_taken_says_so_and_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found following the live tutorial with a worker left running: the second one started, failed
+    to bind inside Faust and stopped 30 s later with an OSError in its log."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+        result = CliRunner().invoke(main, ["worker", "--web-port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert f"127.0.0.1:{port} is taken" in result.output and "--web-port" in result.output

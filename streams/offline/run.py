@@ -21,9 +21,10 @@ from streams.core.input.decode import decode_message
 from streams.core.input.event import MAX_NESTING, ClickEvent, from_epoch_ms
 from streams.core.input.rejection import Rejection
 from streams.core.journeys.engine import Engine
-from streams.core.measures.alerts import MINUTE_MS, AlertEvaluator
+from streams.core.measures.alerts import AlertEvaluator
 from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.core.measures.experiments import ExperimentEvaluator
+from streams.core.measures.rule_state import MINUTE_MS
 from streams.core.records.outputs import OutputEvent
 from streams.offline.summary import FunnelCounts
 

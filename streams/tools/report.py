@@ -28,6 +28,7 @@ from streams.core.measures.experiments import describe, replay
 from streams.core.records.outputs import ExperimentUpdate
 from streams.counters.base import CounterReads
 from streams.counters.redis_store import counter_store, redis_client
+from streams.errors import ConversionsError
 from streams.settings import Settings
 
 
@@ -67,6 +68,23 @@ def render(report: FunnelReport) -> Table:
     return table
 
 
+class NothingCounted(ConversionsError, LookupError):
+    """The counters under this application id hold no event yet: there is no "latest" to end a
+    default window at (a report would otherwise show an empty table dated 1970)."""
+
+
+async def _after_latest(settings: Settings, store: Any) -> int:
+    """The end of the bucket of the latest event the counters counted: a report's default end."""
+    latest = await store.latest_event_ms()
+    if latest is None:
+        raise NothingCounted(
+            f"nothing counted yet under CONVERSIONS_APP_ID={settings.app_id!r} in REDIS_URL's Redis: is a "
+            "worker (or `conversions counters`) running against this Redis with this application id? "
+            "Outputs reach the counters a few seconds after their events"
+        )
+    return int(bucket_of(latest, store.bucket_ms) + store.bucket_ms)
+
+
 async def funnel_report(
     settings: Settings, funnel: CompiledFunnel, window_ms: int, end: datetime | None, by: str | None
 ) -> FunnelReport:
@@ -78,8 +96,7 @@ async def funnel_report(
         if end is not None:
             end_ms = to_epoch_ms(end)
         else:
-            latest = await store.latest_event_ms()
-            end_ms = (bucket_of(latest, store.bucket_ms) + store.bucket_ms) if latest is not None else 0
+            end_ms = await _after_latest(settings, store)
         return await store.funnel_report(funnel, end_ms - window_ms, end_ms, by=by)
     finally:
         await client.aclose()
@@ -137,8 +154,7 @@ async def experiment_report(
         if end is not None:
             end_ms = to_epoch_ms(end)
         else:
-            latest = await store.latest_event_ms()
-            end_ms = (bucket_of(latest, store.bucket_ms) + store.bucket_ms) if latest is not None else 0
+            end_ms = await _after_latest(settings, store)
         start_ms = end_ms - (window_ms if window_ms is not None else settings.counter_ttl_s * 1000)
         return await experiment_from_counters(store, config, name, start_ms, end_ms)
     finally:

@@ -199,7 +199,9 @@ async def _series(
             "start_ms": start + i * size,
             "entered_previous": int(before),
             "entered": int(now),
-            "rate": now / before if before else None,
+            # arrivals from earlier buckets can outnumber a bucket's entries: a rate is at most 1,
+            # like the alert's; the counts beside it stay as counted
+            "rate": min(1.0, now / before) if before else None,
         }
         for i, (before, now) in enumerate(chart)
     ]

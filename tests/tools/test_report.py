@@ -203,3 +203,17 @@ async def test_the_command_reads_the_redis_counters(
         assert body[key] == expected[key], key
     table = await asyncio.to_thread(CliRunner(env={"COLUMNS": "220"}).invoke, main, command)
     assert table.exit_code == 0 and "better" in table.output and "p (always valid)" in table.output
+
+
+async def test_a_report_before_anything_is_counted_says_so(
+    infra: LocalInfra, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found following the Segment tutorial: a report asked for before the first outputs were
+    counted printed an empty table dated 1969-12-31 23:00 .. 1970-01-01 00:00."""
+    monkeypatch.setenv("REDIS_URL", infra.redis_url)
+    monkeypatch.setenv("CONVERSIONS_APP_ID", f"empty{uuid.uuid4().hex[:8]}")
+    monkeypatch.delenv("CONVERSIONS_FUNNELS", raising=False)
+    for command in (["report", "checkout"], ["report", "--experiment", "one_page_checkout"]):
+        result = await asyncio.to_thread(CliRunner().invoke, main, command)
+        assert result.exit_code == 2, result.output
+        assert "nothing counted yet" in result.output and "1970" not in result.output

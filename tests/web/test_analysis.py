@@ -296,3 +296,23 @@ async def test_progress_counts_attempts_carried_over_to_a_new_version() -> None:
         (2, 0, 0, 1),
         (1, 0, 0, 1),
     ]
+
+
+async def test_a_bucket_whose_arrivals_outnumber_its_entries_shows_at_most_100_percent() -> None:
+    """Shipping entered in one minute, payment reached in the next: the second minute has two
+    arrivals at payment and none or one at shipping. Its rate is 1 (the alert's clamp), its counts
+    as counted."""
+    outputs = [
+        milestone(2, BASE, "a", "mobile"),
+        milestone(2, BASE + 1000, "b", "mobile"),
+        milestone(2, BASE + MINUTE, "c", "mobile"),
+        milestone(3, BASE + MINUTE + 500, "a", "mobile"),
+        milestone(3, BASE + MINUTE + 700, "b", "mobile"),
+    ]
+    store = MemoryCounterStore(app_id="a", shards=2, bucket_ms=MINUTE)
+    await store.apply(0, _counted(outputs))
+    query = {"start": str(BASE), "end": str(BASE + 2 * MINUTE), "step": "payment"}
+    status, body = await analysis.series(store, CONFIG, None, "checkout", query)
+    assert status == 200, body
+    buckets = [(b["entered_previous"], b["entered"], b["rate"]) for b in body["buckets"]]
+    assert buckets == [(2, 0, 0.0), (1, 2, 1.0)]

@@ -120,7 +120,7 @@ function renderGoals(goals) {
       el("div", { class: "muted" }, "micro / macro"),
       el("div", { class: "big" }, goals.micro_macro_ratio === null ? "–" : goals.micro_macro_ratio.toFixed(1)),
       el("div", {}, `${number(goals.microconversions)} microconversions`),
-      el("div", { class: "muted" }, `${number(goals.sessions.count)} sessions closed`),
+      el("div", { class: "muted" }, `${number(goals.sessions.count)} ${goals.sessions.count === 1 ? "session" : "sessions"} closed`),
     ),
   );
   $("goals").replaceChildren(...tiles);

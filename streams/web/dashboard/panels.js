@@ -124,7 +124,7 @@ function drawTrend(body) {
     );
   } else {
     notes.push(
-      `Bars: the rate in each ${duration(body.bucket_ms)}. Line: the rate over the rule's ${overlay.rule.window} window, as the alert judges it; dashed: its ${overlay.rule.baseline} baseline (frozen while it fires); band: fires below its lower edge, resolves above its upper edge${overlay.rule.confidence ? ` (and only when significant at ${overlay.rule.confidence})` : ""}.`,
+      `Bars: the step's arrivals over the previous step's in each ${duration(body.bucket_ms)} (at most 100 %: arrivals from earlier buckets can outnumber a bucket's entries). Line: the rate over the rule's ${overlay.rule.window} window, as the alert judges it; dashed: its ${overlay.rule.baseline} baseline (frozen while it fires); band: fires below its lower edge, resolves above its upper edge${overlay.rule.confidence ? ` (and only when significant at ${overlay.rule.confidence})` : ""}.`,
     );
     if (overlay.note) notes.push(overlay.note);
   }
