@@ -808,7 +808,10 @@ class JourneyMachine:
         if funnel.best_chain and funnel.order == "sequential":
             tie = tie_key(funnel.version, key)
             earlier = journey.ties.get(tie, 0)
-            mine = sum(1 << i for i in matched) & ~1  # step 1 never needs re-ordering
+            mine = 0
+            for i in matched:  # distinct steps: their bits, step 1's left out (never re-ordered)
+                mine |= 1 << i
+            mine &= ~1
             if mine & ~earlier:
                 journey.ties[tie] = earlier | mine
         attempt = journey.attempts.get(key)
@@ -899,24 +902,36 @@ class JourneyMachine:
             extended[k] = True
             if k < size:
                 after[k] = chain
-        for k in range(1, size + 1):
-            below = after[k - 1]
-            if earlier >> k & 1 and extended[k - 1] and below is not None:
-                extended[k] = True
-                if k < size:
-                    after[k] = (below[0], now)
-        top = max((k for k in range(size + 1) if extended[k]), default=-1)
+        if earlier:
+            for k in range(1, size + 1):
+                below = after[k - 1]
+                if earlier >> k & 1 and extended[k - 1] and below is not None:
+                    extended[k] = True
+                    if k < size:
+                        after[k] = (below[0], now)
+        top = size
+        while top >= 0 and not extended[top]:
+            top -= 1
         if top >= 0:
             attempt.last = now
             attempt.stalled = False
+        window, steps = funnel.window, funnel.steps
         for k, kept in enumerate(after):  # a chain that can no longer extend is forgotten
-            if kept is not None and (end := chain_end(funnel, k, kept)) is not None and end[0] < now:
+            if kept is None:
+                continue
+            # chain_end's moment, inline (this runs for every chain of every matching event)
+            within = steps[k + 1].within
+            window_end = kept[0] + window if window is not None else None
+            step_end = kept[1] + within if within is not None else None
+            if step_end is None or (window_end is not None and window_end <= step_end):
+                step_end = window_end
+            if step_end is not None and step_end < now:
                 after[k] = None
         store_chain_slots(attempt, after)
         for k in range(top + 1):
             if not attempt.done_mask >> k & 1:
                 self._reach(journey, funnel, key, attempt, k, event, now, out)
-        if top < size and all(chain is None for chain in after):
+        if top < size and after.count(None) == size:
             self.drop(journey, funnel, "out_of_order", now, out, key)  # strict: every chain broken
 
     def _reach(
