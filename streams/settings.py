@@ -172,6 +172,16 @@ class Settings(BaseSettings):
     """How ingest reads the clickstream: `read_committed` never reads the records of a
     transactional producer's aborted transactions (Kafka Connect, Flink or Kafka Streams sinks
     with exactly-once), nor those of open transactions until they commit."""
+    ingest_assignment: Literal["one", "spread"] = "one"
+    """How the clickstream partitions are shared among the workers' ingest consumers (the
+    journeys are spread over all workers either way). `one`: one worker's ingest reads them all
+    and keeps them at the same event time (`pipeline.alignment`), so that a replay of unkeyed
+    input equals offline mode with any number of workers; the others' ingest idles until that
+    worker leaves, when another takes every partition over. Its limit is one consumer's
+    throughput, about 28,000 events/s on one core at ingest's 35 us an event; beyond that,
+    `spread` (aiokafka's round robin): each worker reads its share and aligns only its own
+    partitions. Give every worker the same value: while they differ (a rolling change) the group
+    spreads."""
     fetch_max_wait_ms: int = Field(default=100, ge=1, le=60_000)
     """How long a fetch may wait on the broker for data. Some brokers (Tansu) answer an empty
     fetch only at this deadline, however soon data arrives, which adds up to it to every hop

@@ -31,9 +31,12 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 
 from streams.core.input.repartition import source_name
+from streams.kafka.assignors import OneMemberAssignor
 from streams.kafka.clients import new_consumer, start_with_retry
 from streams.kafka.undecodable import GuardedConsumer, SkippedBatches, undecodable
 from streams.pipeline.alignment import Alignment
@@ -57,6 +60,16 @@ class SourceMessage(NamedTuple):
 
 def ingest_group(settings: Settings) -> str:
     return f"{settings.app_id}-ingest"
+
+
+def ingest_assignors(
+    settings: Settings,
+) -> tuple[AbstractPartitionAssignor | type[AbstractPartitionAssignor], ...]:
+    """`one`: every partition to one member (`kafka.assignors`), round robin second so that a
+    group with members still on `spread` forms (spread); `spread`: round robin alone."""
+    if settings.ingest_assignment == "one":
+        return (OneMemberAssignor(), RoundRobinPartitionAssignor)
+    return (RoundRobinPartitionAssignor,)
 
 
 class IngestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -111,6 +124,7 @@ class IngestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             rebalance_timeout_ms=int(s.rebalance_timeout_s * 1000),
             session_timeout_ms=int(s.session_timeout_s * 1000),
             heartbeat_interval_ms=int(s.heartbeat_interval_s * 1000),
+            partition_assignment_strategy=ingest_assignors(s),
         )
 
     async def run(self, stopping: Stopping) -> None:
