@@ -237,7 +237,12 @@ class IngestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.ingest.forget_sources(source_name(tp.topic, tp.partition) for tp in revoked)
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
-        pass  # each starts at its committed offset (or as `_adopt_faust_offsets` seeded it)
+        # each starts at its committed offset (or as `_adopt_faust_offsets` seeded it)
+        log.info(
+            "ingest: reading partitions [%s] (assignment %s)",
+            ", ".join(f"{tp.topic}:{tp.partition}" for tp in sorted(assigned)),
+            self.settings.ingest_assignment,
+        )
 
     async def _adopt_faust_offsets(self) -> None:
         """Commit, for the ingest group, where Faust's group (the ingest agent before this

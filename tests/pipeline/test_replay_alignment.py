@@ -9,6 +9,8 @@ in event time as the others: without alignment it runs hours ahead of them."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import Callable
 
 import orjson
@@ -68,6 +70,55 @@ async def test_an_unkeyed_replay_with_a_partition_far_ahead_equals_offline_mode(
     late = [o for o in actual if o.get("reason") == "late_event"]
     assert not late, f"{len(late)} events refused as late: {late}"
     assert canonical(actual) == canonical(expected), _debug_diff(actual, expected)
+
+
+INGEST_READS = re.compile(r"ingest: reading partitions \[([^\]]*)\]")
+
+
+def ingest_reads(worker: WorkerProcess) -> set[int] | None:
+    """The clickstream partitions the worker's ingest was last assigned (None: not yet)."""
+    found = INGEST_READS.findall(worker.log_text())
+    return None if not found else {int(tp.rsplit(":", 1)[1]) for tp in found[-1].split(", ") if tp}
+
+
+async def wait_until(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not check():
+        assert loop.time() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.3)
+
+
+async def test_two_workers_replay_unkeyed_input_as_offline_mode_through_one_ingest_consumer(
+    settings: Settings, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """`CONVERSIONS_INGEST_ASSIGNMENT=one` (the default): one worker's ingest reads all four
+    partitions and aligns them, the journeys are spread over both; when it stops, the other's
+    ingest takes every partition over."""
+    lines, ticks = traffic(users=400, seed=43)
+    expected = offline_outputs(settings, lines + ticks)
+    await ensure_topics(settings)
+    await produce(settings, spread(lines))
+    await produce(settings, {p: [tick] for p, tick in enumerate(ticks)})
+
+    env = {"CONVERSIONS_SOURCE_IDLE_S": "300", "CONVERSIONS_AGENT_BATCH_MESSAGES": "40"}
+    workers = [start_worker(name, env=env, ready=False) for name in ("a", "b")]
+    for worker in workers:
+        worker.wait_for("Worker ready", 90.0)
+    topics = sorted(set(settings.output_topics.values()))
+    actual = await read_topics(settings, topics, expect=len(expected))
+
+    late = [o for o in actual if o.get("reason") == "late_event"]
+    assert not late, f"{len(late)} events refused as late: {late}"
+    assert canonical(actual) == canonical(expected), _debug_diff(actual, expected)
+
+    reads = [ingest_reads(worker) for worker in workers]
+    assert sorted(reads, key=lambda r: len(r or ())) == [set(), {0, 1, 2, 3}], reads
+    reader, other = workers if reads[0] else workers[::-1]
+    assert reader.stop() == 0
+    await wait_until(
+        lambda: ingest_reads(other) == {0, 1, 2, 3}, "the other worker's ingest reads every partition"
+    )
 
 
 async def test_a_paused_partition_resumes_when_the_slow_one_reaches_its_end(settings: Settings) -> None:
