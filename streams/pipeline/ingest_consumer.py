@@ -31,12 +31,11 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 
 from streams.core.input.repartition import source_name
-from streams.kafka.assignors import OneMemberAssignor
+from streams.kafka.assignors import IngestAssignor
 from streams.kafka.clients import new_consumer, start_with_retry
 from streams.kafka.undecodable import GuardedConsumer, SkippedBatches, undecodable
 from streams.pipeline.alignment import Alignment
@@ -62,14 +61,10 @@ def ingest_group(settings: Settings) -> str:
     return f"{settings.app_id}-ingest"
 
 
-def ingest_assignors(
-    settings: Settings,
-) -> tuple[AbstractPartitionAssignor | type[AbstractPartitionAssignor], ...]:
-    """`one`: every partition to one member (`kafka.assignors`), round robin second so that a
-    group with members still on `spread` forms (spread); `spread`: round robin alone."""
-    if settings.ingest_assignment == "one":
-        return (OneMemberAssignor(), RoundRobinPartitionAssignor)
-    return (RoundRobinPartitionAssignor,)
+def ingest_assignors(settings: Settings) -> tuple[Any, ...]:
+    """The ingest group's protocols (`kafka.assignors`): ours, with this worker's wish, then
+    aiokafka's round robin, which earlier versions used."""
+    return (IngestAssignor(settings.ingest_assignment), RoundRobinPartitionAssignor)
 
 
 class IngestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
