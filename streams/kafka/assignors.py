@@ -17,7 +17,9 @@ the partitions round robin. So members that disagree (a rolling change of
 `CONVERSIONS_INGEST_ASSIGNMENT`) form a group, spread, instead of failing to join (a broker
 refuses a member whose protocols differ from the group's: InconsistentGroupProtocol, fatal to
 an aiokafka consumer). aiokafka's round robin, the protocol of earlier versions, is listed
-second, for a broker that negotiates protocols while a group upgrades.
+second: during an upgrade, the new members join the earlier ones' group on it (spread). Tansu
+keeps a group's protocol while the group has a member, so the group spreads until every worker
+has left it once (all stopped, then started); Kafka selects the protocol again at each rebalance.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The ingest group's assignment (`kafka.assignors`, `CONVERSIONS_INGEST_ASSIGNMENT`), with the
 consumers ingest builds, through the real broker: `one` puts every clickstream partition on one
 member and keeps it there when another joins; when it leaves, another takes them all; a group
-whose members disagree (a rolling change) forms, on round robin."""
+whose members disagree (a rolling change) forms, on round robin, and so does one with a member
+of an earlier version (round robin alone)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from streams.kafka import ensure_topics
 from streams.settings import Settings
@@ -65,3 +67,32 @@ async def test_members_that_disagree_form_a_group_on_round_robin(settings: Setti
     async with member(settings, "one") as one, member(settings, "spread") as spread:
         owned = await settle(one, spread, until=lambda owned: owned[0] | owned[1] == ALL and all(owned))
         assert sorted(map(len, owned)) == [2, 2] and not owned[0] & owned[1]
+
+
+async def test_a_rolling_upgrade_from_round_robin_alone_forms_a_group_that_spreads(
+    settings: Settings,
+) -> None:
+    """Earlier versions joined with aiokafka's round robin alone: ours, listing it second, join
+    their group on it (spread), and nothing fails. Tansu keeps a group's protocol while it has a
+    member: the group goes on spreading until every member has left it once (a fresh group
+    gives all to one: the test above)."""
+    await ensure_topics(settings)
+    earlier = ingest_consumer(settings)
+    earlier._partition_assignment_strategy = (RoundRobinPartitionAssignor,)
+    await earlier.start()
+    earlier.subscribe([settings.topic(t) for t in settings.topic_clickstream])
+    try:
+        await settle(earlier, until=lambda owned: owned == [ALL])
+        async with member(settings, "one") as ours:
+            owned = await settle(earlier, ours, until=lambda owned: all(owned) and owned[0] | owned[1] == ALL)
+            assert sorted(map(len, owned)) == [2, 2]
+            await earlier.stop()
+            await settle(ours, until=lambda owned: owned == [ALL])
+            async with member(settings, "one") as second:
+                # Tansu keeps the group's protocol while it has members: still round robin
+                owned = await settle(
+                    ours, second, until=lambda owned: all(owned) and owned[0] | owned[1] == ALL
+                )
+                assert sorted(map(len, owned)) == [2, 2]
+    finally:
+        await earlier.stop()
