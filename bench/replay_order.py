@@ -12,7 +12,8 @@ it sees the same input), then one far-future tick per partition (which moves eve
 every deadline), lets one worker (counters inside) handle them until the outputs stay still, and
 counts the outputs by type and the dead letters by reason, beside offline mode's outputs over the
 same events in their order (`offline`). `python -m bench.replay_order 2` runs two workers in one
-group (each ingest consumer aligns only its own partitions). Run it at two commits to compare
+group (with `CONVERSIONS_INGEST_ASSIGNMENT=one`, the default, one of them reads every partition;
+with `spread`, each ingest consumer aligns only its own). Run it at two commits to compare
 them (bench/results/replay_order.json keeps the last run, replay_order_2_workers.json two
 workers').
 """
