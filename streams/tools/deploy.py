@@ -35,7 +35,7 @@ from streams.generations.history import History, check_offsets, discard, hand_ov
 from streams.generations.naming import base_app_id, generation_settings
 from streams.generations.registry import Generation, Registry, RegistryError
 from streams.kafka.clients import new_admin, new_consumer
-from streams.kafka.retention import Retained, retained_range
+from streams.kafka.retention import Retained, read_ends, retained_range
 from streams.kafka.topics import changelog_topic, required_topics
 from streams.settings import Settings
 from streams.tools.worker_process import WorkerProcess
@@ -167,32 +167,13 @@ class Watcher:
 
 async def last_offsets(settings: Settings, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
     """The offset after each partition's last record, read: Tansu reports as the end offset the
-    start of the last batch plus one, short of the batch's other records."""
+    start of the last batch plus one, short of the batch's other records (`read_ends`)."""
     consumer = new_consumer(settings)
     await consumer.start()
     try:
         return await read_ends(consumer, tps)
     finally:
         await consumer.stop()
-
-
-async def read_ends(consumer: Any, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-    """`last_offsets` with a started consumer of no group."""
-    ends = dict(await consumer.end_offsets(tps))
-    consumer.assign(tps)
-    for tp in tps:
-        consumer.seek(tp, max(0, ends[tp] - 1))
-    # the first fetch from the reported end returns the whole last batch: its last record is
-    # the end (under live traffic later records keep coming: not waited for)
-    pending = {tp for tp in tps if ends[tp] > 0}
-    quiet, deadline = 0, time.monotonic() + 5.0
-    while pending and quiet < 2 and time.monotonic() < deadline:
-        batch = await consumer.getmany(*pending, timeout_ms=300, max_records=10_000)
-        quiet = 0 if batch else quiet + 1
-        for tp, messages in batch.items():
-            ends[tp] = max(ends[tp], messages[-1].offset + 1)
-            pending.discard(tp)
-    return ends
 
 
 async def seam(base: Settings, new: Settings) -> dict[str, dict[str, int]]:

@@ -12,10 +12,12 @@ from redis.asyncio import Redis
 from streams.core.config.horizon import history_needs, short_needs
 from streams.core.config.loader import parse_config
 from streams.generations.current import GenerationRefused, join
+from streams.generations.history import check_offsets
 from streams.generations.naming import generation_settings
 from streams.generations.registry import Registry, RegistryError
 from streams.kafka import ensure_topics
-from streams.kafka.clients import kafka_client_options
+from streams.kafka.clients import kafka_client_options, new_producer
+from streams.kafka.retention import retained_range
 from streams.settings import Settings
 from streams.tools.deploy import abandon_generation, delete_generation, deploy, rollback
 from streams.tools.infra import LocalInfra
@@ -198,3 +200,23 @@ async def test_deploy_refuses_history_offsets_that_leave_a_gap_or_miss_a_partiti
         assert await Registry(redis, settings.app_id).all() == []
     finally:
         await redis.aclose()
+
+
+async def test_the_retained_range_ends_after_the_last_record_of_a_batch(settings: Settings) -> None:
+    """Tansu reports a partition's end as the start of its last batch plus one: a seam at the true
+    end (every record archived) must still be accepted, and the records counted."""
+    await ensure_topics(settings)
+    topic = settings.topic("clickstream")
+    producer = new_producer(settings, linger_ms=200)
+    await producer.start()
+    try:
+        sent = [await producer.send(topic, b"{}", partition=0) for _ in range(20)]
+        await producer.flush()
+        assert {(await s).offset for s in sent} == set(range(20))
+    finally:
+        await producer.stop()
+    retained = await retained_range(settings)
+    assert retained.offsets[f"{topic}/0"] == (0, 20)
+    assert retained.records == 20
+    seam = {name: end for name, (_, end) in retained.offsets.items()}
+    assert check_offsets(seam, retained.offsets) == []
