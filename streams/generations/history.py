@@ -23,7 +23,9 @@ archive itself, and the hand-off gives it exactly that:
   counters and its alert and experiment evaluators read them like any other: the alerts and
   experiment updates are not copied, those evaluators judge them again from the microconversions;
 - the generation's ingest group's committed offsets at the seam, so its workers read the
-  clickstream from there on.
+  clickstream from there on; the seam is checked against what Kafka keeps again just before (the
+  offline run may have lasted hours, and retention may have deleted records after the seam
+  meanwhile): if it no longer meets it, `HistoryError`, nothing committed.
 
 Until all of it is written the generation is recorded as `pending` and its workers are refused.
 """
@@ -48,6 +50,7 @@ from streams.core.records.outputs import OutputEvent
 from streams.errors import ConversionsError
 from streams.kafka.clients import new_consumer, new_producer
 from streams.kafka.headers import WATERMARK_HEADER
+from streams.kafka.retention import retained_range
 from streams.kafka.topics import changelog_topic, ensure_topics
 from streams.offline.run import OfflineRun
 from streams.settings import Settings
@@ -162,6 +165,14 @@ async def hand_over(
         journeys = await _journeys(new, history, offsets, producer)
     finally:
         await producer.stop()
+    # checked again: retention may have deleted records past the seam while the offline run
+    # lasted, and the ingest group (auto_offset_reset "earliest") would skip them silently
+    lost = check_offsets(offsets, (await retained_range(new)).offsets)
+    if lost:
+        raise HistoryError(
+            "the hand-off offsets no longer meet what Kafka keeps (retention deleted records while "
+            "the history was read): " + "; ".join(lost)
+        )
     await _commit_ingest(new, offsets)
     say(
         f"history handed over: {history.outputs} outputs on {new.app_id}'s topics, {journeys} journeys "

@@ -31,7 +31,7 @@ from streams.core.config.matching import compile_config
 from streams.core.config.model import FunnelConfig
 from streams.core.config.versions import config_fingerprint
 from streams.counters.redis_store import RedisClient, counter_store, redis_client
-from streams.generations.history import History, check_offsets, discard, hand_over, run_history
+from streams.generations.history import History, HistoryError, check_offsets, discard, hand_over, run_history
 from streams.generations.naming import base_app_id, generation_settings
 from streams.generations.registry import Generation, Registry, RegistryError
 from streams.kafka.clients import new_admin, new_consumer
@@ -328,7 +328,16 @@ async def _deploy(
         new = generation_settings(base, generation.number)
         if history is not None:
             assert history_offsets is not None
-            await hand_over(new, history, history_offsets, say)
+            try:
+                await hand_over(new, history, history_offsets, say)
+            except HistoryError as exc:
+                say(f"refused: {exc}")
+                say(
+                    f"generation {generation.number} is left pending (its workers are refused): "
+                    f"`conversions generations --abandon {generation.number}`, then deploy again "
+                    "with an archive that reaches what Kafka keeps"
+                )
+                return 1
             await registry.ready(generation.number)
         say(f"more workers, on any host: CONVERSIONS_GENERATION={generation.number} conversions worker")
         log_dir = log_dir or base.data_dir / "generations"
