@@ -48,6 +48,7 @@ from streams.core.journeys.engine import partition_for
 from streams.core.journeys.markers import applied_marker, marker_value
 from streams.core.records.outputs import OutputEvent
 from streams.errors import ConversionsError
+from streams.generations.naming import ingest_group
 from streams.kafka.clients import new_consumer, new_producer
 from streams.kafka.headers import WATERMARK_HEADER
 from streams.kafka.retention import retained_range
@@ -266,9 +267,9 @@ async def _journeys(new: Settings, history: History, offsets: dict[str, int], pr
 
 
 async def _commit_ingest(new: Settings, offsets: dict[str, int]) -> None:
-    """The generation's ingest group (`pipeline.ingest_consumer.ingest_group`) committed at the seam."""
+    """The generation's ingest group committed at the seam."""
     seam = {TopicPartition(*_split(name)): offset for name, offset in offsets.items()}
-    consumer = new_consumer(new, group_id=f"{new.app_id}-ingest")
+    consumer = new_consumer(new, group_id=ingest_group(new))
     await consumer.start()
     try:
         consumer.assign(list(seam))

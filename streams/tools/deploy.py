@@ -32,9 +32,10 @@ from streams.core.config.model import FunnelConfig
 from streams.core.config.versions import config_fingerprint
 from streams.counters.redis_store import RedisClient, counter_store, redis_client
 from streams.generations.history import History, HistoryError, check_offsets, discard, hand_over, run_history
-from streams.generations.naming import base_app_id, generation_settings
+from streams.generations.naming import base_app_id, consumer_groups, generation_settings, ingest_group
 from streams.generations.registry import Generation, Registry, RegistryError
 from streams.kafka.clients import new_admin, new_consumer
+from streams.kafka.groups import delete_groups
 from streams.kafka.retention import Retained, read_ends, retained_range
 from streams.kafka.topics import changelog_topic, required_topics
 from streams.settings import Settings
@@ -151,7 +152,7 @@ class Watcher:
             ends = await read_ends(consumer, sources + events)
         finally:
             await consumer.stop()
-        lag = await _group_lag(s, f"{s.app_id}-ingest", sources, ends)  # pipeline.ingest_consumer's group
+        lag = await _group_lag(s, ingest_group(s), sources, ends)
         events_lag = sum((await _group_lag(s, s.app_id, events, ends)).values())
         new_ms = await counter_store(s, self.redis).latest_event_ms()
         live = self.base.model_copy(update={"app_id": current_app_id})
@@ -465,11 +466,14 @@ async def delete_generation(base: Settings, number: int, grace_ms: int, say: Say
                 await admin.delete_topics(gone)
         finally:
             await admin.close()
+        kept = [f"{g} ({why})" for g, why in (await delete_groups(base, consumer_groups(old))).items() if why]
+        if kept:
+            say("consumer groups not deleted: " + ", ".join(kept))
         keys = 0
         async for key in redis.scan_iter(match=f"conv:{{{generation.app_id}:*", count=1_000):
             keys += int(await redis.unlink(key))
         await registry.forget(number)
-        say(f"generation {number} deleted: {len(gone)} topics, {keys} Redis keys")
+        say(f"generation {number} deleted: {len(gone)} topics, its consumer groups, {keys} Redis keys")
         return 0
     finally:
         await redis.aclose()

@@ -13,7 +13,7 @@ from aiokafka import TopicPartition
 from streams.core.config.loader import parse_config
 from streams.core.config.matching import compile_config
 from streams.generations.history import HistoryError, discard, hand_over, run_history
-from streams.generations.naming import generation_settings
+from streams.generations.naming import generation_settings, ingest_group
 from streams.kafka import ensure_topics
 from streams.kafka.clients import new_admin, new_consumer
 from streams.kafka.retention import retained_range
@@ -61,7 +61,7 @@ async def test_a_seam_that_no_longer_meets_the_clickstream_is_refused_and_nothin
         discard(history)
     for name, end in filled.items():
         assert f"{name}: offset {end} is past the partition's end (0)" in str(refused.value)
-    consumer = new_consumer(new, group_id=f"{new.app_id}-ingest")
+    consumer = new_consumer(new, group_id=ingest_group(new))
     await consumer.start()
     try:
         assert [await consumer.committed(TopicPartition(*_split(name))) for name in offsets] == [None] * len(
