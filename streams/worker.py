@@ -78,9 +78,9 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
     current = None
     # a worker that neither counts nor serves (both elsewhere) still follows its generation: it
     # stops once that is retired, and may lead it (relay, judged alerts)
-    redis = (
-        store.redis if store is not None else redis_client(settings.redis_dsn) if settings.redis_dsn else None
-    )
+    redis = store.redis if store is not None else None
+    if redis is None and settings.redis_dsn:
+        redis = redis_client(settings.redis_dsn, socket_timeout=5)
     if redis is not None:
         current = _current_generation(settings, config, redis, store)
         conversions.run_alongside("generations", current.run, _nothing if store is not None else redis.aclose)
