@@ -249,6 +249,11 @@ async def deploy(
     history: History | None = None
     if history_files:
         assert history_offsets is not None, "--history needs --history-offsets"
+        try:  # before the offline run, which may last hours: `create` would refuse after it
+            await _check_free(base)
+        except RegistryError as exc:
+            say(f"refused: {exc}")
+            return 1
         problems = check_offsets(history_offsets, retained.offsets)
         if problems:
             say("refused: the history's hand-off offsets do not meet the clickstream topics:")
@@ -281,6 +286,15 @@ async def deploy(
     finally:
         if history is not None:
             discard(history)
+
+
+async def _check_free(base: Settings) -> None:
+    assert base.redis_dsn, "REDIS_URL must be set"
+    redis = redis_client(base.redis_dsn, socket_timeout=10)
+    try:
+        await Registry(redis, base_app_id(base)).check_free()
+    finally:
+        await redis.aclose()
 
 
 async def _deploy(

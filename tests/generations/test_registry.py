@@ -300,3 +300,28 @@ async def test_ready_does_not_overwrite_an_abandon_that_lands_in_between(infra: 
     finally:
         await redis.delete(registry.key)
         await redis.aclose()
+
+
+async def test_deploy_with_history_refuses_before_the_offline_run_while_a_generation_reprocesses(
+    settings: Settings, infra: LocalInfra, tmp_path: Path
+) -> None:
+    await ensure_topics(settings)
+    await send(settings, [event("product_view", "10:00", "u1")])
+    redis = Redis.from_url(infra.redis_url)
+    registry = Registry(redis, settings.app_id)
+    try:
+        await registry.ensure_first("version: 1\n", "f0")
+        await registry.create(WEEK, "f1")
+        archive = tmp_path / "archive.ndjson"
+        archive.write_bytes(b"")
+        offsets = {name: end for name, (_, end) in (await retained_range(settings)).offsets.items()}
+        said: list[str] = []
+        status = await deploy(settings, WEEK, said.append, history_files=[archive], history_offsets=offsets)
+        assert status == 1
+        assert said == [  # nothing read from the archive
+            "refused: generation 1 is still reprocessing: wait for its cut-over, or "
+            "`conversions generations --abandon 1`"
+        ]
+    finally:
+        await redis.delete(registry.key)
+        await redis.aclose()
