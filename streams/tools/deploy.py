@@ -196,7 +196,7 @@ async def seam(base: Settings, new: Settings) -> dict[str, dict[str, int]]:
 def retention_report(retained: Retained, config_text: str, say: Say, archived: int = 0) -> list[str]:
     """Says how far back the new configuration's history reaches; the refused needs' lines.
     `archived`: events read from an archive before it (`--history`; `retained.earliest_ms` is then
-    the archive's earliest)."""
+    the archive's earliest and `retained.offsets` start at the seam)."""
     span = retained.span_ms()
     config = parse_config(config_text)
     if retained.earliest_ms is None:
@@ -204,7 +204,7 @@ def retention_report(retained: Retained, config_text: str, say: Say, archived: i
     else:
         say(
             f"history: {retained.records} records retained"
-            + (f" after {archived} archived events" if archived else "")
+            + (f" after the archive's seam, {archived} archived events before it" if archived else "")
             + f", from {_moment(retained.earliest_ms)} "
             f"({format_duration_ms(span // 60_000 * 60_000 or 60_000)} back): the new generation's funnels "
             "reach back that far"
@@ -275,6 +275,12 @@ async def deploy(
             f"{_moment(run.earliest_ms)} to {_moment(run._latest_ms)}; Kafka continues at "
             + ", ".join(f"{name} {offset}" for name, offset in sorted(history_offsets.items()))
         )
+        # the records Kafka keeps before the seam are the archive's too: counted once, there
+        after_seam = {
+            name: (max(first, history_offsets.get(name, first)), end)
+            for name, (first, end) in retained.offsets.items()
+        }
+        retained = replace(retained, offsets=after_seam)
         if run.earliest_ms is not None:
             earliest = min(run.earliest_ms, retained.earliest_ms or run.earliest_ms)
             retained = replace(retained, earliest_ms=earliest)
