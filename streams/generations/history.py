@@ -20,8 +20,9 @@ archive itself, and the hand-off gives it exactly that:
   is skipped;
 - the offline run's outputs on the generation's own output topics (keyed by identity, in the
   identity's partition, with each micro partition's watermark on its last record), so its
-  counters and its alert and experiment evaluators read them like any other: the alerts and
-  experiment updates are not copied, those evaluators judge them again from the microconversions;
+  counters and its alert and experiment evaluators read them like any other: the offline run
+  judges no alerts or experiments (`OfflineRun.judge`), those evaluators judge them from the
+  microconversions;
 - the generation's ingest group's committed offsets at the seam, so its workers read the
   clickstream from there on; the seam is checked against what Kafka keeps again just before (the
   offline run may have lasted hours, and retention may have deleted records after the seam
@@ -36,7 +37,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -57,7 +58,8 @@ from streams.offline.run import OfflineRun
 from streams.settings import Settings
 
 NOT_COPIED = frozenset({"alert", "experiment"})
-"""Output types the generation's own evaluators make again from the microconversions."""
+"""Output types the generation's own evaluators make again from the microconversions (the offline
+run does not judge: `OfflineRun.judge`)."""
 SOURCE = "history"
 
 
@@ -109,7 +111,6 @@ class History:
     run: OfflineRun
     spool: Path
     outputs: int = 0
-    by_type: dict[str, int] = field(default_factory=dict)
 
     def watermark(self, partition: int) -> int | None:
         return self.run.engine.watermark(partition)
@@ -131,6 +132,7 @@ def run_history(
         enrichment=settings.enrichment(),
         max_nesting=settings.max_nesting,
         breakdown_cap=settings.breakdown_cap,
+        judge=False,
     )
     spool_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="history-", suffix=".ndjson", dir=spool_dir)
@@ -146,8 +148,6 @@ def run_history(
 
 def _spool(history: History, outputs: list[OutputEvent], out: IO[bytes]) -> None:
     kept = [o for o in outputs if o.type not in NOT_COPIED]
-    for output in kept:
-        history.by_type[output.type] = history.by_type.get(output.type, 0) + 1
     if kept:
         out.write(b"".join(o.to_json() + b"\n" for o in kept))
         history.outputs += len(kept)
@@ -249,7 +249,7 @@ async def _journeys(new: Settings, history: History, offsets: dict[str, int], pr
         )
     for future in sent:
         await future
-    reached = history.run._latest_ms
+    reached = history.run.latest_event_ms
     markers = []
     for partition in range(partitions):
         for source, offset in sorted(offsets.items()):

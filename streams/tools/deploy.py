@@ -272,7 +272,7 @@ async def deploy(
         say(
             f"history: {run.lines} lines, {run.events} events ({run.rejected} rejected) from "
             f"{len(history_files)} file(s) in {time.monotonic() - started:.1f} s, "
-            f"{_moment(run.earliest_ms)} to {_moment(run._latest_ms)}; Kafka continues at "
+            f"{_moment(run.earliest_ms)} to {_moment(run.latest_event_ms)}; Kafka continues at "
             + ", ".join(f"{name} {offset}" for name, offset in sorted(history_offsets.items()))
         )
         # the records Kafka keeps before the seam are the archive's too: counted once, there
@@ -286,9 +286,22 @@ async def deploy(
             retained = replace(retained, earliest_ms=earliest)
     try:
         return await _deploy(
-            base, config_text, new_config, retained, say, workers, accept_short_history, cut_over,
-            max_lag, tolerance_ms, every_s, web_port, log_dir, history, history_offsets,
-        )  # fmt: skip
+            base,
+            config_text,
+            new_config,
+            retained,
+            say,
+            workers=workers,
+            accept_short_history=accept_short_history,
+            cut_over=cut_over,
+            max_lag=max_lag,
+            tolerance_ms=tolerance_ms,
+            every_s=every_s,
+            web_port=web_port,
+            log_dir=log_dir,
+            history=history,
+            history_offsets=history_offsets,
+        )
     finally:
         if history is not None:
             discard(history)
@@ -309,6 +322,7 @@ async def _deploy(
     new_config: FunnelConfig,
     retained: Retained,
     say: Say,
+    *,
     workers: int,
     accept_short_history: bool,
     cut_over: bool,
