@@ -171,8 +171,8 @@ async def hand_over(
     lost = check_offsets(offsets, (await retained_range(new)).offsets)
     if lost:
         raise HistoryError(
-            "the hand-off offsets no longer meet what Kafka keeps (retention deleted records while "
-            "the history was read): " + "; ".join(lost)
+            "the hand-off offsets no longer meet what Kafka keeps (retention may have deleted records "
+            "after the seam while the history was read): " + "; ".join(lost)
         )
     await _commit_ingest(new, offsets)
     say(
