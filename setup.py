@@ -19,15 +19,16 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "build_support"))
+from conversions_build import compiler_fails  # noqa: E402 (the backend's own probe)
+
 GROUP = "streams_core"
 """The name of the shared library mypyc puts the compiled modules in (`streams_core__mypyc.*.so`)."""
 
@@ -57,27 +58,12 @@ def _why_pure() -> str | None:
         return "an editable install runs the sources as they are"
     if not commands & {"bdist_wheel", "build", "build_ext", "install"}:
         return ""  # metadata only (egg_info, dist_info, sdist): nothing to say
+    if reason := compiler_fails():
+        return reason
     try:
         import mypyc.build  # noqa: F401
     except ImportError:
         return "mypy (mypyc) is not installed"
-    return _compiler_fails()
-
-
-def _compiler_fails() -> str | None:
-    """Compile a file that includes Python.h, as an extension will: the reason it fails, or None."""
-    from distutils.ccompiler import new_compiler
-    from distutils.sysconfig import customize_compiler, get_python_inc
-
-    with tempfile.TemporaryDirectory() as tmp:
-        probe = Path(tmp, "probe.c")
-        probe.write_text("#include <Python.h>\nint probe(void) { return Py_IsInitialized(); }\n")
-        compiler: Any = new_compiler()
-        try:
-            customize_compiler(compiler)
-            compiler.compile([str(probe)], output_dir=tmp, include_dirs=[get_python_inc()])
-        except Exception as error:
-            return f"no working C compiler with Python's headers ({type(error).__name__}: {error})"
     return None
 
 
@@ -128,7 +114,9 @@ def main() -> None:
 
             extensions = mypycify([_source(m) for m in _modules()], opt_level="3", group_name=GROUP)
         except (Exception, SystemExit) as error:
-            reason = f"mypyc could not compile the core ({type(error).__name__}: {error})"
+            reason = (
+                f"mypyc could not compile the core ({type(error).__name__}: {error}; mypy's errors above)"
+            )
         else:
             try:
                 setup(
