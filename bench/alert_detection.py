@@ -40,7 +40,8 @@ from typing import Any
 
 from streams.core.config.loader import parse_config
 from streams.core.config.matching import CompiledConfig, compile_config
-from streams.core.measures.alerts import MINUTE_MS, AlertEvaluator
+from streams.core.measures.alerts import AlertEvaluator
+from streams.core.measures.rule_state import MINUTE_MS
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00Z
 DAY = 1_440  # minutes

@@ -21,9 +21,10 @@ from streams.core.input.decode import decode_message
 from streams.core.input.event import MAX_NESTING, ClickEvent, from_epoch_ms
 from streams.core.input.rejection import Rejection
 from streams.core.journeys.engine import Engine
-from streams.core.measures.alerts import MINUTE_MS, AlertEvaluator
+from streams.core.measures.alerts import AlertEvaluator
 from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.core.measures.experiments import ExperimentEvaluator
+from streams.core.measures.rule_state import MINUTE_MS
 from streams.core.records.outputs import OutputEvent
 from streams.offline.summary import FunnelCounts
 
@@ -199,10 +200,7 @@ class OfflineRun:
 
     def _observe(self, event_time: int) -> list[OutputEvent]:
         self._observed = event_time
-        out: list[OutputEvent] = []
-        for partition in range(self.partitions):
-            out.extend(self.engine.observe(partition, self.source, event_time))
-        return out
+        return self.engine.observe_all(self.source, event_time)
 
     def run(self, lines: Iterable[bytes]) -> Iterator[OutputEvent]:
         for line in lines:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from streams.core.config.glob import Glob
@@ -72,19 +72,20 @@ class CompiledFunnel:
     which an attempt keeps from its start."""
     definition: Definition | None = None
     """What its version covers (`config.versions`); None only for funnels built by hand."""
+    # derived once (the engine reads them for every event that reaches the funnel)
+    version: str = field(init=False)
+    last_index: int = field(init=False)
+    best_chain: bool = field(init=False)
+    """Ordered with `entry: best`: per-step chains (README "Funnel semantics")."""
 
-    @property
-    def version(self) -> str:
-        return self.definition.version if self.definition is not None else ""
-
-    @property
-    def last_index(self) -> int:
-        return len(self.steps) - 1
-
-    @property
-    def best_chain(self) -> bool:
-        """Ordered with `entry: best`: per-step chains (README "Funnel semantics")."""
-        return self.order != "any" and self.entry == "best"
+    def __post_init__(self) -> None:
+        derived = {
+            "version": self.definition.version if self.definition is not None else "",
+            "last_index": len(self.steps) - 1,
+            "best_chain": self.order != "any" and self.entry == "best",
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,6 +151,7 @@ class Engine:
             clock = _PartitionClock.from_state(saved)
             clock.sources = {source: max(clock.sources.values())} if clock.sources else {}
             clock.waiting_for = {source} if clock.waiting_for else set()
+            self._floor(clock)  # what every read of the floor does first (`observe` relies on it)
             clocks[int(partition)] = clock
         self._clocks = clocks
 
@@ -478,15 +479,39 @@ class Engine:
     def observe(self, partition: int, source: str, event_time: int) -> Outputs:
         """A source has delivered everything up to `event_time`: apply and fire what that makes due."""
         clock = self._clocks.get(partition) or self._clock(partition)
-        clock.waiting_for.discard(source)
+        return self._observed(partition, clock, source, event_time)
+
+    def observe_all(self, source: str, event_time: int) -> Outputs:
+        """`observe` on every partition in turn (offline mode: one source feeds them all)."""
+        out: Outputs = []
+        clocks = self._clocks
+        for partition in range(self.partitions):
+            clock = clocks.get(partition) or self._clock(partition)
+            fired = self._observed(partition, clock, source, event_time)
+            if fired:
+                out += fired
+        return out
+
+    def _observed(self, partition: int, clock: _PartitionClock, source: str, event_time: int) -> Outputs:
+        waiting = clock.waiting_for
+        moved = False
+        if waiting and source in waiting:
+            waiting.discard(source)
+            moved = True
         sources = clock.sources
         if event_time > sources.get(source, event_time - 1):
             sources[source] = event_time
+            moved = True
+        if moved:
+            self._floor(clock)  # the floor moves only with the sources: unchanged, it is still right
         if clock.holds:
             out = self._release_due(partition, clock)
             out += self._fire_due(partition, clock)
             return out
-        return self._fire_due(partition, clock)
+        heap, floor = clock.heap, clock.floor
+        if heap and floor is not None and heap[0][0] < floor:
+            return self._fire_due(partition, clock)
+        return []
 
     def forget_source(self, partition: int, source: str) -> Outputs:
         """Stop waiting for a source (gone idle, or moved to another worker)."""

@@ -15,7 +15,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -50,11 +50,21 @@ MAX_REMEMBERED_IDS = 256
 MAX_PATH = 50
 MAX_BREAKDOWN_VALUE = 100
 
+_SESSION_DUE, _VERSION_DUE, _DROP_DUE, _STALL_DUE = 0, 1, 2, 4
+Due = tuple[int, int, str, DropoffReason | None]
+"""A deadline: (event time, kind, the attempt's key (empty for the session), a drop-off's reason).
+Simultaneous deadlines fire in this order: the session, then drop-offs, then stalls, by key."""
+
+
+def _stored(cls: type) -> list[str]:
+    """A dataclass's stored fields, in order (a field with `compare=False` is a cache, not state)."""
+    return [f.name for f in fields(cls) if f.compare]
+
 
 def _packer(cls: type) -> Callable[[Any], tuple[Any, ...]]:
     """A dataclass's values in field order: the compact positional form journeys are stored in
     (one C-level attrgetter per class, where `dataclasses.fields` on every call was a cost)."""
-    return attrgetter(*(f.name for f in fields(cls)))
+    return attrgetter(*_stored(cls))
 
 
 @dataclass(slots=True)
@@ -150,6 +160,13 @@ class Journey:
     versions: list[str] = field(default_factory=list)
     """The funnel versions its attempts were written under (`config.versions`): each attempt
     holds an index into it, a few bytes instead of a version string per attempt."""
+    due: Due | Literal[False] | None = field(default=False, compare=False, repr=False)
+    """Not stored: the next deadline (`JourneyMachine._earliest`) as last computed, False when not
+    known. Whatever changes the session or the attempts outside `JourneyMachine` calls `changed`."""
+
+    def changed(self) -> None:
+        """Forget the cached next deadline (the session, the attempts or `last_ts` changed)."""
+        self.due = False
 
     @property
     def identity(self) -> str:
@@ -188,7 +205,7 @@ class Journey:
 _pack_journey = _packer(Journey)
 _pack_session = _packer(Session)
 _pack_attempt = _packer(Attempt)
-_JOURNEY_FIELDS = [f.name for f in fields(Journey)]
+_JOURNEY_FIELDS = _stored(Journey)
 _SESSION_AT = _JOURNEY_FIELDS.index("session")
 _ATTEMPTS_AT = _JOURNEY_FIELDS.index("attempts")
 _SEEN_AT = _JOURNEY_FIELDS.index("seen")
@@ -357,12 +374,6 @@ def _compact_versions(journey: Journey) -> None:
             attempt.version = remap[attempt.version]
 
 
-_SESSION_DUE, _VERSION_DUE, _DROP_DUE, _STALL_DUE = 0, 1, 2, 4
-Due = tuple[int, int, str, DropoffReason | None]
-"""A deadline: (event time, kind, the attempt's key (empty for the session), a drop-off's reason).
-Simultaneous deadlines fire in this order: the session, then drop-offs, then stalls, by key."""
-
-
 def previous_step_at(funnel: CompiledFunnel, attempt: Attempt, index: int) -> int | None:
     """When the attempt reached the step before `index` (the step-to-step time of issue 18's
     projections): with best chains, the last step of the chain at that step; otherwise the
@@ -379,11 +390,19 @@ def previous_step_at(funnel: CompiledFunnel, attempt: Attempt, index: int) -> in
 class _Plan:
     """What an event name can match: the goals and micro actions, and per funnel the steps and
     exclusions, whose matchers name no event or name this one (in configuration order). A funnel
-    none of whose steps or exclusions it can match is left out: the event changes nothing there."""
+    none of whose steps or exclusions it can match is left out: the event changes nothing there.
 
-    goals: tuple[CompiledGoal, ...]
-    micro: tuple[CompiledMicro, ...]
-    funnels: tuple[tuple[CompiledFunnel, tuple[int, ...], tuple[Matcher, ...]], ...]
+    Each comes with what is left to test of its matcher once the name has passed (`_rest`): None
+    when the name is all it asks (most steps), so such a step costs no call per event."""
+
+    goals: tuple[tuple[CompiledGoal, Matcher | None], ...]
+    micro: tuple[tuple[CompiledMicro, Matcher | None], ...]
+    funnels: tuple[tuple[CompiledFunnel, _Steps, _Exclusions], ...]
+
+
+_Steps = tuple[tuple[int, "Matcher | None"], ...]
+"""A funnel's steps an event name can match: (index, what is left to test, or None)."""
+_Exclusions = tuple["Matcher | None", ...]
 
 
 MAX_PLANS = 4_096
@@ -396,6 +415,14 @@ def _may_match(matcher: Matcher, name: str, goals: frozenset[str] = frozenset())
     return (matcher.events is None or name in matcher.events) and (
         matcher.goal is None or matcher.goal in goals
     )
+
+
+def _rest(matcher: Matcher) -> Matcher | None:
+    """What is left to test of a matcher for an event whose name passed its event filter (None:
+    nothing, the name is enough)."""
+    if matcher.goal is None and matcher.url is None and not matcher.fields:
+        return None
+    return Matcher(None, matcher.url, matcher.goal, matcher.fields)
 
 
 class JourneyMachine:
@@ -419,17 +446,20 @@ class JourneyMachine:
         if plan is not None:
             return plan
         config = self.config
-        goals = tuple(g for g in config.goals if _may_match(g.matcher, name))
-        reach = frozenset(g.name for g in goals)
+        goals = tuple((g, _rest(g.matcher)) for g in config.goals if _may_match(g.matcher, name))
+        reach = frozenset(g.name for g, _ in goals)
         funnels = []
         for funnel in config.funnels:
-            steps = tuple(i for i, step in enumerate(funnel.steps) if _may_match(step.matcher, name, reach))
-            exclusions = tuple(m for m in funnel.exclusions if _may_match(m, name, reach))
+            steps = tuple(
+                (i, _rest(step.matcher))
+                for i, step in enumerate(funnel.steps)
+                if _may_match(step.matcher, name, reach)
+            )
+            exclusions = tuple(_rest(m) for m in funnel.exclusions if _may_match(m, name, reach))
             if steps or exclusions:
                 funnels.append((funnel, steps, exclusions))
-        plan = _Plan(
-            goals, tuple(m for m in config.micro if _may_match(m.matcher, name, reach)), tuple(funnels)
-        )
+        micro = tuple((m, _rest(m.matcher)) for m in config.micro if _may_match(m.matcher, name, reach))
+        plan = _Plan(goals, micro, tuple(funnels))
         if len(self._plans) < MAX_PLANS:
             self._plans[name] = plan
         return plan
@@ -438,21 +468,30 @@ class JourneyMachine:
 
     def next_deadline(self, journey: Journey) -> int | None:
         """The earliest event time at which `advance` would change this journey."""
-        due = self._earliest(journey)
+        due = journey.due
+        if due is False:
+            due = journey.due = self._earliest(journey)
         return None if due is None else due[0]
 
     def advance(self, journey: Journey, now: int) -> Outputs:
-        """Fire every deadline strictly before `now`, earliest first."""
+        """Fire every deadline strictly before `now`, earliest first.
+
+        The next deadline is computed once per change of the journey (`Journey.due`), not once
+        per call: most calls find nothing due and change nothing."""
         out: Outputs = []
         attempts = journey.attempts
         if attempts:
-            self._reconcile(journey, out)
+            if self._reconcile(journey, out):
+                journey.due = False
         elif journey.versions:
             journey.versions = []
         while True:
-            due = self._earliest(journey)
+            due = journey.due
+            if due is False:
+                due = journey.due = self._earliest(journey)
             if due is None or due[0] >= now:
                 return out
+            journey.due = False  # whatever fires changes the journey
             at, kind, key, reason = due
             if kind == _SESSION_DUE:
                 self._close_session(journey, at, out)
@@ -502,7 +541,8 @@ class JourneyMachine:
     # carried over when `versions.continues` says the change cannot alter its course, else it
     # ends with a `definition_changed` drop-off in its own version's terms.
 
-    def _reconcile(self, journey: Journey, out: Outputs) -> None:
+    def _reconcile(self, journey: Journey, out: Outputs) -> bool:
+        """Settle the attempts written under other versions; whether there were any."""
         funnels = self.config.funnels_by_name
         versions = journey.versions
         stale: list[str] = []
@@ -515,6 +555,7 @@ class JourneyMachine:
                 self._settle(journey, key, out)
         if len(versions) > len(journey.attempts) or stale:
             _compact_versions(journey)
+        return bool(stale)
 
     def _settle(self, journey: Journey, key: str, out: Outputs) -> None:
         attempt = journey.attempts[key]
@@ -617,6 +658,7 @@ class JourneyMachine:
         if now > journey.last_ts and journey.ties:
             journey.ties = {}
         out = self.advance(journey, now)
+        journey.due = False  # the event changes the session at least
         session = self._session_for(journey, event, now, out)
         if event.event in self.config.page_view_events:
             session.page_views += 1
@@ -628,9 +670,9 @@ class JourneyMachine:
         journey.last_ts = now
 
         plan = self._plan(event.event)
-        goals_hit = [g for g in plan.goals if g.matcher.matches(event)]
+        goals_hit = [g for g, rest in plan.goals if rest is None or rest.matches(event)]
         goal_names = [g.name for g in goals_hit]
-        micros = [m for m in plan.micro if m.matcher.matches(event, goal_names)]
+        micros = [m for m, rest in plan.micro if rest is None or rest.matches(event, goal_names)]
         dimensions = self._breakdowns(self.config.breakdowns, event, session) if micros or goals_hit else {}
         for micro in micros:
             self._record_micro(journey, session, micro.name)
@@ -742,12 +784,12 @@ class JourneyMachine:
         now: int,
         goal_names: list[str],
         out: Outputs,
-        steps: tuple[int, ...],
-        exclusions: tuple[Matcher, ...],
+        steps: _Steps,
+        exclusions: _Exclusions,
     ) -> None:
         """`steps` and `exclusions`: those the event's name can match (`_plan`)."""
-        held = held_values(funnel, event)
-        if exclusions and any(m.matches(event, goal_names) for m in exclusions):
+        held = held_values(funnel, event) if funnel.hold else None
+        if exclusions and any(m is None or m.matches(event, goal_names) for m in exclusions):
             # an exclusion ends the attempt of its held value; one without the value ends them all
             ended = [
                 key
@@ -758,7 +800,7 @@ class JourneyMachine:
                 self.drop(journey, funnel, "excluded", now, out, key)
             if ended:
                 return
-        matched = [i for i in steps if funnel.steps[i].matcher.matches(event, goal_names)]
+        matched = [i for i, rest in steps if rest is None or rest.matches(event, goal_names)]
         if not matched or (funnel.hold and held is None):
             return
         key = attempt_key(funnel, held)
@@ -766,7 +808,10 @@ class JourneyMachine:
         if funnel.best_chain and funnel.order == "sequential":
             tie = tie_key(funnel.version, key)
             earlier = journey.ties.get(tie, 0)
-            mine = sum(1 << i for i in matched) & ~1  # step 1 never needs re-ordering
+            mine = 0
+            for i in matched:  # distinct steps: their bits, step 1's left out (never re-ordered)
+                mine |= 1 << i
+            mine &= ~1
             if mine & ~earlier:
                 journey.ties[tie] = earlier | mine
         attempt = journey.attempts.get(key)
@@ -857,24 +902,36 @@ class JourneyMachine:
             extended[k] = True
             if k < size:
                 after[k] = chain
-        for k in range(1, size + 1):
-            below = after[k - 1]
-            if earlier >> k & 1 and extended[k - 1] and below is not None:
-                extended[k] = True
-                if k < size:
-                    after[k] = (below[0], now)
-        top = max((k for k in range(size + 1) if extended[k]), default=-1)
+        if earlier:
+            for k in range(1, size + 1):
+                below = after[k - 1]
+                if earlier >> k & 1 and extended[k - 1] and below is not None:
+                    extended[k] = True
+                    if k < size:
+                        after[k] = (below[0], now)
+        top = size
+        while top >= 0 and not extended[top]:
+            top -= 1
         if top >= 0:
             attempt.last = now
             attempt.stalled = False
+        window, steps = funnel.window, funnel.steps
         for k, kept in enumerate(after):  # a chain that can no longer extend is forgotten
-            if kept is not None and (end := chain_end(funnel, k, kept)) is not None and end[0] < now:
+            if kept is None:
+                continue
+            # chain_end's moment, inline (this runs for every chain of every matching event)
+            within = steps[k + 1].within
+            window_end = kept[0] + window if window is not None else None
+            step_end = kept[1] + within if within is not None else None
+            if step_end is None or (window_end is not None and window_end <= step_end):
+                step_end = window_end
+            if step_end is not None and step_end < now:
                 after[k] = None
         store_chain_slots(attempt, after)
         for k in range(top + 1):
             if not attempt.done_mask >> k & 1:
                 self._reach(journey, funnel, key, attempt, k, event, now, out)
-        if top < size and all(chain is None for chain in after):
+        if top < size and after.count(None) == size:
             self.drop(journey, funnel, "out_of_order", now, out, key)  # strict: every chain broken
 
     def _reach(

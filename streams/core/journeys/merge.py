@@ -92,6 +92,8 @@ def merge_journeys(
         person.anonymous_id = anonymous.anonymous_id
     if anonymous.anonymous_id is not None:
         person.merged = [*person.merged, anonymous.anonymous_id][-MAX_MERGED_IDS:]
+    person.changed()
+    anonymous.changed()
     return out, ended
 
 

@@ -14,7 +14,8 @@ import pytest
 from streams.core.config.loader import ConfigError, parse_config
 from streams.core.config.matching import CompiledConfig, compile_config
 from streams.core.config.model import AlertRule
-from streams.core.measures.alerts import MINUTE_MS, AlertEvaluator, judge, look_level
+from streams.core.measures.alerts import AlertEvaluator, judge, look_level
+from streams.core.measures.rule_state import MINUTE_MS
 from streams.core.measures.stats import fisher_less
 from streams.core.records.outputs import Alert
 from streams.offline.run import OfflineRun

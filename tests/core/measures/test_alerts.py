@@ -227,3 +227,36 @@ def test_an_incident_no_rule_judges_any_more_is_resolved_under_its_dedup_key() -
 
     removed = compile_config(parse_config((STALE_CONFIG % "b").split("alerts:")[0]))
     assert [a.incident_id for a in stale_incidents([fired], removed)] == [fired["incident_id"]]
+
+
+def test_offline_and_a_restarted_worker_resolve_a_changed_rules_incident_with_one_id() -> None:
+    """Offline mode ends the incidents of a changed definition from its saved evaluator
+    (`end_incidents`); a worker from the published alerts (`stale_incidents`). Both resolutions
+    are one record to a consumer that deduplicates by id, under the same dedup key."""
+    from streams.core.measures.alerts import AlertEvaluator, stale_incidents
+
+    before = compile_config(parse_config(STALE_CONFIG % "b"))
+    evaluator = AlertEvaluator(before)
+    for n in range(10):
+        for step in (0, 1) if n < 2 else (0,):
+            evaluator.observe(
+                {
+                    "type": "micro",
+                    "kind": "milestone",
+                    "id": f"m{n}-{step}",
+                    "funnel": "f",
+                    "step_index": step,
+                    "timestamp": "2024-03-13T10:01:30+00:00",
+                }
+            )
+    [fired] = [a for a in evaluator.advance(1710324000000 + 10 * 60_000) if a.state == "fired"]
+    [offline] = evaluator.end_incidents(0, "definition_changed")
+    edited = compile_config(parse_config(STALE_CONFIG % "checkout_b"))
+    [worker] = stale_incidents([fired.model_dump(mode="json")], edited)
+    assert (offline.id, offline.incident_id, offline.state, offline.reason) == (
+        worker.id,
+        worker.incident_id,
+        "resolved",
+        "definition_changed",
+    )
+    assert offline.incident_id == fired.incident_id and offline.id != fired.id

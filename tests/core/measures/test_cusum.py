@@ -14,8 +14,9 @@ import pytest
 
 from streams.core.config.loader import ConfigError, parse_config
 from streams.core.config.matching import compile_config
-from streams.core.measures.alerts import MINUTE_MS, AlertEvaluator
+from streams.core.measures.alerts import AlertEvaluator
 from streams.core.measures.cusum import arl, design
+from streams.core.measures.rule_state import MINUTE_MS
 from streams.core.records.outputs import Alert
 from streams.offline.run import OfflineRun
 

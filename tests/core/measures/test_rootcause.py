@@ -11,8 +11,9 @@ import pytest
 
 from streams.core.config.loader import parse_config
 from streams.core.config.matching import CompiledConfig, compile_config
-from streams.core.measures.alerts import MINUTE_MS, AlertEvaluator
+from streams.core.measures.alerts import AlertEvaluator
 from streams.core.measures.rootcause import NO_SEGMENT, explain
+from streams.core.measures.rule_state import MINUTE_MS
 from streams.core.records.outputs import Alert
 from tests.core.measures.test_alert_confidence import T0, poisson
 
