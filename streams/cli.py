@@ -373,6 +373,22 @@ def counters(
     help="...and the new generation's event time is within this of the current one's.",
 )
 @click.option("--web-port", type=int, default=None, help="Serve the web from the first worker started here.")
+@click.option(
+    "--history",
+    "history_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="An archived clickstream export (NDJSON, one message value a line), older than Kafka keeps; "
+    "repeat for several, oldest first. Offline mode reads them first and hands its state over to "
+    "the new generation. Needs --history-offsets.",
+)
+@click.option(
+    "--history-offsets",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help='JSON {"<topic>/<partition>": offset}: per clickstream partition, the first offset not in '
+    "the archive, where the new generation continues on Kafka.",
+)
 def deploy(
     new_config: Path,
     workers: int,
@@ -381,6 +397,8 @@ def deploy(
     max_lag: int,
     tolerance: str,
     web_port: int | None,
+    history_files: tuple[Path, ...],
+    history_offsets: Path | None,
 ) -> None:
     """Deploy a configuration with its history: a new generation reprocesses the retained
     clickstream while the current one serves, then the web and the alerts switch to it at once.
@@ -388,6 +406,7 @@ def deploy(
     import asyncio
 
     from streams.core.config.durations import parse_duration_ms
+    from streams.generations.history import HistoryError, read_offsets
     from streams.tools.deploy import deploy as run_deploy
 
     settings = _settings()
@@ -395,6 +414,14 @@ def deploy(
     _config(new_config)
     if not settings.kafka_bootstrap_servers or not settings.redis_dsn:
         _fail("KAFKA_BOOTSTRAP_SERVERS and REDIS_URL must be set")
+    if bool(history_files) != (history_offsets is not None):
+        _fail("--history and --history-offsets go together: the archive, and where Kafka continues it")
+    offsets = None
+    if history_offsets is not None:
+        try:
+            offsets = read_offsets(history_offsets)
+        except HistoryError as exc:
+            _fail(str(exc))
     try:
         tolerance_ms = parse_duration_ms(tolerance)
     except ValueError as exc:
@@ -410,6 +437,8 @@ def deploy(
             max_lag=max_lag,
             tolerance_ms=tolerance_ms,
             web_port=web_port,
+            history_files=history_files,
+            history_offsets=offsets,
         )
     )
     sys.exit(status)
@@ -433,12 +462,21 @@ def rollback() -> None:
     "--delete", "delete", type=int, default=None, help="Delete this retired generation's topics and keys."
 )
 @click.option("--grace", default="24h", show_default=True, help="...if it retired at least this long ago.")
-def generations(delete: int | None, grace: str) -> None:
-    """The generations recorded (current first), or delete a retired one."""
+@click.option(
+    "--abandon",
+    "abandon",
+    type=int,
+    default=None,
+    help="Retire this reprocessing generation without a cut-over (its workers stop): a deploy "
+    "given up, or one that died during its history hand-off.",
+)
+def generations(delete: int | None, grace: str, abandon: int | None) -> None:
+    """The generations recorded (current first), delete a retired one, or abandon one still
+    reprocessing."""
     import asyncio
 
     from streams.core.config.durations import parse_duration_ms
-    from streams.tools.deploy import delete_generation, list_generations
+    from streams.tools.deploy import abandon_generation, delete_generation, list_generations
 
     settings = _settings()
     if not settings.redis_dsn:
@@ -449,11 +487,14 @@ def generations(delete: int | None, grace: str) -> None:
         except ValueError as exc:
             _fail(f"--grace: {exc}")
         sys.exit(asyncio.run(delete_generation(settings, delete, grace_ms, click.echo)))
+    if abandon is not None:
+        sys.exit(asyncio.run(abandon_generation(settings, abandon, click.echo)))
     current, listed = asyncio.run(list_generations(settings))
     for generation in listed:
         mark = "*" if generation.number == current else " "
         click.echo(
             f"{mark} {generation.number}  {generation.app_id}  {generation.state}  {generation.fingerprint}"
+            + (f"  (pending: {generation.pending})" if generation.pending is not None else "")
         )
 
 

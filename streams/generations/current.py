@@ -48,6 +48,11 @@ async def join(base: Settings, registry: Registry) -> tuple[Settings, Generation
             f"generation {number} of {registry.app_id} is retired (the current one is {current}); "
             "unset CONVERSIONS_GENERATION to run the current one, or `conversions rollback`"
         )
+    if generation.pending is not None:
+        raise GenerationRefused(
+            f"generation {number} of {registry.app_id} is not ready: `conversions deploy` is still "
+            f"handing its {generation.pending} over; start its workers once deploy says so"
+        )
     if number == 0:
         return base.model_copy(update={"generation": 0}), generation
     path = base.data_dir / "generations" / f"g{number}.yaml"

@@ -46,6 +46,9 @@ class Generation:
     created_ms: int
     live_ms: int | None = None
     retired_ms: int | None = None
+    pending: str | None = None
+    """What must happen before its workers may start (`deploy --history`: the history's hand-off,
+    "history"); None once they may."""
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -59,6 +62,22 @@ class Generation:
         data = asdict(self)
         data.pop("config")
         return data
+
+
+LIVE = "live:"
+REMEMBERED = "remembered"
+
+
+@dataclass(frozen=True)
+class RelayCheckpoint:
+    """Where a generation's relay had got (`generations.relay`); empty before its first batch."""
+
+    own: dict[str, int]
+    """`topic/partition` of the generation's own topics -> the next offset to relay."""
+    live: dict[str, int]
+    """`topic/partition` of a live topic -> the offset after the last record relayed to it."""
+    remembered: list[Any] | None
+    """The previous generation's last words (ids) not met yet; None before the first checkpoint."""
 
 
 class RegistryError(ConversionsError, RuntimeError):
@@ -117,14 +136,15 @@ class Registry:
         assert current is not None
         return current
 
-    async def create(self, config_text: str, fingerprint: str) -> Generation:
-        """Record the next generation, reprocessing; refused while another one reprocesses."""
+    async def create(self, config_text: str, fingerprint: str, pending: str | None = None) -> Generation:
+        """Record the next generation, reprocessing; refused while another one reprocesses.
+        `pending`: its workers are refused until `ready` (`Generation.pending`)."""
         existing = await self.all()
         busy = [g.number for g in existing if g.state == "reprocessing"]
         if busy:
             raise RegistryError(
                 f"generation {busy[0]} is still reprocessing: wait for its cut-over, or "
-                f"`conversions deploy --abandon {busy[0]}`"
+                f"`conversions generations --abandon {busy[0]}`"
             )
         number = max((g.number for g in existing), default=0) + 1
         generation = Generation(
@@ -134,10 +154,20 @@ class Registry:
             fingerprint,
             "reprocessing",
             _now_ms(),
+            pending=pending,
         )
         if not await self.redis.hsetnx(self.key, f"g:{number}", generation.to_json()):
             raise RegistryError(f"generation {number} was recorded meanwhile by another deploy")
         return generation
+
+    async def ready(self, number: int) -> Generation:
+        """A generation whose workers may start now (what was `pending` is done)."""
+        generation = await self.get(number)
+        if generation is None or generation.state != "reprocessing":
+            raise RegistryError(f"generation {number} is not reprocessing")
+        started = replace(generation, pending=None)
+        await self.redis.hset(self.key, f"g:{number}", started.to_json())
+        return started
 
     async def abandon(self, number: int) -> Generation:
         """A reprocessing generation that will never go live: retired, its workers stop."""
@@ -183,13 +213,28 @@ class Registry:
         raw = await self.redis.hget(self.key, f"seam:{number}")
         return dict(orjson.loads(raw)) if raw is not None else None
 
-    async def set_relay_offsets(self, number: int, offsets: dict[str, int]) -> None:
-        if offsets:
-            await self.redis.hset(f"{self.key}:relay:{number}", mapping=offsets)
+    async def set_relay_checkpoint(
+        self,
+        number: int,
+        own: dict[str, int],
+        live: dict[str, int],
+        remembered: list[Any] | None = None,
+    ) -> None:
+        """The relay's position after a delivered batch, in one HSET: in generation `number`'s
+        topics (`own`), in the live topics after what it sent (`live`), and, when it changed, the
+        ids of the previous generation's last words it has not met yet (`remembered`)."""
+        mapping: dict[str, Any] = {**own, **{LIVE + name: offset for name, offset in live.items()}}
+        if remembered is not None:
+            mapping[REMEMBERED] = orjson.dumps(remembered)
+        if mapping:
+            await self.redis.hset(f"{self.key}:relay:{number}", mapping=mapping)
 
-    async def relay_offsets(self, number: int) -> dict[str, int]:
-        raw = await self.redis.hgetall(f"{self.key}:relay:{number}")
-        return {_text(k): int(v) for k, v in raw.items()}
+    async def relay_checkpoint(self, number: int) -> RelayCheckpoint:
+        raw = {_text(k): v for k, v in (await self.redis.hgetall(f"{self.key}:relay:{number}")).items()}
+        remembered = raw.pop(REMEMBERED, None)
+        own = {k: int(v) for k, v in raw.items() if not k.startswith(LIVE)}
+        live = {k.removeprefix(LIVE): int(v) for k, v in raw.items() if k.startswith(LIVE)}
+        return RelayCheckpoint(own, live, orjson.loads(remembered) if remembered is not None else None)
 
     async def beat(self, number: int, member: str) -> None:
         """A worker of generation `number` is alive (`alive_elsewhere`)."""

@@ -8,9 +8,11 @@ history the previous generation had already published, or a new funnel's history
 sent (no flood). Until the previous generation's workers have stopped (their heartbeats in the
 registry expire) nothing is relayed; then every record the live topics received since the seam
 (the previous generation's last words) is remembered by id and not sent again: a consumer of the
-live topics sees each record once across a cut-over. The relay's offsets are kept in the
-registry after each delivered batch: a new leader resumes there (a crash between the two
-repeats a batch, with the same deterministic ids).
+live topics sees each record once across a cut-over. After each delivered batch the relay
+checkpoints in the registry, in one write, its offsets in its own topics, the live topics' offsets
+after what it sent, and the last words it has not met yet: a new leader resumes there and reads
+the live topics only from those offsets (what the previous leader sent after its last checkpoint,
+not sent again), so a leadership change costs the same at any age of the generation.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.generations.registry import Registry
+from streams.generations.registry import Registry, RelayCheckpoint
 from streams.kafka.clients import new_consumer, new_producer, start_with_retry
 from streams.kafka.undecodable import GuardedConsumer, undecodable
 from streams.ports import GenerationCheck, LeaderCheck, Stopping
@@ -38,6 +41,25 @@ WAIT_FOR_OLD_S = 30.0
 
 LOOKBACK = 10_000
 """Records per live partition before the seam whose ids are also remembered."""
+
+
+@dataclass
+class Published:
+    """Ids already on the live topics: each is skipped once when the relay meets it."""
+
+    before: set[Any]
+    """Read before the seam (the lookback) or after a checkpoint: not carried in checkpoints."""
+    last_words: set[Any]
+    """The previous generation's records after the seam, not met yet: carried in checkpoints."""
+
+    def met(self, output_id: Any) -> bool:
+        if output_id in self.last_words:
+            self.last_words.discard(output_id)
+            return True
+        if output_id in self.before:
+            self.before.discard(output_id)
+            return True
+        return False
 
 
 def split(name: str) -> TopicPartition:
@@ -112,9 +134,10 @@ class Relay:
 
     async def _relay(self, seam: dict[str, dict[str, int]], stopping: Stopping) -> None:
         s = self.settings
-        positions = {**seam["from"], **(await self.registry.relay_offsets(self.number))}
+        checkpoint = await self.registry.relay_checkpoint(self.number)
+        positions = {**seam["from"], **checkpoint.own}
         await self._wait_for_previous(stopping)
-        published = await self._published_since(seam["live"], stopping)
+        published = await self._published(seam["live"], checkpoint, stopping)
         consumer = self._consumer = new_consumer(s, cls=GuardedConsumer)
         if self._producer is None:
             self._producer = new_producer(s, acks="all")
@@ -133,21 +156,22 @@ class Relay:
         log.info(
             "relay: generation %d's outputs to the live topics (%d ids already there)",
             self.number,
-            len(published),
+            len(published.before) + len(published.last_words),
         )
+        first = checkpoint.remembered is None
         while not stopping() and self._active():
             batch = await consumer.getmany(timeout_ms=500, max_records=5_000)
             if not batch:
                 continue
-            sent, moved = [], {}
+            sent, moved, met = [], {}, False
             for tp, messages in batch.items():
                 for message in messages:
                     moved[f"{tp.topic}/{tp.partition}"] = message.offset + 1
                     if undecodable(message) is not None or message.value is None:
                         continue
                     output_id = orjson.loads(message.value).get("id")
-                    if output_id in published:
-                        published.discard(output_id)
+                    if published.met(output_id):
+                        met = True
                         continue
                     sent.append(
                         await self._producer.send(
@@ -158,35 +182,65 @@ class Relay:
                             headers=list(message.headers or ()),
                         )
                     )
-            await asyncio.gather(*sent)
+            live: dict[str, int] = {}
+            for metadata in await asyncio.gather(*sent):
+                name = f"{metadata.topic}/{metadata.partition}"
+                live[name] = max(live.get(name, 0), metadata.offset + 1)
             self.relayed += len(sent)
-            await self.registry.set_relay_offsets(self.number, moved)
+            remembered = list(published.last_words) if (met or first) else None
+            await self.registry.set_relay_checkpoint(self.number, moved, live, remembered)
+            first = False
         await self._park()
 
-    async def _published_since(self, live: dict[str, int], stopping: Stopping) -> set[Any]:
-        """The ids on the live topics from a little before the seam to their end: what the
-        previous generation sent last (`LOOKBACK` before it too: a broker may report an end
-        offset short of its last batch, Tansu does)."""
-        if not live:
-            return set()
+    async def _published(
+        self, seam_live: dict[str, int], checkpoint: RelayCheckpoint, stopping: Stopping
+    ) -> Published:
+        """The ids on the live topics this relay must not send again. The first leader since the
+        cut-over reads the live topics from the seam (and `LOOKBACK` before it: a broker may report
+        an end offset short of its last batch, Tansu does) to their end: the previous generation's
+        last words. A later leader reads only from the checkpoint: the live topics after what the
+        relay had sent (a crash between a send and its checkpoint repeats nothing), and the last
+        words not met yet, which the checkpoint carries; so what it reads does not grow with the
+        generation's age."""
+        if checkpoint.remembered is None:
+            starts = {name: max(0, at - LOOKBACK) for name, at in seam_live.items()}
+        else:
+            starts = {**seam_live, **checkpoint.live}
+        read = await self._ids_since(starts, stopping)
+        published = Published(set(), set(checkpoint.remembered or ()))
+        for name, offset, output_id in read:
+            if checkpoint.remembered is None and offset < seam_live.get(name, 0):
+                published.before.add(output_id)
+            elif checkpoint.remembered is None:
+                published.last_words.add(output_id)
+            else:
+                published.before.add(output_id)
+        return published
+
+    async def _ids_since(self, starts: dict[str, int], stopping: Stopping) -> list[tuple[str, int, Any]]:
+        """(`topic/partition`, offset, id) of each record on the live topics from `starts` to
+        their end."""
+        if not starts:
+            return []
         consumer = new_consumer(self.settings, cls=GuardedConsumer)
         if not await start_with_retry(consumer, "relay", stopping):
-            return set()
+            return []
         try:
-            tps = [split(name) for name in live]
+            tps = [split(name) for name in starts]
             consumer.assign(tps)
             for tp in tps:
-                consumer.seek(tp, max(0, live[f"{tp.topic}/{tp.partition}"] - LOOKBACK))
-            ids: set[Any] = set()
+                consumer.seek(tp, starts[f"{tp.topic}/{tp.partition}"])
+            found: list[tuple[str, int, Any]] = []
             quiet = 0
             while not stopping() and quiet < 2:  # it has stopped: nothing more comes
                 batch = await consumer.getmany(timeout_ms=1_000, max_records=5_000)
                 quiet = 0 if batch else quiet + 1
-                for messages in batch.values():
+                for tp, messages in batch.items():
+                    name = f"{tp.topic}/{tp.partition}"
                     for message in messages:
                         if undecodable(message) is None and message.value is not None:
-                            ids.add(orjson.loads(message.value).get("id"))
-            return ids
+                            found.append((name, message.offset, orjson.loads(message.value).get("id")))
+            return found
         finally:
             await consumer.stop()
 

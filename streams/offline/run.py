@@ -105,6 +105,8 @@ class OfflineRun:
     """Per funnel version, the attempts the engine's outputs opened, completed and dropped."""
     screened: dict[str, int] = field(default_factory=dict)
     """Valid events not processed, by reason (bot, consent, erased)."""
+    earliest_ms: int | None = None
+    """The earliest valid event's time (how far back a history reaches: `deploy --history`)."""
 
     def __post_init__(self) -> None:
         self.enricher = self.enrichment.build() if self.enrichment is not None else None
@@ -136,6 +138,10 @@ class OfflineRun:
         latest = self._latest_ms
         for event in decoded.events:
             latest = event.ts_ms if latest is None or event.ts_ms > latest else latest
+        if decoded.events:
+            first = min(event.ts_ms for event in decoded.events)
+            if self.earliest_ms is None or first < self.earliest_ms:
+                self.earliest_ms = first
         out = self.apply_line(self.lines, decoded.events, decoded.rejects, self._latest_ms, latest, raw)
         if latest is None:
             return out

@@ -7,6 +7,8 @@ none: the operator starts them on other hosts), which read the clickstream from 
 retained offset in consumer groups of their own while the current generation serves. It shows
 the progress (event time reached, lag per partition against the live head, time left), writes it
 to the registry for the dashboard, and flips `current` once the new generation has caught up.
+With `--history`, archived exports are first read by offline mode and handed over to the new
+generation, which continues at the offsets after the archive (`generations.history`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,11 @@ from aiokafka import TopicPartition
 from streams.core.config.durations import format_duration_ms
 from streams.core.config.horizon import history_needs, short_needs
 from streams.core.config.loader import parse_config
+from streams.core.config.matching import compile_config
+from streams.core.config.model import FunnelConfig
 from streams.core.config.versions import config_fingerprint
 from streams.counters.redis_store import RedisClient, counter_store, redis_client
+from streams.generations.history import History, check_offsets, discard, hand_over, run_history
 from streams.generations.naming import base_app_id, generation_settings
 from streams.generations.registry import Generation, Registry, RegistryError
 from streams.kafka.clients import new_admin, new_consumer
@@ -206,15 +211,19 @@ async def seam(base: Settings, new: Settings) -> dict[str, dict[str, int]]:
     return found
 
 
-def retention_report(retained: Retained, config_text: str, say: Say) -> list[str]:
-    """Says how far back the new configuration's history reaches; the refused needs' lines."""
+def retention_report(retained: Retained, config_text: str, say: Say, archived: int = 0) -> list[str]:
+    """Says how far back the new configuration's history reaches; the refused needs' lines.
+    `archived`: events read from an archive before it (`--history`; `retained.earliest_ms` is then
+    the archive's earliest)."""
     span = retained.span_ms()
     config = parse_config(config_text)
     if retained.earliest_ms is None:
         say("history: the clickstream topics hold no records; the new funnels start from now")
     else:
         say(
-            f"history: {retained.records} records retained, from {_moment(retained.earliest_ms)} "
+            f"history: {retained.records} records retained"
+            + (f" after {archived} archived events" if archived else "")
+            + f", from {_moment(retained.earliest_ms)} "
             f"({format_duration_ms(span // 60_000 * 60_000 or 60_000)} back): the new generation's funnels "
             "reach back that far"
         )
@@ -247,11 +256,69 @@ async def deploy(
     every_s: float = 2.0,
     web_port: int | None = None,
     log_dir: Path | None = None,
+    history_files: Sequence[Path] = (),
+    history_offsets: dict[str, int] | None = None,
 ) -> int:
-    """The whole deploy; returns the exit status (0 cut over or recorded, 1 refused)."""
+    """The whole deploy; returns the exit status (0 cut over or recorded, 1 refused).
+    `history_files`: archived exports read first by offline mode and handed over to the new
+    generation, which continues at `history_offsets` (`generations.history`)."""
     new_config = parse_config(config_text, "the new configuration")
     retained = await retained_range(base)
-    refused = retention_report(retained, config_text, say)
+    history: History | None = None
+    if history_files:
+        assert history_offsets is not None, "--history needs --history-offsets"
+        problems = check_offsets(history_offsets, retained.offsets)
+        if problems:
+            say("refused: the history's hand-off offsets do not meet the clickstream topics:")
+            for problem in problems:
+                say(f"  {problem}")
+            return 1
+        started = time.monotonic()
+        history = await asyncio.to_thread(
+            run_history,
+            base,
+            compile_config(new_config),
+            history_files,
+            (log_dir or base.data_dir / "generations"),
+        )
+        run = history.run
+        say(
+            f"history: {run.lines} lines, {run.events} events ({run.rejected} rejected) from "
+            f"{len(history_files)} file(s) in {time.monotonic() - started:.1f} s, "
+            f"{_moment(run.earliest_ms)} to {_moment(run._latest_ms)}; Kafka continues at "
+            + ", ".join(f"{name} {offset}" for name, offset in sorted(history_offsets.items()))
+        )
+        if run.earliest_ms is not None:
+            earliest = min(run.earliest_ms, retained.earliest_ms or run.earliest_ms)
+            retained = replace(retained, earliest_ms=earliest)
+    try:
+        return await _deploy(
+            base, config_text, new_config, retained, say, workers, accept_short_history, cut_over,
+            max_lag, tolerance_ms, every_s, web_port, log_dir, history, history_offsets,
+        )  # fmt: skip
+    finally:
+        if history is not None:
+            discard(history)
+
+
+async def _deploy(
+    base: Settings,
+    config_text: str,
+    new_config: FunnelConfig,
+    retained: Retained,
+    say: Say,
+    workers: int,
+    accept_short_history: bool,
+    cut_over: bool,
+    max_lag: int,
+    tolerance_ms: int,
+    every_s: float,
+    web_port: int | None,
+    log_dir: Path | None,
+    history: History | None,
+    history_offsets: dict[str, int] | None,
+) -> int:
+    refused = retention_report(retained, config_text, say, history.run.events if history is not None else 0)
     if refused and not accept_short_history:
         say(
             f"refused: the retained history is shorter than {', '.join(refused)}; their first answers "
@@ -267,7 +334,9 @@ async def deploy(
             base.funnels.read_text(), config_fingerprint(parse_config(base.funnels.read_text()))
         )
         try:
-            generation = await registry.create(config_text, config_fingerprint(new_config))
+            generation = await registry.create(
+                config_text, config_fingerprint(new_config), "history" if history is not None else None
+            )
         except RegistryError as exc:
             say(f"refused: {exc}")
             return 1
@@ -275,8 +344,12 @@ async def deploy(
             f"generation {generation.number} recorded ({generation.app_id}); generation {current.number} "
             f"({current.app_id}) keeps serving"
         )
-        say(f"more workers, on any host: CONVERSIONS_GENERATION={generation.number} conversions worker")
         new = generation_settings(base, generation.number)
+        if history is not None:
+            assert history_offsets is not None
+            await hand_over(new, history, history_offsets, say)
+            await registry.ready(generation.number)
+        say(f"more workers, on any host: CONVERSIONS_GENERATION={generation.number} conversions worker")
         log_dir = log_dir or base.data_dir / "generations"
         for i in range(workers):
             env = {"CONVERSIONS_GENERATION": str(generation.number)}
@@ -285,7 +358,8 @@ async def deploy(
                 env["CONVERSIONS_WEB_PORT"] = str(web_port)
             child = WorkerProcess(env, log_dir / f"g{generation.number}-w{i}.log")
             children.append(child.start(wait_ready_s=120.0))
-        say(f"{workers} worker(s) started, reprocessing from the earliest retained offset")
+        start = "the history's hand-off offsets" if history is not None else "the earliest retained offset"
+        say(f"{workers} worker(s) started, reprocessing from {start}")
         watcher = Watcher(base, new, redis)
         while True:
             progress = await watcher.measure(current.app_id)
@@ -350,6 +424,22 @@ async def list_generations(base: Settings) -> tuple[int, list[Generation]]:
     try:
         registry = Registry(redis, base_app_id(base))
         return await registry.current_number(), await registry.all()
+    finally:
+        await redis.aclose()
+
+
+async def abandon_generation(base: Settings, number: int, say: Say) -> int:
+    """A reprocessing generation retired without a cut-over; `generations --delete` frees it."""
+    assert base.redis_dsn, "REDIS_URL must be set"
+    redis = redis_client(base.redis_dsn, socket_timeout=10)
+    try:
+        try:
+            await Registry(redis, base_app_id(base)).abandon(number)
+        except RegistryError as exc:
+            say(f"refused: {exc}")
+            return 1
+        say(f"generation {number} abandoned (retired): its workers stop; `--delete {number}` frees it")
+        return 0
     finally:
         await redis.aclose()
 

@@ -383,9 +383,14 @@ def redis_page() -> str:
         + "`conv:{<app_id>-g<N>:<shard>}:...`. The registry (docs/howto/deploy-with-history.md), never "
         + "expiring, one Cluster slot per base application id:\n\n"
         + f"- `{registry}`: hash; `current`, `previous`, `g:<N>` (a generation's record, JSON: "
-        + "number, app_id, config, fingerprint, state, created_ms, live_ms, retired_ms), `progress:<N>` "
-        + "(JSON, written by `deploy`), `seam:<N>` (JSON, where its relay starts)\n"
-        + f"- `{registry}:relay:<N>`: hash, the relay's next offset per own output topic partition\n"
+        + "number, app_id, config, fingerprint, state, created_ms, live_ms, retired_ms, pending: "
+        + "`history` while `deploy --history` hands the history over, its workers refused until then), "
+        + "`progress:<N>` (JSON, written by `deploy`), `seam:<N>` (JSON, where its relay starts)\n"
+        + f"- `{registry}:relay:<N>`: hash, the relay's checkpoint, written in one HSET after each "
+        + "delivered batch: the next offset per own output topic partition (`<topic>/<partition>`), "
+        + "the offset after the last record sent per live topic partition (`live:<topic>/<partition>`), "
+        + "and `remembered` (JSON list: the ids of the previous generation's last words on the live "
+        + "topics not met yet)\n"
         + f"- `{registry}:alive`: sorted set, `<N>:<host>:<pid>` scored by the last heartbeat (ms)\n"
     )
 

@@ -3,6 +3,8 @@ deletion of a retired generation after its grace period (issue 26)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
@@ -15,7 +17,7 @@ from streams.generations.registry import Registry, RegistryError
 from streams.kafka import ensure_topics
 from streams.kafka.clients import kafka_client_options
 from streams.settings import Settings
-from streams.tools.deploy import delete_generation, deploy, rollback
+from streams.tools.deploy import abandon_generation, delete_generation, deploy, rollback
 from streams.tools.infra import LocalInfra
 from tests.helpers import event
 from tests.pipeline.test_config_change import send
@@ -146,4 +148,53 @@ async def test_a_plain_worker_runs_the_current_generation_and_never_creates_one(
             await join(retired, registry)
     finally:
         await redis.delete(registry.key)
+        await redis.aclose()
+
+
+async def test_a_generation_whose_history_is_being_handed_over_refuses_its_workers(
+    settings: Settings, infra: LocalInfra
+) -> None:
+    redis = Redis.from_url(infra.redis_url)
+    registry = Registry(redis, settings.app_id)
+    try:
+        await registry.ensure_first("version: 1\n", "f0")
+        pending = await registry.create(WEEK, "f1", pending="history")
+        assert pending.pending == "history"
+        mine = settings.model_copy(update={"generation": 1})
+        with pytest.raises(GenerationRefused, match=r"generation 1 .* is not ready: .* handing its history"):
+            await join(mine, registry)
+        assert (await registry.ready(1)).pending is None
+        joined, _ = await join(mine, registry)
+        assert joined.app_id == f"{settings.app_id}-g1"
+        said: list[str] = []  # a deploy given up: `conversions generations --abandon 1`
+        assert await abandon_generation(settings, 1, said.append) == 0
+        assert (await registry.get(1)).state == "retired"  # type: ignore[union-attr]
+        assert await abandon_generation(settings, 1, said.append) == 1
+        assert said[-1] == "refused: generation 1 is not reprocessing"
+    finally:
+        await redis.delete(registry.key)
+        await redis.aclose()
+
+
+async def test_deploy_refuses_history_offsets_that_leave_a_gap_or_miss_a_partition(
+    settings: Settings, infra: LocalInfra, tmp_path: Path
+) -> None:
+    await ensure_topics(settings)
+    await send(settings, [event("product_view", "10:00", "u1")])
+    archive = tmp_path / "archive.ndjson"
+    archive.write_bytes(b"")
+    topic = settings.topic("clickstream")
+    said: list[str] = []
+    offsets = {f"{topic}/0": 5, f"{topic}/1": 0, f"{topic}/7": 0}
+    status = await deploy(settings, WEEK, said.append, history_files=[archive], history_offsets=offsets)
+    assert status == 1
+    text = "\n".join(said)
+    assert "refused: the history's hand-off offsets" in text
+    assert f"{topic}/2: not in the offsets file" in text
+    assert f"{topic}/7: no such clickstream partition" in text
+    assert f"{topic}/0: offset 5 is past the partition's end" in text
+    redis = Redis.from_url(infra.redis_url)
+    try:  # refused before anything was recorded
+        assert await Registry(redis, settings.app_id).all() == []
+    finally:
         await redis.aclose()
