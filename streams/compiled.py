@@ -24,6 +24,7 @@ MODULES = [
     "streams.core.journeys.merge",
     "streams.core.measures.alerts",
     "streams.core.measures.experiments",
+    "streams.core.measures.rule_state",
     "streams.core.input.decode",
     "streams.core.input.channel",
     "streams.core.input.audience",
@@ -32,11 +33,12 @@ MODULES = [
     "streams.offline.run",
     "streams.offline.summary",
 ]
-"""The modules that hold most of `conversions process`'s own time (cProfile, docs/operations/
-performance.md "Compiled core"), less those mypyc cannot run unchanged: the pydantic models'
+"""The modules that hold most of `conversions process`'s own time (cProfile; docs/operations/
+performance.md "The compiled core"), less those mypyc cannot run unchanged: the pydantic models'
 modules (`core.input.event`, `core.records.outputs`: mypyc emits C that does not build for a
 class with pydantic's metaclass) and `core.journeys.journey` (`Journey.loads` builds a journey
-with lists where a `Session` and a `list[int]` go, which compiled code refuses at run time)."""
+with a list where a `Session` goes and a string where a `list[int]` goes, which compiled code
+refuses at run time)."""
 
 RECORD = "_compiled.json"
 """Written by the build into the package: {"compiler": ..., "sources": {module: sha256}}."""
