@@ -3,10 +3,10 @@
 A wheel built with the C compiler and mypy (setup.py compiles `streams.compiled.MODULES`) and
 one built without a compiler (the pure fallback) are installed into fresh virtualenvs with
 tests/test_wheel.py's machinery; `conversions process` must write the same bytes from both on a
-simulated shop of about 20,000 events, and the holdout-style property tests of the journey
-engine (funnel semantics against their references, identity stitching, the engine's
-properties) must pass against the compiled package. Compiling takes a minute or more on this
-machine's two shared cores: `slow`. The stale-extension refusal is checked without compiling.
+simulated shop of about 20,000 events (in one process and with `--workers 2`), and the tests
+of the compiled modules (`CORE_TESTS`, with the holdout-style property tests) must pass
+against the compiled package. Compiling takes a minute or more on this machine's two shared cores: `slow`. The
+stale-extension refusal is checked without compiling.
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ import pytest
 from streams.compiled import MODULES, source_digest
 from tests.test_wheel import NO_COMPILER, ROOT, build_wheel, install, run
 
-PROPERTY_TESTS = [
-    str(ROOT / "tests" / "core" / "journeys" / name)
-    for name in ("test_funnel_semantics.py", "test_identity_properties.py", "test_journey_properties.py")
+CORE_TESTS = [
+    str(ROOT / "tests" / path)
+    for path in ("core/journeys", "core/measures", "offline", "pipeline/test_journeys_kafka.py")
 ]
+"""The compiled modules' own tests: the holdout-style properties (funnel semantics against
+their references, identity stitching, the engine's properties), the evaluators, offline mode
+(one process and workers) and the journeys through Kafka (a real broker)."""
 
 
 def _package_copy(tmp_path: Path) -> Path:
@@ -78,6 +81,7 @@ def pure(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.wheel
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_the_compiled_wheel_writes_what_the_pure_one_does(
     compiled: tuple[Path, Path], pure: Path, tmp_path: Path
 ) -> None:
@@ -105,11 +109,15 @@ def test_the_compiled_wheel_writes_what_the_pure_one_does(
     assert from_compiled.stdout.count(b"\n") > 20_000
     assert from_compiled.stdout == from_pure.stdout
     assert from_compiled.stderr == from_pure.stderr  # the summary of funnels and rejects
+    two_workers = [*process, "--workers", "2"]
+    compiled_workers = run([str(bin_compiled / "conversions"), *two_workers], tmp_path)
+    assert compiled_workers.stdout == run([str(pure / "conversions"), *two_workers], tmp_path).stdout
 
 
 @pytest.mark.wheel
 @pytest.mark.slow
-def test_the_property_tests_pass_against_the_compiled_core(
+@pytest.mark.timeout(900)
+def test_the_core_and_property_tests_pass_against_the_compiled_core(
     compiled: tuple[Path, Path], tmp_path: Path
 ) -> None:
     _, bin_compiled = compiled
@@ -119,7 +127,7 @@ def test_the_property_tests_pass_against_the_compiled_core(
         "import sys, streams.compiled as c, pytest\n"
         "assert c.describe() == 'compiled (mypyc)', c.describe()\n"
         "assert c.PACKAGE.is_relative_to(sys.prefix), c.PACKAGE\n"
-        f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--import-mode=append', *{PROPERTY_TESTS}]))"
+        f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--import-mode=append', *{CORE_TESTS}]))"
     )
     done = run([str(bin_compiled / "python"), "-c", code], tmp_path, timeout=900)
     assert b" passed" in done.stdout and b"failed" not in done.stdout
@@ -127,6 +135,7 @@ def test_the_property_tests_pass_against_the_compiled_core(
 
 @pytest.mark.wheel
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_an_installed_compiled_module_whose_source_changed_is_refused(
     compiled: tuple[Path, Path], tmp_path: Path
 ) -> None:
