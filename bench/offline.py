@@ -128,7 +128,7 @@ AREAS = (
     # (area, a function in the stack that puts a sample there), the first match from the leaf
     ("decoding and validating", ("decode_message",)),
     ("alert and experiment evaluators", ("Judges.after_line",)),
-    ("deadlines and held events (observe)", ("Engine.observe",)),
+    ("deadlines and held events (observe)", ("Engine.observe", "Engine.observe_all")),
     ("the journey engine (process)", ("Engine.process",)),
     ("journey state written (flush)", ("Engine.flush",)),
     ("serializing and writing outputs", ("OfflineRun.write",)),

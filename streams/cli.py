@@ -325,7 +325,9 @@ def counters(
     funnels: Path | None, partitions: int | None, app_id: str | None, metrics_port: int | None
 ) -> None:
     """Apply the outputs to the Redis counters in a process of its own (with the workers'
-    CONVERSIONS_COUNTERS_ENABLED=false): the workers' event loops then run only the journeys."""
+    CONVERSIONS_COUNTERS_ENABLED=false): the workers' event loops then run only the journeys.
+    Like a worker it counts CONVERSIONS_GENERATION, else the current generation, and stops once
+    that generation is retired."""
     settings = _settings(funnels=funnels, partitions=partitions, app_id=app_id)
     setup_logging(settings.log_level)
     if not settings.kafka_bootstrap_servers:
@@ -334,8 +336,12 @@ def counters(
         _fail("REDIS_URL is not set")
     _config(settings.funnels)  # refused before anything connects
     from streams.counters.service import run_counters
+    from streams.generations.current import GenerationRefused
 
-    run_counters(settings, metrics_port)
+    try:
+        run_counters(settings, metrics_port)
+    except GenerationRefused as exc:  # CONVERSIONS_GENERATION names a retired or unknown one
+        _fail(str(exc))
 
 
 @main.command()

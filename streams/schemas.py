@@ -417,21 +417,27 @@ HTTP_ROUTES: list[tuple[str, str, str, str, list[Param], dict[str, str]]] = [
         "worker",
         "get",
         "/alerts",
-        "The alerts firing now and the latest alert changes.",
+        "The alerts firing now and the latest alert changes, as the current generation judged them.",
         [],
-        {"200": "the alerts, as JSON"},
+        {"200": "the alerts, as JSON", "503": "Redis is unavailable (the generations registry is read)"},
     ),
     (
         "worker",
         "get",
         "/experiments",
         "Every experiment (or one), live: per variant entered, each step, rate with interval, lift, "
-        "always-valid p-value and confidence sequence, decision; the latest decision changes.",
+        "always-valid p-value and confidence sequence, decision; the latest decision changes; as the "
+        "current generation judged them.",
         [
             ("name", "query", "One experiment (404 if the configuration has none of that name).", False),
             ("funnel", "query", "The experiments of one funnel (404 for an unknown funnel).", False),
         ],
-        {"200": "the experiments, as JSON", "400": "an unknown parameter", "404": "an unknown name"},
+        {
+            "200": "the experiments, as JSON",
+            "400": "an unknown parameter",
+            "404": "an unknown name",
+            "503": "Redis is unavailable (the generations registry is read)",
+        },
     ),
     (
         "worker",

@@ -37,7 +37,8 @@ from streams.counters.redis_store import (
     redis_client,
     redis_counter_store,
 )
-from streams.generations.current import CurrentGeneration, join
+from streams.generations import judged
+from streams.generations.current import CurrentGeneration, join_waiting
 from streams.generations.naming import base_app_id
 from streams.generations.registry import Registry
 from streams.generations.relay import Relay
@@ -76,11 +77,16 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
 
         conversions.every(STEP_RATES_EVERY_S, "step_rates", step_rates)
     current = None
-    if store is not None:
-        current = _current_generation(settings, config, store.redis, store)
-        conversions.run_alongside("generations", current.run, _nothing)
+    # a worker that neither counts nor serves (both elsewhere) still follows its generation: it
+    # stops once that is retired, and may lead it (relay, judged alerts)
+    redis = (
+        store.redis if store is not None else redis_client(settings.redis_dsn) if settings.redis_dsn else None
+    )
+    if redis is not None:
+        current = _current_generation(settings, config, redis, store)
+        conversions.run_alongside("generations", current.run, _nothing if store is not None else redis.aclose)
         if settings.generation:  # N >= 1 writes its own topics: relayed to the live ones once current
-            relay = Relay(settings, Registry(store.redis, base_app_id(settings)), current, conversions)
+            relay = Relay(settings, Registry(redis, base_app_id(settings)), current, conversions)
             conversions.run_alongside("relay", relay.run, relay.close)
     alerting = None
     if config.source.alerts or config.source.experiments:
@@ -93,6 +99,15 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
             generation=current,
         )
         conversions.run_alongside("alerts", alerting.run, alerting.close)
+        if current is not None and redis is not None:  # what it judged, for other generations' web
+            current.judging = alerting
+            judging, number = alerting, current.number
+            judges = Registry(redis, base_app_id(settings))
+
+            async def publish_judged(stopping: Stopping) -> None:
+                await judged.publish(judges, number, judging, conversions, stopping)
+
+            conversions.run_alongside("judged", publish_judged, _nothing)
     if settings.web_enabled and store is not None:
         assert current is not None
         registry = Registry(store.redis, base_app_id(settings))
@@ -116,7 +131,7 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
             allowed_hosts=allowed_hosts(settings.web_host, settings.web_allowed_hosts),
             cap=settings.breakdown_cap,
             forget=functools.partial(_forget_over_http, settings),
-            current=current.view,
+            current=current.source,
             generations=generations,
         )
     if settings.collector_enabled:
@@ -170,21 +185,9 @@ def _starter(collector: Collector) -> Callable[[Stopping], Awaitable[None]]:
 async def _join_generation(settings: Settings, dsn: str) -> Settings:
     """The settings of the generation this worker runs (`generations.current.join`)."""
     redis = redis_client(dsn, socket_timeout=5)
-    delay = 0.5
     try:
-        while True:
-            try:
-                joined, generation = await join(settings, Registry(redis, base_app_id(settings)))
-                break
-            except REDIS_UNAVAILABLE as exc:  # waited out, as the counters wait
-                log.warning(
-                    "Redis unavailable (%s): the generations registry is read before the worker "
-                    "starts; retrying in %.1f s",
-                    exc.__class__.__name__,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        registry = Registry(redis, base_app_id(settings))
+        joined, generation = await join_waiting(settings, registry, REDIS_UNAVAILABLE, "worker")
     finally:
         await redis.aclose()
     if generation is not None:

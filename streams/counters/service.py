@@ -9,6 +9,12 @@ split the output partitions, and one may replace the in-worker counters at any t
 workers still answer the queries (they read the same Redis). With `metrics_port`, Prometheus
 metrics of this process (`conversions_counter_messages_total`, `conversions_redis_apply_seconds`,
 `conversions_redis_up`) are served at `/metrics` there.
+
+Like a worker, the process joins a generation (`generations.current.join`, issue 26): its
+`CONVERSIONS_GENERATION`, else the current one, whose application id names its group, output
+topics and counter keys and whose recorded configuration it counts with; once that generation
+is retired (a `deploy` cut over past it, or a rollback), it stops on its own, and a supervisor
+restarting it brings it into the current one.
 """
 
 from __future__ import annotations
@@ -24,7 +30,10 @@ from prometheus_client import start_http_server
 from streams.core.config.loader import load_config
 from streams.core.config.matching import compile_config
 from streams.counters.consumer import Counting
-from streams.counters.redis_store import redis_counter_store
+from streams.counters.redis_store import REDIS_UNAVAILABLE, redis_client, redis_counter_store
+from streams.generations.current import join_waiting, until_retired
+from streams.generations.naming import base_app_id
+from streams.generations.registry import Registry
 from streams.metrics import Metrics
 from streams.settings import Settings
 
@@ -36,13 +45,41 @@ outage would hold it forever); then it is abandoned, uncommitted, for the next c
 
 
 async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None = None) -> None:
-    """Count until `stop` is set."""
+    """Count until `stop` is set, or until the generation counted is retired."""
+    assert settings.redis_dsn, "REDIS_URL must be set"
+    redis = redis_client(settings.redis_dsn, socket_timeout=5)
+    registry = Registry(redis, base_app_id(settings))
+    try:
+        settings, generation = await join_waiting(settings, registry, REDIS_UNAVAILABLE, "counters")
+        if generation is not None:
+            log.info("counters: generation %d (%s), %s", generation.number, settings.app_id, generation.state)
+        retired = asyncio.create_task(until_retired(registry, settings.generation or 0, stop.is_set))
+        try:
+            await _count(settings, stop, retired, metrics)
+        finally:
+            retired.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retired
+    finally:
+        await redis.aclose()
+
+
+async def _count(
+    settings: Settings, stop: asyncio.Event, retired: asyncio.Task[bool], metrics: Metrics | None
+) -> None:
     config = compile_config(load_config(settings.funnels))
     counting = Counting(settings, config, metrics or Metrics(), redis_counter_store(settings))
     # What is alive now (modules, the configuration, the clients) lives as long as the process:
     # out of the cyclic collector's sight, its full collections walk only a batch's objects.
     gc.collect()
     gc.freeze()
+
+    def retire(task: asyncio.Task[bool]) -> None:
+        if not task.cancelled() and task.result():
+            log.warning("counters: generation %d is retired; stopping", settings.generation or 0)
+            stop.set()
+
+    retired.add_done_callback(retire)
     running = asyncio.create_task(counting.run(stop.is_set))
     stopped = asyncio.create_task(stop.wait())
     try:

@@ -1,9 +1,11 @@
 """Which generation a worker belongs to and which one is current, as every worker sees it: the
 registry read at start (`join`) and every `REFRESH_S` after (`CurrentGeneration`).
 
-The web answers each request from the current generation's configuration and counters, resolved
-once per request (one request never mixes two generations); the alerts send to receivers only
-while their generation is current (`is_current`); a worker whose generation is retired stops.
+The web answers each request from the current generation's configuration, counters and judged
+alerts and experiments (`source`), resolved once per request (one request never mixes two
+generations); the alerts send to receivers only while their generation is current
+(`is_current`); a worker whose generation is retired stops, and so does a `conversions counters`
+process (`until_retired`).
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from streams.core.config.loader import parse_config
 from streams.core.config.matching import CompiledConfig, compile_config
 from streams.errors import ConversionsError
+from streams.generations import judged
+from streams.generations.judged import Judging
 from streams.generations.naming import base_app_id, generation_settings
 from streams.generations.registry import Generation, Registry
-from streams.ports import CounterReader, Stopping
+from streams.ports import AlertReader, CounterReader, ExperimentReader, Stopping
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,6 +66,53 @@ async def join(base: Settings, registry: Registry) -> tuple[Settings, Generation
     return generation_settings(base, number, path), generation
 
 
+async def join_waiting(
+    base: Settings, registry: Registry, unavailable: tuple[type[BaseException], ...], what: str
+) -> tuple[Settings, Generation | None]:
+    """`join`, with a Redis outage waited out (`unavailable`: the client's errors for it), as
+    the counters wait: the registry is read before `what` starts."""
+    delay = 0.5
+    while True:
+        try:
+            return await join(base, registry)
+        except unavailable as exc:
+            log.warning(
+                "Redis unavailable (%s): the generations registry is read before the %s starts; "
+                "retrying in %.1f s",
+                exc.__class__.__name__,
+                what,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def until_retired(registry: Registry, number: int, stopping: Stopping) -> bool:
+    """Wait until generation `number` is retired (True) or `stopping` (False): a process of a
+    retired generation stops on its own, as its workers do. A registry it cannot read is waited
+    out (the last answer stands)."""
+    while not stopping():
+        try:
+            own = await registry.get(number)
+        except Exception as exc:
+            log.warning("generations: registry unreadable (%s); generation %d keeps running", exc, number)
+        else:
+            if own is not None and own.state == "retired":
+                return True
+        await asyncio.sleep(REFRESH_S)
+    return False
+
+
+class Source(NamedTuple):
+    """Everything one web request answers from: one generation's (`CurrentGeneration.source`)."""
+
+    config: CompiledConfig
+    counters: CounterReader | None
+    """None: the worker's own store."""
+    alerts: AlertReader | None
+    experiments: ExperimentReader | None
+
+
 class CurrentGeneration:
     """The registry as one worker sees it, refreshed every `REFRESH_S`."""
 
@@ -85,6 +137,8 @@ class CurrentGeneration:
         self._base = base_app_id(settings)
         self._stopping = False
         self._member = f"{socket.gethostname()}:{os.getpid()}"
+        self.judging: Judging | None = None
+        """This worker's own alert and experiment evaluators, when it has rules."""
 
     def is_current(self) -> bool:
         """Whether this worker's generation is the current one (as of the last refresh): what it
@@ -115,18 +169,29 @@ class CurrentGeneration:
                 )
             await asyncio.sleep(REFRESH_S)
 
-    async def view(self) -> tuple[CompiledConfig, CounterReader | None]:
-        """The configuration and counters of the current generation: one request's whole answer."""
+    async def source(self) -> Source:
+        """One request's whole answer: the current generation's configuration, counters, and
+        judged alerts and experiments (this worker's own evaluators when its generation is
+        current, else the snapshot that generation's leader wrote: `generations.judged`)."""
+        number, config, counters = await self._resolve()
+        if number == self.number:
+            return Source(config, counters, self.judging, self.judging)
+        snapshot = await judged.read(self._registry, number)
+        if snapshot is None and (config.source.alerts or config.source.experiments):
+            snapshot = judged.Judged()  # its leader has not written yet: nothing judged
+        return Source(config, counters, snapshot, snapshot)
+
+    async def _resolve(self) -> tuple[int, CompiledConfig, CounterReader | None]:
         if time.monotonic() - self._checked_at > REFRESH_S:
             await self.refresh()
         number = self._current
         if number is None or number == self.number:
-            return self._own
+            return self.number, *self._own
         cached = self._views.get(number)
         if cached is None:
             generation = await self._registry.get(number)
             if generation is None:  # deleted meanwhile: answer from our own
-                return self._own
+                return self.number, *self._own
             config = compile_config(parse_config(generation.config, f"generation {number}"))
             cached = self._views[number] = (config, self._reader_for(generation.app_id))
-        return cached
+        return number, *cached

@@ -236,6 +236,14 @@ class Registry:
         live = {k.removeprefix(LIVE): int(v) for k, v in raw.items() if k.startswith(LIVE)}
         return RelayCheckpoint(own, live, orjson.loads(remembered) if remembered is not None else None)
 
+    async def set_judged(self, number: int, snapshot: bytes) -> None:
+        """What generation `number`'s evaluators judged (`generations.judged`)."""
+        await self.redis.set(f"{self.key}:judged:{number}", snapshot)
+
+    async def judged(self, number: int) -> bytes | None:
+        raw = await self.redis.get(f"{self.key}:judged:{number}")
+        return raw.encode() if isinstance(raw, str) else raw
+
     async def beat(self, number: int, member: str) -> None:
         """A worker of generation `number` is alive (`alive_elsewhere`)."""
         await self.redis.zadd(f"{self.key}:alive", {f"{number}:{member}": _now_ms()})
@@ -254,7 +262,7 @@ class Registry:
         if generation is not None and generation.state != "retired":
             raise RegistryError(f"generation {number} is {generation.state}: only a retired one is forgotten")
         await self.redis.hdel(self.key, f"g:{number}", f"progress:{number}", f"seam:{number}")
-        await self.redis.delete(f"{self.key}:relay:{number}")
+        await self.redis.delete(f"{self.key}:relay:{number}", f"{self.key}:judged:{number}")
         if await self.previous_number() == number:
             await self.redis.hdel(self.key, "previous")
 

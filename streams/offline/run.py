@@ -135,13 +135,15 @@ class OfflineRun:
             self.unknown_fields[name] = self.unknown_fields.get(name, 0) + count
         for reason, count in decoded.screened.items():
             self.screened[reason] = self.screened.get(reason, 0) + count
-        latest = self._latest_ms
+        latest, first = self._latest_ms, None
         for event in decoded.events:
-            latest = event.ts_ms if latest is None or event.ts_ms > latest else latest
-        if decoded.events:
-            first = min(event.ts_ms for event in decoded.events)
-            if self.earliest_ms is None or first < self.earliest_ms:
-                self.earliest_ms = first
+            at = event.ts_ms
+            if latest is None or at > latest:
+                latest = at
+            if first is None or at < first:
+                first = at
+        if first is not None and (self.earliest_ms is None or first < self.earliest_ms):
+            self.earliest_ms = first
         out = self.apply_line(self.lines, decoded.events, decoded.rejects, self._latest_ms, latest, raw)
         if latest is None:
             return out

@@ -253,7 +253,8 @@ class ConversionsApp:
         self.app.timer(interval_s, name=name)(job)
 
     def run_alongside(self, name: str, run: Callable[[Stopping], Awaitable[None]], close: Job) -> None:
-        self.app.add_dependency(BackgroundService(name, run, close))
+        app = self.app
+        self.app.add_dependency(BackgroundService(name, run, close, lambda: bool(app.should_stop)))
 
     async def publish(self, outputs: Iterable[OutputEvent], partition: int | None = None) -> None:
         """Send outputs keyed by identity. From a journey partition they go to the output partition

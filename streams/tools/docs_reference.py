@@ -391,6 +391,10 @@ def redis_page() -> str:
         + "the offset after the last record sent per live topic partition (`live:<topic>/<partition>`), "
         + "and `remembered` (JSON list: the ids of the previous generation's last words on the live "
         + "topics not met yet)\n"
+        + f"- `{registry}:judged:<N>`: string (JSON), what generation N's alert and experiment "
+        + "evaluators judged (`watermark_ms`, `firing`, `history`, `experiments`, "
+        + "`experiment_changes`), written by its leading worker once a second when it changed: "
+        + "`/alerts` and `/experiments` of other generations' workers answer from it\n"
         + f"- `{registry}:alive`: sorted set, `<N>:<host>:<pid>` scored by the last heartbeat (ms)\n"
     )
 

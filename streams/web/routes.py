@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams.core.config.matching import CompiledConfig
 from streams.core.measures.cardinality import BREAKDOWN_CAP
+from streams.generations.current import Source
 from streams.metrics import Metrics
 from streams.ports import AlertReader, CounterReader, ExperimentReader
 from streams.web import analysis, headers, hosts, privacy, views
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Handler = Callable[..., Awaitable["Response"]]
-CurrentView = Callable[[], Awaitable[tuple[CompiledConfig, CounterReader | None]]]
-"""The current generation's configuration and counters (`generations.current`)."""
+CurrentView = Callable[[], Awaitable[Source]]
+"""The current generation's configuration, counters, alerts and experiments (`generations.current`)."""
 REDIS_DOWN = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -84,10 +85,16 @@ def register_routes(
     async def source() -> tuple[CompiledConfig, CounterReader]:
         """The configuration and counters one request answers from: the current generation's
         (issue 26), resolved once so an answer never mixes two."""
+        config, counters, _, _ = await judged()
+        return config, counters
+
+    async def judged() -> tuple[CompiledConfig, CounterReader, AlertReader | None, ExperimentReader | None]:
+        """...and what that generation's evaluators judged (its alerts and experiments)."""
         if current is None:
-            return config, counters
-        resolved_config, resolved = await current()
-        return resolved_config, resolved if resolved is not None else counters
+            return config, counters, alert_reader, experiment_reader
+        resolved = await current()
+        reader = resolved.counters if resolved.counters is not None else counters
+        return resolved.config, reader, resolved.alerts, resolved.experiments
 
     def answer(web: View, result: Answer) -> Response:
         status, body = result
@@ -108,21 +115,25 @@ def register_routes(
         config, counters = await source()
         return answer(web, await views.goals(counters, config, dict(request.query), cap))
 
+    @redis_outage_as_503
     async def alerts(web: View, request: Request) -> Response:
+        config, _, alert_reader, _ = await judged()
         return web.json(views.alerts(alert_reader, config))
 
     @redis_outage_as_503
     async def live(web: View, request: Request) -> Response:
-        config, counters = await source()
+        config, counters, alert_reader, _ = await judged()
         return answer(web, await views.live(counters, config, alert_reader, dict(request.query), cap))
 
+    @redis_outage_as_503
     async def experiments(web: View, request: Request) -> Response:
+        config, _, _, experiment_reader = await judged()
         return answer(web, experiment_views.experiments(experiment_reader, config, dict(request.query)))
 
     @redis_outage_as_503
     async def series(web: View, request: Request, name: str) -> Response:
         query = dict(request.query)
-        config, counters = await source()
+        config, counters, alert_reader, _ = await judged()
         return answer(web, await analysis.series(counters, config, alert_reader, name, query))
 
     @redis_outage_as_503

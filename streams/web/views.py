@@ -26,6 +26,7 @@ DEFAULT_WINDOW = "15m"
 DASHBOARD_FILES = {
     "dashboard.js": "text/javascript",
     "panels.js": "text/javascript",
+    "generations.js": "text/javascript",
     "dashboard.css": "text/css",
     "login.css": "text/css",
 }

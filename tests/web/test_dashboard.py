@@ -139,6 +139,7 @@ async def test_dashboard_panels_the_planted_alert_and_the_token(demo: str) -> No
         await page.fill("[data-testid=token-input]", TOKEN)
         await page.click("[data-testid=sign-in]")
         await expect(page.locator("[data-testid=status]")).to_contain_text("latest event", timeout=30_000)
+        await expect(page.locator("[data-testid=generation]")).to_be_hidden()  # nothing reprocesses
         api = await page.request.get(demo + "live")
         assert api.status == 200, "the session cookie opens the API"
         _check_security_headers(api.headers)

@@ -116,5 +116,11 @@ def test_alerts_without_rules() -> None:
 
 def test_the_dashboard_ships_in_the_package() -> None:
     assert b"<html" in views.dashboard_asset("index.html").lower()
-    assert set(views.DASHBOARD_FILES) == {"dashboard.js", "panels.js", "dashboard.css", "login.css"}
+    assert set(views.DASHBOARD_FILES) == {
+        "dashboard.js",
+        "panels.js",
+        "generations.js",
+        "dashboard.css",
+        "login.css",
+    }
     assert b"<form" in views.dashboard_asset("login.html")
