@@ -296,6 +296,13 @@ class GuardedConsumer(AIOKafkaConsumer):  # type: ignore[misc]
             guarded[tp] = result
         fetcher._records = guarded
 
+    def holds_fetched(self, tp: TopicPartition) -> bool:
+        """Whether records of the partition were fetched and not handed over yet: its position
+        is then short of what the broker returned (Tansu reports the end of a partition as the
+        start of its last batch plus one, so a position past it may still have records behind)."""
+        result = self._fetcher._records.get(tp)
+        return result is not None and (not hasattr(result, "has_more") or bool(result.has_more()))
+
     async def getmany(self, *partitions: TopicPartition, **options: Any) -> dict[TopicPartition, list[Any]]:
         try:
             return dict(await super().getmany(*partitions, **options))

@@ -21,7 +21,7 @@ import heapq
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from faust.types import TP
@@ -37,6 +37,9 @@ from streams.ports import Stopping
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+UNREAD = -(2**62)
+"""`Ingest.held_at` of a source nothing was read from yet."""
 
 SendBatch = Callable[[int, RepartitionBatch], Awaitable[None]]
 """Send a batch to a partition of the internal events topic."""
@@ -56,6 +59,7 @@ class Ingest:
         late_tolerance_ms: int = 10 * 60_000,
     ) -> None:
         self.settings = settings
+        self.late_tolerance_ms = late_tolerance_ms
         self._flush_after_ms = max(1, late_tolerance_ms // 2)
         self.metrics = metrics
         self._home_partition = home_partition or (
@@ -79,24 +83,51 @@ class Ingest:
         self._carried: dict[str, list[tuple[int, Any, list[ClickEvent]]]] = defaultdict(list)
         self._handled_next: dict[str, int] = {}
         self._moved = asyncio.Event()  # a run moved a source's watermark on
+        # per source, the latest event time read (sent or carried): how far it has been read
+        self._read_to: dict[str, int] = {}
+        self._unkeyed = False  # once a run held one person's events in two sources
 
-    async def repartition(self, messages: list[Any]) -> None:
+    def read_to(self, source: str) -> int | None:
+        """The latest event time read from the source (sent or carried), None before any."""
+        return self._read_to.get(source)
+
+    def held_at(self, source: str) -> int | None:
+        """Where a source with records still to read holds event time back: the latest event
+        time read from it; before anything was read from it, the earliest there is (what comes
+        may be anything); None when what was read held no event (a partition of invalid or
+        screened messages must not stop the others)."""
+        at = self._read_to.get(source)
+        if at is None and source not in self._handled_next:
+            return UNREAD
+        return at
+
+    async def repartition(self, messages: list[Any], holding: Collection[str] | None = None) -> None:
         """Repartition the valid events of a run of clickstream messages: one batch per source
         and target partition (more when they grow past `max_message_bytes`), each sent with
         its source's watermark once it holds every event that watermark covers.
 
         Messages are taken in event-time order across the sources (each source's own order
-        kept). When a person's events are spread over the sources (unkeyed producers) and the
-        run's sources have got to different event times (a replay), the batches are sent
-        whenever the run has moved on by half the late tolerance, and a source's messages more
-        than that past where another source of the run stops are carried to the next run
-        (`resume_offset`), so that a journey never receives one source's later events a late
-        tolerance before another's earlier ones. A run without new messages sends what was
-        carried. Keyed input, and live traffic, make one send a run and carry nothing."""
+        kept). When a person's events are spread over the sources (unkeyed producers), a
+        pending batch holding a person's events is sent before another source's next event of
+        theirs joins its own batch (a person is in one pending batch of a partition at a time),
+        so that the journey gets them in event-time order. Without `holding`, a source's
+        messages more than half the late tolerance past where another source of the run stops
+        are carried to the next run (`resume_offset`). A run without new messages sends what
+        was carried. Keyed input, and live traffic, make one send a run and carry nothing.
+
+        `holding` (the ingest consumer's) names the sources that still hold event time back:
+        assigned, with records known past what was read. No message is then sent whose
+        earliest event is later than where every holding source has been read to (in this run
+        or an earlier one): what such a source delivers next is not earlier than that (each
+        partition in time order), so a person's events reach their journey in event-time order
+        across the sources, however the input is keyed (whether it is cannot be known before
+        the first runs have been sent). A source read to its end holds nothing back."""
         if self.ready is not None and not self.ready.is_set():
             await self.ready.wait()
         latest_ms = self.settings.latest_accepted_ms()
         by_source, self._carried = self._carried, defaultdict(list)
+        for source in by_source:  # what was carried is news from its source too
+            self._source_seen_at[source] = time.monotonic()
         for message in messages:
             decoded = decode_message(
                 message.value,
@@ -134,26 +165,38 @@ class Ingest:
             self._handled_next[source] = message.offset + 1
             if decoded.events:
                 earliest = min(c.ts_ms for c in decoded.events)
+                latest = max(c.ts_ms for c in decoded.events)
+                self._read_to[source] = max(latest, self._read_to.get(source, latest))
                 by_source[source].append((earliest, message, decoded.events))
-        spread = _spread_over_sources(by_source)
+        spread = self._unkeyed = self._unkeyed or _spread_over_sources(by_source)
         until = None
-        if messages and spread:
+        if holding is not None:
+            # a holding source nothing was read from yet may hold anything: carry all
+            found = [at for at in map(self.held_at, holding) if at is not None]
+            until = min(found, default=None)
+        elif messages and spread:
             until = min(found[-1][0] for found in by_source.values() if found) + self._flush_after_ms
         pending: dict[tuple[str, int], PendingBatch] = {}
+        # per journey partition and person, the pending batch their events are in (spread input)
+        holders: dict[tuple[int, str | None], tuple[str, PendingBatch]] = {}
         watermarks: dict[str, int] = {}
-        started_at: int | None = None  # the event time the pending batches began at
         in_time_order = heapq.merge(*by_source.values(), key=lambda found: found[0])
         for earliest, message, events in in_time_order:
             source = source_name(message.topic, message.partition)
             if (until is not None and earliest > until) or source in self._carried:
                 self._carried[source].append((earliest, message, events))
                 continue
-            if spread and (started_at is None or earliest - started_at > self._flush_after_ms):
-                await self._send_pending(pending, watermarks)
-                started_at = earliest
             by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
+            people: list[tuple[int, str | None]] = []
             for click in events:
-                by_partition[self._home_partition(click)].append(click.to_json_dict())
+                partition = self._home_partition(click)
+                by_partition[partition].append(click.to_json_dict())
+                people.append((partition, click.anonymous_id or click.user_id))
+            if spread:
+                for other, partition in _interleaved(people, source, holders, pending):
+                    # the person's earlier events, from another source, go first
+                    earlier = pending.pop((other, partition))
+                    await self._send_batch(partition, earlier.build(other, watermarks[other]))
             size = len(message.value or b"")
             before = watermarks.get(source, self._source_watermarks.get(source, 0))
             for partition in by_partition:
@@ -165,11 +208,17 @@ class Ingest:
             watermarks[source] = max(before, *(c.ts_ms for c in events))
             for partition, items in by_partition.items():
                 pending.setdefault((source, partition), PendingBatch()).add(items, message.offset, size)
+            if spread:
+                for person in people:
+                    holders[person] = (source, pending[(source, person[0])])
         await self._send_pending(pending, watermarks)
         # Only now may the heartbeat timer repeat them: had it run during the sends above, a
         # partition could learn a watermark before receiving the events it covers.
         moved = any(self._source_watermarks.get(source) != at for source, at in watermarks.items())
         self._source_watermarks.update(watermarks)
+        now = time.monotonic()
+        for source in watermarks:  # what was carried is news from its source too
+            self._source_seen_at[source] = now
         if moved:
             self._moved.set()
 
@@ -204,6 +253,7 @@ class Ingest:
         for source in sources:
             self._carried.pop(source, None)
             self._handled_next.pop(source, None)
+            self._read_to.pop(source, None)
 
     async def _send_pending(
         self, pending: dict[tuple[str, int], PendingBatch], watermarks: dict[str, int]
@@ -240,7 +290,7 @@ class Ingest:
         idle_before = now - self.settings.source_idle_s
         stale_before = now - self.settings.watermark_refresh_s
         for source, seen_at in list(self._source_seen_at.items()):
-            idle = seen_at < idle_before
+            idle = seen_at < idle_before and not self._carried.get(source)  # carried: read, not sent
             watermark = None if idle else self._source_watermarks.get(source)
             if watermark is None and not idle:
                 continue  # assigned, no event yet, not idle yet: nothing to say
@@ -257,6 +307,22 @@ class Ingest:
                 announced, sent_at = self._announced.get((source, partition), (-1, 0.0))
                 if announced != watermark or sent_at < stale_before:
                     await self._send_batch(partition, RepartitionBatch(source, watermark, [], idle=idle))
+
+
+def _interleaved(
+    people: Iterable[tuple[int, str | None]],
+    source: str,
+    holders: Mapping[tuple[int, str | None], tuple[str, PendingBatch]],
+    pending: Mapping[tuple[str, int], PendingBatch],
+) -> list[tuple[str, int]]:
+    """The pending batches (source, journey partition) of other sources that hold earlier events
+    of these people (journey partition, identity)."""
+    found = set()
+    for person in people:
+        held = holders.get(person)
+        if held is not None and held[0] != source and pending.get((held[0], person[0])) is held[1]:
+            found.add((held[0], person[0]))
+    return sorted(found)
 
 
 def _spread_over_sources(by_source: Mapping[str, list[tuple[int, Any, list[ClickEvent]]]]) -> bool:

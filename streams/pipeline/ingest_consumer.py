@@ -6,7 +6,9 @@ more than decoding and repartitioning the event itself. `getmany` hands over wha
 fetcher has, in the order of each partition, for a few microseconds a message: the raw ceiling's
 path. A run takes an equal share of every assigned partition (`_next_run`), so that they stay
 in step as Faust's round robin kept them. Faust still runs the journeys agent, whose input is
-already in batches.
+already in batches. Across runs, the partitions are kept at the same event time
+(`pipeline.alignment`: what runs ahead is carried, then paused), which a replay of unkeyed input
+needs.
 
 At least once, as before: a run of messages is repartitioned (`Ingest.repartition`), and the
 offsets after it are committed only once Faust's producer has delivered what it sent (flushed
@@ -34,6 +36,7 @@ from aiokafka.errors import ConsumerStoppedError, KafkaError
 from streams.core.input.repartition import source_name
 from streams.kafka.clients import new_consumer, start_with_retry
 from streams.kafka.undecodable import GuardedConsumer, SkippedBatches, undecodable
+from streams.pipeline.alignment import Alignment
 from streams.pipeline.ingest import Ingest
 from streams.ports import Stopping
 from streams.settings import Settings
@@ -77,6 +80,11 @@ class IngestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._run_lock = asyncio.Lock()
         self._committed_at = time.monotonic()
         self._closing = False
+        self._alignment = Alignment(
+            bound_ms=max(1, ingest.late_tolerance_ms // 2),
+            idle_s=settings.source_idle_s,
+            read_committed=settings.ingest_isolation_level == "read_committed",
+        )
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._consumer.assignment()) if self._consumer is not None else set()
@@ -120,8 +128,10 @@ class IngestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             async with self._run_lock:
                 if self._closing:
                     return  # fetched, not handled: the next owner reads it from the commit
-                if batch or self.ingest.carrying():
-                    await self._repartition(batch)
+                if batch or self.ingest.carrying() or consumer.paused():
+                    holding = await self._alignment.holding(consumer, batch)
+                    await self._repartition(batch, {source_name(tp.topic, tp.partition) for tp in holding})
+                    self._alignment.pace(consumer, holding, self.ingest.read_to, self.ingest.held_at)
                 if time.monotonic() - self._committed_at >= self.settings.commit_interval_s:
                     await self._commit(self.assignment())
 
@@ -134,7 +144,7 @@ class IngestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         Shares keep the partitions in step, as Faust's round robin did, and a partition known to
         hold more than was fetched yet (or not fetched at all) is waited for, a batch window at
         most, before a run goes without it."""
-        assigned = sorted(consumer.assignment())
+        assigned = sorted(consumer.assignment() - consumer.paused())
         share = max(1, self.settings.agent_batch_messages // max(1, len(assigned)))
         window_ms = int(self.settings.agent_batch_window_s * 1000)
         run: dict[TopicPartition, list[Any]] = {}
@@ -155,7 +165,7 @@ class IngestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         position: int = await consumer.position(tp)
         return highwater > position
 
-    async def _repartition(self, batch: dict[TopicPartition, list[Any]]) -> None:
+    async def _repartition(self, batch: dict[TopicPartition, list[Any]], holding: set[str]) -> None:
         messages, skipped_to = [], {}
         for tp, records in batch.items():
             for record in records:
@@ -173,7 +183,7 @@ class IngestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                         record.timestamp / 1000 if record.timestamp is not None else None,
                     )
                 )
-        await self.ingest.repartition(messages)
+        await self.ingest.repartition(messages, holding)
         for source, next_offset in skipped_to.items():
             self.ingest.skipped(source, next_offset)
         for tp in self.assignment():  # not revoked while the run was being sent
@@ -209,6 +219,7 @@ class IngestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         for tp in revoked:
             self._processed.pop(tp, None)
             self._committed.pop(tp, None)
+        self._alignment.forget(revoked)
         self.ingest.forget_sources(source_name(tp.topic, tp.partition) for tp in revoked)
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:

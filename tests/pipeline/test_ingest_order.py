@@ -4,7 +4,9 @@ A run read from several partitions of unkeyed input holds one person's events in
 source, and a replay holds hours of event time in one run. Sent as one batch per source and
 target partition, a journey would get one source's 11:00 before another's 10:10, more than the
 late tolerance apart, and refuse the earlier as late. Ingest takes the messages in time order,
-sends every half tolerance, and carries to the next run what runs ahead of another source.
+sends a person's pending batch before another source's next event of theirs joins its own, and
+carries to a later run what runs ahead of another source (of the run, or one the consumer says
+still holds records to read).
 Keyed input (each identity in one source) is sent as one batch per source and partition.
 
 Ingest's decode step is run directly on plain messages; what it sends is collected as it is.
@@ -12,9 +14,11 @@ Ingest's decode step is run directly on plain messages; what it sends is collect
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
+from faust.types import TP
 
 from streams.core.input.event import ClickEvent
 from streams.core.input.repartition import RepartitionBatch
@@ -104,3 +108,90 @@ async def test_keyed_input_is_sent_once_per_source_and_partition_however_long_th
     await agent.repartition(run)
     assert len(sent) == 2 and not agent.carrying()
     assert received(sent, "x") == [f"{10 + i}:00" for i in range(1, 6)]
+
+
+async def test_nothing_is_sent_past_where_a_source_still_holding_records_was_read_to() -> None:
+    """Across runs: the consumer names the sources with records still to read (`holding`); a
+    source missing from a run still holds the others back at where it was read to, and one
+    read to its end holds nothing back."""
+    agent, sent = ingest()
+    both = {"p.clickstream/0", "p.clickstream/1"}
+    await agent.repartition(
+        [message(0, 1, event("page_view", "10:00", "x")), message(1, 1, event("page_view", "10:01", "x"))],
+        holding=both,
+    )
+    assert received(sent, "x") == ["10:00"], "source 0 may still deliver something before 10:01"
+    await agent.repartition([message(0, 2, event("page_view", "10:03", "x"))], holding=both)
+    assert received(sent, "x") == ["10:00", "10:01"]
+    await agent.repartition([], holding={"p.clickstream/0"})  # source 1 at its end, 10:01
+    assert received(sent, "x") == ["10:00", "10:01", "10:03"] and not agent.carrying()
+
+
+async def test_a_persons_events_alternating_between_sources_keep_their_order_in_one_run() -> None:
+    agent, sent = ingest()
+    run = [message(0, 1, event("page_view", "10:00", "x")), message(0, 2, event("login", "10:02", "x"))]
+    run += [
+        message(1, 1, event("product_view", "10:01", "x")),
+        message(1, 2, event("add_to_cart", "10:03", "x")),
+    ]
+    await agent.repartition(run, holding=set())
+    assert received(sent, "x") == ["10:00", "10:01", "10:02", "10:03"]
+    assert len(sent) == 4, "one batch per switch of source"
+
+
+async def test_a_source_whose_messages_wait_in_the_carry_is_not_announced_idle() -> None:
+    """Its watermark must still be waited for: announced idle, the journeys would stop waiting
+    for it, and the far-ahead messages sent later would move no watermark."""
+    sent: list[tuple[int, RepartitionBatch]] = []
+
+    async def send(partition: int, batch: RepartitionBatch) -> None:
+        sent.append((partition, batch))
+
+    async def dead_letter(rejects: Any, _: Any) -> None:
+        raise AssertionError(f"nothing here is invalid: {rejects}")
+
+    settings = Settings(topic_prefix="p.", partitions=1, max_future_skew_s=10**9, source_idle_s=0.05)
+    agent = Ingest(
+        settings,
+        Metrics(),
+        send,
+        dead_letter,
+        assignment=lambda: {TP("p.clickstream", 0), TP("p.clickstream", 1)},
+        home_partition=lambda click: 0,
+    )
+    both = {"p.clickstream/0", "p.clickstream/1"}
+    await agent.repartition(
+        [message(0, 1, event("page_view", "10:00", "x")), message(1, 1, event("page_view", "12:00", "x"))],
+        holding=both,
+    )
+    assert agent.carrying()
+    await asyncio.sleep(0.1)  # past source_idle_s: nothing new from either
+    await agent.announce_watermarks()
+    idle = {batch.source for _, batch in sent if batch.idle}
+    assert idle == {"p.clickstream/0"}, "source 1's 12:00 waits in the carry: it is not idle"
+
+    await agent.repartition([], holding=set())  # both at their end: the carried message goes
+    [(_, last)] = sent[-1:]
+    assert (
+        last.source == "p.clickstream/1"
+        and last.watermark == ClickEvent.model_validate(event("x", "12:00", "x")).ts_ms
+    )
+
+
+async def test_a_source_whose_messages_hold_no_event_does_not_stop_the_others() -> None:
+    """A partition of messages with nothing for the engine (Segment group calls here; invalid
+    ones alike) has no event time: still reading, it holds nothing back. One nothing was read
+    from yet holds everything."""
+    agent, sent = ingest()
+    group = {
+        "type": "group",
+        "userId": "u",
+        "groupId": "g",
+        "timestamp": "2024-03-13T10:00:00Z",
+        "messageId": "m",
+    }
+    both = {"p.clickstream/0", "p.clickstream/1"}
+    await agent.repartition([message(0, 1, event("page_view", "10:00", "x"))], holding=both)
+    assert received(sent, "x") == [], "source 1 has not been read yet"
+    await agent.repartition([message(1, 1, group)], holding=both)
+    assert received(sent, "x") == ["10:00"]
