@@ -25,6 +25,7 @@ import faust
 
 from streams.alerts.service import Alerting
 from streams.collector import Collector, from_settings
+from streams.compiled import describe as build_kind
 from streams.core.config.loader import load_config
 from streams.core.config.matching import CompiledConfig, compile_config
 from streams.core.records.outputs import Erasure
@@ -202,7 +203,7 @@ def run_worker(settings: Settings) -> None:
     if settings.redis_dsn:
         settings = loop.run_until_complete(_join_generation(settings, settings.redis_dsn))
     config = compile_config(load_config(settings.funnels))
-    log.info("starting worker %s with settings %s", settings.app_id, settings.redacted())
+    log.info("starting worker %s (%s) with settings %s", settings.app_id, build_kind(), settings.redacted())
     if settings.create_topics:
         loop.run_until_complete(ensure_topics(settings))
     sources = loop.run_until_complete(source_partitions(settings))
