@@ -19,6 +19,7 @@ from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 MODULES = [
+    "streams.core.journeys.journey",
     "streams.core.journeys.engine",
     "streams.core.journeys.identity",
     "streams.core.journeys.merge",
@@ -34,11 +35,9 @@ MODULES = [
     "streams.offline.summary",
 ]
 """The modules that hold most of `conversions process`'s own time (cProfile; docs/operations/
-performance.md "The compiled core"), less those mypyc cannot run unchanged: the pydantic models'
-modules (`core.input.event`, `core.records.outputs`: mypyc emits C that does not build for a
-class with pydantic's metaclass) and `core.journeys.journey` (`Journey.loads` builds a journey
-with a list where a `Session` goes and a string where a `list[int]` goes, which compiled code
-refuses at run time)."""
+performance.md "The compiled core"), less the pydantic models' modules (`core.input.event`,
+`core.records.outputs`): mypyc emits C that does not build for a class with pydantic's
+metaclass."""
 
 RECORD = "_compiled.json"
 """Written by the build into the package: {"compiler": ..., "sources": {module: sha256}}."""
