@@ -1,7 +1,8 @@
 FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md setup.py ./
+COPY build_support ./build_support
 COPY streams ./streams
 RUN pip install . && useradd --system --home /app conversions && mkdir -p /app/var && chown conversions /app/var
 USER conversions

@@ -8,4 +8,9 @@ client); the rooms `pipeline` (Faust: ingest, journeys, outputs), `counters` (ou
 `cli`.
 """
 
+from streams.compiled import refuse_stale
+
 __version__ = "0.1.0"
+
+# before any compiled module is imported: an extension built from another source is refused
+refuse_stale()

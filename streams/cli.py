@@ -9,6 +9,7 @@ from typing import Any, Literal, NoReturn
 import click
 import orjson
 
+from streams.compiled import describe as build_kind
 from streams.core.config.loader import ConfigError, load_config
 from streams.core.config.matching import CompiledConfig, compile_config
 from streams.core.config.model import FunnelConfig
@@ -46,7 +47,9 @@ _worker_funnels = click.option(
 
 
 @click.group()
-@click.version_option(package_name="conversion-streams")
+@click.version_option(
+    package_name="conversion-streams", message=f"%(prog)s, version %(version)s, {build_kind()}"
+)
 def main() -> None:
     """Conversion Streams: real-time micro- and macroconversions from clickstream events."""
 

@@ -25,6 +25,7 @@ import faust
 
 from streams.alerts.service import Alerting
 from streams.collector import Collector, from_settings
+from streams.compiled import describe as build_kind
 from streams.core.config.loader import load_config
 from streams.core.config.matching import CompiledConfig, compile_config
 from streams.core.records.outputs import Erasure
@@ -78,9 +79,9 @@ def compose(settings: Settings, config: CompiledConfig, sources: Iterable[str]) 
     current = None
     # a worker that neither counts nor serves (both elsewhere) still follows its generation: it
     # stops once that is retired, and may lead it (relay, judged alerts)
-    redis = (
-        store.redis if store is not None else redis_client(settings.redis_dsn) if settings.redis_dsn else None
-    )
+    redis = store.redis if store is not None else None
+    if redis is None and settings.redis_dsn:
+        redis = redis_client(settings.redis_dsn, socket_timeout=5)
     if redis is not None:
         current = _current_generation(settings, config, redis, store)
         conversions.run_alongside("generations", current.run, _nothing if store is not None else redis.aclose)
@@ -202,7 +203,7 @@ def run_worker(settings: Settings) -> None:
     if settings.redis_dsn:
         settings = loop.run_until_complete(_join_generation(settings, settings.redis_dsn))
     config = compile_config(load_config(settings.funnels))
-    log.info("starting worker %s with settings %s", settings.app_id, settings.redacted())
+    log.info("starting worker %s (%s) with settings %s", settings.app_id, build_kind(), settings.redacted())
     if settings.create_topics:
         loop.run_until_complete(ensure_topics(settings))
     sources = loop.run_until_complete(source_partitions(settings))

@@ -164,6 +164,6 @@ def test_the_unit_selection_starts_nothing_and_the_others_are_what_they_say(
     assert set(browser) == {i for i, item in everything.items() if "browser" in item["markers"]}
     assert "tests/web/test_dashboard.py" in {i.split("::")[0] for i in browser}
     wheel = collect(tmp_path, "-m", "wheel")
-    assert wheel and {i.split("::")[0] for i in wheel} == {"tests/test_wheel.py"}
+    assert wheel and {i.split("::")[0] for i in wheel} == {"tests/test_wheel.py", "tests/test_compiled.py"}
     integration = {i for i, item in everything.items() if "integration" in item["markers"]}
     assert set(unit) | set(browser) | set(wheel) | integration == set(everything)

@@ -7,6 +7,9 @@ site-packages through a `.pth` line (a path line only: that directory's own `.pt
 the editable install's finder, are not run, so `streams` can only come from the wheel). Then,
 from a directory outside the checkout, `conversions check-config` on the shipped example and
 `conversions process` with the default configuration must give what the checkout gives.
+
+The build here has no C compiler (`CC` names none), so it is the pure-Python fallback of
+setup.py; tests/test_compiled.py builds the mypyc-compiled wheel (slow).
 """
 
 from __future__ import annotations
@@ -27,55 +30,79 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.wheel
 
 
-def run(command: list[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[bytes]:
-    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
-    env = {k: v for k, v in env.items() if not k.startswith("CONVERSIONS_")}
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, timeout=timeout, check=False)
+def run(
+    command: list[str], cwd: Path, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    clean = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
+    clean = {k: v for k, v in clean.items() if not k.startswith("CONVERSIONS_")}
+    done = subprocess.run(
+        command, cwd=cwd, env=clean | (env or {}), capture_output=True, timeout=timeout, check=False
+    )
     assert done.returncode == 0, f"{command}:\n{done.stdout[-2000:]!r}\n{done.stderr[-4000:]!r}"
     return done
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("wheel")
+NO_COMPILER = {"CC": "/nonexistent/cc"}
+"""A build environment without a C compiler: setup.py builds the pure-Python package."""
+
+
+def build_wheel(work: Path, env: dict[str, str], timeout: float = 180) -> tuple[Path, str]:
+    """Builds the wheel from a copy of the sources into work/dist: the wheel and the build's log."""
     source = work / "src"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "setup.py"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "streams", source / "streams", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("streams", "build_support"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip"]
-    run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", "dist", "./src"], work)
-    (built,) = (work / "dist").glob("conversion_streams-*.whl")
-    return built
+    built = run(
+        [*pip, "wheel", "-v", "--no-deps", "--no-build-isolation", "--no-index", "-w", "dist", "./src"],
+        work,
+        timeout,
+        env,
+    )
+    (wheel,) = (work / "dist").glob("conversion_streams-*.whl")
+    return wheel, (built.stdout + built.stderr).decode(errors="replace")
 
 
-@pytest.fixture(scope="module")
-def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def install(wheel: Path, venv: Path) -> Path:
     """A fresh virtualenv with the wheel installed; returns its bin directory."""
-    venv = tmp_path_factory.mktemp("venv") / "fresh"
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)], venv.parent)
     python = venv / "bin" / "python"
-    run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(python),
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-index",
-            str(wheel),
-        ],
-        venv.parent,
-    )
+    pip = [sys.executable, "-m", "pip", "--python", str(python)]
+    run([*pip, "install", "-q", "--no-deps", "--no-index", str(wheel)], venv.parent)
     purelib = run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], venv.parent
     )
     site = Path(purelib.stdout.decode().strip())
     (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return venv / "bin"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    return build_wheel(tmp_path_factory.mktemp("wheel"), NO_COMPILER)
+
+
+@pytest.fixture(scope="module")
+def wheel(built: tuple[Path, str]) -> Path:
+    return built[0]
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return install(wheel, tmp_path_factory.mktemp("venv") / "fresh")
+
+
+def test_without_a_c_compiler_the_build_is_the_pure_python_package(
+    built: tuple[Path, str], installed: Path, tmp_path: Path
+) -> None:
+    wheel, log = built
+    assert "building the pure-Python package: no working C compiler" in log
+    assert wheel.name.endswith("-py3-none-any.whl")
+    assert not [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith((".so", ".pyd", "_compiled.json"))]
+    version = run([str(installed / "conversions"), "--version"], tmp_path)
+    assert version.stdout.decode().strip() == "conversions, version 0.1.0, pure Python"
 
 
 def test_the_wheel_ships_the_dashboard_and_the_example_configuration(wheel: Path) -> None:

@@ -20,10 +20,13 @@ archive itself, and the hand-off gives it exactly that:
   is skipped;
 - the offline run's outputs on the generation's own output topics (keyed by identity, in the
   identity's partition, with each micro partition's watermark on its last record), so its
-  counters and its alert and experiment evaluators read them like any other: the alerts and
-  experiment updates are not copied, those evaluators judge them again from the microconversions;
+  counters and its alert and experiment evaluators read them like any other: the offline run
+  judges no alerts or experiments (`OfflineRun.judge`), those evaluators judge them from the
+  microconversions;
 - the generation's ingest group's committed offsets at the seam, so its workers read the
-  clickstream from there on.
+  clickstream from there on; the seam is checked against what Kafka keeps again just before (the
+  offline run may have lasted hours, and retention may have deleted records after the seam
+  meanwhile): if it no longer meets it, `HistoryError`, nothing committed.
 
 Until all of it is written the generation is recorded as `pending` and its workers are refused.
 """
@@ -34,7 +37,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,14 +49,17 @@ from streams.core.journeys.engine import partition_for
 from streams.core.journeys.markers import applied_marker, marker_value
 from streams.core.records.outputs import OutputEvent
 from streams.errors import ConversionsError
+from streams.generations.naming import ingest_group
 from streams.kafka.clients import new_consumer, new_producer
 from streams.kafka.headers import WATERMARK_HEADER
+from streams.kafka.retention import retained_range
 from streams.kafka.topics import changelog_topic, ensure_topics
 from streams.offline.run import OfflineRun
 from streams.settings import Settings
 
 NOT_COPIED = frozenset({"alert", "experiment"})
-"""Output types the generation's own evaluators make again from the microconversions."""
+"""Output types the generation's own evaluators make again from the microconversions (the offline
+run does not judge: `OfflineRun.judge`)."""
 SOURCE = "history"
 
 
@@ -105,7 +111,6 @@ class History:
     run: OfflineRun
     spool: Path
     outputs: int = 0
-    by_type: dict[str, int] = field(default_factory=dict)
 
     def watermark(self, partition: int) -> int | None:
         return self.run.engine.watermark(partition)
@@ -127,6 +132,7 @@ def run_history(
         enrichment=settings.enrichment(),
         max_nesting=settings.max_nesting,
         breakdown_cap=settings.breakdown_cap,
+        judge=False,
     )
     spool_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="history-", suffix=".ndjson", dir=spool_dir)
@@ -142,8 +148,6 @@ def run_history(
 
 def _spool(history: History, outputs: list[OutputEvent], out: IO[bytes]) -> None:
     kept = [o for o in outputs if o.type not in NOT_COPIED]
-    for output in kept:
-        history.by_type[output.type] = history.by_type.get(output.type, 0) + 1
     if kept:
         out.write(b"".join(o.to_json() + b"\n" for o in kept))
         history.outputs += len(kept)
@@ -162,6 +166,14 @@ async def hand_over(
         journeys = await _journeys(new, history, offsets, producer)
     finally:
         await producer.stop()
+    # checked again: retention may have deleted records past the seam while the offline run
+    # lasted, and the ingest group (auto_offset_reset "earliest") would skip them silently
+    lost = check_offsets(offsets, (await retained_range(new)).offsets)
+    if lost:
+        raise HistoryError(
+            "the hand-off offsets no longer meet what Kafka keeps (retention may have deleted records "
+            "after the seam while the history was read): " + "; ".join(lost)
+        )
     await _commit_ingest(new, offsets)
     say(
         f"history handed over: {history.outputs} outputs on {new.app_id}'s topics, {journeys} journeys "
@@ -237,7 +249,7 @@ async def _journeys(new: Settings, history: History, offsets: dict[str, int], pr
         )
     for future in sent:
         await future
-    reached = history.run._latest_ms
+    reached = history.run.latest_event_ms
     markers = []
     for partition in range(partitions):
         for source, offset in sorted(offsets.items()):
@@ -255,9 +267,9 @@ async def _journeys(new: Settings, history: History, offsets: dict[str, int], pr
 
 
 async def _commit_ingest(new: Settings, offsets: dict[str, int]) -> None:
-    """The generation's ingest group (`pipeline.ingest_consumer.ingest_group`) committed at the seam."""
+    """The generation's ingest group committed at the seam."""
     seam = {TopicPartition(*_split(name)): offset for name, offset in offsets.items()}
-    consumer = new_consumer(new, group_id=f"{new.app_id}-ingest")
+    consumer = new_consumer(new, group_id=ingest_group(new))
     await consumer.start()
     try:
         consumer.assign(list(seam))

@@ -49,3 +49,15 @@ def base_app_id(settings: Settings) -> str:
     if number and settings.app_id.endswith(suffix):
         return settings.app_id.removesuffix(suffix)
     return settings.app_id
+
+
+def ingest_group(settings: Settings) -> str:
+    """The consumer group of a worker's clickstream ingest (`pipeline.ingest_consumer`)."""
+    return f"{settings.app_id}-ingest"
+
+
+def consumer_groups(settings: Settings) -> list[str]:
+    """The consumer groups a generation's workers commit in: Faust's (the application id), the
+    ingest's and the counters' (unless `CONVERSIONS_COUNTERS_GROUP` names one shared by all)."""
+    own = [settings.app_id, ingest_group(settings)]
+    return own if settings.counters_group else [*own, f"{settings.app_id}-counters"]

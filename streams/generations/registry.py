@@ -7,15 +7,17 @@ replaying a topic to its end; and the cut-over is one Lua script on one key, a c
 that is atomic for every reader (Tansu, the local broker, does not compact topics either).
 
 Fields of `conv:generations:{<app_id>}`: `current` (a number), `previous` (the generation a
-rollback returns to), `g:<N>` (a generation's record, JSON) and `progress:<N>` (its reprocessing
-progress, JSON, written by `deploy`). Generation 0 is the plain worker's: the base application
-id, the live topics, the configuration file it was started with; `deploy` records it the first
-time it runs.
+rollback returns to), `numbered` (the highest number ever given: a deleted generation's number is
+never given again, its consumer groups may still hold committed offsets), `g:<N>` (a generation's
+record, JSON) and `progress:<N>` (its reprocessing progress, JSON, written by `deploy`).
+Generation 0 is the plain worker's: the base application id, the live topics, the configuration
+file it was started with; `deploy` records it the first time it runs.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -66,6 +68,7 @@ class Generation:
 
 LIVE = "live:"
 REMEMBERED = "remembered"
+NUMBERED = "numbered"
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,14 @@ if redis.call('HEXISTS', KEYS[1], 'g:' .. ARGV[2]) == 0 then return {-1, ''} end
 redis.call('HSET', KEYS[1], 'current', ARGV[2], 'previous', ARGV[1],
            'g:' .. ARGV[2], ARGV[3], 'g:' .. ARGV[1], ARGV[4])
 return {1, ARGV[2]}
+"""
+
+
+# KEYS[1] the registry; ARGV: the field, the record read, the record to write in its place.
+SWAP_SCRIPT = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
 """
 
 
@@ -136,9 +147,8 @@ class Registry:
         assert current is not None
         return current
 
-    async def create(self, config_text: str, fingerprint: str, pending: str | None = None) -> Generation:
-        """Record the next generation, reprocessing; refused while another one reprocesses.
-        `pending`: its workers are refused until `ready` (`Generation.pending`)."""
+    async def check_free(self) -> list[Generation]:
+        """The generations recorded; RegistryError while one reprocesses (`create` refuses then)."""
         existing = await self.all()
         busy = [g.number for g in existing if g.state == "reprocessing"]
         if busy:
@@ -146,7 +156,15 @@ class Registry:
                 f"generation {busy[0]} is still reprocessing: wait for its cut-over, or "
                 f"`conversions generations --abandon {busy[0]}`"
             )
-        number = max((g.number for g in existing), default=0) + 1
+        return existing
+
+    async def create(self, config_text: str, fingerprint: str, pending: str | None = None) -> Generation:
+        """Record the next generation, reprocessing; refused while another one reprocesses.
+        `pending`: its workers are refused until `ready` (`Generation.pending`). Numbers are never
+        given twice (`numbered`; a registry recorded before it counts from its highest)."""
+        existing = await self.check_free()
+        await self.redis.hsetnx(self.key, NUMBERED, max((g.number for g in existing), default=0))
+        number = int(await self.redis.hincrby(self.key, NUMBERED, 1))
         generation = Generation(
             number,
             generation_app_id(self.app_id, number),
@@ -162,21 +180,25 @@ class Registry:
 
     async def ready(self, number: int) -> Generation:
         """A generation whose workers may start now (what was `pending` is done)."""
-        generation = await self.get(number)
-        if generation is None or generation.state != "reprocessing":
-            raise RegistryError(f"generation {number} is not reprocessing")
-        started = replace(generation, pending=None)
-        await self.redis.hset(self.key, f"g:{number}", started.to_json())
-        return started
+        return await self._change(number, lambda g: replace(g, pending=None))
 
     async def abandon(self, number: int) -> Generation:
         """A reprocessing generation that will never go live: retired, its workers stop."""
-        generation = await self.get(number)
+        return await self._change(number, lambda g: replace(g, state="retired", retired_ms=_now_ms()))
+
+    async def _change(self, number: int, change: Callable[[Generation], Generation]) -> Generation:
+        """A reprocessing generation's record changed by a compare-and-set: an `abandon` that lands
+        between `ready`'s read and write (or the other way round) is not overwritten."""
+        raw = await self.redis.hget(self.key, f"g:{number}")
+        generation = Generation.from_json(raw) if raw is not None else None
         if generation is None or generation.state != "reprocessing":
             raise RegistryError(f"generation {number} is not reprocessing")
-        retired = replace(generation, state="retired", retired_ms=_now_ms())
-        await self.redis.hset(self.key, f"g:{number}", retired.to_json())
-        return retired
+        changed = change(generation)
+        if not int(await self.redis.eval(SWAP_SCRIPT, 1, self.key, f"g:{number}", raw, changed.to_json())):
+            raise RegistryError(
+                f"generation {number} changed meanwhile (abandoned, or made ready): try again"
+            )
+        return changed
 
     async def flip(self, expected: int, to: int) -> bool:
         """Make `to` current if `expected` still is; False if another flip came first."""

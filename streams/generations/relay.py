@@ -11,8 +11,9 @@ registry expire) nothing is relayed; then every record the live topics received 
 live topics sees each record once across a cut-over. After each delivered batch the relay
 checkpoints in the registry, in one write, its offsets in its own topics, the live topics' offsets
 after what it sent, and the last words it has not met yet: a new leader resumes there and reads
-the live topics only from those offsets (what the previous leader sent after its last checkpoint,
-not sent again), so a leadership change costs the same at any age of the generation.
+the live topics from those offsets (what the previous leader sent after its last checkpoint, not
+sent again) and the `LOOKBACK` before the seam only, so a leadership change costs the same at any
+age of the generation.
 """
 
 from __future__ import annotations
@@ -198,48 +199,57 @@ class Relay:
         """The ids on the live topics this relay must not send again. The first leader since the
         cut-over reads the live topics from the seam (and `LOOKBACK` before it: a broker may report
         an end offset short of its last batch, Tansu does) to their end: the previous generation's
-        last words. A later leader reads only from the checkpoint: the live topics after what the
-        relay had sent (a crash between a send and its checkpoint repeats nothing), and the last
-        words not met yet, which the checkpoint carries; so what it reads does not grow with the
-        generation's age."""
+        last words. A later leader reads the same `LOOKBACK` before the seam (what a generation that
+        lagged at the flip still holds after its seam, not all met by the first leader), then only
+        from the checkpoint: the live topics after what the relay had sent (a crash between a send
+        and its checkpoint repeats nothing), and the last words not met yet, which the checkpoint
+        carries; so what it reads does not grow with the generation's age."""
+        lookback = {name: max(0, at - LOOKBACK) for name, at in seam_live.items()}
         if checkpoint.remembered is None:
-            starts = {name: max(0, at - LOOKBACK) for name, at in seam_live.items()}
+            read = await self._ids_since(lookback, stopping)
         else:
-            starts = {**seam_live, **checkpoint.live}
-        read = await self._ids_since(starts, stopping)
+            read = await self._ids_since(lookback, stopping, until=seam_live)
+            read += await self._ids_since({**seam_live, **checkpoint.live}, stopping)
         published = Published(set(), set(checkpoint.remembered or ()))
         for name, offset, output_id in read:
-            if checkpoint.remembered is None and offset < seam_live.get(name, 0):
-                published.before.add(output_id)
-            elif checkpoint.remembered is None:
+            if checkpoint.remembered is None and offset >= seam_live.get(name, 0):
                 published.last_words.add(output_id)
             else:
                 published.before.add(output_id)
         return published
 
-    async def _ids_since(self, starts: dict[str, int], stopping: Stopping) -> list[tuple[str, int, Any]]:
+    async def _ids_since(
+        self, starts: dict[str, int], stopping: Stopping, until: dict[str, int] | None = None
+    ) -> list[tuple[str, int, Any]]:
         """(`topic/partition`, offset, id) of each record on the live topics from `starts` to
-        their end."""
-        if not starts:
+        their end, or to `until` (excluded) where given."""
+        stops = {name: at for name, at in (until or {}).items() if name in starts}
+        tps = [split(name) for name in starts if name not in stops or stops[name] > starts[name]]
+        if not tps:
             return []
         consumer = new_consumer(self.settings, cls=GuardedConsumer)
         if not await start_with_retry(consumer, "relay", stopping):
             return []
         try:
-            tps = [split(name) for name in starts]
             consumer.assign(tps)
             for tp in tps:
                 consumer.seek(tp, starts[f"{tp.topic}/{tp.partition}"])
             found: list[tuple[str, int, Any]] = []
-            quiet = 0
-            while not stopping() and quiet < 2:  # it has stopped: nothing more comes
-                batch = await consumer.getmany(timeout_ms=1_000, max_records=5_000)
+            quiet, reading = 0, set(tps)
+            while not stopping() and quiet < 2 and reading:  # it has stopped: nothing more comes
+                batch = await consumer.getmany(*reading, timeout_ms=1_000, max_records=5_000)
                 quiet = 0 if batch else quiet + 1
                 for tp, messages in batch.items():
                     name = f"{tp.topic}/{tp.partition}"
+                    stop = stops.get(name)
                     for message in messages:
+                        if stop is not None and message.offset >= stop:
+                            reading.discard(tp)
+                            break
                         if undecodable(message) is None and message.value is not None:
                             found.append((name, message.offset, orjson.loads(message.value).get("id")))
+                        if stop is not None and message.offset + 1 >= stop:
+                            reading.discard(tp)
             return found
         finally:
             await consumer.stop()

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -29,7 +30,8 @@ class Retained:
     retention_ms: dict[str, int | None] = field(default_factory=dict)
     """Per topic; None where the broker does not report it."""
     offsets: dict[str, tuple[int, int]] = field(default_factory=dict)
-    """`topic/partition` -> (first offset retained, end offset)."""
+    """`topic/partition` -> (first offset retained, end offset: the offset after the last record,
+    read, `read_ends`)."""
 
     def span_ms(self, now_ms: int | None = None) -> int:
         """How far back the retained history reaches from now (0 when nothing is retained)."""
@@ -49,13 +51,34 @@ async def retained_range(settings: Settings) -> Retained:
     try:
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         starts = await consumer.beginning_offsets(tps)
-        ends = await consumer.end_offsets(tps)
+        ends = await read_ends(consumer, tps)
         offsets = {f"{tp.topic}/{tp.partition}": (starts[tp], ends[tp]) for tp in tps}
         filled = [tp for tp in tps if ends[tp] > starts[tp]]
         earliest = await _first_timestamps(consumer, filled)
     finally:
         await consumer.stop()
     return Retained(min(earliest) if earliest else None, await _retention_ms(settings, topics), offsets)
+
+
+async def read_ends(consumer: Any, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The offset after each partition's last record, read, with a started consumer of no group:
+    Tansu reports as the end offset the start of the last batch plus one, short of the batch's
+    other records."""
+    ends = dict(await consumer.end_offsets(tps))
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, max(0, ends[tp] - 1))
+    # the first fetch from the reported end returns the whole last batch: its last record is
+    # the end (under live traffic later records keep coming: not waited for)
+    pending = {tp for tp in tps if ends[tp] > 0}
+    quiet, deadline = 0, time.monotonic() + 5.0
+    while pending and quiet < 2 and time.monotonic() < deadline:
+        batch = await consumer.getmany(*pending, timeout_ms=300, max_records=10_000)
+        quiet = 0 if batch else quiet + 1
+        for tp, messages in batch.items():
+            ends[tp] = max(ends[tp], messages[-1].offset + 1)
+            pending.discard(tp)
+    return ends
 
 
 async def _first_timestamps(consumer: object, tps: list[TopicPartition]) -> list[int]:

@@ -107,6 +107,9 @@ class OfflineRun:
     """Valid events not processed, by reason (bot, consent, erased)."""
     earliest_ms: int | None = None
     """The earliest valid event's time (how far back a history reaches: `deploy --history`)."""
+    judge: bool = True
+    """False: the alert and experiment evaluators do not run (`deploy --history`, whose generation
+    judges again from the microconversions)."""
 
     def __post_init__(self) -> None:
         self.enricher = self.enrichment.build() if self.enrichment is not None else None
@@ -145,10 +148,15 @@ class OfflineRun:
         if first is not None and (self.earliest_ms is None or first < self.earliest_ms):
             self.earliest_ms = first
         out = self.apply_line(self.lines, decoded.events, decoded.rejects, self._latest_ms, latest, raw)
-        if latest is None:
+        if latest is None or not self.judge:
             return out
         # the fields as they are (what model_dump() would copy): the evaluators only read them
         return out + self.judges.after_line([o.__dict__ for o in out if o.type == "micro"], latest)
+
+    @property
+    def latest_event_ms(self) -> int | None:
+        """The latest valid event's time so far (the run's event time)."""
+        return self._latest_ms
 
     def apply_line(
         self,

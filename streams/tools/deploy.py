@@ -31,11 +31,12 @@ from streams.core.config.matching import compile_config
 from streams.core.config.model import FunnelConfig
 from streams.core.config.versions import config_fingerprint
 from streams.counters.redis_store import RedisClient, counter_store, redis_client
-from streams.generations.history import History, check_offsets, discard, hand_over, run_history
-from streams.generations.naming import base_app_id, generation_settings
+from streams.generations.history import History, HistoryError, check_offsets, discard, hand_over, run_history
+from streams.generations.naming import base_app_id, consumer_groups, generation_settings, ingest_group
 from streams.generations.registry import Generation, Registry, RegistryError
 from streams.kafka.clients import new_admin, new_consumer
-from streams.kafka.retention import Retained, retained_range
+from streams.kafka.groups import delete_groups
+from streams.kafka.retention import Retained, read_ends, retained_range
 from streams.kafka.topics import changelog_topic, required_topics
 from streams.settings import Settings
 from streams.tools.worker_process import WorkerProcess
@@ -151,7 +152,7 @@ class Watcher:
             ends = await read_ends(consumer, sources + events)
         finally:
             await consumer.stop()
-        lag = await _group_lag(s, f"{s.app_id}-ingest", sources, ends)  # pipeline.ingest_consumer's group
+        lag = await _group_lag(s, ingest_group(s), sources, ends)
         events_lag = sum((await _group_lag(s, s.app_id, events, ends)).values())
         new_ms = await counter_store(s, self.redis).latest_event_ms()
         live = self.base.model_copy(update={"app_id": current_app_id})
@@ -167,32 +168,13 @@ class Watcher:
 
 async def last_offsets(settings: Settings, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
     """The offset after each partition's last record, read: Tansu reports as the end offset the
-    start of the last batch plus one, short of the batch's other records."""
+    start of the last batch plus one, short of the batch's other records (`read_ends`)."""
     consumer = new_consumer(settings)
     await consumer.start()
     try:
         return await read_ends(consumer, tps)
     finally:
         await consumer.stop()
-
-
-async def read_ends(consumer: Any, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-    """`last_offsets` with a started consumer of no group."""
-    ends = dict(await consumer.end_offsets(tps))
-    consumer.assign(tps)
-    for tp in tps:
-        consumer.seek(tp, max(0, ends[tp] - 1))
-    # the first fetch from the reported end returns the whole last batch: its last record is
-    # the end (under live traffic later records keep coming: not waited for)
-    pending = {tp for tp in tps if ends[tp] > 0}
-    quiet, deadline = 0, time.monotonic() + 5.0
-    while pending and quiet < 2 and time.monotonic() < deadline:
-        batch = await consumer.getmany(*pending, timeout_ms=300, max_records=10_000)
-        quiet = 0 if batch else quiet + 1
-        for tp, messages in batch.items():
-            ends[tp] = max(ends[tp], messages[-1].offset + 1)
-            pending.discard(tp)
-    return ends
 
 
 async def seam(base: Settings, new: Settings) -> dict[str, dict[str, int]]:
@@ -214,7 +196,7 @@ async def seam(base: Settings, new: Settings) -> dict[str, dict[str, int]]:
 def retention_report(retained: Retained, config_text: str, say: Say, archived: int = 0) -> list[str]:
     """Says how far back the new configuration's history reaches; the refused needs' lines.
     `archived`: events read from an archive before it (`--history`; `retained.earliest_ms` is then
-    the archive's earliest)."""
+    the archive's earliest and `retained.offsets` start at the seam)."""
     span = retained.span_ms()
     config = parse_config(config_text)
     if retained.earliest_ms is None:
@@ -222,7 +204,7 @@ def retention_report(retained: Retained, config_text: str, say: Say, archived: i
     else:
         say(
             f"history: {retained.records} records retained"
-            + (f" after {archived} archived events" if archived else "")
+            + (f" after the archive's seam, {archived} archived events before it" if archived else "")
             + f", from {_moment(retained.earliest_ms)} "
             f"({format_duration_ms(span // 60_000 * 60_000 or 60_000)} back): the new generation's funnels "
             "reach back that far"
@@ -267,6 +249,11 @@ async def deploy(
     history: History | None = None
     if history_files:
         assert history_offsets is not None, "--history needs --history-offsets"
+        try:  # before the offline run, which may last hours: `create` would refuse after it
+            await _check_free(base)
+        except RegistryError as exc:
+            say(f"refused: {exc}")
+            return 1
         problems = check_offsets(history_offsets, retained.offsets)
         if problems:
             say("refused: the history's hand-off offsets do not meet the clickstream topics:")
@@ -285,20 +272,48 @@ async def deploy(
         say(
             f"history: {run.lines} lines, {run.events} events ({run.rejected} rejected) from "
             f"{len(history_files)} file(s) in {time.monotonic() - started:.1f} s, "
-            f"{_moment(run.earliest_ms)} to {_moment(run._latest_ms)}; Kafka continues at "
+            f"{_moment(run.earliest_ms)} to {_moment(run.latest_event_ms)}; Kafka continues at "
             + ", ".join(f"{name} {offset}" for name, offset in sorted(history_offsets.items()))
         )
+        # the records Kafka keeps before the seam are the archive's too: counted once, there
+        after_seam = {
+            name: (max(first, history_offsets.get(name, first)), end)
+            for name, (first, end) in retained.offsets.items()
+        }
+        retained = replace(retained, offsets=after_seam)
         if run.earliest_ms is not None:
             earliest = min(run.earliest_ms, retained.earliest_ms or run.earliest_ms)
             retained = replace(retained, earliest_ms=earliest)
     try:
         return await _deploy(
-            base, config_text, new_config, retained, say, workers, accept_short_history, cut_over,
-            max_lag, tolerance_ms, every_s, web_port, log_dir, history, history_offsets,
-        )  # fmt: skip
+            base,
+            config_text,
+            new_config,
+            retained,
+            say,
+            workers=workers,
+            accept_short_history=accept_short_history,
+            cut_over=cut_over,
+            max_lag=max_lag,
+            tolerance_ms=tolerance_ms,
+            every_s=every_s,
+            web_port=web_port,
+            log_dir=log_dir,
+            history=history,
+            history_offsets=history_offsets,
+        )
     finally:
         if history is not None:
             discard(history)
+
+
+async def _check_free(base: Settings) -> None:
+    assert base.redis_dsn, "REDIS_URL must be set"
+    redis = redis_client(base.redis_dsn, socket_timeout=10)
+    try:
+        await Registry(redis, base_app_id(base)).check_free()
+    finally:
+        await redis.aclose()
 
 
 async def _deploy(
@@ -307,6 +322,7 @@ async def _deploy(
     new_config: FunnelConfig,
     retained: Retained,
     say: Say,
+    *,
     workers: int,
     accept_short_history: bool,
     cut_over: bool,
@@ -347,7 +363,16 @@ async def _deploy(
         new = generation_settings(base, generation.number)
         if history is not None:
             assert history_offsets is not None
-            await hand_over(new, history, history_offsets, say)
+            try:
+                await hand_over(new, history, history_offsets, say)
+            except HistoryError as exc:
+                say(f"refused: {exc}")
+                say(
+                    f"generation {generation.number} is left pending (its workers are refused): "
+                    f"`conversions generations --abandon {generation.number}`, then deploy again "
+                    "with an archive that reaches what Kafka keeps"
+                )
+                return 1
             await registry.ready(generation.number)
         say(f"more workers, on any host: CONVERSIONS_GENERATION={generation.number} conversions worker")
         log_dir = log_dir or base.data_dir / "generations"
@@ -475,11 +500,14 @@ async def delete_generation(base: Settings, number: int, grace_ms: int, say: Say
                 await admin.delete_topics(gone)
         finally:
             await admin.close()
+        kept = [f"{g} ({why})" for g, why in (await delete_groups(base, consumer_groups(old))).items() if why]
+        if kept:
+            say("consumer groups not deleted: " + ", ".join(kept))
         keys = 0
         async for key in redis.scan_iter(match=f"conv:{{{generation.app_id}:*", count=1_000):
             keys += int(await redis.unlink(key))
         await registry.forget(number)
-        say(f"generation {number} deleted: {len(gone)} topics, {keys} Redis keys")
+        say(f"generation {number} deleted: {len(gone)} topics, its consumer groups, {keys} Redis keys")
         return 0
     finally:
         await redis.aclose()

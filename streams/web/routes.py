@@ -85,16 +85,17 @@ def register_routes(
     async def source() -> tuple[CompiledConfig, CounterReader]:
         """The configuration and counters one request answers from: the current generation's
         (issue 26), resolved once so an answer never mixes two."""
-        config, counters, _, _ = await judged()
+        config, counters, _, _ = await resolved()
         return config, counters
 
-    async def judged() -> tuple[CompiledConfig, CounterReader, AlertReader | None, ExperimentReader | None]:
-        """...and what that generation's evaluators judged (its alerts and experiments)."""
+    async def resolved() -> tuple[CompiledConfig, CounterReader, AlertReader | None, ExperimentReader | None]:
+        """The current generation's configuration, counters and what its evaluators judged (alerts and
+        experiments), resolved once."""
         if current is None:
             return config, counters, alert_reader, experiment_reader
-        resolved = await current()
-        reader = resolved.counters if resolved.counters is not None else counters
-        return resolved.config, reader, resolved.alerts, resolved.experiments
+        generation = await current()
+        reader = generation.counters if generation.counters is not None else counters
+        return generation.config, reader, generation.alerts, generation.experiments
 
     def answer(web: View, result: Answer) -> Response:
         status, body = result
@@ -117,23 +118,23 @@ def register_routes(
 
     @redis_outage_as_503
     async def alerts(web: View, request: Request) -> Response:
-        config, _, alert_reader, _ = await judged()
+        config, _, alert_reader, _ = await resolved()
         return web.json(views.alerts(alert_reader, config))
 
     @redis_outage_as_503
     async def live(web: View, request: Request) -> Response:
-        config, counters, alert_reader, _ = await judged()
+        config, counters, alert_reader, _ = await resolved()
         return answer(web, await views.live(counters, config, alert_reader, dict(request.query), cap))
 
     @redis_outage_as_503
     async def experiments(web: View, request: Request) -> Response:
-        config, _, _, experiment_reader = await judged()
+        config, _, _, experiment_reader = await resolved()
         return answer(web, experiment_views.experiments(experiment_reader, config, dict(request.query)))
 
     @redis_outage_as_503
     async def series(web: View, request: Request, name: str) -> Response:
         query = dict(request.query)
-        config, counters, alert_reader, _ = await judged()
+        config, counters, alert_reader, _ = await resolved()
         return answer(web, await analysis.series(counters, config, alert_reader, name, query))
 
     @redis_outage_as_503

@@ -93,7 +93,6 @@ async def test_alerts_after_a_history_hand_off_equal_offline_mode_over_everythin
         web = {**generation, "CONVERSIONS_WEB_ENABLED": "true", "CONVERSIONS_WEB_PORT": str(port)}
         start_worker("g1-a", env=web)
         start_worker("g1-b", env=generation)
-        await asyncio.sleep(3)
         await produce_lines(settings, closing)  # carries event time to the evaluators
         judged_to = await wait_for(lambda: _past(port, incident.end + timedelta(days=2)), timeout_s=300)
         judged = [a for a in expected if datetime.fromisoformat(a["timestamp"]).timestamp() <= judged_to]

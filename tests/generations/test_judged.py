@@ -7,6 +7,7 @@ alerts, after it the new one's, on the new generation's workers and on the old o
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -102,7 +103,10 @@ async def test_alerts_and_experiments_follow_the_current_generation_across_a_fli
 
     old, new = worker(0, A), worker(1, B)
     try:
-        await asyncio.sleep(judged.EVERY_S + 0.2)  # both leaders have written once
+        deadline = time.monotonic() + 10 * judged.EVERY_S
+        while None in [await registry.judged(n) for n in (0, 1)]:  # both leaders have written once
+            assert time.monotonic() < deadline, "a leader never wrote what its generation judged"
+            await asyncio.sleep(0.05)
         assert await answers(old) == (["g0"], [])
         assert await answers(new) == (["g0"], []), "the new generation's web answers the old one's"
         assert await registry.flip(0, 1)

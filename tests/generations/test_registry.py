@@ -6,16 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
 from streams.core.config.horizon import history_needs, short_needs
 from streams.core.config.loader import parse_config
 from streams.generations.current import GenerationRefused, join
-from streams.generations.naming import generation_settings
-from streams.generations.registry import Registry, RegistryError
+from streams.generations.history import check_offsets
+from streams.generations.naming import generation_settings, ingest_group
+from streams.generations.registry import Generation, Registry, RegistryError
 from streams.kafka import ensure_topics
-from streams.kafka.clients import kafka_client_options
+from streams.kafka.clients import kafka_client_options, new_consumer, new_producer
+from streams.kafka.retention import retained_range
 from streams.settings import Settings
 from streams.tools.deploy import abandon_generation, delete_generation, deploy, rollback
 from streams.tools.infra import LocalInfra
@@ -101,6 +104,8 @@ async def test_a_retired_generation_is_deleted_after_its_grace_period(
         gen1 = generation_settings(settings, 1)
         created = await ensure_topics(gen1)
         await redis.hset(f"conv:{{{gen1.app_id}:0}}:meta", "latest", "1")
+        clickstream = TopicPartition(settings.topic("clickstream"), 0)
+        await _commit(gen1, ingest_group(gen1), clickstream, 1)
         assert await registry.flip(0, 1)
         assert await rollback(settings, said.append) == 0
         assert await delete_generation(settings, 1, 3_600_000, said.append) == 1
@@ -116,11 +121,31 @@ async def test_a_retired_generation_is_deleted_after_its_grace_period(
         assert own and not (set(own) & left)
         assert settings.topic("clickstream") in left  # the input stays
         assert await redis.exists(f"conv:{{{gen1.app_id}:0}}:meta") == 0
+        assert await _committed(gen1, ingest_group(gen1), clickstream) is None  # its group is gone
         assert await registry.get(1) is None and await registry.current_number() == 0
         assert await rollback(settings, said.append) == 1  # nothing left to return to
     finally:
         await redis.delete(registry.key)
         await redis.aclose()
+
+
+async def _commit(settings: Settings, group: str, tp: TopicPartition, offset: int) -> None:
+    consumer = new_consumer(settings, group_id=group)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.commit({tp: offset})
+    finally:
+        await consumer.stop()
+
+
+async def _committed(settings: Settings, group: str, tp: TopicPartition) -> int | None:
+    consumer = new_consumer(settings, group_id=group)
+    await consumer.start()
+    try:
+        return await consumer.committed(tp)  # type: ignore[no-any-return]
+    finally:
+        await consumer.stop()
 
 
 async def test_a_plain_worker_runs_the_current_generation_and_never_creates_one(
@@ -197,4 +222,106 @@ async def test_deploy_refuses_history_offsets_that_leave_a_gap_or_miss_a_partiti
     try:  # refused before anything was recorded
         assert await Registry(redis, settings.app_id).all() == []
     finally:
+        await redis.aclose()
+
+
+async def test_the_retained_range_ends_after_the_last_record_of_a_batch(settings: Settings) -> None:
+    """Tansu reports a partition's end as the start of its last batch plus one: a seam at the true
+    end (every record archived) must still be accepted, and the records counted."""
+    await ensure_topics(settings)
+    topic = settings.topic("clickstream")
+    producer = new_producer(settings, linger_ms=200)
+    await producer.start()
+    try:
+        sent = [await producer.send(topic, b"{}", partition=0) for _ in range(20)]
+        await producer.flush()
+        assert {(await s).offset for s in sent} == set(range(20))
+    finally:
+        await producer.stop()
+    retained = await retained_range(settings)
+    assert retained.offsets[f"{topic}/0"] == (0, 20)
+    assert retained.records == 20
+    seam = {name: end for name, (_, end) in retained.offsets.items()}
+    assert check_offsets(seam, retained.offsets) == []
+
+
+async def test_a_deleted_generations_number_is_never_given_again(infra: LocalInfra) -> None:
+    """Its consumer groups may still hold committed offsets on the clickstream: a generation given
+    its number again would skip history without a word."""
+    redis = Redis.from_url(infra.redis_url)
+    registry = Registry(redis, "reg-numbers-" + str(id(redis)))
+    try:
+        await registry.ensure_first("version: 1\n", "f0")
+        assert (await registry.create("version: 1\n", "f1")).number == 1
+        await registry.abandon(1)  # `generations --abandon 1`, then `--delete 1`
+        await registry.forget(1)
+        assert (await registry.create("version: 1\n", "f2")).number == 2
+        # a registry recorded before the counter: numbered from its highest generation
+        await redis.delete(registry.key)
+        await redis.hset(registry.key, "g:3", _retired(3).to_json())
+        assert (await registry.create("version: 1\n", "f4")).number == 4
+    finally:
+        await redis.delete(registry.key)
+        await redis.aclose()
+
+
+def _retired(number: int) -> Generation:
+    return Generation(number, f"app-g{number}", "version: 1\n", "f", "retired", 0, retired_ms=0)
+
+
+class AbandonedInBetween:
+    """A real Redis client: right after `ready` reads generation 1's record, another client
+    abandons it (`conversions generations --abandon 1`)."""
+
+    def __init__(self, redis: Redis, other: Registry) -> None:
+        self._redis, self._other, self._done = redis, other, False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._redis, name)
+
+    async def hget(self, key: str, field: str) -> object:
+        raw = await self._redis.hget(key, field)
+        if field == "g:1" and not self._done:
+            self._done = True
+            await self._other.abandon(1)
+        return raw
+
+
+async def test_ready_does_not_overwrite_an_abandon_that_lands_in_between(infra: LocalInfra) -> None:
+    redis = Redis.from_url(infra.redis_url)
+    registry = Registry(redis, "reg-ready-" + str(id(redis)))
+    try:
+        await registry.ensure_first("version: 1\n", "f0")
+        await registry.create("version: 1\n", "f1", pending="history")
+        racing = Registry(AbandonedInBetween(redis, registry), registry.app_id)
+        with pytest.raises(RegistryError, match="changed meanwhile"):
+            await racing.ready(1)
+        assert (await registry.get(1)).state == "retired"  # type: ignore[union-attr]
+    finally:
+        await redis.delete(registry.key)
+        await redis.aclose()
+
+
+async def test_deploy_with_history_refuses_before_the_offline_run_while_a_generation_reprocesses(
+    settings: Settings, infra: LocalInfra, tmp_path: Path
+) -> None:
+    await ensure_topics(settings)
+    await send(settings, [event("product_view", "10:00", "u1")])
+    redis = Redis.from_url(infra.redis_url)
+    registry = Registry(redis, settings.app_id)
+    try:
+        await registry.ensure_first("version: 1\n", "f0")
+        await registry.create(WEEK, "f1")
+        archive = tmp_path / "archive.ndjson"
+        archive.write_bytes(b"")
+        offsets = {name: end for name, (_, end) in (await retained_range(settings)).offsets.items()}
+        said: list[str] = []
+        status = await deploy(settings, WEEK, said.append, history_files=[archive], history_offsets=offsets)
+        assert status == 1
+        assert said == [  # nothing read from the archive
+            "refused: generation 1 is still reprocessing: wait for its cut-over, or "
+            "`conversions generations --abandon 1`"
+        ]
+    finally:
+        await redis.delete(registry.key)
         await redis.aclose()

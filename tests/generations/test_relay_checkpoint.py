@@ -93,3 +93,27 @@ async def test_a_new_leader_reads_the_live_topics_from_the_checkpoint_and_repeat
         assert (await registry.relay_checkpoint(1)).own[f"{own}/0"] == 17
     finally:
         await redis.aclose()
+
+
+async def test_a_later_leader_still_skips_what_the_previous_generation_sent_before_the_seam(
+    settings: Settings, infra: LocalInfra
+) -> None:
+    """A generation that lagged at the flip (`--max-lag`) holds, after its seam, records the
+    previous generation had already published before the live seam (the lookback). A leader that
+    checkpointed after meeting only the first of them dies: the next must not send the rest."""
+    new = generation_settings(settings, 1)
+    await ensure_topics(settings)
+    await ensure_topics(new)
+    own, live = new.output_topics["micro"], settings.output_topics["micro"]
+    redis = Redis.from_url(infra.redis_url)
+    registry = Registry(redis, settings.app_id)
+    try:
+        await produce(settings, live, ["p0", "p1", "p2"])
+        await registry.set_seam(1, {"from": {f"{own}/0": 0}, "live": {f"{live}/0": 3}})
+        await produce(new, own, ["p0", "p1", "p2", "a0"])
+        # the first leader met p0, checkpointed (no last words), and died
+        await registry.set_relay_checkpoint(1, {f"{own}/0": 1}, {}, [])
+        ids = await relay_until(Relay(new, registry, Always(), Always()), settings, live, 4)
+        assert ids == ["p0", "p1", "p2", "a0"], ids
+    finally:
+        await redis.aclose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -14,7 +15,8 @@ from streams.core.config.loader import parse_config
 from streams.core.config.matching import compile_config
 from streams.offline.run import OfflineRun
 from streams.settings import DEFAULT_FUNNELS
-from streams.tools.simulate import Simulator
+from streams.tools.simulate import Incident, Simulator
+from tests.helpers import incident_funnels
 
 CHECKOUT = ["product_view", "add_to_cart", "shipping_details", "payment_details", "purchase"]
 SEQUENTIAL_NO_WINDOW = compile_config(
@@ -165,3 +167,16 @@ def test_the_rejected_count_is_the_dead_letters_written(tmp_path: Path) -> None:
         [late] = [r for r in records if r["type"] == "deadletter" and r["reason"] == "late_event"]
         assert base64.b64decode(late["original_b64"]) == lines[1], extra
         assert "3 rejected" in result.stderr, (extra, result.stderr)
+
+
+def test_a_run_that_does_not_judge_gives_the_same_outputs_but_alerts() -> None:
+    """`deploy --history`'s offline run (`OfflineRun(judge=False)`): its generation judges alerts
+    and experiments again from the microconversions."""
+    start = datetime(2024, 3, 1, tzinfo=UTC)
+    incident = Incident(start + timedelta(days=2), start + timedelta(days=4), "mobile", 0.3)
+    lines = list(Simulator(seed=8, users=1_000, start=start, days=5, incident=incident).lines())
+    config = compile_config(parse_config(incident_funnels(baseline="1d", min_entered=10)))
+    judging = list(OfflineRun(config, partitions=2).run(lines))
+    assert "alert" in {o.type for o in judging}, "the incident raises an alert"
+    plain = list(OfflineRun(config, partitions=2, judge=False).run(lines))
+    assert [o.id for o in plain] == [o.id for o in judging if o.type not in ("alert", "experiment")]

@@ -190,15 +190,18 @@ class Journey:
         version, *values = orjson.loads(raw)
         if version not in LOADABLE_VERSIONS:
             raise ValueError(f"unknown journey state version {version}")
+        # the nested records and the packed ids are converted before the constructor sees them:
+        # compiled (mypyc), a Journey checks its fields' types when it is built
+        if values[_SESSION_AT] is not None:
+            values[_SESSION_AT] = Session(*values[_SESSION_AT])
+        values[_ATTEMPTS_AT] = {name: Attempt(*a) for name, a in values[_ATTEMPTS_AT].items()}
+        if version >= 2:
+            packed = base64.b64decode(values[_SEEN_AT])
+            values[_SEEN_AT] = list(struct.unpack(f"<{len(packed) // 8}Q", packed))
         journey = cls(*values)
         if version >= 2:
-            packed = base64.b64decode(journey.seen)  # type: ignore[arg-type]
-            journey.seen = list(struct.unpack(f"<{len(packed) // 8}Q", packed))
             now_s = journey.last_ts // 1000
             journey.seen_at = [now_s - age for age in journey.seen_at]
-        if journey.session is not None:
-            journey.session = Session(*journey.session)  # type: ignore[misc]
-        journey.attempts = {name: Attempt(*a) for name, a in journey.attempts.items()}  # type: ignore[misc]
         return journey
 
 

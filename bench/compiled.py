@@ -1,0 +1,170 @@
+"""The mypyc-compiled core beside the pure-Python package: `conversions process`, same file.
+
+Builds two wheels from this checkout (as `pip install .` does; `--no-build-isolation`, this
+virtualenv's mypy and setuptools): one compiled (setup.py with the C compiler) and the pure
+fallback (`CC` naming no compiler), installs each into a fresh virtualenv under the work
+directory (dependencies from this virtualenv through a `.pth` path line), then runs
+`conversions process --input FILE --flush` on `bench.offline`'s history (163,276 events) in
+pairs, compiled then pure, alternating which goes first, each in its own process: wall-clock
+seconds from start to exit and the process's CPU seconds. Every run's output must be
+byte-identical to the first pure run's (`identical`).
+
+`python -m bench.compiled [--pairs 3] [--tree DIR]` writes bench/results/compiled.json; `--tree`
+builds from another checkout (the merged code, say) instead of this one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.offline import history_file
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _environment(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
+    return {k: v for k, v in env.items() if not k.startswith("CONVERSIONS_")} | extra
+
+
+def build(tree: Path, work: Path, compiled: bool) -> tuple[Path, float]:
+    """A virtualenv with the tree's wheel installed (its bin directory), and the build's seconds."""
+    source = work / "src"
+    source.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md", "setup.py"):
+        shutil.copy(tree / name, source / name)
+    for folder in ("streams", "build_support"):
+        shutil.copytree(tree / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip"]
+    started = time.perf_counter()
+    subprocess.run(
+        [*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", "dist", "./src"],
+        cwd=work,
+        env=_environment({} if compiled else {"CC": "/nonexistent/cc"}),
+        check=True,
+    )
+    seconds = time.perf_counter() - started
+    (wheel,) = (work / "dist").glob("conversion_streams-*.whl")
+    venv = work / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run(
+        [
+            *pip,
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
+        check=True,
+    )
+    purelib = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    Path(purelib, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return venv / "bin", seconds
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process(bin_dir: Path, path: Path, out: Path) -> tuple[float, float, str]:
+    """Wall-clock and CPU seconds of one `conversions process`, and its output's SHA-256."""
+    cpu = _children_cpu()
+    started = time.perf_counter()
+    with out.open("wb") as sink:
+        subprocess.run(
+            [str(bin_dir / "conversions"), "process", "--input", str(path), "--flush"],
+            stdout=sink,
+            stderr=subprocess.DEVNULL,
+            env=_environment({}),
+            check=True,
+        )
+    wall = time.perf_counter() - started
+    return wall, _children_cpu() - cpu, hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def measure(tree: Path, pairs: int, workdir: Path) -> dict[str, Any]:
+    path = history_file(workdir)
+    events = path.read_bytes().count(b"\n")
+    venvs: dict[str, Path] = {}
+    build_s: dict[str, float] = {}
+    for kind in ("compiled", "pure"):
+        say(f"building the {kind} wheel from {tree}")
+        venvs[kind], build_s[kind] = build(tree, workdir / kind, kind == "compiled")
+    builds = {
+        kind: subprocess.run(
+            [str(b / "conversions"), "--version"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for kind, b in venvs.items()
+    }
+    runs: dict[str, list[dict[str, float]]] = {"compiled": [], "pure": []}
+    digests: set[str] = set()
+    load = os.getloadavg()[0]
+    for pair in range(pairs):
+        order = ("compiled", "pure") if pair % 2 == 0 else ("pure", "compiled")
+        for kind in order:
+            wall, cpu, digest = process(venvs[kind], path, workdir / f"out-{kind}.ndjson")
+            digests.add(digest)
+            runs[kind].append({"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)})
+            say(f"{kind}: {wall:.2f} s, {cpu:.2f} s of CPU")
+
+    def best(kind: str, key: str) -> float:
+        return min(r[key] for r in runs[kind])
+
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tree": str(tree),
+        "events": events,
+        "load_average_at_start": round(load, 2),
+        "builds": builds,
+        "build_s": {k: round(v, 1) for k, v in build_s.items()},
+        "runs": runs,
+        "identical": len(digests) == 1,
+        "best_cpu_s": {k: best(k, "cpu_s") for k in runs},
+        "best_wall_s": {k: best(k, "wall_s") for k in runs},
+        "cpu_saved": round(1 - best("compiled", "cpu_s") / best("pure", "cpu_s"), 3),
+        "wall_saved": round(1 - best("compiled", "wall_s") / best("pure", "wall_s"), 3),
+        "events_per_s": {k: round(events / best(k, "wall_s")) for k in runs},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--tree", type=Path, default=ROOT, help="the checkout to build (default: this one)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "compiled.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-compiled-") as tmp:
+        result = measure(args.tree.resolve(), args.pairs, Path(tmp))
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

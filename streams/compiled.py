@@ -1,0 +1,105 @@
+"""Which build of the hot core runs: compiled by mypyc, or the pure-Python modules.
+
+`pip install .` (a wheel build) compiles `MODULES` with mypyc when mypy and a C compiler are
+there (setup.py); otherwise, with `CONVERSIONS_PURE_PYTHON=1` and for an editable install, the
+same package runs as pure Python. A compiled module is an extension file beside its `.py`, and
+Python imports the extension first: one built from another version of the source would run
+stale code while the `.py` beside it says otherwise. So the build records each compiled source's
+SHA-256 (`RECORD`), and `refuse_stale` (run when `streams` is imported, before any of these
+modules) refuses an extension whose `.py` no longer matches, or that no build recorded.
+
+No import from the rest of `streams` here: setup.py reads `MODULES` from this file alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+
+MODULES = [
+    "streams.core.journeys.journey",
+    "streams.core.journeys.engine",
+    "streams.core.journeys.identity",
+    "streams.core.journeys.merge",
+    "streams.core.measures.alerts",
+    "streams.core.measures.experiments",
+    "streams.core.measures.rule_state",
+    "streams.core.input.decode",
+    "streams.core.input.channel",
+    "streams.core.input.audience",
+    "streams.core.records.ids",
+    "streams.core.config.matching",
+    "streams.offline.run",
+    "streams.offline.summary",
+]
+"""The modules that hold most of `conversions process`'s own time (cProfile; docs/operations/
+performance.md "The compiled core"), less the pydantic models' modules (`core.input.event`,
+`core.records.outputs`): mypyc emits C that does not build for a class with pydantic's
+metaclass."""
+
+RECORD = "_compiled.json"
+"""Written by the build into the package: {"compiler": ..., "sources": {module: sha256}}."""
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+class StaleCompiledModule(ImportError):
+    """A compiled extension sits beside a source it was not built from."""
+
+
+def _source(module: str) -> Path:
+    return PACKAGE.joinpath(*module.split(".")[1:]).with_suffix(".py")
+
+
+def _extensions(module: str) -> list[Path]:
+    source = _source(module)
+    return [p for s in EXTENSION_SUFFIXES if (p := source.with_name(source.stem + s)).exists()]
+
+
+def source_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _record() -> dict[str, str]:
+    try:
+        recorded = json.loads((PACKAGE / RECORD).read_text())
+    except FileNotFoundError:
+        return {}
+    sources: dict[str, str] = recorded.get("sources", {})
+    return sources
+
+
+def compiled_modules() -> list[str]:
+    """The modules of `MODULES` that run compiled (checked by `refuse_stale`)."""
+    return [m for m in MODULES if _extensions(m)]
+
+
+def refuse_stale() -> None:
+    """Raise `StaleCompiledModule` if an extension of `MODULES` was built from another source."""
+    found = {m: _extensions(m) for m in MODULES}
+    if not any(found.values()):
+        return
+    recorded = _record()
+    for module, extensions in found.items():
+        source = _source(module)
+        if not extensions or not source.exists():
+            continue
+        if recorded.get(module) != source_digest(source):
+            raise StaleCompiledModule(
+                f"{extensions[0]} was not built from the {source.name} beside it (edited since, or "
+                f"built by hand): Python would run the compiled code and not the source. Delete the "
+                f"compiled files (find {PACKAGE} -name '*.so' -delete) to run the pure-Python "
+                f"package, or reinstall with `pip install .` to compile it again"
+            )
+
+
+def describe() -> str:
+    """'compiled (mypyc)' or 'pure Python', for `conversions --version` and the worker's log."""
+    compiled = compiled_modules()
+    if not compiled:
+        return "pure Python"
+    if len(compiled) == len(MODULES):
+        return "compiled (mypyc)"
+    return f"compiled (mypyc): {len(compiled)} of {len(MODULES)} core modules"
