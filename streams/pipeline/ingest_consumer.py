@@ -35,6 +35,7 @@ from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssigno
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 
 from streams.core.input.repartition import source_name
+from streams.generations.naming import ingest_group
 from streams.kafka.assignors import IngestAssignor
 from streams.kafka.clients import new_consumer, start_with_retry
 from streams.kafka.undecodable import GuardedConsumer, SkippedBatches, undecodable
@@ -55,10 +56,6 @@ class SourceMessage(NamedTuple):
     offset: int
     value: bytes | None
     timestamp: float | None
-
-
-def ingest_group(settings: Settings) -> str:
-    return f"{settings.app_id}-ingest"
 
 
 def ingest_assignors(settings: Settings) -> tuple[Any, ...]:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from streams.generations.naming import ingest_group
 from streams.kafka import ensure_topics, kafka_client_options
-from streams.pipeline.ingest_consumer import ingest_group
 from streams.settings import Settings
 from streams.tools.worker_process import WorkerProcess
 from tests.helpers import event, read_topics_raw
