@@ -184,6 +184,11 @@ alerts:
 
 def fired_alert(config: CompiledConfig) -> dict[str, Any]:
     """The alert `STALE_CONFIG`'s rule fires on ten attempts of which two reach step b, as JSON."""
+    return firing_evaluator(config)[1].model_dump(mode="json")
+
+
+def firing_evaluator(config: CompiledConfig) -> tuple[Any, Any]:
+    """The evaluator `fired_alert` comes from, with that alert (an `Alert`)."""
     from streams.core.measures.alerts import AlertEvaluator
 
     evaluator = AlertEvaluator(config)
@@ -200,7 +205,7 @@ def fired_alert(config: CompiledConfig) -> dict[str, Any]:
                 }
             )
     [fired] = [a for a in evaluator.advance(1710324000000 + 10 * 60_000) if a.state == "fired"]
-    return fired.model_dump(mode="json")
+    return evaluator, fired
 
 
 def lines_past(end: datetime) -> tuple[list[bytes], list[bytes]]:

@@ -11,7 +11,7 @@ from streams.core.config.model import AlertRule
 from streams.core.measures.alerts import AlertEvaluator, judge
 from streams.offline.run import OfflineRun
 from streams.tools.simulate import Incident, Simulator
-from tests.helpers import STALE_CONFIG, fired_alert, incident_funnels
+from tests.helpers import STALE_CONFIG, fired_alert, firing_evaluator, incident_funnels
 
 RULE = AlertRule(
     funnel="f", step="b", window="1h", baseline="6h", min_entered=20, relative_drop=0.3, drop_below=0.2
@@ -233,23 +233,10 @@ def test_offline_and_a_restarted_worker_resolve_a_changed_rules_incident_with_on
     """Offline mode ends the incidents of a changed definition from its saved evaluator
     (`end_incidents`); a worker from the published alerts (`stale_incidents`). Both resolutions
     are one record to a consumer that deduplicates by id, under the same dedup key."""
-    from streams.core.measures.alerts import AlertEvaluator, stale_incidents
+    from streams.core.measures.alerts import stale_incidents
 
     before = compile_config(parse_config(STALE_CONFIG % "b"))
-    evaluator = AlertEvaluator(before)
-    for n in range(10):
-        for step in (0, 1) if n < 2 else (0,):
-            evaluator.observe(
-                {
-                    "type": "micro",
-                    "kind": "milestone",
-                    "id": f"m{n}-{step}",
-                    "funnel": "f",
-                    "step_index": step,
-                    "timestamp": "2024-03-13T10:01:30+00:00",
-                }
-            )
-    [fired] = [a for a in evaluator.advance(1710324000000 + 10 * 60_000) if a.state == "fired"]
+    evaluator, fired = firing_evaluator(before)
     [offline] = evaluator.end_incidents(0, "definition_changed")
     edited = compile_config(parse_config(STALE_CONFIG % "checkout_b"))
     [worker] = stale_incidents([fired.model_dump(mode="json")], edited)
