@@ -8,7 +8,8 @@ stale code while the `.py` beside it says otherwise. So the build records each c
 SHA-256 (`RECORD`), and `refuse_stale` (run when `streams` is imported, before any of these
 modules) refuses an extension whose `.py` no longer matches, or that no build recorded.
 
-No import from the rest of `streams` here: setup.py reads `MODULES` from this file alone.
+Nothing from the rest of `streams` but its exceptions' base, and that optional: setup.py reads
+`MODULES` from this file alone.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ import hashlib
 import json
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
+
+try:
+    from streams.errors import ConversionsError
+except ImportError:  # setup.py reads this file alone, where the package may not be importable
+    ConversionsError = Exception  # type: ignore[misc,assignment]
 
 MODULES = [
     "streams.core.journeys.journey",
@@ -45,7 +51,7 @@ RECORD = "_compiled.json"
 PACKAGE = Path(__file__).resolve().parent
 
 
-class StaleCompiledModule(ImportError):
+class StaleCompiledModule(ConversionsError, ImportError):
     """A compiled extension sits beside a source it was not built from."""
 
 
