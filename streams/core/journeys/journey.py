@@ -163,10 +163,19 @@ class Journey:
     due: Due | Literal[False] | None = field(default=False, compare=False, repr=False)
     """Not stored: the next deadline (`JourneyMachine._earliest`) as last computed, False when not
     known. Whatever changes the session or the attempts outside `JourneyMachine` calls `changed`."""
+    attempts_due: Due | Literal[False] | None = field(default=False, compare=False, repr=False)
+    """Not stored: the attempts' next deadline alone, False when not known. An event that no
+    funnel can match changes only the session's deadline: this part stays."""
+    settled: JourneyMachine | None = field(default=None, compare=False, repr=False)
+    """Not stored: the machine that settled its attempts (`JourneyMachine._reconcile`): none of
+    them is written under another definition than that machine's, until `changed`."""
 
     def changed(self) -> None:
-        """Forget the cached next deadline (the session, the attempts or `last_ts` changed)."""
+        """Forget the cached next deadline (the session, the attempts or `last_ts` changed) and
+        that the attempts were settled."""
         self.due = False
+        self.attempts_due = False
+        self.settled = None
 
     @property
     def identity(self) -> str:
@@ -401,12 +410,17 @@ class _Plan:
     goals: tuple[tuple[CompiledGoal, Matcher | None], ...]
     micro: tuple[tuple[CompiledMicro, Matcher | None], ...]
     funnels: tuple[tuple[CompiledFunnel, _Steps, _Exclusions], ...]
+    page_view: bool
+    """The name is one of `page_view_events`."""
 
 
 _Steps = tuple[tuple[int, "Matcher | None"], ...]
 """A funnel's steps an event name can match: (index, what is left to test, or None)."""
 _Exclusions = tuple["Matcher | None", ...]
 
+
+_NO_GOALS: list[str] = []
+"""The goals an event reached when its name can reach none (never written to)."""
 
 MAX_PLANS = 4_096
 """Event names whose plan is kept (a stream of random names must not grow the cache)."""
@@ -462,7 +476,7 @@ class JourneyMachine:
             if steps or exclusions:
                 funnels.append((funnel, steps, exclusions))
         micro = tuple((m, _rest(m.matcher)) for m in config.micro if _may_match(m.matcher, name, reach))
-        plan = _Plan(goals, micro, tuple(funnels))
+        plan = _Plan(goals, micro, tuple(funnels), name in config.page_view_events)
         if len(self._plans) < MAX_PLANS:
             self._plans[name] = plan
         return plan
@@ -473,25 +487,32 @@ class JourneyMachine:
         """The earliest event time at which `advance` would change this journey."""
         due = journey.due
         if due is False:
-            due = journey.due = self._earliest(journey)
+            due = journey.due = self._next_due(journey)
         return None if due is None else due[0]
 
     def advance(self, journey: Journey, now: int) -> Outputs:
         """Fire every deadline strictly before `now`, earliest first.
 
         The next deadline is computed once per change of the journey (`Journey.due`), not once
-        per call: most calls find nothing due and change nothing."""
+        per call: most calls find nothing due and change nothing. The attempts are settled
+        (`_reconcile`) once per machine, not once per call (`Journey.settled`)."""
         out: Outputs = []
         attempts = journey.attempts
         if attempts:
-            if self._reconcile(journey, out):
-                journey.due = False
-        elif journey.versions:
-            journey.versions = []
+            if journey.settled is not self:
+                if self._reconcile(journey, out):
+                    journey.due = journey.attempts_due = False
+                journey.settled = self
+            elif len(journey.versions) > len(attempts):
+                _compact_versions(journey)
+        else:
+            if journey.versions:
+                journey.versions = []
+            journey.settled = self  # no attempt to settle: those opened next are this machine's
         while True:
             due = journey.due
             if due is False:
-                due = journey.due = self._earliest(journey)
+                due = journey.due = self._next_due(journey)
             if due is None or due[0] >= now:
                 return out
             journey.due = False  # whatever fires changes the journey
@@ -508,8 +529,40 @@ class JourneyMachine:
             else:
                 self._stall(journey, funnel, attempts[key], at, out)
 
+    def _next_due(self, journey: Journey) -> Due | None:
+        """`_earliest`, with the attempts' part kept (`Journey.attempts_due`) once they are
+        settled: an event no funnel can match recomputes only the session's deadline."""
+        if journey.settled is not self:
+            return self._earliest(journey)
+        due = journey.attempts_due
+        if due is False:
+            due = journey.attempts_due = self._attempts_earliest(journey)
+        session = journey.session
+        if session is None:
+            return due
+        closing: Due = (session.last + self.config.session_timeout, _SESSION_DUE, "", None)
+        return closing if due is None or closing < due else due
+
+    def _attempts_earliest(self, journey: Journey) -> Due | None:
+        """The settled attempts' next deadline (`_earliest` without the session's)."""
+        earliest: Due | None = None
+        funnels = self.config.funnels_by_name
+        for key, attempt in journey.attempts.items():
+            funnel = funnels.get(key) or funnels[funnel_of(key)]
+            end = attempt_end(funnel, attempt)
+            if end is not None:
+                due: Due = (end[0], _DROP_DUE, key, end[1])
+                if earliest is None or due < earliest:
+                    earliest = due
+            if funnel.stalled_after is not None and not attempt.stalled:
+                due = (attempt.last + funnel.stalled_after, _STALL_DUE, key, None)
+                if earliest is None or due < earliest:
+                    earliest = due
+        return earliest
+
     def _earliest(self, journey: Journey) -> Due | None:
-        """The journey's next deadline, as plain values (no closures to build and discard)."""
+        """The journey's next deadline computed afresh, as plain values (no closures to build and
+        discard): the reference `_next_due` keeps parts of."""
         earliest: Due | None = None
         session = journey.session
         if session is not None:
@@ -653,17 +706,25 @@ class JourneyMachine:
         fingerprint = short_hash(event.event_id)
         if fingerprint in journey.seen:
             return journey, []
-        if journey.last_ts - event.ts_ms > self.config.late_tolerance:
+        ts, last_ts = event.ts_ms, journey.last_ts
+        if last_ts - ts > self.config.late_tolerance:
             return journey, [self._late(journey, event)]
-        self._remember(journey, fingerprint, event.ts_ms)
+        self._remember(journey, fingerprint, ts)
 
-        now = max(event.ts_ms, journey.last_ts)
-        if now > journey.last_ts and journey.ties:
-            journey.ties = {}
+        if ts > last_ts:
+            now = ts
+            if journey.ties:
+                journey.ties = {}
+        else:
+            now = last_ts
         out = self.advance(journey, now)
         journey.due = False  # the event changes the session at least
+        name = event.event
+        plan = self._plans.get(name) or self._plan(name)
+        if plan.funnels:
+            journey.attempts_due = False  # and the attempts, when a funnel can take it
         session = self._session_for(journey, event, now, out)
-        if event.event in self.config.page_view_events:
+        if plan.page_view:
             session.page_views += 1
             journey.page_views += 1
         if session.landing is None and event.page is not None:
@@ -672,7 +733,10 @@ class JourneyMachine:
         session.last = now
         journey.last_ts = now
 
-        plan = self._plan(event.event)
+        if not plan.goals and not plan.micro:
+            for funnel, steps, exclusions in plan.funnels:
+                self._step_funnel(journey, funnel, event, now, _NO_GOALS, out, steps, exclusions)
+            return journey, out
         goals_hit = [g for g, rest in plan.goals if rest is None or rest.matches(event)]
         goal_names = [g.name for g in goals_hit]
         micros = [m for m, rest in plan.micro if rest is None or rest.matches(event, goal_names)]
@@ -1003,6 +1067,7 @@ class JourneyMachine:
         """End the journey's attempt at `funnel` (the one under `key`, with `hold`) with a drop-off."""
         key = funnel.name if key is None else key
         attempt = journey.attempts.pop(key)
+        journey.attempts_due = False
         journey.ties.pop(tie_key(funnel.version, key), None)
         out.append(
             build(
@@ -1018,6 +1083,7 @@ class JourneyMachine:
         self, journey: Journey, funnel: CompiledFunnel, attempt: Attempt, at: int, out: Outputs
     ) -> None:
         attempt.stalled = True
+        journey.attempts_due = False
         out.append(
             build(
                 Stalled,
