@@ -12,6 +12,9 @@ from streams.core.config.versions import Definition, definition
 from streams.core.input.channel import DEFAULT_UNWANTED_REFERRALS
 from streams.core.input.event import ClickEvent, url_path
 
+MAX_KNOWN_URLS = 4_096
+"""Page URLs whose `url` test result a matcher keeps (a site has few; random ones must not grow it)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Matcher:
@@ -19,6 +22,9 @@ class Matcher:
     url: Glob | None
     goal: str | None
     fields: tuple[tuple[tuple[str, ...], Any], ...]
+    known_urls: dict[str | None, bool] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    """Not configuration: per page URL seen, whether its path passes `url` (the glob walks the
+    path character by character, and most traffic repeats a few pages)."""
 
     @classmethod
     def compile(cls, match: Match) -> Matcher:
@@ -38,8 +44,16 @@ class Matcher:
         if self.goal is not None and self.goal not in goals_hit:
             return False
         if self.url is not None:
-            path = url_path(event.page.url if event.page is not None else None)
-            if path is None or not self.url.matches(path):
+            url = event.page.url if event.page is not None else None
+            known = self.known_urls
+            passes = known.get(url)
+            if passes is None:
+                path = url_path(url)
+                passes = path is not None and self.url.matches(path)
+                if len(known) >= MAX_KNOWN_URLS:
+                    known.clear()
+                known[url] = passes
+            if not passes:
                 return False
         return all(event.lookup(path) == value for path, value in self.fields)
 

@@ -22,7 +22,7 @@ import orjson
 from streams.core.config.durations import format_duration_ms
 from streams.core.config.matching import CompiledConfig, CompiledFunnel, CompiledGoal, CompiledMicro, Matcher
 from streams.core.config.versions import Definition, continues, shared_steps
-from streams.core.input.channel import classify_traffic
+from streams.core.input.channel import Traffic, classify_traffic
 from streams.core.input.event import ClickEvent, from_epoch_ms, url_path
 from streams.core.records.ids import output_id, short_hash
 from streams.core.records.outputs import (
@@ -386,18 +386,6 @@ def _compact_versions(journey: Journey) -> None:
             attempt.version = remap[attempt.version]
 
 
-def previous_step_at(funnel: CompiledFunnel, attempt: Attempt, index: int) -> int | None:
-    """When the attempt reached the step before `index` (the step-to-step time of issue 18's
-    projections): with best chains, the last step of the chain at that step; otherwise the
-    attempt's latest progress before this one. None for the first step or when unknown."""
-    if index == 0:
-        return None
-    if funnel.best_chain:
-        chain = chain_slots(attempt, funnel)[index - 1]
-        return chain[1] if chain is not None else None
-    return attempt.last
-
-
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """What an event name can match: the goals and micro actions, and per funnel the steps and
@@ -409,7 +397,10 @@ class _Plan:
 
     goals: tuple[tuple[CompiledGoal, Matcher | None], ...]
     micro: tuple[tuple[CompiledMicro, Matcher | None], ...]
-    funnels: tuple[tuple[CompiledFunnel, _Steps, _Exclusions], ...]
+    funnels: tuple[tuple[CompiledFunnel, _Steps, _Exclusions, list[int] | None], ...]
+    """Per funnel, the steps and exclusions, and the step indexes when the name settles every
+    step (each one's `rest` None): those are the steps matched, with nothing to test (never
+    written to)."""
     page_view: bool
     """The name is one of `page_view_events`."""
 
@@ -448,6 +439,11 @@ class JourneyMachine:
     def __init__(self, config: CompiledConfig, known: Iterable[Definition] = ()) -> None:
         self.config = config
         self._plans: dict[str, _Plan] = {}
+        self._ties = {f.name: tie_key(f.version, f.name) for f in config.funnels}
+        """Per funnel, the tie key of its attempt without `hold` (the one most events reach)."""
+        self._session_scoped = any(f.scope == "session" for f in config.funnels)
+        self._traffic: dict[tuple[str | None, ...], Traffic] = {}
+        """A new session's traffic by what `classify_traffic` reads (bounded by `MAX_PLANS`)."""
         self.known: dict[str, Definition] = {}
         """Definitions of funnel versions state may have been written under, by version."""
         self.remember([f.definition for f in config.funnels if f.definition is not None])
@@ -473,8 +469,9 @@ class JourneyMachine:
                 if _may_match(step.matcher, name, reach)
             )
             exclusions = tuple(_rest(m) for m in funnel.exclusions if _may_match(m, name, reach))
+            plain = [i for i, rest in steps] if all(rest is None for _, rest in steps) else None
             if steps or exclusions:
-                funnels.append((funnel, steps, exclusions))
+                funnels.append((funnel, steps, exclusions, plain))
         micro = tuple((m, _rest(m.matcher)) for m in config.micro if _may_match(m.matcher, name, reach))
         plan = _Plan(goals, micro, tuple(funnels), name in config.page_view_events)
         if len(self._plans) < MAX_PLANS:
@@ -734,8 +731,8 @@ class JourneyMachine:
         journey.last_ts = now
 
         if not plan.goals and not plan.micro:
-            for funnel, steps, exclusions in plan.funnels:
-                self._step_funnel(journey, funnel, event, now, _NO_GOALS, out, steps, exclusions)
+            for funnel, steps, exclusions, plain in plan.funnels:
+                self._step_funnel(journey, funnel, event, now, _NO_GOALS, out, steps, exclusions, plain)
             return journey, out
         goals_hit = [g for g, rest in plan.goals if rest is None or rest.matches(event)]
         goal_names = [g.name for g in goals_hit]
@@ -744,8 +741,8 @@ class JourneyMachine:
         for micro in micros:
             self._record_micro(journey, session, micro.name)
             out.append(self._micro(journey, event, session, micro.name, dimensions))
-        for funnel, steps, exclusions in plan.funnels:
-            self._step_funnel(journey, funnel, event, now, goal_names, out, steps, exclusions)
+        for funnel, steps, exclusions, plain in plan.funnels:
+            self._step_funnel(journey, funnel, event, now, goal_names, out, steps, exclusions, plain)
         for goal in goals_hit:
             out.append(self._macro(journey, event, session, goal.name, goal.value_path, dimensions))
             session.goals.append(goal.name)
@@ -771,16 +768,28 @@ class JourneyMachine:
         session whatever it carries: reopening the past would depend on arrival order.
         """
         current = journey.session
-        campaign = list(event.campaign.key()) if event.campaign is not None else None
+        given = event.campaign
+        campaign = list(given.key()) if given is not None else None
         if current is not None:
             same_id = event.session_id is None or event.session_id == current.id
             same_campaign = campaign is None or campaign == current.campaign
             if (same_id and same_campaign) or event.ts_ms < journey.last_ts:
                 return current
             self._close_session(journey, now, out)
-        page_url = event.page.url if event.page is not None else None
-        referrer = event.page.referrer if event.page is not None else None
-        traffic = classify_traffic(event.campaign, referrer, page_url, self.config.unwanted_referrals)
+        page = event.page
+        page_url = page.url if page is not None else None
+        referrer = page.referrer if page is not None else None
+        if given is not None:
+            seen: tuple[str | None, ...] = (referrer, page_url, given.source, given.medium)
+            seen += (given.name, given.term)
+        else:
+            seen = (referrer, page_url)
+        traffic = self._traffic.get(seen)
+        if traffic is None:
+            traffic = classify_traffic(given, referrer, page_url, self.config.unwanted_referrals)
+            if len(self._traffic) >= MAX_PLANS:
+                self._traffic.clear()
+            self._traffic[seen] = traffic
         channel = traffic.channel
         landing = url_path(page_url)
         journey.sequence += 1
@@ -801,11 +810,13 @@ class JourneyMachine:
         session = journey.session
         if session is None:
             return
-        for key in [k for k, a in journey.attempts.items() if a.session_id == session.id]:
-            funnel = self.config.funnels_by_name[funnel_of(key)]
-            if funnel.scope == "session":
-                self.drop(journey, funnel, "session_ended", at, out, key)
+        if self._session_scoped and journey.attempts:
+            for key in [k for k, a in journey.attempts.items() if a.session_id == session.id]:
+                funnel = self.config.funnels_by_name[funnel_of(key)]
+                if funnel.scope == "session":
+                    self.drop(journey, funnel, "session_ended", at, out, key)
         campaign = session.campaign
+        ended = from_epoch_ms(session.last)
         out.append(
             build(
                 SessionSummary,
@@ -813,9 +824,9 @@ class JourneyMachine:
                 user_id=journey.user_id,
                 anonymous_id=journey.anonymous_id,
                 session_id=session.id,
-                timestamp=from_epoch_ms(session.last),
+                timestamp=ended,
                 started_at=from_epoch_ms(session.start),
-                ended_at=from_epoch_ms(session.last),
+                ended_at=ended,
                 duration_ms=session.last - session.start,
                 landing_page=session.landing,
                 channel=session.channel,
@@ -853,8 +864,10 @@ class JourneyMachine:
         out: Outputs,
         steps: _Steps,
         exclusions: _Exclusions,
+        plain: list[int] | None = None,
     ) -> None:
-        """`steps` and `exclusions`: those the event's name can match (`_plan`)."""
+        """`steps` and `exclusions`: those the event's name can match (`_plan`); `plain`: the
+        steps' indexes when its name is all they test."""
         held = held_values(funnel, event) if funnel.hold else None
         if exclusions and any(m is None or m.matches(event, goal_names) for m in exclusions):
             # an exclusion ends the attempt of its held value; one without the value ends them all
@@ -867,13 +880,16 @@ class JourneyMachine:
                 self.drop(journey, funnel, "excluded", now, out, key)
             if ended:
                 return
-        matched = [i for i, rest in steps if rest is None or rest.matches(event, goal_names)]
+        if plain is not None:
+            matched = plain
+        else:
+            matched = [i for i, rest in steps if rest is None or rest.matches(event, goal_names)]
         if not matched or (funnel.hold and held is None):
             return
-        key = attempt_key(funnel, held)
+        key = attempt_key(funnel, held) if held is not None else funnel.name
         earlier = 0
         if funnel.best_chain and funnel.order == "sequential":
-            tie = tie_key(funnel.version, key)
+            tie = tie_key(funnel.version, key) if held is not None else self._ties[key]
             earlier = journey.ties.get(tie, 0)
             mine = 0
             for i in matched:  # distinct steps: their bits, step 1's left out (never re-ordered)
@@ -889,22 +905,24 @@ class JourneyMachine:
                 return
             attempt = self._open(journey, funnel, key, event, now, out)
             if not funnel.best_chain:
-                self._reach(journey, funnel, key, attempt, first, event, now, out)
+                previous_at = attempt.last if first else None
+                self._reach(journey, funnel, key, attempt, first, event, now, out, previous_at)
                 return
         if funnel.best_chain:
             self._extend_chains(journey, funnel, key, attempt, matched, earlier, fresh, event, now, out)
         elif funnel.order == "any":
             todo = [i for i in matched if not attempt.done_mask >> i & 1]
             if todo:
-                self._reach(journey, funnel, key, attempt, todo[0], event, now, out)
+                index, previous_at = todo[0], attempt.last if todo[0] else None
+                self._reach(journey, funnel, key, attempt, index, event, now, out, previous_at)
         else:  # entry: first, one chain from the attempt's first step-1 event
             expected = attempt.reached + 1
             if expected in matched:
-                self._reach(journey, funnel, key, attempt, expected, event, now, out)
+                self._reach(journey, funnel, key, attempt, expected, event, now, out, attempt.last)
             elif funnel.order == "strict" and any(i != attempt.reached for i in matched):
                 self.drop(journey, funnel, "out_of_order", now, out, key)
                 if 0 in matched:
-                    self._step_funnel(journey, funnel, event, now, goal_names, out, steps, exclusions)
+                    self._step_funnel(journey, funnel, event, now, goal_names, out, steps, exclusions, plain)
 
     def _open(
         self, journey: Journey, funnel: CompiledFunnel, key: str, event: ClickEvent, now: int, out: Outputs
@@ -997,7 +1015,8 @@ class JourneyMachine:
         store_chain_slots(attempt, after)
         for k in range(top + 1):
             if not attempt.done_mask >> k & 1:
-                self._reach(journey, funnel, key, attempt, k, event, now, out)
+                below = after[k - 1] if k else None
+                self._reach(journey, funnel, key, attempt, k, event, now, out, below[1] if below else None)
         if top < size and after.count(None) == size:
             self.drop(journey, funnel, "out_of_order", now, out, key)  # strict: every chain broken
 
@@ -1011,8 +1030,12 @@ class JourneyMachine:
         event: ClickEvent,
         now: int,
         out: Outputs,
+        previous_at: int | None,
     ) -> None:
-        previous_at = previous_step_at(funnel, attempt, index)
+        """`previous_at`: when the attempt reached the step before `index` (the step-to-step time
+        of issue 18's projections), which the caller knows: with best chains, the last step of
+        the chain at that step; otherwise the attempt's latest progress before this one. None for
+        the first step or when unknown."""
         attempt.done_mask |= 1 << index
         attempt.reached = max(attempt.reached, index)
         attempt.last = now

@@ -197,16 +197,16 @@ def test_every_observe_fires_what_firing_everything_due_fires_at_that_call() -> 
 def test_an_event_names_plan_keeps_only_what_its_name_leaves_open() -> None:
     machine = Engine(DEFAULT, {}, 1).machine
     plan = machine._plan("page_view")  # onboarding's pricing_page: page_view on /pricing*
-    [(funnel, steps, exclusions)] = plan.funnels
-    assert funnel.name == "onboarding" and exclusions == ()
+    [(funnel, steps, exclusions, plain)] = plan.funnels
+    assert funnel.name == "onboarding" and exclusions == () and plain is None  # the url to test
     [(index, rest)] = steps
     assert index == 0 and rest is not None and rest.events is None and rest.url is not None
     product = machine._plan("product_view")  # checkout's first step: the name is all it asks
-    assert [(f.name, s) for f, s, _ in product.funnels] == [("checkout", ((0, None),))]
+    assert [(f.name, s, p) for f, s, _, p in product.funnels] == [("checkout", ((0, None),), [0])]
     purchase = machine._plan("purchase")  # the goal, then the steps that need it
     assert [(g.name, rest) for g, rest in purchase.goals] == [("purchase", None)]
-    [(_, [(index, needs_goal)], _)] = purchase.funnels
-    assert index == 4 and needs_goal is not None
+    [(_, [(index, needs_goal)], _, plain)] = purchase.funnels
+    assert index == 4 and needs_goal is not None and plain is None
     assert needs_goal.goal == "purchase" and needs_goal.events is None
-    assert machine._plan("refund").funnels[0][2] == (None,)  # checkout's exclusion, by name alone
+    assert machine._plan("refund").funnels[0][2:] == ((None,), [])  # checkout's exclusion alone
     assert machine._plan("no_such_event").funnels == ()
