@@ -301,16 +301,6 @@ def store_chain_slots(attempt: Attempt, slots: list[Chain | None]) -> None:
     attempt.chains = flat
 
 
-def extends(funnel: CompiledFunnel, step: int, chain: Chain, now: int) -> bool:
-    """Whether an event of `step` at `now` extends a chain that reached the step before
-    (both bounds inclusive, as windowFunnel's `timestamp <= first_timestamp + window`)."""
-    start, last = chain
-    within = funnel.steps[step].within
-    return (funnel.window is None or now <= start + funnel.window) and (
-        within is None or now <= last + within
-    )
-
-
 def chain_end(funnel: CompiledFunnel, index: int, chain: Chain) -> tuple[int, DropoffReason] | None:
     """The last moment a chain at step `index` can still extend, and why it cannot after it."""
     start, last = chain
@@ -442,6 +432,8 @@ class JourneyMachine:
         self._ties = {f.name: tie_key(f.version, f.name) for f in config.funnels}
         """Per funnel, the tie key of its attempt without `hold` (the one most events reach)."""
         self._session_scoped = any(f.scope == "session" for f in config.funnels)
+        self._split: dict[str, tuple[str, ...]] = {}
+        """Breakdown paths, split (the configuration's: a few)."""
         self._traffic: dict[tuple[str | None, ...], Traffic] = {}
         """A new session's traffic by what `classify_traffic` reads (bounded by `MAX_PLANS`)."""
         self.known: dict[str, Definition] = {}
@@ -973,34 +965,39 @@ class JourneyMachine:
         before: list[Chain | None] = [None] * size if fresh else chain_slots(attempt, funnel)
         strict = funnel.order == "strict"
         after: list[Chain | None] = [None] * size if strict else list(before)
-        extended = [False] * (size + 1)
-        for k in sorted(matched, reverse=True):
-            previous = before[k - 1] if k else None
+        extended = 0  # a bit per step some chain reached with this event
+        window, steps = funnel.window, funnel.steps
+        for k in matched if len(matched) == 1 else sorted(matched, reverse=True):
             if k == 0:
                 chain = (now, now)
-            elif previous is not None and extends(funnel, k, previous, now):
-                chain = (previous[0], now)
             else:
-                if strict and k < size and before[k] is not None:
-                    after[k] = before[k]  # a repeat of a chain's last step keeps the chain
-                continue
-            extended[k] = True
+                previous = before[k - 1]
+                # the event extends the chain when within `window` of its start and the step's
+                # `within` of its last step (both inclusive, as windowFunnel's)
+                within = steps[k].within
+                if (
+                    previous is None
+                    or (window is not None and now > previous[0] + window)
+                    or (within is not None and now > previous[1] + within)
+                ):
+                    if strict and k < size and before[k] is not None:
+                        after[k] = before[k]  # a repeat of a chain's last step keeps the chain
+                    continue
+                chain = (previous[0], now)
+            extended |= 1 << k
             if k < size:
                 after[k] = chain
         if earlier:
             for k in range(1, size + 1):
                 below = after[k - 1]
-                if earlier >> k & 1 and extended[k - 1] and below is not None:
-                    extended[k] = True
+                if earlier >> k & 1 and extended >> (k - 1) & 1 and below is not None:
+                    extended |= 1 << k
                     if k < size:
                         after[k] = (below[0], now)
-        top = size
-        while top >= 0 and not extended[top]:
-            top -= 1
+        top = extended.bit_length() - 1  # the furthest step reached, -1 for none
         if top >= 0:
             attempt.last = now
             attempt.stalled = False
-        window, steps = funnel.window, funnel.steps
         for k, kept in enumerate(after):  # a chain that can no longer extend is forgotten
             if kept is None:
                 continue
@@ -1211,9 +1208,11 @@ class JourneyMachine:
             audience=session.audience,
         )
 
-    @staticmethod
-    def _breakdowns(paths: tuple[str, ...], event: ClickEvent, session: Session) -> dict[str, str | None]:
+    def _breakdowns(
+        self, paths: tuple[str, ...], event: ClickEvent, session: Session
+    ) -> dict[str, str | None]:
         values: dict[str, str | None] = {}
+        split = self._split
         for path in paths:
             if path == "landing_page":
                 value: Any = session.landing
@@ -1224,7 +1223,10 @@ class JourneyMachine:
             elif path.startswith("audience.") and session.audience is not None:
                 value = session.audience.get(path[9:])
             else:
-                value = event.lookup(tuple(path.split(".")))
+                parts = split.get(path)
+                if parts is None:
+                    parts = split[path] = tuple(path.split("."))  # the configuration's paths
+                value = event.lookup(parts)
             values[path] = None if value is None else str(value)[:MAX_BREAKDOWN_VALUE]
         return values
 
