@@ -35,7 +35,7 @@ from typing import Any
 from streams.core.measures.counters import COHORT_LEVELS, Increments, Item, Op, resolution_labels
 from streams.counters.tally import Tallied
 
-_Slot = tuple[list[str], dict[str, int], dict[str, Decimal], dict[str, None]]
+Slot = tuple[list[str], dict[str, int], dict[str, Decimal], dict[str, None]]
 """The folded items of one key prefix and finest bucket: the fields incremented by one (each
 time, counted when stamped: `collections`' C counter), other sums, decimal sums, members."""
 
@@ -43,7 +43,7 @@ time, counted when stamped: `collections`' C counter), other sums, decimal sums,
 class BatchIncrements:
     """The increments of a batch, folded per key and field (see the module docstring)."""
 
-    __slots__ = ("_stamped", "_unstamped", "floats", "ints", "lists", "maxima", "members")
+    __slots__ = ("_stamped", "floats", "ints", "lists", "maxima", "members", "slots")
 
     def __init__(self) -> None:
         self.ints: dict[str, dict[str, int]] = {}
@@ -53,7 +53,7 @@ class BatchIncrements:
         self.lists: dict[str, list[tuple[int, list[str]]]] = {}
         # (key prefix, finest bucket start, bucket size, resolutions) -> its folded items, not
         # yet stamped (resolutions: how many, from the finest; 0 for all)
-        self._unstamped: dict[tuple[str, int, int, int], _Slot] = {}
+        self.slots: dict[tuple[str, int, int, int], Slot] = {}
         self._stamped = True
 
     def add(self, ops: Iterable[Op]) -> None:
@@ -96,12 +96,12 @@ class BatchIncrements:
             runs.append((cap, []))
         runs[-1][1].append(entry)
 
-    def slot(self, prefix: str, at: int, size: int, levels: int) -> _Slot:
+    def slot(self, prefix: str, at: int, size: int, levels: int) -> Slot:
         """The folded items of `prefix` at the finest bucket starting at `at` (`size` ms), kept at
         the first `levels` resolutions (0: all), to add to; stamped by `wire`."""
-        slot = self._unstamped.get((prefix, at, size, levels))
+        slot = self.slots.get((prefix, at, size, levels))
         if slot is None:
-            slot = self._unstamped[(prefix, at, size, levels)] = ([], {}, {}, {})
+            slot = self.slots[(prefix, at, size, levels)] = ([], {}, {}, {})
         return slot
 
     def add_increments(self, planned: Increments) -> None:
@@ -135,7 +135,7 @@ class BatchIncrements:
         """Stamp the folded groups with each resolution's bucket and fold them in."""
         if self._stamped:
             return
-        for (prefix, at, size, levels), (ones, ints, floats, members) in self._unstamped.items():
+        for (prefix, at, size, levels), (ones, ints, floats, members) in self.slots.items():
             labels = resolution_labels(size)
             for resolution, label in labels[:levels] if levels else labels:
                 key = f"{prefix}{label}{at // resolution * resolution}"
@@ -154,7 +154,7 @@ class BatchIncrements:
                         sums[name] = sums.get(name, Decimal(0)) + value
                 if members:
                     self.members.setdefault(key, {}).update(members)
-        self._unstamped = {}
+        self.slots = {}
         self._stamped = True
 
     def wire(self) -> dict[str, Any]:

@@ -18,22 +18,22 @@ in-memory store and a refold after a redelivery read it like any other message's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from streams.core.config.matching import CompiledConfig
-from streams.core.measures.cardinality import DAY_MS, KEPT_DAYS, ValueCap
+from streams.core.measures.cardinality import DAY_MS, KEPT_DAYS, OTHER, ValueCap
 from streams.core.measures.counters import (
     AUDIENCE_DIMS,
     COHORT_LEVELS,
     COUNTED_TYPES,
     RECENT_MACROS,
     Op,
+    _ms,
     decision_bucket,
-    epoch_ms,
     increments_of,
     recent_entry,
     time_to_convert_bucket,
@@ -41,7 +41,7 @@ from streams.core.measures.counters import (
 )
 
 if TYPE_CHECKING:
-    from streams.counters.batch import BatchIncrements
+    from streams.counters.batch import BatchIncrements, Slot
 
 _AUDIENCE_NAMES = tuple(dim.split(".", 1)[1] for dim in AUDIENCE_DIMS)
 
@@ -49,17 +49,18 @@ _AUDIENCE_NAMES = tuple(dim.split(".", 1)[1] for dim in AUDIENCE_DIMS)
 class CapMemo:
     """`ValueCap.admit`'s answers remembered per day: a value admitted stays admitted and a value
     refused stays refused while its day is kept, so only a value new that day reaches the cap.
-    Days are forgotten as the cap forgets them (all but the latest `KEPT_DAYS`, when a new day
-    comes), so its state moves exactly as if every value had been offered to it."""
+    Values are remembered by their text, as the cap tells them apart. Days are forgotten as the
+    cap forgets them (all but the latest `KEPT_DAYS`, when a new one comes; this sees every day
+    the cap sees, so a day remembered here is one the cap still keeps)."""
 
     __slots__ = ("cap", "days")
 
     def __init__(self, cap: ValueCap) -> None:
         self.cap = cap
-        self.days: dict[int, dict[tuple[str, Any], Any]] = {}
+        self.days: dict[int, dict[tuple[str, str], bool]] = {}
 
-    def day(self, day: int) -> dict[tuple[str, Any], Any]:
-        """The remembered answers of `day`: (dimension, value) -> what `admit` answered."""
+    def day(self, day: int) -> dict[tuple[str, str], bool]:
+        """The remembered answers of `day`: (dimension, value's text) -> admitted."""
         known = self.days.get(day)
         if known is None:
             known = self.days[day] = {}
@@ -67,16 +68,15 @@ class CapMemo:
                 del self.days[old]
         return known
 
-    def admit(self, known: dict[tuple[str, Any], Any], day: int, dim: str, value: Any) -> Any:
+    def admit(self, known: dict[tuple[str, str], bool], day: int, dim: str, value: Any) -> Any:
+        """`ValueCap.admit(day, dim, value)`; `known` is `day(day)`."""
         if value is None:
             return None
-        try:
-            return known[(dim, value)]
-        except KeyError:
-            answer = known[(dim, value)] = self.cap.admit(day, dim, value)
-            return answer
-        except TypeError:  # an unhashable value: as the cap says, each time
-            return self.cap.admit(day, dim, value)
+        text = value if type(value) is str else str(value)
+        admitted = known.get((dim, text))
+        if admitted is None:
+            admitted = known[(dim, text)] = self.cap.admit(day, dim, value) is value
+        return value if admitted else OTHER
 
 
 class Tallier:
@@ -98,58 +98,64 @@ class Tallier:
 
     def decode(self, value: bytes) -> tuple[str, Tallied | None]:
         """An output message's id and its increments (None for a type not counted)."""
-        return self.tally(orjson.loads(value))
+        return self._tally(orjson.loads(value))
 
-    def tally(self, output: dict[str, Any]) -> tuple[str, Tallied | None]:
+    def tally(self, output: Mapping[str, Any]) -> tuple[str, Tallied | None]:
         """As `decode`, of an output decoded (not changed here)."""
+        return self._tally(dict(output))
+
+    def _tally(self, output: dict[str, Any]) -> tuple[str, Tallied | None]:
+        """`tally`, changing `output` (pseudonymized and capped in place)."""
         output_id = str(output.get("id", ""))
         kind = output.get("type")
         if kind not in COUNTED_TYPES:
             return output_id, None
         if self.pseudonym is not None:
             identity = output.get("user_id") or output.get("anonymous_id")
-            output = {
-                **output,
-                "user_id": self.pseudonym(identity) if identity else None,
-                "anonymous_id": None,
-            }
-        at = epoch_ms(output["timestamp"])
+            output["user_id"] = self.pseudonym(identity) if identity else None
+            output["anonymous_id"] = None
+        at = _ms(output["timestamp"])
         if self.memo is not None:
-            output = self._capped(output, at)
+            self._cap(output, at)
         return output_id, Tallied(self, output, at)
 
-    def _capped(self, output: dict[str, Any], at: int) -> dict[str, Any]:
-        """`cardinality.capped_output`, the answers remembered (`CapMemo`)."""
+    def _cap(self, output: dict[str, Any], at: int) -> None:
+        """`cardinality.capped_output`, in place, the answers remembered (`CapMemo`)."""
         memo = self.memo
         assert memo is not None
         day = at // DAY_MS
         known = memo.day(day)
         admit = memo.admit
-        out = dict(output)
-        breakdowns = output.get("breakdowns")
+        get = output.get
+        breakdowns = get("breakdowns")
         if breakdowns:
-            out["breakdowns"] = {dim: admit(known, day, dim, value) for dim, value in breakdowns.items()}
-        channel = output.get("channel")
+            output["breakdowns"] = {dim: admit(known, day, dim, value) for dim, value in breakdowns.items()}
+        channel = get("channel")
         if channel is not None:
-            out["channel"] = admit(known, day, "channel", channel)
-        landing = output.get("landing_page")
+            output["channel"] = admit(known, day, "channel", channel)
+        landing = get("landing_page")
         if landing is not None:
-            out["landing_page"] = admit(known, day, "landing_page", landing)
-        audience = output.get("audience")
+            output["landing_page"] = admit(known, day, "landing_page", landing)
+        audience = get("audience")
         if audience:
-            out["audience"] = {
+            output["audience"] = {
                 name: admit(known, day, f"audience.{name}", value) for name, value in audience.items()
             }
-        return out
 
 
 def _suffixes(values: dict[str, Any], dims: Any) -> list[str]:
     return [f"|{dim}={'' if (value := values.get(dim)) is None else value}" for dim in dims]
 
 
-def _add(ints: dict[str, int], names: list[str], amount: int) -> None:
-    for name in names:
-        ints[name] = ints.get(name, 0) + amount
+def _add(slot: Slot, names: list[str], amount: int) -> None:
+    """`amount` to each of `names` in `slot`: a small positive amount as that many increments by
+    one (counted in C when stamped), others summed here."""
+    if 0 < amount <= 4:
+        slot[0].extend(names * amount)
+    else:
+        ints = slot[1]
+        for name in names:
+            ints[name] = ints.get(name, 0) + amount
 
 
 class Tallied:
@@ -174,14 +180,14 @@ class Tallied:
         kind = get("type")
         size = self.tallier.bucket_ms
         bucket = at - at % size
-        slot = batch.slot
+        slots = batch.slots
         # the head: keys without a bucket
         maxima = batch.maxima
         meta = maxima.get("meta")
         if meta is None:
             meta = maxima["meta"] = {}
         held = meta.get("latest")
-        if held is None or at > float(held):
+        if held is None or at > (held if type(held) is int else float(held)):
             meta["latest"] = at
         version = get("funnel_version")
         if version and kind != "session":
@@ -190,14 +196,15 @@ class Tallied:
                 versions = maxima["fv"] = {}
             name = f"{output['funnel']}@{version}"
             held = versions.get(name)
-            if held is None or at > float(held):
+            if held is None or at > (held if type(held) is int else float(held)):
                 versions[name] = at
         if kind == "micro":
-            ones = slot("g:", bucket, size, 0)[0]
-            ones.append("mi")
+            key: tuple[str, int, int, int] = ("g:", bucket, size, 0)
+            slot = slots.get(key) or slots.setdefault(key, ([], {}, {}, {}))
             if get("kind") == "secondary":
-                ones.append(f"m:{output['name']}")
+                slot[0].extend(("mi", f"m:{output['name']}"))
                 return
+            slot[0].append("mi")
             dims = self._dims()
             if dims is None:
                 return
@@ -205,35 +212,47 @@ class Tallied:
             name = f"{funnel}@{version}" if version else str(funnel)
             k = int(output["step_index"])
             entered = f"e:{k}"
-            ones = slot(f"f:{name}:", bucket, size, 0)[0]
-            ones.append(entered)
+            key = (f"f:{name}:", bucket, size, 0)
+            slot = slots.get(key) or slots.setdefault(key, ([], {}, {}, {}))
             breakdowns = get("breakdowns") or {}
-            ones += [f"{entered}|{dim}={'' if (v := breakdowns.get(dim)) is None else v}" for dim in dims]
-            slot(f"u:{name}:{k}:", bucket, size, 0)[3][get("user_id") or get("anonymous_id") or ""] = None
+            slot[0].extend(
+                [
+                    entered,
+                    *[f"{entered}|{dim}={'' if (v := breakdowns.get(dim)) is None else v}" for dim in dims],
+                ]
+            )
+            key = (f"u:{name}:{k}:", bucket, size, 0)
+            slot = slots.get(key) or slots.setdefault(key, ([], {}, {}, {}))
+            slot[3][get("user_id") or get("anonymous_id") or ""] = None
             milestone = get("kind") == "milestone"
             started_at = get("started_at")
-            started = None if started_at is None or not (k > 0 or milestone) else epoch_ms(started_at)
+            started = None if started_at is None or not (k > 0 or milestone) else _ms(started_at)
             previous_at = get("previous_at")
-            previous = None if previous_at is None or k == 0 else epoch_ms(previous_at)
+            previous = None if previous_at is None or k == 0 else _ms(previous_at)
             if k > 0 and (started is not None or previous is not None):
-                times = slot(f"t:{name}:", bucket, size, 0)
+                key = (f"t:{name}:", bucket, size, 0)
+                slot = slots.get(key) or slots.setdefault(key, ([], {}, {}, {}))
+                ints = slot[1]
                 if started is not None:
                     elapsed = max(0, at - started)
-                    times[0].append(f"t:{k}:{time_to_convert_bucket(elapsed)}")
-                    ints = times[1]
+                    slot[0].append(f"t:{k}:{time_to_convert_bucket(elapsed)}")
                     ints[f"ts:{k}"] = ints.get(f"ts:{k}", 0) + elapsed
                 if previous is not None:
                     waited = max(0, at - previous)
-                    times[0].append(f"g:{k}:{time_to_convert_bucket(waited)}")
-                    ints = times[1]
+                    slot[0].append(f"g:{k}:{time_to_convert_bucket(waited)}")
                     ints[f"gs:{k}"] = ints.get(f"gs:{k}", 0) + waited
             if started is not None and milestone:
-                slot(f"a:{name}:", started - started % size, size, COHORT_LEVELS)[0].append(entered)
-                slot(f"r:{name}:", bucket, size, COHORT_LEVELS)[0].append(entered)
+                key = (f"a:{name}:", started - started % size, size, COHORT_LEVELS)
+                slot = slots.get(key) or slots.setdefault(key, ([], {}, {}, {}))
+                slot[0].append(entered)
+                reached = f"r:{name}:"
+                key = (reached, bucket, size, COHORT_LEVELS)
+                slot = slots.get(key) or slots.setdefault(key, ([], {}, {}, {}))
+                slot[0].append(entered)
                 if k > 0 and previous is not None:
-                    slot(f"r:{name}:", previous - previous % size, size, COHORT_LEVELS)[0].append(
-                        f"n:{k - 1}"
-                    )
+                    key = (reached, previous - previous % size, size, COHORT_LEVELS)
+                    slot = slots.get(key) or slots.setdefault(key, ([], {}, {}, {}))
+                    slot[0].append(f"n:{k - 1}")
             return
         if kind in ("dropoff", "stalled"):
             dims = self._dims()
@@ -243,21 +262,29 @@ class Tallied:
             name = f"{funnel}@{version}" if version else str(funnel)
             k = int(output["step_index"])
             field = f"st:{k}" if kind == "stalled" else f"d:{k}"
-            ones = slot(f"f:{name}:", bucket, size, 0)[0]
-            ones.append(field)
+            key = (f"f:{name}:", bucket, size, 0)
+            slot = slots.get(key) or slots.setdefault(key, ([], {}, {}, {}))
             breakdowns = get("breakdowns") or {}
-            ones += [f"{field}|{dim}={'' if (v := breakdowns.get(dim)) is None else v}" for dim in dims]
-            if kind == "dropoff":
-                reason = f"d:{k}:{output['reason']}"
-                ones.append(reason)
-                started_at = get("started_at")
-                if started_at is not None:
-                    started = epoch_ms(started_at)
-                    opened = slot(f"a:{name}:", started - started % size, size, COHORT_LEVELS)[0]
-                    opened.append(field)
-                    opened.append(reason)
-                    left = started + int(get("time_in_funnel_ms") or 0)
-                    slot(f"r:{name}:", left - left % size, size, COHORT_LEVELS)[0].append(field)
+            names = [
+                field,
+                *[f"{field}|{dim}={'' if (v := breakdowns.get(dim)) is None else v}" for dim in dims],
+            ]
+            if kind == "stalled":
+                slot[0].extend(names)
+                return
+            reason = f"d:{k}:{output['reason']}"
+            names.append(reason)
+            slot[0].extend(names)
+            started_at = get("started_at")
+            if started_at is not None:
+                started = _ms(started_at)
+                key = (f"a:{name}:", started - started % size, size, COHORT_LEVELS)
+                slot = slots.get(key) or slots.setdefault(key, ([], {}, {}, {}))
+                slot[0].extend((field, reason))
+                left = started + int(get("time_in_funnel_ms") or 0)
+                key = (f"r:{name}:", left - left % size, size, COHORT_LEVELS)
+                slot = slots.get(key) or slots.setdefault(key, ([], {}, {}, {}))
+                slot[0].append(field)
             return
         if kind == "carried":
             self._carried(batch, bucket)
@@ -298,7 +325,7 @@ class Tallied:
             ones += [f"ci:{j}{s}" for s in suffixes]
         started_at = get("started_at")
         if started_at is not None:
-            started = epoch_ms(started_at)
+            started = _ms(started_at)
             moment = started - started % size
             batch.slot(f"a:{old}:", moment, size, COHORT_LEVELS)[0].append(left)
             batch.slot(f"a:{new}:", moment, size, COHORT_LEVELS)[0].extend([f"ci:{j}" for j in reached])
@@ -324,7 +351,7 @@ class Tallied:
         # every `_channel_fields` suffix: per table value, again with the visitor type, and alone
         every = [*tables, *[s + visitor for s in tables], visitor]
         table = batch.slot("c:", bucket, size, 0)
-        ones, ints, floats = table[0], table[1], table[2]
+        ones, floats = table[0], table[2]
         if macro:
             goal = output["goal"]
             value = get("value")
@@ -349,7 +376,7 @@ class Tallied:
             if value is not None:
                 for name in [f"v:{goal}{s}" for s in every]:
                     floats[name] = floats.get(name, Decimal(0)) + amount
-            _add(ints, [f"dt:{goal}{s}" for s in every], decision)
+            _add(table, [f"dt:{goal}{s}" for s in every], decision)
             batch.lists_add("recent", recent_entry(output), RECENT_MACROS)
             return
         sessions = batch.slot("s:", bucket, size, 0)
@@ -358,16 +385,16 @@ class Tallied:
         duration = int(get("duration_ms") or 0)
         sessions[0].append("n")
         sessions[0].extend([f"n{s}" for s in landing_first])
-        _add(sessions[1], ["pv", *[f"pv{s}" for s in landing_first]], page_views)
-        _add(sessions[1], ["dur", *[f"dur{s}" for s in landing_first]], duration)
+        _add(sessions, ["pv", *[f"pv{s}" for s in landing_first]], page_views)
+        _add(sessions, ["dur", *[f"dur{s}" for s in landing_first]], duration)
         reached = get("conversions") or []
         ones += [f"s{s}" for s in every]
-        _add(ints, [f"mi{s}" for s in every], int(get("microconversions") or 0))
-        _add(ints, [f"pv{s}" for s in every], page_views)
-        _add(ints, [f"dur{s}" for s in every], duration)
+        _add(table, [f"mi{s}" for s in every], int(get("microconversions") or 0))
+        _add(table, [f"pv{s}" for s in every], page_views)
+        _add(table, [f"dur{s}" for s in every], duration)
         if page_views <= 1:
             ones += [f"b{s}" for s in every]
         if reached:
-            _add(ints, [f"cv{s}" for s in every], len(reached))
+            _add(table, [f"cv{s}" for s in every], len(reached))
             for goal in sorted(set(reached)):
                 ones += [f"cs:{goal}{s}" for s in every]

@@ -118,37 +118,6 @@ def _ms(value: Any) -> int:
     return to_epoch_ms(moment)
 
 
-_MINUTES: dict[str, int] = {}
-"""Epoch ms of each `YYYY-MM-DDTHH:MM` seen (bounded: cleared when large)."""
-
-
-def epoch_ms(value: Any) -> int:
-    """`_ms` of an output's timestamp, the common shapes (`...:SS.ffffffZ`,
-    `...:SSZ`) parsed with their minute cached; anything else as `_ms` parses it."""
-    if type(value) is str:
-        size = len(value)
-        if (
-            (
-                (size == 27 and value[19] == "." and value[20:26].isdigit() and value[20:26].isascii())
-                or size == 20
-            )
-            and value[-1] == "Z"
-            and value[16] == ":"
-            and value[17:19].isdigit()
-            and value[17:19].isascii()
-        ):
-            seconds = int(value[17:19])
-            if seconds < 60:
-                minute = value[:16]
-                base = _MINUTES.get(minute)
-                if base is None:
-                    if len(_MINUTES) > 8_192:
-                        _MINUTES.clear()
-                    base = _MINUTES[minute] = _ms(minute + ":00Z")
-                return base + seconds * 1_000 + (int(value[20:23]) if size == 27 else 0)
-    return _ms(value)
-
-
 def _with_breakdowns(
     items: list[Item], kind: OpKind, base: str, amount: int | float, suffixes: list[str]
 ) -> None:
@@ -278,7 +247,7 @@ def increments_of(
     if pseudonym is not None:
         identity = output.get("user_id") or output.get("anonymous_id")
         output = {**output, "user_id": pseudonym(identity) if identity else None, "anonymous_id": None}
-    at = epoch_ms(output["timestamp"])
+    at = _ms(output["timestamp"])
     if cap is not None:
         output = capped_output(output, cap, at)
     head: list[Op] = [_new_op(Op, ("m", "meta", "latest", at))]
@@ -324,7 +293,7 @@ def _cohort_groups(output: Mapping[str, Any], config: CompiledConfig, at: int) -
         return []
     if _output_dims(config, output) is None:
         return []
-    started = epoch_ms(output["started_at"])
+    started = _ms(output["started_at"])
     k = int(output["step_index"])
     reached: list[tuple[int, str]] = []  # (when the attempt reached that step, field)
     funnel = str(output["funnel"])
@@ -339,7 +308,7 @@ def _cohort_groups(output: Mapping[str, Any], config: CompiledConfig, at: int) -
         opened = [f"e:{k}"]
         reached.append((at, opened[0]))
         if k > 0 and output.get("previous_at") is not None:
-            reached.append((epoch_ms(output["previous_at"]), f"n:{k - 1}"))
+            reached.append((_ms(output["previous_at"]), f"n:{k - 1}"))
     else:
         opened = [f"d:{k}", f"d:{k}:{output['reason']}"]
         reached.append((started + int(output.get("time_in_funnel_ms") or 0), opened[0]))
@@ -401,11 +370,11 @@ def _bucket_increments(output: Mapping[str, Any], config: CompiledConfig, at: in
         if k > 0:
             times: list[Item] = []
             if output.get("started_at") is not None:
-                elapsed = max(0, at - epoch_ms(output["started_at"]))
+                elapsed = max(0, at - _ms(output["started_at"]))
                 times.append(("h", f"t:{k}:{time_to_convert_bucket(elapsed)}", 1))
                 times.append(("h", f"ts:{k}", elapsed))
             if output.get("previous_at") is not None:
-                waited = max(0, at - epoch_ms(output["previous_at"]))
+                waited = max(0, at - _ms(output["previous_at"]))
                 times.append(("h", f"g:{k}:{time_to_convert_bucket(waited)}", 1))
                 times.append(("h", f"gs:{k}", waited))
             if times:
