@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
 from redis.asyncio.cluster import RedisCluster
 
@@ -198,6 +201,43 @@ def counted_cpu(process: WorkerProcess, port: int, redis_pid: int, total: int) -
     return wall, [after - first for first, after in zip(before, cpu_seconds(pids), strict=True)]
 
 
+async def dump_counters(url: str, app_id: str) -> dict[str, Any]:
+    """Every Redis key of the app `app_id` (its counters, applied offsets and remembered output
+    ids), named without the app id and the dedupe period, with its contents: hashes as field ->
+    value, lists in order, sets sorted, unique-user sketches as their bytes (hex). Two processes
+    that counted the same outputs leave the same dump."""
+    client: Any = redis_client(url)
+    dump: dict[str, Any] = {}
+    try:
+        keys = sorted([key async for key in client.scan_iter(match=f"conv:{{{app_id}*", count=1_000)])
+        for raw in keys:
+            key = raw.decode()
+            name = re.sub(r"^conv:\{[^}]*:(\d+)\}:", r"\1:", key.replace(app_id, "<app>"))
+            name = re.sub(r":seen:-?\d+$", ":seen", name)
+            kind = (await client.type(raw)).decode()
+            value: Any
+            if kind == "hash":
+                value = {
+                    f.decode().replace(app_id, "<app>"): v.decode()
+                    for f, v in (await client.hgetall(raw)).items()
+                }
+            elif kind == "list":
+                value = [v.decode() for v in await client.lrange(raw, 0, -1)]
+            elif kind == "set":
+                value = sorted(v.decode() for v in await client.smembers(raw))
+                value = sorted({*dump.get(name, []), *value})  # the two dedupe periods as one
+            else:
+                value = (await client.get(raw) or b"").hex()
+            dump[name] = value
+    finally:
+        await client.aclose()
+    return dump
+
+
+def digest(dump: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(dump, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
 async def process_once(
     infra: LocalInfra,
     workdir: Path,
@@ -228,8 +268,11 @@ async def process_once(
             await producing
     finally:
         process.stop()
+    dumped = await dump_counters(infra.redis_url, run.settings.app_id)
     return {
         "tree": tree or "this checkout",
+        "keys": len(dumped),
+        "counters_digest": digest(dumped),
         "outputs_per_s": round(len(found) / wall),
         "process_us_per_output": round(spent[0] / len(found) * 1e6, 1),
         "process_us_per_event": round(spent[0] / events * 1e6, 1),
@@ -251,6 +294,11 @@ async def process_runs(
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
     return rows
+
+
+def same_counters(rows: list[dict[str, Any]]) -> bool:
+    """Whether every process left the same Redis dump (`dump_counters`) for the same outputs."""
+    return len({row["counters_digest"] for row in rows}) == 1
 
 
 async def pipeline_once(
@@ -323,6 +371,7 @@ def main() -> None:
                     "days": args.days,
                     "rate": args.rate,
                     "process": rows,
+                    "same_counters": same_counters(rows),
                     "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 },
                 indent=2,
