@@ -18,10 +18,12 @@ so the kinds are applied one after another. It works at the level of `core.count
 whatever increments `increments` makes are folded alike. Which messages are folded (the fresh
 ones, not those already applied) is the store's business: `redis_store`.
 
-An output's increments come unstamped (`core.counters.Increments`): the same fields under the
-finest bucket and each rollup. They are folded once per key prefix and finest bucket, and only
-the folded sums are stamped with each resolution's bucket (`wire`): a third of the work, and no
-`Op` built per resolution. Sums, unions and the two other kinds do not depend on the grouping,
+An output's increments come unstamped (`core.counters.Increments`, or `tally.Tallied`, which
+writes them straight into the slots): the same fields under the finest bucket and each rollup.
+They are folded once per key prefix and finest bucket (a slot), and only the folded sums are
+stamped with each resolution's bucket (`wire`): a third of the work, and no `Op` built per
+resolution. A slot keeps the fields incremented by one as a list, counted at each resolution by
+`collections`' C counter. Sums, unions and the two other kinds do not depend on the grouping,
 so the result is the same as folding the stamped list.
 """
 

@@ -5,15 +5,15 @@ consumer used to build that list (unstamped, `Increments`) for every message and
 by item afterwards: two passes over a few dozen tuples per output, the largest share of the
 consumer's CPU. Here the same increments are computed and folded in one pass
 (`Tallied.fold_into`): each field name is made once and appended to its key's slot in the batch
-(`batch.BatchIncrements`), where the increments by one, most of them, are counted by
-`collections`' C counter when the slots are stamped; other amounts, decimals and members are
-folded as before. Only the fields the increments need are read from the decoded output, its
-timestamps are parsed with the minute cached, and a breakdown value's capping is remembered per
-day (`CapMemo`). What Redis receives is the same, key for key and field for field
-(tests/counters/test_tally.py holds it to `increments` over the simulated shop).
+(`batch.BatchIncrements.slot`), where the increments by one (most of them, and small amounts as
+that many) are counted by `collections`' C counter when the slots are stamped; other amounts,
+decimals and members are folded as before. The decoded output is changed in place (its
+identity pseudonymized, its breakdown values capped) rather than copied, and the cap's answers
+are remembered per day (`CapMemo`). What Redis receives is the same, key for key and field for
+field (tests/counters/test_tally.py holds it to `increments_of`).
 
 A `Tallied` is also an iterable of `Op`s (`increments_of` of the output as capped), so the
-in-memory store and a refold after a redelivery read it like any other message's increments.
+in-memory store reads it like any other message's increments.
 """
 
 from __future__ import annotations
