@@ -264,9 +264,13 @@ class Engine:
 
     def progress(self, partition: int) -> int | None:
         """How far this partition has got through its own input (not what others forwarded):
-        what it announces to the others as its forwarder watermark, after what it forwarded."""
+        what it announces to the others as its forwarder watermark, after what it forwarded.
+        One millisecond short of its sources: another event of that very millisecond may still
+        come (from a source already there), and what it forwards would then arrive after a
+        partition had applied that millisecond's held items."""
         clock = self._clocks.get(partition)
-        return None if clock is None else self._reached(clock, forwarders=False)
+        reached = None if clock is None else self._reached(clock, forwarders=False)
+        return None if reached is None else reached - 1
 
     def load(self, identity: str) -> Journey | None:
         """The journey (a live object: the cache's until the next flush), or None."""
