@@ -507,11 +507,11 @@ class Engine:
     def _person_until(
         self, partition: int, clock: _PartitionClock, journey: Journey, until: int | None
     ) -> int | None:
-        """Up to when the person's held items may apply: before the slowest of the partition's
-        own sources and of the forwarders an earlier item of theirs can still come from (an
-        item of that very millisecond may still be on its way); never less than the hold
-        watermark `until`. A later event of theirs then never goes first: no other partition
-        sends them anything this partition has not been noticed of."""
+        """Up to when the person's held items may apply: the slowest of the partition's own
+        sources and of the forwarders an earlier item of theirs can still come from (each one
+        millisecond short of its sources, `progress`); never less than the hold watermark
+        `until`. A later event of theirs then never goes first: no other partition sends them
+        anything this partition has not been noticed of."""
         bound = self._reached(clock, forwarders=False)
         if bound is None:
             return until
@@ -524,7 +524,6 @@ class Engine:
             if reached is None:
                 return until
             bound = min(bound, reached)
-        bound -= 1
         return bound if until is None or bound > until else until
 
     def _conflicts(self, partition: int, clock: _PartitionClock, journey: Journey) -> set[str] | None:

@@ -231,3 +231,29 @@ def test_an_anonymous_id_whose_merge_is_still_held_counts_too() -> None:
     out = cluster.observe(13, fwd(1))
     ids = event_ids(out)
     assert ids.index(on_its_way["event_id"]) < ids.index(purchase["event_id"])
+
+
+def test_the_persons_own_events_still_on_their_way_go_first() -> None:
+    """The device's home has passed the forwarded event, the partition's own source has not:
+    the person's own events before it may still come through that source."""
+    cluster = Cluster()
+    cluster.observe(0, SOURCE, fwd(1), fwd(2), fwd(3))
+    cluster.ingest(event("login", 1, anonymous_id=A, user_id=U))
+    cluster.deliver_notices()
+    cluster.deliver(1)
+    cluster.observe(2, SOURCE, fwd(1))
+    assert cluster.held() == []
+    forwarded = event("product_view", 20, anonymous_id=A)
+    cluster.ingest(forwarded)
+    cluster.deliver(1)
+    assert event_ids(cluster.observe(21, fwd(1))) == []  # the own source is at minute 2
+    purchase = event("purchase", 15, user_id=U, properties={"value": 10})
+    cluster.ingest(purchase)
+    ids = event_ids(cluster.observe(16, SOURCE))
+    assert purchase["event_id"] in ids and cluster.held() == [forwarded["event_id"]]
+    cart = event("add_to_cart", 18, user_id=U)
+    cluster.ingest(cart)
+    ids = event_ids(cluster.observe(21, SOURCE))
+    assert forwarded["event_id"] in ids and cluster.held() == []
+    # the cart (18) applied before the view (20): no cart step without a view before it
+    assert cart["event_id"] not in ids
