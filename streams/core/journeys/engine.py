@@ -88,6 +88,9 @@ class _PartitionClock:
     """person -> {forwarder source: latest noticed time}: items that source may still send them."""
     noticed: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     """forwarder source -> heap of (noticed time, person): what its watermark settles."""
+    parked: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    """forwarder source -> heap of (earliest held time, person): holds the early rule found
+    waiting for that source, looked at again only once it has passed them."""
     notices_lost_until: int | None = None
     """Notices up to this time may have been seen before a restart: until the hold watermark
     passes it, held items wait for every partition."""
@@ -458,10 +461,14 @@ class Engine:
             upto = until
             if until is None or earliest > until:  # only the early rule can release it
                 journey = self.load(person)
-                upto = None if journey is None else self._person_until(partition, clock, journey, until)
+                if journey is None:
+                    continue
+                upto, blocker = self._person_until(partition, clock, journey, until)
                 if upto is None or earliest > upto:
-                    if journey is not None:
-                        blocked.append((earliest, person))  # looked at again when sources move
+                    if blocker is None:
+                        blocked.append((earliest, person))  # looked at again at the next call
+                    else:  # looked at again once that source has passed it
+                        heapq.heappush(clock.parked.setdefault(blocker, []), (earliest, person))
                     continue
             del clock.held_at[person]
             journey = self.load(person)
@@ -506,25 +513,28 @@ class Engine:
 
     def _person_until(
         self, partition: int, clock: _PartitionClock, journey: Journey, until: int | None
-    ) -> int | None:
+    ) -> tuple[int | None, str | None]:
         """Up to when the person's held items may apply: the slowest of the partition's own
         sources and of the forwarders an earlier item of theirs can still come from (each one
         millisecond short of its sources, `progress`); never less than the hold watermark
         `until`. A later event of theirs then never goes first: no other partition sends them
-        anything this partition has not been noticed of."""
+        anything this partition has not been noticed of. Also the forwarder that holds them
+        back most (None: the own sources, or not known)."""
         bound = self._reached(clock, forwarders=False)
         if bound is None:
-            return until
+            return until, None
         conflicts = self._conflicts(partition, clock, journey)
         if conflicts is None:
-            return until
+            return until, None
         sources, waiting = clock.sources, clock.waiting_for
+        slowest = None
         for source in conflicts:
             reached = None if source in waiting else sources.get(source)
             if reached is None:
-                return until
-            bound = min(bound, reached)
-        return bound if until is None or bound > until else until
+                return until, source
+            if reached < bound:
+                bound, slowest = reached, source
+        return (bound if until is None or bound > until else until), slowest
 
     def _conflicts(self, partition: int, clock: _PartitionClock, journey: Journey) -> set[str] | None:
         """The forwarder sources an item for this person can still come from: the homes of their
@@ -550,6 +560,18 @@ class Engine:
                 if reached is None or reached <= at or source in clock.waiting_for:
                     found.add(source)
         return found
+
+    @staticmethod
+    def _unpark(clock: _PartitionClock, source: str) -> None:
+        """The holds that waited for this forwarder and that it has now passed: back in the
+        partition's holds, to be looked at again."""
+        heap, reached = clock.parked[source], clock.sources.get(source)
+        if reached is None:
+            return
+        while heap and heap[0][0] <= reached:
+            heapq.heappush(clock.holds, heapq.heappop(heap))
+        if not heap:
+            del clock.parked[source]
 
     def _settle_notices(self, clock: _PartitionClock, source: str) -> None:
         """Forget the notices a forwarder's watermark has passed: their items are here."""
@@ -656,6 +678,8 @@ class Engine:
             self._floor(clock)  # the floor moves only with the sources: unchanged, it is still right
             if clock.noticed and source in clock.noticed:
                 self._settle_notices(clock, source)
+            if clock.parked and source in clock.parked:
+                self._unpark(clock, source)
         if clock.holds:
             out = self._release_due(partition, clock)
             out += self._fire_due(partition, clock)
