@@ -310,12 +310,14 @@ async def scaling(infra: LocalInfra, workdir: Path, lines: list[bytes], expected
     return result
 
 
-async def latency(run: Run, lines: list[bytes], rate: float, seconds: float) -> dict[str, float]:
+async def latency(run: Run, lines: list[bytes], rate: float, seconds: float) -> dict[str, float | None]:
     """p50/p99 from our send to the worker's produce of the microconversion (both clocks here)."""
     await ensure_topics(run.settings)
     worker = run.worker().start(wait_ready_s=120)
     sent: dict[str, float] = {}
     latencies: list[float] = []
+    with_user: set[str] = set()  # what a stitched run holds: the events after a sign-in, a backend's
+    of_user: list[float] = []
     micro = run.settings.topic(run.settings.topic_micro)
     consumer = AIOKafkaConsumer(
         micro, **consumer_options(run.settings), group_id=None, auto_offset_reset="earliest"
@@ -332,6 +334,8 @@ async def latency(run: Run, lines: list[bytes], rate: float, seconds: float) -> 
                     event_id = orjson.loads(message.value).get("event_id")
                     if event_id in sent:
                         latencies.append(message.timestamp - sent[event_id])
+                        if event_id in with_user:
+                            of_user.append(latencies[-1])
 
     stop = asyncio.Event()
     collector = asyncio.create_task(collect(stop))
@@ -346,6 +350,8 @@ async def latency(run: Run, lines: list[bytes], rate: float, seconds: float) -> 
             event["timestamp"] = datetime.now(UTC).isoformat()
             identity = (event.get("anonymous_id") or event.get("user_id")).encode()  # as trackers key
             sent[event["event_id"]] = time.time() * 1000
+            if event.get("user_id"):
+                with_user.add(event["event_id"])
             await producer.send(run.source, orjson.dumps(event), key=identity)
         await asyncio.sleep(3)
     finally:
@@ -355,11 +361,16 @@ async def latency(run: Run, lines: list[bytes], rate: float, seconds: float) -> 
         await consumer.stop()
         worker.stop()
     latencies.sort()
+    of_user.sort()
     return {
         "p50": round(statistics.median(latencies), 1),
         "p99": round(latencies[int(len(latencies) * 0.99)], 1),
         "samples": len(latencies),
         "rate_eps": round(rate, 1),
+        # the events carrying a user id (stitching on holds them on the person's partition)
+        "user_p50": round(statistics.median(of_user), 1) if of_user else None,
+        "user_p99": round(of_user[int(len(of_user) * 0.99)], 1) if of_user else None,
+        "user_samples": len(of_user),
     }
 
 
