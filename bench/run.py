@@ -604,13 +604,13 @@ WHY = {
     ),
     "p99_ms <= 300": (
         "with stitching on, an event of a person whose ids are linked goes to the person's "
-        "partition and is held there until every other partition's progress has passed its time "
-        "(so no later event of the person can overtake it), and that progress crosses the broker "
-        "once more; with stitching off p99 is {p99_off} ms (p50 {p50_off}); each hop also waits "
-        "for a run (agent_batch_window_s) and for Tansu's fetch (fetch_max_wait_ms, which Tansu "
-        "only answers at its deadline when it had nothing). What would close it: releasing a "
-        "held event as soon as the partitions it could conflict with have passed it, rather than "
-        "all of them"
+        "partition and is held there until the partitions that send the person items (and its "
+        "own sources) have passed its time (so no later event of the person can overtake it); "
+        "that needs a later event on every input partition, and its home's progress crosses the "
+        "broker once more; with stitching off p99 is {p99_off} ms (p50 {p50_off}); each hop also "
+        "waits for a run (agent_batch_window_s) and for Tansu's fetch (fetch_max_wait_ms, which "
+        "Tansu only answers at its deadline when it had nothing). bench/README.md, the stitched "
+        "tail, says where the rest goes"
     ),
     "counters_us_per_event <= 30": (
         "the counters' own process spent {counters_single} us of CPU per event (Redis another "

@@ -453,7 +453,7 @@ class Engine:
         limit = until if early is None else early
         if limit is None:
             return out
-        blocked: list[tuple[int, str]] = []
+        blocked: list[tuple[int, str]] | None = None  # (cap reached) looked at again next call
         while clock.holds and clock.holds[0][0] <= limit:
             earliest, person = heapq.heappop(clock.holds)
             if clock.held_at.get(person) != earliest:
@@ -461,12 +461,15 @@ class Engine:
             upto = until
             if until is None or earliest > until:  # only the early rule can release it
                 journey = self.load(person)
-                if journey is None:
+                if journey is None:  # erased meanwhile: nothing held any more
+                    del clock.held_at[person]
                     continue
                 upto, blocker = self._person_until(partition, clock, journey, until)
                 if upto is None or earliest > upto:
                     if blocker is None:
-                        blocked.append((earliest, person))  # looked at again at the next call
+                        if blocked is None:
+                            blocked = []
+                        blocked.append((earliest, person))
                     else:  # looked at again once that source has passed it
                         heapq.heappush(clock.parked.setdefault(blocker, []), (earliest, person))
                     continue
@@ -494,8 +497,9 @@ class Engine:
                     out.append(self._linked(journey, link))
             self._save(clock, journey)
             self._schedule_hold(clock, journey)  # what is still held waits for a later watermark
-        for entry in blocked:
-            heapq.heappush(clock.holds, entry)
+        if blocked:
+            for entry in blocked:
+                heapq.heappush(clock.holds, entry)
         return out
 
     def _early_limit(self, clock: _PartitionClock, until: int | None) -> int | None:
