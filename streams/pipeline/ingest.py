@@ -8,8 +8,8 @@ offset of the input message it came from. Right after each run, the partitions t
 events of a source learn how far it has got (`announce_when_moved`), and a timer repeats the
 watermarks and says when a source has gone idle, so event time moves on everywhere.
 
-The hold watermark of a journey partition (what a stitched event held there waits for) is the
-slowest of every source's progress as every partition has seen it: had a partition that got
+The hold watermark of a journey partition (what a stitched event held there waits for at most) is
+the slowest of every source's progress as every partition has seen it: had a partition that got
 nothing of a source learnt its watermark only at the next tick of the timer, every held event
 would wait up to that interval for it. With stitching, an event carrying both ids also gives its
 user's partition a link notice (`core.journeys.notices`), in the batch of its source for that
