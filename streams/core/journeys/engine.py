@@ -267,13 +267,9 @@ class Engine:
 
     def progress(self, partition: int) -> int | None:
         """How far this partition has got through its own input (not what others forwarded):
-        what it announces to the others as its forwarder watermark, after what it forwarded.
-        One millisecond short of its sources: another event of that very millisecond may still
-        come (from a source already there), and what it forwards would then arrive after a
-        partition had applied that millisecond's held items."""
+        what it announces to the others as its forwarder watermark, after what it forwarded."""
         clock = self._clocks.get(partition)
-        reached = None if clock is None else self._reached(clock, forwarders=False)
-        return None if reached is None else reached - 1
+        return None if clock is None else self._reached(clock, forwarders=False)
 
     def load(self, identity: str) -> Journey | None:
         """The journey (a live object: the cache's until the next flush), or None."""
@@ -519,11 +515,11 @@ class Engine:
         self, partition: int, clock: _PartitionClock, journey: Journey, until: int | None
     ) -> tuple[int | None, str | None]:
         """Up to when the person's held items may apply: the slowest of the partition's own
-        sources and of the forwarders an earlier item of theirs can still come from (each one
-        millisecond short of its sources, `progress`); never less than the hold watermark
-        `until`. A later event of theirs then never goes first: no other partition sends them
-        anything this partition has not been noticed of. Also the forwarder that holds them
-        back most (None: the own sources, or not known)."""
+        sources and of the forwarders an earlier item of theirs can still come from (taken as
+        the hold watermark takes them); never less than the hold watermark `until`. A later
+        event of theirs then never goes first: no other partition sends them anything this
+        partition has not been noticed of. Also the forwarder that holds them back most (None:
+        the own sources, or not known)."""
         bound = self._reached(clock, forwarders=False)
         if bound is None:
             return until, None
