@@ -41,6 +41,7 @@ import marshal
 import multiprocessing
 import os
 import shutil
+import struct
 import sys
 import tempfile
 import traceback
@@ -88,8 +89,8 @@ _BLANK = -2  # a blank line: one process skips it entirely (no event time, no ju
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
-Record = tuple[int, str, bytes]
-"""An output as the merge sorts it: event time in microseconds, id, JSON."""
+Record = bytes
+"""An output as the merge sorts it: its sort key (`_record`) then its JSON, one bytes object."""
 Decoded_block = tuple[int, int, list[tuple[int, list[ClickEvent], list[Rejection], bytes | None]]]
 """A block as a worker decoded it: its number, its first line's number, and per line of the
 worker's (by index in the block) its events, the dead letters it owes, and the line itself when
@@ -259,6 +260,24 @@ def _micro_us(moment: datetime) -> int:
     return (moment - _EPOCH) // _MICROSECOND
 
 
+_TIME = struct.Struct(">Q")
+_TIME_OFFSET = 1 << 63  # event times before 1970 are negative: offset, they sort as unsigned
+
+
+def _record(output: OutputEvent) -> Record:
+    """The output's event time (8 bytes, big-endian), its id, a NUL, its JSON: bytes compare as
+    the tuple (event time, id, JSON) does, so the merge sorts plain bytes (memcmp) and loads them
+    from a run without building tuples. Ids are hex (`output_id`): no NUL, UTF-8 order is code
+    point order, and a shorter id sorts before the longer ones it begins, as str does."""
+    at = _TIME.pack(_micro_us(output.timestamp) + _TIME_OFFSET)
+    return at + output.id.encode() + b"\0" + output.to_json()
+
+
+def _line(record: Record) -> bytes:
+    """A record's NDJSON line: its JSON, after the NUL that ends its id."""
+    return record[record.index(0, _TIME.size) + 1 :] + b"\n"
+
+
 class _Runs:
     """A worker's outputs, sorted in runs on disk."""
 
@@ -270,8 +289,7 @@ class _Runs:
     def add(self, outputs: Iterable[OutputEvent]) -> None:
         records = self.records
         for output in outputs:
-            # an exact-size copy: orjson's result keeps the buffer it grew (about 8 KiB)
-            records.append((_micro_us(output.timestamp), output.id, bytes(memoryview(output.to_json()))))
+            records.append(_record(output))  # an exact-size copy of orjson's grown buffer, too
         if len(records) >= self.size:
             self.spill()
 
@@ -405,8 +423,7 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router, flags:
     ended = run.catch_up(None if final == _NONE else final)
     if job.flush:  # the parent judges what the flush released, then the input to its end
         ended += run.flush(judge=False)
-    runs.add(ended)
-    run.engine.flush()
+    runs.add(ended)  # the journeys are not written to the store (`Engine.flush`): nothing reads it
     runs.spill()
     released = [_judged_fields(o) for o in ended if o.type == "micro"] if job.flush else []
     conn.send(("done", runs.paths, run.events, run.rejected, run.unknown_fields, run.counts, released))
@@ -567,7 +584,7 @@ def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
         released += micro
     if job.flush:
         judged += judges.finish(released, None if latest == _NONE else latest)
-    mine = sorted((_micro_us(o.timestamp), o.id, o.to_json()) for o in judged)
+    mine = sorted(_record(o) for o in judged)
     in_memory = len(paths) * job.run_outputs <= job.merge_in_memory  # an upper bound of the runs' size
     _write_sorted(out, [mine, *(read_run(path) for path in paths)], in_memory)
     return totals
@@ -593,10 +610,10 @@ def _write_sorted(out: BinaryIO, runs: list[Iterable[Record]], in_memory: bool) 
         records = [record for run in runs for record in run]
         records.sort()
         for at in range(0, len(records), _CHUNK):
-            out.write(b"".join([raw + b"\n" for _, _, raw in records[at : at + _CHUNK]]))
+            out.write(b"".join([_line(record) for record in records[at : at + _CHUNK]]))
         return
-    for _, _, raw in heapq.merge(*runs):
-        out.write(raw + b"\n")
+    for record in heapq.merge(*runs):
+        out.write(_line(record))
 
 
 def _judge(
