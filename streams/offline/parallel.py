@@ -11,11 +11,12 @@ user's journey. So the split is by *person*:
    will link (first link wins, `link_on`, expiry): ids it keeps apart only share a worker. With
    the people known, each worker says for each line of its range which workers it concerns (a
    person's worker is a hash of the person), and the parent hands each worker its own flags for
-   the whole file: a line is parsed once in all, not once by every worker.
-2. **People, in parallel.** Every worker reads the whole file and skips, unparsed, the lines its
-   flags leave out; it decodes the others in full, applying only its own events. A batch line
-   with several people is decoded by each of their workers. Dead letters of a line belong to the
-   worker of the line's first event (of the line number, without one).
+   the whole file, with where each line starts: a line is parsed once in all, not once by every
+   worker.
+2. **People, in parallel.** Every worker reads only the lines its flags name (at the offsets the
+   first pass found, the file mapped in memory) and decodes them in full, applying only its own
+   events. A batch line with several people is decoded by each of their workers. Dead letters of
+   a line belong to the worker of the line's first event (of the line number, without one).
 
 Offline mode's outputs depend on the file's event time after each line (the latest valid
 event's, across all people): it fires deadlines, releases held items, stamps dead letters, and
@@ -30,7 +31,8 @@ The evaluators need every microconversion: the workers send them, tagged with th
 the parent judges line by line as one process does. The outputs (every worker's, the parent's
 alerts and experiment updates) are written sorted by event time, then id, then content: the
 same bytes for any number of workers, the same multiset as one process (tests/offline/test_parallel.py).
-Each worker keeps its outputs sorted in runs of at most `RUN_OUTPUTS` on disk; the parent merges.
+Each worker keeps its outputs sorted in runs of at most `RUN_OUTPUTS` on disk, each output one
+bytes object that sorts as its (event time, id, JSON) would (`_record`); the parent merges.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from __future__ import annotations
 import gc
 import heapq
 import marshal
+import mmap
 import multiprocessing
 import os
 import shutil
@@ -80,10 +83,11 @@ RUN_OUTPUTS = 200_000
 MERGE_IN_MEMORY = 1_000_000
 """Outputs the parent sorts in memory at the end; beyond, it merges the runs as a stream."""
 _CHUNK = 4_096  # records per marshal chunk of a run file
-_SKIP, _EVENTS, _REJECTS, _KEYLESS = 0, 1, 3, 2
+_SKIP, _EVENTS, _REJECTS, _KEYLESS, _BLANK_LINE = 0, 1, 3, 2, 4
 """A line's flag for one worker: skip it; decode it for its events; decode it for its events
 and its dead letters (the worker of its first event); a line without any event's key, whose dead
-letters go by its line number (which only the parent knows)."""
+letters go by its line number (which only the parent knows); a blank line (every worker's: it
+reports it, see `_BLANK`)."""
 _NONE = -1  # no valid event (yet): an event time is never negative here
 _BLANK = -2  # a blank line: one process skips it entirely (no event time, no judging)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -245,15 +249,13 @@ def _lines(path: str, start: int = 0, end: int | None = None) -> Iterator[bytes]
             yield line
 
 
-def _blocks(path: str, size: int) -> Iterator[list[bytes]]:
-    block: list[bytes] = []
-    for line in _lines(path):
-        block.append(line)
-        if len(block) == size:
-            yield block
-            block = []
-    if block:
-        yield block
+def _read(path: str) -> bytes | mmap.mmap:
+    """The whole file, mapped (an empty file cannot be: its bytes)."""
+    with open(path, "rb") as stream:
+        try:
+            return mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:
+            return b""
 
 
 def _micro_us(moment: datetime) -> int:
@@ -324,11 +326,14 @@ def _work(index: int, job: Job, conn: Connection) -> None:
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     try:
-        keys = _phase_links(job, conn)
+        keys, starts = _phase_links(job, conn)
         router = Router(conn.recv(), job.workers)
-        conn.send(_flags(keys, router))
-        del keys
-        _phase_people(index, job, conn, router, conn.recv())
+        conn.send((_flags(keys, router), starts.tobytes()))
+        del keys, starts
+        flags, starts_bytes = conn.recv()
+        starts = array("q")
+        starts.frombytes(starts_bytes)
+        _phase_people(index, job, conn, router, flags, starts)
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         raise
@@ -336,14 +341,18 @@ def _work(index: int, job: Job, conn: Connection) -> None:
         conn.close()
 
 
-def _phase_links(job: Job, conn: Connection) -> list[list[str] | None]:
+def _phase_links(job: Job, conn: Connection) -> tuple[list[list[str] | None], array[int]]:
     """The pairs of ids of the worker's byte range, sent to the parent; returns each line's home
-    keys (None for a blank line), kept for `_flags`."""
+    keys (None for a blank line), kept for `_flags`, and where each line starts in the file."""
     start, end = conn.recv()
     rules = IdentityRules.from_config(job.config.source.identity)
     pairs: set[tuple[str, str]] = set()
     keys: list[list[str] | None] = []
+    starts = array("q")
+    position = start
     for line in _lines(job.path, start, end):
+        starts.append(position)
+        position += len(line)
         if not line.strip():
             keys.append(None)
             continue
@@ -352,7 +361,7 @@ def _phase_links(job: Job, conn: Connection) -> list[list[str] | None]:
         if rules.stitch:
             pairs.update(found)
     conn.send(sorted(pairs))
-    return keys
+    return keys, starts
 
 
 def _flags(keys: list[list[str] | None], router: Router) -> list[bytes]:
@@ -360,7 +369,9 @@ def _flags(keys: list[list[str] | None], router: Router) -> list[bytes]:
     flags = [bytearray(len(keys)) for _ in range(router.workers)]
     for i, homes in enumerate(keys):
         if homes is None:
-            continue  # blank: every worker sees that for itself
+            for worker in flags:
+                worker[i] = _BLANK_LINE
+            continue
         if not homes:
             for worker in flags:
                 worker[i] = _KEYLESS
@@ -372,7 +383,11 @@ def _flags(keys: list[list[str] | None], router: Router) -> list[bytes]:
     return [bytes(worker) for worker in flags]
 
 
-def _phase_people(index: int, job: Job, conn: Connection, router: Router, flags: bytes) -> None:
+def _phase_people(
+    index: int, job: Job, conn: Connection, router: Router, flags: bytes, starts: array[int]
+) -> None:
+    """Decode, block by block, only the lines `flags` names (read at `starts`, where each line
+    starts, and the file's size after the last), then apply each block at the parent's times."""
     rules = IdentityRules.from_config(job.config.source.identity)
     # One partition: offline, every partition hears the one source at the same event times, so
     # the outputs do not depend on their number (test_parallel checks it against four), and each
@@ -390,18 +405,25 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router, flags:
     )
     runs = _Runs(job.tmpdir, f"w{index}", job.run_outputs)
     pending: deque[Decoded_block] = deque()
-    first = 1  # the line number of the block's first line (one process counts from 1)
-    for number, block in enumerate(_blocks(job.path, job.block_lines)):
+    data = _read(job.path)
+    lines = len(flags)
+    own = [i for i, flag in enumerate(flags) if flag]  # indices from 0
+    at = 0  # in `own`
+    for number, first in enumerate(range(1, lines + 1, job.block_lines)):
+        # `first`: the line number of the block's first line (one process counts from 1)
+        size = min(job.block_lines, lines - first + 1)
+        end = first - 1 + size
         mine: list[tuple[int, list[ClickEvent], list[Rejection], bytes | None]] = []
-        times = array("q", [_NONE]) * len(block)
-        for i, line in enumerate(block):
-            flag = flags[first + i - 1]
-            if not flag:
-                if not line.strip():
-                    times[i] = _BLANK
+        times = array("q", [_NONE]) * size
+        while at < len(own) and own[at] < end:
+            line = own[at]
+            at += 1
+            flag, i = flags[line], line - first + 1
+            if flag == _BLANK_LINE:
+                times[i] = _BLANK
                 continue
             rejects_here = flag == _REJECTS
-            raw = line.rstrip(b"\r\n")
+            raw = data[starts[line] : starts[line + 1]].rstrip(b"\r\n")
             decoded = _decode(raw, job)
             events = [e for e in decoded.events if router.owner(rules.home(e)) == index]
             if events:
@@ -410,12 +432,11 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router, flags:
                 for name, count in decoded.unknown_fields.items():
                     run.unknown_fields[name] = run.unknown_fields.get(name, 0) + count
             mine.append((i, events, decoded.rejects if rejects_here else [], raw if events else None))
-        conn.send(("times", number, len(block), times.tobytes()))
+        conn.send(("times", number, size, times.tobytes()))
         pending.append((number, first, mine))
         if len(pending) > job.lookahead:
             _apply(run, runs, conn, pending.popleft())
-        first += len(block)
-    conn.send(("end", first - 1))
+    conn.send(("end", lines))
     while pending:
         _apply(run, runs, conn, pending.popleft())
     kind, final = conn.recv()  # the file's event time after its last line
@@ -533,8 +554,10 @@ def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
     roots = persons(pairs)
     for conn in conns:
         conn.send(roots)
-    for index, flags in enumerate(_gather_flags(job.workers, [_recv(conn) for conn in conns])):
-        conns[index].send(flags)
+    reports = [_recv(conn) for conn in conns]
+    starts = b"".join(starts for _, starts in reports) + array("q", [os.path.getsize(job.path)]).tobytes()
+    for index, flags in enumerate(_gather_flags(job.workers, [flags for flags, _ in reports])):
+        conns[index].send((flags, starts))
 
     judges = Judges(job.config, job.breakdown_cap)
     judged: list[OutputEvent] = []
