@@ -51,6 +51,7 @@ import traceback
 from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
@@ -547,7 +548,26 @@ def process_file(job: Job, out: BinaryIO) -> Totals:
                 process.kill()
 
 
+@contextmanager
+def _collector_relaxed() -> Iterator[None]:
+    """The workers' collector setting (`_work`) in the parent while it coordinates, then back:
+    it keeps every microconversion of a few blocks and the evaluators' state alive."""
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
 def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
+    with _collector_relaxed():
+        return _coordinated(job, conns, out)
+
+
+def _coordinated(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
     for conn, byte_range in zip(conns, _ranges(job.path, job.workers), strict=True):
         conn.send(byte_range)
     pairs = [pair for conn in conns for pair in _recv(conn)]
