@@ -30,6 +30,8 @@ from streams.offline.summary import FunnelCounts
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FAR_FUTURE_MS = 4_102_444_800_000  # 2100-01-01
+WRITE_LINES = 2_048
+"""Output lines `OfflineRun.write` gathers before one write (a few hundred kB)."""
 
 
 class Judges:
@@ -224,14 +226,21 @@ class OfflineRun:
         self.engine.flush()
 
     def write(self, lines: Iterable[bytes], out: BinaryIO, flush: bool = False) -> None:
-        """`run` (and `flush`), each line's outputs written as NDJSON in one call."""
+        """`run` (and `flush`) written as NDJSON: each output encoded once into its line, the
+        lines of many input lines joined and written in one call."""
+        pending: list[bytes] = []
         for line in lines:
             outputs = self.feed(line)
             if outputs:
-                out.write(b"".join([output.to_json() + b"\n" for output in outputs]))
+                pending += [output.to_line() for output in outputs]
+                if len(pending) >= WRITE_LINES:
+                    out.write(b"".join(pending))
+                    pending.clear()
         self.engine.flush()
         if flush:
-            out.write(b"".join([output.to_json() + b"\n" for output in self.flush()]))
+            pending += [output.to_line() for output in self.flush()]
+        if pending:
+            out.write(b"".join(pending))
 
     def flush(self, judge: bool = True) -> list[OutputEvent]:
         """Let event time run out: close every open session and attempt (end of history), then
