@@ -24,7 +24,7 @@ def _same(trusted: Any, validated: Any) -> None:
 
 def _items() -> list[dict[str, Any]]:
     """The simulated shop's events as ingest forwards them (enriched), and a few of every shape."""
-    enricher = EnrichmentSpec(bots="keep").build()
+    enricher = EnrichmentSpec(bots="include").build()
     items = []
     for line in Simulator(seed=3, users=300, days=1, bad_rate=0.05).lines():
         decoded = decode_message(line.encode() if isinstance(line, str) else line, enricher=enricher)
