@@ -175,7 +175,7 @@ class Journeys:
                     click = ClickEvent.trusted(item)  # ours, validated at ingest
                     if self.erased and _erased(self.erased, click):
                         continue
-                except (KeyError, TypeError, ValueError) as exc:
+                except (TypeError, ValueError) as exc:
                     self.engine.flush()
                     await self._dead_letter(
                         [Rejection("invalid_event", str(exc), orjson.dumps(item))], message

@@ -69,7 +69,8 @@ def test_trusted_makes_what_validation_makes_of_every_forwarded_event() -> None:
 @pytest.mark.parametrize(
     ("item", "error"),
     [
-        ({"event": "x", "user_id": "u", "timestamp": "2024-03-11T10:00:00Z"}, KeyError),
+        ({"event": "x", "user_id": "u", "timestamp": "2024-03-11T10:00:00Z"}, ValueError),
+        (["not", "an", "event"], TypeError),
         ({"event_id": 1, "event": "x", "user_id": "u", "timestamp": "2024-03-11T10:00:00Z"}, TypeError),
         ({"event_id": "i", "event": "x", "timestamp": "2024-03-11T10:00:00Z"}, ValueError),
         ({"event_id": "i", "event": "x", "user_id": "u", "timestamp": "yesterday"}, ValueError),
@@ -90,7 +91,7 @@ def test_trusted_makes_what_validation_makes_of_every_forwarded_event() -> None:
     ],
 )
 def test_a_record_that_is_not_ours_raises_what_the_journeys_agent_dead_letters(
-    item: dict[str, Any], error: type[Exception]
+    item: Any, error: type[Exception]
 ) -> None:
     with pytest.raises(error):
         ClickEvent.trusted(item)
