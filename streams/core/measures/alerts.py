@@ -303,7 +303,10 @@ class AlertEvaluator:
         if self._evaluated_to is not None and minute < self._evaluated_to:
             self.ignored_late += times  # its minute was judged already: beyond the watermark
             return
-        for state, position in self._routes.get((funnel, step_index), ()):
+        route = self._routes.get((funnel, step_index))
+        if route is None:
+            return
+        for state, position in route:
             if version is not None and version != state.funnel_version:
                 continue
             by = state.admitted(tuple([breakdowns.get(dim) for dim in state.rule.by]))
