@@ -10,7 +10,10 @@ seconds from start to exit and the process's CPU seconds. Every run's output mus
 byte-identical to the first pure run's (`identical`).
 
 `python -m bench.compiled [--pairs 3] [--tree DIR]` writes bench/results/compiled.json; `--tree`
-builds from another checkout (the merged code, say) instead of this one.
+builds from another checkout (the merged code, say) instead of this one. `make bench` runs one
+pair (`bench.run`, under "compiled"), and times the compiled package's own decoding of the same
+file in its virtualenv (`decode_ceiling_eps`): what `pip install .` gives a user, against its own
+ceiling, beside the pure package's figures under "offline".
 """
 
 from __future__ import annotations
@@ -109,8 +112,37 @@ def process(bin_dir: Path, path: Path, out: Path) -> tuple[float, float, str]:
     return wall, _children_cpu() - cpu, hashlib.sha256(out.read_bytes()).hexdigest()
 
 
-def measure(tree: Path, pairs: int, workdir: Path) -> dict[str, Any]:
-    path = history_file(workdir)
+CEILING = """
+import sys, time
+from streams.core.input.decode import decode_message
+events, started = 0, time.perf_counter()
+with open(sys.argv[1], "rb") as stream:
+    for line in stream:
+        if line.strip():
+            events += len(decode_message(line.rstrip(b"\\r\\n")).events)
+print(events, time.perf_counter() - started)
+"""
+
+
+def decode_ceiling(bin_dir: Path, path: Path) -> tuple[int, float]:
+    """`bench.offline.decode_ceiling` run by the installed package of `bin_dir`'s virtualenv (from
+    `/`, so this checkout's pure modules are not the ones imported)."""
+    done = subprocess.run(
+        [str(bin_dir / "python"), "-c", CEILING, str(path)],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env=_environment({}),
+        check=True,
+    )
+    events, seconds = done.stdout.split()
+    return int(events), float(seconds)
+
+
+def measure(tree: Path, pairs: int, workdir: Path, path: Path | None = None) -> dict[str, Any]:
+    """Build both packages under `workdir` and run them in pairs over `path` (default: the
+    history file, made in `workdir`)."""
+    path = path or history_file(workdir)
     events = path.read_bytes().count(b"\n")
     venvs: dict[str, Path] = {}
     build_s: dict[str, float] = {}
@@ -123,6 +155,7 @@ def measure(tree: Path, pairs: int, workdir: Path) -> dict[str, Any]:
         ).stdout.strip()
         for kind, b in venvs.items()
     }
+    ceilings = {kind: decode_ceiling(b, path) for kind, b in venvs.items()}
     runs: dict[str, list[dict[str, float]]] = {"compiled": [], "pure": []}
     digests: set[str] = set()
     load = os.getloadavg()[0]
@@ -151,6 +184,10 @@ def measure(tree: Path, pairs: int, workdir: Path) -> dict[str, Any]:
         "cpu_saved": round(1 - best("compiled", "cpu_s") / best("pure", "cpu_s"), 3),
         "wall_saved": round(1 - best("compiled", "wall_s") / best("pure", "wall_s"), 3),
         "events_per_s": {k: round(events / best(k, "wall_s")) for k in runs},
+        "decode_ceiling_eps": {k: round(n / seconds) for k, (n, seconds) in ceilings.items()},
+        "vs_decode_ceiling": {
+            k: round(events / best(k, "wall_s") / (n / seconds), 3) for k, (n, seconds) in ceilings.items()
+        },
     }
 
 

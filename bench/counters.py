@@ -26,17 +26,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
+import re
 import sys
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
 from redis.asyncio.cluster import RedisCluster
 
@@ -192,10 +196,64 @@ def counted_cpu(process: WorkerProcess, port: int, redis_pid: int, total: int) -
             break
         if time.monotonic() > deadline or not process.running:
             raise RuntimeError(f"the counters counted {counted} of {total}:\n{process.tail()}")
-        time.sleep(0.02)
+        time.sleep(0.05)  # as `bench.run` polls: each /metrics read costs the process CPU
     wall = time.perf_counter() - started
     assert before is not None
     return wall, [after - first for first, after in zip(before, cpu_seconds(pids), strict=True)]
+
+
+async def dump_counters(url: str, app_id: str) -> dict[str, Any]:
+    """Every Redis key of the app `app_id` (its counters, applied offsets and remembered output
+    ids), named without the app id and the dedupe period, with its contents: hashes as field ->
+    value (decimal sums to 6 places, `_amount`), lists in order, sets sorted, unique-user
+    sketches as their bytes (hex). Two processes that counted the same outputs leave the same
+    dump."""
+    client: Any = redis_client(url)
+    dump: dict[str, Any] = {}
+    try:
+        keys = sorted([key async for key in client.scan_iter(match=f"conv:{{{app_id}*", count=1_000)])
+        for i in range(0, len(keys), 1_000):
+            chunk = keys[i : i + 1_000]
+            pipe = client.pipeline(transaction=False)
+            for raw in chunk:
+                pipe.type(raw)
+            kinds = [kind.decode() for kind in await pipe.execute()]
+            pipe = client.pipeline(transaction=False)
+            for raw, kind in zip(chunk, kinds, strict=True):
+                read = {"hash": pipe.hgetall, "list": pipe.lrange, "set": pipe.smembers}.get(kind, pipe.get)
+                read(raw, 0, -1) if kind == "list" else read(raw)
+            for raw, kind, value in zip(chunk, kinds, await pipe.execute(), strict=True):
+                name = re.sub(r"^conv:\{[^}]*:(\d+)\}:", r"\1:", raw.decode().replace(app_id, "<app>"))
+                name = re.sub(r":seen:-?\d+$", ":seen", name)
+                if kind == "hash":
+                    dump[name] = {
+                        f.decode().replace(app_id, "<app>"): _amount(v.decode()) for f, v in value.items()
+                    }
+                elif kind == "list":
+                    dump[name] = [v.decode() for v in value]
+                elif kind == "set":  # the two dedupe periods as one
+                    dump[name] = sorted({*dump.get(name, []), *(v.decode() for v in value)})
+                else:
+                    dump[name] = (value or b"").hex()
+    finally:
+        await client.aclose()
+    return dump
+
+
+def _amount(value: str) -> str:
+    """A hash field's value; a decimal sum (HINCRBYFLOAT) to 6 places: Redis adds those in long
+    double, so their last digits depend on how the batches fell, which differs from run to run
+    with outputs arriving live, whatever the version."""
+    if "." not in value:
+        return value
+    try:
+        return format(round(Decimal(value), 6).normalize(), "f")
+    except ArithmeticError:
+        return value
+
+
+def digest(dump: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(dump, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
 async def process_once(
@@ -228,8 +286,13 @@ async def process_once(
             await producing
     finally:
         process.stop()
+    dumped = await dump_counters(infra.redis_url, run.settings.app_id)
+    (run.workdir / "counters-dump.json").write_bytes(orjson.dumps(dumped, option=orjson.OPT_SORT_KEYS))
     return {
         "tree": tree or "this checkout",
+        "keys": len(dumped),
+        "counters_digest": digest(dumped),
+        "dump": str(run.workdir / "counters-dump.json"),
         "outputs_per_s": round(len(found) / wall),
         "process_us_per_output": round(spent[0] / len(found) * 1e6, 1),
         "process_us_per_event": round(spent[0] / events * 1e6, 1),
@@ -251,6 +314,11 @@ async def process_runs(
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
     return rows
+
+
+def same_counters(rows: list[dict[str, Any]]) -> bool:
+    """Whether every process left the same Redis dump (`dump_counters`) for the same outputs."""
+    return len({row["counters_digest"] for row in rows}) == 1
 
 
 async def pipeline_once(
@@ -323,6 +391,7 @@ def main() -> None:
                     "days": args.days,
                     "rate": args.rate,
                     "process": rows,
+                    "same_counters": same_counters(rows),
                     "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 },
                 indent=2,

@@ -16,6 +16,10 @@ three ways: `gc_heap` as is (the heap holds the bench's decoded outputs, tens of
 dicts, as a worker's holds its journeys), `gc_frozen` with the bench's inputs moved out of the
 collector's sight (`gc.freeze()`: what the counters cost on a small heap), and `gc_off`.
 
+`consumer_gc_frozen` is the consumer's whole path from the message bytes, the heap frozen:
+`increments_of` per decoded output then folded (as before issue 30), and `tally` (decoded,
+capped and folded in one pass, `counters.tally`, as now), each with the default breakdown cap.
+
 `--profile` runs cProfile over one repetition instead and prints the top functions.
 """
 
@@ -36,8 +40,10 @@ import orjson
 
 from streams.core.config.loader import load_config
 from streams.core.config.matching import CompiledConfig, compile_config
-from streams.core.measures.counters import COUNTED_TYPES, increments, pseudonymizer
+from streams.core.measures.cardinality import BREAKDOWN_CAP, ValueCap
+from streams.core.measures.counters import COUNTED_TYPES, increments, increments_of, pseudonymizer
 from streams.counters.batch import fold
+from streams.counters.tally import Tallier
 from streams.offline.run import OfflineRun
 from streams.settings import DEFAULT_FUNNELS
 from streams.tools.simulate import Simulator
@@ -80,6 +86,20 @@ def measure(
         for start in range(0, len(outputs), batch):
             fold([increments(o, config, BUCKET_MS, pseudonym) for o in outputs[start : start + batch]]).wire()
 
+    def tallied() -> None:
+        # as the counters consumer does since issue 30: each output's increments straight into
+        # the batch's slots (`counters.tally`), from the message bytes
+        tallier = Tallier(config, BUCKET_MS, pseudonym, ValueCap(BREAKDOWN_CAP))
+        for start in range(0, len(encoded), batch):
+            fold([tallier.decode(raw)[1] or () for raw in encoded[start : start + batch]]).wire()
+
+    def planned() -> None:
+        # as the counters consumer did before: `increments_of` per decoded output, then folded
+        cap = ValueCap(BREAKDOWN_CAP)
+        for start in range(0, len(encoded), batch):
+            chunk = [orjson.loads(raw) for raw in encoded[start : start + batch]]
+            fold([increments_of(o, config, BUCKET_MS, pseudonym, cap) or () for o in chunk]).wire()
+
     def figures(work: Callable[[], object]) -> dict[str, float]:
         per_output = sorted(s / len(outputs) * 1e6 for s in _time(work, repeat))
         return {
@@ -98,6 +118,13 @@ def measure(
     folding["gc_frozen"] = figures(with_folding)
     gc.unfreeze()
     result["increments_and_fold"] = folding
+    encoded = [orjson.dumps(o) for o in outputs]
+    gc.freeze()
+    result["consumer_gc_frozen"] = {
+        "increments_of_then_fold": figures(planned),
+        "tally": figures(tallied),
+    }
+    gc.unfreeze()
     return result
 
 

@@ -36,10 +36,12 @@ from streams.errors import QueryTooLarge
 MAX_KEYS_PER_QUERY = 50_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CountedMessage:
     """One output message to count: where it sits in Kafka, its id, and its increments (a list,
-    or `core.counters.Increments` as the consumer makes them: iterated again when refolded)."""
+    `core.counters.Increments`, or `tally.Tallied` as the consumer makes them: folded again when
+    a batch is refolded). Not frozen: one is made per message, and a frozen dataclass's
+    `__init__` costs four times as much."""
 
     topic: str
     offset: int

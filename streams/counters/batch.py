@@ -18,29 +18,34 @@ so the kinds are applied one after another. It works at the level of `core.count
 whatever increments `increments` makes are folded alike. Which messages are folded (the fresh
 ones, not those already applied) is the store's business: `redis_store`.
 
-An output's increments come unstamped (`core.counters.Increments`): the same fields under the
-finest bucket and each rollup. They are folded once per key prefix and finest bucket, and only
-the folded sums are stamped with each resolution's bucket (`wire`): a third of the work, and no
-`Op` built per resolution. Sums, unions and the two other kinds do not depend on the grouping,
+An output's increments come unstamped (`core.counters.Increments`, or `tally.Tallied`, which
+writes them straight into the slots): the same fields under the finest bucket and each rollup.
+They are folded once per key prefix and finest bucket (a slot), and only the folded sums are
+stamped with each resolution's bucket (`wire`): a third of the work, and no `Op` built per
+resolution. A slot keeps the fields incremented by one as a list, counted at each resolution by
+`collections`' C counter. Sums, unions and the two other kinds do not depend on the grouping,
 so the result is the same as folding the stamped list.
 """
 
 from __future__ import annotations
 
+from collections import _count_elements  # type: ignore[attr-defined]
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
 from streams.core.measures.counters import COHORT_LEVELS, Increments, Item, Op, resolution_labels
+from streams.counters.tally import Tallied
 
-_Slot = tuple[dict[str, int], dict[str, Decimal], dict[str, None]]
-"""The folded items of one key prefix and finest bucket: sums, decimal sums, members."""
+Slot = tuple[list[str], dict[str, int], dict[str, Decimal], dict[str, None]]
+"""The folded items of one key prefix and finest bucket: the fields incremented by one (each
+time, counted when stamped: `collections`' C counter), other sums, decimal sums, members."""
 
 
 class BatchIncrements:
     """The increments of a batch, folded per key and field (see the module docstring)."""
 
-    __slots__ = ("_stamped", "_unstamped", "floats", "ints", "lists", "maxima", "members")
+    __slots__ = ("_stamped", "floats", "ints", "lists", "maxima", "members", "slots")
 
     def __init__(self) -> None:
         self.ints: dict[str, dict[str, int]] = {}
@@ -50,10 +55,14 @@ class BatchIncrements:
         self.lists: dict[str, list[tuple[int, list[str]]]] = {}
         # (key prefix, finest bucket start, bucket size, resolutions) -> its folded items, not
         # yet stamped (resolutions: how many, from the finest; 0 for all)
-        self._unstamped: dict[tuple[str, int, int, int], _Slot] = {}
+        self.slots: dict[tuple[str, int, int, int], Slot] = {}
         self._stamped = True
 
     def add(self, ops: Iterable[Op]) -> None:
+        if type(ops) is Tallied:
+            ops.fold_into(self)
+            self._stamped = False
+            return
         if type(ops) is Increments:
             self.add_increments(ops)
             return
@@ -78,13 +87,24 @@ class BatchIncrements:
                 if held is None or float(amount) > float(held):
                     maxima[name] = amount
             elif kind == "l":
-                cap = int(amount)
-                runs = self.lists.setdefault(key, [])
-                if not runs or runs[-1][0] != cap:
-                    runs.append((cap, []))
-                runs[-1][1].append(name)
+                self.lists_add(key, name, int(amount))
             else:
                 raise ValueError(f"unknown increment kind {kind!r}")
+
+    def lists_add(self, key: str, entry: str, cap: int) -> None:
+        """A capped LPUSH of `entry` onto `key`."""
+        runs = self.lists.setdefault(key, [])
+        if not runs or runs[-1][0] != cap:
+            runs.append((cap, []))
+        runs[-1][1].append(entry)
+
+    def slot(self, prefix: str, at: int, size: int, levels: int) -> Slot:
+        """The folded items of `prefix` at the finest bucket starting at `at` (`size` ms), kept at
+        the first `levels` resolutions (0: all), to add to; stamped by `wire`."""
+        slot = self.slots.get((prefix, at, size, levels))
+        if slot is None:
+            slot = self.slots[(prefix, at, size, levels)] = ([], {}, {}, {})
+        return slot
 
     def add_increments(self, planned: Increments) -> None:
         """One output's increments, their groups folded under their finest bucket."""
@@ -98,13 +118,13 @@ class BatchIncrements:
         self._stamped = False
 
     def _fold(self, prefix: str, at: int, size: int, levels: int, items: list[Item]) -> None:
-        slot = self._unstamped.get((prefix, at, size, levels))
-        if slot is None:
-            slot = self._unstamped[(prefix, at, size, levels)] = ({}, {}, {})
-        ints, floats, members = slot
+        ones, ints, floats, members = self.slot(prefix, at, size, levels)
         for kind, name, amount in items:
             if kind == "h":
-                ints[name] = ints.get(name, 0) + (amount if type(amount) is int else int(amount))
+                if amount == 1 and type(amount) is int:
+                    ones.append(name)
+                else:
+                    ints[name] = ints.get(name, 0) + (amount if type(amount) is int else int(amount))
             elif kind == "p":
                 members[name] = None
             elif kind == "f":
@@ -117,24 +137,26 @@ class BatchIncrements:
         """Stamp the folded groups with each resolution's bucket and fold them in."""
         if self._stamped:
             return
-        for (prefix, at, size, levels), (ints, floats, members) in self._unstamped.items():
+        for (prefix, at, size, levels), (ones, ints, floats, members) in self.slots.items():
             labels = resolution_labels(size)
             for resolution, label in labels[:levels] if levels else labels:
                 key = f"{prefix}{label}{at // resolution * resolution}"
-                if ints:
+                if ones or ints:
                     held = self.ints.get(key)
                     if held is None:
-                        self.ints[key] = ints.copy()
-                    else:
+                        held = self.ints[key] = ints.copy()
+                    elif ints:
                         for name, amount in ints.items():
                             held[name] = held.get(name, 0) + amount
+                    if ones:
+                        _count_elements(held, ones)
                 if floats:
                     sums = self.floats.setdefault(key, {})
                     for name, value in floats.items():
                         sums[name] = sums.get(name, Decimal(0)) + value
                 if members:
                     self.members.setdefault(key, {}).update(members)
-        self._unstamped = {}
+        self.slots = {}
         self._stamped = True
 
     def wire(self) -> dict[str, Any]:

@@ -18,15 +18,15 @@ import time
 from collections import defaultdict
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import ConsumerStoppedError
 
 from streams.core.config.matching import CompiledConfig
 from streams.core.measures.cardinality import ValueCap
-from streams.core.measures.counters import increments_of, pseudonymizer
+from streams.core.measures.counters import pseudonymizer
 from streams.counters.base import CountedMessage
 from streams.counters.redis_store import REDIS_UNAVAILABLE, CounterStore, apply_with_retry
+from streams.counters.tally import Tallier
 from streams.kafka.clients import new_consumer, start_with_retry
 from streams.kafka.undecodable import DeadLetterProducer, GuardedConsumer, SkippedBatches, undecodable
 from streams.metrics import Metrics
@@ -56,6 +56,7 @@ class Counting:
         key = settings.pseudonymize_key
         self._pseudonym = pseudonymizer(key.get_secret_value().encode()) if key is not None else None
         self._cap = ValueCap(settings.breakdown_cap)
+        self._tallier = Tallier(config, settings.counter_bucket_s * 1_000, self._pseudonym, self._cap)
         self._kafka: AIOKafkaConsumer | None = None
         self._committing = asyncio.Lock()
         self._closing = False
@@ -129,9 +130,8 @@ class Counting:
         await self.store.redis.aclose()
 
     async def _apply(self, batch: dict[Any, list[Any]]) -> None:
-        bucket_ms = self.settings.counter_bucket_s * 1_000
         by_shard: dict[int, list[CountedMessage]] = defaultdict(list)
-        config, pseudonym = self.config, self._pseudonym
+        decode = self._tallier.decode
         for tp, messages in batch.items():
             counted = by_shard[tp.partition]
             for message in messages:
@@ -139,16 +139,8 @@ class Counting:
                 if bad is not None:  # its offsets are committed with the batch's
                     await self._skipped.report(tp.topic, tp.partition, bad)
                     continue
-                output = orjson.loads(message.value or b"{}")
-                planned = increments_of(output, config, bucket_ms, pseudonym, self._cap)
-                counted.append(
-                    CountedMessage(
-                        tp.topic,
-                        message.offset,
-                        str(output.get("id", "")),
-                        () if planned is None else planned,
-                    )
-                )
+                output_id, planned = decode(message.value or b"{}")
+                counted.append(CountedMessage(tp.topic, message.offset, output_id, planned or ()))
         for shard, counted in by_shard.items():
             started = time.perf_counter()
             applied, skipped = await apply_with_retry(self.store, shard, counted)
