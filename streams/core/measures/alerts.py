@@ -497,7 +497,9 @@ class AlertEvaluator:
             for minute in range(since, t, MINUTE_MS):
                 add_cells(windows, state.segment_counts.get(minute), +1)
         combos: dict[tuple[str | None, ...], tuple[Counts, Counts]] = {}
-        for key in set(windows) | set(state.segment_baseline):
+        # in a fixed order: the shares are float sums, and a set's order follows the hashes of its
+        # keys (randomized per process for strings, by address for None in Python 3.11)
+        for key in sorted(set(windows) | set(state.segment_baseline), key=repr):
             key_by, combo = key
             if key_by != by:
                 continue
