@@ -5,7 +5,10 @@
   process: what any per-event work is measured against.
 - **one process**: `conversions process --input FILE` in its own process, outputs to a file.
 - **workers**: `conversions process --input FILE --workers N`, the same; its outputs must be the
-  one process's as a multiset (`outputs_identical`).
+  one process's as a multiset (`outputs_identical`). With `--pairs P`, one process and the
+  workers run in turn P times (A B A B): `eps` and `parallel_eps` are the medians,
+  `parallel_vs_one_pairs` each pair's ratio by wall clock (the machine's other load moves
+  between pairs, less within one).
 
 Every figure is events per second of wall-clock time, from the process's start to its exit
 (imports included, about 0.5 s), with the CPU seconds beside it. `engine_us_per_event` is the
@@ -30,6 +33,7 @@ import hashlib
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -206,7 +210,12 @@ def _multiset(path: Path) -> str:
 
 
 def offline_throughput(
-    workdir: Path, workers: int = 2, users: int = USERS, days: float = DAYS, profiled: bool = True
+    workdir: Path,
+    workers: int = 2,
+    users: int = USERS,
+    days: float = DAYS,
+    profiled: bool = True,
+    pairs: int = 1,
 ) -> dict[str, Any]:
     """The `offline` section: {"eps", "decode_ceiling_eps", "parallel_eps", "parallel_workers"}
     and the figures behind them."""
@@ -216,18 +225,22 @@ def offline_throughput(
     events, decode_s = decode_ceiling(path)
     say(f"offline: {events:,} events in {path.name}; decoding alone {events / decode_s:,.0f} events/s")
     one_out, many_out = workdir / "offline-1.out", workdir / f"offline-{workers}.out"
-    one_s, one_cpu = process(path, one_out)
-    say(f"  one process {events / one_s:,.0f} events/s ({one_s:.1f} s, {one_cpu:.1f} s CPU)")
-    many_s, many_cpu = process(path, many_out, workers)
-    say(f"  {workers} workers   {events / many_s:,.0f} events/s ({many_s:.1f} s, {many_cpu:.1f} s CPU)")
-    identical = _multiset(one_out) == _multiset(many_out)
+    runs: list[dict[str, float]] = []
+    identical = True
+    for _ in range(max(pairs, 1)):
+        one_s, one_cpu = process(path, one_out)
+        say(f"  one process {events / one_s:,.0f} events/s ({one_s:.1f} s, {one_cpu:.1f} s CPU)")
+        many_s, many_cpu = process(path, many_out, workers)
+        say(f"  {workers} workers   {events / many_s:,.0f} events/s ({many_s:.1f} s, {many_cpu:.1f} s CPU)")
+        identical = identical and _multiset(one_out) == _multiset(many_out)
+        runs.append({"one_s": one_s, "one_cpu": one_cpu, "parallel_s": many_s, "parallel_cpu": many_cpu})
+    one_s, one_cpu = (statistics.median(run[key] for run in runs) for key in ("one_s", "one_cpu"))
+    many_s, many_cpu = (statistics.median(run[key] for run in runs) for key in ("parallel_s", "parallel_cpu"))
     outputs = sum(1 for _ in one_out.open("rb"))
     one_out.unlink()
     many_out.unlink()
-    pairs = side_by_side(path, workdir)
-    say(
-        f"  side by side: {pairs:.2f}x the CPU per event of one process alone; outputs identical: {identical}"
-    )
+    side = side_by_side(path, workdir)
+    say(f"  side by side: {side:.2f}x the CPU per event of one process alone; outputs identical: {identical}")
     decode_us, one_us = decode_s / events * 1e6, one_cpu / events * 1e6
     profile: dict[str, Any] = profile_offline(path) if profiled else {"skipped": "--no-profile"}
     if "percent_by_area" in profile:
@@ -250,7 +263,9 @@ def offline_throughput(
         "engine_us_per_event": round(one_us - decode_us, 1),
         "engine_vs_decode": round((one_us - decode_us) / decode_us, 2),
         "profile": profile,
-        "side_by_side_cpu_ratio": round(pairs, 3),
+        "side_by_side_cpu_ratio": round(side, 3),
+        "parallel_vs_one_pairs": [round(run["one_s"] / run["parallel_s"], 3) for run in runs],
+        "parallel_cpu_vs_one_pairs": [round(run["parallel_cpu"] / run["one_cpu"], 3) for run in runs],
         # what the workers would reach with a core each and nothing else running: their CPU time
         # shared over the cores (the wall-clock figure above also pays for whatever else runs)
         "parallel_vs_one_if_cores_free": round(one_cpu / (many_cpu / min(workers, os.cpu_count() or 1)), 3),
@@ -274,8 +289,8 @@ def offline_targets(offline: dict[str, Any]) -> dict[str, Any]:
         f"offline_parallel_vs_one >= {TARGET_WORKERS}": (
             offline["parallel_eps"] / offline["eps"],
             "{workers} workers used {parallel} us of CPU per event against one process's {one}, so "
-            "with a core each and nothing else running they would reach {free}x: each also reads "
-            "every line (parsing only its own) and catches up with the file's event time before its lines, "
+            "with a core each and nothing else running they would reach {free}x: a first pass routes "
+            "every line, each worker catches up with the file's event time before its lines, "
             "the parent judges every microconversion for alerts and experiments and merges the "
             "sorted outputs, and two processes side by side take {pairs}x the CPU per event of one "
             "alone on this machine's two cores; the wall-clock figure also pays for what else ran "
@@ -319,10 +334,15 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=USERS)
     parser.add_argument("--days", type=float, default=DAYS)
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy run (profile_offline)")
+    parser.add_argument(
+        "--pairs", type=int, default=1, help="one process and the workers this many times, in turn (medians)"
+    )
     args = parser.parse_args()
     workdir = ROOT.parent / "var" / "bench"
     result: dict[str, Any] = {
-        "offline": offline_throughput(workdir, args.workers, args.users, args.days, not args.no_profile)
+        "offline": offline_throughput(
+            workdir, args.workers, args.users, args.days, not args.no_profile, args.pairs
+        )
     }
     result["targets"] = offline_targets(result["offline"])
     result["machine"] = {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()}

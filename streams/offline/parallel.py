@@ -11,11 +11,12 @@ user's journey. So the split is by *person*:
    will link (first link wins, `link_on`, expiry): ids it keeps apart only share a worker. With
    the people known, each worker says for each line of its range which workers it concerns (a
    person's worker is a hash of the person), and the parent hands each worker its own flags for
-   the whole file: a line is parsed once in all, not once by every worker.
-2. **People, in parallel.** Every worker reads the whole file and skips, unparsed, the lines its
-   flags leave out; it decodes the others in full, applying only its own events. A batch line
-   with several people is decoded by each of their workers. Dead letters of a line belong to the
-   worker of the line's first event (of the line number, without one).
+   the whole file, with where each line starts: a line is parsed once in all, not once by every
+   worker.
+2. **People, in parallel.** Every worker reads only the lines its flags name (at the offsets the
+   first pass found, the file mapped in memory) and decodes them in full, applying only its own
+   events. A batch line with several people is decoded by each of their workers. Dead letters of
+   a line belong to the worker of the line's first event (of the line number, without one).
 
 Offline mode's outputs depend on the file's event time after each line (the latest valid
 event's, across all people): it fires deadlines, releases held items, stamps dead letters, and
@@ -30,7 +31,8 @@ The evaluators need every microconversion: the workers send them, tagged with th
 the parent judges line by line as one process does. The outputs (every worker's, the parent's
 alerts and experiment updates) are written sorted by event time, then id, then content: the
 same bytes for any number of workers, the same multiset as one process (tests/offline/test_parallel.py).
-Each worker keeps its outputs sorted in runs of at most `RUN_OUTPUTS` on disk; the parent merges.
+Each worker keeps its outputs sorted in runs of at most `RUN_OUTPUTS` on disk, each output one
+bytes object that sorts as its (event time, id, JSON) would (`_record`); the parent merges.
 """
 
 from __future__ import annotations
@@ -38,15 +40,18 @@ from __future__ import annotations
 import gc
 import heapq
 import marshal
+import mmap
 import multiprocessing
 import os
 import shutil
+import struct
 import sys
 import tempfile
 import traceback
 from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
@@ -79,17 +84,18 @@ RUN_OUTPUTS = 200_000
 MERGE_IN_MEMORY = 1_000_000
 """Outputs the parent sorts in memory at the end; beyond, it merges the runs as a stream."""
 _CHUNK = 4_096  # records per marshal chunk of a run file
-_SKIP, _EVENTS, _REJECTS, _KEYLESS = 0, 1, 3, 2
+_SKIP, _EVENTS, _REJECTS, _KEYLESS, _BLANK_LINE = 0, 1, 3, 2, 4
 """A line's flag for one worker: skip it; decode it for its events; decode it for its events
 and its dead letters (the worker of its first event); a line without any event's key, whose dead
-letters go by its line number (which only the parent knows)."""
+letters go by its line number (which only the parent knows); a blank line (every worker's: it
+reports it, see `_BLANK`)."""
 _NONE = -1  # no valid event (yet): an event time is never negative here
 _BLANK = -2  # a blank line: one process skips it entirely (no event time, no judging)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
-Record = tuple[int, str, bytes]
-"""An output as the merge sorts it: event time in microseconds, id, JSON."""
+Record = bytes
+"""An output as the merge sorts it: its sort key (`_record`) then its JSON, one bytes object."""
 Decoded_block = tuple[int, int, list[tuple[int, list[ClickEvent], list[Rejection], bytes | None]]]
 """A block as a worker decoded it: its number, its first line's number, and per line of the
 worker's (by index in the block) its events, the dead letters it owes, and the line itself when
@@ -244,19 +250,35 @@ def _lines(path: str, start: int = 0, end: int | None = None) -> Iterator[bytes]
             yield line
 
 
-def _blocks(path: str, size: int) -> Iterator[list[bytes]]:
-    block: list[bytes] = []
-    for line in _lines(path):
-        block.append(line)
-        if len(block) == size:
-            yield block
-            block = []
-    if block:
-        yield block
+def _read(path: str) -> bytes | mmap.mmap:
+    """The whole file, mapped (an empty file cannot be: its bytes)."""
+    with open(path, "rb") as stream:
+        try:
+            return mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:
+            return b""
 
 
 def _micro_us(moment: datetime) -> int:
     return (moment - _EPOCH) // _MICROSECOND
+
+
+_TIME = struct.Struct(">Q")
+_TIME_OFFSET = 1 << 63  # event times before 1970 are negative: offset, they sort as unsigned
+
+
+def _record(output: OutputEvent) -> Record:
+    """The output's event time (8 bytes, big-endian), its id, a NUL, its JSON: bytes compare as
+    the tuple (event time, id, JSON) does, so the merge sorts plain bytes (memcmp) and loads them
+    from a run without building tuples. Ids are hex (`output_id`): no NUL, UTF-8 order is code
+    point order, and a shorter id sorts before the longer ones it begins, as str does."""
+    at = _TIME.pack(_micro_us(output.timestamp) + _TIME_OFFSET)
+    return at + output.id.encode() + b"\0" + output.to_json()
+
+
+def _line(record: Record) -> bytes:
+    """A record's NDJSON line: its JSON, after the NUL that ends its id."""
+    return record[record.index(0, _TIME.size) + 1 :] + b"\n"
 
 
 class _Runs:
@@ -270,8 +292,7 @@ class _Runs:
     def add(self, outputs: Iterable[OutputEvent]) -> None:
         records = self.records
         for output in outputs:
-            # an exact-size copy: orjson's result keeps the buffer it grew (about 8 KiB)
-            records.append((_micro_us(output.timestamp), output.id, bytes(memoryview(output.to_json()))))
+            records.append(_record(output))  # an exact-size copy of orjson's grown buffer, too
         if len(records) >= self.size:
             self.spill()
 
@@ -306,11 +327,14 @@ def _work(index: int, job: Job, conn: Connection) -> None:
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     try:
-        keys = _phase_links(job, conn)
+        keys, starts = _phase_links(job, conn)
         router = Router(conn.recv(), job.workers)
-        conn.send(_flags(keys, router))
-        del keys
-        _phase_people(index, job, conn, router, conn.recv())
+        conn.send((_flags(keys, router), starts.tobytes()))
+        del keys, starts
+        flags, starts_bytes = conn.recv()
+        starts = array("q")
+        starts.frombytes(starts_bytes)
+        _phase_people(index, job, conn, router, flags, starts)
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         raise
@@ -318,14 +342,18 @@ def _work(index: int, job: Job, conn: Connection) -> None:
         conn.close()
 
 
-def _phase_links(job: Job, conn: Connection) -> list[list[str] | None]:
+def _phase_links(job: Job, conn: Connection) -> tuple[list[list[str] | None], array[int]]:
     """The pairs of ids of the worker's byte range, sent to the parent; returns each line's home
-    keys (None for a blank line), kept for `_flags`."""
+    keys (None for a blank line), kept for `_flags`, and where each line starts in the file."""
     start, end = conn.recv()
     rules = IdentityRules.from_config(job.config.source.identity)
     pairs: set[tuple[str, str]] = set()
     keys: list[list[str] | None] = []
+    starts = array("q")
+    position = start
     for line in _lines(job.path, start, end):
+        starts.append(position)
+        position += len(line)
         if not line.strip():
             keys.append(None)
             continue
@@ -334,7 +362,7 @@ def _phase_links(job: Job, conn: Connection) -> list[list[str] | None]:
         if rules.stitch:
             pairs.update(found)
     conn.send(sorted(pairs))
-    return keys
+    return keys, starts
 
 
 def _flags(keys: list[list[str] | None], router: Router) -> list[bytes]:
@@ -342,7 +370,9 @@ def _flags(keys: list[list[str] | None], router: Router) -> list[bytes]:
     flags = [bytearray(len(keys)) for _ in range(router.workers)]
     for i, homes in enumerate(keys):
         if homes is None:
-            continue  # blank: every worker sees that for itself
+            for worker in flags:
+                worker[i] = _BLANK_LINE
+            continue
         if not homes:
             for worker in flags:
                 worker[i] = _KEYLESS
@@ -354,7 +384,11 @@ def _flags(keys: list[list[str] | None], router: Router) -> list[bytes]:
     return [bytes(worker) for worker in flags]
 
 
-def _phase_people(index: int, job: Job, conn: Connection, router: Router, flags: bytes) -> None:
+def _phase_people(
+    index: int, job: Job, conn: Connection, router: Router, flags: bytes, starts: array[int]
+) -> None:
+    """Decode, block by block, only the lines `flags` names (read at `starts`, where each line
+    starts, and the file's size after the last), then apply each block at the parent's times."""
     rules = IdentityRules.from_config(job.config.source.identity)
     # One partition: offline, every partition hears the one source at the same event times, so
     # the outputs do not depend on their number (test_parallel checks it against four), and each
@@ -372,18 +406,25 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router, flags:
     )
     runs = _Runs(job.tmpdir, f"w{index}", job.run_outputs)
     pending: deque[Decoded_block] = deque()
-    first = 1  # the line number of the block's first line (one process counts from 1)
-    for number, block in enumerate(_blocks(job.path, job.block_lines)):
+    data = _read(job.path)
+    lines = len(flags)
+    own = [i for i, flag in enumerate(flags) if flag]  # indices from 0
+    at = 0  # in `own`
+    for number, first in enumerate(range(1, lines + 1, job.block_lines)):
+        # `first`: the line number of the block's first line (one process counts from 1)
+        size = min(job.block_lines, lines - first + 1)
+        end = first - 1 + size
         mine: list[tuple[int, list[ClickEvent], list[Rejection], bytes | None]] = []
-        times = array("q", [_NONE]) * len(block)
-        for i, line in enumerate(block):
-            flag = flags[first + i - 1]
-            if not flag:
-                if not line.strip():
-                    times[i] = _BLANK
+        times = array("q", [_NONE]) * size
+        while at < len(own) and own[at] < end:
+            line = own[at]
+            at += 1
+            flag, i = flags[line], line - first + 1
+            if flag == _BLANK_LINE:
+                times[i] = _BLANK
                 continue
             rejects_here = flag == _REJECTS
-            raw = line.rstrip(b"\r\n")
+            raw = data[starts[line] : starts[line + 1]].rstrip(b"\r\n")
             decoded = _decode(raw, job)
             events = [e for e in decoded.events if router.owner(rules.home(e)) == index]
             if events:
@@ -392,12 +433,11 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router, flags:
                 for name, count in decoded.unknown_fields.items():
                     run.unknown_fields[name] = run.unknown_fields.get(name, 0) + count
             mine.append((i, events, decoded.rejects if rejects_here else [], raw if events else None))
-        conn.send(("times", number, len(block), times.tobytes()))
+        conn.send(("times", number, size, times.tobytes()))
         pending.append((number, first, mine))
         if len(pending) > job.lookahead:
             _apply(run, runs, conn, pending.popleft())
-        first += len(block)
-    conn.send(("end", first - 1))
+    conn.send(("end", lines))
     while pending:
         _apply(run, runs, conn, pending.popleft())
     kind, final = conn.recv()  # the file's event time after its last line
@@ -405,8 +445,7 @@ def _phase_people(index: int, job: Job, conn: Connection, router: Router, flags:
     ended = run.catch_up(None if final == _NONE else final)
     if job.flush:  # the parent judges what the flush released, then the input to its end
         ended += run.flush(judge=False)
-    runs.add(ended)
-    run.engine.flush()
+    runs.add(ended)  # the journeys are not written to the store (`Engine.flush`): nothing reads it
     runs.spill()
     released = [_judged_fields(o) for o in ended if o.type == "micro"] if job.flush else []
     conn.send(("done", runs.paths, run.events, run.rejected, run.unknown_fields, run.counts, released))
@@ -509,15 +548,36 @@ def process_file(job: Job, out: BinaryIO) -> Totals:
                 process.kill()
 
 
+@contextmanager
+def _collector_relaxed() -> Iterator[None]:
+    """The workers' collector setting (`_work`) in the parent while it coordinates, then back:
+    it keeps every microconversion of a few blocks and the evaluators' state alive."""
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
 def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
+    with _collector_relaxed():
+        return _coordinated(job, conns, out)
+
+
+def _coordinated(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
     for conn, byte_range in zip(conns, _ranges(job.path, job.workers), strict=True):
         conn.send(byte_range)
     pairs = [pair for conn in conns for pair in _recv(conn)]
     roots = persons(pairs)
     for conn in conns:
         conn.send(roots)
-    for index, flags in enumerate(_gather_flags(job.workers, [_recv(conn) for conn in conns])):
-        conns[index].send(flags)
+    reports = [_recv(conn) for conn in conns]
+    starts = b"".join(starts for _, starts in reports) + array("q", [os.path.getsize(job.path)]).tobytes()
+    for index, flags in enumerate(_gather_flags(job.workers, [flags for flags, _ in reports])):
+        conns[index].send((flags, starts))
 
     judges = Judges(job.config, job.breakdown_cap)
     judged: list[OutputEvent] = []
@@ -567,7 +627,7 @@ def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
         released += micro
     if job.flush:
         judged += judges.finish(released, None if latest == _NONE else latest)
-    mine = sorted((_micro_us(o.timestamp), o.id, o.to_json()) for o in judged)
+    mine = sorted(_record(o) for o in judged)
     in_memory = len(paths) * job.run_outputs <= job.merge_in_memory  # an upper bound of the runs' size
     _write_sorted(out, [mine, *(read_run(path) for path in paths)], in_memory)
     return totals
@@ -593,10 +653,10 @@ def _write_sorted(out: BinaryIO, runs: list[Iterable[Record]], in_memory: bool) 
         records = [record for run in runs for record in run]
         records.sort()
         for at in range(0, len(records), _CHUNK):
-            out.write(b"".join([raw + b"\n" for _, _, raw in records[at : at + _CHUNK]]))
+            out.write(b"".join([_line(record) for record in records[at : at + _CHUNK]]))
         return
-    for _, _, raw in heapq.merge(*runs):
-        out.write(raw + b"\n")
+    for record in heapq.merge(*runs):
+        out.write(_line(record))
 
 
 def _judge(

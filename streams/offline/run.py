@@ -224,14 +224,15 @@ class OfflineRun:
         self.engine.flush()
 
     def write(self, lines: Iterable[bytes], out: BinaryIO, flush: bool = False) -> None:
-        """`run` (and `flush`), each line's outputs written as NDJSON in one call."""
+        """`run` (and `flush`), each line's outputs written as NDJSON in one call (gathering the
+        lines of many input lines per write was measured and bought nothing)."""
         for line in lines:
             outputs = self.feed(line)
             if outputs:
-                out.write(b"".join([output.to_json() + b"\n" for output in outputs]))
+                out.write(b"".join([output.to_line() for output in outputs]))
         self.engine.flush()
         if flush:
-            out.write(b"".join([output.to_json() + b"\n" for output in self.flush()]))
+            out.write(b"".join([output.to_line() for output in self.flush()]))
 
     def flush(self, judge: bool = True) -> list[OutputEvent]:
         """Let event time run out: close every open session and attempt (end of history), then

@@ -140,6 +140,7 @@ class ConversionsApp:
             self._dead_letter,
             self._ingest_assignment,
             home_partition=self.engine.home_partition,
+            notice_for=self.engine.notice_for if self.engine.forwarding else None,
             late_tolerance_ms=config.late_tolerance,
         )
         self.ingest_consumer = IngestConsumer(

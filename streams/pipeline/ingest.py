@@ -8,10 +8,13 @@ offset of the input message it came from. Right after each run, the partitions t
 events of a source learn how far it has got (`announce_when_moved`), and a timer repeats the
 watermarks and says when a source has gone idle, so event time moves on everywhere.
 
-The hold watermark of a journey partition (what a stitched event held there waits for) is the
-slowest of every source's progress as every partition has seen it: had a partition that got
+The hold watermark of a journey partition (what a stitched event held there waits for at most) is
+the slowest of every source's progress as every partition has seen it: had a partition that got
 nothing of a source learnt its watermark only at the next tick of the timer, every held event
-would wait up to that interval for it.
+would wait up to that interval for it. With stitching, an event carrying both ids also gives its
+user's partition a link notice (`core.journeys.notices`), in the batch of its source for that
+partition: what lets a person's held events wait only for the partitions they could conflict
+with.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from streams.core.input.formats.detect import format_for
 from streams.core.input.rejection import Rejection
 from streams.core.input.repartition import PendingBatch, RepartitionBatch, source_name
 from streams.core.journeys.engine import partition_for
+from streams.core.journeys.notices import Notice
 from streams.metrics import Metrics
 from streams.ports import Stopping
 from streams.settings import Settings
@@ -57,7 +61,11 @@ class Ingest:
         assignment: Callable[[], set[TP]],
         home_partition: Callable[[ClickEvent], int] | None = None,
         late_tolerance_ms: int = 10 * 60_000,
+        notice_for: Callable[[ClickEvent], tuple[int, Notice] | None] | None = None,
     ) -> None:
+        """`notice_for` (the engine's, with identity stitching across partitions): the link
+        notice an event carrying both ids gives its user's partition (`core.journeys.notices`),
+        sent in the same batch as the source's other events for that partition."""
         self.settings = settings
         self.late_tolerance_ms = late_tolerance_ms
         self._flush_after_ms = max(1, late_tolerance_ms // 2)
@@ -65,6 +73,7 @@ class Ingest:
         self._home_partition = home_partition or (
             lambda click: partition_for(click.identity, settings.partitions)
         )
+        self._notice_for = notice_for
         self._send = send
         self._dead_letter = dead_letter
         self._assignment = assignment
@@ -188,10 +197,13 @@ class Ingest:
                 continue
             by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
             people: list[tuple[int, str | None]] = []
+            notice_for = self._notice_for
             for click in events:
                 partition = self._home_partition(click)
                 by_partition[partition].append(click.to_json_dict())
                 people.append((partition, click.anonymous_id or click.user_id))
+                if notice_for is not None and (noticed := notice_for(click)) is not None:
+                    by_partition[noticed[0]].append(noticed[1].encode())
             if spread:
                 for other, partition in _interleaved(people, source, holders, pending):
                     # the person's earlier events, from another source, go first

@@ -31,7 +31,6 @@ from typing import Any
 
 import orjson
 from faust.types import TP
-from pydantic import ValidationError
 
 from streams.core.config.model import FunnelConfig
 from streams.core.config.versions import Definition, config_fingerprint, diff_configs
@@ -51,6 +50,7 @@ from streams.core.journeys.markers import (
     parse_marker,
     partition_of_key,
 )
+from streams.core.journeys.notices import is_notice
 from streams.core.records.outputs import DeadLetter as DeadLetterRecord
 from streams.core.records.outputs import OutputEvent
 from streams.kafka.changelog import read_to_end
@@ -173,10 +173,13 @@ class Journeys:
                     if forwarded:
                         produced.extend(self.engine.accept(partition, item))
                         continue
-                    click = ClickEvent.model_validate(item)
+                    if is_notice(item):
+                        self.engine.notice(partition, item)
+                        continue
+                    click = ClickEvent.trusted(item)  # ours, validated at ingest
                     if self.erased and _erased(self.erased, click):
                         continue
-                except (ValidationError, ValueError) as exc:
+                except (TypeError, ValueError) as exc:
                     self.engine.flush()
                     await self._dead_letter(
                         [Rejection("invalid_event", str(exc), orjson.dumps(item))], message
@@ -292,6 +295,7 @@ class Journeys:
         self.engine.release_partitions(released)
         await self._settle_versions(sorted(active))
         total = sum(self.engine.rebuild_deadlines(p, by_partition.get(p, [])) for p in sorted(active))
+        self._notices_lost(markers)
         await self._remind_watermarks(markers)
         changelog = self.table.changelog_topic.get_topic_name()
         positions = {p: self.table.persisted_offset(TP(changelog, p)) for p in sorted(active)}
@@ -341,6 +345,20 @@ class Journeys:
             if self.state.get(config_marker(partition)) != record:
                 self.state[config_marker(partition)] = record
         await self.state.write_changelog()
+
+    def _notices_lost(self, markers: list[tuple[int, str]]) -> None:
+        """The link notices a recovered partition was sent before are not kept: up to how far
+        its own sources had got (its applied markers), its held events wait for every partition
+        again (`Engine.notices_lost_until`)."""
+        reached: dict[int, int] = {}
+        for partition, key in markers:
+            if is_forwarder(marker_source(key)):
+                continue
+            _, watermark = parse_marker(self.state[key])
+            if watermark is not None:
+                reached[partition] = max(watermark, reached.get(partition, watermark))
+        for partition, at in reached.items():
+            self.engine.notices_lost_until(partition, at)
 
     async def _remind_watermarks(self, markers: list[tuple[int, str]]) -> None:
         """Tell each recovered partition again how far its sources had got, as heartbeats on its

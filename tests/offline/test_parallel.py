@@ -169,3 +169,22 @@ def test_an_empty_file_writes_nothing(tmp_path: Path) -> None:
     out = BytesIO()
     totals = run_parallel(Job(CONFIG, str(path), "file:x", partitions=4, workers=2), out)
     assert (totals.lines, totals.events, out.getvalue()) == (0, 0, b"")
+
+
+def test_workers_read_lines_as_one_process_splits_them(tmp_path: Path) -> None:
+    """The workers read their lines at the offsets the first pass found: CRLF endings, blank and
+    whitespace-only lines, a malformed line and a last line without its newline, as one process."""
+    lines = shop_lines(seed=11)[:300]
+    lines[150:150] = [b"   ", b"", b'{"event_id": "cut-', b"\t"]
+    body = b"".join(line + (b"\r\n" if i % 3 == 0 else b"\n") for i, line in enumerate(lines))
+    body += b'{"not": "an event"}'  # no newline after the last line
+    path = tmp_path / "in.ndjson"
+    path.write_bytes(body)
+    expected = one_process(list(BytesIO(body)), flush=True)
+    assert any(b'"deadletter"' in raw for raw in expected)
+    for n in (2, 3):
+        out = BytesIO()
+        job = Job(CONFIG, str(path), "file:x", partitions=4, workers=n, flush=True, block_lines=29)
+        totals = run_parallel(job, out)
+        assert totals.lines == len(lines) + 1
+        assert out.getvalue().splitlines() == expected

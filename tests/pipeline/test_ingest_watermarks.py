@@ -83,3 +83,57 @@ async def test_every_partition_learns_a_runs_watermark_right_after_the_run() -> 
     finally:
         stop = True
         await announcing
+
+
+async def test_an_event_with_both_ids_gives_its_users_partition_a_link_notice_in_its_sources_batch() -> None:
+    """With stitching, ingest sends an event carrying both ids to its anonymous id's home and a
+    link notice to its user's partition, in the same source's batch (so covered by the watermark
+    that batch carries), which the engine there takes as a notice (`core.journeys.notices`)."""
+    from streams.core.config.loader import parse_config
+    from streams.core.config.matching import compile_config
+    from streams.core.journeys.engine import Engine, partition_for
+    from streams.core.journeys.notices import decode_notice, is_notice
+    from streams.settings import DEFAULT_FUNNELS
+
+    sent: list[tuple[int, RepartitionBatch]] = []
+
+    async def send(partition: int, batch: RepartitionBatch) -> None:
+        sent.append((partition, batch))
+
+    async def dead_letter(rejects: Any, _: Any) -> None:
+        raise AssertionError(f"nothing here is invalid: {rejects}")
+
+    engine = Engine(
+        compile_config(parse_config(DEFAULT_FUNNELS.read_text())), {}, 4, [SOURCE], forwarding=True
+    )
+    user = next(f"u{i}" for i in range(100) if partition_for(f"u{i}", 4) == 0)
+    anonymous = next(f"a{i}" for i in range(100) if partition_for(f"a{i}", 4) == 1)
+    together = next(f"t{i}" for i in range(100) if partition_for(f"t{i}", 4) == 0)
+    settings = Settings(topic_prefix="p.", partitions=4, max_future_skew_s=10**9, watermark_interval_s=3600)
+    agent = Ingest(
+        settings,
+        Metrics(),
+        send,
+        dead_letter,
+        assignment=lambda: {TP("p.clickstream", 0)},
+        home_partition=engine.home_partition,
+        notice_for=engine.notice_for,
+    )
+    browse = {**event("page_view", "10:00", None), "anonymous_id": anonymous}
+    login = {**event("login", "10:01", user), "anonymous_id": anonymous}
+    same_home = {**event("login", "10:02", user), "anonymous_id": together}  # both on partition 0
+    own = event("purchase", "10:03", user)
+    await agent.repartition([message(1, browse, login, same_home, own)])
+
+    batches = {partition: batch for partition, batch in sent if batch.source == SOURCE and batch.events}
+    assert [e["event_id"] for e in batches[1].events] == [browse["event_id"], login["event_id"]]
+    to_user = batches[0].events
+    assert [is_notice(item) for item in to_user] == [True, False, False]
+    notice = decode_notice(to_user[0])
+    login_ms = ClickEvent.model_validate(login).ts_ms
+    assert (notice.user, notice.anonymous_id, notice.ts) == (user, anonymous, login_ms)
+    assert batches[0].watermark is not None and batches[0].watermark >= login_ms
+    assert batches[0].event_offsets() == [1, 1, 1]
+
+    engine.notice(0, to_user[0])  # the journeys agent hands it to the engine, not to validation
+    assert engine._clocks[0].notices == {user: {"journeys/1": login_ms}}

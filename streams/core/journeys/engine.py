@@ -17,6 +17,13 @@ send them, and every partition's progress through its own input reaches the othe
 watermark of a *forwarder* source (`journeys/N`), which the hold and deadline watermarks wait
 for like any other source. Offline, items are held on their partition at once.
 
+On Kafka a person's held items need not wait for every partition: only the partitions an
+earlier item of theirs can still come from (the homes of their linked anonymous ids, of the ids
+their held items carry, and of the ids ingest's link notices named, `core.journeys.notices`)
+must have passed them, besides the partition's own sources (`_person_until`). After a restart or
+a rebalance the notices seen before are gone, and every partition is waited for again until the
+hold watermark passes what the sources had reached (`notices_lost_until`).
+
 A run's journeys are decoded once and written once: `load` keeps each journey it reads (and every
 journey saved) in a cache of live objects, and `flush` writes the ones that changed to the store,
 each once, in the order they were first changed, then empties the cache. The Kafka agent flushes
@@ -50,6 +57,7 @@ from streams.core.journeys.identity import (
 )
 from streams.core.journeys.journey import Journey, JourneyMachine, Outputs
 from streams.core.journeys.merge import MAX_MERGED_IDS, merge_journeys, merged_first_touch
+from streams.core.journeys.notices import Notice, decode_notice
 from streams.core.records.ids import output_id, short_hash
 from streams.core.records.outputs import IdentityLink
 
@@ -75,6 +83,17 @@ class _PartitionClock:
     holds: list[tuple[int, str]] = field(default_factory=list)
     """(earliest held item's time, person): journeys with items waiting for the hold watermark."""
     held_at: dict[str, int] = field(default_factory=dict)
+    # Link notices and the restart bound (Kafka only; never in a state file: offline has none).
+    notices: dict[str, dict[str, int]] = field(default_factory=dict)
+    """person -> {forwarder source: latest noticed time}: items that source may still send them."""
+    noticed: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    """forwarder source -> heap of (noticed time, person): what its watermark settles."""
+    parked: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    """forwarder source -> heap of (earliest held time, person): holds the early rule found
+    waiting for that source, looked at again only once it has passed them."""
+    notices_lost_until: int | None = None
+    """Notices up to this time may have been seen before a restart: until the hold watermark
+    passes it, held items wait for every partition."""
 
     def to_state(self) -> dict[str, Any]:
         """Plain data for a state file (the heaps as they are: the order deadlines fire in within
@@ -170,6 +189,46 @@ class Engine:
     def home_partition(self, event: ClickEvent) -> int:
         """The partition that first handles an event: its anonymous id's when stitching."""
         return partition_for(self.rules.home(event), self.partitions)
+
+    def notice_for(self, event: ClickEvent) -> tuple[int, Notice] | None:
+        """The user's partition and the link notice ingest sends it beside an event that carries
+        both ids and goes to another (its anonymous id's) home; None when there is none to send."""
+        user, anonymous = event.user_id, event.anonymous_id
+        if not self.forwarding or user is None or anonymous is None:
+            return None
+        target = partition_for(user, self.partitions)
+        if target == partition_for(anonymous, self.partitions):
+            return None
+        return target, Notice(user, anonymous, event.ts_ms)
+
+    def notice(self, partition: int, body: object) -> None:
+        """A link notice ingest sent this partition (`core.journeys.notices`): until the
+        anonymous id's home has passed its time, the user's held items wait for that home too."""
+        if not self.forwarding:
+            return
+        notice = decode_notice(body)
+        home = self.partition_of(notice.anonymous_id)
+        if home == partition:
+            return
+        clock = self._clock(partition)
+        source = forwarder_source(home)
+        reached = None if source in clock.waiting_for else clock.sources.get(source)
+        if reached is not None and reached > notice.ts:
+            return  # its item, if any, is here already (at its own time, it may not be yet)
+        noticed = clock.notices.setdefault(notice.user, {})
+        if notice.ts > noticed.get(source, notice.ts - 1):
+            noticed[source] = notice.ts
+            heapq.heappush(clock.noticed.setdefault(source, []), (notice.ts, notice.user))
+
+    def notices_lost_until(self, partition: int, at: int | None) -> None:
+        """After a restart or a rebalance: the notices this partition was sent up to `at` (how
+        far its sources had got, by its applied markers) are not known here, so until the hold
+        watermark passes `at` its held items wait for every partition."""
+        if at is None or not self.forwarding:
+            return
+        clock = self._clock(partition)
+        if clock.notices_lost_until is None or at > clock.notices_lost_until:
+            clock.notices_lost_until = at
 
     @staticmethod
     def _reached(clock: _PartitionClock, forwarders: bool = True) -> int | None:
@@ -380,23 +439,43 @@ class Engine:
             heapq.heappush(clock.holds, (earliest, journey.identity))
 
     def _release_due(self, partition: int, clock: _PartitionClock) -> Outputs:
-        """Apply, in event-time order, the held items the hold watermark has passed."""
+        """Apply, in event-time order, the held items the hold watermark has passed, and (on
+        Kafka) those of each person whose own conflicting partitions have (`_person_until`)."""
         out: Outputs = []
         if not clock.holds:
             return out
         until = self.hold_watermark(partition)
-        if until is None:
+        early = self._early_limit(clock, until) if self.forwarding else None
+        limit = until if early is None else early
+        if limit is None:
             return out
-        while clock.holds and clock.holds[0][0] <= until:
+        blocked: list[tuple[int, str]] | None = None  # (cap reached) looked at again next call
+        while clock.holds and clock.holds[0][0] <= limit:
             earliest, person = heapq.heappop(clock.holds)
             if clock.held_at.get(person) != earliest:
                 continue
+            upto = until
+            if until is None or earliest > until:  # only the early rule can release it
+                journey = self.load(person)
+                if journey is None:  # erased meanwhile: nothing held any more
+                    del clock.held_at[person]
+                    continue
+                upto, blocker = self._person_until(partition, clock, journey, until)
+                if upto is None or earliest > upto:
+                    if blocker is None:
+                        if blocked is None:
+                            blocked = []
+                        blocked.append((earliest, person))
+                    else:  # looked at again once that source has passed it
+                        heapq.heappush(clock.parked.setdefault(blocker, []), (earliest, person))
+                    continue
             del clock.held_at[person]
             journey = self.load(person)
             if journey is None:
                 continue
-            ready = [decode_item(body) for body in journey.held if body["ts"] <= until]
-            journey.held = [body for body in journey.held if body["ts"] > until]
+            assert upto is not None
+            ready = [decode_item(body) for body in journey.held if body["ts"] <= upto]
+            journey.held = [body for body in journey.held if body["ts"] > upto]
             links: dict[int, IdentityLink] = {}
             for step, item in release_order(ready):
                 if step == "merge" and isinstance(item, Merge):
@@ -414,7 +493,100 @@ class Engine:
                     out.append(self._linked(journey, link))
             self._save(clock, journey)
             self._schedule_hold(clock, journey)  # what is still held waits for a later watermark
+        if blocked:
+            for entry in blocked:
+                heapq.heappush(clock.holds, entry)
         return out
+
+    def _early_limit(self, clock: _PartitionClock, until: int | None) -> int | None:
+        """How far the partition's own sources have got, when that is past the hold watermark
+        and the early rule may apply (no notices lost); else None."""
+        lost = clock.notices_lost_until
+        if lost is not None:
+            if until is None or until < lost:
+                return None
+            clock.notices_lost_until = None
+        own = self._reached(clock, forwarders=False)
+        if own is None or (until is not None and own <= until):
+            return None
+        return own
+
+    def _person_until(
+        self, partition: int, clock: _PartitionClock, journey: Journey, until: int | None
+    ) -> tuple[int | None, str | None]:
+        """Up to when the person's held items may apply: the slowest of the partition's own
+        sources and of the forwarders an earlier item of theirs can still come from (taken as
+        the hold watermark takes them); never less than the hold watermark `until`. A later
+        event of theirs then never goes first: no other partition sends them anything this
+        partition has not been noticed of. Also the forwarder that holds them back most (None:
+        the own sources, or not known)."""
+        bound = self._reached(clock, forwarders=False)
+        if bound is None:
+            return until, None
+        conflicts = self._conflicts(partition, clock, journey)
+        if conflicts is None:
+            return until, None
+        sources, waiting = clock.sources, clock.waiting_for
+        slowest = None
+        for source in conflicts:
+            reached = None if source in waiting else sources.get(source)
+            if reached is None:
+                return until, source
+            if reached < bound:
+                bound, slowest = reached, source
+        return (bound if until is None or bound > until else until), slowest
+
+    def _conflicts(self, partition: int, clock: _PartitionClock, journey: Journey) -> set[str] | None:
+        """The forwarder sources an item for this person can still come from: the homes of their
+        linked anonymous ids, of those their held items carry, and of those noticed and not yet
+        passed; None when not all are known (more linked ids than the journey keeps)."""
+        merged = journey.merged
+        if len(merged) >= MAX_MERGED_IDS:
+            return None
+        homes = {self.partition_of(anonymous) for anonymous in merged}
+        if journey.anonymous_id is not None:
+            homes.add(self.partition_of(journey.anonymous_id))
+        for body in journey.held:
+            anonymous = body.get("merge") or body["event"].get("anonymous_id")
+            if isinstance(anonymous, str):
+                homes.add(self.partition_of(anonymous))
+        homes.discard(partition)
+        found = {forwarder_source(home) for home in homes}
+        noticed = clock.notices.get(journey.identity)
+        if noticed:
+            sources = clock.sources
+            for source, at in noticed.items():
+                reached = sources.get(source)
+                if reached is None or reached <= at or source in clock.waiting_for:
+                    found.add(source)
+        return found
+
+    @staticmethod
+    def _unpark(clock: _PartitionClock, source: str) -> None:
+        """The holds that waited for this forwarder and that it has now passed: back in the
+        partition's holds, to be looked at again."""
+        heap, reached = clock.parked[source], clock.sources.get(source)
+        if reached is None:
+            return
+        while heap and heap[0][0] <= reached:
+            heapq.heappush(clock.holds, heapq.heappop(heap))
+        if not heap:
+            del clock.parked[source]
+
+    def _settle_notices(self, clock: _PartitionClock, source: str) -> None:
+        """Forget the notices a forwarder's watermark has passed: their items are here."""
+        heap = clock.noticed.get(source)
+        reached = clock.sources.get(source)
+        if not heap or reached is None:
+            return
+        notices = clock.notices
+        while heap and heap[0][0] < reached:
+            _, person = heapq.heappop(heap)
+            noticed = notices.get(person)
+            if noticed is not None and noticed.get(source, reached) < reached:
+                del noticed[source]
+                if not noticed:
+                    del notices[person]
 
     def _merge(self, journey: Journey, item: Merge) -> tuple[Outputs, IdentityLink | None]:
         """The anonymous journey joins the person's (its linking event applies after, in its
@@ -504,6 +676,10 @@ class Engine:
             moved = True
         if moved:
             self._floor(clock)  # the floor moves only with the sources: unchanged, it is still right
+            if clock.noticed and source in clock.noticed:
+                self._settle_notices(clock, source)
+            if clock.parked and source in clock.parked:
+                self._unpark(clock, source)
         if clock.holds:
             out = self._release_due(partition, clock)
             out += self._fire_due(partition, clock)

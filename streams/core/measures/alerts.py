@@ -158,11 +158,25 @@ class AlertEvaluator:
             self._rules[-1].admitted_combo = Admitted(
                 COMBO_CAP_FACTOR * by_cap, tuple(OTHER for _ in self._rules[-1].dimensions)
             )
+        self._routes: dict[tuple[str, int], list[tuple[RuleState, int]]] = {}
+        """(funnel, step index) -> the rules a milestone of that step counts for, each with its
+        column (0: the step before the rule's, 1: the rule's step; cusum: opens, closes a trial).
+        A milestone of any other step changes no rule: `observe` drops it after one lookup."""
+        for state in self._rules:
+            for position in (0, 1):
+                route = (state.rule.funnel, state.step_index - 1 + position)
+                self._routes.setdefault(route, []).append((state, position))
         self._evaluated_to: int | None = None
+        self._tidied_to: int | None = None
+        """The event time the incidents and ids were last tidied at (`advance`)."""
         self.ignored_late = 0
+        """Counts (of a step some rule judges) whose minute was judged already."""
         self._ids: dict[int, set[str]] = {}
         """Per minute not yet judged, the ids of the microconversions counted in it."""
+        self._oldest_ids: int | None = None
+        """The oldest minute in `_ids` (None: none): `advance` forgets ids only when one is due."""
         self.duplicates = 0
+        """Copies of a microconversion some rule counts, ignored."""
 
     @property
     def active(self) -> bool:
@@ -185,6 +199,8 @@ class AlertEvaluator:
         self._evaluated_to = None if data["evaluated_to"] is None else int(data["evaluated_to"])
         self.ignored_late, self.duplicates = int(data["ignored_late"]), int(data["duplicates"])
         self._ids = {int(minute): {str(i) for i in ids} for minute, ids in data["ids"]}
+        self._oldest_ids = min(self._ids, default=None)
+        self._tidied_to = None
         saved = data["rules"]
         for key, state in zip(keys, self._rules, strict=True):
             if key in saved:
@@ -199,6 +215,7 @@ class AlertEvaluator:
         out: list[Alert] = []
         if t is None:
             return out
+        self._tidied_to = None
         for by in sorted(state.firing, key=_order):
             firing = state.firing[by]
             entered, reached = firing.baseline
@@ -222,38 +239,51 @@ class AlertEvaluator:
         return {(r.rule.funnel, r.rule.step, by): True for r in self._rules for by in r.firing}
 
     def observe(self, output: Mapping[str, Any]) -> None:
-        """Count one output event (only milestone microconversions matter).
+        """Count one output event (only milestone microconversions of a step some rule judges,
+        or of the step before it, matter: any other costs one lookup).
 
         A microconversion delivered twice (the journeys agent republishes a run it had not
         finished acknowledging) counts once: its id is remembered until its minute is judged;
         after that a copy is late and ignored, so no id is remembered for longer."""
         if output.get("type") != "micro" or output.get("kind") != "milestone":
             return
+        funnel = str(output.get("funnel"))
+        step_index = int(output["step_index"])
+        route = self._routes.get((funnel, step_index))
+        if route is None:
+            return
+        version = output.get("funnel_version")
+        if version is not None:
+            route = [entry for entry in route if entry[0].funnel_version == version]
+            if not route:
+                return
         timestamp = output["timestamp"]
         moment = timestamp if isinstance(timestamp, datetime) else datetime.fromisoformat(str(timestamp))
         at_ms = to_epoch_ms(moment)
+        minute = at_ms // MINUTE_MS * MINUTE_MS
         identifier = output.get("id")
-        if identifier is not None and any(r.rule.funnel == output.get("funnel") for r in self._rules):
-            seen = self._ids.setdefault(at_ms // MINUTE_MS * MINUTE_MS, set())
-            if identifier in seen:
+        if identifier is not None:
+            seen = self._ids.get(minute)
+            if seen is None:
+                seen = self._ids[minute] = set()
+                if self._oldest_ids is None or minute < self._oldest_ids:
+                    self._oldest_ids = minute
+            elif identifier in seen:
                 self.duplicates += 1
                 return
             seen.add(str(identifier))
-        funnel = str(output.get("funnel"))
-        step_index = int(output["step_index"])
+        if self._evaluated_to is not None and minute < self._evaluated_to:
+            self.ignored_late += 1  # its minute was judged already: beyond the watermark
+            return
         breakdowns = output.get("breakdowns") or {}
-        version = output.get("funnel_version")
-        self.count(at_ms, funnel, step_index, breakdowns, version=version)
-        if self._evaluated_to is not None and at_ms // MINUTE_MS * MINUTE_MS < self._evaluated_to:
-            return  # late: ignored by count as well
-        for state in self._rules:
-            if state.rule.method != "cusum" or state.rule.funnel != funnel:
+        for state, position in route:
+            by = state.admitted(tuple([breakdowns.get(dim) for dim in state.rule.by]))
+            state.tally(minute, by, breakdowns, position, 1)
+            if state.rule.method != "cusum":
                 continue
-            if version is not None and version != state.funnel_version:
-                continue
-            if step_index == state.step_index - 1:
+            if position == 0:
                 state.open_trial(_attempt_keys(output, funnel), at_ms, breakdowns)
-            elif step_index == state.step_index:
+            else:
                 previous = output.get("previous_at")
                 taken = at_ms - _epoch_ms(previous) if previous is not None else None
                 state.close_trial(_attempt_keys(output, funnel), at_ms, taken)
@@ -273,13 +303,13 @@ class AlertEvaluator:
         if self._evaluated_to is not None and minute < self._evaluated_to:
             self.ignored_late += times  # its minute was judged already: beyond the watermark
             return
-        for state in self._rules:
-            if funnel != state.rule.funnel or (version is not None and version != state.funnel_version):
+        route = self._routes.get((funnel, step_index))
+        if route is None:
+            return
+        for state, position in route:
+            if version is not None and version != state.funnel_version:
                 continue
-            position = step_index - (state.step_index - 1)
-            if position not in (0, 1):
-                continue
-            by = state.admitted(tuple(breakdowns.get(dim) for dim in state.rule.by))
+            by = state.admitted(tuple([breakdowns.get(dim) for dim in state.rule.by]))
             state.tally(minute, by, breakdowns, position, times)
 
     def count_trials(
@@ -327,10 +357,15 @@ class AlertEvaluator:
             for state in self._rules:
                 state.step(t)
                 out += self._judge_at(state, t)
-        for state in self._rules:
-            state.forget_incidents(self._evaluated_to)
-        for minute in [m for m in self._ids if m < self._evaluated_to]:
-            del self._ids[minute]
+        t = self._evaluated_to
+        if t != self._tidied_to:  # incidents change only when judged: once per event time is enough
+            self._tidied_to = t
+            for state in self._rules:
+                state.forget_incidents(t)
+        if self._oldest_ids is not None and self._oldest_ids < t:
+            for minute in [m for m in self._ids if m < t]:
+                del self._ids[minute]
+            self._oldest_ids = min(self._ids, default=None)
         return out
 
     def _judge_at(self, state: RuleState, t: int) -> list[Alert]:
@@ -462,7 +497,9 @@ class AlertEvaluator:
             for minute in range(since, t, MINUTE_MS):
                 add_cells(windows, state.segment_counts.get(minute), +1)
         combos: dict[tuple[str | None, ...], tuple[Counts, Counts]] = {}
-        for key in set(windows) | set(state.segment_baseline):
+        # in a fixed order: the shares are float sums, and a set's order follows the hashes of its
+        # keys (randomized per process for strings, by address for None in Python 3.11)
+        for key in sorted(set(windows) | set(state.segment_baseline), key=repr):
             key_by, combo = key
             if key_by != by:
                 continue

@@ -164,8 +164,13 @@ def _design(p0: float, relative_drop: float, target: float) -> Design:
     p1 = (1 - relative_drop) * p0
     up, down, unit = weights(p0, p1)
 
+    lengths: dict[int, float] = {}
+
     def run_length(h: int) -> float:
-        return arl(p0, up, down, h, h // 2)
+        """The ARL of threshold h (each computed once: the search ends on one it has tried)."""
+        if h not in lengths:
+            lengths[h] = arl(p0, up, down, h, h // 2)
+        return lengths[h]
 
     low, high = 1, max(up, down) * 2
     while run_length(high) < target:

@@ -193,17 +193,24 @@ class ExperimentEvaluator:
         """Every experiment of the configuration, or only those `names`d; each compares at most
         `max_variants` variants (the control among them)."""
         self._states: list[_State] = []
+        self._by_funnel: dict[str, list[_State]] = {}
+        """Funnel name -> the experiments on it: a milestone of any other funnel costs one lookup."""
         for experiment in config.source.experiments:
             if names is not None and experiment.name not in names:
                 continue
             funnel = config.funnels_by_name[experiment.funnel]
-            names = [s.name for s in funnel.steps]
-            decide = names.index(experiment.step) if experiment.step is not None else len(names) - 1
+            steps = [s.name for s in funnel.steps]
+            decide = steps.index(experiment.step) if experiment.step is not None else len(steps) - 1
             self._states.append(_State(experiment, funnel, decide, max_variants))
+            self._by_funnel.setdefault(funnel.name, []).append(self._states[-1])
         self._evaluated_to: int | None = None
         self._seen = False
         self._ids: dict[int, set[str]] = {}
         """Per minute not yet judged, the ids of the microconversions counted in it."""
+        self._oldest_ids: int | None = None
+        """The oldest minute in `_ids` (None: none): `advance` forgets ids only when one is due."""
+        self._oldest_pending: int | None = None
+        """The oldest minute any experiment has pending (None: none): `advance` judges only then."""
         self.ignored_late = 0
         self.duplicates = 0
 
@@ -230,10 +237,12 @@ class ExperimentEvaluator:
         self._seen = bool(data["seen"])
         self.ignored_late, self.duplicates = int(data["ignored_late"]), int(data["duplicates"])
         self._ids = {int(minute): {str(i) for i in ids} for minute, ids in data["ids"]}
+        self._oldest_ids = min(self._ids, default=None)
         saved = data["experiments"]
         for key, state in zip(keys, self._states, strict=True):
             if key in saved:
                 state.load_state(saved[key])
+        self._oldest_pending = min((min(s.pending) for s in self._states if s.pending), default=None)
 
     def observe(self, output: Mapping[str, Any]) -> None:
         """Count one output event (only milestone microconversions of experimented funnels).
@@ -243,26 +252,30 @@ class ExperimentEvaluator:
         and after that any copy is late and ignored, so no id needs remembering for longer."""
         if output.get("type") != "micro" or output.get("kind") != "milestone":
             return
+        states = self._by_funnel.get(str(output.get("funnel")))
+        if states is None:
+            return
+        version = output.get("funnel_version")
+        if version is not None:
+            states = [s for s in states if s.funnel.version == version]
+            if not states:
+                return
         timestamp = output["timestamp"]
         moment = timestamp if isinstance(timestamp, datetime) else datetime.fromisoformat(str(timestamp))
         at_ms = to_epoch_ms(moment)
-        if output.get("id") is not None and self._funnel_watched(output.get("funnel")):
+        minute = at_ms // MINUTE_MS * MINUTE_MS
+        if output.get("id") is not None:
             identifier = str(output["id"])
-            seen = self._ids.setdefault(at_ms // MINUTE_MS * MINUTE_MS, set())
-            if identifier in seen:
+            seen = self._ids.get(minute)
+            if seen is None:
+                seen = self._ids[minute] = set()
+                if self._oldest_ids is None or minute < self._oldest_ids:
+                    self._oldest_ids = minute
+            elif identifier in seen:
                 self.duplicates += 1
                 return
             seen.add(identifier)
-        self.count(
-            at_ms,
-            str(output.get("funnel")),
-            int(output["step_index"]),
-            output.get("breakdowns") or {},
-            version=output.get("funnel_version"),
-        )
-
-    def _funnel_watched(self, funnel: object) -> bool:
-        return any(s.funnel.name == funnel for s in self._states)
+        self._add(states, minute, int(output["step_index"]), output.get("breakdowns") or {}, 1)
 
     def count(
         self,
@@ -279,40 +292,51 @@ class ExperimentEvaluator:
         `version` of the funnel than the current one are not this evaluation's (None: an output
         written before versions existed)."""
         states = [
-            s
-            for s in self._states
-            if s.funnel.name == funnel and (version is None or version == s.funnel.version)
+            s for s in self._by_funnel.get(funnel, ()) if version is None or version == s.funnel.version
         ]
-        if not states:
-            return
-        minute = at_ms // MINUTE_MS * MINUTE_MS
+        if states:
+            self._add(states, at_ms // MINUTE_MS * MINUTE_MS, step_index, breakdowns, times)
+
+    def _add(
+        self, states: list[_State], minute: int, step_index: int, breakdowns: Mapping[str, Any], times: int
+    ) -> None:
         if self._evaluated_to is not None and minute < self._evaluated_to:
             self.ignored_late += times  # its minute was judged already: beyond the watermark
             return
         self._seen = True
+        if self._oldest_pending is None or minute < self._oldest_pending:
+            self._oldest_pending = minute
         for state in states:
             variant = breakdowns.get(state.experiment.variant) or None
-            cells = state.pending.setdefault(minute, {})
-            counts = cells.setdefault(variant, [0] * len(state.funnel.steps))
+            cells = state.pending.get(minute)
+            if cells is None:
+                cells = state.pending[minute] = {}
+            counts = cells.get(variant)
+            if counts is None:
+                counts = cells[variant] = [0] * len(state.funnel.steps)
             counts[step_index] += times
 
     def advance(self, watermark_ms: int) -> list[ExperimentUpdate]:
         """Judge every complete minute up to the watermark that brought counts; the updates."""
         boundary = watermark_ms // MINUTE_MS * MINUTE_MS
         out: list[ExperimentUpdate] = []
-        for state in self._states:
-            for minute in sorted(m for m in state.pending if m < boundary):
-                state.absorb(state.pending.pop(minute))
-                changed = state.judge()
-                t = minute + MINUTE_MS
-                state.updated_at = t
-                if changed:
-                    out.append(state.update(t, changed))
-        out.sort(key=lambda u: (u.timestamp, u.experiment))
+        if self._oldest_pending is not None and self._oldest_pending < boundary:
+            for state in self._states:
+                for minute in sorted(m for m in state.pending if m < boundary):
+                    state.absorb(state.pending.pop(minute))
+                    changed = state.judge()
+                    t = minute + MINUTE_MS
+                    state.updated_at = t
+                    if changed:
+                        out.append(state.update(t, changed))
+            out.sort(key=lambda u: (u.timestamp, u.experiment))
+            self._oldest_pending = min((min(s.pending) for s in self._states if s.pending), default=None)
         if self._seen:
             self._evaluated_to = max(self._evaluated_to or boundary, boundary)
-        for minute in [m for m in self._ids if m < boundary]:
-            del self._ids[minute]
+        if self._oldest_ids is not None and self._oldest_ids < boundary:
+            for minute in [m for m in self._ids if m < boundary]:
+                del self._ids[minute]
+            self._oldest_ids = min(self._ids, default=None)
         return out
 
     def final(self, end_ms: int) -> list[ExperimentUpdate]:

@@ -291,13 +291,22 @@ class RuleState:
         """`times` more in `column` of the minute's cell for `by`, and of its segments."""
         if self.first_minute is None or minute < self.first_minute:
             self.first_minute = minute
-        cell = self.counts[minute].setdefault(by, [0, 0, 0, 0])
+        cells = self.counts[minute]
+        cell = cells.get(by)
+        if cell is None:
+            cell = cells[by] = [0, 0, 0, 0]
         cell[column] += times
         if self.dimensions:
-            combo = self.admitted_combo(
-                tuple(None if (v := breakdowns.get(d)) is None else str(v) for d in self.dimensions)
-            )
-            self.segment_counts[minute].setdefault((by, combo), [0, 0, 0, 0])[column] += times
+            values: list[str | None] = []
+            for dimension in self.dimensions:
+                value = breakdowns.get(dimension)
+                values.append(None if value is None else str(value))
+            segment = (by, self.admitted_combo(tuple(values)))
+            cells = self.segment_counts[minute]
+            cell = cells.get(segment)
+            if cell is None:
+                cell = cells[segment] = [0, 0, 0, 0]
+            cell[column] += times
 
     def open_trial(
         self, keys: tuple[tuple[str, ...], ...], at_ms: int, breakdowns: Mapping[str, Any]
@@ -416,8 +425,15 @@ def add_cells(total: Cells, cells: Cells | None, sign: int) -> None:
     if not cells:
         return
     for key, counts in cells.items():
-        cell = total.setdefault(key, [0, 0, 0, 0])
-        for i, value in enumerate(counts):
-            cell[i] += sign * value
-        if not any(cell):
+        entered, reached, succeeded, failed = counts
+        cell = total.get(key)
+        if cell is None:
+            if entered or reached or succeeded or failed:
+                total[key] = [sign * entered, sign * reached, sign * succeeded, sign * failed]
+            continue
+        cell[ENTERED] += sign * entered
+        cell[REACHED] += sign * reached
+        cell[SUCCEEDED] += sign * succeeded
+        cell[FAILED] += sign * failed
+        if not (cell[ENTERED] or cell[REACHED] or cell[SUCCEEDED] or cell[FAILED]):
             del total[key]

@@ -27,6 +27,7 @@ class _Missing:
 
 
 _MISSING = _Missing()
+_LINE = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
 _TEMPLATES: dict[type[BaseModel], tuple[dict[str, Any], tuple[tuple[str, Any], ...]]] = {}
 
 
@@ -49,17 +50,20 @@ def build(cls: type[M], /, **values: Any) -> M:
     the cost of the constructor). Unknown or missing fields surface when it is serialized or
     validated (the tests validate every output the engine emits)."""
     defaults, factories = _TEMPLATES.get(cls) or _template(cls)
-    data = defaults.copy()
-    data.update(values)
+    data = {**defaults, **values}
     for name, factory in factories:
         if name not in values:
             data[name] = factory()
-    instance = cls.__new__(cls)
-    object.__setattr__(instance, "__dict__", data)
-    object.__setattr__(instance, "__pydantic_fields_set__", set(values))
-    object.__setattr__(instance, "__pydantic_extra__", None)
-    object.__setattr__(instance, "__pydantic_private__", None)
+    instance = _new(cls)
+    _set(instance, "__dict__", data)
+    _set(instance, "__pydantic_fields_set__", set(values))
+    _set(instance, "__pydantic_extra__", None)
+    _set(instance, "__pydantic_private__", None)
     return instance
+
+
+_new = object.__new__
+_set = object.__setattr__
 
 
 def _plain(value: Any) -> Any:
@@ -87,6 +91,10 @@ class OutputEvent(BaseModel):
         """The JSON form, serialized from the fields as they are: what `model_dump(mode="json")`
         then orjson would give (UTC as `Z`, as pydantic writes it), without the intermediate dict."""
         return orjson.dumps(self.__dict__, default=_plain, option=orjson.OPT_UTC_Z)
+
+    def to_line(self) -> bytes:
+        """`to_json` and a newline, in one call: an NDJSON line (offline mode's output)."""
+        return orjson.dumps(self.__dict__, default=_plain, option=_LINE)
 
 
 class FunnelOutput(OutputEvent):

@@ -25,6 +25,7 @@ from streams.core.config.matching import CompiledConfig, compile_config
 from streams.core.input.event import ClickEvent
 from streams.core.journeys.engine import Engine
 from streams.core.journeys.identity import forwarder_source
+from streams.core.journeys.notices import is_notice
 from streams.core.records.outputs import OutputEvent
 from streams.offline.run import OfflineRun
 
@@ -163,7 +164,11 @@ class KafkaModel:
     """The worker's protocol over in-memory FIFO queues, one per sender and receiving partition
     (Kafka keeps order within a partition, and a producer's sends to one partition in order)."""
 
-    def __init__(self, cfg: CompiledConfig, partitions: int, sources: int, rng: random.Random) -> None:
+    def __init__(
+        self, cfg: CompiledConfig, partitions: int, sources: int, rng: random.Random, notices: bool = True
+    ) -> None:
+        self.notices = notices
+        """Whether ingest sends link notices (without them the early release is not safe)."""
         self.partitions = partitions
         self.sources = [f"in/{i}" for i in range(sources)]
         self.engine = Engine(cfg, {}, partitions, expected_sources=self.sources, forwarding=True)
@@ -189,10 +194,12 @@ class KafkaModel:
             reached[source] = max(reached.get(source, 0), item["timestamp"])
             event = ClickEvent.model_validate(item)
             home = self.engine.home_partition(event)
+            noticed = self.engine.notice_for(event) if self.notices else None
             self.send(source, home, "events", [item], reached[source])
             for p in range(self.partitions):
                 if p != home:
-                    self.send(source, p, "events", [], reached[source])
+                    notice = [noticed[1].encode()] if noticed is not None and noticed[0] == p else []
+                    self.send(source, p, "events", notice, reached[source])
             self.deliver(self.rng.randint(0, 3))
         for source in self.sources:
             for p in range(self.partitions):
@@ -213,7 +220,9 @@ class KafkaModel:
     def handle(self, sender: str, partition: int, kind: str, items: list[Any], watermark: int | None) -> None:
         engine = self.engine
         for item in items:
-            if kind == "events":
+            if kind == "events" and is_notice(item):
+                engine.notice(partition, item)
+            elif kind == "events":
                 self.out += engine.process(ClickEvent.model_validate(item), partition)
             else:
                 self.out += engine.accept(partition, item)

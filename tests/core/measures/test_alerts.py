@@ -247,3 +247,63 @@ def test_offline_and_a_restarted_worker_resolve_a_changed_rules_incident_with_on
         "definition_changed",
     )
     assert offline.incident_id == fired.incident_id and offline.id != fired.id
+
+
+def test_only_the_judged_step_and_the_one_before_it_reach_a_rule() -> None:
+    """A window rule on step c and a cusum rule on step b of a four-step funnel: milestones of
+    step d, of another funnel and of another version of the funnel change nothing (the state
+    saved is that of an evaluator that saw none); those of a, b and c count where they belong."""
+    config = compile_config(
+        parse_config("""
+version: 1
+funnels:
+  - name: f
+    steps:
+      - {name: a, match: {event: a}}
+      - {name: b, match: {event: b}}
+      - {name: c, match: {event: c}}
+      - {name: d, match: {event: d}}
+    breakdowns: [context.platform]
+  - name: g
+    steps:
+      - {name: a, match: {event: a}}
+      - {name: b, match: {event: b}}
+alerts:
+  - {funnel: f, step: c, window: 1h, baseline: 6h, min_entered: 20, relative_drop: 0.3}
+  - {funnel: f, step: b, method: cusum, window: 1h, baseline: 6h, min_entered: 20, relative_drop: 0.3}
+""")
+    )
+    version = config.funnels_by_name["f"].version
+
+    def micro(step: int, n: int, **extra: Any) -> dict[str, Any]:
+        return {
+            "type": "micro",
+            "kind": "milestone",
+            "id": f"m{step}-{n}",
+            "funnel": "f",
+            "funnel_version": version,
+            "step_index": step,
+            "timestamp": (T0 + timedelta(minutes=1)).isoformat(),
+            "started_at": T0.isoformat(),
+            "anonymous_id": f"p{n}",
+            "breakdowns": {"context.platform": "web"},
+            **extra,
+        }
+
+    keys = ["window", "cusum"]
+    fresh, seeing = AlertEvaluator(config), AlertEvaluator(config)
+    for n in range(5):
+        seeing.observe(micro(3, n))
+        seeing.observe(micro(1, n, funnel="g"))
+        seeing.observe(micro(2, n, funnel_version="another"))
+    assert seeing.to_state(keys) == fresh.to_state(keys)
+    for n in range(5):
+        for step in (0, 1, 2):
+            seeing.observe(micro(step, n))
+    seeing.observe(micro(2, 0))  # a copy
+    saved = seeing.to_state(keys)
+    window, cusum = saved["rules"]["window"], saved["rules"]["cusum"]
+    assert [cells for _, cells in window["counts"]] == [[[[], [5, 5, 0, 0]]]], "b entered, c entered"
+    assert [cells for _, cells in cusum["counts"]] == [[[[], [5, 5, 5, 0]]]], "a, b, trials succeeded"
+    assert len(cusum["open_trials"]) == 0 and len(cusum["trials"]) == 5, "opened at a, closed at b"
+    assert seeing.duplicates == 1

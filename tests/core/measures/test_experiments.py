@@ -228,6 +228,41 @@ def test_late_minutes_unassigned_attempts_and_the_variant_cap() -> None:
     assert evaluator.ignored_late == 1 and evaluator.advance(T0 + 7 * MINUTE_MS) == []
 
 
+def test_every_experiment_of_the_configuration_is_evaluated() -> None:
+    """Two experiments, on two funnels: each counts its own funnel's milestones (the evaluator
+    once kept only the first experiment, and then those named like a step of its funnel)."""
+    config = compile_config(
+        parse_config("""
+version: 1
+funnels:
+  - name: f
+    steps:
+      - {name: a, match: {event: a}}
+      - {name: b, match: {event: b}}
+  - name: g
+    steps:
+      - {name: c, match: {event: c}}
+      - {name: d, match: {event: d}}
+experiments:
+  - {name: first, funnel: f, variant: properties.variant, control: A}
+  - {name: second, funnel: g, variant: properties.variant, control: A}
+  - {name: third, funnel: f, variant: properties.variant, control: B}
+""")
+    )
+    evaluator = ExperimentEvaluator(config)
+    for step in (0, 0, 1):
+        evaluator.observe(milestone(1, step, "A"))
+    evaluator.observe({**milestone(1, 0, "B"), "funnel": "g"})
+    updates = {u.experiment: u for u in evaluator.advance(T0 + 2 * MINUTE_MS)}
+    assert sorted(updates) == ["first", "second", "third"]
+    assert [(v.variant, v.entered, v.converted) for v in updates["first"].variants] == [("A", 2, 1)]
+    assert [(v.variant, v.entered) for v in updates["second"].variants] == [("B", 1)]
+    assert [(v.variant, v.entered, v.converted, v.decision) for v in updates["third"].variants] == [
+        ("A", 2, 1, "waiting")
+    ]
+    assert ExperimentEvaluator(config, names={"second"}).active
+
+
 def test_offline_attempts_keep_the_variant_they_started_with() -> None:
     """Through the journey engine: u1 enters on variant A and finishes with events saying B (a
     reassignment mid-attempt); u2 is B throughout. The attempt counts where it started."""

@@ -66,6 +66,7 @@ def test_every_emitted_output_validates_against_its_model_and_serializes_as_it_w
         again = model.model_validate_json(raw)  # extra="forbid": no unknown field, none missing
         assert again == output, output
         assert again.to_json() == raw
+        assert output.to_line() == raw + b"\n"  # offline mode's NDJSON line
         # the bytes pydantic's own JSON mode gives, through the dict the engine no longer builds
         assert orjson.dumps(output.model_dump(mode="json")) == raw
 
