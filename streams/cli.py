@@ -153,6 +153,7 @@ def process(
     summary_path: Path | None,
 ) -> None:
     """Run the engine over a file, with no Kafka, and write every output as NDJSON to stdout."""
+    from streams.offline.collector import relaxed as relaxed_collector
     from streams.offline.run import OfflineRun, open_input
     from streams.offline.state import StateFileError, read, restore, write
     from streams.progress import line_progress
@@ -216,7 +217,11 @@ def process(
                     click.echo(f"since the state was saved: {change.line()}", err=True)
             sys.stdout.buffer.write(b"".join(output.to_json() + b"\n" for output in resumed.outputs))
         show = sys.stderr.isatty() if progress is None else progress
-        with open_input(input_path) as stream, line_progress(stream, input_path, show) as lines:
+        with (
+            open_input(input_path) as stream,
+            line_progress(stream, input_path, show) as lines,
+            relaxed_collector(),
+        ):
             run.write(lines, sys.stdout.buffer, flush=flush)
         if state_path is not None:
             write(state_path, run, known)

@@ -37,7 +37,6 @@ bytes object that sorts as its (event time, id, JSON) would (`_record`); the par
 
 from __future__ import annotations
 
-import gc
 import heapq
 import marshal
 import mmap
@@ -51,7 +50,6 @@ import traceback
 from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
@@ -70,11 +68,10 @@ from streams.core.journeys.identity import IdentityRules
 from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.core.records.outputs import OutputEvent
 from streams.errors import ConversionsError
+from streams.offline import collector
 from streams.offline.run import Judges, OfflineRun
 from streams.offline.summary import FunnelCounts
 
-GC_THRESHOLDS = (50_000, 50, 100)
-"""The workers' `gc.set_threshold` (see `_work`)."""
 BLOCK_LINES = 2_048
 LOOKAHEAD = 4
 """Blocks a worker decodes ahead of the one it applies: a worker or the parent that the machine
@@ -324,8 +321,7 @@ def _work(index: int, job: Job, conn: Connection) -> None:
     # every journey the engine holds. The start-up heap (the parent's, forked) out of the
     # collector's sight and young collections every 50,000 allocations instead of 700: the
     # workers spent about a sixth less CPU (bench/README.md, "Offline on two cores").
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    collector.relax()
     try:
         keys, starts = _phase_links(job, conn)
         router = Router(conn.recv(), job.workers)
@@ -548,22 +544,8 @@ def process_file(job: Job, out: BinaryIO) -> Totals:
                 process.kill()
 
 
-@contextmanager
-def _collector_relaxed() -> Iterator[None]:
-    """The workers' collector setting (`_work`) in the parent while it coordinates, then back:
-    it keeps every microconversion of a few blocks and the evaluators' state alive."""
-    thresholds = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
-
-
 def _coordinate(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
-    with _collector_relaxed():
+    with collector.relaxed():
         return _coordinated(job, conns, out)
 
 
