@@ -187,6 +187,13 @@ class Settings(BaseSettings):
     fetch only at this deadline, however soon data arrives, which adds up to it to every hop
     (Faust's fixed 1500 ms put up to 0.44 s on every hop there); on Kafka, lower only means more
     idle fetches."""
+    early_release: bool = False
+    """With identity stitching: release a stitched person's held events as soon as the partitions
+    that can still send them something have passed them, not once every partition has (ingest
+    sends the person's partition a link notice beside each event carrying both ids). Turn it on
+    only once every worker runs a version that has it: a worker without it would dead-letter the
+    notices, and one with it beside an ingest that sends none could apply an event early
+    (docs/concepts/identity.md)."""
     counters_enabled: bool = True
     """Apply the outputs to the Redis counters in the worker (`false` when `conversions counters`
     processes do it)."""

@@ -131,7 +131,12 @@ class ConversionsApp:
             self._record_batches,
         )
         self.engine = Engine(
-            config, self.state, settings.partitions, expected_sources=sources, forwarding=True
+            config,
+            self.state,
+            settings.partitions,
+            expected_sources=sources,
+            forwarding=True,
+            early_release=settings.early_release,
         )
         self.ingest = Ingest(
             settings,
@@ -140,7 +145,7 @@ class ConversionsApp:
             self._dead_letter,
             self._ingest_assignment,
             home_partition=self.engine.home_partition,
-            notice_for=self.engine.notice_for if self.engine.forwarding else None,
+            notice_for=self.engine.notice_for if self.engine.early_release else None,
             late_tolerance_ms=config.late_tolerance,
         )
         self.ingest_consumer = IngestConsumer(

@@ -104,7 +104,12 @@ async def test_an_event_with_both_ids_gives_its_users_partition_a_link_notice_in
         raise AssertionError(f"nothing here is invalid: {rejects}")
 
     engine = Engine(
-        compile_config(parse_config(DEFAULT_FUNNELS.read_text())), {}, 4, [SOURCE], forwarding=True
+        compile_config(parse_config(DEFAULT_FUNNELS.read_text())),
+        {},
+        4,
+        [SOURCE],
+        forwarding=True,
+        early_release=True,
     )
     user = next(f"u{i}" for i in range(100) if partition_for(f"u{i}", 4) == 0)
     anonymous = next(f"a{i}" for i in range(100) if partition_for(f"a{i}", 4) == 1)

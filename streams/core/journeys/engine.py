@@ -137,9 +137,13 @@ class Engine:
         expected_sources: Iterable[str] = (),
         forwarding: bool = False,
         known: Iterable[Definition] = (),
+        early_release: bool = False,
     ) -> None:
         """`known`: the funnel versions state may have been written under (the store's registry,
-        `config.versions`), so attempts written under them are settled by their rules."""
+        `config.versions`), so attempts written under them are settled by their rules.
+        `early_release` (with forwarding): link notices sent and read, and a stitched person's
+        held items released once their own conflicting partitions have passed them; only safe
+        once every worker's ingest sends notices (`Settings.early_release`)."""
         self.machine = JourneyMachine(config, known)
         self.config = config
         self.store = store
@@ -148,6 +152,7 @@ class Engine:
         self.rules = IdentityRules.from_config(config.source.identity)
         self.forwarding = forwarding and self.rules.stitch and partitions > 1
         """Items for other partitions go to `outbox` (Kafka), not straight to their holds."""
+        self.early_release = early_release and self.forwarding
         self.outbox: list[tuple[int, Item]] = []
         self._clocks: dict[int, _PartitionClock] = {}
         self._cache: dict[str, Journey | None] = {}
@@ -194,7 +199,7 @@ class Engine:
         """The user's partition and the link notice ingest sends it beside an event that carries
         both ids and goes to another (its anonymous id's) home; None when there is none to send."""
         user, anonymous = event.user_id, event.anonymous_id
-        if not self.forwarding or user is None or anonymous is None:
+        if not self.early_release or user is None or anonymous is None:
             return None
         target = partition_for(user, self.partitions)
         if target == partition_for(anonymous, self.partitions):
@@ -203,10 +208,12 @@ class Engine:
 
     def notice(self, partition: int, body: object) -> None:
         """A link notice ingest sent this partition (`core.journeys.notices`): until the
-        anonymous id's home has passed its time, the user's held items wait for that home too."""
-        if not self.forwarding:
-            return
+        anonymous id's home has passed its time, the user's held items wait for that home too.
+        Without the early release (a worker whose peers already send notices) it is checked and
+        ignored."""
         notice = decode_notice(body)
+        if not self.early_release:
+            return
         home = self.partition_of(notice.anonymous_id)
         if home == partition:
             return
@@ -224,7 +231,7 @@ class Engine:
         """After a restart or a rebalance: the notices this partition was sent up to `at` (how
         far its sources had got, by its applied markers) are not known here, so until the hold
         watermark passes `at` its held items wait for every partition."""
-        if at is None or not self.forwarding:
+        if at is None or not self.early_release:
             return
         clock = self._clock(partition)
         if clock.notices_lost_until is None or at > clock.notices_lost_until:
@@ -445,7 +452,7 @@ class Engine:
         if not clock.holds:
             return out
         until = self.hold_watermark(partition)
-        early = self._early_limit(clock, until) if self.forwarding else None
+        early = self._early_limit(clock, until) if self.early_release else None
         limit = until if early is None else early
         if limit is None:
             return out
@@ -697,7 +704,11 @@ class Engine:
         reached = clock.sources.pop(source, None)
         if reached is not None:
             clock.idle_reached = max(reached, clock.idle_reached or reached)
-        elif not was_waiting:
+        # the holds parked on it would wait for it to move: back with the others, to go as the
+        # hold watermark (no longer waiting for it either) or their person's own rule lets them
+        for entry in clock.parked.pop(source, ()):
+            heapq.heappush(clock.holds, entry)
+        if reached is None and not was_waiting:
             return []
         return self._release_due(partition, clock) + self._fire_due(partition, clock)
 

@@ -41,7 +41,9 @@ class Cluster:
     delivered."""
 
     def __init__(self, engine: Engine | None = None) -> None:
-        self.engine = engine or Engine(config(), {}, PARTITIONS, expected_sources=[SOURCE], forwarding=True)
+        self.engine = engine or Engine(
+            config(), {}, PARTITIONS, expected_sources=[SOURCE], forwarding=True, early_release=True
+        )
         self.items: dict[int, list[Item]] = {}
         self.notices: list[tuple[int, Notice]] = []
 
@@ -179,7 +181,9 @@ def test_after_a_restart_held_events_wait_for_every_partition_until_the_lost_not
     cluster.deliver_notices()
     cluster.engine.flush()
 
-    restarted = Cluster(Engine(config(), cluster.engine.store, PARTITIONS, [SOURCE], forwarding=True))
+    restarted = Cluster(
+        Engine(config(), cluster.engine.store, PARTITIONS, [SOURCE], forwarding=True, early_release=True)
+    )
     restarted.items = cluster.items
     restarted.engine.rebuild_deadlines(0, [key for key in restarted.engine.store])
     restarted.engine.notices_lost_until(0, ts(30))  # how far in/0 had got (its marker)
@@ -257,3 +261,44 @@ def test_the_persons_own_events_still_on_their_way_go_first() -> None:
     assert forwarded["event_id"] in ids and cluster.held() == []
     # the cart (18) applied before the view (20): no cart step without a view before it
     assert cart["event_id"] not in ids
+
+
+def test_without_the_setting_no_notice_is_sent_and_held_events_wait_for_every_partition() -> None:
+    """`early_release` is off by default (a rolling upgrade: a worker before it dead-letters
+    notices, and without notices the early rule is not safe): the first test's sign-in then
+    stays held while partition 3 says nothing, a peer's notice is checked and ignored, and a
+    malformed one is refused (the agent dead-letters it)."""
+    engine = Engine(config(), {}, PARTITIONS, expected_sources=[SOURCE], forwarding=True)
+    cluster = Cluster(engine)
+    cluster.observe(0, SOURCE, fwd(1), fwd(2))
+    login = event("login", 9, anonymous_id=A, user_id=U)
+    cluster.ingest(login)
+    assert cluster.notices == []
+    engine.notice(0, Notice(U, A, ts(9)).encode())
+    cluster.deliver(1)
+    assert cluster.observe(10, SOURCE, fwd(1), fwd(2)) == []
+    assert cluster.held() == [login["event_id"]]
+    out = cluster.observe(10, fwd(3))  # the last partition passes it: the rule before
+    assert [o.type for o in out if o.type == "identity"] == ["identity"] and cluster.held() == []
+    try:
+        engine.notice(0, {"notice": U})
+    except ValueError as refused:
+        assert "needs a user id" in str(refused)
+    else:
+        raise AssertionError("a malformed notice was taken")
+
+
+def test_a_hold_parked_on_a_forwarder_that_goes_idle_goes_with_the_hold_watermark() -> None:
+    """Waiting for partition 2's forwarder (the person has an id there), the event is parked on
+    it; that forwarder is then forgotten (idle, or its partition moved): the event goes as soon
+    as every partition still waited for has passed it, not when a forwarder that is gone moves."""
+    cluster = Cluster()
+    _linked_to_both(cluster)
+    later = event("add_to_cart", 21, anonymous_id=A)
+    cluster.ingest(later)
+    cluster.deliver(1)
+    assert cluster.observe(22, SOURCE, fwd(1), fwd(3)) == [] and cluster.held() == [later["event_id"]]
+    cluster.engine.forget_source(0, fwd(2))
+    assert cluster.held() == []
+    journey = cluster.engine.load(U)
+    assert journey is not None and journey.session is not None and journey.session.last == ts(21)

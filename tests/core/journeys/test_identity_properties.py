@@ -171,7 +171,9 @@ class KafkaModel:
         """Whether ingest sends link notices (without them the early release is not safe)."""
         self.partitions = partitions
         self.sources = [f"in/{i}" for i in range(sources)]
-        self.engine = Engine(cfg, {}, partitions, expected_sources=self.sources, forwarding=True)
+        self.engine = Engine(
+            cfg, {}, partitions, expected_sources=self.sources, forwarding=True, early_release=True
+        )
         self.rng = rng
         self.queues: dict[tuple[str, int], deque[tuple[str, list[Any], int | None]]] = {}
         self.announced: dict[tuple[int, int], int | None] = {}
