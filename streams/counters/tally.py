@@ -47,8 +47,9 @@ _AUDIENCE_NAMES = tuple(dim.split(".", 1)[1] for dim in AUDIENCE_DIMS)
 
 
 class CapMemo:
-    """`ValueCap.admit`'s answers remembered per day: a value admitted stays admitted and a value
-    refused stays refused while its day is kept, so only a value new that day reaches the cap.
+    """`ValueCap.admit`'s admissions remembered per day: a value admitted stays admitted while its
+    day is kept, so only a value not admitted yet that day reaches the cap (bounded as the cap is:
+    the values it refuses, as many as producers send, are asked again, not remembered).
     Values are remembered by their text, as the cap tells them apart. Days are forgotten as the
     cap forgets them (all but the latest `KEPT_DAYS`, when a new one comes; this sees every day
     the cap sees, so a day remembered here is one the cap still keeps)."""
@@ -73,10 +74,12 @@ class CapMemo:
         if value is None:
             return None
         text = value if type(value) is str else str(value)
-        admitted = known.get((dim, text))
-        if admitted is None:
-            admitted = known[(dim, text)] = self.cap.admit(day, dim, value) is value
-        return value if admitted else OTHER
+        if (dim, text) in known:
+            return value
+        if self.cap.admit(day, dim, value) is value:
+            known[(dim, text)] = True
+            return value
+        return OTHER  # not remembered: refused values are unbounded, and the cap stays full
 
 
 class Tallier:

@@ -268,3 +268,16 @@ async def test_tallied_batches_leave_redis_as_increments_of_does(infra: LocalInf
         assert got == expected
     finally:
         await client.aclose()
+
+
+def test_the_cap_memo_remembers_only_what_the_cap_keeps() -> None:
+    """A flood of distinct values (bots, random paths) past the cap: each still answers `(other)`,
+    and the memo holds no more than the cap does, however many were refused."""
+    cap = ValueCap(3)
+    memo = CapMemo(cap)
+    known = memo.day(7)
+    answers = [memo.admit(known, 7, "landing_page", f"/random/{i}") for i in range(10_000)]
+    assert answers[:3] == ["/random/0", "/random/1", "/random/2"]
+    assert set(answers[3:]) == {"(other)"}
+    assert len(known) == cap.admitted(7, "landing_page") == 3
+    assert memo.admit(known, 7, "landing_page", "/random/1") == "/random/1"
