@@ -420,7 +420,9 @@ def _rest(matcher: Matcher) -> Matcher | None:
     nothing, the name is enough)."""
     if matcher.goal is None and matcher.url is None and not matcher.fields:
         return None
-    return Matcher(None, matcher.url, matcher.goal, matcher.fields)
+    # the URL answers shared with the original: one cache per configured matcher, not one per
+    # event name's plan (names are as many as producers send)
+    return Matcher(None, matcher.url, matcher.goal, matcher.fields, matcher.known_urls)
 
 
 class JourneyMachine:
@@ -966,6 +968,7 @@ class JourneyMachine:
         strict = funnel.order == "strict"
         after: list[Chain | None] = [None] * size if strict else list(before)
         extended = 0  # a bit per step some chain reached with this event
+        came_at: dict[int, int] = {}  # per step reached, when its chain had reached the step before
         window, steps = funnel.window, funnel.steps
         for k in matched if len(matched) == 1 else sorted(matched, reverse=True):
             if k == 0:
@@ -984,6 +987,7 @@ class JourneyMachine:
                         after[k] = before[k]  # a repeat of a chain's last step keeps the chain
                     continue
                 chain = (previous[0], now)
+                came_at[k] = previous[1]
             extended |= 1 << k
             if k < size:
                 after[k] = chain
@@ -992,6 +996,7 @@ class JourneyMachine:
                 below = after[k - 1]
                 if earlier >> k & 1 and extended >> (k - 1) & 1 and below is not None:
                     extended |= 1 << k
+                    came_at[k] = now
                     if k < size:
                         after[k] = (below[0], now)
         top = extended.bit_length() - 1  # the furthest step reached, -1 for none
@@ -1012,8 +1017,11 @@ class JourneyMachine:
         store_chain_slots(attempt, after)
         for k in range(top + 1):
             if not attempt.done_mask >> k & 1:
-                below = after[k - 1] if k else None
-                self._reach(journey, funnel, key, attempt, k, event, now, out, below[1] if below else None)
+                at = came_at.get(k)
+                if at is None and k:  # reached by a chain this event did not extend
+                    below = after[k - 1]
+                    at = below[1] if below is not None else None
+                self._reach(journey, funnel, key, attempt, k, event, now, out, at)
         if top < size and after.count(None) == size:
             self.drop(journey, funnel, "out_of_order", now, out, key)  # strict: every chain broken
 

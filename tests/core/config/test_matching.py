@@ -10,6 +10,7 @@ from streams.core.config.glob import Glob
 from streams.core.config.matching import MAX_KNOWN_URLS, Matcher
 from streams.core.config.model import Match
 from streams.core.input.event import url_path
+from streams.core.journeys.journey import _rest
 from tests.helpers import click
 
 URLS = st.sampled_from(
@@ -41,3 +42,11 @@ def test_the_urls_a_matcher_keeps_are_bounded() -> None:
         assert matcher.matches(click("page_view", "10:00", page={"url": f"https://shop.example/p/{n}"}))
     assert 0 < len(matcher.known_urls) <= MAX_KNOWN_URLS
     assert not matcher.matches(click("page_view", "10:00", page={"url": "https://shop.example/q/1"}))
+
+
+def test_an_event_names_plan_shares_its_matchers_url_answers() -> None:
+    """Each event name gets a plan whose matchers are copies; their URL answers stay one cache
+    per configured matcher, however many names producers send."""
+    matcher = Matcher.compile(Match.model_validate({"url": "/pricing*"}))
+    copies = [_rest(matcher) for _ in range(3)]
+    assert all(c is not None and c.known_urls is matcher.known_urls for c in copies)

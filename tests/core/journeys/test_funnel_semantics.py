@@ -271,6 +271,26 @@ def test_strict_keeps_the_chain_a_step_one_event_starts() -> None:
     ]
 
 
+@pytest.mark.parametrize("order", ["sequential", "strict"])
+def test_each_step_says_when_its_chain_reached_the_step_before(order: str) -> None:
+    """`previous_at` (the step-to-step times the counters sum): the time of the step the event
+    extended, also for a strict funnel's last step, whose chain is not kept after it."""
+    _, out = run(
+        config(order=order),
+        click("product_view", "0:00"),
+        click("add_to_cart", "0:01"),
+        click("payment_details", "0:03"),
+        click("purchase", "0:07"),
+    )
+    micro = [o.model_dump() for o in out if o.type == "micro" and o.model_dump().get("funnel") == "f"]
+    assert [(m["step"], m["previous_at"]) for m in micro] == [
+        ("product_view", None),
+        ("add_to_cart", click("x", "0:00").timestamp),
+        ("payment_details", click("x", "0:01").timestamp),
+        ("purchase", click("x", "0:03").timestamp),
+    ]
+
+
 def test_strict_drops_out_of_order_when_every_chain_is_broken() -> None:
     _, out = run(
         config(order="strict"),
