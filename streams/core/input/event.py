@@ -312,9 +312,17 @@ class ClickEvent(BaseModel):
         }
         if not isinstance(data["event_id"], str) or not isinstance(data["event"], str):
             raise TypeError("event_id and event must be strings")
-        if data["user_id"] is None and data["anonymous_id"] is None:
+        user, anonymous, session = data["user_id"], data["anonymous_id"], data["session_id"]
+        if user is None and anonymous is None:
             raise ValueError("one of user_id or anonymous_id is required")
-        return _instance(cls, data, set(item), None)
+        # what the engine reads without asking: a record of the wrong shape is refused here (the
+        # agent dead-letters it) rather than failing in the engine and stopping the partition
+        for name, value in (("user_id", user), ("anonymous_id", anonymous), ("session_id", session)):
+            if value is not None and type(value) is not str:
+                raise TypeError(f"{name} must be a string")
+        if type(data["context"]) is not dict or type(data["properties"]) is not dict:
+            raise TypeError("context and properties must be objects")
+        return _instance(cls, data, item.keys() & _FIELDS, None)
 
 
 _new = object.__new__
@@ -342,6 +350,9 @@ def _trusted(cls: type[_Model], values: dict[str, Any] | None) -> _Model | None:
     if not isinstance(values, dict):
         raise TypeError(f"{cls.__name__} must be an object")
     defaults, allows_extra = _NESTED[cls]
+    for name in _TEXT[cls] & values.keys():
+        if values[name] is not None and type(values[name]) is not str:
+            raise TypeError(f"{cls.__name__}.{name} must be a string")
     if values.keys() <= defaults.keys():
         return _instance(cls, {**defaults, **values}, set(values), {} if allows_extra else None)
     if not allows_extra:
@@ -355,6 +366,15 @@ def _trusted(cls: type[_Model], values: dict[str, Any] | None) -> _Model | None:
             extra[name] = value
     return _instance(cls, data, set(values), extra)
 
+
+_FIELDS = frozenset(ClickEvent.model_fields) - {"ts_ms"}
+"""What `model_validate` counts as set when the item names it."""
+
+_TEXT: dict[type[BaseModel], frozenset[str]] = {
+    cls: frozenset(name for name, info in cls.model_fields.items() if info.annotation == str | None)
+    for cls in (Page, Campaign, Audience)
+}
+"""The nested models' text fields (the engine reads them as strings)."""
 
 _NESTED: dict[type[BaseModel], tuple[dict[str, Any], bool]] = {
     cls: (

@@ -88,6 +88,22 @@ def test_trusted_makes_what_validation_makes_of_every_forwarded_event() -> None:
             },
             ValueError,
         ),
+        *(
+            (
+                {"event_id": "i", "event": "x", "user_id": "u", "timestamp": "2024-03-11T10:00:00Z", **wrong},
+                TypeError,
+            )
+            for wrong in (
+                {"user_id": 5},
+                {"anonymous_id": ["a"]},
+                {"session_id": 1.5},
+                {"context": ["c"]},
+                {"properties": "p"},
+                {"page": {"url": 5}},
+                {"campaign": {"source": {"s": 1}}},
+                {"audience": {"browser": 3}},
+            )
+        ),
     ],
 )
 def test_a_record_that_is_not_ours_raises_what_the_journeys_agent_dead_letters(
