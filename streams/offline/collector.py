@@ -24,11 +24,13 @@ def relax() -> None:
 
 @contextmanager
 def relaxed() -> Iterator[None]:
-    """The relaxed setting for the length of a run, then the caller's own back."""
-    thresholds = gc.get_threshold()
+    """The relaxed setting for the length of a run, then the caller's own back (what the caller
+    had frozen itself stays frozen)."""
+    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
     relax()
     try:
         yield
     finally:
         gc.set_threshold(*thresholds)
-        gc.unfreeze()
+        if not frozen:
+            gc.unfreeze()
