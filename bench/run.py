@@ -615,11 +615,13 @@ WHY = {
     "counters_us_per_event <= 30": (
         "the counters' own process spent {counters_single} us of CPU per event (Redis another "
         "{redis_single}), at the pipeline's pace, so each batch it folds holds a few dozen records; "
-        "with the outputs waiting (batches of 2,000) it is 32-33 us (bench/README.md, "
-        "`python -m bench.counters --process`). Its profile: computing each output's increments "
-        "about 45 % (reading fields, formatting keys, timestamps), folding them 30 %, the Lua call "
-        "10 %. What would close it: increments computed from typed output structs instead of "
-        "decoded JSON dicts, and keys formatted once per batch"
+        "each output's increments are computed straight into the batch's folded slots "
+        "(counters/tally.py: 0.65-0.69x the CPU before it, `python -m bench.counters --process`), "
+        "and what is left per output is computing and folding about 11 us, writing the minute, "
+        "hour and day keys about 9, decoding and capping 5, the payload's JSON 4.5 (bench/README.md, "
+        "item 6). What would close it: fewer fields (the channels table writes each metric for "
+        "every visitor split and again without it, a sum the reads could make) and a compiled "
+        "counters consumer"
     ),
     "reprocessing_vs_offline >= 0.5": (
         "a deploy's replay ran {reproc_eps} events/s from the generation's record to the cut-over "
