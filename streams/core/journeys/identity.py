@@ -20,7 +20,9 @@ within a partition only. The design keeps every ordering decision on one partiti
   progress through its own input, announced after the items it forwarded: once it passes t, no
   merge or forwarded event with a time before t can still be on its way. A server-side purchase
   with the user id alone therefore waits until the browser's sign-in before it has been merged,
-  whichever of them Kafka delivers first.
+  whichever of them Kafka delivers first. With the early release (`Engine(early_release=True)`,
+  `core/journeys/notices.py`) a person's items go sooner: once the partition's own sources and
+  the partitions that can still send that person something have passed them.
 - Two user ids are never merged. An anonymous id belongs to the first user it was linked to
   (first link wins, as in Mixpanel's and PostHog's identity merge). A later event that pairs it
   with another user id goes to that other user's journey alone, and an `identity` output says it
