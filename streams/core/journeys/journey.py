@@ -376,6 +376,19 @@ def _compact_versions(journey: Journey) -> None:
             attempt.version = remap[attempt.version]
 
 
+def _attempt_due(funnel: CompiledFunnel, key: str, attempt: Attempt) -> Due | None:
+    """A settled attempt's next deadline: its drop-off or its stall, whichever comes first."""
+    due: Due | None = None
+    end = attempt_end(funnel, attempt)
+    if end is not None:
+        due = (end[0], _DROP_DUE, key, end[1])
+    if funnel.stalled_after is not None and not attempt.stalled:
+        stall: Due = (attempt.last + funnel.stalled_after, _STALL_DUE, key, None)
+        if due is None or stall < due:
+            due = stall
+    return due
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """What an event name can match: the goals and micro actions, and per funnel the steps and
@@ -539,16 +552,9 @@ class JourneyMachine:
         earliest: Due | None = None
         funnels = self.config.funnels_by_name
         for key, attempt in journey.attempts.items():
-            funnel = funnels.get(key) or funnels[funnel_of(key)]
-            end = attempt_end(funnel, attempt)
-            if end is not None:
-                due: Due = (end[0], _DROP_DUE, key, end[1])
-                if earliest is None or due < earliest:
-                    earliest = due
-            if funnel.stalled_after is not None and not attempt.stalled:
-                due = (attempt.last + funnel.stalled_after, _STALL_DUE, key, None)
-                if earliest is None or due < earliest:
-                    earliest = due
+            due = _attempt_due(funnels.get(key) or funnels[funnel_of(key)], key, attempt)
+            if due is not None and (earliest is None or due < earliest):
+                earliest = due
         return earliest
 
     def _earliest(self, journey: Journey) -> Due | None:
@@ -564,19 +570,11 @@ class JourneyMachine:
             funnel = funnels.get(key) or funnels.get(funnel_of(key))
             if funnel is None or _stale(attempt, funnel, versions):
                 # written under another definition: `advance` settles it first, at the journey's time
-                due: Due = (journey.last_ts, _VERSION_DUE, key, None)
-                if earliest is None or due < earliest:
-                    earliest = due
-                continue
-            end = attempt_end(funnel, attempt)
-            if end is not None:
-                due = (end[0], _DROP_DUE, key, end[1])
-                if earliest is None or due < earliest:
-                    earliest = due
-            if funnel.stalled_after is not None and not attempt.stalled:
-                due = (attempt.last + funnel.stalled_after, _STALL_DUE, key, None)
-                if earliest is None or due < earliest:
-                    earliest = due
+                due: Due | None = (journey.last_ts, _VERSION_DUE, key, None)
+            else:
+                due = _attempt_due(funnel, key, attempt)
+            if due is not None and (earliest is None or due < earliest):
+                earliest = due
         return earliest
 
     # ---- definition versions ----------------------------------------------------------
