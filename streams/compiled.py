@@ -32,6 +32,7 @@ MODULES = [
     "streams.core.measures.alerts",
     "streams.core.measures.experiments",
     "streams.core.measures.rule_state",
+    "streams.core.measures.seen_ids",
     "streams.core.input.decode",
     "streams.core.input.channel",
     "streams.core.input.audience",

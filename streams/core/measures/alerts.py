@@ -76,6 +76,7 @@ from streams.core.measures.rule_state import (
     RuleState,
     add_cells,
 )
+from streams.core.measures.seen_ids import SeenIds
 from streams.core.measures.stats import fisher_less, scan_look_level, wilson_interval
 from streams.core.records.ids import output_id
 from streams.core.records.outputs import Alert, RootCause
@@ -171,10 +172,8 @@ class AlertEvaluator:
         """The event time the incidents and ids were last tidied at (`advance`)."""
         self.ignored_late = 0
         """Counts (of a step some rule judges) whose minute was judged already."""
-        self._ids: dict[int, set[str]] = {}
+        self._ids = SeenIds()
         """Per minute not yet judged, the ids of the microconversions counted in it."""
-        self._oldest_ids: int | None = None
-        """The oldest minute in `_ids` (None: none): `advance` forgets ids only when one is due."""
         self.duplicates = 0
         """Copies of a microconversion some rule counts, ignored."""
 
@@ -189,7 +188,7 @@ class AlertEvaluator:
             "evaluated_to": self._evaluated_to,
             "ignored_late": self.ignored_late,
             "duplicates": self.duplicates,
-            "ids": [[minute, sorted(ids)] for minute, ids in self._ids.items()],
+            "ids": self._ids.to_state(),
             "rules": {key: state.to_state() for key, state in zip(keys, self._rules, strict=True)},
         }
 
@@ -198,8 +197,7 @@ class AlertEvaluator:
         state; the others start from nothing (at the saved event time)."""
         self._evaluated_to = None if data["evaluated_to"] is None else int(data["evaluated_to"])
         self.ignored_late, self.duplicates = int(data["ignored_late"]), int(data["duplicates"])
-        self._ids = {int(minute): {str(i) for i in ids} for minute, ids in data["ids"]}
-        self._oldest_ids = min(self._ids, default=None)
+        self._ids = SeenIds.from_state(data["ids"])
         self._tidied_to = None
         saved = data["rules"]
         for key, state in zip(keys, self._rules, strict=True):
@@ -262,16 +260,9 @@ class AlertEvaluator:
         at_ms = to_epoch_ms(moment)
         minute = at_ms // MINUTE_MS * MINUTE_MS
         identifier = output.get("id")
-        if identifier is not None:
-            seen = self._ids.get(minute)
-            if seen is None:
-                seen = self._ids[minute] = set()
-                if self._oldest_ids is None or minute < self._oldest_ids:
-                    self._oldest_ids = minute
-            elif identifier in seen:
-                self.duplicates += 1
-                return
-            seen.add(str(identifier))
+        if identifier is not None and not self._ids.first(str(identifier), minute):
+            self.duplicates += 1
+            return
         if self._evaluated_to is not None and minute < self._evaluated_to:
             self.ignored_late += 1  # its minute was judged already: beyond the watermark
             return
@@ -362,10 +353,7 @@ class AlertEvaluator:
             self._tidied_to = t
             for state in self._rules:
                 state.forget_incidents(t)
-        if self._oldest_ids is not None and self._oldest_ids < t:
-            for minute in [m for m in self._ids if m < t]:
-                del self._ids[minute]
-            self._oldest_ids = min(self._ids, default=None)
+        self._ids.forget_before(t)
         return out
 
     def _judge_at(self, state: RuleState, t: int) -> list[Alert]:

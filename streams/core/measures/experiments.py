@@ -33,6 +33,7 @@ from streams.core.config.model import Experiment
 from streams.core.input.event import from_epoch_ms, to_epoch_ms
 from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.core.measures.counters import breakdown_values
+from streams.core.measures.seen_ids import SeenIds
 from streams.core.measures.stats import MixtureSPRT, wilson_interval
 from streams.core.records.ids import output_id
 from streams.core.records.outputs import ExperimentUpdate, VariantResult
@@ -205,10 +206,8 @@ class ExperimentEvaluator:
             self._by_funnel.setdefault(funnel.name, []).append(self._states[-1])
         self._evaluated_to: int | None = None
         self._seen = False
-        self._ids: dict[int, set[str]] = {}
+        self._ids = SeenIds()
         """Per minute not yet judged, the ids of the microconversions counted in it."""
-        self._oldest_ids: int | None = None
-        """The oldest minute in `_ids` (None: none): `advance` forgets ids only when one is due."""
         self._oldest_pending: int | None = None
         """The oldest minute any experiment has pending (None: none): `advance` judges only then."""
         self.ignored_late = 0
@@ -226,7 +225,7 @@ class ExperimentEvaluator:
             "seen": self._seen,
             "ignored_late": self.ignored_late,
             "duplicates": self.duplicates,
-            "ids": [[minute, sorted(ids)] for minute, ids in self._ids.items()],
+            "ids": self._ids.to_state(),
             "experiments": {key: state.to_state() for key, state in zip(keys, self._states, strict=True)},
         }
 
@@ -236,8 +235,7 @@ class ExperimentEvaluator:
         self._evaluated_to = None if data["evaluated_to"] is None else int(data["evaluated_to"])
         self._seen = bool(data["seen"])
         self.ignored_late, self.duplicates = int(data["ignored_late"]), int(data["duplicates"])
-        self._ids = {int(minute): {str(i) for i in ids} for minute, ids in data["ids"]}
-        self._oldest_ids = min(self._ids, default=None)
+        self._ids = SeenIds.from_state(data["ids"])
         saved = data["experiments"]
         for key, state in zip(keys, self._states, strict=True):
             if key in saved:
@@ -264,17 +262,10 @@ class ExperimentEvaluator:
         moment = timestamp if isinstance(timestamp, datetime) else datetime.fromisoformat(str(timestamp))
         at_ms = to_epoch_ms(moment)
         minute = at_ms // MINUTE_MS * MINUTE_MS
-        if output.get("id") is not None:
-            identifier = str(output["id"])
-            seen = self._ids.get(minute)
-            if seen is None:
-                seen = self._ids[minute] = set()
-                if self._oldest_ids is None or minute < self._oldest_ids:
-                    self._oldest_ids = minute
-            elif identifier in seen:
-                self.duplicates += 1
-                return
-            seen.add(identifier)
+        identifier = output.get("id")
+        if identifier is not None and not self._ids.first(str(identifier), minute):
+            self.duplicates += 1
+            return
         self._add(states, minute, int(output["step_index"]), output.get("breakdowns") or {}, 1)
 
     def count(
@@ -333,10 +324,7 @@ class ExperimentEvaluator:
             self._oldest_pending = min((min(s.pending) for s in self._states if s.pending), default=None)
         if self._seen:
             self._evaluated_to = max(self._evaluated_to or boundary, boundary)
-        if self._oldest_ids is not None and self._oldest_ids < boundary:
-            for minute in [m for m in self._ids if m < boundary]:
-                del self._ids[minute]
-            self._oldest_ids = min(self._ids, default=None)
+        self._ids.forget_before(boundary)
         return out
 
     def final(self, end_ms: int) -> list[ExperimentUpdate]:
