@@ -38,7 +38,9 @@ async def until(condition: Any, seconds: float = 2.0) -> None:
         await asyncio.sleep(0.005)
 
 
-async def test_every_partition_learns_a_runs_watermark_right_after_the_run() -> None:
+def recording_ingest(**options: Any) -> tuple[Ingest, list[tuple[int, RepartitionBatch]]]:
+    """Ingest over four journey partitions of one input partition, each batch it sends kept in
+    the list (nothing here is invalid: a dead letter fails the test)."""
     sent: list[tuple[int, RepartitionBatch]] = []
 
     async def send(partition: int, batch: RepartitionBatch) -> None:
@@ -49,13 +51,14 @@ async def test_every_partition_learns_a_runs_watermark_right_after_the_run() -> 
 
     settings = Settings(topic_prefix="p.", partitions=4, max_future_skew_s=10**9, watermark_interval_s=3600)
     agent = Ingest(
-        settings,
-        Metrics(),
-        send,
-        dead_letter,
-        assignment=lambda: {TP("p.clickstream", 0)},
-        home_partition=lambda click: 0,  # every event to partition 0: 1 to 3 get none
+        settings, Metrics(), send, dead_letter, assignment=lambda: {TP("p.clickstream", 0)}, **options
     )
+    return agent, sent
+
+
+async def test_every_partition_learns_a_runs_watermark_right_after_the_run() -> None:
+    # every event to partition 0: 1 to 3 get none
+    agent, sent = recording_ingest(home_partition=lambda click: 0)
     stop = False
     announcing = asyncio.create_task(agent.announce_when_moved(lambda: stop, poll_s=0.05))
     try:
@@ -95,14 +98,6 @@ async def test_an_event_with_both_ids_gives_its_users_partition_a_link_notice_in
     from streams.core.journeys.notices import decode_notice, is_notice
     from streams.settings import DEFAULT_FUNNELS
 
-    sent: list[tuple[int, RepartitionBatch]] = []
-
-    async def send(partition: int, batch: RepartitionBatch) -> None:
-        sent.append((partition, batch))
-
-    async def dead_letter(rejects: Any, _: Any) -> None:
-        raise AssertionError(f"nothing here is invalid: {rejects}")
-
     engine = Engine(
         compile_config(parse_config(DEFAULT_FUNNELS.read_text())),
         {},
@@ -114,16 +109,7 @@ async def test_an_event_with_both_ids_gives_its_users_partition_a_link_notice_in
     user = next(f"u{i}" for i in range(100) if partition_for(f"u{i}", 4) == 0)
     anonymous = next(f"a{i}" for i in range(100) if partition_for(f"a{i}", 4) == 1)
     together = next(f"t{i}" for i in range(100) if partition_for(f"t{i}", 4) == 0)
-    settings = Settings(topic_prefix="p.", partitions=4, max_future_skew_s=10**9, watermark_interval_s=3600)
-    agent = Ingest(
-        settings,
-        Metrics(),
-        send,
-        dead_letter,
-        assignment=lambda: {TP("p.clickstream", 0)},
-        home_partition=engine.home_partition,
-        notice_for=engine.notice_for,
-    )
+    agent, sent = recording_ingest(home_partition=engine.home_partition, notice_for=engine.notice_for)
     browse = {**event("page_view", "10:00", None), "anonymous_id": anonymous}
     login = {**event("login", "10:01", user), "anonymous_id": anonymous}
     same_home = {**event("login", "10:02", user), "anonymous_id": together}  # both on partition 0
