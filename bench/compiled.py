@@ -113,22 +113,19 @@ def process(bin_dir: Path, path: Path, out: Path) -> tuple[float, float, str]:
 
 
 CEILING = """
-import sys, time
-from streams.core.input.decode import decode_message
-events, started = 0, time.perf_counter()
-with open(sys.argv[1], "rb") as stream:
-    for line in stream:
-        if line.strip():
-            events += len(decode_message(line.rstrip(b"\\r\\n")).events)
-print(events, time.perf_counter() - started)
+import sys
+from pathlib import Path
+sys.path.append(sys.argv[2])  # after site-packages: `bench` from the checkout, `streams` installed
+from bench.offline import decode_ceiling
+print(*decode_ceiling(Path(sys.argv[1])))
 """
 
 
 def decode_ceiling(bin_dir: Path, path: Path) -> tuple[int, float]:
     """`bench.offline.decode_ceiling` run by the installed package of `bin_dir`'s virtualenv (from
-    `/`, so this checkout's pure modules are not the ones imported)."""
+    `/`, this checkout after site-packages: its pure modules are not the ones imported)."""
     done = subprocess.run(
-        [str(bin_dir / "python"), "-c", CEILING, str(path)],
+        [str(bin_dir / "python"), "-c", CEILING, str(path), str(ROOT)],
         capture_output=True,
         text=True,
         cwd="/",
