@@ -18,7 +18,7 @@ demo: setup
 test: setup-browser lint typecheck
 	$(PY) -m streams.cli schemas --check
 	$(PY) -m streams.cli docs-reference --check
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" --durations=30
 
 # the long crash and outage simulations (SIGKILLed workers, a 30 s Redis outage, a frozen broker)
 test-slow: setup-browser

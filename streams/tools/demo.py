@@ -193,7 +193,10 @@ def _run_demo(settings: Settings, traffic: LiveTraffic, seconds: float | None, v
     workdir.mkdir(parents=True, exist_ok=True)
     console.print("[bold]starting[/] broker and Redis ...")
     with LocalInfra(settings.kafka_bootstrap_servers, redis_url, workdir=workdir / "infra") as infra:
-        web_port = settings.web_port if _port_free(settings.web_host, settings.web_port) else free_port()
+        web_port = settings.web_port
+        if not _port_free(settings.web_host, web_port):
+            web_port = free_port()
+            console.print(f"port {settings.web_port} is taken: the dashboard listens on {web_port}")
         env = {
             **(LOCAL_BROKER_ENV if infra.broker is not None else {}),
             "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,

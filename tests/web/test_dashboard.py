@@ -43,6 +43,7 @@ CHROMIUM_ARGS = [
 
 
 TOKEN = "demo-token-0123456789abcdef"
+DASHBOARD_LINE = re.compile(r"open the live dashboard: (http://\S+/)")
 
 
 def _get(url: str, token: str | None = None) -> int:
@@ -71,13 +72,23 @@ def demo(tmp_path: Path) -> Iterator[str]:
     log_path = tmp_path / "demo.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+    worker_log = tmp_path / "demo" / "worker.log"
+
+    def logs() -> str:
+        worker = worker_log.read_text()[-3000:] if worker_log.exists() else "(no worker log)"
+        return f"{log_path.read_text()[-3000:]}\nworker.log:\n{worker}"
+
     try:
-        deadline = time.monotonic() + 120
-        while _get(url + "live", TOKEN) != 200:
-            assert process.poll() is None, "the demo exited:\n" + log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no dashboard after 120 s:\n" + log_path.read_text()[-3000:]
+        deadline = time.monotonic() + 180
+        url = None
+        while url is None or _get(url + "live", TOKEN) != 200:
+            assert process.poll() is None, "the demo exited:\n" + logs()
+            assert time.monotonic() < deadline, "no dashboard after 180 s:\n" + logs()
             time.sleep(1)
+            # the URL the demo prints, as a user would: it moves to a free port when `port` was
+            # taken meanwhile (by the broker or Redis it started, say)
+            printed = DASHBOARD_LINE.search(log_path.read_text())
+            url = printed.group(1) if printed else None
         yield url
     finally:
         process.send_signal(signal.SIGINT)
@@ -86,10 +97,7 @@ def demo(tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             raise
-    worker_log = tmp_path / "demo" / "worker.log"
-    assert code == 0, (
-        f"the demo failed ({code}):\n{log_path.read_text()[-3000:]}\n{worker_log.read_text()[-3000:]}"
-    )
+    assert code == 0, f"the demo failed ({code}):\n" + logs()
 
 
 async def _entered(page: Page, step: str) -> int:
