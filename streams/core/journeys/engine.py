@@ -243,7 +243,11 @@ class Engine:
         if forwarders:
             if clock.waiting_for:
                 return None
-            return min(clock.sources.values()) if clock.sources else clock.idle_reached
+            lowest: int | None = None
+            for at in clock.sources.values():  # min(), a loop mypyc compiles to int compares
+                if lowest is None or at < lowest:
+                    lowest = at
+            return clock.idle_reached if lowest is None else lowest
         if any(not is_forwarder(source) for source in clock.waiting_for):
             return None
         own = [at for source, at in clock.sources.items() if not is_forwarder(source)]
@@ -265,8 +269,9 @@ class Engine:
     def hold_watermark(self, partition: int) -> int | None:
         """Held items up to this event time apply: nothing earlier can still be on its way."""
         clock = self._clocks.get(partition)
-        if clock is None:
-            return None
+        return None if clock is None else self._hold_floor(clock)
+
+    def _hold_floor(self, clock: _PartitionClock) -> int | None:
         reached = self._reached(clock)
         if reached is not None and (clock.hold_floor is None or reached > clock.hold_floor):
             clock.hold_floor = reached
@@ -281,8 +286,9 @@ class Engine:
     def load(self, identity: str) -> Journey | None:
         """The journey (a live object: the cache's until the next flush), or None."""
         cache = self._cache
-        if identity in cache:
-            return cache[identity]
+        journey = cache.get(identity)
+        if journey is not None or identity in cache:  # one lookup for a journey in the cache
+            return journey
         raw = self.store.get(identity)
         loaded = Journey.loads(raw) if raw is not None else None
         cache[identity] = loaded
@@ -451,7 +457,7 @@ class Engine:
         out: Outputs = []
         if not clock.holds:
             return out
-        until = self.hold_watermark(partition)
+        until = self._hold_floor(clock)
         early = self._early_limit(clock, until) if self.early_release else None
         limit = until if early is None else early
         if limit is None:
@@ -687,14 +693,16 @@ class Engine:
                 self._settle_notices(clock, source)
             if clock.parked and source in clock.parked:
                 self._unpark(clock, source)
-        if clock.holds:
-            out = self._release_due(partition, clock)
-            out += self._fire_due(partition, clock)
-            return out
+        out = self._release_due(partition, clock) if clock.holds else []
+        # the floor is right here (see above), and applying held items does not move it
         heap, floor = clock.heap, clock.floor
         if heap and floor is not None and heap[0][0] < floor:
-            return self._fire_due(partition, clock)
-        return []
+            fired = self._fire_due(partition, clock, floor)
+            if out:
+                out += fired
+                return out
+            return fired
+        return out
 
     def forget_source(self, partition: int, source: str) -> Outputs:
         """Stop waiting for a source (gone idle, or moved to another worker)."""
@@ -710,7 +718,11 @@ class Engine:
             heapq.heappush(clock.holds, entry)
         if reached is None and not was_waiting:
             return []
-        return self._release_due(partition, clock) + self._fire_due(partition, clock)
+        out = self._release_due(partition, clock)
+        watermark = self._floor(clock)
+        if watermark is not None:
+            out += self._fire_due(partition, clock, watermark)
+        return out
 
     def rebuild_deadlines(self, partition: int, identities: Iterable[str]) -> int:
         """Index the deadlines of journeys already in the store (after recovery or assignment)."""
@@ -752,12 +764,10 @@ class Engine:
             clock.scheduled[journey.identity] = deadline
             heapq.heappush(clock.heap, (deadline, journey.identity))
 
-    def _fire_due(self, partition: int, clock: _PartitionClock) -> Outputs:
-        watermark = self._floor(clock)  # computed on every call: the floor never goes back
+    def _fire_due(self, partition: int, clock: _PartitionClock, watermark: int) -> Outputs:
+        """The deadlines before `watermark` (the partition's floor, `_floor`, as it is now)."""
         out: Outputs = []
         heap = clock.heap
-        if watermark is None or not heap or heap[0][0] >= watermark:
-            return out
         while heap and heap[0][0] < watermark:
             deadline, identity = heapq.heappop(heap)
             if clock.scheduled.get(identity) != deadline:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import Any
 
 import orjson
@@ -11,7 +11,7 @@ import pytest
 from streams.core.config.loader import parse_config
 from streams.core.config.matching import compile_config
 from streams.core.journeys.engine import Engine
-from streams.core.journeys.journey import Journey, JourneyMachine
+from streams.core.journeys.journey import Attempt, Journey, JourneyMachine, Session
 from streams.core.records.outputs import OutputEvent
 from tests.helpers import click
 
@@ -293,6 +293,38 @@ def test_a_busy_users_remembered_ids_stay_compact_and_version_1_states_still_loa
     version_1[1 + [f.name for f in fields(Journey)].index("seen")] = journey.seen
     version_1[1 + [f.name for f in fields(Journey)].index("seen_at")] = journey.seen_at
     assert Journey.loads(orjson.dumps(version_1)) == journey
+
+
+def test_the_written_out_constructors_and_stored_values_follow_the_dataclass_fields() -> None:
+    """`Session`, `Attempt` and `Journey` write their `__init__` and stored values out (mypyc
+    compiles those, not the generated ones): the fields' order, names and defaults, as declared."""
+    journey, _ = run(
+        machine(window="1h"),
+        click("page_view", "10:00", page={"url": "https://s.ex/p/1"}),
+        click("product_view", "10:01"),
+        click("add_to_cart", "10:02"),
+    )
+    session, (attempt,) = journey.session, journey.attempts.values()
+    assert session is not None
+    stored = orjson.loads(journey.dumps())[1:]
+    names = [f.name for f in fields(Journey) if f.compare]
+    for name, value in zip(names, stored, strict=True):
+        if name == "session":
+            assert value == session.values() == [getattr(session, f.name) for f in fields(Session)]
+        elif name == "attempts":
+            assert value == {"checkout": [getattr(attempt, f.name) for f in fields(Attempt)]}
+        elif name not in {"seen", "seen_at"}:  # packed (the round trip above checks them)
+            assert value == getattr(journey, name)
+    for record in (journey, session, attempt):
+        cls = type(record)
+        given = {f.name: getattr(record, f.name) for f in fields(cls) if f.compare}
+        assert cls(**given) == record
+        bare = cls(*[given[f.name] for f in fields(cls) if MISSING is f.default is f.default_factory])
+        for f in fields(cls):
+            if f.default is not MISSING:
+                assert getattr(bare, f.name) == f.default
+            elif f.default_factory is not MISSING:
+                assert getattr(bare, f.name) == f.default_factory()
 
 
 def test_goal_value_must_be_a_number() -> None:
