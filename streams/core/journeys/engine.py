@@ -765,26 +765,46 @@ class Engine:
             heapq.heappush(clock.heap, (deadline, journey.identity))
 
     def _fire_due(self, partition: int, clock: _PartitionClock, watermark: int) -> Outputs:
-        """The deadlines before `watermark` (the partition's floor, `_floor`, as it is now)."""
+        """The deadlines before `watermark` (the partition's floor, `_floor`, as it is now).
+
+        A journey looked at is rescheduled in place of its entry (one `heapreplace`, not a pop
+        and a push): nothing else touches the heap meanwhile, and its next deadline is past the
+        watermark (`advance` fired everything before it), so it waits for a later call. The
+        entries come off in the same order (the least first): the heap's layout never decides it."""
         out: Outputs = []
-        heap = clock.heap
-        while heap and heap[0][0] < watermark:
-            deadline, identity = heapq.heappop(heap)
-            if clock.scheduled.get(identity) != deadline:
+        heap, scheduled = clock.heap, clock.scheduled
+        while heap:
+            deadline, identity = heap[0]
+            if deadline >= watermark:
+                break
+            if scheduled.get(identity) != deadline:
+                heapq.heappop(heap)
                 continue
-            del clock.scheduled[identity]
+            del scheduled[identity]
             journey = self.load(identity)
             if journey is None:
+                heapq.heappop(heap)
                 continue
             if journey.linked_to is not None:
                 if journey.last_ts + self.rules.ttl < watermark:
+                    heapq.heappop(heap)
                     self._delete(identity)  # the link expired: the id is anonymous again
                 else:
-                    self._schedule(clock, journey)
+                    self._reschedule_top(clock, journey)
                 continue
             fired = self.machine.advance(journey, watermark)
             if fired:
                 out.extend(fired)
                 self._put(journey)
-            self._schedule(clock, journey)
+            self._reschedule_top(clock, journey)
         return out
+
+    def _reschedule_top(self, clock: _PartitionClock, journey: Journey) -> None:
+        """`_schedule` for the journey whose entry is the heap's top (and no longer scheduled):
+        its next deadline replaces the entry, or the entry goes when it has none."""
+        deadline = self._next_deadline(journey)
+        if deadline is None:
+            heapq.heappop(clock.heap)
+            return
+        clock.scheduled[journey.identity] = deadline
+        heapq.heapreplace(clock.heap, (deadline, journey.identity))
