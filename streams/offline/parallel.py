@@ -320,7 +320,8 @@ def _work(index: int, job: Job, conn: Connection) -> None:
     # times: they outlive the young collections, and the full collections they bring on walk
     # every journey the engine holds. The start-up heap (the parent's, forked) out of the
     # collector's sight and young collections every 50,000 allocations instead of 700: the
-    # workers spent about a sixth less CPU (bench/README.md, "Offline on two cores").
+    # workers spent about a sixth less CPU (bench/README.md, "Offline on two cores"); now every
+    # 500,000 (`collector.THRESHOLDS`).
     collector.relax()
     try:
         keys, starts = _phase_links(job, conn)
