@@ -59,7 +59,12 @@ from streams.core.journeys.journey import Journey, JourneyMachine, Outputs
 from streams.core.journeys.merge import MAX_MERGED_IDS, merge_journeys, merged_first_touch
 from streams.core.journeys.notices import Notice, decode_notice
 from streams.core.records.ids import output_id, short_hash
-from streams.core.records.outputs import IdentityLink
+from streams.core.records.outputs import DeadLetter, IdentityLink, build
+
+
+def _refused_any(outputs: Outputs) -> bool:
+    """Whether an item's outputs hold a dead letter (an event refused when it was released)."""
+    return any(isinstance(output, DeadLetter) for output in outputs)
 
 
 def partition_for(identity: str, partitions: int) -> int:
@@ -498,7 +503,7 @@ class Engine:
                         links[id(item)] = link
                     continue
                 journey, applied = self.machine.apply(journey, self._event_of(item))
-                if item.source is not None and applied:  # refused when released: where it was read
+                if item.source is not None and _refused_any(applied):  # where it was read
                     applied = placed(applied, *item.source)
                 out += applied
                 link = links.pop(id(item), None)
@@ -618,7 +623,9 @@ class Engine:
             if journey.anonymous_id is None:
                 journey.anonymous_id = item.anonymous_id
         event = self._event_of(item, keep=True)  # its event applies later, as a step of its own
-        link = IdentityLink(
+        # unvalidated (`build`): every value is of its field's type already, as `_linked`'s update
+        link = build(
+            IdentityLink,
             id=output_id("identity", item.anonymous_id, item.person, event.event_id),
             user_id=item.person,
             anonymous_id=item.anonymous_id,
@@ -635,13 +642,12 @@ class Engine:
 
     @staticmethod
     def _linked(journey: Journey, link: IdentityLink) -> IdentityLink:
-        return link.model_copy(
-            update={
-                "session_id": journey.session.id if journey.session is not None else link.session_id,
-                "first_touch": merged_first_touch(journey),
-                "attempts_kept": {key: attempt.reached for key, attempt in journey.attempts.items()},
-            }
-        )
+        """`link` completed (what `model_copy(update=...)` gives, a fraction of its cost)."""
+        values = dict(link.__dict__)
+        values["session_id"] = journey.session.id if journey.session is not None else link.session_id
+        values["first_touch"] = merged_first_touch(journey)
+        values["attempts_kept"] = {key: attempt.reached for key, attempt in journey.attempts.items()}
+        return build(IdentityLink, **values)
 
     @staticmethod
     def _refused(event: ClickEvent, linked_to: str) -> IdentityLink:
