@@ -167,6 +167,9 @@ class Engine:
         self._clicks: dict[int, tuple[dict[str, Any], ClickEvent]] = {}
         """Held item bodies of this run (by id, the body kept alive with it) and their event,
         validated already: applying them needs no second validation."""
+        self._handed: dict[int, tuple[dict[str, Any], Journey]] = {}
+        """Held merge bodies of this run (by id, kept alive with it) and the anonymous journey
+        itself, which nothing changes after it is handed over: merging it needs no decoding."""
 
     def clocks_state(self) -> dict[str, Any]:
         """Each partition's clock and deadline index as plain data (offline `--state`)."""
@@ -334,6 +337,7 @@ class Engine:
         self._dirty = {}
         self._cache = {}
         self._clicks = {}
+        self._handed = {}
         return written
 
     def process(
@@ -374,7 +378,8 @@ class Engine:
                 # them, so a copy delivered again (a redone run) is not forwarded a second time
                 stub.seen, stub.seen_at = list(journey.seen), list(journey.seen_at)
             self._save(clock, stub)
-            item: Item = Merge(person, home, state, event.to_json_dict(), event.ts_ms, source=source)
+            merge = Merge(person, home, state, event.to_json_dict(), event.ts_ms, source=source)
+            return out + self._send(partition, merge, event, journey)
         else:
             if (
                 journey is not None
@@ -419,20 +424,31 @@ class Engine:
         """An item another partition forwarded here (as `Item.encode` wrote it)."""
         return self._hold(partition, decode_item(body))
 
-    def _send(self, partition: int, item: Item, event: ClickEvent) -> Outputs:
+    def _send(
+        self, partition: int, item: Item, event: ClickEvent, anonymous: Journey | None = None
+    ) -> Outputs:
+        """`anonymous`: a merge's anonymous journey (the live object `item.journey` was dumped from)."""
         target = self.partition_of(item.person)
         if self.forwarding and target != partition:
             self.outbox.append((target, item))
             return []
-        return self._hold(target, item, event)
+        return self._hold(target, item, event, anonymous)
 
-    def _hold(self, partition: int, item: Item, event: ClickEvent | None = None) -> Outputs:
+    def _hold(
+        self,
+        partition: int,
+        item: Item,
+        event: ClickEvent | None = None,
+        anonymous: Journey | None = None,
+    ) -> Outputs:
         clock = self._clock(partition)
         journey = self.load(item.person) or Journey(item.person, None)
         body = item.encode()
         journey.held.append(body)
         if event is not None:
             self._clicks[id(body)] = (body, event)
+        if anonymous is not None:
+            self._handed[id(body)] = (body, anonymous)
         self._put(journey)
         self._schedule_hold(clock, journey)
         return self._release_due(partition, clock)
@@ -613,7 +629,13 @@ class Engine:
         if item.anonymous_id in journey.merged:
             return [], None
         user_history = journey.last_ts > 0
-        anonymous = Journey.loads(item.journey) if item.journey is not None else None
+        handed = self._handed.pop(id(item.body), None) if item.body is not None else None
+        anonymous: Journey | None
+        if handed is not None and handed[0] is item.body:
+            anonymous = handed[1]
+            anonymous.changed()  # as decoded: nothing cached of its next deadline or settling
+        else:
+            anonymous = Journey.loads(item.journey) if item.journey is not None else None
         ended: dict[str, int] = {}
         if anonymous is not None:
             out, ended = merge_journeys(self.machine, journey, anonymous, item.ts)

@@ -873,8 +873,10 @@ class JourneyMachine:
         if plan.page_view:
             session.page_views += 1
             journey.page_views += 1
-        if session.landing is None and event.page is not None:
-            session.landing = url_path(event.page.url)
+        if session.landing is None:
+            page = event.page
+            if page is not None:
+                session.landing = url_path(page.url)
         session.events += 1
         session.last = now
         journey.last_ts = now
@@ -917,10 +919,10 @@ class JourneyMachine:
         session whatever it carries: reopening the past would depend on arrival order.
         """
         current = journey.session
-        given = event.campaign
+        given, event_session = event.campaign, event.session_id  # (a model's attribute: a lookup)
         campaign = list(given.key()) if given is not None else None
         if current is not None:
-            same_id = event.session_id is None or event.session_id == current.id
+            same_id = event_session is None or event_session == current.id
             same_campaign = campaign is None or campaign == current.campaign
             if (same_id and same_campaign) or event.ts_ms < journey.last_ts:
                 return current
@@ -942,9 +944,10 @@ class JourneyMachine:
         channel = traffic.channel
         landing = url_path(page_url)
         journey.sequence += 1
-        session_id = event.session_id or "s-" + output_id(journey.identity, journey.sequence)[:16]
+        session_id = event_session or "s-" + output_id(journey.identity, journey.sequence)[:16]
         session = Session(journey.sequence, session_id, now, now, landing, channel, campaign)
-        session.audience = event.audience.values() if event.audience is not None else None
+        audience = event.audience
+        session.audience = audience.values() if audience is not None else None
         session.source, session.medium, session.term = traffic.source, traffic.medium, traffic.term
         journey.session = session
         journey.sessions += 1

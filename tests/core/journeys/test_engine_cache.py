@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 from streams.core.config.loader import parse_config
 from streams.core.config.matching import compile_config
@@ -41,7 +42,22 @@ class Recording(MutableMapping[str, bytes]):
         return len(self.data)
 
 
-def replay(store: Recording, flush_every: int | None) -> list[bytes]:
+class Handed(dict[int, Any]):
+    """The engine's live anonymous journeys of held merges, counted; or, `forgetful`, none kept:
+    each merge then decodes the journey it carries (as one held across a flush, or forwarded from
+    another worker, does)."""
+
+    def __init__(self, forgetful: bool) -> None:
+        super().__init__()
+        self.forgetful, self.kept = forgetful, 0
+
+    def __setitem__(self, key: int, value: Any) -> None:
+        if not self.forgetful:
+            self.kept += 1
+            super().__setitem__(key, value)
+
+
+def replay(store: Recording, flush_every: int | None, handed: Handed | None = None) -> list[bytes]:
     """The simulated shop through one engine, flushed every `flush_every` lines (None: at the end)."""
     engine = Engine(CONFIG, store, 2, expected_sources=["s"])
     out: list[bytes] = []
@@ -49,6 +65,8 @@ def replay(store: Recording, flush_every: int | None) -> list[bytes]:
     for n, line in enumerate(Simulator(seed=3, users=120, days=2).lines(), 1):
         for event in decode_message(line).events:
             latest = max(latest, event.ts_ms)
+            if handed is not None and engine._handed is not handed:
+                engine._handed = handed  # (the flush starts a new one)
             out += [o.to_json() for o in engine.process(event)]
         for partition in range(2):
             out += [o.to_json() for o in engine.observe(partition, "s", latest)]
@@ -70,6 +88,15 @@ def test_flushing_once_a_run_gives_the_outputs_and_states_of_writing_after_every
     # each journey is written once per flush, however many events changed it (three flushes here)
     assert max(Counter(once.writes).values()) <= 3 < max(Counter(every_line.writes).values())
     assert any(key.startswith("-") for key in once.writes), "expired links are deleted at the flush"
+
+
+def test_a_merge_gives_the_same_outputs_and_states_with_the_live_or_the_decoded_anonymous_journey() -> None:
+    live, decoded, kept = Recording(), Recording(), Handed(forgetful=False)
+    expected = replay(decoded, flush_every=None, handed=Handed(forgetful=True))
+    assert replay(live, flush_every=None, handed=kept) == expected
+    assert live.data == decoded.data
+    merges = sum(b'"action":"linked"' in line for line in expected)
+    assert merges > 10 and kept.kept >= merges
 
 
 def test_the_store_is_untouched_until_the_flush_and_then_sees_each_change_once() -> None:
