@@ -562,6 +562,11 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
         checks[f"offline_compiled_vs_pure_ceiling_over_issue_start >= {ISSUE_START_GAIN:g}"] = (
             compiled["events_per_s"]["compiled"] / offline["decode_ceiling_eps"] / ISSUE_START_RATIO
         )
+    counters = result.get("counters_process")
+    if counters:
+        # the counters' own process apart from the pipeline (`bench.counters.process_measure`)
+        for package in ("pure", "compiled"):
+            checks[f"counters_{package}_us_per_event <= 30"] = counters["us_per_event"][package]
     if "recovery_s_1m_users" in result:
         checks["recovery_s_1m_users <= 60"] = result["recovery_s_1m_users"]
     out: dict[str, Any] = offline_targets(result["offline"]) if "offline" in result else {}
@@ -770,6 +775,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-compiled-") as tmp:
         compiled = compiled_offline(ROOT.parent, 1, Path(tmp), history_file(workdir))
+        say("the counters' own process, pure and compiled, over the same outputs produced live")
+        from bench.counters import Package, installed, process_measure
+
+        counters = process_measure(
+            [Package("pure"), installed(Path(tmp) / "compiled" / "venv" / "bin", "compiled")], repeat=2
+        )
+        say("  " + ", ".join(f"{k} {v} us/event" for k, v in counters["us_per_event"].items()))
     say("audience enrichment: cost per event with and without, counters' memory per day")
     from bench.enrichment import measure as enrichment_cost
 
@@ -780,6 +792,7 @@ def main() -> None:
         result = asyncio.run(measure(args, infra, workdir))
     result["offline"] = offline
     result["compiled"] = compiled
+    result["counters_process"] = counters
     result["enrichment"] = enrichment
     if args.reprocessing_events:
         say(f"reprocessing: a deploy's replay of {args.reprocessing_events:,} events beside offline mode")

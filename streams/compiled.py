@@ -40,6 +40,8 @@ MODULES = [
     "streams.core.config.matching",
     "streams.offline.run",
     "streams.offline.summary",
+    "streams.counters.tally",
+    "streams.counters.batch",
 ]
 """The modules that hold most of `conversions process`'s own time (cProfile; docs/operations/
 performance.md "The compiled core"), less the pydantic models' modules (`core.input.event`,
