@@ -84,6 +84,17 @@ class CapMemo:
             return value
         return OTHER  # not remembered: refused values are unbounded, and the cap stays full
 
+    def capped(
+        self, known: dict[tuple[str, str], bool], day: int, values: dict[str, Any], prefix: str
+    ) -> dict[str, Any]:
+        """`{name: admit(known, day, prefix + name, value)}` of `values`; `values` itself when
+        that is the same (each value None or admitted already that day: most outputs')."""
+        for name, value in values.items():
+            text = value if type(value) is str else str(value)
+            if value is not None and (prefix + name, text) not in known:
+                return {n: self.admit(known, day, prefix + n, v) for n, v in values.items()}
+        return values
+
 
 class Tallier:
     """Turns output messages into `Tallied` increments, for one counting process."""
@@ -145,21 +156,18 @@ class Tallier:
         day = at // DAY_MS
         known = memo.day(day)
         admit = memo.admit
-        get = output.get
-        breakdowns = get("breakdowns")
+        breakdowns = output.get("breakdowns")
         if breakdowns:
-            output["breakdowns"] = {dim: admit(known, day, dim, value) for dim, value in breakdowns.items()}
-        channel = get("channel")
+            output["breakdowns"] = memo.capped(known, day, breakdowns, "")
+        channel = output.get("channel")
         if channel is not None:
             output["channel"] = admit(known, day, "channel", channel)
-        landing = get("landing_page")
+        landing = output.get("landing_page")
         if landing is not None:
             output["landing_page"] = admit(known, day, "landing_page", landing)
-        audience = get("audience")
+        audience = output.get("audience")
         if audience:
-            output["audience"] = {
-                name: admit(known, day, f"audience.{name}", value) for name, value in audience.items()
-            }
+            output["audience"] = memo.capped(known, day, audience, "audience.")
 
 
 def _suffixes(values: dict[str, Any], dims: Any) -> list[str]:
