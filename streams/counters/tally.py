@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from streams.counters.batch import BatchIncrements, Slot
 
 _AUDIENCE_NAMES = tuple(dim.split(".", 1)[1] for dim in AUDIENCE_DIMS)
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -54,10 +53,6 @@ def _ms(value: Any) -> int:
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000 + delta.microseconds // 1_000
-
-
-TABLE_NAMES = 4_096
-"""How many sets of channels-table values `Tallier.table_names` keeps the field names of."""
 
 
 class CapMemo:
@@ -95,22 +90,11 @@ class CapMemo:
             return value
         return OTHER  # not remembered: refused values are unbounded, and the cap stays full
 
-    def capped(
-        self, known: dict[tuple[str, str], bool], day: int, values: dict[str, Any], prefix: str
-    ) -> dict[str, Any]:
-        """`{name: admit(known, day, prefix + name, value)}` of `values`; `values` itself when
-        that is the same (each value None or admitted already that day: most outputs')."""
-        for name, value in values.items():
-            text = value if type(value) is str else str(value)
-            if value is not None and (prefix + name, text) not in known:
-                return {n: self.admit(known, day, prefix + n, v) for n, v in values.items()}
-        return values
-
 
 class Tallier:
     """Turns output messages into `Tallied` increments, for one counting process."""
 
-    __slots__ = ("_tables", "bucket_ms", "config", "memo", "pseudonym")
+    __slots__ = ("bucket_ms", "config", "memo", "pseudonym")
 
     def __init__(
         self,
@@ -123,19 +107,6 @@ class Tallier:
         self.bucket_ms = bucket_ms
         self.pseudonym = pseudonym
         self.memo = CapMemo(cap) if cap is not None else None
-        self._tables: dict[tuple[str, ...], TableNames] = {}
-
-    def table_names(self, tables: tuple[str, ...]) -> TableNames:
-        """The channels table's field names for these `|<dim>=<value>` suffixes (the visitor
-        type's last), kept for the next output with the same values: at most `TABLE_NAMES` sets,
-        all forgotten when a new one would be one more (the values are capped, but their
-        combinations are not)."""
-        names = self._tables.get(tables)
-        if names is None:
-            if len(self._tables) >= TABLE_NAMES:
-                self._tables.clear()
-            names = self._tables[tables] = TableNames(tables)
-        return names
 
     def decode(self, value: bytes) -> tuple[str, Tallied | None]:
         """An output message's id and its increments (None for a type not counted)."""
@@ -167,18 +138,21 @@ class Tallier:
         day = at // DAY_MS
         known = memo.day(day)
         admit = memo.admit
-        breakdowns = output.get("breakdowns")
+        get = output.get
+        breakdowns = get("breakdowns")
         if breakdowns:
-            output["breakdowns"] = memo.capped(known, day, breakdowns, "")
-        channel = output.get("channel")
+            output["breakdowns"] = {dim: admit(known, day, dim, value) for dim, value in breakdowns.items()}
+        channel = get("channel")
         if channel is not None:
             output["channel"] = admit(known, day, "channel", channel)
-        landing = output.get("landing_page")
+        landing = get("landing_page")
         if landing is not None:
             output["landing_page"] = admit(known, day, "landing_page", landing)
-        audience = output.get("audience")
+        audience = get("audience")
         if audience:
-            output["audience"] = memo.capped(known, day, audience, "audience.")
+            output["audience"] = {
+                name: admit(known, day, f"audience.{name}", value) for name, value in audience.items()
+            }
 
 
 def _suffixes(values: dict[str, Any], dims: Any) -> list[str]:
@@ -372,27 +346,28 @@ class Tallied:
         """A macroconversion or a closed session: the goals or sessions, and the channels table."""
         output = self.output
         size = self.tallier.bucket_ms
-        channel, landing = output.get("channel"), output.get("landing_page")
+        get = output.get
+        channel, landing = get("channel"), get("landing_page")
         channels = [
             f"|channel={'' if channel is None else channel}",
             f"|landing_page={'' if landing is None else landing}",
         ]
-        visitor = f"|visitor_type={visitor_type_of(output)}"
-        audience = output.get("audience")
+        tables = channels
+        audience = get("audience")
         if audience:
-            audiences = [
+            tables = channels + [
                 f"|audience.{name}={'' if (v := audience.get(name)) is None else v}"
                 for name in _AUDIENCE_NAMES
             ]
-            names = self.tallier.table_names((*channels, *audiences, visitor))
-        else:
-            names = self.tallier.table_names((*channels, visitor))
+        visitor = f"|visitor_type={visitor_type_of(output)}"
+        # every `_channel_fields` suffix: per table value, again with the visitor type, and alone
+        every = [*tables, *[s + visitor for s in tables], visitor]
         table = batch.slot("c:", bucket, size, 0)
         ones, floats = table[0], table[2]
         if macro:
             goal = output["goal"]
-            value = output.get("value")
-            breakdowns = output.get("breakdowns") or {}
+            value = get("value")
+            breakdowns = get("breakdowns") or {}
             values = {**breakdowns, "channel": channel, "landing_page": landing}
             suffixes = channels + _suffixes(values, breakdowns)
             goals = batch.slot("g:", bucket, size, 0)
@@ -405,65 +380,33 @@ class Tallied:
                 summed = goals[2]
                 for name in [f"v:{goal}", *[f"v:{goal}{s}" for s in suffixes]]:
                     summed[name] = summed.get(name, Decimal(0)) + amount
-            decision = int(output.get("decision_time_ms") or 0)
+            decision = int(get("decision_time_ms") or 0)
             goals[1][f"dt:{goal}"] = goals[1].get(f"dt:{goal}", 0) + decision
             goals[0].append(f"dth:{goal}:{decision_bucket(decision)}")
-            member = output.get("user_id") or output.get("anonymous_id") or ""
-            batch.slot(f"ug:{goal}:", bucket, size, 0)[3][member] = None
-            ones += names.of(counted)
+            batch.slot(f"ug:{goal}:", bucket, size, 0)[3][get("user_id") or get("anonymous_id") or ""] = None
+            ones += [counted + s for s in every]
             if value is not None:
-                for name in names.of(f"v:{goal}"):
+                for name in [f"v:{goal}{s}" for s in every]:
                     floats[name] = floats.get(name, Decimal(0)) + amount
-            _add(table, names.of(f"dt:{goal}"), decision)
+            _add(table, [f"dt:{goal}{s}" for s in every], decision)
             batch.lists_add("recent", recent_entry(output), RECENT_MACROS)
             return
         sessions = batch.slot("s:", bucket, size, 0)
-        page_views = int(output.get("page_views") or 0)
-        duration = int(output.get("duration_ms") or 0)
-        sessions[0].extend(names.landing_first("n"))
-        _add(sessions, names.landing_first("pv"), page_views)
-        _add(sessions, names.landing_first("dur"), duration)
-        reached = output.get("conversions") or []
-        ones += names.of("s")
-        _add(table, names.of("mi"), int(output.get("microconversions") or 0))
-        _add(table, names.of("pv"), page_views)
-        _add(table, names.of("dur"), duration)
+        landing_first = [channels[1], channels[0]]
+        page_views = int(get("page_views") or 0)
+        duration = int(get("duration_ms") or 0)
+        sessions[0].append("n")
+        sessions[0].extend([f"n{s}" for s in landing_first])
+        _add(sessions, ["pv", *[f"pv{s}" for s in landing_first]], page_views)
+        _add(sessions, ["dur", *[f"dur{s}" for s in landing_first]], duration)
+        reached = get("conversions") or []
+        ones += [f"s{s}" for s in every]
+        _add(table, [f"mi{s}" for s in every], int(get("microconversions") or 0))
+        _add(table, [f"pv{s}" for s in every], page_views)
+        _add(table, [f"dur{s}" for s in every], duration)
         if page_views <= 1:
-            ones += names.of("b")
+            ones += [f"b{s}" for s in every]
         if reached:
-            _add(table, names.of("cv"), len(reached))
+            _add(table, [f"cv{s}" for s in every], len(reached))
             for goal in sorted(set(reached)):
-                ones += names.of(f"cs:{goal}")
-
-
-class TableNames:
-    """The channels table's field names of one set of table values (`Tallier.table_names`): each
-    metric's `_channel_fields` names, made once and shared by every output with these values (a
-    session makes about a hundred of them), and the sessions' own (unsplit, per landing page
-    and per channel)."""
-
-    __slots__ = ("_every", "_first", "landing", "suffixes")
-
-    def __init__(self, tables: tuple[str, ...]) -> None:
-        # the `|<dim>=<value>` of the channel, the landing page, the audience dimensions (when
-        # the output has them), then the visitor type's
-        *split, visitor = tables
-        self.suffixes = [*split, *[s + visitor for s in split], visitor]
-        self.landing = ["", tables[1], tables[0]]
-        self._every: dict[str, list[str]] = {}
-        self._first: dict[str, list[str]] = {}
-
-    def of(self, metric: str) -> list[str]:
-        """`metric` per table value, each again with the visitor type, and per visitor type (not
-        to be changed: shared)."""
-        found = self._every.get(metric)
-        if found is None:
-            found = self._every[metric] = [metric + s for s in self.suffixes]
-        return found
-
-    def landing_first(self, metric: str) -> list[str]:
-        """`metric`, per landing page and per channel (the sessions' `s:` fields; shared)."""
-        found = self._first.get(metric)
-        if found is None:
-            found = self._first[metric] = [metric + s for s in self.landing]
-        return found
+                ones += [f"cs:{goal}{s}" for s in every]
