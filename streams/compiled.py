@@ -34,6 +34,7 @@ MODULES = [
     "streams.core.measures.rule_state",
     "streams.core.measures.seen_ids",
     "streams.core.input.decode",
+    "streams.core.input.fields",
     "streams.core.input.channel",
     "streams.core.input.audience",
     "streams.core.input.rejection",
@@ -47,7 +48,8 @@ MODULES = [
 """The modules that hold most of `conversions process`'s own time (cProfile; docs/operations/
 performance.md "The compiled core"), less the pydantic models' modules (`core.input.event`,
 `core.records.outputs`): mypyc emits C that does not build for a class with pydantic's
-metaclass."""
+metaclass. What the event model does per event is plain functions in a compiled module of its
+own (`core.input.fields`)."""
 
 RECORD = "_compiled.json"
 """Written by the build into the package: {"compiler": ..., "sources": {module: sha256}}."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from streams.core.input.event import Audience, ClickEvent
+from streams.core.input.fields import lookup
 from streams.core.input.geo import NOWHERE, GeoLookup, IpMode, Place, mask
 from streams.core.input.rejection import Decoded
 from streams.core.input.useragent import classify
@@ -132,7 +133,7 @@ class Enricher:
                 for name, value in preferences.items():
                     if isinstance(name, str) and name.lower() == wanted and _denies(value):
                         return True
-        return bool(self.consent_field is not None and _denies(event.lookup(self.consent_field)))
+        return bool(self.consent_field is not None and _denies(lookup(event, self.consent_field)))
 
     def enrich(self, event: ClickEvent) -> None:
         """Set `event.audience` and apply the IP mode to `context.ip` (the event was validated
