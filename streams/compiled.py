@@ -41,6 +41,7 @@ MODULES = [
     "streams.core.input.deadletter",
     "streams.core.input.repartition",
     "streams.core.records.ids",
+    "streams.core.records.trusted",
     "streams.core.config.matching",
     "streams.offline.run",
     "streams.offline.summary",
@@ -48,8 +49,8 @@ MODULES = [
 """The modules that hold most of `conversions process`'s own time (cProfile; docs/operations/
 performance.md "The compiled core"), less the pydantic models' modules (`core.input.event`,
 `core.records.outputs`): mypyc emits C that does not build for a class with pydantic's
-metaclass. What the event model does per event is plain functions in a compiled module of its
-own (`core.input.fields`)."""
+metaclass. What those models do per event and per output is plain functions in compiled modules
+of their own (`core.input.fields`, `core.records.trusted`)."""
 
 RECORD = "_compiled.json"
 """Written by the build into the package: {"compiler": ..., "sources": {module: sha256}}."""
