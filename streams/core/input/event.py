@@ -8,28 +8,28 @@ mypyc compiles (it cannot compile a pydantic model); their names are importable 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Annotated, Any, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
-    ValidationInfo,
     WithJsonSchema,
-    field_validator,
     model_validator,
 )
 
 from streams.core.input.fields import (
     EARLIEST_TIMESTAMP,
     LATEST_TIMESTAMP,
+    checked_nesting,
     from_epoch_ms,
     lookup,
     nesting_depth,
     parse_timestamp,
-    settle,
-    shallow_enough,
+    settled,
     text_values,
     to_epoch_ms,
     url_path,
@@ -117,6 +117,12 @@ def campaign_from_url(url: str | None) -> Campaign | None:
     return Campaign(**values) if values else None
 
 
+Nested = Annotated[dict[str, Any], AfterValidator(checked_nesting)]
+"""`context` and `properties`: refused nested deeper than the validation context's `max_nesting`
+(`nesting_limit`, input being decoded); an event the engine re-reads from its own topics was
+checked when it came in."""
+
+
 class ClickEvent(BaseModel):
     """One clickstream event; `campaign` is derived from the page's utm_* parameters when absent."""
 
@@ -129,6 +135,7 @@ class ClickEvent(BaseModel):
     session_id: str | None = Field(default=None, min_length=1, max_length=256, pattern=PRINTABLE)
     timestamp: Annotated[
         datetime,
+        BeforeValidator(parse_timestamp),
         WithJsonSchema(
             {
                 "anyOf": [
@@ -149,28 +156,15 @@ class ClickEvent(BaseModel):
     ]
     page: Page | None = None
     campaign: Campaign | None = None
-    context: dict[str, Any] = Field(default_factory=dict)
-    properties: dict[str, Any] = Field(default_factory=dict)
+    context: Nested = Field(default_factory=dict)
+    properties: Nested = Field(default_factory=dict)
     audience: Audience | None = None
     """Set by enrichment at ingest (from `context.user_agent`, `context.ip`, `context.locale`), or
     by the producer; read once per session, when the session opens."""
 
-    @field_validator("timestamp", mode="before")
-    @classmethod
-    def _parse_timestamp(cls, value: Any) -> datetime:
-        return parse_timestamp(value)
-
-    @field_validator("context", "properties")
-    @classmethod
-    def _shallow_enough(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        # the limit comes with input being decoded (`nesting_limit`); an event the engine
-        # re-reads from its own topics was checked when it came in
-        return shallow_enough(value, info.context)
-
-    @model_validator(mode="after")
-    def _identity_and_campaign(self) -> ClickEvent:
-        settle(self.__dict__, Campaign)
-        return self
+    # the validators are compiled functions (`input.fields`), called by pydantic with no Python
+    # frame of their own: the timestamp's above, the nesting limit's on `Nested`, and this one
+    _identity_and_campaign = model_validator(mode="after")(partial(settled, Campaign))
 
     @cached_property
     def ts_ms(self) -> int:

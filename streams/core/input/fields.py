@@ -110,6 +110,11 @@ def shallow_enough(value: dict[str, Any], context: Any) -> dict[str, Any]:
     return value
 
 
+def checked_nesting(value: dict[str, Any], info: Any) -> dict[str, Any]:
+    """`shallow_enough` as pydantic calls a field's validator (`info`: its ValidationInfo)."""
+    return shallow_enough(value, info.context)
+
+
 _UTM_FIELDS: Final = ("source", "medium", "name", "term", "content")
 _UTM_PARAMS: Final = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
 
@@ -144,6 +149,13 @@ def settle(data: dict[str, Any], campaign: Any) -> None:
         if values:
             data["campaign"] = campaign(**values)
     data["ts_ms"] = to_epoch_ms(data["timestamp"])
+
+
+def settled(campaign: Any, event: Any) -> Any:
+    """`settle` as pydantic calls a model's validator (after the fields), with the campaign's
+    model bound first (`functools.partial`: pydantic then calls compiled code directly)."""
+    settle(event.__dict__, campaign)
+    return event
 
 
 def lookup(value: Any, path: tuple[str, ...]) -> Any:
