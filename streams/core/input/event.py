@@ -26,6 +26,7 @@ from streams.core.input.fields import (
     LATEST_TIMESTAMP,
     checked_nesting,
     from_epoch_ms,
+    json_dict,
     lookup,
     nesting_depth,
     parse_timestamp,
@@ -181,7 +182,9 @@ class ClickEvent(BaseModel):
         return lookup(self, path)
 
     def to_json_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
+        """`model_dump(mode="json", exclude_none=True)`, made by `input.fields.json_dict` (compiled)
+        where the fields are plain JSON, as they are for every decoded event."""
+        return json_dict(self) or self.model_dump(mode="json", exclude_none=True)
 
     @classmethod
     def trusted(cls, item: dict[str, Any]) -> ClickEvent:

@@ -178,3 +178,79 @@ def text_values(fields: dict[str, Any]) -> dict[str, str]:
     if fields["bot"]:
         out["bot"] = "true"
     return out
+
+
+class _NotPlain(Exception):
+    """A value `json_dict` does not copy as pydantic would: the caller asks pydantic."""
+
+
+_EVENT_FIELDS: Final = ("event_id", "event", "user_id", "anonymous_id", "session_id")
+_NESTED_FIELDS: Final = ("page", "campaign")
+_MAX_DEPTH: Final = 64
+
+
+def _plain_copy(value: Any, depth: int) -> Any:
+    """A JSON value (from orjson: dicts with text keys, lists, text, numbers, booleans, null)
+    copied as pydantic's `model_dump(mode="json")` copies an `Any`; anything else raises."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
+        if value - value != 0.0:  # inf or nan: pydantic writes null
+            raise _NotPlain
+        return value
+    if depth > _MAX_DEPTH:
+        raise _NotPlain
+    if kind is dict:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _NotPlain
+            out[key] = _plain_copy(item, depth + 1)
+        return out
+    if kind is list:
+        return [_plain_copy(item, depth + 1) for item in value]
+    raise _NotPlain
+
+
+def _model_fields(model: Any) -> dict[str, Any]:
+    """A nested model's set fields (`exclude_none`); one with extra fields raises."""
+    if model.__pydantic_extra__:
+        raise _NotPlain
+    out: dict[str, Any] = {}
+    for key, item in model.__dict__.items():
+        if item is not None:
+            out[key] = _plain_copy(item, 1)
+    return out
+
+
+def json_dict(event: Any) -> dict[str, Any] | None:
+    """`event.model_dump(mode="json", exclude_none=True)` of a ClickEvent, made from its fields
+    (the same dict, keys in the same order), or None where it would not be exactly that (a value
+    that is not plain JSON, a page or campaign with extra fields): the caller asks pydantic."""
+    data = event.__dict__
+    out: dict[str, Any] = {}
+    for name in _EVENT_FIELDS:
+        value = data[name]
+        if value is not None:
+            if type(value) is not str:
+                return None
+            out[name] = value
+    moment = data["timestamp"]
+    if type(moment) is not datetime or moment.tzinfo is not UTC:
+        return None
+    text = moment.isoformat()
+    out["timestamp"] = text[:-6] + "Z"  # +00:00, which pydantic writes as Z
+    try:
+        for name in _NESTED_FIELDS:
+            nested = data[name]
+            if nested is not None:
+                out[name] = _model_fields(nested)
+        out["context"] = _plain_copy(data["context"], 0)
+        out["properties"] = _plain_copy(data["properties"], 0)
+        audience = data["audience"]
+        if audience is not None:
+            out["audience"] = _model_fields(audience)
+    except _NotPlain:
+        return None
+    return out
