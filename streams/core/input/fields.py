@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel
 
@@ -123,8 +123,25 @@ def utm_values(url: str | None) -> dict[str, str]:
     """The campaign fields a page URL's utm_* parameters give (each cut to 256 characters)."""
     if not url or "utm_" not in url:
         return {}
-    query = parse_qs(urlsplit(url).query)
-    return {f: query[p][0][:256] for f, p in zip(_UTM_FIELDS, _UTM_PARAMS, strict=True) if p in query}
+    found = first_values(urlsplit(url).query, _UTM_PARAMS)
+    return {f: found[p][:256] for f, p in zip(_UTM_FIELDS, _UTM_PARAMS, strict=True) if p in found}
+
+
+def first_values(query: str, names: tuple[str, ...]) -> dict[str, str]:
+    """`{name: parse_qs(query)[name][0]}` for the `names` the query has: the same splitting on
+    `&`, `+` as a space, percent-decoding (UTF-8, errors replaced), blank values left out."""
+    found: dict[str, str] = {}
+    for pair in query.split("&"):
+        name, equals, value = pair.partition("=")
+        if not equals or not value:
+            continue
+        name = name.replace("+", " ")
+        if "%" in name:
+            name = unquote(name)
+        if name in names and name not in found:
+            value = value.replace("+", " ")
+            found[name] = unquote(value) if "%" in value else value
+    return found
 
 
 def url_path(url: str | None) -> str | None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from urllib.parse import parse_qs
 
 import orjson
 import pytest
@@ -17,7 +18,7 @@ from streams.core.input.event import (
     to_epoch_ms,
     url_path,
 )
-from streams.core.input.fields import json_dict
+from streams.core.input.fields import first_values, json_dict
 from tests.helpers import event
 
 
@@ -271,3 +272,15 @@ def test_a_decoded_event_gets_its_json_form_without_pydantic() -> None:
     click = ClickEvent.model_validate(event("x", "10:00", page={"url": url}, properties={"a": [1.5, None]}))
     assert json_dict(click) == click.model_dump(mode="json", exclude_none=True)
     assert json_dict(click.model_copy(update={"page": Page(url=url, extra="x")})) is None
+
+
+NAMES = st.sampled_from(["utm_source", "utm_medium", "utm%5Fcampaign", "utm+term", "utm_term", "x", ""])
+VALUES = st.sampled_from(["", "a", "a+b", "%41", "%zz", "%C3%A9", "%ff", "b=c", "%"]) | st.text(max_size=4)
+PAIRS = st.tuples(NAMES, st.sampled_from(["=", ""]), VALUES).map("".join)
+
+
+@given(st.lists(PAIRS, max_size=8).map("&".join) | st.text(max_size=30))
+def test_the_utm_parameters_are_read_as_parse_qs_reads_them(query: str) -> None:
+    names = ("utm_source", "utm_medium", "utm_campaign", "utm term", "utm_term", "utm_content")
+    parsed = parse_qs(query)
+    assert first_values(query, names) == {name: parsed[name][0] for name in names if name in parsed}
