@@ -126,7 +126,7 @@ class Enricher:
 
     def denies_consent(self, event: ClickEvent) -> bool:
         consent = event.context.get("consent")
-        if self.consent_category and isinstance(consent, Mapping):
+        if self.consent_category and consent is not None and isinstance(consent, Mapping):
             preferences = consent.get("categoryPreferences") or consent.get("category_preferences")
             if isinstance(preferences, Mapping):
                 wanted = self.consent_category.lower()
@@ -146,7 +146,7 @@ class Enricher:
             place = self.geo.lookup(raw_ip)
         hints = context.get("user_agent_data") or context.get("userAgentData")
         mobile_hint = platform_hint = None
-        if isinstance(hints, Mapping):
+        if hints is not None and isinstance(hints, Mapping):  # None first: an ABC's check is a Python call
             mobile = hints.get("mobile")
             mobile_hint = mobile if isinstance(mobile, bool) else None
             platform = hints.get("platform")
