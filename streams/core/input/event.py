@@ -26,7 +26,6 @@ from streams.core.input.fields import (
     LATEST_TIMESTAMP,
     checked_nesting,
     from_epoch_ms,
-    json_dict,
     lookup,
     nesting_depth,
     parse_timestamp,
@@ -182,9 +181,7 @@ class ClickEvent(BaseModel):
         return lookup(self, path)
 
     def to_json_dict(self) -> dict[str, Any]:
-        """`model_dump(mode="json", exclude_none=True)`, made by `input.fields.json_dict` (compiled)
-        where the fields are plain JSON, as they are for every decoded event."""
-        return json_dict(self) or self.model_dump(mode="json", exclude_none=True)
+        return self.model_dump(mode="json", exclude_none=True)
 
     @classmethod
     def trusted(cls, item: dict[str, Any]) -> ClickEvent:

@@ -12,13 +12,12 @@ from streams.core.input.decode import decode_message
 from streams.core.input.event import (
     MAX_NESTING,
     ClickEvent,
-    Page,
     campaign_from_url,
     parse_timestamp,
     to_epoch_ms,
     url_path,
 )
-from streams.core.input.fields import first_values, json_dict
+from streams.core.input.fields import first_values
 from tests.helpers import event
 
 
@@ -233,45 +232,6 @@ def test_unknown_fields_get_a_bounded_number_of_series() -> None:
     }
     assert len(samples) == UNKNOWN_FIELD_LABELS + 1
     assert samples["(other)"] == 31 and samples["f0"] == 3
-
-
-AUDIENCE = st.fixed_dictionaries(
-    {}, optional={"browser": st.text(max_size=5), "country": st.just("FR"), "bot": st.booleans()}
-)
-
-
-@given(
-    context=JSON,
-    properties=JSON,
-    page=st.none() | st.fixed_dictionaries({}, optional={"url": st.text(max_size=30), "ref": JSON}),
-    audience=st.none() | AUDIENCE,
-    moment=st.integers(
-        to_epoch_ms(datetime(2000, 1, 1, tzinfo=UTC)), to_epoch_ms(datetime(2099, 1, 1, tzinfo=UTC))
-    ),
-)
-def test_the_json_form_is_what_pydantic_dumps(
-    context: object, properties: object, page: object, audience: object, moment: int
-) -> None:
-    """`to_json_dict` makes the dict from the fields (compiled) where pydantic's dump would give
-    the same: the same dict, keys in the same order, whatever the event holds (a page's extra
-    field, a float pydantic writes as null, a value no JSON parser gives)."""
-    body = event("x", "10:00", context=context if isinstance(context, dict) else {"v": context})
-    body |= {"timestamp": moment, "properties": {"p": properties, "inf": float("inf"), "t": (1, 2)}}
-    for item in (page, audience):
-        if item is not None:
-            body["page" if item is page else "audience"] = item
-    for fields in (body, {**body, "properties": {"p": properties}}):
-        click = ClickEvent.model_validate(fields)
-        expected = click.model_dump(mode="json", exclude_none=True)
-        assert orjson.dumps(click.to_json_dict()) == orjson.dumps(expected)
-        assert click.to_json_dict() == expected
-
-
-def test_a_decoded_event_gets_its_json_form_without_pydantic() -> None:
-    url = "https://shop.example/p?utm_source=g"
-    click = ClickEvent.model_validate(event("x", "10:00", page={"url": url}, properties={"a": [1.5, None]}))
-    assert json_dict(click) == click.model_dump(mode="json", exclude_none=True)
-    assert json_dict(click.model_copy(update={"page": Page(url=url, extra="x")})) is None
 
 
 NAMES = st.sampled_from(["utm_source", "utm_medium", "utm%5Fcampaign", "utm+term", "utm_term", "x", ""])
