@@ -13,7 +13,9 @@ same outputs produced to the output topics of a local Tansu, then consumed and a
 process, its CPU time (and Redis's) per output and per input event from the first message
 counted to the last; `--tree DIR` (repeatable) runs the process from other source trees too (a
 checkout of an earlier commit), in turn, so that a change is measured beside what it replaced on
-the same traffic in the same run.
+the same traffic in the same run, and `--compiled` the compiled package too (this checkout's
+wheel, mypyc, `bench.compiled.build`, in a virtualenv of its own). `make bench` runs the pure
+and the compiled package so (`process_measure`, under "counters_process").
 
 With `--pipeline`, the whole pipeline instead, as `make bench` measures it (`bench.run`: the same
 traffic waiting on the topic, events per second from the first event in to the last counter
@@ -31,6 +33,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 import uuid
 from collections import defaultdict
@@ -179,27 +182,34 @@ async def produce_outputs(settings: Settings, found: list[tuple[str, int, bytes]
         await producer.stop()
 
 
-def counted_cpu(process: WorkerProcess, port: int, redis_pid: int, total: int) -> tuple[float, list[float]]:
-    """Wall seconds and CPU seconds of the process and of Redis from the first message counted
-    to the last."""
+def counted_cpu(
+    process: WorkerProcess, port: int, redis_pid: int, total: int
+) -> tuple[float, list[float], int]:
+    """Wall seconds and CPU seconds of the process and of Redis from the first poll that found
+    messages counted to the last message counted, and how many messages were counted in that
+    window. `/metrics` is read twice a second: each read costs the process about a millisecond of
+    CPU (prometheus_client serves it from a new thread), which at 20 reads a second was a seventh
+    of the compiled process's CPU in the window; the messages counted before the window are left
+    out of the division instead."""
     assert process.process is not None
     pids = [process.process.pid, redis_pid]
     before: list[float] | None = None
-    started = 0.0
+    started, first = 0.0, 0
     deadline = time.monotonic() + 120
     while True:
         values = metrics(port)
-        counted = sum(v for k, v in values.items() if k.startswith("conversions_counter_messages_total"))
+        counted = int(sum(v for k, v in values.items() if k.startswith("conversions_counter_messages_total")))
         if counted and before is None:
-            before, started = cpu_seconds(pids), time.perf_counter()
+            before, started, first = cpu_seconds(pids), time.perf_counter(), counted
         if counted >= total:
             break
         if time.monotonic() > deadline or not process.running:
             raise RuntimeError(f"the counters counted {counted} of {total}:\n{process.tail()}")
-        time.sleep(0.05)  # as `bench.run` polls: each /metrics read costs the process CPU
+        time.sleep(0.5)
     wall = time.perf_counter() - started
     assert before is not None
-    return wall, [after - first for first, after in zip(before, cpu_seconds(pids), strict=True)]
+    spent = [after - then for then, after in zip(before, cpu_seconds(pids), strict=True)]
+    return wall, spent, total - first
 
 
 async def dump_counters(url: str, app_id: str) -> dict[str, Any]:
@@ -256,32 +266,70 @@ def digest(dump: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(dump, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Package:
+    """Which `conversions counters` a process run measures: this checkout's (pure Python, this
+    virtualenv), another source tree's (`tree`, on this virtualenv's dependencies), or an
+    installed package's (`python`: a virtualenv's interpreter, e.g. the compiled wheel's)."""
+
+    label: str
+    tree: str | None = None
+    python: str | None = None
+
+    def env(self) -> dict[str, str]:
+        # PYTHONSAFEPATH: `python -m` would put the current directory (this checkout) first
+        if self.tree:
+            return {"PYTHONPATH": self.tree, "PYTHONSAFEPATH": "1"}
+        if self.python:
+            return {"PYTHONPATH": "", "PYTHONSAFEPATH": "1"}
+        return {}
+
+
+def compiled_package(workdir: Path, tree: Path = ROOT.parent) -> Package:
+    """The compiled wheel of `tree` (`bench.compiled.build`: `pip install .` as a user gets it)
+    in a fresh virtualenv under `workdir`."""
+    from bench.compiled import build, say
+
+    say(f"building the compiled wheel from {tree}")
+    bin_dir, _ = build(tree, workdir, compiled=True)
+    return installed(bin_dir, "compiled")
+
+
+def installed(bin_dir: Path, label: str) -> Package:
+    """The package installed in the virtualenv of `bin_dir`."""
+    return Package(label, python=str(bin_dir / "python"))
+
+
 async def process_once(
     infra: LocalInfra,
     workdir: Path,
-    tree: str | None,
+    package: Package,
     found: list[tuple[str, int, bytes]],
     events: int,
     rate: float,
 ) -> dict[str, Any]:
-    """One `conversions counters` process (from `tree`, else this checkout) over the outputs on
-    topics of its own: CPU per output and per event of the process and of Redis, from the first
-    message counted to the last."""
+    """One `conversions counters` process (of `package`) over the outputs on topics of its own:
+    CPU per output and per event of the process and of Redis, from the first message counted to
+    the last."""
     run = Run(infra, workdir, "cp")
     run.workdir.mkdir(parents=True, exist_ok=True)
     await ensure_topics(run.settings)
     if not rate:
         await produce_outputs(run.settings, found)
     port = free_port()
-    # PYTHONSAFEPATH: `python -m` would put the current directory (this checkout) first
-    env = dict(run.env) | ({"PYTHONPATH": tree, "PYTHONSAFEPATH": "1"} if tree else {})
     process = WorkerProcess(
-        env, run.workdir / "counters.log", ["--metrics-port", str(port)], command="counters"
+        dict(run.env) | package.env(),
+        run.workdir / "counters.log",
+        ["--metrics-port", str(port)],
+        command="counters",
+        python=package.python,
     )
     await asyncio.to_thread(process.start, 60)
     try:
         producing = asyncio.create_task(produce_outputs(run.settings, found, rate)) if rate else None
-        wall, spent = await asyncio.to_thread(counted_cpu, process, port, run.shared["redis"], len(found))
+        wall, spent, counted = await asyncio.to_thread(
+            counted_cpu, process, port, run.shared["redis"], len(found)
+        )
         if producing is not None:
             await producing
     finally:
@@ -289,31 +337,59 @@ async def process_once(
     dumped = await dump_counters(infra.redis_url, run.settings.app_id)
     (run.workdir / "counters-dump.json").write_bytes(orjson.dumps(dumped, option=orjson.OPT_SORT_KEYS))
     return {
-        "tree": tree or "this checkout",
+        "package": package.label,
+        "tree": package.tree or "this checkout",
         "keys": len(dumped),
         "counters_digest": digest(dumped),
         "dump": str(run.workdir / "counters-dump.json"),
-        "outputs_per_s": round(len(found) / wall),
-        "process_us_per_output": round(spent[0] / len(found) * 1e6, 1),
-        "process_us_per_event": round(spent[0] / events * 1e6, 1),
-        "redis_us_per_event": round(spent[1] / events * 1e6, 1),
+        "outputs_per_s": round(counted / wall),
+        "outputs_in_window": counted,
+        "process_us_per_output": round(spent[0] / counted * 1e6, 1),
+        # the input events behind the outputs counted in the window, in proportion
+        "process_us_per_event": round(spent[0] / (events * counted / len(found)) * 1e6, 1),
+        "redis_us_per_event": round(spent[1] / (events * counted / len(found)) * 1e6, 1),
     }
 
 
 async def process_runs(
-    found: list[tuple[str, int, bytes]], events: int, trees: list[str | None], repeat: int, rate: float
+    found: list[tuple[str, int, bytes]], events: int, packages: list[Package], repeat: int, rate: float
 ) -> list[dict[str, Any]]:
-    """`process_once` for each tree in turn, `repeat` times, on one Tansu and redis-server."""
+    """`process_once` for each package in turn, `repeat` times, on one Tansu and redis-server."""
     workdir = ROOT.parent / "var" / "bench" / "counters-process"
     given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("REDIS_URL")
     rows: list[dict[str, Any]] = []
     with LocalInfra(*given, workdir=workdir / "infra") as infra:
         for _ in range(repeat):
-            for tree in trees:
-                row = await process_once(infra, workdir, tree, found, events, rate)
+            for package in packages:
+                row = await process_once(infra, workdir, package, found, events, rate)
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
     return rows
+
+
+def process_measure(
+    packages: list[Package], outputs_count: int = 30_000, rate: float = 5_000.0, repeat: int = 1
+) -> dict[str, Any]:
+    """The counters' own process of each package, in turn, over the same outputs produced live at
+    `rate` (`make bench`: this checkout's pure package beside the compiled one): CPU per input
+    event, the best of `repeat` runs per package, and whether all left the same counters."""
+    read: list[int] = []
+    found = outputs(outputs_count, 4, 2.0, read)
+    rows = asyncio.run(process_runs(found, read[0], packages, repeat, rate))
+    best: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        held = best.get(row["package"])
+        if held is None or row["process_us_per_event"] < held["process_us_per_event"]:
+            best[row["package"]] = row
+    return {
+        "outputs": len(found),
+        "events": read[0],
+        "rate": rate,
+        "us_per_event": {label: row["process_us_per_event"] for label, row in best.items()},
+        "redis_us_per_event": {label: row["redis_us_per_event"] for label, row in best.items()},
+        "runs": rows,
+        "same_counters": same_counters(rows),
+    }
 
 
 def same_counters(rows: list[dict[str, Any]]) -> bool:
@@ -377,11 +453,20 @@ def main() -> None:
     parser.add_argument(
         "--tree", action="append", default=[], help="With --process: also a process from this source tree."
     )
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="With --process: also the compiled package (this checkout's wheel, built by mypyc).",
+    )
     args = parser.parse_args()
     if args.process:
         read: list[int] = []
         found = outputs(args.outputs, args.partitions, args.days, read)
-        rows = asyncio.run(process_runs(found, read[0], [None, *args.tree], args.repeat, args.rate))
+        packages = [Package("pure"), *[Package(tree, tree=tree) for tree in args.tree]]
+        with tempfile.TemporaryDirectory(prefix="bench-counters-") as tmp:
+            if args.compiled:
+                packages.append(compiled_package(Path(tmp)))
+            rows = asyncio.run(process_runs(found, read[0], packages, args.repeat, args.rate))
         print(
             json.dumps(
                 {

@@ -45,9 +45,12 @@ MODULES = [
     "streams.core.config.matching",
     "streams.offline.run",
     "streams.offline.summary",
+    "streams.counters.tally",
+    "streams.counters.batch",
 ]
 """The modules that hold most of `conversions process`'s own time (cProfile; docs/operations/
-performance.md "The compiled core"), less the pydantic models' modules (`core.input.event`,
+performance.md "The compiled core"), and of `conversions counters`'s (an output's increments and
+their folding per batch), less the pydantic models' modules (`core.input.event`,
 `core.records.outputs`): mypyc emits C that does not build for a class with pydantic's
 metaclass. What those models do per event and per output is plain functions in compiled modules
 of their own (`core.input.fields`, `core.records.trusted`)."""

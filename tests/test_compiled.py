@@ -26,11 +26,19 @@ from tests.test_wheel import NO_COMPILER, ROOT, build_wheel, install, run
 
 CORE_TESTS = [
     str(ROOT / "tests" / path)
-    for path in ("core/journeys", "core/measures", "offline", "pipeline/test_journeys_kafka.py")
+    for path in (
+        "core/journeys",
+        "core/measures",
+        "offline",
+        "pipeline/test_journeys_kafka.py",
+        "counters/test_tally.py",
+        "counters/test_batch.py",
+    )
 ]
 """The compiled modules' own tests: the holdout-style properties (funnel semantics against
 their references, identity stitching, the engine's properties), the evaluators, offline mode
-(one process and workers) and the journeys through Kafka (a real broker)."""
+(one process and workers), the journeys through Kafka (a real broker), and the counters'
+increments and their folding (against `increments_of`, into a real Redis)."""
 
 
 def _package_copy(tmp_path: Path) -> Path:

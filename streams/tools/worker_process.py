@@ -26,8 +26,12 @@ class WorkerProcess:
         log_path: Path,
         extra_args: list[str] | None = None,
         command: str = "worker",
+        python: str | None = None,
     ) -> None:
+        """`python`: the interpreter to run it with (another virtualenv's, e.g. the compiled
+        package's), else this one."""
         self.env = env
+        self.python = python or sys.executable
         self.command = command
         self.log_path = log_path
         self.extra_args = extra_args or []
@@ -39,7 +43,7 @@ class WorkerProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", self.command, *self.extra_args],
+                [self.python, "-m", "streams.cli", self.command, *self.extra_args],
                 env={**os.environ, **self.env},
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
