@@ -34,9 +34,14 @@ MODULES = [
     "streams.core.measures.rule_state",
     "streams.core.measures.seen_ids",
     "streams.core.input.decode",
+    "streams.core.input.fields",
     "streams.core.input.channel",
     "streams.core.input.audience",
+    "streams.core.input.rejection",
+    "streams.core.input.deadletter",
+    "streams.core.input.repartition",
     "streams.core.records.ids",
+    "streams.core.records.trusted",
     "streams.core.config.matching",
     "streams.offline.run",
     "streams.offline.summary",
@@ -47,7 +52,8 @@ MODULES = [
 performance.md "The compiled core"), and of `conversions counters`'s (an output's increments and
 their folding per batch), less the pydantic models' modules (`core.input.event`,
 `core.records.outputs`): mypyc emits C that does not build for a class with pydantic's
-metaclass."""
+metaclass. What those models do per event and per output is plain functions in compiled modules
+of their own (`core.input.fields`, `core.records.trusted`)."""
 
 RECORD = "_compiled.json"
 """Written by the build into the package: {"compiler": ..., "sources": {module: sha256}}."""

@@ -26,6 +26,7 @@ from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.core.measures.experiments import ExperimentEvaluator
 from streams.core.measures.rule_state import MINUTE_MS
 from streams.core.records.outputs import OutputEvent
+from streams.core.records.trusted import to_line
 from streams.offline.summary import FunnelCounts
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -229,10 +230,10 @@ class OfflineRun:
         for line in lines:
             outputs = self.feed(line)
             if outputs:
-                out.write(b"".join([output.to_line() for output in outputs]))
+                out.write(b"".join([to_line(output) for output in outputs]))
         self.engine.flush()
         if flush:
-            out.write(b"".join([output.to_line() for output in self.flush()]))
+            out.write(b"".join([to_line(output) for output in self.flush()]))
 
     def flush(self, judge: bool = True) -> list[OutputEvent]:
         """Let event time run out: close every open session and attempt (end of history), then

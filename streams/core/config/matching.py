@@ -10,7 +10,8 @@ from streams.core.config.glob import Glob
 from streams.core.config.model import FunnelConfig, Match
 from streams.core.config.versions import Definition, definition
 from streams.core.input.channel import DEFAULT_UNWANTED_REFERRALS
-from streams.core.input.event import ClickEvent, url_path
+from streams.core.input.event import ClickEvent
+from streams.core.input.fields import lookup, url_path
 
 MAX_KNOWN_URLS = 4_096
 """Page URLs whose `url` test result a matcher keeps (a site has few; random ones must not grow it)."""
@@ -55,7 +56,7 @@ class Matcher:
                 known[url] = passes
             if not passes:
                 return False
-        return all(event.lookup(path) == value for path, value in self.fields)
+        return all(lookup(event, path) == value for path, value in self.fields)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from streams.core.input.event import Audience, ClickEvent
+from streams.core.input.fields import lookup
 from streams.core.input.geo import NOWHERE, GeoLookup, IpMode, Place, mask
 from streams.core.input.rejection import Decoded
 from streams.core.input.useragent import classify
@@ -125,14 +126,14 @@ class Enricher:
 
     def denies_consent(self, event: ClickEvent) -> bool:
         consent = event.context.get("consent")
-        if self.consent_category and isinstance(consent, Mapping):
+        if self.consent_category and consent is not None and isinstance(consent, Mapping):
             preferences = consent.get("categoryPreferences") or consent.get("category_preferences")
             if isinstance(preferences, Mapping):
                 wanted = self.consent_category.lower()
                 for name, value in preferences.items():
                     if isinstance(name, str) and name.lower() == wanted and _denies(value):
                         return True
-        return bool(self.consent_field is not None and _denies(event.lookup(self.consent_field)))
+        return bool(self.consent_field is not None and _denies(lookup(event, self.consent_field)))
 
     def enrich(self, event: ClickEvent) -> None:
         """Set `event.audience` and apply the IP mode to `context.ip` (the event was validated
@@ -145,7 +146,7 @@ class Enricher:
             place = self.geo.lookup(raw_ip)
         hints = context.get("user_agent_data") or context.get("userAgentData")
         mobile_hint = platform_hint = None
-        if isinstance(hints, Mapping):
+        if hints is not None and isinstance(hints, Mapping):  # None first: an ABC's check is a Python call
             mobile = hints.get("mobile")
             mobile_hint = mobile if isinstance(mobile, bool) else None
             platform = hints.get("platform")

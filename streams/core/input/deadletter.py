@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
+from binascii import b2a_base64
 from datetime import datetime
 
 from streams.core.input.rejection import Rejection
@@ -36,7 +36,7 @@ def dead_letter(
         reason=rejection.reason,
         detail=rejection.detail[:2_000],
         errors=rejection.errors[:20],
-        original_b64=base64.b64encode(original[:max_original_bytes]).decode(),
+        original_b64=b2a_base64(original[:max_original_bytes], newline=False).decode(),
         original_size=len(original),
         original_sha256=hashlib.sha256(original).hexdigest(),
         original_truncated=len(original) > max_original_bytes,
@@ -83,7 +83,7 @@ def with_original(letter: DeadLetter, original: bytes | None) -> DeadLetter:
         return letter
     return letter.model_copy(
         update={
-            "original_b64": base64.b64encode(original[:MAX_ORIGINAL_BYTES]).decode(),
+            "original_b64": b2a_base64(original[:MAX_ORIGINAL_BYTES], newline=False).decode(),
             "original_size": len(original),
             "original_sha256": hashlib.sha256(original).hexdigest(),
             "original_truncated": len(original) > MAX_ORIGINAL_BYTES,

@@ -1,113 +1,66 @@
 """The clickstream event (CONTRACT section 1): the model every input format becomes, its
 timestamps in epoch milliseconds, and the limits on what one event may hold.
 
-Decoding raw message values into events is `input.decode`, above this module and the formats."""
+Decoding raw message values into events is `input.decode`, above this module and the formats.
+The work the validators and methods do on every event is `input.fields`' plain functions, which
+mypyc compiles (it cannot compile a pydantic model); their names are importable from here too."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from functools import cached_property
+from datetime import UTC, datetime
+from functools import cached_property, partial
 from typing import Annotated, Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
-    ValidationInfo,
     WithJsonSchema,
-    field_validator,
     model_validator,
 )
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_EXACT_FLOAT_MS = 2**32 * 1000
-_fromtimestamp = datetime.fromtimestamp
+from streams.core.input.fields import (
+    EARLIEST_TIMESTAMP,
+    LATEST_TIMESTAMP,
+    checked_nesting,
+    from_epoch_ms,
+    lookup,
+    nesting_depth,
+    parse_timestamp,
+    settled,
+    text_values,
+    to_epoch_ms,
+    url_path,
+    utm_values,
+    within_nesting,
+)
+
+__all__ = [
+    "EARLIEST_TIMESTAMP",
+    "LATEST_TIMESTAMP",
+    "MAX_NESTING",
+    "PRINTABLE",
+    "Audience",
+    "Campaign",
+    "ClickEvent",
+    "Page",
+    "campaign_from_url",
+    "from_epoch_ms",
+    "nesting_depth",
+    "nesting_limit",
+    "parse_timestamp",
+    "to_epoch_ms",
+    "url_path",
+    "within_nesting",
+]
+
 _fromisoformat = datetime.fromisoformat
-EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
-LATEST_TIMESTAMP = datetime(2100, 1, 1, tzinfo=UTC)
 MAX_NESTING = 16
 """The default of `CONVERSIONS_MAX_NESTING`: how deep `context` and `properties` may nest. Every
 decoder takes it as `max_nesting` (ingest, offline, the collector), so one setting is the limit."""
 PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
-
-
-def parse_timestamp(value: Any) -> datetime:
-    """RFC 3339 with offset, a naive "YYYY-MM-DD HH:MM:SS" read as UTC, or epoch milliseconds."""
-    if isinstance(value, bool):
-        raise ValueError("timestamp must be a string or integer epoch milliseconds")
-    if isinstance(value, int):
-        try:
-            parsed = _EPOCH + timedelta(milliseconds=value)
-        except OverflowError:
-            raise ValueError(f"timestamp {value} ms is out of range") from None
-    elif isinstance(value, str):
-        if len(value) > 40:
-            raise ValueError("timestamp string is too long")
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError(
-                f"unparseable timestamp {value!r}: use RFC 3339 with an offset, "
-                "'YYYY-MM-DD HH:MM:SS' (UTC) or epoch milliseconds"
-            ) from None
-        parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    else:
-        raise ValueError("timestamp must be a string or integer epoch milliseconds")
-    if not EARLIEST_TIMESTAMP <= parsed < LATEST_TIMESTAMP:
-        raise ValueError(f"timestamp {parsed.isoformat()} is outside 2000-01-01..2100-01-01")
-    return parsed
-
-
-def to_epoch_ms(moment: datetime) -> int:
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000 + delta.microseconds // 1_000
-
-
-def from_epoch_ms(ms: int) -> datetime:
-    if 0 <= ms < _EXACT_FLOAT_MS:
-        # a double holds ms / 1000 within 0.25 us below 2^32 s, and fromtimestamp rounds to the
-        # microsecond: exact, and half the cost of the timedelta sum
-        return _fromtimestamp(ms / 1000, UTC)
-    return _EPOCH + timedelta(milliseconds=ms)
-
-
-def nesting_depth(value: Any, limit: int = 1_000_000) -> int:
-    """How deep dicts and lists nest (a scalar is 0), counted without recursion, so that no
-    input can exhaust the stack; stops counting once past `limit`.
-
-    Level by level: only the containers of each level are kept for the next, so the scalars
-    that make up most of an event cost one isinstance each."""
-    if not isinstance(value, dict | list):
-        return 0
-    depth = 1
-    level: list[Any] = [value]
-    while depth <= limit:
-        level = [
-            child
-            for item in level
-            for child in (item.values() if isinstance(item, dict) else item)
-            if isinstance(child, dict | list)
-        ]
-        if not level:
-            return depth
-        depth += 1
-    return depth
-
-
-def within_nesting(raw: bytes, limit: int) -> bool:
-    """Whether `raw`, whatever JSON it holds, cannot nest deeper than `limit`: each level needs an
-    opening bracket, so a message with at most `limit` of them (counting those inside strings,
-    which only makes the bound safer) needs no walk. Two C-speed scans of the bytes."""
-    return raw.count(b"{") + raw.count(b"[") <= limit
-
-
-def _shallow(value: dict[str, Any]) -> bool:
-    """A dict whose values hold no container nests one level: the common case, checked first."""
-    for child in value.values():  # noqa: SIM110 (a loop: all() over a generator costs twice as much)
-        if isinstance(child, dict | list):
-            return False
-    return True
 
 
 class Page(BaseModel):
@@ -156,32 +109,18 @@ class Audience(BaseModel):
 
     def values(self) -> dict[str, str]:
         """The set fields as breakdown values (`bot` only when true)."""
-        out = {k: v for k, v in self.__dict__.items() if isinstance(v, str)}
-        if self.bot:
-            out["bot"] = "true"
-        return out
-
-
-_UTM_FIELDS = ("source", "medium", "name", "term", "content")
-_UTM_PARAMS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
+        return text_values(self.__dict__)
 
 
 def campaign_from_url(url: str | None) -> Campaign | None:
-    if not url or "utm_" not in url:
-        return None
-    query = parse_qs(urlsplit(url).query)
-    values = {f: query[p][0][:256] for f, p in zip(_UTM_FIELDS, _UTM_PARAMS, strict=True) if p in query}
+    values = utm_values(url)
     return Campaign(**values) if values else None
 
 
-def url_path(url: str | None) -> str | None:
-    """The path of a URL, which is what landing pages and `url` globs are about."""
-    if not url:
-        return None
-    try:
-        return urlsplit(url).path or "/"
-    except ValueError:
-        return None
+Nested = Annotated[dict[str, Any], AfterValidator(checked_nesting)]
+"""`context` and `properties`: refused nested deeper than the validation context's `max_nesting`
+(`nesting_limit`, input being decoded); an event the engine re-reads from its own topics was
+checked when it came in."""
 
 
 class ClickEvent(BaseModel):
@@ -196,6 +135,7 @@ class ClickEvent(BaseModel):
     session_id: str | None = Field(default=None, min_length=1, max_length=256, pattern=PRINTABLE)
     timestamp: Annotated[
         datetime,
+        BeforeValidator(parse_timestamp),
         WithJsonSchema(
             {
                 "anyOf": [
@@ -216,39 +156,15 @@ class ClickEvent(BaseModel):
     ]
     page: Page | None = None
     campaign: Campaign | None = None
-    context: dict[str, Any] = Field(default_factory=dict)
-    properties: dict[str, Any] = Field(default_factory=dict)
+    context: Nested = Field(default_factory=dict)
+    properties: Nested = Field(default_factory=dict)
     audience: Audience | None = None
     """Set by enrichment at ingest (from `context.user_agent`, `context.ip`, `context.locale`), or
     by the producer; read once per session, when the session opens."""
 
-    @field_validator("timestamp", mode="before")
-    @classmethod
-    def _parse_timestamp(cls, value: Any) -> datetime:
-        return parse_timestamp(value)
-
-    @field_validator("context", "properties")
-    @classmethod
-    def _shallow_enough(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        # the limit comes with input being decoded (`nesting_limit`); an event the engine
-        # re-reads from its own topics was checked when it came in
-        limit = info.context.get("max_nesting") if info.context else None
-        if limit is not None and not _shallow(value) and nesting_depth(value, limit) > limit:
-            raise ValueError(f"nested deeper than {limit} levels")
-        return value
-
-    @model_validator(mode="after")
-    def _identity_and_campaign(self) -> ClickEvent:
-        if self.user_id is None and self.anonymous_id is None:
-            raise ValueError("one of user_id or anonymous_id is required")
-        if self.campaign is None and self.page is not None:
-            derived = campaign_from_url(self.page.url)
-            if derived is not None:
-                object.__setattr__(self, "campaign", derived)
-        # kept beside the fields (not serialized, not compared): a plain attribute read after
-        # this, where a pydantic private attribute costs a Python-level __getattr__ every time
-        self.__dict__["ts_ms"] = to_epoch_ms(self.timestamp)
-        return self
+    # the validators are compiled functions (`input.fields`), called by pydantic with no Python
+    # frame of their own: the timestamp's above, the nesting limit's on `Nested`, and this one
+    _identity_and_campaign = model_validator(mode="after")(partial(settled, Campaign))
 
     @cached_property
     def ts_ms(self) -> int:
@@ -262,17 +178,7 @@ class ClickEvent(BaseModel):
 
     def lookup(self, path: tuple[str, ...]) -> Any:
         """The value at a dotted field path such as ("properties", "category"), or None."""
-        value: Any = self
-        for part in path:
-            if isinstance(value, dict):
-                value = value.get(part)
-            elif isinstance(value, BaseModel):
-                value = getattr(value, part, None)
-            else:
-                return None
-            if value is None:
-                return None
-        return value
+        return lookup(self, path)
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

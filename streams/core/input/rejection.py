@@ -1,5 +1,10 @@
 """What decoding gives back: the events, and the input that could not become one with a
-machine-readable reason (the dead letters' source). Every format's decoder returns these."""
+machine-readable reason (the dead letters' source). Every format's decoder returns these.
+
+Both are made for every line read, and compiled (`streams.compiled.MODULES`): each writes its
+own `__init__`, which mypyc compiles, where the one `dataclass` generates would run as
+interpreted Python (mypyc leaves the generated methods to the `dataclasses` module).
+"""
 
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ RejectReason = Literal[
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Rejection:
     """Input that could not become an event, with a machine-readable reason."""
 
@@ -41,8 +46,24 @@ class Rejection:
     """The format the input was read as, which `detail` starts with: contract, segment, snowplow,
     or json (in auto mode, input that is not even valid JSON, so neither contract nor segment)."""
 
+    def __init__(
+        self,
+        reason: RejectReason,
+        detail: str,
+        original: bytes,
+        index: int | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        format: str = "contract",
+    ) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.original = original
+        self.index = index
+        self.errors = [] if errors is None else errors
+        self.format = format
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Decoded:
     events: list[ClickEvent] = field(default_factory=list)
     rejects: list[Rejection] = field(default_factory=list)
@@ -54,3 +75,19 @@ class Decoded:
     format: str = "contract"
     screened: dict[str, int] = field(default_factory=dict)
     """Valid events not processed, by reason (`input.audience`: bot, consent, erased), counted."""
+
+    def __init__(
+        self,
+        events: list[ClickEvent] | None = None,
+        rejects: list[Rejection] | None = None,
+        ignored: int = 0,
+        unknown_fields: dict[str, int] | None = None,
+        format: str = "contract",
+        screened: dict[str, int] | None = None,
+    ) -> None:
+        self.events = [] if events is None else events
+        self.rejects = [] if rejects is None else rejects
+        self.ignored = ignored
+        self.unknown_fields = {} if unknown_fields is None else unknown_fields
+        self.format = format
+        self.screened = {} if screened is None else screened

@@ -3,74 +3,47 @@
 The models are the contract and the schema source. The engine, which makes most outputs from
 values it has already checked, builds them with `build` (no second validation: the model's
 defaults filled in, fields in declaration order, as validation would leave them), and `to_json`
-serializes the fields as they are, once, byte for byte what `model_dump(mode="json")` gives.
+serializes the fields as they are, once, byte for byte what `model_dump(mode="json")` gives;
+both are `records.trusted`'s, compiled with the engine (mypyc cannot compile these models).
 `tests/core/records/test_outputs_valid.py` validates every output of a simulated run against its model.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from streams.core.records.trusted import build, to_json, to_line
+
+__all__ = [
+    "OUTPUT_MODELS",
+    "Alert",
+    "AnyOutput",
+    "Breakdowns",
+    "Carried",
+    "DeadLetter",
+    "Dropoff",
+    "DropoffReason",
+    "Erasure",
+    "ExperimentUpdate",
+    "FirstTouch",
+    "FunnelOutput",
+    "IdentityLink",
+    "MacroConversion",
+    "MicroConversion",
+    "MixShift",
+    "OutputEvent",
+    "RootCause",
+    "SegmentDrop",
+    "SessionSummary",
+    "Stalled",
+    "VariantResult",
+    "build",
+]
+
 Breakdowns = dict[str, str | None]
-M = TypeVar("M", bound=BaseModel)
-
-
-class _Missing:
-    """A required field `build` was not given: serializing it fails (`_plain` refuses it)."""
-
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-_MISSING = _Missing()
-_LINE = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
-_TEMPLATES: dict[type[BaseModel], tuple[dict[str, Any], tuple[tuple[str, Any], ...]]] = {}
-
-
-def _template(cls: type[BaseModel]) -> tuple[dict[str, Any], tuple[tuple[str, Any], ...]]:
-    """Every field in declaration order with its default (or _MISSING), and the default factories."""
-    defaults: dict[str, Any] = {}
-    factories: list[tuple[str, Any]] = []
-    for name, info in cls.model_fields.items():
-        if info.default_factory is not None:
-            defaults[name] = _MISSING
-            factories.append((name, info.default_factory))
-        else:
-            defaults[name] = _MISSING if info.is_required() else info.default
-    _TEMPLATES[cls] = (defaults, tuple(factories))
-    return _TEMPLATES[cls]
-
-
-def build(cls: type[M], /, **values: Any) -> M:
-    """A model instance from values known to be valid, without validating them again (a fifth of
-    the cost of the constructor). Unknown or missing fields surface when it is serialized or
-    validated (the tests validate every output the engine emits)."""
-    defaults, factories = _TEMPLATES.get(cls) or _template(cls)
-    data = {**defaults, **values}
-    for name, factory in factories:
-        if name not in values:
-            data[name] = factory()
-    instance = _new(cls)
-    _set(instance, "__dict__", data)
-    _set(instance, "__pydantic_fields_set__", set(values))
-    _set(instance, "__pydantic_extra__", None)
-    _set(instance, "__pydantic_private__", None)
-    return instance
-
-
-_new = object.__new__
-_set = object.__setattr__
-
-
-def _plain(value: Any) -> Any:
-    """orjson's fallback: a nested model as its fields (it writes datetimes itself)."""
-    if isinstance(value, BaseModel):
-        return value.__dict__
-    raise TypeError(f"{value!r} is not JSON serializable")
 
 
 class OutputEvent(BaseModel):
@@ -90,11 +63,11 @@ class OutputEvent(BaseModel):
     def to_json(self) -> bytes:
         """The JSON form, serialized from the fields as they are: what `model_dump(mode="json")`
         then orjson would give (UTC as `Z`, as pydantic writes it), without the intermediate dict."""
-        return orjson.dumps(self.__dict__, default=_plain, option=orjson.OPT_UTC_Z)
+        return to_json(self)
 
     def to_line(self) -> bytes:
         """`to_json` and a newline, in one call: an NDJSON line (offline mode's output)."""
-        return orjson.dumps(self.__dict__, default=_plain, option=_LINE)
+        return to_line(self)
 
 
 class FunnelOutput(OutputEvent):

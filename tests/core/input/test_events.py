@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from urllib.parse import parse_qs
 
 import orjson
 import pytest
@@ -16,6 +17,7 @@ from streams.core.input.event import (
     to_epoch_ms,
     url_path,
 )
+from streams.core.input.fields import first_values
 from tests.helpers import event
 
 
@@ -230,3 +232,15 @@ def test_unknown_fields_get_a_bounded_number_of_series() -> None:
     }
     assert len(samples) == UNKNOWN_FIELD_LABELS + 1
     assert samples["(other)"] == 31 and samples["f0"] == 3
+
+
+NAMES = st.sampled_from(["utm_source", "utm_medium", "utm%5Fcampaign", "utm+term", "utm_term", "x", ""])
+VALUES = st.sampled_from(["", "a", "a+b", "%41", "%zz", "%C3%A9", "%ff", "b=c", "%"]) | st.text(max_size=4)
+PAIRS = st.tuples(NAMES, st.sampled_from(["=", ""]), VALUES).map("".join)
+
+
+@given(st.lists(PAIRS, max_size=8).map("&".join) | st.text(max_size=30))
+def test_the_utm_parameters_are_read_as_parse_qs_reads_them(query: str) -> None:
+    names = ("utm_source", "utm_medium", "utm_campaign", "utm term", "utm_term", "utm_content")
+    parsed = parse_qs(query)
+    assert first_values(query, names) == {name: parsed[name][0] for name in names if name in parsed}
