@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from streams.settings import Settings
 from streams.tools.infra import LOCAL_BROKER_ENV, LocalInfra
@@ -30,6 +32,15 @@ FAST_GROUP_ENV = {
     "CONVERSIONS_WATERMARK_INTERVAL_S": "0.5",
     "CONVERSIONS_WEB_ENABLED": "false",
 }
+
+# The property tests assert behaviour, never time: hypothesis's default 200 ms deadline per
+# example and its too-slow health check failed them on a loaded machine (CI has 2 cores shared
+# with the broker, Redis and the workers of the integration tests). A test's own settings
+# decorator still overrides these.
+hypothesis_settings.register_profile(
+    "conversions", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("conversions")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
