@@ -652,6 +652,8 @@ class JourneyMachine:
         per call: most calls find nothing due and change nothing. The attempts are settled
         (`_reconcile`) once per machine, not once per call (`Journey.settled`)."""
         out: Outputs = []
+        if journey.ties and journey.settled is not self:
+            self._retie(journey)
         attempts = journey.attempts
         if attempts:
             if journey.settled is not self:
@@ -758,6 +760,27 @@ class JourneyMachine:
         if len(versions) > len(journey.attempts) or stale:
             _compact_versions(journey)
         return bool(stale)
+
+    def _retie(self, journey: Journey) -> None:
+        """The same-millisecond ties of a key with no attempt, written under another version of
+        its funnel (the definition changed within their millisecond): kept for the steps the two
+        versions share, as `_carry` keeps an attempt's; dropped when the old version is unknown."""
+        attempts = journey.attempts
+        for tie, mask in list(journey.ties.items()):
+            key = tie_attempt_key(tie)
+            if key in attempts:
+                continue  # settled with its attempt (`_settle`)
+            funnel = self.config.funnels_by_name.get(funnel_of(key))
+            current = tie_key(funnel.version, key) if funnel is not None else None
+            if tie == current:
+                continue
+            del journey.ties[tie]
+            old = self.known.get(tie.partition(":")[0])
+            if funnel is None or current is None or old is None or funnel.definition is None:
+                continue
+            kept = mask & ((1 << shared_steps(old, funnel.definition)) - 1)
+            if kept:
+                journey.ties[current] = journey.ties.get(current, 0) | kept
 
     def _settle(self, journey: Journey, key: str, out: Outputs) -> None:
         attempt = journey.attempts[key]
