@@ -764,7 +764,9 @@ class JourneyMachine:
     def _retie(self, journey: Journey) -> None:
         """The same-millisecond ties of a key with no attempt, written under another version of
         its funnel (the definition changed within their millisecond): kept for the steps the two
-        versions share, as `_carry` keeps an attempt's; dropped when the old version is unknown."""
+        versions share when nothing else of the funnel changed (exclusions, order, window...: what
+        `continues` asks of a carried attempt), as `_carry` keeps an attempt's; else dropped, as
+        when the old version is unknown."""
         attempts = journey.attempts
         for tie, mask in list(journey.ties.items()):
             key = tie_attempt_key(tie)
@@ -776,9 +778,10 @@ class JourneyMachine:
                 continue
             del journey.ties[tie]
             old = self.known.get(tie.partition(":")[0])
-            if funnel is None or current is None or old is None or funnel.definition is None:
+            new = funnel.definition if funnel is not None else None
+            if current is None or old is None or new is None or old.rest != new.rest:
                 continue
-            kept = mask & ((1 << shared_steps(old, funnel.definition)) - 1)
+            kept = mask & ((1 << shared_steps(old, new)) - 1)
             if kept:
                 journey.ties[current] = journey.ties.get(current, 0) | kept
 
