@@ -23,8 +23,7 @@ from typing import Any
 import psutil
 from aiokafka import TopicPartition
 
-from bench.harness import COUNTED, Run, produce, say, traffic
-from bench.run import metrics
+from bench.harness import COUNTED, Run, metrics, produce, say, traffic
 from streams.kafka import ensure_topics
 from streams.kafka import undecodable as guard
 from streams.kafka.clients import new_consumer

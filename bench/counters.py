@@ -17,11 +17,11 @@ the same traffic in the same run, and `--compiled` the compiled package too (thi
 wheel, mypyc, `bench.compiled.build`, in a virtualenv of its own). `make bench` runs the pure
 and the compiled package so (`process_measure`, under "counters_process").
 
-With `--pipeline`, the whole pipeline instead, as `make bench` measures it (`bench.run`: the same
-traffic waiting on the topic, events per second from the first event in to the last counter
-applied): the counters in the worker, then in a `conversions counters` process beside a worker
-with CONVERSIONS_COUNTERS_ENABLED=false; with each, the CPU time per event of the worker and of
-the counters process from the first event in.
+`python -m bench.counters_pipeline`: the whole pipeline instead, as `make bench` measures it
+(`bench.run`: the same traffic waiting on the topic, events per second from the first event in
+to the last counter applied): the counters in the worker, then in a `conversions counters`
+process beside a worker with CONVERSIONS_COUNTERS_ENABLED=false; with each, the CPU time per
+event of the worker and of the counters process from the first event in.
 """
 
 from __future__ import annotations
@@ -47,12 +47,9 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from redis.asyncio.cluster import RedisCluster
 
-from bench.harness import Run, batched, produce, traffic
-from bench.run import cpu_seconds, metrics
-from bench.run import pipeline as run_pipeline
+from bench.harness import Run, cpu_seconds, metrics
 from streams.core.config.loader import load_config
 from streams.core.config.matching import compile_config
-from streams.core.input.decode import decode_message
 from streams.core.journeys.engine import partition_for
 from streams.counters.consumer import Counting
 from streams.counters.redis_store import counter_store, redis_client
@@ -399,42 +396,6 @@ def same_counters(rows: list[dict[str, Any]]) -> bool:
     return len({row["counters_digest"] for row in rows}) == 1
 
 
-async def pipeline_once(
-    infra: LocalInfra, workdir: Path, lines: list[bytes], expected: int, kind: str, where: str
-) -> dict[str, Any]:
-    """One run of `bench.run`'s pipeline measure, the counters in the worker or in a process."""
-    run = Run(infra, workdir, kind[:3])
-    await ensure_topics(run.settings)
-    await produce(
-        run.settings, run.source, lines if kind == "single" else batched(lines), keyed=kind == "single"
-    )
-    eps, counted, measured = run_pipeline(run, expected, counters=where)
-    return {
-        "traffic": kind,
-        "counters": where,
-        "eps": round(eps),
-        "outputs": counted,
-        "cpu_us_per_event": measured["cpu_us_per_event"],
-    }
-
-
-async def pipeline(repeat: int) -> list[dict[str, Any]]:
-    """Events per second and CPU per event through the pipeline, counters in the worker or not."""
-    lines = traffic(40_000)
-    expected = sum(len(decode_message(line).events) for line in lines)
-    workdir = ROOT.parent / "var" / "bench" / "counters-pipeline"
-    rows: list[dict[str, Any]] = []
-    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("REDIS_URL")
-    with LocalInfra(*given, workdir=workdir / "infra") as infra:
-        for _ in range(repeat):
-            for kind in ("single", "batched"):
-                for where in ("worker", "process"):
-                    row = await pipeline_once(infra, workdir, lines, expected, kind, where)
-                    print(json.dumps(row), file=sys.stderr, flush=True)
-                    rows.append(row)
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -447,7 +408,6 @@ def main() -> None:
         "--days", type=float, default=2.0, help="Event time the traffic spans (2: as `make bench`)."
     )
     parser.add_argument("--label", default="", help="Recorded with the result (e.g. a commit).")
-    parser.add_argument("--pipeline", action="store_true", help="The whole pipeline instead (see above).")
     parser.add_argument("--process", action="store_true", help="The counters' own process (see above).")
     parser.add_argument(
         "--rate", type=float, default=0.0, help="With --process: outputs/s produced live (0: all waiting)."
@@ -483,12 +443,6 @@ def main() -> None:
                 },
                 indent=2,
             )
-        )
-        return
-    if args.pipeline:
-        rows = asyncio.run(pipeline(args.repeat))
-        print(
-            json.dumps({"label": args.label, "pipeline": rows, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         )
         return
     found = outputs(args.outputs, args.partitions, args.days)

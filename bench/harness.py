@@ -6,12 +6,16 @@ replay order) and the whole run import it without importing each other."""
 
 from __future__ import annotations
 
+import re
 import sys
 import time
+import urllib.request
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import orjson
+import psutil
 from aiokafka import AIOKafkaProducer
 
 from streams.kafka import kafka_client_options
@@ -110,3 +114,26 @@ async def produce(settings: Settings, topic: str, messages: list[bytes], keyed: 
         await producer.flush()
     finally:
         await producer.stop()
+
+
+def metrics(port: int) -> dict[str, float]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        match = re.match(r"^(conversions_[a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$", line)
+        if match:
+            values[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    return values
+
+
+def cpu_seconds(pids: Iterable[int]) -> list[float]:
+    """User and system CPU seconds of each process and its children so far."""
+    spent = []
+    for pid in pids:
+        process = psutil.Process(pid)
+        spent.append(sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)]))
+    return spent

@@ -33,8 +33,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from bench.harness import COUNTED, Run, batched, say, traffic
-from bench.run import metrics
+from bench.harness import COUNTED, Run, batched, metrics, say, traffic
 from streams.core.config.loader import load_config
 from streams.core.config.matching import compile_config
 from streams.core.input.decode import decode_message

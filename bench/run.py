@@ -27,10 +27,9 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.collector import collector_throughput
-from bench.harness import COUNTED, RESULTS, ROOT, Run, batched, produce, say, traffic
+from bench.harness import COUNTED, RESULTS, ROOT, Run, batched, cpu_seconds, metrics, produce, say, traffic
 from bench.offline import history_file, offline_targets, offline_throughput
 from streams.core.input.decode import decode_message
 from streams.core.journeys.engine import partition_for
@@ -90,20 +89,6 @@ def faust_contender(kind: str, run: Run, expected: int) -> float:
         raise RuntimeError(f"{kind} printed no result:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     measured = json.loads(found[-1])
     return float(measured["events"] / measured["seconds"])
-
-
-def metrics(port: int) -> dict[str, float]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        match = re.match(r"^(conversions_[a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$", line)
-        if match:
-            values[match.group(1) + (match.group(2) or "")] = float(match.group(3))
-    return values
 
 
 def pipeline(
@@ -160,15 +145,6 @@ def pipeline(
         name: round(seconds / expected * 1e6, 1) for name, seconds in zip(pids, spent, strict=True)
     }
     return eps, produced, profiled
-
-
-def cpu_seconds(pids: Iterable[int]) -> list[float]:
-    """User and system CPU seconds of each process and its children so far."""
-    spent = []
-    for pid in pids:
-        process = psutil.Process(pid)
-        spent.append(sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)]))
-    return spent
 
 
 LIBRARIES = {"faust/": "faust", "mode/": "faust", "aiokafka/": "aiokafka", "redis/": "redis-py"}

@@ -27,8 +27,7 @@ import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer
 
-from bench.harness import RESULTS, Run, say
-from bench.run import metrics
+from bench.harness import RESULTS, Run, metrics, say
 from streams.kafka import consumer_options, ensure_topics
 from streams.settings import Settings
 from streams.tools.infra import LocalInfra, free_port
