@@ -392,6 +392,15 @@ def tie_key(version: str, key: str) -> str:
     return f"{version}:{key}"
 
 
+def _keep_ties(journey: Journey, key: str, old: Definition, new: Definition) -> None:
+    """What came at the journey's latest millisecond under `old` still counts under `new` for
+    the steps the two versions share (a carried attempt's ties, or those of a key with none)."""
+    tied = journey.ties.pop(tie_key(old.version, key), 0) & ((1 << shared_steps(old, new)) - 1)
+    if tied:
+        current = tie_key(new.version, key)
+        journey.ties[current] = journey.ties.get(current, 0) | tied
+
+
 def tie_attempt_key(tie: str) -> str:
     return tie.partition(":")[2]
 
@@ -768,22 +777,19 @@ class JourneyMachine:
         `continues` asks of a carried attempt), as `_carry` keeps an attempt's; else dropped, as
         when the old version is unknown."""
         attempts = journey.attempts
-        for tie, mask in list(journey.ties.items()):
+        for tie in list(journey.ties):
             key = tie_attempt_key(tie)
             if key in attempts:
                 continue  # settled with its attempt (`_settle`)
             funnel = self.config.funnels_by_name.get(funnel_of(key))
-            current = tie_key(funnel.version, key) if funnel is not None else None
-            if tie == current:
+            if funnel is not None and tie == tie_key(funnel.version, key):
                 continue
-            del journey.ties[tie]
             old = self.known.get(tie.partition(":")[0])
             new = funnel.definition if funnel is not None else None
-            if current is None or old is None or new is None or old.rest != new.rest:
-                continue
-            kept = mask & ((1 << shared_steps(old, new)) - 1)
-            if kept:
-                journey.ties[current] = journey.ties.get(current, 0) | kept
+            if old is not None and new is not None and old.rest == new.rest:
+                _keep_ties(journey, key, old, new)
+            else:
+                del journey.ties[tie]
 
     def _settle(self, journey: Journey, key: str, out: Outputs) -> None:
         attempt = journey.attempts[key]
@@ -818,10 +824,7 @@ class JourneyMachine:
     ) -> None:
         at = journey.last_ts
         attempt.version = version_index(journey, funnel.version)
-        # what came at its latest millisecond still counts for the steps the versions share
-        tied = journey.ties.pop(tie_key(old.version, key), 0) & ((1 << shared_steps(old, new)) - 1)
-        if tied:
-            journey.ties[tie_key(funnel.version, key)] = tied
+        _keep_ties(journey, key, old, new)
         out.append(
             build(
                 Carried,
