@@ -23,7 +23,8 @@ from streams.cli import main
 from streams.core.config.loader import parse_config
 from streams.core.config.matching import compile_config
 from streams.core.input.audience import EnrichmentSpec
-from streams.offline.parallel import Job, persons, process_file, run_parallel
+from streams.core.journeys.identity import IdentityRules
+from streams.offline.parallel import Job, line_keys, persons, process_file, run_parallel
 from streams.offline.run import OfflineRun
 from streams.settings import DEFAULT_FUNNELS
 from streams.tools.simulate import Incident, Simulator, VariantSplit
@@ -130,6 +131,35 @@ def test_without_flush_and_with_one_partition_the_outputs_are_the_same(tmp_path:
     expected = one_process(lines, flush=False)
     assert one_process(lines, flush=False, partitions=1) == expected  # what each worker runs
     assert workers(tmp_path, lines, 2, flush=False, block_lines=100) == expected
+
+
+@pytest.mark.parametrize("stitch", [True, False], ids=["stitching", "no stitching"])
+def test_routing_reads_the_ids_of_an_object_as_a_full_parse_does(stitch: bool) -> None:
+    """The first pass reads a JSON object's ids without parsing the rest (`_Head`): the same
+    keys and pairs as the general path (taken here by a leading space, which JSON allows), for
+    ids nested, escaped, repeated, null or of another type, Segment messages and bad lines."""
+    rules = IdentityRules(stitch=stitch)
+    job = Job(CONFIG, "", "file:x", partitions=4, workers=2)
+    lines = [
+        *shop_lines(seed=13)[:200],
+        b'{"event_id":"e","anonymous_id":"a","user_id":"u","properties":{"user_id":"v"}}',
+        b'{"event_id":"e","properties":{"anonymous_id":"n","user_id":"v"}}',
+        b'{"event_id":"e","\\u0061nonymous_id":"escaped","user_id":"u"}',
+        b'{"event_id":"e","user_id":"first","user_id":"second"}',
+        b'{"event_id":"e","anonymous_id":null,"user_id":"u"}',
+        b'{"event_id":"e","anonymous_id":7,"user_id":["u"]}',
+        b'{"event_id":"e","anonymous_id":"a","type":"track"}',
+        b'{"type":"track","event":"Viewed","anonymousId":"seg-a","userId":"seg-u","messageId":"m",'
+        b'"timestamp":"2024-03-11T00:00:00Z"}',
+        b'{"batch":[{"type":"page","anonymousId":"seg-b","messageId":"m2","timestamp":"2024-03-11T00:00:00Z"}]}',
+        b'{"anonymous_id":"a","userId":"seg"}',
+        b'{"anonymous_id":"cut-',
+        b'{"anonymous_id":NaN}',
+        b"{}",
+    ]
+    assert len(lines) > 200
+    for raw in lines:
+        assert line_keys(raw, rules, job) == line_keys(b" " + raw, rules, job), raw
 
 
 def test_people_are_every_id_linked_to_another() -> None:
