@@ -89,6 +89,9 @@ _SKIP, _EVENTS, _REJECTS, _KEYLESS, _BLANK_LINE = 0, 1, 3, 2, 4
 and its dead letters (the worker of its first event); a line without any event's key, whose dead
 letters go by its line number (which only the parent knows); a blank line (every worker's: it
 reports it, see `_BLANK`)."""
+_ALL_MINE = 8
+"""Or'ed into `_EVENTS` or `_REJECTS`: every key of the line is this worker's, so each of its
+events is (a worker then keeps them without asking `Router.owner` again)."""
 _NONE = -1  # no valid event (yet): an event time is never negative here
 _BLANK = -2  # a blank line: one process skips it entirely (no event time, no judging)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -417,9 +420,10 @@ def _flags(keys: list[list[str] | None], router: Router) -> list[bytes]:
                 worker[i] = _KEYLESS
             continue
         owners = [router.owner(key) for key in homes]
+        mine = _ALL_MINE if owners.count(owners[0]) == len(owners) else 0
         for owner in owners:
-            flags[owner][i] = _EVENTS
-        flags[owners[0]][i] = _REJECTS
+            flags[owner][i] = _EVENTS | mine
+        flags[owners[0]][i] = _REJECTS | mine
     return [bytes(worker) for worker in flags]
 
 
@@ -462,10 +466,13 @@ def _phase_people(
             if flag == _BLANK_LINE:
                 times[i] = _BLANK
                 continue
-            rejects_here = flag == _REJECTS
+            rejects_here = flag & ~_ALL_MINE == _REJECTS
             raw = data[starts[line] : starts[line + 1]].rstrip(b"\r\n")
             decoded = _decode(raw, job)
-            events = [e for e in decoded.events if router.owner(rules.home(e)) == index]
+            if flag & _ALL_MINE:
+                events = decoded.events
+            else:
+                events = [e for e in decoded.events if router.owner(rules.home(e)) == index]
             if events:
                 times[i] = max(e.ts_ms for e in events)
             if rejects_here:  # the line's one owner counts what is about the whole line
