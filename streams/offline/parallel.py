@@ -300,17 +300,14 @@ _TIME_OFFSET = 1 << 63  # event times before 1970 are negative: offset, they sor
 
 
 def _record(output: OutputEvent) -> Record:
-    """The output's event time (8 bytes, big-endian), its id, a NUL, its JSON: bytes compare as
-    the tuple (event time, id, JSON) does, so the merge sorts plain bytes (memcmp) and loads them
-    from a run without building tuples. Ids are hex (`output_id`): no NUL, UTF-8 order is code
-    point order, and a shorter id sorts before the longer ones it begins, as str does."""
-    at = _TIME.pack(_micro_us(output.timestamp) + _TIME_OFFSET)
-    return at + output.id.encode() + b"\0" + output.to_json()
-
-
-def _line(record: Record) -> bytes:
-    """A record's NDJSON line: its JSON, after the NUL that ends its id."""
-    return record[record.index(0, _TIME.size) + 1 :] + b"\n"
+    """The output's event time (8 bytes, big-endian), then its NDJSON line: bytes compare as the
+    tuple (event time, id, JSON) does, so the merge sorts plain bytes (memcmp) and loads them
+    from a run without building tuples, and writes what follows the time. The line begins with
+    the id (`{"id":"`, the first field of every output) closed by a quote; ids are hex
+    (`output_id`), every character above the quote, so a shorter id sorts before the longer
+    ones it begins, as str does; and no JSON object begins another, so the newline after it
+    changes no order."""
+    return _TIME.pack(_micro_us(output.timestamp) + _TIME_OFFSET) + output.to_line()
 
 
 class _Runs:
@@ -680,15 +677,17 @@ def _gather_flags(workers: int, ranges: list[list[bytes]]) -> list[bytes]:
 
 def _write_sorted(out: BinaryIO, runs: list[Iterable[Record]], in_memory: bool) -> None:
     """Merge sorted runs into `out`: in memory, as one list, where Timsort merges the runs in C;
-    or, for more than `MERGE_IN_MEMORY` outputs, as a stream through a heap."""
+    or, for more than `MERGE_IN_MEMORY` outputs, as a stream through a heap. Each record's line
+    is what follows its event time."""
+    skip = _TIME.size
     if in_memory:
         records = [record for run in runs for record in run]
         records.sort()
         for at in range(0, len(records), _CHUNK):
-            out.write(b"".join([_line(record) for record in records[at : at + _CHUNK]]))
+            out.write(b"".join([record[skip:] for record in records[at : at + _CHUNK]]))
         return
     for record in heapq.merge(*runs):
-        out.write(_line(record))
+        out.write(record[skip:])
 
 
 def _judge(
