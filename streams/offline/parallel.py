@@ -49,9 +49,10 @@ import tempfile
 import traceback
 from array import array
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from itertools import accumulate
 from multiprocessing.connection import Connection
 from typing import Any, BinaryIO
@@ -233,13 +234,20 @@ _ENRICHERS: dict[EnrichmentSpec, Enricher] = {}
 
 
 def _decode(raw: bytes, job: Job) -> Decoded:
+    return _decoder(job)(raw)
+
+
+def _decoder(job: Job) -> Callable[[bytes], Decoded]:
+    """`decode_message` with the job's settings and this process's enricher (built once: a
+    worker decodes each of its lines with what this returns, rather than look the enricher up
+    by the spec's hash for each)."""
     enricher = None
     if job.enrichment is not None:
         enricher = _ENRICHERS.get(job.enrichment)
         if enricher is None:
             enricher = _ENRICHERS[job.enrichment] = job.enrichment.build()
-    return decode_message(
-        raw,
+    return partial(
+        decode_message,
         max_bytes=job.max_message_bytes,
         max_batch=job.max_batch_events,
         latest_ms=job.latest_ms,
@@ -445,6 +453,7 @@ def _phase_people(
         enrichment=job.enrichment,
     )
     runs = _Runs(job.tmpdir, f"w{index}", job.run_outputs)
+    decode = _decoder(job)
     pending: deque[Decoded_block] = deque()
     data = _read(job.path)
     lines = len(flags)
@@ -465,7 +474,7 @@ def _phase_people(
                 continue
             rejects_here = flag & ~_ALL_MINE == _REJECTS
             raw = data[starts[line] : starts[line + 1]].rstrip(b"\r\n")
-            decoded = _decode(raw, job)
+            decoded = decode(raw)
             if flag & _ALL_MINE:
                 events = decoded.events
             else:
