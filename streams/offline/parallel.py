@@ -4,8 +4,9 @@ Identity stitching makes a person's events depend on each other across ids: an a
 journey merges into its user's, a refused link needs the anonymous id's stub and the other
 user's journey. So the split is by *person*:
 
-1. **Links and routes, in parallel.** Each worker reads one byte range of the file, parses each
-   line once (not validated) for the home key of each event it may hold, and collects every
+1. **Links and routes, in parallel.** Each worker reads one byte range of the file, reads each
+   line once (not validated; of a JSON object, only its ids: `_Head`) for the home key of each
+   event it may hold, and collects every
    (anonymous id, user id) pair an event carries. The parent unites the pairs (union-find): a
    person is every id linked, directly or not, to another. This is a superset of what the engine
    will link (first link wins, `link_on`, expiry): ids it keeps apart only share a worker. With
@@ -32,7 +33,9 @@ the parent judges line by line as one process does. The outputs (every worker's,
 alerts and experiment updates) are written sorted by event time, then id, then content: the
 same bytes for any number of workers, the same multiset as one process (tests/offline/test_parallel.py).
 Each worker keeps its outputs sorted in runs of at most `RUN_OUTPUTS` on disk, each output one
-bytes object that sorts as its (event time, id, JSON) would (`_record`); the parent merges.
+bytes object that sorts as its (event time, id, JSON) would (`_record`), and names each new run
+to the parent with a block's milestones; the parent loads the runs as they come (`_Gathered`),
+so that when the workers end it has little left to read before it merges.
 """
 
 from __future__ import annotations
@@ -80,10 +83,12 @@ BLOCK_LINES = 2_048
 LOOKAHEAD = 4
 """Blocks a worker decodes ahead of the one it applies: a worker or the parent that the machine
 runs late holds the others up only after this many blocks."""
-RUN_OUTPUTS = 200_000
-"""Outputs a worker keeps in memory before it writes them, sorted, as one run on disk."""
+RUN_OUTPUTS = 25_000
+"""Outputs a worker keeps in memory before it writes them, sorted, as one run on disk (the parent
+loads each run as soon as it is told of it, while the workers go on: `_Gathered`)."""
 MERGE_IN_MEMORY = 1_000_000
-"""Outputs the parent sorts in memory at the end; beyond, it merges the runs as a stream."""
+"""Outputs the parent holds in memory (an upper bound: `RUN_OUTPUTS` per run); beyond, it merges
+the runs it could not load as a stream at the end."""
 _CHUNK = 4_096  # records per marshal chunk of a run file
 _SKIP, _EVENTS, _REJECTS, _KEYLESS, _BLANK_LINE = 0, 1, 3, 2, 4
 """A line's flag for one worker: skip it; decode it for its events; decode it for its events
@@ -325,6 +330,14 @@ class _Runs:
         self.directory, self.name, self.size = directory, name, size
         self.records: list[Record] = []
         self.paths: list[str] = []
+        self.told = 0
+        """Runs the parent was told of (`new`)."""
+
+    def new(self) -> list[str]:
+        """The runs written since the last call."""
+        paths = self.paths[self.told :]
+        self.told = len(self.paths)
+        return paths
 
     def add(self, outputs: Iterable[OutputEvent]) -> None:
         records = self.records
@@ -543,7 +556,7 @@ def _apply(
                             fields["breakdowns"],
                         )
                     )
-    conn.send(("micro", number, micro))
+    conn.send(("micro", number, micro, runs.new()))
 
 
 def _judged_fields(output: OutputEvent) -> dict[str, Any]:
@@ -648,6 +661,7 @@ def _coordinated(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
         conns[index].send((flags, starts))
 
     judges = Judges(job.config, job.breakdown_cap)
+    gathered = _Gathered(job.run_outputs, job.merge_in_memory)
     judged: list[OutputEvent] = []
     latest = _NONE  # the file's event time after the lines gathered so far
     waiting: deque[tuple[int, int, array[int], list[bool]]] = deque()  # blocks to judge, in order
@@ -677,16 +691,15 @@ def _coordinated(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
             conn.send(("times", number, before, running.tobytes()))
         waiting.append((number, before, running, blank))
         if len(waiting) > job.lookahead:  # each worker sends a block's micro after the next ones' times
-            judged += _judge(judges, waiting.popleft(), [_recv(conn) for conn in conns])
+            judged += _judge(judges, waiting.popleft(), gathered.take([_recv(conn) for conn in conns]))
     while waiting:
-        judged += _judge(judges, waiting.popleft(), [_recv(conn) for conn in conns])
+        judged += _judge(judges, waiting.popleft(), gathered.take([_recv(conn) for conn in conns]))
     for conn in conns:
         conn.send(("final", latest))
-    paths: list[str] = []
     released: list[dict[str, Any]] = []
     for conn in conns:
-        _, runs, events, rejected, unknown, counts, micro = _recv(conn)
-        paths += runs
+        _, paths, events, rejected, unknown, counts, micro = _recv(conn)
+        gathered.load(paths)
         totals.events += events
         totals.rejected += rejected
         for name, count in unknown.items():
@@ -696,8 +709,8 @@ def _coordinated(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
     if job.flush:
         judged += judges.finish(released, None if latest == _NONE else latest)
     mine = sorted(_record(o) for o in judged)
-    in_memory = len(paths) * job.run_outputs <= job.merge_in_memory  # an upper bound of the runs' size
-    _write_sorted(out, [mine, *(read_run(path) for path in paths)], in_memory)
+    sorted_runs: list[Iterable[Record]] = [mine, *gathered.loaded, *map(read_run, gathered.later)]
+    _write_sorted(out, sorted_runs, in_memory=not gathered.later)
     return totals
 
 
@@ -712,6 +725,35 @@ def _gather_flags(workers: int, ranges: list[list[bytes]]) -> list[bytes]:
                 flags[i] = _REJECTS if (i + 1) % workers == worker else _SKIP
             start = i + 1
     return [bytes(flags) for flags in whole]
+
+
+class _Gathered:
+    """The workers' sorted runs, loaded as the workers report them (with a block's milestones)
+    while they go on working, so that little is left to read when they end; past `limit`
+    outputs (counted `size` per run, an upper bound), the runs are left on disk for a streamed
+    merge at the end."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size, self.limit = size, limit
+        self.loaded: list[list[Record]] = []
+        self.later: list[str] = []
+        self.seen: set[str] = set()
+
+    def take(self, reports: list[Any]) -> list[Any]:
+        """Load the runs a block's reports name; the reports, for `_judge`."""
+        for report in reports:
+            self.load(report[3])
+        return reports
+
+    def load(self, paths: list[str]) -> None:
+        for path in paths:
+            if path in self.seen:
+                continue
+            self.seen.add(path)
+            if (len(self.loaded) + 1) * self.size <= self.limit:
+                self.loaded.append(list(read_run(path)))
+            else:
+                self.later.append(path)
 
 
 def _write_sorted(out: BinaryIO, runs: list[Iterable[Record]], in_memory: bool) -> None:
@@ -735,7 +777,7 @@ def _judge(
     """The evaluators after each line of a block, as one process calls them."""
     number, _, running, blank = block
     by_line: dict[int, list[dict[str, Any]]] = {}
-    for kind, sent, micro in reports:
+    for kind, sent, micro, _ in reports:
         assert kind == "micro" and sent == number, (kind, sent, number)
         for milestone in micro:
             by_line.setdefault(milestone[0], []).append(_milestone(milestone))

@@ -131,6 +131,8 @@ def test_without_flush_and_with_one_partition_the_outputs_are_the_same(tmp_path:
     expected = one_process(lines, flush=False)
     assert one_process(lines, flush=False, partitions=1) == expected  # what each worker runs
     assert workers(tmp_path, lines, 2, flush=False, block_lines=100) == expected
+    # runs written while the workers go on, loaded by the parent as they are reported
+    assert workers(tmp_path, lines, 2, flush=False, block_lines=100, run_outputs=300) == expected
 
 
 @pytest.mark.parametrize("stitch", [True, False], ids=["stitching", "no stitching"])
