@@ -287,12 +287,17 @@ async def scaling(infra: LocalInfra, workdir: Path, lines: list[bytes], expected
     return result
 
 
-async def latency(run: Run, lines: list[bytes], rate: float, seconds: float) -> dict[str, float | None]:
-    """p50/p99 from our send to the worker's produce of the microconversion (both clocks here)."""
+async def latency(
+    run: Run, lines: list[bytes], rate: float, seconds: float, timeline: Path | None = None
+) -> dict[str, float | None]:
+    """p50/p99 from our send to the worker's produce of the microconversion (both clocks here);
+    with `timeline`, each microconversion's send time (s from the first send) and latency (ms)
+    written there as JSON lines, to see whether the slow ones come together (a stall) or apart."""
     await ensure_topics(run.settings)
     worker = run.worker().start(wait_ready_s=120)
     sent: dict[str, float] = {}
     latencies: list[float] = []
+    points: list[tuple[float, float]] = []
     with_user: set[str] = set()  # what a stitched run holds: the events after a sign-in, a backend's
     of_user: list[float] = []
     micro = run.settings.topic(run.settings.topic_micro)
@@ -311,6 +316,7 @@ async def latency(run: Run, lines: list[bytes], rate: float, seconds: float) -> 
                     event_id = orjson.loads(message.value).get("event_id")
                     if event_id in sent:
                         latencies.append(message.timestamp - sent[event_id])
+                        points.append((sent[event_id], latencies[-1]))
                         if event_id in with_user:
                             of_user.append(latencies[-1])
 
@@ -337,6 +343,13 @@ async def latency(run: Run, lines: list[bytes], rate: float, seconds: float) -> 
         await producer.stop()
         await consumer.stop()
         worker.stop()
+    first = min((at for at, _ in points), default=0.0)
+    if timeline is not None:
+        with timeline.open("a") as out:
+            for at, took in sorted(points):
+                row = {"run": run.settings.app_id, "at_s": round((at - first) / 1000, 3), "ms": took}
+                out.write(json.dumps(row) + "\n")
+    opening = sorted(took for at, took in points if at - first < 1000)  # sent in the first second
     latencies.sort()
     of_user.sort()
     return {
@@ -348,6 +361,8 @@ async def latency(run: Run, lines: list[bytes], rate: float, seconds: float) -> 
         "user_p50": round(statistics.median(of_user), 1) if of_user else None,
         "user_p99": round(of_user[int(len(of_user) * 0.99)], 1) if of_user else None,
         "user_samples": len(of_user),
+        # a start-up wait (a consumer group not joined yet) shows here first
+        "first_second_p50": round(statistics.median(opening), 1) if opening else None,
     }
 
 
@@ -391,7 +406,7 @@ async def stitching_latency(
                     run.without_stitching()
                 if tree:  # PYTHONSAFEPATH: `python -m` would put this checkout first
                     run.env |= {"PYTHONPATH": tree, "PYTHONSAFEPATH": "1"}
-                measured = await latency(run, lines, args.latency_rate, args.latency_s)
+                measured = await latency(run, lines, args.latency_rate, args.latency_s, args.timeline)
                 row = {"tree": tree or "this checkout", "stitching": stitched, **measured}
                 say(json.dumps(row))
                 rows.append(row)
@@ -742,6 +757,12 @@ def main() -> None:
     parser.add_argument(
         "--latency-rate", type=float, default=1_000.0, help="events/s for --only latency (default 1000)"
     )
+    parser.add_argument(
+        "--timeline",
+        type=Path,
+        help="for --only latency/stitching: each microconversion's send time and latency appended "
+        "to this file as JSON lines (one `run` an app id)",
+    )
     args = parser.parse_args()
     if args.only == "offline":
         from bench.offline import main as offline_main
@@ -761,7 +782,8 @@ def main() -> None:
         given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("REDIS_URL")
         with LocalInfra(*given, workdir=workdir / "infra") as infra:
             run = Run(infra, workdir, "lat")
-            measured = asyncio.run(latency(run, traffic(args.events), args.latency_rate, args.latency_s))
+            lines = traffic(args.events)
+            measured = asyncio.run(latency(run, lines, args.latency_rate, args.latency_s, args.timeline))
         print(json.dumps(measured))
         return
     started = time.monotonic()
