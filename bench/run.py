@@ -47,7 +47,7 @@ from streams.kafka import changelog_topic, consumer_options, ensure_topics, kafk
 from streams.kafka.changelog import read_to_end
 from streams.settings import Settings
 from streams.tools.infra import LocalInfra, free_port
-from streams.tools.worker_process import WorkerProcess
+from streams.tools.worker_process import READY_LINE, WorkerProcess
 
 
 async def raw_ceiling(settings: Settings, topic: str, expected: int) -> float:
@@ -343,6 +343,7 @@ async def latency(
         await producer.stop()
         await consumer.stop()
         worker.stop()
+    log = worker.log_text()
     first = min((at for at, _ in points), default=0.0)
     if timeline is not None:
         with timeline.open("a") as out:
@@ -363,7 +364,22 @@ async def latency(
         "user_samples": len(of_user),
         # a start-up wait (a consumer group not joined yet) shows here first
         "first_second_p50": round(statistics.median(opening), 1) if opening else None,
+        "ingest_reads_after_ready_s": _between(log, READY_LINE, "ingest: reading partitions"),
     }
+
+
+def _between(log: str, first: str, then: str) -> float | None:
+    """Seconds from the first log line holding `first` to the first one holding `then`, negative
+    when `then` came first (the sends start at the worker's ready line: what ingest reads only
+    later waits until then)."""
+    stamps: dict[str, datetime] = {}
+    for line in log.splitlines():
+        for text in (first, then):
+            if text in line and text not in stamps:
+                stamps[text] = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    if len(stamps) < 2:
+        return None
+    return round((stamps[then] - stamps[first]).total_seconds(), 2)
 
 
 async def stitching(
@@ -410,6 +426,38 @@ async def stitching_latency(
                 row = {"tree": tree or "this checkout", "stitching": stitched, **measured}
                 say(json.dumps(row))
                 rows.append(row)
+    return rows
+
+
+async def single_side_by_side(
+    infra: LocalInfra, workdir: Path, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Single-event messages through the pipeline (counters in a process beside it), for this
+    checkout and each `args.tree` in turn, with bare Faust on the same traffic each round,
+    `args.repeat` rounds on one broker: the ratio to bare Faust of each tree, side by side."""
+    lines = traffic(args.events)
+    expected = sum(len(decode_message(line).events) for line in lines)
+    rows: list[dict[str, Any]] = []
+    for _ in range(args.repeat):
+        bare = None
+        for tree in [None, *args.tree]:
+            run = Run(infra, workdir, "ss")
+            if tree:  # PYTHONSAFEPATH: `python -m` would put this checkout first
+                run.env |= {"PYTHONPATH": tree, "PYTHONSAFEPATH": "1"}
+            await ensure_topics(run.settings)
+            await produce(run.settings, run.source, lines, keyed=True)
+            if bare is None:
+                bare = faust_contender("bare", run, expected)
+            eps, _, profiled = pipeline(run, expected)
+            row = {
+                "tree": tree or "this checkout",
+                "pipeline_eps": round(eps),
+                "faust_bare_eps": round(bare),
+                "vs_bare": round(eps / bare, 3),
+                "cpu_us_per_event": profiled["cpu_us_per_event"],
+            }
+            say(json.dumps(row))
+            rows.append(row)
     return rows
 
 
@@ -742,17 +790,18 @@ def main() -> None:
     parser.add_argument("--profile-s", type=float, default=6.0, help="py-spy the pipeline's worker (0: no)")
     parser.add_argument(
         "--only",
-        choices=["offline", "latency", "stitching"],
+        choices=["offline", "latency", "stitching", "single"],
         help="just this section (offline: python -m bench.offline, results/offline.json; "
         "latency: printed, at --latency-rate; stitching: the latency with stitching on, then off, "
-        "--repeat times, and with each --tree too, all on one broker)",
+        "--repeat times, and with each --tree too, all on one broker; single: single-event "
+        "messages through the pipeline beside bare Faust, --repeat times, with each --tree too)",
     )
-    parser.add_argument("--repeat", type=int, default=1, help="for --only stitching")
+    parser.add_argument("--repeat", type=int, default=1, help="for --only stitching and single")
     parser.add_argument(
         "--tree",
         action="append",
         default=[],
-        help="for --only stitching: also workers run from this source tree (an earlier checkout)",
+        help="for --only stitching and single: also workers run from this source tree (an earlier checkout)",
     )
     parser.add_argument(
         "--latency-rate", type=float, default=1_000.0, help="events/s for --only latency (default 1000)"
@@ -777,6 +826,12 @@ def main() -> None:
         with LocalInfra(*given, workdir=workdir / "infra") as infra:
             rows = asyncio.run(stitching_latency(infra, workdir, args))
         print(json.dumps({"rate_eps": args.latency_rate, "seconds": args.latency_s, "runs": rows}, indent=2))
+        return
+    if args.only == "single":
+        given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("REDIS_URL")
+        with LocalInfra(*given, workdir=workdir / "infra") as infra:
+            rows = asyncio.run(single_side_by_side(infra, workdir, args))
+        print(json.dumps({"events": args.events, "runs": rows}, indent=2))
         return
     if args.only == "latency":
         given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("REDIS_URL")
