@@ -14,7 +14,7 @@ import hashlib
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -63,7 +63,7 @@ BREAKDOWN_NAMES = (
 """Breakdown names a version 5 state writes as their index here (the derived ones and the common
 field paths); any other name as itself. Append-only would still need a new version: a reader
 must know every index a writer may use."""
-_BREAKDOWN_CODES = {name: i for i, name in enumerate(BREAKDOWN_NAMES)}
+_BREAKDOWN_CODES: Final = {name: i for i, name in enumerate(BREAKDOWN_NAMES)}
 MAX_REMEMBERED_IDS = 256
 MAX_PATH = 50
 MAX_BREAKDOWN_VALUE = 100
@@ -396,7 +396,7 @@ class Journey:
         return journey
 
 
-_WRITING = [STATE_VERSION]
+_WRITING: Final = [STATE_VERSION]
 """The version `Journey.dumps` writes (`write_state_version`)."""
 
 
@@ -421,15 +421,17 @@ def _compact(values: list[Any]) -> None:
     if session is not None:
         session[_S_START] = last_ts - session[_S_START]
         session[_S_LAST] = last_ts - session[_S_LAST]
-    codes = _BREAKDOWN_CODES
-    for stored in values[_V_ATTEMPTS].values():
-        stored[_A_START] = last_ts - stored[_A_START]
-        stored[_A_LAST] = last_ts - stored[_A_LAST]
-        flat: list[Any] = []
-        for name, value in stored[_A_BREAKDOWNS].items():
-            flat.append(codes.get(name, name))
-            flat.append(value)
-        stored[_A_BREAKDOWNS] = flat
+    attempts: dict[str, list[Any]] = values[_V_ATTEMPTS]
+    if attempts:
+        codes = _BREAKDOWN_CODES
+        for stored in attempts.values():
+            stored[_A_START] = last_ts - stored[_A_START]
+            stored[_A_LAST] = last_ts - stored[_A_LAST]
+            flat: list[Any] = []
+            for name, value in stored[_A_BREAKDOWNS].items():
+                flat.append(codes.get(name, name))
+                flat.append(value)
+            stored[_A_BREAKDOWNS] = flat
     end = len(values)
     # None, [] or {} (the trailing fields' defaults); never a string
     while end > _V_LINKED and not values[end - 1] and values[end - 1] != "":
@@ -447,7 +449,8 @@ def _expand(values: list[Any]) -> None:
     if session is not None:
         session[_S_START] = last_ts - session[_S_START]
         session[_S_LAST] = last_ts - session[_S_LAST]
-    for stored in values[_V_ATTEMPTS].values():
+    attempts: dict[str, list[Any]] = values[_V_ATTEMPTS]
+    for stored in attempts.values():
         stored[_A_START] = last_ts - stored[_A_START]
         stored[_A_LAST] = last_ts - stored[_A_LAST]
         flat = stored[_A_BREAKDOWNS]
@@ -463,14 +466,17 @@ _ATTEMPTS_AT = _JOURNEY_FIELDS.index("attempts")
 _SEEN_AT = _JOURNEY_FIELDS.index("seen")
 # positions in a stored journey, counting its version at 0 (`Journey.dumps`), and in a stored
 # session and attempt (`Session.values`, `Attempt.values`), for `_compact` and `_expand`
-_V_FIRST_TOUCH = _JOURNEY_FIELDS.index("first_touch") + 1
-_V_LAST_TS = _JOURNEY_FIELDS.index("last_ts") + 1
-_V_SESSION = _SESSION_AT + 1
-_V_ATTEMPTS = _ATTEMPTS_AT + 1
-_V_LINKED = _JOURNEY_FIELDS.index("linked_to") + 1
-_S_START, _S_LAST = _stored(Session).index("start"), _stored(Session).index("last")
-_A_START, _A_LAST = _stored(Attempt).index("start"), _stored(Attempt).index("last")
-_A_BREAKDOWNS = _stored(Attempt).index("breakdowns")
+# (Final: compiled, read as constants rather than looked up in the module per call)
+_V_FIRST_TOUCH: Final = _JOURNEY_FIELDS.index("first_touch") + 1
+_V_LAST_TS: Final = _JOURNEY_FIELDS.index("last_ts") + 1
+_V_SESSION: Final = _SESSION_AT + 1
+_V_ATTEMPTS: Final = _ATTEMPTS_AT + 1
+_V_LINKED: Final = _JOURNEY_FIELDS.index("linked_to") + 1
+_S_START: Final = _stored(Session).index("start")
+_S_LAST: Final = _stored(Session).index("last")
+_A_START: Final = _stored(Attempt).index("start")
+_A_LAST: Final = _stored(Attempt).index("last")
+_A_BREAKDOWNS: Final = _stored(Attempt).index("breakdowns")
 
 Outputs = list[OutputEvent]
 
