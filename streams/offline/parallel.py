@@ -58,6 +58,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from itertools import accumulate
 from multiprocessing.connection import Connection
+from operator import itemgetter
 from typing import Any, BinaryIO
 from zlib import crc32
 
@@ -545,17 +546,7 @@ def _apply(
             if o.type == "micro":
                 fields = o.__dict__
                 if fields["kind"] == "milestone":
-                    micro.append(
-                        (
-                            i,
-                            o.id,
-                            o.timestamp,
-                            fields["funnel"],
-                            fields["step"],
-                            fields["step_index"],
-                            fields["breakdowns"],
-                        )
-                    )
+                    micro.append((i, _sent(fields)))
     conn.send(("micro", number, micro, runs.new()))
 
 
@@ -567,25 +558,34 @@ def _judged_fields(output: OutputEvent) -> dict[str, Any]:
     return {key: fields[key] for key in _JUDGED}
 
 
-_JUDGED = ("id", "type", "kind", "timestamp", "funnel", "step", "step_index", "breakdowns")
-Milestone = tuple[int, str, datetime, str, str, int, dict[str, Any]]
-"""A milestone microconversion as a worker sends it to the parent: its line in the block, then
-`_JUDGED`'s values but the two every milestone shares (a tuple pickles and loads in about a
-fifth of a dict's time; the parent builds the dict, `_milestone`)."""
+_SENT = (
+    "id",
+    "timestamp",
+    "funnel",
+    "funnel_version",
+    "step",
+    "step_index",
+    "breakdowns",
+    "started_at",
+    "previous_at",
+    "user_id",
+    "anonymous_id",
+)
+"""Every field of a milestone the evaluators read but the two every milestone shares: the alert
+evaluator's routes by funnel version, and its `cusum` rules' trials by the attempt's start, the
+step before and the person's ids (without these, --workers N judged cusum rules differently)."""
+_JUDGED = ("type", "kind", *_SENT)
+_sent = itemgetter(*_SENT)
+Milestone = tuple[int, tuple[Any, ...]]
+"""A milestone microconversion as a worker sends it to the parent: its line in the block and
+`_SENT`'s values (a tuple pickles and loads in about a fifth of a dict's time; the parent builds
+the dict, `_milestone`)."""
 
 
 def _milestone(sent: Milestone) -> dict[str, Any]:
-    _, id_, timestamp, funnel, step, step_index, breakdowns = sent
-    return {
-        "id": id_,
-        "type": "micro",
-        "kind": "milestone",
-        "timestamp": timestamp,
-        "funnel": funnel,
-        "step": step,
-        "step_index": step_index,
-        "breakdowns": breakdowns,
-    }
+    fields = dict(zip(_SENT, sent[1], strict=True))
+    fields["type"], fields["kind"] = "micro", "milestone"
+    return fields
 
 
 # ---- the parent ---------------------------------------------------------------------------

@@ -126,6 +126,27 @@ def test_workers_write_what_one_process_writes_in_one_order(tmp_path: Path, shuf
     assert workers(tmp_path, lines, 3, flush=True, block_lines=64) == expected
 
 
+def test_cusum_alerts_are_judged_as_one_process_judges_them(tmp_path: Path) -> None:
+    """A cusum rule's trials are keyed by the attempt's start and the person's ids and timed from
+    the step before: the parent's evaluators get those fields of every milestone too."""
+    rule = "    by: [context.platform]\n"
+    config = compile_config(parse_config(FUNNELS.replace(rule, rule + "    method: cusum\n", 1)))
+    lines = shop_lines()
+    run = OfflineRun(config, 4, source="file:x")
+    outputs = list(run.run(lines)) + run.flush()
+    epoch, micro = datetime(1970, 1, 1, tzinfo=UTC), timedelta(microseconds=1)
+    expected = [
+        raw for _, _, raw in sorted(((o.timestamp - epoch) // micro, o.id, o.to_json()) for o in outputs)
+    ]
+    assert sum(b'"type":"alert"' in raw for raw in expected) >= 2
+    path = tmp_path / "in.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    out = BytesIO()
+    job = Job(config, str(path), "file:x", partitions=4, workers=2, flush=True, tmpdir=str(tmp_path))
+    process_file(job, out)
+    assert out.getvalue().splitlines() == expected
+
+
 def test_without_flush_and_with_one_partition_the_outputs_are_the_same(tmp_path: Path) -> None:
     lines = shop_lines(seed=5)
     expected = one_process(lines, flush=False)
