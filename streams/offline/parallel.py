@@ -468,6 +468,7 @@ def _phase_people(
     )
     runs = _Runs(job.tmpdir, f"w{index}", job.run_outputs)
     decode = _decoder(job)
+    judged = itemgetter(*_sent_fields(job.config))  # what a milestone sends
     pending: deque[Decoded_block] = deque()
     data = _read(job.path)
     lines = len(flags)
@@ -502,10 +503,10 @@ def _phase_people(
         conn.send(("times", number, size, times.tobytes()))
         pending.append((number, first, mine))
         if len(pending) > job.lookahead:
-            _apply(run, runs, conn, pending.popleft())
+            _apply(run, runs, conn, pending.popleft(), judged)
     conn.send(("end", lines))
     while pending:
-        _apply(run, runs, conn, pending.popleft())
+        _apply(run, runs, conn, pending.popleft(), judged)
     kind, final = conn.recv()  # the file's event time after its last line
     assert kind == "final", kind
     ended = run.catch_up(None if final == _NONE else final)
@@ -522,6 +523,7 @@ def _apply(
     runs: _Runs,
     conn: Connection,
     pending: Decoded_block,
+    judged: Callable[[dict[str, Any]], tuple[Any, ...]],
 ) -> None:
     """Apply a decoded block at the event times the parent sent; the block's micro outputs go
     back to the parent, by line."""
@@ -546,7 +548,7 @@ def _apply(
             if o.type == "micro":
                 fields = o.__dict__
                 if fields["kind"] == "milestone":
-                    micro.append((i, _sent(fields)))
+                    micro.append((i, judged(fields)))
     conn.send(("micro", number, micro, runs.new()))
 
 
@@ -558,32 +560,29 @@ def _judged_fields(output: OutputEvent) -> dict[str, Any]:
     return {key: fields[key] for key in _JUDGED}
 
 
-_SENT = (
-    "id",
-    "timestamp",
-    "funnel",
-    "funnel_version",
-    "step",
-    "step_index",
-    "breakdowns",
-    "started_at",
-    "previous_at",
-    "user_id",
-    "anonymous_id",
-)
-"""Every field of a milestone the evaluators read but the two every milestone shares: the alert
-evaluator's routes by funnel version, and its `cusum` rules' trials by the attempt's start, the
-step before and the person's ids (without these, --workers N judged cusum rules differently)."""
-_JUDGED = ("type", "kind", *_SENT)
-_sent = itemgetter(*_SENT)
+_SENT = ("id", "timestamp", "funnel", "funnel_version", "step", "step_index", "breakdowns")
+"""The fields of a milestone the evaluators read, but the two every milestone shares (type and
+kind): the alert evaluator routes by funnel version too."""
+_TRIALS = ("started_at", "previous_at", "user_id", "anonymous_id")
+"""What an alert rule with `method: cusum` reads besides: its trials are keyed by the attempt's
+start and the person's ids, and timed from the step before (without these, --workers N judged
+cusum rules differently from one process). Sent only when the configuration has such a rule: two
+more datetimes a milestone, pickled and loaded, cost the workers and the parent 2-5 % more CPU."""
+_JUDGED = ("type", "kind", *_SENT, *_TRIALS)
 Milestone = tuple[int, tuple[Any, ...]]
 """A milestone microconversion as a worker sends it to the parent: its line in the block and
-`_SENT`'s values (a tuple pickles and loads in about a fifth of a dict's time; the parent builds
-the dict, `_milestone`)."""
+the values of `_sent_fields` (a tuple pickles and loads in about a fifth of a dict's time; the
+parent builds the dict, `_milestone`)."""
 
 
-def _milestone(sent: Milestone) -> dict[str, Any]:
-    fields = dict(zip(_SENT, sent[1], strict=True))
+def _sent_fields(config: CompiledConfig) -> tuple[str, ...]:
+    if any(rule.method == "cusum" for rule in config.source.alerts):
+        return _SENT + _TRIALS
+    return _SENT
+
+
+def _milestone(sent: Milestone, names: tuple[str, ...]) -> dict[str, Any]:
+    fields = dict(zip(names, sent[1], strict=True))
     fields["type"], fields["kind"] = "micro", "milestone"
     return fields
 
@@ -662,6 +661,7 @@ def _coordinated(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
 
     judges = Judges(job.config, job.breakdown_cap)
     gathered = _Gathered(job.run_outputs, job.merge_in_memory)
+    names = _sent_fields(job.config)
     judged: list[OutputEvent] = []
     latest = _NONE  # the file's event time after the lines gathered so far
     waiting: deque[tuple[int, int, array[int], list[bool]]] = deque()  # blocks to judge, in order
@@ -691,9 +691,9 @@ def _coordinated(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
             conn.send(("times", number, before, running.tobytes()))
         waiting.append((number, before, running, blank))
         if len(waiting) > job.lookahead:  # each worker sends a block's micro after the next ones' times
-            judged += _judge(judges, waiting.popleft(), gathered.take([_recv(conn) for conn in conns]))
+            judged += _judge(judges, waiting.popleft(), gathered.take([_recv(conn) for conn in conns]), names)
     while waiting:
-        judged += _judge(judges, waiting.popleft(), gathered.take([_recv(conn) for conn in conns]))
+        judged += _judge(judges, waiting.popleft(), gathered.take([_recv(conn) for conn in conns]), names)
     for conn in conns:
         conn.send(("final", latest))
     released: list[dict[str, Any]] = []
@@ -772,7 +772,10 @@ def _write_sorted(out: BinaryIO, runs: list[Iterable[Record]], in_memory: bool) 
 
 
 def _judge(
-    judges: Judges, block: tuple[int, int, array[int], list[bool]], reports: list[Any]
+    judges: Judges,
+    block: tuple[int, int, array[int], list[bool]],
+    reports: list[Any],
+    names: tuple[str, ...],
 ) -> list[OutputEvent]:
     """The evaluators after each line of a block, as one process calls them."""
     number, _, running, blank = block
@@ -780,7 +783,7 @@ def _judge(
     for kind, sent, micro, _ in reports:
         assert kind == "micro" and sent == number, (kind, sent, number)
         for milestone in micro:
-            by_line.setdefault(milestone[0], []).append(_milestone(milestone))
+            by_line.setdefault(milestone[0], []).append(_milestone(milestone, names))
     out: list[OutputEvent] = []
     if not judges.evaluators:
         return out
