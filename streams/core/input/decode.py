@@ -13,7 +13,8 @@ import orjson
 from pydantic import ValidationError
 
 from streams.core.input.audience import Enricher
-from streams.core.input.event import MAX_NESTING, ClickEvent, nesting_depth, nesting_limit, within_nesting
+from streams.core.input.event import MAX_NESTING, ClickEvent, nesting_depth, nesting_limit
+from streams.core.input.fields import two_deep
 from streams.core.input.formats.detect import JSON_OPENERS, InputFormat, looks_like_segment, looks_like_tsv
 from streams.core.input.formats.segment import decode_segment
 from streams.core.input.formats.snowplow import decode_snowplow
@@ -148,9 +149,11 @@ def _decode(
         return decode_segment(parsed, raw, max_batch=max_batch, max_nesting=max_nesting)
     out.format = "contract"
     # the event object, the batch array and properties nesting max_nesting deep; orjson refuses
-    # past 1024 levels, and an ordinary event has too few brackets to need the walk at all
+    # past 1024 levels, and an ordinary event (an object whose objects hold no container, three
+    # levels) needs no walk level by level: cheaper than counting the message's brackets
     outer = max_nesting + 2
-    if not within_nesting(raw, outer) and nesting_depth(parsed, outer) > outer:
+    ordinary = outer >= 3 and isinstance(parsed, dict) and two_deep(parsed)
+    if not ordinary and nesting_depth(parsed, outer) > outer:
         detail = f"contract: nested deeper than {outer} levels"
         out.rejects.append(Rejection("too_deeply_nested", detail, raw))
         return out
