@@ -13,7 +13,7 @@ import orjson
 from pydantic import ValidationError
 
 from streams.core.input.audience import Enricher
-from streams.core.input.event import MAX_NESTING, ClickEvent, nesting_depth, nesting_limit
+from streams.core.input.event import MAX_NESTING, SHALLOW_VALIDATOR, ClickEvent, nesting_depth, nesting_limit
 from streams.core.input.fields import two_deep
 from streams.core.input.formats.detect import JSON_OPENERS, InputFormat, looks_like_segment, looks_like_tsv
 from streams.core.input.formats.segment import decode_segment
@@ -32,13 +32,16 @@ _CONTEXTS: dict[int, dict[str, int]] = {}
 """`nesting_limit(n)` per limit, made once: the validation context of every event."""
 
 
-def _validate_one(obj: Any, max_nesting: int = MAX_NESTING) -> ClickEvent | Rejection:
-    """Validate one decoded JSON value; a Rejection comes back without its original bytes."""
+def _validate_one(obj: Any, max_nesting: int = MAX_NESTING, ordinary: bool = False) -> ClickEvent | Rejection:
+    """Validate one decoded JSON value; a Rejection comes back without its original bytes.
+    `ordinary`: `obj` is known to nest no deeper than `fields.two_deep` allows."""
     if not isinstance(obj, dict):
         return Rejection("not_an_object", f"contract: expected a JSON object, got {type(obj).__name__}", b"")
     try:
-        context = _CONTEXTS.get(max_nesting) or _CONTEXTS.setdefault(max_nesting, nesting_limit(max_nesting))
         # model_validate's own work, without its Python frame (pydantic's module is not compiled)
+        if ordinary or two_deep(obj):
+            return SHALLOW_VALIDATOR.validate_python(obj)  # type: ignore[no-any-return]
+        context = _CONTEXTS.get(max_nesting) or _CONTEXTS.setdefault(max_nesting, nesting_limit(max_nesting))
         return ClickEvent.__pydantic_validator__.validate_python(obj, context=context)  # type: ignore[no-any-return]
     except ValidationError as exc:
         errors = _validation_errors(exc)
@@ -158,7 +161,7 @@ def _decode(
         out.rejects.append(Rejection("too_deeply_nested", detail, raw))
         return out
     if not isinstance(parsed, list):
-        result = _validate_one(parsed, max_nesting)
+        result = _validate_one(parsed, max_nesting, ordinary)
         if isinstance(result, ClickEvent):
             out.events.append(result)
             if not parsed.keys() <= EVENT_FIELDS:
