@@ -539,6 +539,10 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
         checks[f"offline_compiled_vs_pure_ceiling_over_issue_start >= {ISSUE_START_GAIN:g}"] = (
             compiled["events_per_s"]["compiled"] / offline["decode_ceiling_eps"] / ISSUE_START_RATIO
         )
+        start = compiled.get("vs_issue_start", {})
+        if "wall" in start:  # the same file, the issue's start run in the same alternation
+            name = f"offline_compiled_vs_issue_start_side_by_side >= {ISSUE_START_GAIN:g}"
+            checks[name] = start["wall"]["compiled"]
     counters = result.get("counters_process")
     if counters:
         # the counters' own process apart from the pipeline (`bench.counters.process_measure`)
@@ -638,6 +642,13 @@ WHY = {
         "{pure_ceiling} in this run, {compiled_vs_pure_ceiling}x; the issue started at "
         "0.089x (6,638 against 74,319)"
     ),
+    "offline_compiled_vs_issue_start_side_by_side >= 3": (
+        "over the same file in the same alternation (best of two runs each, wall clock), the "
+        "issue's start ({start_commit}, pure Python) took {start_wall} s, the compiled package "
+        "{compiled_wall} s and the pure one {pure_wall} s ({pure_vs_start}x the start); by CPU the "
+        "compiled package is {compiled_cpu_vs_start}x the start: the offline section's profile says "
+        "where the rest goes"
+    ),
     "state_bytes_per_user <= 256": (
         "journey state averages {state} bytes serialized per user over this run's users: the "
         "remembered event ids dominate for busy users"
@@ -701,6 +712,14 @@ def explained(result: dict[str, Any]) -> dict[str, Any]:
         values["compiled_vs_pure_ceiling"] = (
             round(compiled["events_per_s"]["compiled"] / pure_ceiling, 3) if pure_ceiling else "?"
         )
+        start = compiled.get("vs_issue_start", {})
+        if "wall" in start:
+            values["start_commit"] = start["commit"]
+            values["start_wall"] = min(r["wall_s"] for r in start["runs"])
+            values["compiled_wall"] = compiled["best_wall_s"]["compiled"]
+            values["pure_wall"] = compiled["best_wall_s"]["pure"]
+            values["pure_vs_start"] = start["wall"]["pure"]
+            values["compiled_cpu_vs_start"] = start["cpu"]["compiled"]
     counters = result.get("counters_process") or {}
     values["counters_outputs"] = f"{counters.get('outputs', 0):,}"
     values["counters_same"] = "yes" if counters.get("same_counters") else "no"
@@ -771,7 +790,7 @@ def main() -> None:
     from bench.compiled import measure as compiled_offline
 
     with tempfile.TemporaryDirectory(prefix="bench-compiled-") as tmp:
-        compiled = compiled_offline(ROOT.parent, 1, Path(tmp), history_file(workdir))
+        compiled = compiled_offline(ROOT.parent, 2, Path(tmp), history_file(workdir))
         say("the counters' own process, pure and compiled, over the same outputs produced live")
         from bench.counters import Package, installed, process_measure
 

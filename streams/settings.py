@@ -194,6 +194,11 @@ class Settings(BaseSettings):
     only once every worker runs a version that has it: a worker without it would dead-letter the
     notices, and one with it beside an ingest that sends none could apply an event early
     (docs/concepts/identity.md)."""
+    journey_state_version: Literal[4, 5] = 5
+    """The journey state version the worker writes to its changelog. Workers of a release before
+    version 5 refuse a version 5 state: while any of them runs beside this release (a rolling
+    upgrade), give every upgraded worker 4, and once none is left, 5 (the default, about 14 %
+    smaller). Either version loads."""
     counters_enabled: bool = True
     """Apply the outputs to the Redis counters in the worker (`false` when `conversions counters`
     processes do it)."""
@@ -211,6 +216,14 @@ class Settings(BaseSettings):
     counter_batch_window_s: float = Field(default=0.25, gt=0)
     """...or what came within this many seconds of a batch's first output: one Redis call per
     shard and one offset commit for all of them (the counters lag the outputs by up to this)."""
+    counter_linger_ms: int = Field(default=200, ge=0, le=5_000)
+    """The counters' consumer asks the broker to hold each fetch until it has 1 MiB of outputs or
+    this many milliseconds have passed (`fetch.min.bytes` and `fetch.max.wait.ms` of the counters'
+    consumer alone), so that at a live pace each fetch, and each batch, holds more outputs: a
+    batch's cost per output falls (a Lua call per shard and a commit per batch, a fetch's own
+    work) against up to this much more delay. 0: a fetch answers with whatever has come
+    (`CONVERSIONS_FETCH_MAX_WAIT_MS`, as before this setting). Offsets are committed only
+    after Redis has the batch, linger or not."""
     alert_webhook_url: SecretStr | None = None
     """Alerts are also POSTed here as JSON (by the leader); the URL may hold a token."""
     pseudonymize_key: SecretStr | None = None

@@ -38,6 +38,18 @@ log = logging.getLogger(__name__)
 COUNTED = ("micro", "macro", "dropoff", "session")
 
 
+LINGER_BYTES = 1 << 20
+"""What a lingering fetch waits for at most (`counter_linger_ms`): at a live pace the linger ends
+it first; a backlog fills it at once."""
+
+
+def lingering(settings: Settings) -> dict[str, int]:
+    """The counters consumer's fetch options for `counter_linger_ms` (none when 0)."""
+    if not settings.counter_linger_ms:
+        return {}
+    return {"fetch_min_bytes": LINGER_BYTES, "fetch_max_wait_ms": settings.counter_linger_ms}
+
+
 class Counting:
     def __init__(
         self,
@@ -73,6 +85,7 @@ class Counting:
             group_id=s.counters_group or f"{s.app_id}-counters",
             auto_offset_reset="earliest",
             max_poll_records=s.counter_batch_size,
+            **lingering(s),
             rebalance_timeout_ms=int(s.rebalance_timeout_s * 1000),
             session_timeout_ms=int(s.session_timeout_s * 1000),
             heartbeat_interval_ms=int(s.heartbeat_interval_s * 1000),

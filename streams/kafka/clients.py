@@ -50,12 +50,13 @@ def consumer_options(settings: Settings) -> dict[str, Any]:
 def new_consumer(
     settings: Settings, *topics: str, cls: type[AIOKafkaConsumer] = AIOKafkaConsumer, **options: Any
 ) -> AIOKafkaConsumer:
-    """A consumer with the shared options; without a `group_id` it reads assigned partitions
-    and commits nothing (`enable_auto_commit` defaults to false here). The project's own
-    consumers are `cls=kafka.undecodable.GuardedConsumer`, which skip a batch they cannot decode."""
+    """A consumer with the shared options (`options` win over them); without a `group_id` it
+    reads assigned partitions and commits nothing (`enable_auto_commit` defaults to false here).
+    The project's own consumers are `cls=kafka.undecodable.GuardedConsumer`, which skip a batch
+    they cannot decode."""
     options.setdefault("enable_auto_commit", False)
     options.setdefault("group_id", None)
-    return cls(*topics, **consumer_options(settings), **options)
+    return cls(*topics, **(consumer_options(settings) | options))
 
 
 def new_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:

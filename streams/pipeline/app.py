@@ -30,6 +30,7 @@ from streams.core.input.deadletter import dead_letter
 from streams.core.input.rejection import Rejection
 from streams.core.input.repartition import RepartitionBatch
 from streams.core.journeys.engine import Engine
+from streams.core.journeys.journey import write_state_version
 from streams.core.journeys.markers import partition_of_key
 from streams.core.records.outputs import OutputEvent
 from streams.kafka.erasures import follow
@@ -130,6 +131,7 @@ class ConversionsApp:
             lambda key: partition_of_key(key, settings.partitions),
             self._record_batches,
         )
+        write_state_version(settings.journey_state_version)
         self.engine = Engine(
             config,
             self.state,

@@ -14,7 +14,7 @@ import hashlib
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -38,13 +38,32 @@ from streams.core.records.outputs import (
     build,
 )
 
-STATE_VERSION = 4
+STATE_VERSION = 5
 """3: attempts keep their chains, journeys their same-millisecond ties and identity stitching's
 stub, held items and merged ids (trailing fields: versions 1 and 2 load with their defaults, and
 a reader of version 2 refuses a version 3 state rather than misread it). 4: each attempt names
 the funnel version it was written under, as an index into its journey's table of versions
-(`Journey.versions`); attempts of versions 1 to 3 load with no version (`Attempt.version` -1)."""
-LOADABLE_VERSIONS = frozenset({1, 2, 3, STATE_VERSION})
+(`Journey.versions`); attempts of versions 1 to 3 load with no version (`Attempt.version` -1).
+5: the same fields, smaller (`_compact`): times as milliseconds before `last_ts`, well-known
+breakdown names as numbers, trailing empty fields left out."""
+LOADABLE_VERSIONS = frozenset({1, 2, 3, 4, STATE_VERSION})
+WRITABLE_VERSIONS = (4, STATE_VERSION)
+"""What `Journey.dumps` can write: 4 while workers of a release that reads no further share the
+changelog (`CONVERSIONS_JOURNEY_STATE_VERSION`, a rolling upgrade), else the current one."""
+BREAKDOWN_NAMES = (
+    "landing_page",
+    "channel",
+    "visitor_type",
+    "context.platform",
+    "campaign.source",
+    "campaign.name",
+    "campaign.medium",
+    "properties.variant",
+)
+"""Breakdown names a version 5 state writes as their index here (the derived ones and the common
+field paths); any other name as itself. Append-only would still need a new version: a reader
+must know every index a writer may use."""
+_BREAKDOWN_CODES: Final = {name: i for i, name in enumerate(BREAKDOWN_NAMES)}
 MAX_REMEMBERED_IDS = 256
 MAX_PATH = 50
 MAX_BREAKDOWN_VALUE = 100
@@ -354,15 +373,24 @@ class Journey:
             self.ties,
             self.versions,
         ]
+        writing = _WRITING[0]
+        if writing == STATE_VERSION:
+            _compact(values)
+        else:
+            values[0] = writing
         # orjson's result keeps the buffer it grew while encoding (about 8 KiB for a 1.5 KB
         # state); the table holds one per user, so it keeps an exact-size copy instead
         return bytes(memoryview(orjson.dumps(values)))
 
     @classmethod
     def loads(cls, raw: bytes) -> Journey:
-        version, *values = orjson.loads(raw)
+        values = orjson.loads(raw)
+        version = values[0]
         if version not in LOADABLE_VERSIONS:
             raise ValueError(f"unknown journey state version {version}")
+        if version >= 5:
+            _expand(values)
+        del values[0]
         # the nested records and the packed ids are converted before the constructor sees them:
         # compiled (mypyc), a Journey checks its fields' types when it is built
         if values[_SESSION_AT] is not None:
@@ -378,10 +406,87 @@ class Journey:
         return journey
 
 
+_WRITING: Final = [STATE_VERSION]
+"""The version `Journey.dumps` writes (`write_state_version`)."""
+
+
+def write_state_version(version: int) -> None:
+    """Make `Journey.dumps` write this version (one of `WRITABLE_VERSIONS`) from now on."""
+    if version not in WRITABLE_VERSIONS:
+        raise ValueError(f"journey state version {version} cannot be written (one of {WRITABLE_VERSIONS})")
+    _WRITING[0] = version
+
+
+def _compact(values: list[Any]) -> None:
+    """A version 4 layout made version 5's, in place: first touch, the session's and the attempts'
+    start and last as milliseconds before `last_ts` (about 9 digits, not 13); breakdowns as a
+    flat list of name (or `BREAKDOWN_NAMES` index) and value; the trailing fields from
+    `linked_to` on left out while they are empty (they load with their defaults)."""
+    last_ts: int = values[_V_LAST_TS]
+    values[0] = STATE_VERSION
+    first_touch = values[_V_FIRST_TOUCH]
+    if first_touch is not None:
+        values[_V_FIRST_TOUCH] = last_ts - first_touch
+    session = values[_V_SESSION]
+    if session is not None:
+        session[_S_START] = last_ts - session[_S_START]
+        session[_S_LAST] = last_ts - session[_S_LAST]
+    attempts: dict[str, list[Any]] = values[_V_ATTEMPTS]
+    if attempts:
+        codes = _BREAKDOWN_CODES
+        for stored in attempts.values():
+            stored[_A_START] = last_ts - stored[_A_START]
+            stored[_A_LAST] = last_ts - stored[_A_LAST]
+            flat: list[Any] = []
+            for name, value in stored[_A_BREAKDOWNS].items():
+                flat.append(codes.get(name, name))
+                flat.append(value)
+            stored[_A_BREAKDOWNS] = flat
+    end = len(values)
+    # None, [] or {} (the trailing fields' defaults); never a string
+    while end > _V_LINKED and not values[end - 1] and values[end - 1] != "":
+        end -= 1
+    del values[end:]
+
+
+def _expand(values: list[Any]) -> None:
+    """`_compact` undone: a version 5 layout as version 4's, in place."""
+    last_ts: int = values[_V_LAST_TS]
+    first_touch = values[_V_FIRST_TOUCH]
+    if first_touch is not None:
+        values[_V_FIRST_TOUCH] = last_ts - first_touch
+    session = values[_V_SESSION]
+    if session is not None:
+        session[_S_START] = last_ts - session[_S_START]
+        session[_S_LAST] = last_ts - session[_S_LAST]
+    attempts: dict[str, list[Any]] = values[_V_ATTEMPTS]
+    for stored in attempts.values():
+        stored[_A_START] = last_ts - stored[_A_START]
+        stored[_A_LAST] = last_ts - stored[_A_LAST]
+        flat = stored[_A_BREAKDOWNS]
+        stored[_A_BREAKDOWNS] = {
+            BREAKDOWN_NAMES[name] if type(name) is int else name: value
+            for name, value in zip(flat[::2], flat[1::2], strict=True)
+        }
+
+
 _JOURNEY_FIELDS = _stored(Journey)
 _SESSION_AT = _JOURNEY_FIELDS.index("session")
 _ATTEMPTS_AT = _JOURNEY_FIELDS.index("attempts")
 _SEEN_AT = _JOURNEY_FIELDS.index("seen")
+# positions in a stored journey, counting its version at 0 (`Journey.dumps`), and in a stored
+# session and attempt (`Session.values`, `Attempt.values`), for `_compact` and `_expand`
+# (Final: compiled, read as constants rather than looked up in the module per call)
+_V_FIRST_TOUCH: Final = _JOURNEY_FIELDS.index("first_touch") + 1
+_V_LAST_TS: Final = _JOURNEY_FIELDS.index("last_ts") + 1
+_V_SESSION: Final = _SESSION_AT + 1
+_V_ATTEMPTS: Final = _ATTEMPTS_AT + 1
+_V_LINKED: Final = _JOURNEY_FIELDS.index("linked_to") + 1
+_S_START: Final = _stored(Session).index("start")
+_S_LAST: Final = _stored(Session).index("last")
+_A_START: Final = _stored(Attempt).index("start")
+_A_LAST: Final = _stored(Attempt).index("last")
+_A_BREAKDOWNS: Final = _stored(Attempt).index("breakdowns")
 
 Outputs = list[OutputEvent]
 

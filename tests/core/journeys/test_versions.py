@@ -18,7 +18,7 @@ from streams.core.config.loader import parse_config
 from streams.core.config.matching import CompiledConfig, compile_config
 from streams.core.input.event import ClickEvent
 from streams.core.journeys.engine import Engine
-from streams.core.journeys.journey import STATE_VERSION, Journey, tie_attempt_key
+from streams.core.journeys.journey import STATE_VERSION, Journey, tie_attempt_key, write_state_version
 from streams.core.records.outputs import OutputEvent
 from tests.helpers import click
 
@@ -314,6 +314,70 @@ def test_a_state_written_before_versions_ends_when_its_indexes_do_not_fit() -> N
     engine.rebuild_deadlines(0, ["u1"])
     out = engine.observe(0, "s", click("x", "23:00").ts_ms)
     assert funnel_rows(out)[0] == ("dropoff", "checkout", "#2", "definition_changed", None)
+
+
+# A journey written by the release before STATE_VERSION 5 (version 4), under A with breakdowns:
+# at `ship` since 10:10, in an open session, a same-millisecond tie, three remembered ids.
+WITH_BREAKDOWNS = config(extra="    breakdowns: [context.platform, channel, properties.plan]")
+STATE_4 = (
+    b'[4,"u1",null,1710324000000,null,"Direct",1710324600000,2,1,0,[1,"s-u1",1710324000000,1710324600000,'
+    b'null,"Direct",null,0,3,3,[],false,null,"(direct)","(none)",null],{"checkout":[2,1710324000000,'
+    b'1710324600000,2,7,"s-u1",{"context.platform":null,"channel":"Direct","properties.plan":null},false,'
+    b'[0,0,0,300000,0,600000],0]},["view","cart","ship"],"x8ajGVJTtzRqGXdwDe7/WSL8YO9+EJYg",[600,300,0],'
+    b'null,[],[],{"8a9c013ea8:checkout":4},["8a9c013ea8"]]'
+)
+BEFORE_4 = [ev("product_view", "10:00"), ev("add_to_cart", "10:05"), ev("shipping_details", "10:10")]
+AFTER_4 = [ev("payment_details", "10:15"), ev("purchase", "10:20")]
+
+
+def continued(store: dict[str, bytes]) -> list[dict[str, Any]]:
+    """What the stored journey's later events and its session's end emit, restarted from `store`."""
+    engine = Engine(WITH_BREAKDOWNS, store, 1, expected_sources=["s"])
+    engine.rebuild_deadlines(0, ["u1"])
+    out = feed(engine, AFTER_4) + engine.observe(0, "s", click("x", "23:00").ts_ms)
+    engine.flush()
+    return [o.model_dump() for o in out]
+
+
+def test_a_version_4_state_loads_and_continues_as_one_run_does() -> None:
+    engine = Engine(WITH_BREAKDOWNS, {}, 1, expected_sources=["s"])
+    feed(engine, BEFORE_4)
+    one_run = feed(engine, AFTER_4) + engine.observe(0, "s", click("x", "23:00").ts_ms)
+    assert [o.type for o in one_run].count("macro") == 1
+    store = {"u1": STATE_4}
+    assert continued(store) == [o.model_dump() for o in one_run]
+    assert orjson.loads(store["u1"])[0] == STATE_VERSION == 5
+
+
+def test_version_5_holds_what_version_4_did_in_fewer_bytes() -> None:
+    journey = Journey.loads(STATE_4)
+    assert journey.attempts["checkout"].breakdowns == {
+        "context.platform": None,
+        "channel": "Direct",
+        "properties.plan": None,
+    }
+    raw = journey.dumps()
+    assert orjson.loads(raw)[0] == 5 and len(raw) < len(STATE_4) - 40
+    assert Journey.loads(raw) == journey
+    assert continued({"u1": raw}) == continued({"u1": STATE_4})
+    # a stub with nothing but a link (trailing fields left out) loads with their defaults
+    stub = Journey(None, "a1", last_ts=journey.last_ts, linked_to="u1")
+    assert Journey.loads(stub.dumps()) == stub
+    stub.linked_to = None
+    assert len(orjson.loads(stub.dumps())) == 15  # the version and the fields up to `seen_at`
+    assert Journey.loads(stub.dumps()) == stub
+
+
+def test_a_rolling_upgrade_writes_version_4_until_every_worker_reads_5() -> None:
+    journey = Journey.loads(STATE_4)
+    write_state_version(4)
+    try:
+        assert journey.dumps() == STATE_4  # what the release before 5 wrote, byte for byte
+    finally:
+        write_state_version(STATE_VERSION)
+    assert orjson.loads(journey.dumps())[0] == 5
+    with pytest.raises(ValueError, match="cannot be written"):
+        write_state_version(3)
 
 
 def test_the_version_table_stays_small() -> None:
