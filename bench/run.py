@@ -47,7 +47,7 @@ from streams.kafka import changelog_topic, consumer_options, ensure_topics, kafk
 from streams.kafka.changelog import read_to_end
 from streams.settings import Settings
 from streams.tools.infra import LocalInfra, free_port
-from streams.tools.worker_process import WorkerProcess
+from streams.tools.worker_process import READY_LINE, WorkerProcess
 
 
 async def raw_ceiling(settings: Settings, topic: str, expected: int) -> float:
@@ -287,12 +287,17 @@ async def scaling(infra: LocalInfra, workdir: Path, lines: list[bytes], expected
     return result
 
 
-async def latency(run: Run, lines: list[bytes], rate: float, seconds: float) -> dict[str, float | None]:
-    """p50/p99 from our send to the worker's produce of the microconversion (both clocks here)."""
+async def latency(
+    run: Run, lines: list[bytes], rate: float, seconds: float, timeline: Path | None = None
+) -> dict[str, float | None]:
+    """p50/p99 from our send to the worker's produce of the microconversion (both clocks here);
+    with `timeline`, each microconversion's send time (s from the first send) and latency (ms)
+    written there as JSON lines, to see whether the slow ones come together (a stall) or apart."""
     await ensure_topics(run.settings)
     worker = run.worker().start(wait_ready_s=120)
     sent: dict[str, float] = {}
     latencies: list[float] = []
+    points: list[tuple[float, float]] = []
     with_user: set[str] = set()  # what a stitched run holds: the events after a sign-in, a backend's
     of_user: list[float] = []
     micro = run.settings.topic(run.settings.topic_micro)
@@ -311,6 +316,7 @@ async def latency(run: Run, lines: list[bytes], rate: float, seconds: float) -> 
                     event_id = orjson.loads(message.value).get("event_id")
                     if event_id in sent:
                         latencies.append(message.timestamp - sent[event_id])
+                        points.append((sent[event_id], latencies[-1]))
                         if event_id in with_user:
                             of_user.append(latencies[-1])
 
@@ -337,6 +343,14 @@ async def latency(run: Run, lines: list[bytes], rate: float, seconds: float) -> 
         await producer.stop()
         await consumer.stop()
         worker.stop()
+    log = worker.log_text()
+    first = min((at for at, _ in points), default=0.0)
+    if timeline is not None:
+        with timeline.open("a") as out:
+            for at, took in sorted(points):
+                row = {"run": run.settings.app_id, "at_s": round((at - first) / 1000, 3), "ms": took}
+                out.write(json.dumps(row) + "\n")
+    opening = sorted(took for at, took in points if at - first < 1000)  # sent in the first second
     latencies.sort()
     of_user.sort()
     return {
@@ -348,7 +362,24 @@ async def latency(run: Run, lines: list[bytes], rate: float, seconds: float) -> 
         "user_p50": round(statistics.median(of_user), 1) if of_user else None,
         "user_p99": round(of_user[int(len(of_user) * 0.99)], 1) if of_user else None,
         "user_samples": len(of_user),
+        # a start-up wait (a consumer group not joined yet) shows here first
+        "first_second_p50": round(statistics.median(opening), 1) if opening else None,
+        "ingest_reads_after_ready_s": _between(log, READY_LINE, "ingest: reading partitions"),
     }
+
+
+def _between(log: str, first: str, then: str) -> float | None:
+    """Seconds from the first log line holding `first` to the first one holding `then`, negative
+    when `then` came first (the sends start at the worker's ready line: what ingest reads only
+    later waits until then)."""
+    stamps: dict[str, datetime] = {}
+    for line in log.splitlines():
+        for text in (first, then):
+            if text in line and text not in stamps:
+                stamps[text] = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    if len(stamps) < 2:
+        return None
+    return round((stamps[then] - stamps[first]).total_seconds(), 2)
 
 
 async def stitching(
@@ -391,10 +422,42 @@ async def stitching_latency(
                     run.without_stitching()
                 if tree:  # PYTHONSAFEPATH: `python -m` would put this checkout first
                     run.env |= {"PYTHONPATH": tree, "PYTHONSAFEPATH": "1"}
-                measured = await latency(run, lines, args.latency_rate, args.latency_s)
+                measured = await latency(run, lines, args.latency_rate, args.latency_s, args.timeline)
                 row = {"tree": tree or "this checkout", "stitching": stitched, **measured}
                 say(json.dumps(row))
                 rows.append(row)
+    return rows
+
+
+async def single_side_by_side(
+    infra: LocalInfra, workdir: Path, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Single-event messages through the pipeline (counters in a process beside it), for this
+    checkout and each `args.tree` in turn, with bare Faust on the same traffic each round,
+    `args.repeat` rounds on one broker: the ratio to bare Faust of each tree, side by side."""
+    lines = traffic(args.events)
+    expected = sum(len(decode_message(line).events) for line in lines)
+    rows: list[dict[str, Any]] = []
+    for _ in range(args.repeat):
+        bare = None
+        for tree in [None, *args.tree]:
+            run = Run(infra, workdir, "ss")
+            if tree:  # PYTHONSAFEPATH: `python -m` would put this checkout first
+                run.env |= {"PYTHONPATH": tree, "PYTHONSAFEPATH": "1"}
+            await ensure_topics(run.settings)
+            await produce(run.settings, run.source, lines, keyed=True)
+            if bare is None:
+                bare = faust_contender("bare", run, expected)
+            eps, _, profiled = pipeline(run, expected)
+            row = {
+                "tree": tree or "this checkout",
+                "pipeline_eps": round(eps),
+                "faust_bare_eps": round(bare),
+                "vs_bare": round(eps / bare, 3),
+                "cpu_us_per_event": profiled["cpu_us_per_event"],
+            }
+            say(json.dumps(row))
+            rows.append(row)
     return rows
 
 
@@ -746,20 +809,27 @@ def main() -> None:
     parser.add_argument("--profile-s", type=float, default=6.0, help="py-spy the pipeline's worker (0: no)")
     parser.add_argument(
         "--only",
-        choices=["offline", "latency", "stitching"],
+        choices=["offline", "latency", "stitching", "single"],
         help="just this section (offline: python -m bench.offline, results/offline.json; "
         "latency: printed, at --latency-rate; stitching: the latency with stitching on, then off, "
-        "--repeat times, and with each --tree too, all on one broker)",
+        "--repeat times, and with each --tree too, all on one broker; single: single-event "
+        "messages through the pipeline beside bare Faust, --repeat times, with each --tree too)",
     )
-    parser.add_argument("--repeat", type=int, default=1, help="for --only stitching")
+    parser.add_argument("--repeat", type=int, default=1, help="for --only stitching and single")
     parser.add_argument(
         "--tree",
         action="append",
         default=[],
-        help="for --only stitching: also workers run from this source tree (an earlier checkout)",
+        help="for --only stitching and single: also workers run from this source tree (an earlier checkout)",
     )
     parser.add_argument(
         "--latency-rate", type=float, default=1_000.0, help="events/s for --only latency (default 1000)"
+    )
+    parser.add_argument(
+        "--timeline",
+        type=Path,
+        help="for --only latency/stitching: each microconversion's send time and latency appended "
+        "to this file as JSON lines (one `run` an app id)",
     )
     args = parser.parse_args()
     if args.only == "offline":
@@ -776,11 +846,18 @@ def main() -> None:
             rows = asyncio.run(stitching_latency(infra, workdir, args))
         print(json.dumps({"rate_eps": args.latency_rate, "seconds": args.latency_s, "runs": rows}, indent=2))
         return
+    if args.only == "single":
+        given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("REDIS_URL")
+        with LocalInfra(*given, workdir=workdir / "infra") as infra:
+            rows = asyncio.run(single_side_by_side(infra, workdir, args))
+        print(json.dumps({"events": args.events, "runs": rows}, indent=2))
+        return
     if args.only == "latency":
         given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("REDIS_URL")
         with LocalInfra(*given, workdir=workdir / "infra") as infra:
             run = Run(infra, workdir, "lat")
-            measured = asyncio.run(latency(run, traffic(args.events), args.latency_rate, args.latency_s))
+            lines = traffic(args.events)
+            measured = asyncio.run(latency(run, lines, args.latency_rate, args.latency_s, args.timeline))
         print(json.dumps(measured))
         return
     started = time.monotonic()

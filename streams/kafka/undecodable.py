@@ -48,6 +48,7 @@ from streams.core.input.deadletter import dead_letter
 from streams.core.input.rejection import Rejection, RejectReason
 from streams.core.records.outputs import DeadLetter, OutputEvent
 from streams.kafka.clients import new_producer
+from streams.kafka.one_join import send_one_join
 from streams.metrics import Metrics
 from streams.ports import Publisher
 from streams.settings import Settings
@@ -290,6 +291,7 @@ class GuardedConsumer(AIOKafkaConsumer):  # type: ignore[misc]
 
     async def start(self) -> None:
         await super().start()
+        send_one_join(self)  # ingest lists two protocols (`kafka.one_join`)
         fetcher = self._fetcher
         guarded = _GuardingResults()
         for tp, result in fetcher._records.items():  # fetched during start: not read yet
