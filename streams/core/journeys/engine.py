@@ -164,9 +164,6 @@ class Engine:
         """Journeys read or saved since the last flush (None: known to be absent)."""
         self._dirty: dict[str, None] = {}
         """The identities to write (or delete) at the flush, in the order first changed."""
-        self._generation = object()
-        """This cache's generation, new at every flush: a journey whose `put_in` is it is in the
-        cache and in `_dirty` (`_put` needs no lookup)."""
         self._clicks: dict[int, tuple[dict[str, Any], ClickEvent]] = {}
         """Held item bodies of this run (by id, the body kept alive with it) and their event,
         validated already: applying them needs no second validation."""
@@ -313,24 +310,11 @@ class Engine:
         return Journey.loads(raw) if raw is not None else None
 
     def _put(self, journey: Journey) -> None:
-        generation = self._generation
-        if journey.put_in is generation:  # put since the flush: cached and to be written
-            return
         identity = journey.identity
         self._cache[identity] = journey
         self._dirty[identity] = None
-        journey.put_in = generation
-
-    def _displaced(self, journey: Journey) -> None:
-        """A journey the cache no longer holds (deleted, or replaced by its link stub): a later
-        `_put` of it must not be taken for one of the cached object, nor its deadline index."""
-        journey.put_in = None
-        journey.scheduled_in = None
 
     def _delete(self, identity: str) -> None:
-        old = self._cache.get(identity)
-        if old is not None:
-            self._displaced(old)
         self._cache[identity] = None
         self._dirty[identity] = None
 
@@ -352,7 +336,6 @@ class Engine:
         written = len(self._dirty)
         self._dirty = {}
         self._cache = {}
-        self._generation = object()
         self._clicks = {}
         self._handed = {}
         return written
@@ -394,8 +377,6 @@ class Engine:
                 # the events the anonymous journey applied travel in it: the stub remembers
                 # them, so a copy delivered again (a redone run) is not forwarded a second time
                 stub.seen, stub.seen_at = list(journey.seen), list(journey.seen_at)
-            if journey is not None:
-                self._displaced(journey)
             self._save(clock, stub)
             merge = Merge(person, home, state, event.to_json_dict(), event.ts_ms, source=source)
             return out + self._send(partition, merge, event, journey)
@@ -803,22 +784,13 @@ class Engine:
         return self.machine.next_deadline(journey)
 
     def _schedule(self, clock: _PartitionClock, journey: Journey) -> None:
-        """Index the journey's next deadline when it is earlier than the one indexed (a later one
-        leaves the entry: `_fire_due` finds the journey not due yet and reschedules it). The entry
-        is read from the journey (`scheduled_at`) when it mirrors this clock's, else looked up."""
         deadline = self._next_deadline(journey)
         if deadline is None:
             return
-        if journey.scheduled_in is clock:
-            known = journey.scheduled_at
-        else:
-            known = clock.scheduled.get(journey.identity)
-            journey.scheduled_in = clock
+        known = clock.scheduled.get(journey.identity)
         if known is None or deadline < known:
             clock.scheduled[journey.identity] = deadline
             heapq.heappush(clock.heap, (deadline, journey.identity))
-            known = deadline
-        journey.scheduled_at = known
 
     def _fire_due(self, partition: int, clock: _PartitionClock, watermark: int) -> Outputs:
         """The deadlines before `watermark` (the partition's floor, `_floor`, as it is now).
@@ -836,15 +808,14 @@ class Engine:
             if scheduled.get(identity) != deadline:
                 heapq.heappop(heap)
                 continue
+            del scheduled[identity]
             journey = self.load(identity)
             if journey is None:
                 heapq.heappop(heap)
-                del scheduled[identity]
                 continue
             if journey.linked_to is not None:
                 if journey.last_ts + self.rules.ttl < watermark:
                     heapq.heappop(heap)
-                    del scheduled[identity]
                     self._delete(identity)  # the link expired: the id is anonymous again
                 else:
                     self._reschedule_top(clock, journey)
@@ -857,13 +828,11 @@ class Engine:
         return out
 
     def _reschedule_top(self, clock: _PartitionClock, journey: Journey) -> None:
-        """`_schedule` for the journey whose entry is the heap's top (and the one indexed): its
-        next deadline replaces the entry, or the entry goes when it has none."""
+        """`_schedule` for the journey whose entry is the heap's top (and no longer scheduled):
+        its next deadline replaces the entry, or the entry goes when it has none."""
         deadline = self._next_deadline(journey)
-        journey.scheduled_in, journey.scheduled_at = clock, deadline
         if deadline is None:
             heapq.heappop(clock.heap)
-            del clock.scheduled[journey.identity]
             return
         clock.scheduled[journey.identity] = deadline
         heapq.heapreplace(clock.heap, (deadline, journey.identity))

@@ -279,13 +279,6 @@ class Journey:
     settled: JourneyMachine | None = field(default=None, compare=False, repr=False)
     """Not stored: the machine that settled its attempts (`JourneyMachine._reconcile`): none of
     them is written under another definition than that machine's, until `changed`."""
-    put_in: object | None = field(default=None, compare=False, repr=False)
-    """Not stored: the engine cache generation (`Engine._put`) it was last put in as changed: while
-    that generation lasts, the cache holds it and its flush writes it, with no lookup to check."""
-    scheduled_in: object | None = field(default=None, compare=False, repr=False)
-    """Not stored: the partition clock whose deadline index `scheduled_at` mirrors (`Engine._schedule`)."""
-    scheduled_at: int | None = field(default=None, compare=False, repr=False)
-    """Not stored: its deadline in `scheduled_in`'s index (None: none), as the engine last set or read it."""
 
     def __init__(
         self,
@@ -331,9 +324,6 @@ class Journey:
         self.due = False
         self.attempts_due = False
         self.settled = None
-        self.put_in = None
-        self.scheduled_in = None
-        self.scheduled_at = None
 
     def changed(self) -> None:
         """Forget the cached next deadline (the session, the attempts or `last_ts` changed) and
