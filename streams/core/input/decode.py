@@ -13,7 +13,8 @@ import orjson
 from pydantic import ValidationError
 
 from streams.core.input.audience import Enricher
-from streams.core.input.event import MAX_NESTING, ClickEvent, nesting_depth, nesting_limit, within_nesting
+from streams.core.input.event import MAX_NESTING, SHALLOW_VALIDATOR, ClickEvent, nesting_depth, nesting_limit
+from streams.core.input.fields import two_deep
 from streams.core.input.formats.detect import JSON_OPENERS, InputFormat, looks_like_segment, looks_like_tsv
 from streams.core.input.formats.segment import decode_segment
 from streams.core.input.formats.snowplow import decode_snowplow
@@ -31,13 +32,16 @@ _CONTEXTS: dict[int, dict[str, int]] = {}
 """`nesting_limit(n)` per limit, made once: the validation context of every event."""
 
 
-def _validate_one(obj: Any, max_nesting: int = MAX_NESTING) -> ClickEvent | Rejection:
-    """Validate one decoded JSON value; a Rejection comes back without its original bytes."""
+def _validate_one(obj: Any, max_nesting: int = MAX_NESTING, ordinary: bool = False) -> ClickEvent | Rejection:
+    """Validate one decoded JSON value; a Rejection comes back without its original bytes.
+    `ordinary`: `obj` is known to nest no deeper than `fields.two_deep` allows."""
     if not isinstance(obj, dict):
         return Rejection("not_an_object", f"contract: expected a JSON object, got {type(obj).__name__}", b"")
     try:
-        context = _CONTEXTS.get(max_nesting) or _CONTEXTS.setdefault(max_nesting, nesting_limit(max_nesting))
         # model_validate's own work, without its Python frame (pydantic's module is not compiled)
+        if ordinary or two_deep(obj):
+            return SHALLOW_VALIDATOR.validate_python(obj)  # type: ignore[no-any-return]
+        context = _CONTEXTS.get(max_nesting) or _CONTEXTS.setdefault(max_nesting, nesting_limit(max_nesting))
         return ClickEvent.__pydantic_validator__.validate_python(obj, context=context)  # type: ignore[no-any-return]
     except ValidationError as exc:
         errors = _validation_errors(exc)
@@ -148,14 +152,16 @@ def _decode(
         return decode_segment(parsed, raw, max_batch=max_batch, max_nesting=max_nesting)
     out.format = "contract"
     # the event object, the batch array and properties nesting max_nesting deep; orjson refuses
-    # past 1024 levels, and an ordinary event has too few brackets to need the walk at all
+    # past 1024 levels, and an ordinary event (an object whose objects hold no container, three
+    # levels) needs no walk level by level: cheaper than counting the message's brackets
     outer = max_nesting + 2
-    if not within_nesting(raw, outer) and nesting_depth(parsed, outer) > outer:
+    ordinary = outer >= 3 and isinstance(parsed, dict) and two_deep(parsed)
+    if not ordinary and nesting_depth(parsed, outer) > outer:
         detail = f"contract: nested deeper than {outer} levels"
         out.rejects.append(Rejection("too_deeply_nested", detail, raw))
         return out
     if not isinstance(parsed, list):
-        result = _validate_one(parsed, max_nesting)
+        result = _validate_one(parsed, max_nesting, ordinary)
         if isinstance(result, ClickEvent):
             out.events.append(result)
             if not parsed.keys() <= EVENT_FIELDS:

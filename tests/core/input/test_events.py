@@ -7,17 +7,19 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from streams.core.input.decode import decode_message
 from streams.core.input.event import (
     MAX_NESTING,
+    SHALLOW_VALIDATOR,
     ClickEvent,
     campaign_from_url,
     parse_timestamp,
     to_epoch_ms,
     url_path,
 )
-from streams.core.input.fields import first_values
+from streams.core.input.fields import first_values, two_deep
 from tests.helpers import event
 
 
@@ -171,6 +173,25 @@ def test_any_json_is_either_events_or_reasoned_rejections_and_never_raises(value
     decoded = decode_message(raw, latest_ms=to_epoch_ms(datetime(2030, 1, 1, tzinfo=UTC)))
     assert decoded.events or decoded.rejects
     assert all(r.reason and r.detail and r.original for r in decoded.rejects)
+
+
+def _validated(validate: object, value: object, **context: object) -> object:
+    try:
+        made = validate(value, **context)  # type: ignore[operator]
+    except ValidationError as exc:
+        return exc.errors(include_url=False, include_context=False)
+    return (type(made), made.__dict__, made.__pydantic_fields_set__)
+
+
+@given(EVENTISH)
+def test_the_shallow_validator_gives_what_the_full_one_gives_for_an_ordinary_event(value: object) -> None:
+    """Decoding skips the nesting check where it cannot fail (`two_deep`): the same event, or the
+    same errors, as `ClickEvent`'s own validator with the nesting limit."""
+    assert SHALLOW_VALIDATOR is not ClickEvent.__pydantic_validator__  # the schema was as expected
+    if isinstance(value, dict) and two_deep(value):
+        full = ClickEvent.__pydantic_validator__.validate_python
+        expected = _validated(full, value, context={"max_nesting": MAX_NESTING})
+        assert _validated(SHALLOW_VALIDATOR.validate_python, value) == expected
 
 
 @pytest.mark.parametrize("depth", [MAX_NESTING + 3, 400, 900, 1_020])
