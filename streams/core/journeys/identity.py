@@ -113,9 +113,11 @@ Source = tuple[str, int | None, int | None]
 event carries it, so that a dead letter made when it is released says where it came from."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Forwarded:
-    """An event for a person whose journey lives on another partition."""
+    """An event for a person whose journey lives on another partition (never changed once built:
+    not `frozen`, so that mypyc compiles the `__init__` written here, one per forwarded event and
+    per release; the one `dataclass` generates runs interpreted)."""
 
     person: str
     event: dict[str, Any]
@@ -124,6 +126,20 @@ class Forwarded:
     """The held body this item was decoded from (the engine knows its event by it)."""
     source: Source | None = field(default=None, compare=False)
 
+    def __init__(
+        self,
+        person: str,
+        event: dict[str, Any],
+        ts: int,
+        body: dict[str, Any] | None = None,
+        source: Source | None = None,
+    ) -> None:
+        self.person = person
+        self.event = event
+        self.ts = ts
+        self.body = body
+        self.source = source
+
     def encode(self) -> dict[str, Any]:
         body = {"person": self.person, "ts": self.ts, "event": self.event}
         if self.source is not None:
@@ -131,9 +147,10 @@ class Forwarded:
         return body
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Merge:
-    """An anonymous journey handed over to its user at the linking event."""
+    """An anonymous journey handed over to its user at the linking event (never changed once
+    built; its own `__init__` as `Forwarded`'s)."""
 
     person: str
     anonymous_id: str
@@ -143,6 +160,24 @@ class Merge:
     ts: int
     body: dict[str, Any] | None = field(default=None, compare=False, repr=False)
     source: Source | None = field(default=None, compare=False)
+
+    def __init__(
+        self,
+        person: str,
+        anonymous_id: str,
+        journey: bytes | None,
+        event: dict[str, Any],
+        ts: int,
+        body: dict[str, Any] | None = None,
+        source: Source | None = None,
+    ) -> None:
+        self.person = person
+        self.anonymous_id = anonymous_id
+        self.journey = journey
+        self.event = event
+        self.ts = ts
+        self.body = body
+        self.source = source
 
     def encode(self) -> dict[str, Any]:
         body = {
