@@ -161,8 +161,8 @@ def line_keys(raw: bytes, rules: IdentityRules, job: Job) -> tuple[list[str], li
     if raw[:1] == b"{":
         try:
             head = _HEAD.decode(raw)
-        except msgspec.DecodeError:  # a ValidationError too: a line the general path below reads
-            pass
+        except (msgspec.DecodeError, RecursionError):  # a ValidationError too; msgspec skips a
+            pass  # nested value recursively: a deep one is the general path's (too_deeply_nested)
         else:
             if head.event_id is not UNSET or (
                 head.type is UNSET

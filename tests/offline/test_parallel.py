@@ -160,7 +160,8 @@ def test_without_flush_and_with_one_partition_the_outputs_are_the_same(tmp_path:
 def test_routing_reads_the_ids_of_an_object_as_a_full_parse_does(stitch: bool) -> None:
     """The first pass reads a JSON object's ids without parsing the rest (`_Head`): the same
     keys and pairs as the general path (taken here by a leading space, which JSON allows), for
-    ids nested, escaped, repeated, null or of another type, Segment messages and bad lines."""
+    ids nested, escaped, repeated, null or of another type, Segment messages, bad lines and lines
+    nested too deep to read."""
     rules = IdentityRules(stitch=stitch)
     job = Job(CONFIG, "", "file:x", partitions=4, workers=2)
     lines = [
@@ -179,6 +180,9 @@ def test_routing_reads_the_ids_of_an_object_as_a_full_parse_does(stitch: bool) -
         b'{"anonymous_id":"cut-',
         b'{"anonymous_id":NaN}',
         b"{}",
+        # nested past Python's recursion limit (msgspec skips recursively), and past orjson's 1024
+        b'{"event_id":"e","anonymous_id":"a","properties":' + b"[" * 1000 + b"]" * 1000 + b"}",
+        b'{"event_id":"e","anonymous_id":"a","properties":' + b"[" * 1100 + b"]" * 1100 + b"}",
     ]
     assert len(lines) > 200
     for raw in lines:
