@@ -56,7 +56,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from itertools import accumulate
 from multiprocessing.connection import Connection
 from operator import itemgetter
 from typing import Any, BinaryIO
@@ -90,7 +89,11 @@ loads each run as soon as it is told of it, while the workers go on: `_Gathered`
 MERGE_IN_MEMORY = 1_000_000
 """Outputs the parent holds in memory (an upper bound: `RUN_OUTPUTS` per run); beyond, it merges
 the runs it could not load as a stream at the end."""
+MERGE_FAN_IN = 64
+"""Run files the streamed merge reads at once, at most: each holds a file open and a chunk in
+memory; more are first merged in groups into longer runs (`_fewer_runs`)."""
 _CHUNK = 4_096  # records per marshal chunk of a run file
+_READ = 8 << 20  # bytes of its share a worker's first pass reads at a time
 _SKIP, _EVENTS, _REJECTS, _KEYLESS, _BLANK_LINE = 0, 1, 3, 2, 4
 """A line's flag for one worker: skip it; decode it for its events; decode it for its events
 and its dead letters (the worker of its first event); a line without any event's key, whose dead
@@ -400,10 +403,11 @@ def _phase_links(job: Job, conn: Connection) -> tuple[list[list[str] | None], ar
     rules = IdentityRules.from_config(job.config.source.identity)
     pairs: set[tuple[str, str]] = set()
     keys: list[list[str] | None] = []
-    lines = _range_lines(job.path, start, end)
-    # where each line starts: the range's start, then after each line and its newline
-    starts = array("q", accumulate([len(line) + 1 for line in lines[:-1]], initial=start) if lines else ())
-    for line in lines:
+    starts = array("q")  # where each line starts: the range's start, then after each newline
+    at = start
+    for line in _range_lines(job.path, start, end):
+        starts.append(at)
+        at += len(line) + 1
         if not line.strip():
             keys.append(None)
             continue
@@ -415,15 +419,23 @@ def _phase_links(job: Job, conn: Connection) -> tuple[list[list[str] | None], ar
     return keys, starts
 
 
-def _range_lines(path: str, start: int, end: int) -> list[bytes]:
+def _range_lines(path: str, start: int, end: int) -> Iterator[bytes]:
     """The lines of a byte range that starts at a line, without their newlines: split after each
-    newline as one process reads a file (the last line may have none)."""
+    newline as one process reads a file (the last line may have none). Read `_READ` bytes at a
+    time, split at newlines: a share of a large file is never held whole."""
     with open(path, "rb") as stream:
         stream.seek(start)
-        lines = stream.read(end - start).split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()  # the range ends with a newline (or is empty)
-    return lines
+        left, rest = end - start, b""
+        while left > 0:
+            chunk = stream.read(min(_READ, left))
+            if not chunk:
+                break
+            left -= len(chunk)
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()  # after the chunk's last newline: the start of the next line
+            yield from lines
+    if rest:
+        yield rest  # the range's last line had no newline
 
 
 def _flags(keys: list[list[str] | None], router: Router) -> list[bytes]:
@@ -709,7 +721,8 @@ def _coordinated(job: Job, conns: list[Connection], out: BinaryIO) -> Totals:
     if job.flush:
         judged += judges.finish(released, None if latest == _NONE else latest)
     mine = sorted(_record(o) for o in judged)
-    sorted_runs: list[Iterable[Record]] = [mine, *gathered.loaded, *map(read_run, gathered.later)]
+    later = _fewer_runs(gathered.later)
+    sorted_runs: list[Iterable[Record]] = [mine, *gathered.loaded, *map(read_run, later)]
     _write_sorted(out, sorted_runs, in_memory=not gathered.later)
     return totals
 
@@ -754,6 +767,31 @@ class _Gathered:
                 self.loaded.append(list(read_run(path)))
             else:
                 self.later.append(path)
+
+
+def _fewer_runs(paths: list[str], fan_in: int = MERGE_FAN_IN) -> list[str]:
+    """At most `fan_in` run files for the streamed merge: more are merged `fan_in` at a time
+    into longer runs beside them (as often as needed), each group's files removed once merged."""
+    rounds = 0
+    while len(paths) > fan_in:
+        longer = []
+        for at in range(0, len(paths), fan_in):
+            group = paths[at : at + fan_in]
+            path = os.path.join(os.path.dirname(group[0]), f"merged-{rounds}-{at}.run")
+            with open(path, "wb") as stream:
+                chunk: list[Record] = []
+                for record in heapq.merge(*map(read_run, group)):
+                    chunk.append(record)
+                    if len(chunk) == _CHUNK:
+                        marshal.dump(chunk, stream)
+                        chunk = []
+                if chunk:
+                    marshal.dump(chunk, stream)
+            for merged in group:
+                os.remove(merged)
+            longer.append(path)
+        paths, rounds = longer, rounds + 1
+    return paths
 
 
 def _write_sorted(out: BinaryIO, runs: list[Iterable[Record]], in_memory: bool) -> None:

@@ -24,7 +24,16 @@ from streams.core.config.loader import parse_config
 from streams.core.config.matching import compile_config
 from streams.core.input.audience import EnrichmentSpec
 from streams.core.journeys.identity import IdentityRules
-from streams.offline.parallel import Job, line_keys, persons, process_file, run_parallel
+from streams.offline.parallel import (
+    Job,
+    _fewer_runs,
+    _Runs,
+    line_keys,
+    persons,
+    process_file,
+    read_run,
+    run_parallel,
+)
 from streams.offline.run import OfflineRun
 from streams.settings import DEFAULT_FUNNELS
 from streams.tools.simulate import Incident, Simulator, VariantSplit
@@ -245,3 +254,21 @@ def test_workers_read_lines_as_one_process_splits_them(tmp_path: Path) -> None:
         totals = run_parallel(job, out)
         assert totals.lines == len(lines) + 1
         assert out.getvalue().splitlines() == expected
+
+
+def test_many_runs_are_merged_in_groups_before_the_streamed_merge(tmp_path: Path) -> None:
+    """However many runs the workers wrote, the streamed merge opens at most `fan_in` of them,
+    and the longer runs hold every record once, in order."""
+    rng = random.Random(5)
+    records = [rng.randrange(10**9).to_bytes(8, "big") + b"line %d" % i for i in range(2_000)]
+    runs = _Runs(str(tmp_path), "w", 70)  # 29 runs
+    for at in range(0, len(records), 70):
+        runs.records = list(records[at : at + 70])
+        runs.spill()
+    assert len(runs.paths) == 29
+    fewer = _fewer_runs(list(runs.paths), fan_in=3)
+    assert len(fewer) <= 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(Path(f).name for f in fewer)
+    merged = [record for path in fewer for record in read_run(path)]
+    assert sorted(merged) == sorted(records)
+    assert all(list(read_run(path)) == sorted(read_run(path)) for path in fewer)
