@@ -194,7 +194,8 @@ class Settings(BaseSettings):
     only once every worker runs a version that has it: a worker without it would dead-letter the
     notices, and one with it beside an ingest that sends none could apply an event early
     (docs/concepts/identity.md)."""
-    journey_state_version: int = Field(default=5, ge=4, le=5)  # Literal[4, 5] refuses "4" from the environment
+    # not Literal[4, 5]: it refuses the string "4" the environment gives
+    journey_state_version: int = Field(default=5, ge=4, le=5)
     """The journey state version the worker writes to its changelog. Workers of a release before
     version 5 refuse a version 5 state: while any of them runs beside this release (a rolling
     upgrade), give every upgraded worker 4, and once none is left, 5 (the default, about 14 %

@@ -33,8 +33,12 @@ def send_one_join(consumer: Any) -> None:
     async def send_req(request: Any) -> Any:
         if not isinstance(request, JoinGroupRequest):
             return await send(request)
-        if len(request._group_protocols) == len(assignors) and answered:
-            return answered.pop()
+        listed = len(request._group_protocols)
+        if answered and 1 < listed <= len(assignors):  # the loop's later JoinGroups of this join
+            response = answered[0]
+            if listed == len(assignors):
+                answered.clear()
+            return response
         answered.clear()
         response = await send(_with_every_protocol(request, assignors, coordinator))
         if response.error_code == 0 and len(request._group_protocols) < len(assignors):

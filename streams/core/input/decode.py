@@ -152,10 +152,10 @@ def _decode(
         return decode_segment(parsed, raw, max_batch=max_batch, max_nesting=max_nesting)
     out.format = "contract"
     # the event object, the batch array and properties nesting max_nesting deep; orjson refuses
-    # past 1024 levels, and an ordinary event (an object whose objects hold no container, three
-    # levels) needs no walk level by level: cheaper than counting the message's brackets
+    # past 1024 levels, and an ordinary event (an object whose objects hold no container: two
+    # levels, within any limit, as `outer` is at least 2) needs no walk level by level
     outer = max_nesting + 2
-    ordinary = outer >= 3 and isinstance(parsed, dict) and two_deep(parsed)
+    ordinary = isinstance(parsed, dict) and two_deep(parsed)
     if not ordinary and nesting_depth(parsed, outer) > outer:
         detail = f"contract: nested deeper than {outer} levels"
         out.rejects.append(Rejection("too_deeply_nested", detail, raw))

@@ -326,3 +326,19 @@ def test_an_item_refused_when_released_says_where_its_event_was_read() -> None:
     assert [(d.reason, d.source_topic, d.source_partition, d.source_offset) for d in letters] == [
         ("late_event", "clickstream", 1, 7)
     ]
+
+
+def test_the_items_written_out_constructors_follow_their_dataclass_fields() -> None:
+    """`Forwarded` and `Merge` write their `__init__` out (mypyc compiles it): every field, in the
+    declared order, set from its argument or to its default."""
+    from dataclasses import MISSING, fields
+
+    from streams.core.journeys.identity import Forwarded, Merge
+
+    for cls in (Forwarded, Merge):
+        given = {f.name: f"value of {f.name}" for f in fields(cls)}
+        built = cls(*given.values())  # type: ignore[arg-type]
+        assert {f.name: getattr(built, f.name) for f in fields(cls)} == given
+        bare = cls(*[given[f.name] for f in fields(cls) if f.default is MISSING])  # type: ignore[arg-type]
+        for f in fields(cls):
+            assert getattr(bare, f.name) == (given[f.name] if f.default is MISSING else f.default)
