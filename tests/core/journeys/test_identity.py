@@ -335,10 +335,20 @@ def test_the_items_written_out_constructors_follow_their_dataclass_fields() -> N
 
     from streams.core.journeys.identity import Forwarded, Merge
 
+    # a value of each field's type (the compiled __init__ checks them), no two alike
+    sample = {
+        "person": "the person",
+        "anonymous_id": "an anonymous id",
+        "journey": b"a stored journey",
+        "event": {"event": "an event"},
+        "ts": 1_700_000_000_000,
+        "body": {"body": "a held body"},
+        "source": ("clickstream", 3, 42),
+    }
     for cls in (Forwarded, Merge):
-        given = {f.name: f"value of {f.name}" for f in fields(cls)}
-        built = cls(*given.values())  # type: ignore[arg-type]
+        given = {f.name: sample[f.name] for f in fields(cls)}
+        built = cls(*given.values())
         assert {f.name: getattr(built, f.name) for f in fields(cls)} == given
-        bare = cls(*[given[f.name] for f in fields(cls) if f.default is MISSING])  # type: ignore[arg-type]
+        bare = cls(*[given[f.name] for f in fields(cls) if f.default is MISSING])
         for f in fields(cls):
             assert getattr(bare, f.name) == (given[f.name] if f.default is MISSING else f.default)
