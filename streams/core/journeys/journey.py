@@ -408,30 +408,19 @@ def write_state_version(version: int) -> None:
 
 
 def _compact(values: list[Any]) -> None:
-    """A version 4 layout made version 5's, in place: first touch, the session's and the attempts'
-    start and last as milliseconds before `last_ts` (about 9 digits, not 13); breakdowns as a
-    flat list of name (or `BREAKDOWN_NAMES` index) and value; the trailing fields from
-    `linked_to` on left out while they are empty (they load with their defaults)."""
-    last_ts: int = values[_V_LAST_TS]
+    """A version 4 layout made version 5's, in place: the times against `last_ts`
+    (`_times_against_last`); breakdowns as a flat list of name (or `BREAKDOWN_NAMES` index) and
+    value; the trailing fields from `linked_to` on left out while they are empty (they load with
+    their defaults)."""
     values[0] = STATE_VERSION
-    first_touch = values[_V_FIRST_TOUCH]
-    if first_touch is not None:
-        values[_V_FIRST_TOUCH] = last_ts - first_touch
-    session = values[_V_SESSION]
-    if session is not None:
-        session[_S_START] = last_ts - session[_S_START]
-        session[_S_LAST] = last_ts - session[_S_LAST]
-    attempts: dict[str, list[Any]] = values[_V_ATTEMPTS]
-    if attempts:
-        codes = _BREAKDOWN_CODES
-        for stored in attempts.values():
-            stored[_A_START] = last_ts - stored[_A_START]
-            stored[_A_LAST] = last_ts - stored[_A_LAST]
-            flat: list[Any] = []
-            for name, value in stored[_A_BREAKDOWNS].items():
-                flat.append(codes.get(name, name))
-                flat.append(value)
-            stored[_A_BREAKDOWNS] = flat
+    _times_against_last(values)
+    codes = _BREAKDOWN_CODES
+    for stored in values[_V_ATTEMPTS].values():
+        flat: list[Any] = []
+        for name, value in stored[_A_BREAKDOWNS].items():
+            flat.append(codes.get(name, name))
+            flat.append(value)
+        stored[_A_BREAKDOWNS] = flat
     end = len(values)
     # None, [] or {} (the trailing fields' defaults); never a string
     while end > _V_LINKED and not values[end - 1] and values[end - 1] != "":
@@ -441,6 +430,19 @@ def _compact(values: list[Any]) -> None:
 
 def _expand(values: list[Any]) -> None:
     """`_compact` undone: a version 5 layout as version 4's, in place."""
+    _times_against_last(values)
+    for stored in values[_V_ATTEMPTS].values():
+        flat = stored[_A_BREAKDOWNS]
+        stored[_A_BREAKDOWNS] = {
+            BREAKDOWN_NAMES[name] if type(name) is int else name: value
+            for name, value in zip(flat[::2], flat[1::2], strict=True)
+        }
+
+
+def _times_against_last(values: list[Any]) -> None:
+    """First touch, the session's and the attempts' start and last replaced by `last_ts` less
+    them, in place: epoch milliseconds become milliseconds before `last_ts` (about 9 digits, not
+    13), and back, as the map is its own inverse (`_compact` and `_expand` both call it)."""
     last_ts: int = values[_V_LAST_TS]
     first_touch = values[_V_FIRST_TOUCH]
     if first_touch is not None:
@@ -449,15 +451,9 @@ def _expand(values: list[Any]) -> None:
     if session is not None:
         session[_S_START] = last_ts - session[_S_START]
         session[_S_LAST] = last_ts - session[_S_LAST]
-    attempts: dict[str, list[Any]] = values[_V_ATTEMPTS]
-    for stored in attempts.values():
+    for stored in values[_V_ATTEMPTS].values():
         stored[_A_START] = last_ts - stored[_A_START]
         stored[_A_LAST] = last_ts - stored[_A_LAST]
-        flat = stored[_A_BREAKDOWNS]
-        stored[_A_BREAKDOWNS] = {
-            BREAKDOWN_NAMES[name] if type(name) is int else name: value
-            for name, value in zip(flat[::2], flat[1::2], strict=True)
-        }
 
 
 _JOURNEY_FIELDS = _stored(Journey)
