@@ -56,6 +56,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from itertools import islice
 from multiprocessing.connection import Connection
 from operator import itemgetter
 from typing import Any, BinaryIO
@@ -355,11 +356,17 @@ class _Runs:
             return
         self.records.sort()
         path = os.path.join(self.directory, f"{self.name}-{len(self.paths)}.run")
-        with open(path, "wb") as stream:
-            for at in range(0, len(self.records), _CHUNK):
-                marshal.dump(self.records[at : at + _CHUNK], stream)
+        write_run(path, self.records)
         self.paths.append(path)
         self.records = []
+
+
+def write_run(path: str, records: Iterable[Record]) -> None:
+    """A run file: sorted records in marshal chunks of `_CHUNK` (`read_run` reads them back)."""
+    remaining = iter(records)
+    with open(path, "wb") as stream:
+        while chunk := list(islice(remaining, _CHUNK)):
+            marshal.dump(chunk, stream)
 
 
 def read_run(path: str) -> Iterator[Record]:
@@ -778,15 +785,7 @@ def _fewer_runs(paths: list[str], fan_in: int = MERGE_FAN_IN) -> list[str]:
         for at in range(0, len(paths), fan_in):
             group = paths[at : at + fan_in]
             path = os.path.join(os.path.dirname(group[0]), f"merged-{rounds}-{at}.run")
-            with open(path, "wb") as stream:
-                chunk: list[Record] = []
-                for record in heapq.merge(*map(read_run, group)):
-                    chunk.append(record)
-                    if len(chunk) == _CHUNK:
-                        marshal.dump(chunk, stream)
-                        chunk = []
-                if chunk:
-                    marshal.dump(chunk, stream)
+            write_run(path, heapq.merge(*map(read_run, group)))
             for merged in group:
                 os.remove(merged)
             longer.append(path)
