@@ -33,10 +33,10 @@ lines. Between two flushes the store is behind: read it only after a flush.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from heapq import heappop, heappush, heapreplace
+from typing import Any, Final
 from zlib import crc32
 
 from streams.core.config.matching import CompiledConfig
@@ -67,6 +67,10 @@ def _refused_any(outputs: Outputs) -> bool:
     return any(isinstance(output, DeadLetter) for output in outputs)
 
 
+NO_TIME: Final = -(1 << 62)
+"""A partition's floor before any: a native int (the least mypyc keeps unboxed), not None."""
+
+
 def partition_for(identity: str, partitions: int) -> int:
     """The partition that owns an identity's journey; stable across processes and restarts."""
     return crc32(identity.encode()) % partitions
@@ -77,8 +81,9 @@ class _PartitionClock:
     sources: dict[str, int] = field(default_factory=dict)
     waiting_for: set[str] = field(default_factory=set)
     """Expected sources not heard from yet: until each reports (or idles), no deadline fires."""
-    floor: int | None = None
-    """The watermark reached so far: it never goes back, even when every source goes idle."""
+    floor_at: int = NO_TIME
+    """The watermark reached so far (NO_TIME: none yet): it never goes back, even when every
+    source goes idle."""
     idle_reached: int | None = None
     """How far the sources that went idle had got: once no source is active, event time gets
     there, since nothing earlier is coming (whichever order they went idle in)."""
@@ -106,7 +111,7 @@ class _PartitionClock:
         return {
             "sources": dict(self.sources),
             "waiting_for": sorted(self.waiting_for),
-            "floor": self.floor,
+            "floor": None if self.floor_at == NO_TIME else self.floor_at,
             "idle_reached": self.idle_reached,
             "heap": [list(x) for x in self.heap],
             "scheduled": dict(self.scheduled),
@@ -123,7 +128,7 @@ class _PartitionClock:
         return cls(
             sources={str(k): int(v) for k, v in data["sources"].items()},
             waiting_for={str(x) for x in data["waiting_for"]},
-            floor=optional(data["floor"]),
+            floor_at=NO_TIME if data["floor"] is None else int(data["floor"]),
             idle_reached=optional(data["idle_reached"]),
             heap=[(int(t), str(i)) for t, i in data["heap"]],
             scheduled={str(k): int(v) for k, v in data["scheduled"].items()},
@@ -158,6 +163,7 @@ class Engine:
         self.forwarding = forwarding and self.rules.stitch and partitions > 1
         """Items for other partitions go to `outbox` (Kafka), not straight to their holds."""
         self.early_release = early_release and self.forwarding
+        self._late: Final = config.late_tolerance
         self.outbox: list[tuple[int, Item]] = []
         self._clocks: dict[int, _PartitionClock] = {}
         self._cache: dict[str, Journey | None] = {}
@@ -233,7 +239,7 @@ class Engine:
         noticed = clock.notices.setdefault(notice.user, {})
         if notice.ts > noticed.get(source, notice.ts - 1):
             noticed[source] = notice.ts
-            heapq.heappush(clock.noticed.setdefault(source, []), (notice.ts, notice.user))
+            heappush(clock.noticed.setdefault(source, []), (notice.ts, notice.user))
 
     def notices_lost_until(self, partition: int, at: int | None) -> None:
         """After a restart or a rebalance: the notices this partition was sent up to `at` (how
@@ -251,11 +257,13 @@ class Engine:
         if forwarders:
             if clock.waiting_for:
                 return None
-            lowest: int | None = None
-            for at in clock.sources.values():  # min(), a loop mypyc compiles to int compares
-                if lowest is None or at < lowest:
-                    lowest = at
-            return clock.idle_reached if lowest is None else lowest
+            sources = clock.sources
+            if not sources:
+                return clock.idle_reached
+            lowest = -NO_TIME  # min(), a loop of native int compares (no boxing)
+            for at in sources.values():
+                lowest = min(lowest, at)
+            return lowest
         if any(not is_forwarder(source) for source in clock.waiting_for):
             return None
         own = [at for source, at in clock.sources.items() if not is_forwarder(source)]
@@ -269,10 +277,10 @@ class Engine:
     def _floor(self, clock: _PartitionClock) -> int | None:
         reached = self._reached(clock)
         if reached is not None:
-            current = reached - self.config.late_tolerance
-            if clock.floor is None or current > clock.floor:
-                clock.floor = current
-        return clock.floor
+            current = reached - self._late
+            clock.floor_at = max(clock.floor_at, current)
+        floor = clock.floor_at
+        return None if floor == NO_TIME else floor
 
     def hold_watermark(self, partition: int) -> int | None:
         """Held items up to this event time apply: nothing earlier can still be on its way."""
@@ -470,7 +478,7 @@ class Engine:
         known = clock.held_at.get(journey.identity)
         if known is None or earliest < known:
             clock.held_at[journey.identity] = earliest
-            heapq.heappush(clock.holds, (earliest, journey.identity))
+            heappush(clock.holds, (earliest, journey.identity))
 
     def _release_due(self, partition: int, clock: _PartitionClock) -> Outputs:
         """Apply, in event-time order, the held items the hold watermark has passed, and (on
@@ -485,7 +493,7 @@ class Engine:
             return out
         blocked: list[tuple[int, str]] | None = None  # (cap reached) looked at again next call
         while clock.holds and clock.holds[0][0] <= limit:
-            earliest, person = heapq.heappop(clock.holds)
+            earliest, person = heappop(clock.holds)
             if clock.held_at.get(person) != earliest:
                 continue
             upto = until
@@ -501,7 +509,7 @@ class Engine:
                             blocked = []
                         blocked.append((earliest, person))
                     else:  # looked at again once that source has passed it
-                        heapq.heappush(clock.parked.setdefault(blocker, []), (earliest, person))
+                        heappush(clock.parked.setdefault(blocker, []), (earliest, person))
                     continue
             del clock.held_at[person]
             journey = self.load(person)
@@ -529,7 +537,7 @@ class Engine:
             self._schedule_hold(clock, journey)  # what is still held waits for a later watermark
         if blocked:
             for entry in blocked:
-                heapq.heappush(clock.holds, entry)
+                heappush(clock.holds, entry)
         return out
 
     def _early_limit(self, clock: _PartitionClock, until: int | None) -> int | None:
@@ -603,7 +611,7 @@ class Engine:
         if reached is None:
             return
         while heap and heap[0][0] <= reached:
-            heapq.heappush(clock.holds, heapq.heappop(heap))
+            heappush(clock.holds, heappop(heap))
         if not heap:
             del clock.parked[source]
 
@@ -615,7 +623,7 @@ class Engine:
             return
         notices = clock.notices
         while heap and heap[0][0] < reached:
-            _, person = heapq.heappop(heap)
+            _, person = heappop(heap)
             noticed = notices.get(person)
             if noticed is not None and noticed.get(source, reached) < reached:
                 del noticed[source]
@@ -692,7 +700,9 @@ class Engine:
     def observe(self, partition: int, source: str, event_time: int) -> Outputs:
         """A source has delivered everything up to `event_time`: apply and fire what that makes due."""
         clock = self._clocks.get(partition) or self._clock(partition)
-        return self._observed(partition, clock, source, event_time)
+        out: Outputs = []
+        self._observed(partition, clock, source, event_time, out)
+        return out
 
     def observe_all(self, source: str, event_time: int) -> Outputs:
         """`observe` on every partition in turn (offline mode: one source feeds them all)."""
@@ -700,37 +710,43 @@ class Engine:
         clocks = self._clocks
         for partition in range(self.partitions):
             clock = clocks.get(partition) or self._clock(partition)
-            fired = self._observed(partition, clock, source, event_time)
-            if fired:
-                out += fired
+            self._observed(partition, clock, source, event_time, out)
         return out
 
-    def _observed(self, partition: int, clock: _PartitionClock, source: str, event_time: int) -> Outputs:
+    def _observed(
+        self, partition: int, clock: _PartitionClock, source: str, event_time: int, out: Outputs
+    ) -> None:
+        """`observe`, its outputs added to `out` (one list per call, however many partitions)."""
         waiting = clock.waiting_for
         moved = False
         if waiting and source in waiting:
             waiting.discard(source)
             moved = True
         sources = clock.sources
-        if event_time > sources.get(source, event_time - 1):
+        reached = sources.get(source)
+        if reached is None or event_time > reached:
             sources[source] = event_time
+            reached = event_time
             moved = True
         if moved:
-            self._floor(clock)  # the floor moves only with the sources: unchanged, it is still right
+            # the floor moves only with the sources: unchanged, it is still right
+            if not waiting and len(sources) == 1:  # offline's one source: `_floor` without the loop
+                current = reached - self._late
+                clock.floor_at = max(clock.floor_at, current)
+            else:
+                self._floor(clock)
             if clock.noticed and source in clock.noticed:
                 self._settle_notices(clock, source)
             if clock.parked and source in clock.parked:
                 self._unpark(clock, source)
-        out = self._release_due(partition, clock) if clock.holds else []
+        if clock.holds:
+            out += self._release_due(partition, clock)
         # the floor is right here (see above), and applying held items does not move it
-        heap, floor = clock.heap, clock.floor
-        if heap and floor is not None and heap[0][0] < floor:
-            fired = self._fire_due(partition, clock, floor)
-            if out:
-                out += fired
-                return out
-            return fired
-        return out
+        heap = clock.heap
+        if heap:
+            floor = clock.floor_at
+            if heap[0][0] < floor:  # never when there is no floor yet (NO_TIME)
+                self._fire_due(partition, clock, floor, out)
 
     def forget_source(self, partition: int, source: str) -> Outputs:
         """Stop waiting for a source (gone idle, or moved to another worker)."""
@@ -743,13 +759,13 @@ class Engine:
         # the holds parked on it would wait for it to move: back with the others, to go as the
         # hold watermark (no longer waiting for it either) or their person's own rule lets them
         for entry in clock.parked.pop(source, ()):
-            heapq.heappush(clock.holds, entry)
+            heappush(clock.holds, entry)
         if reached is None and not was_waiting:
             return []
         out = self._release_due(partition, clock)
         watermark = self._floor(clock)
         if watermark is not None:
-            out += self._fire_due(partition, clock, watermark)
+            self._fire_due(partition, clock, watermark, out)
         return out
 
     def rebuild_deadlines(self, partition: int, identities: Iterable[str]) -> int:
@@ -775,8 +791,17 @@ class Engine:
         return len(clock.scheduled) if clock else 0
 
     def _save(self, clock: _PartitionClock, journey: Journey) -> None:
-        self._put(journey)
-        self._schedule(clock, journey)
+        """`_put` and `_schedule`, the journey's identity read once."""
+        identity = journey.identity
+        self._cache[identity] = journey
+        self._dirty[identity] = None
+        deadline = self._next_deadline(journey)
+        if deadline is None:
+            return
+        known = clock.scheduled.get(identity)
+        if known is None or deadline < known:
+            clock.scheduled[identity] = deadline
+            heappush(clock.heap, (deadline, identity))
 
     def _next_deadline(self, journey: Journey) -> int | None:
         if journey.linked_to is not None:  # a stub: forgotten `ttl` after its id was last seen
@@ -787,52 +812,55 @@ class Engine:
         deadline = self._next_deadline(journey)
         if deadline is None:
             return
-        known = clock.scheduled.get(journey.identity)
+        identity = journey.identity
+        known = clock.scheduled.get(identity)
         if known is None or deadline < known:
-            clock.scheduled[journey.identity] = deadline
-            heapq.heappush(clock.heap, (deadline, journey.identity))
+            clock.scheduled[identity] = deadline
+            heappush(clock.heap, (deadline, identity))
 
-    def _fire_due(self, partition: int, clock: _PartitionClock, watermark: int) -> Outputs:
-        """The deadlines before `watermark` (the partition's floor, `_floor`, as it is now).
+    def _fire_due(self, partition: int, clock: _PartitionClock, watermark: int, out: Outputs) -> None:
+        """The deadlines before `watermark` (the partition's floor, `_floor`, as it is now), their
+        outputs added to `out`.
 
         A journey looked at is rescheduled in place of its entry (one `heapreplace`, not a pop
         and a push): nothing else touches the heap meanwhile, and its next deadline is past the
         watermark (`advance` fired everything before it), so it waits for a later call. The
         entries come off in the same order (the least first): the heap's layout never decides it."""
-        out: Outputs = []
         heap, scheduled = clock.heap, clock.scheduled
+        machine, ttl = self.machine, self.rules.ttl
         while heap:
             deadline, identity = heap[0]
             if deadline >= watermark:
                 break
-            if scheduled.get(identity) != deadline:
-                heapq.heappop(heap)
+            known = scheduled.get(identity)
+            if known is None or known != deadline:
+                heappop(heap)
                 continue
             del scheduled[identity]
             journey = self.load(identity)
             if journey is None:
-                heapq.heappop(heap)
+                heappop(heap)
                 continue
             if journey.linked_to is not None:
-                if journey.last_ts + self.rules.ttl < watermark:
-                    heapq.heappop(heap)
+                if journey.last_ts + ttl < watermark:
+                    heappop(heap)
                     self._delete(identity)  # the link expired: the id is anonymous again
                 else:
-                    self._reschedule_top(clock, journey)
+                    self._reschedule_top(clock, journey, identity)
                 continue
-            fired = self.machine.advance(journey, watermark)
+            fired = machine.advance(journey, watermark)
             if fired:
-                out.extend(fired)
-                self._put(journey)
-            self._reschedule_top(clock, journey)
-        return out
+                out += fired
+                self._cache[identity] = journey  # `_put`
+                self._dirty[identity] = None
+            self._reschedule_top(clock, journey, identity)
 
-    def _reschedule_top(self, clock: _PartitionClock, journey: Journey) -> None:
+    def _reschedule_top(self, clock: _PartitionClock, journey: Journey, identity: str) -> None:
         """`_schedule` for the journey whose entry is the heap's top (and no longer scheduled):
         its next deadline replaces the entry, or the entry goes when it has none."""
         deadline = self._next_deadline(journey)
         if deadline is None:
-            heapq.heappop(clock.heap)
+            heappop(clock.heap)
             return
-        clock.scheduled[journey.identity] = deadline
-        heapq.heapreplace(clock.heap, (deadline, journey.identity))
+        clock.scheduled[identity] = deadline
+        heapreplace(clock.heap, (deadline, identity))
