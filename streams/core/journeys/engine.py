@@ -49,6 +49,7 @@ from streams.core.journeys.identity import (
     Item,
     Merge,
     Source,
+    Step,
     decide,
     decode_item,
     forwarder_source,
@@ -516,23 +517,36 @@ class Engine:
             if journey is None:
                 continue
             assert upto is not None
-            ready = [decode_item(body) for body in journey.held if body["ts"] <= upto]
-            journey.held = [body for body in journey.held if body["ts"] > upto]
-            links: dict[int, IdentityLink] = {}
-            for step, item in release_order(ready):
+            held = journey.held
+            if len(held) == 1 and held[0]["ts"] <= upto:  # one item (most people): no filtering
+                ready = [decode_item(held[0])]
+                journey.held = []
+            else:
+                ready = [decode_item(body) for body in held if body["ts"] <= upto]
+                journey.held = [body for body in held if body["ts"] > upto]
+            steps: list[tuple[Step, Item]]
+            if len(ready) == 1 and isinstance(ready[0], Forwarded):  # one event: nothing to order
+                steps = [("event", ready[0])]
+            else:
+                steps = release_order(ready)
+            links: dict[int, dict[str, Any]] | None = None
+            for step, item in steps:
                 if step == "merge" and isinstance(item, Merge):
                     merged, link = self._merge(journey, item)
                     out += merged
                     if link is not None:
+                        if links is None:
+                            links = {}
                         links[id(item)] = link
                     continue
                 journey, applied = self.machine.apply(journey, self._event_of(item))
                 if item.source is not None and _refused_any(applied):  # where it was read
                     applied = placed(applied, *item.source)
                 out += applied
-                link = links.pop(id(item), None)
-                if link is not None:  # what the merge kept, once its linking event has applied
-                    out.append(self._linked(journey, link))
+                if links is not None:
+                    link = links.pop(id(item), None)
+                    if link is not None:  # what the merge kept, once its linking event has applied
+                        out.append(self._linked(journey, link))
             self._save(clock, journey)
             self._schedule_hold(clock, journey)  # what is still held waits for a later watermark
         if blocked:
@@ -630,10 +644,10 @@ class Engine:
                 if not noticed:
                     del notices[person]
 
-    def _merge(self, journey: Journey, item: Merge) -> tuple[Outputs, IdentityLink | None]:
+    def _merge(self, journey: Journey, item: Merge) -> tuple[Outputs, dict[str, Any] | None]:
         """The anonymous journey joins the person's (its linking event applies after, in its
-        place among the held events); the identity output to complete once it has, or None when
-        this merge was delivered before."""
+        place among the held events); the identity output's fields, to complete and build once it
+        has (`_linked`), or None when this merge was delivered before."""
         if item.anonymous_id in journey.merged:
             return [], None
         user_history = journey.last_ts > 0
@@ -653,31 +667,32 @@ class Engine:
             if journey.anonymous_id is None:
                 journey.anonymous_id = item.anonymous_id
         event = self._event_of(item, keep=True)  # its event applies later, as a step of its own
-        # unvalidated (`build`): every value is of its field's type already, as `_linked`'s update
-        link = build(
-            IdentityLink,
-            id=output_id("identity", item.anonymous_id, item.person, event.event_id),
-            user_id=item.person,
-            anonymous_id=item.anonymous_id,
-            session_id=event.session_id,
-            timestamp=event.timestamp,
-            action="linked",
-            event=event.event,
-            event_id=event.event_id,
-            anonymous_history=anonymous is not None,
-            user_history=user_history,
-            attempts_merged=ended,
-        )
+        # in this order: the output's fields come out in it (`_linked`)
+        link: dict[str, Any] = {
+            "id": output_id("identity", item.anonymous_id, item.person, event.event_id),
+            "user_id": item.person,
+            "anonymous_id": item.anonymous_id,
+            "session_id": event.session_id,
+            "timestamp": event.timestamp,
+            "action": "linked",
+            "event": event.event,
+            "event_id": event.event_id,
+            "anonymous_history": anonymous is not None,
+            "user_history": user_history,
+            "attempts_merged": ended,
+        }
         return out, link
 
     @staticmethod
-    def _linked(journey: Journey, link: IdentityLink) -> IdentityLink:
-        """`link` completed (what `model_copy(update=...)` gives, a fraction of its cost)."""
-        values = dict(link.__dict__)
-        values["session_id"] = journey.session.id if journey.session is not None else link.session_id
-        values["first_touch"] = merged_first_touch(journey)
-        values["attempts_kept"] = {key: attempt.reached for key, attempt in journey.attempts.items()}
-        return build(IdentityLink, **values)
+    def _linked(journey: Journey, link: dict[str, Any]) -> IdentityLink:
+        """The identity output `_merge` began, completed with what the merge kept and built once,
+        unvalidated (`build`): every value is of its field's type already. Its fields come out
+        in the order one built before the merge and copied with these three set gave."""
+        if journey.session is not None:
+            link["session_id"] = journey.session.id
+        link["first_touch"] = merged_first_touch(journey)
+        link["attempts_kept"] = {key: attempt.reached for key, attempt in journey.attempts.items()}
+        return build(IdentityLink, **link)
 
     @staticmethod
     def _refused(event: ClickEvent, linked_to: str) -> IdentityLink:

@@ -32,6 +32,7 @@ from streams.core.journeys.journey import (
     version_index,
 )
 from streams.core.records.outputs import FirstTouch
+from streams.core.records.trusted import build
 
 MAX_MERGED_IDS = 8
 
@@ -134,7 +135,9 @@ def _merge_seen(person: Journey, anonymous: Journey) -> None:
 def merged_first_touch(journey: Journey) -> FirstTouch | None:
     if journey.first_touch is None:
         return None
-    return FirstTouch(
+    # unvalidated (`build`): a datetime and two optional strings, its fields' types
+    return build(
+        FirstTouch,
         timestamp=from_epoch_ms(journey.first_touch),
         landing_page=journey.first_landing,
         channel=journey.first_channel,
