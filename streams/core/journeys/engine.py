@@ -339,6 +339,8 @@ class Engine:
         for identity in self._dirty:
             journey = cache[identity]
             if journey is not None:
+                if journey.held:
+                    self._fill_held(journey)
                 store[identity] = journey.dumps()
             elif identity in store:
                 del store[identity]
@@ -367,7 +369,7 @@ class Engine:
         clock = self._clock(partition)
         if event.anonymous_id is None:  # the person's own event: held with what is forwarded to it
             return self._send(
-                partition, Forwarded(home, event.to_json_dict(), event.ts_ms, source=source), event
+                partition, Forwarded(home, self._event_dict(event), event.ts_ms, source=source), event
             )
         journey = self.load(home)
         decision, person = decide(self.rules, journey.linked_to if journey else None, event)
@@ -381,6 +383,8 @@ class Engine:
             stub = Journey(None, home, linked_to=person, last_ts=event.ts_ms)
             if journey is not None:
                 out += self.machine.advance(journey, event.ts_ms)
+                if journey.held:
+                    self._fill_held(journey)
                 state = journey.dumps()
                 stub.last_ts = max(stub.last_ts, journey.last_ts)
                 # the events the anonymous journey applied travel in it: the stub remembers
@@ -402,7 +406,7 @@ class Engine:
             if journey is not None and journey.linked_to is not None and event.ts_ms > journey.last_ts:
                 journey.last_ts = event.ts_ms  # the link lives on while its anonymous id is seen
                 self._save(clock, journey)
-            item = Forwarded(person, event.to_json_dict(), event.ts_ms, source=source)
+            item = Forwarded(person, self._event_dict(event), event.ts_ms, source=source)
         return out + self._send(partition, item, event)
 
     def forget(self, identity: str) -> list[str]:
@@ -461,6 +465,25 @@ class Engine:
         self._put(journey)
         self._schedule_hold(clock, journey)
         return self._release_due(partition, clock)
+
+    def _event_dict(self, event: ClickEvent) -> dict[str, Any]:
+        """A forwarded item's event: its JSON form, or without forwarding (offline) an empty dict
+        that `_fill_held` fills in only if the journey holding it is written before the item is
+        released (the flush), or its events are read (`release_order`, `_conflicts`): a held
+        event released in its own run (most are) is applied from its `ClickEvent` (`_event_of`)
+        and never needs the form, a `model_dump` of the whole event."""
+        return event.to_json_dict() if self.forwarding else {}
+
+    def _fill_held(self, journey: Journey) -> None:
+        """The event of each held body `_event_dict` left empty, filled in from its `ClickEvent`
+        (registered in `_clicks` with the body until it is released): the JSON form it stands for."""
+        clicks = self._clicks
+        for body in journey.held:
+            event = body["event"]
+            if not event:
+                known = clicks.get(id(body))
+                if known is not None and known[0] is body:
+                    event.update(known[1].to_json_dict())
 
     def _event_of(self, item: Item, keep: bool = False) -> ClickEvent:
         """The item's event: the one validated when it was held in this run, else validated now."""
@@ -522,6 +545,7 @@ class Engine:
                 ready = [decode_item(held[0])]
                 journey.held = []
             else:
+                self._fill_held(journey)  # `release_order` reads the events
                 ready = [decode_item(body) for body in held if body["ts"] <= upto]
                 journey.held = [body for body in held if body["ts"] > upto]
             steps: list[tuple[Step, Item]]
@@ -602,6 +626,7 @@ class Engine:
         homes = {self.partition_of(anonymous) for anonymous in merged}
         if journey.anonymous_id is not None:
             homes.add(self.partition_of(journey.anonymous_id))
+        self._fill_held(journey)
         for body in journey.held:
             anonymous = body.get("merge") or body["event"].get("anonymous_id")
             if isinstance(anonymous, str):

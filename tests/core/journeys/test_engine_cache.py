@@ -10,7 +10,9 @@ from typing import Any
 from streams.core.config.loader import parse_config
 from streams.core.config.matching import compile_config
 from streams.core.input.decode import decode_message
+from streams.core.input.event import ClickEvent
 from streams.core.journeys.engine import Engine
+from streams.core.journeys.journey import Journey
 from streams.settings import DEFAULT_FUNNELS
 from streams.tools.simulate import Simulator
 
@@ -57,8 +59,15 @@ class Handed(dict[int, Any]):
             super().__setitem__(key, value)
 
 
-def replay(store: Recording, flush_every: int | None, handed: Handed | None = None) -> list[bytes]:
-    """The simulated shop through one engine, flushed every `flush_every` lines (None: at the end)."""
+def replay(
+    store: Recording,
+    flush_every: int | None,
+    handed: Handed | None = None,
+    held_at_flush: list[dict[str, Any]] | None = None,
+) -> list[bytes]:
+    """The simulated shop through one engine, flushed every `flush_every` lines (None: at the end);
+    with `held_at_flush`, flushed between each line's events and their observation instead (the
+    held items of the line not released yet), the held bodies then written added to it."""
     engine = Engine(CONFIG, store, 2, expected_sources=["s"])
     out: list[bytes] = []
     latest = 0
@@ -68,6 +77,11 @@ def replay(store: Recording, flush_every: int | None, handed: Handed | None = No
             if handed is not None and engine._handed is not handed:
                 engine._handed = handed  # (the flush starts a new one)
             out += [o.to_json() for o in engine.process(event)]
+        if held_at_flush is not None:
+            written = [key for key in engine._dirty if engine._cache[key] is not None]
+            engine.flush()
+            for key in written:
+                held_at_flush += Journey.loads(store[key]).held
         for partition in range(2):
             out += [o.to_json() for o in engine.observe(partition, "s", latest)]
         if flush_every is not None and n % flush_every == 0:
@@ -97,6 +111,24 @@ def test_a_merge_gives_the_same_outputs_and_states_with_the_live_or_the_decoded_
     assert live.data == decoded.data
     merges = sum(b'"action":"linked"' in line for line in expected)
     assert merges > 10 and kept.kept >= merges
+
+
+def test_a_held_event_written_before_its_release_is_stored_whole_and_applies_the_same() -> None:
+    """Without forwarding, a held event's JSON form is made only if its journey is written before
+    the event is released (`Engine._event_dict`): flushed between the events and the observation
+    that releases them, the held bodies carry each event's whole form, and the outputs and the
+    final states are those of flushing once at the end."""
+    held: list[dict[str, Any]] = []
+    expected = replay(Recording(), flush_every=None)
+    between = Recording()
+    assert replay(between, flush_every=None, held_at_flush=held) == expected
+    assert len(held) > 50
+    for body in held:
+        event = body["event"]
+        assert event and ClickEvent.model_validate(event).to_json_dict() == event
+    once = Recording()
+    replay(once, flush_every=None)
+    assert between.data == once.data
 
 
 def test_the_store_is_untouched_until_the_flush_and_then_sees_each_change_once() -> None:
