@@ -167,6 +167,9 @@ class Engine:
         self._late: Final = config.late_tolerance
         self.outbox: list[tuple[int, Item]] = []
         self._clocks: dict[int, _PartitionClock] = {}
+        self._every: list[_PartitionClock] = []
+        """Every partition's clock by partition, once `observe_all` has made them all (emptied
+        whenever `_clocks` changes): read by index, where `_clocks` boxes the partition to look it up."""
         self._cache: dict[str, Journey | None] = {}
         """Journeys read or saved since the last flush (None: known to be absent)."""
         self._dirty: dict[str, None] = {}
@@ -193,10 +196,15 @@ class Engine:
             self._floor(clock)  # what every read of the floor does first (`observe` relies on it)
             clocks[int(partition)] = clock
         self._clocks = clocks
+        self._every = []
 
     def _clock(self, partition: int) -> _PartitionClock:
+        every = self._every
+        if 0 <= partition < len(every):
+            return every[partition]
         clock = self._clocks.get(partition)
         if clock is None:
+            self._every = []
             expected = set(self.expected_sources)
             if self.forwarding:
                 expected |= {forwarder_source(p) for p in range(self.partitions) if p != partition}
@@ -747,10 +755,12 @@ class Engine:
     def observe_all(self, source: str, event_time: int) -> Outputs:
         """`observe` on every partition in turn (offline mode: one source feeds them all)."""
         out: Outputs = []
-        clocks = self._clocks
-        for partition in range(self.partitions):
-            clock = clocks.get(partition) or self._clock(partition)
-            self._observed(partition, clock, source, event_time, out)
+        every = self._every
+        if not every:
+            every = [self._clock(partition) for partition in range(self.partitions)]
+            self._every = every
+        for partition in range(len(every)):
+            self._observed(partition, every[partition], source, event_time, out)
         return out
 
     def _observed(
@@ -759,18 +769,20 @@ class Engine:
         """`observe`, its outputs added to `out` (one list per call, however many partitions)."""
         waiting = clock.waiting_for
         moved = False
-        if waiting and source in waiting:
+        if len(waiting) and source in waiting:  # len(): a native read of the set's size
             waiting.discard(source)
             moved = True
         sources = clock.sources
-        reached = sources.get(source)
-        if reached is None or event_time > reached:
+        prior = sources.get(source)
+        if prior is None or event_time > prior:
             sources[source] = event_time
             reached = event_time
             moved = True
+        else:
+            reached = prior  # (a native int: `event_time` is boxed once, for the dict)
         if moved:
             # the floor moves only with the sources: unchanged, it is still right
-            if not waiting and len(sources) == 1:  # offline's one source: `_floor` without the loop
+            if not len(waiting) and len(sources) == 1:  # offline's one source: `_floor` without the loop
                 current = reached - self._late
                 clock.floor_at = max(clock.floor_at, current)
             else:
@@ -825,6 +837,7 @@ class Engine:
         self.flush()
         for partition in partitions:
             self._clocks.pop(partition, None)
+        self._every = []
 
     def pending_deadlines(self, partition: int) -> int:
         clock = self._clocks.get(partition)
