@@ -14,6 +14,7 @@ import hashlib
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from typing import Any, Final, Literal
 
 import orjson
@@ -475,6 +476,23 @@ _A_LAST: Final = _stored(Attempt).index("last")
 _A_BREAKDOWNS: Final = _stored(Attempt).index("breakdowns")
 
 Outputs = list[OutputEvent]
+
+_MOMENTS: Final[dict[int, datetime]] = {}
+MAX_MOMENTS: Final = 4_096
+"""Event times whose datetime `moment` keeps (bounded: emptied when full)."""
+
+
+def moment(ms: int) -> datetime:
+    """`from_epoch_ms`, remembered: an attempt's start, a session's start and end recur in several
+    outputs (each step reached, its drop-off or stall), and a datetime costs some thirty times a
+    dictionary lookup to build. The same object for the same millisecond (datetimes are
+    immutable), so the outputs are the same."""
+    known = _MOMENTS.get(ms)
+    if known is None:
+        if len(_MOMENTS) >= MAX_MOMENTS:
+            _MOMENTS.clear()
+        known = _MOMENTS[ms] = from_epoch_ms(ms)
+    return known
 
 
 Chain = tuple[int, int]
@@ -964,11 +982,11 @@ class JourneyMachine:
                 user_id=journey.user_id,
                 anonymous_id=journey.anonymous_id,
                 session_id=attempt.session_id,
-                timestamp=from_epoch_ms(journey.last_ts),
+                timestamp=moment(journey.last_ts),
                 funnel=name,
                 step=step,
                 step_index=k,
-                started_at=from_epoch_ms(attempt.start),
+                started_at=moment(attempt.start),
                 breakdowns=attempt.breakdowns,
                 funnel_version=written,
             )
@@ -1098,7 +1116,7 @@ class JourneyMachine:
                 if funnel.scope == "session":
                     self.drop(journey, funnel, "session_ended", at, out, key)
         campaign = session.campaign
-        ended = from_epoch_ms(session.last)
+        ended = moment(session.last)
         out.append(
             build(
                 SessionSummary,
@@ -1107,12 +1125,14 @@ class JourneyMachine:
                 anonymous_id=journey.anonymous_id,
                 session_id=session.id,
                 timestamp=ended,
-                started_at=from_epoch_ms(session.start),
+                started_at=moment(session.start),
                 ended_at=ended,
                 duration_ms=session.last - session.start,
                 landing_page=session.landing,
                 channel=session.channel,
-                campaign=dict(zip(("source", "medium", "name"), campaign, strict=True)) if campaign else None,
+                campaign=(
+                    {"source": campaign[0], "medium": campaign[1], "name": campaign[2]} if campaign else None
+                ),
                 page_views=session.page_views,
                 events=session.events,
                 microconversions=session.micros,
@@ -1359,8 +1379,8 @@ class JourneyMachine:
                 final=complete,
                 event=event.event,
                 event_id=event.event_id,
-                started_at=from_epoch_ms(attempt.start),
-                previous_at=from_epoch_ms(previous_at) if previous_at is not None else None,
+                started_at=moment(attempt.start),
+                previous_at=moment(previous_at) if previous_at is not None else None,
                 landing_page=session.landing,
                 channel=session.channel,
                 breakdowns=attempt.breakdowns,
@@ -1385,13 +1405,24 @@ class JourneyMachine:
         attempt = journey.attempts.pop(key)
         journey.attempts_due = False
         journey.ties.pop(tie_key(funnel.version, key), None)
+        # the fields spelled out rather than `**_attempt_fields`: compiled, a call with a `**`
+        # merge goes through the generic call path, this one is a direct call
         out.append(
             build(
                 Dropoff,
                 id=output_id("dropoff", journey.identity, funnel.name, attempt.number),
                 reason=reason,
                 time_in_funnel_ms=attempt.last - attempt.start,
-                **self._attempt_fields(journey, funnel, attempt, at),
+                user_id=journey.user_id,
+                anonymous_id=journey.anonymous_id,
+                session_id=attempt.session_id,
+                timestamp=moment(at),
+                funnel=funnel.name,
+                step=funnel.steps[attempt.reached].name,
+                step_index=attempt.reached,
+                started_at=moment(attempt.start),
+                breakdowns=attempt.breakdowns,
+                funnel_version=funnel.version,
             )
         )
 
@@ -1405,7 +1436,16 @@ class JourneyMachine:
                 Stalled,
                 id=output_id("stalled", journey.identity, funnel.name, attempt.number, attempt.last),
                 idle_ms=at - attempt.last,
-                **self._attempt_fields(journey, funnel, attempt, at),
+                user_id=journey.user_id,
+                anonymous_id=journey.anonymous_id,
+                session_id=attempt.session_id,
+                timestamp=moment(at),
+                funnel=funnel.name,
+                step=funnel.steps[attempt.reached].name,
+                step_index=attempt.reached,
+                started_at=moment(attempt.start),
+                breakdowns=attempt.breakdowns,
+                funnel_version=funnel.version,
             )
         )
 
@@ -1413,16 +1453,16 @@ class JourneyMachine:
     def _attempt_fields(
         journey: Journey, funnel: CompiledFunnel, attempt: Attempt, at: int
     ) -> dict[str, Any]:
-        """What a drop-off and a stall say of the attempt they end or flag."""
+        """What a carried attempt's output says of it (`drop` and `_stall` spell the same out)."""
         return {
             "user_id": journey.user_id,
             "anonymous_id": journey.anonymous_id,
             "session_id": attempt.session_id,
-            "timestamp": from_epoch_ms(at),
+            "timestamp": moment(at),
             "funnel": funnel.name,
             "step": funnel.steps[attempt.reached].name,
             "step_index": attempt.reached,
-            "started_at": from_epoch_ms(attempt.start),
+            "started_at": moment(attempt.start),
             "breakdowns": attempt.breakdowns,
             "funnel_version": funnel.version,
         }
@@ -1492,7 +1532,7 @@ class JourneyMachine:
             channel=session.channel,
             first_touch=build(
                 FirstTouch,
-                timestamp=from_epoch_ms(first_touch),
+                timestamp=moment(first_touch),
                 landing_page=journey.first_landing,
                 channel=journey.first_channel,
             ),
