@@ -24,6 +24,7 @@ from streams.core.config.matching import CompiledConfig, CompiledFunnel, Compile
 from streams.core.config.versions import Definition, continues, shared_steps
 from streams.core.input.channel import Traffic, classify_traffic
 from streams.core.input.event import ClickEvent, from_epoch_ms, url_path
+from streams.core.input.fields import lookup, text_values
 from streams.core.records.ids import output_id, short_hash
 from streams.core.records.outputs import (
     Carried,
@@ -543,7 +544,7 @@ def held_values(funnel: CompiledFunnel, event: ClickEvent) -> tuple[str, ...] | 
     (such an event cannot share a value with the other steps, so it counts for no attempt)."""
     values: list[str] = []
     for path in funnel.hold:
-        value = event.lookup(path)
+        value = lookup(event, path)
         if value is None:
             return None
         values.append(str(value)[:MAX_BREAKDOWN_VALUE])
@@ -1017,7 +1018,7 @@ class JourneyMachine:
         plan = self._plans.get(name) or self._plan(name)
         if plan.funnels:
             journey.attempts_due = False  # and the attempts, when a funnel can take it
-        session = self._session_for(journey, event, now, out)
+        session = self._session_for(journey, event, ts, now, out)
         if plan.page_view:
             session.page_views += 1
             journey.page_views += 1
@@ -1060,19 +1061,21 @@ class JourneyMachine:
             journey.seen = [journey.seen[i] for i in keep]
             journey.seen_at = [journey.seen_at[i] for i in keep]
 
-    def _session_for(self, journey: Journey, event: ClickEvent, now: int, out: Outputs) -> Session:
+    def _session_for(self, journey: Journey, event: ClickEvent, ts: int, now: int, out: Outputs) -> Session:
         """The open session, or a new one on a new session id or campaign.
 
         An event older than the journey's latest (late, but within the tolerance) joins the open
         session whatever it carries: reopening the past would depend on arrival order.
         """
         current = journey.session
-        given, event_session = event.campaign, event.session_id  # (a model's attribute: a lookup)
-        campaign = list(given.key()) if given is not None else None
+        # each a model's attribute (a generic lookup): read once; the campaign's fields rather
+        # than `Campaign.key`, a method the interpreter runs (pydantic models are not compiled)
+        given, event_session = event.campaign, event.session_id
+        campaign = [given.source, given.medium, given.name] if given is not None else None
         if current is not None:
             same_id = event_session is None or event_session == current.id
             same_campaign = campaign is None or campaign == current.campaign
-            if (same_id and same_campaign) or event.ts_ms < journey.last_ts:
+            if (same_id and same_campaign) or ts < journey.last_ts:
                 return current
             self._close_session(journey, now, out)
         page = event.page
@@ -1095,7 +1098,7 @@ class JourneyMachine:
         session_id = event_session or "s-" + output_id(journey.identity, journey.sequence)[:16]
         session = Session(journey.sequence, session_id, now, now, landing, channel, campaign)
         audience = event.audience
-        session.audience = audience.values() if audience is not None else None
+        session.audience = text_values(audience.__dict__) if audience is not None else None  # `values`
         session.source, session.medium, session.term = traffic.source, traffic.medium, traffic.term
         journey.session = session
         journey.sessions += 1
@@ -1508,7 +1511,7 @@ class JourneyMachine:
         value_path: tuple[str, ...] | None,
         dimensions: dict[str, str | None],
     ) -> MacroConversion:
-        raw_value = event.lookup(value_path) if value_path else None
+        raw_value = lookup(event, value_path) if value_path else None
         value = (
             float(raw_value)
             if isinstance(raw_value, int | float) and not isinstance(raw_value, bool)
@@ -1562,7 +1565,7 @@ class JourneyMachine:
                 parts = split.get(path)
                 if parts is None:
                     parts = split[path] = tuple(path.split("."))  # the configuration's paths
-                value = event.lookup(parts)
+                value = lookup(event, parts)
             values[path] = None if value is None else str(value)[:MAX_BREAKDOWN_VALUE]
         return values
 
