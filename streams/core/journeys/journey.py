@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
+from binascii import a2b_base64, b2a_base64
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -46,7 +47,7 @@ stub, held items and merged ids (trailing fields: versions 1 and 2 load with the
 a reader of version 2 refuses a version 3 state rather than misread it). 4: each attempt names
 the funnel version it was written under, as an index into its journey's table of versions
 (`Journey.versions`); attempts of versions 1 to 3 load with no version (`Attempt.version` -1).
-5: the same fields, smaller (`_compact`): times as milliseconds before `last_ts`, well-known
+5: the same fields, smaller (`Journey.dumps`, `_expand`): times as milliseconds before `last_ts`, well-known
 breakdown names as numbers, trailing empty fields left out."""
 LOADABLE_VERSIONS = frozenset({1, 2, 3, 4, STATE_VERSION})
 WRITABLE_VERSIONS = (4, STATE_VERSION)
@@ -141,6 +142,27 @@ class Session:
         self.source = source
         self.medium = medium
         self.term = term
+
+    def values_before(self, last_ts: int) -> list[Any]:
+        """`values` as version 5 stores them: the start and last as milliseconds before `last_ts`."""
+        return [
+            self.number,
+            self.id,
+            last_ts - self.start,
+            last_ts - self.last,
+            self.landing,
+            self.channel,
+            self.campaign,
+            self.page_views,
+            self.events,
+            self.micros,
+            self.goals,
+            self.returning,
+            self.audience,
+            self.source,
+            self.medium,
+            self.term,
+        ]
 
     def values(self) -> list[Any]:
         """The stored fields in order: the positional form journeys are stored in."""
@@ -339,10 +361,74 @@ class Journey:
         return self.user_id if self.user_id is not None else self.anonymous_id  # type: ignore[return-value]
 
     def dumps(self) -> bytes:
-        session, seen, now_s = self.session, self.seen, self.last_ts // 1000
-        # the stored fields in order (`_stored`), after the version
-        values = [
+        if _WRITING[0] != STATE_VERSION:
+            return self._dumps_v4()
+        # version 5 written directly (`_expand` says what it is against version 4's layout): no
+        # version 4 lists built first and rewritten in place
+        last_ts, session, first_touch = self.last_ts, self.session, self.first_touch
+        codes = _BREAKDOWN_CODES
+        attempts: dict[str, list[Any]] = {}
+        for name, a in self.attempts.items():
+            flat: list[Any] = []
+            for label, value in a.breakdowns.items():
+                flat.append(codes.get(label, label))
+                flat.append(value)
+            attempts[name] = [
+                a.number,
+                last_ts - a.start,
+                last_ts - a.last,
+                a.reached,
+                a.done_mask,
+                a.session_id,
+                flat,
+                a.stalled,
+                a.chains,
+                a.version,
+            ]
+        values: list[Any] = [
             STATE_VERSION,
+            self.user_id,
+            self.anonymous_id,
+            last_ts - first_touch if first_touch is not None else None,
+            self.first_landing,
+            self.first_channel,
+            last_ts,
+            self.sequence,
+            self.sessions,
+            self.page_views,
+            session.values_before(last_ts) if session is not None else None,
+            attempts,
+            self.path,
+            _packed_ids(self.seen),
+            self._seen_ages(),
+        ]
+        # the trailing fields while empty are left out (they load with their defaults)
+        linked_to, held, merged = self.linked_to, self.held, self.merged
+        ties, versions = self.ties, self.versions
+        if versions:
+            values += [linked_to, held, merged, ties, versions]
+        elif ties:
+            values += [linked_to, held, merged, ties]
+        elif merged:
+            values += [linked_to, held, merged]
+        elif held:
+            values += [linked_to, held]
+        elif linked_to is not None:
+            values.append(linked_to)
+        # orjson's result keeps the buffer it grew while encoding (about 8 KiB for a 1.5 KB
+        # state); the table holds one per user, so it keeps an exact-size copy instead
+        return bytes(memoryview(orjson.dumps(values)))
+
+    def _seen_ages(self) -> list[int]:
+        now_s = self.last_ts // 1000
+        return [now_s - at for at in self.seen_at]
+
+    def _dumps_v4(self) -> bytes:
+        """Version 4 (`write_state_version`, a rolling upgrade): the stored fields in order
+        (`_stored`), after the version."""
+        session = self.session
+        values = [
+            4,
             self.user_id,
             self.anonymous_id,
             self.first_touch,
@@ -355,23 +441,14 @@ class Journey:
             session.values() if session is not None else None,
             {name: a.values() for name, a in self.attempts.items()},
             self.path,
-            # the remembered ids are most of a busy user's state: fingerprints as packed bytes
-            # (11 characters each, not 20 digits) and their times as ages in seconds
-            base64.b64encode(struct.pack(f"<{len(seen)}Q", *seen)).decode(),
-            [now_s - at for at in self.seen_at],
+            _packed_ids(self.seen),
+            self._seen_ages(),
             self.linked_to,
             self.held,
             self.merged,
             self.ties,
             self.versions,
         ]
-        writing = _WRITING[0]
-        if writing == STATE_VERSION:
-            _compact(values)
-        else:
-            values[0] = writing
-        # orjson's result keeps the buffer it grew while encoding (about 8 KiB for a 1.5 KB
-        # state); the table holds one per user, so it keeps an exact-size copy instead
         return bytes(memoryview(orjson.dumps(values)))
 
     @classmethod
@@ -389,7 +466,7 @@ class Journey:
             values[_SESSION_AT] = Session(*values[_SESSION_AT])
         values[_ATTEMPTS_AT] = {name: Attempt(*a) for name, a in values[_ATTEMPTS_AT].items()}
         if version >= 2:
-            packed = base64.b64decode(values[_SEEN_AT])
+            packed = a2b_base64(values[_SEEN_AT])  # what `base64.b64decode` calls
             values[_SEEN_AT] = list(struct.unpack(f"<{len(packed) // 8}Q", packed))
         journey = cls(*values)
         if version >= 2:
@@ -409,29 +486,17 @@ def write_state_version(version: int) -> None:
     _WRITING[0] = version
 
 
-def _compact(values: list[Any]) -> None:
-    """A version 4 layout made version 5's, in place: the times against `last_ts`
-    (`_times_against_last`); breakdowns as a flat list of name (or `BREAKDOWN_NAMES` index) and
-    value; the trailing fields from `linked_to` on left out while they are empty (they load with
-    their defaults)."""
-    values[0] = STATE_VERSION
-    _times_against_last(values)
-    codes = _BREAKDOWN_CODES
-    for stored in values[_V_ATTEMPTS].values():
-        flat: list[Any] = []
-        for name, value in stored[_A_BREAKDOWNS].items():
-            flat.append(codes.get(name, name))
-            flat.append(value)
-        stored[_A_BREAKDOWNS] = flat
-    end = len(values)
-    # None, [] or {} (the trailing fields' defaults); never a string
-    while end > _V_LINKED and not values[end - 1] and values[end - 1] != "":
-        end -= 1
-    del values[end:]
+def _packed_ids(seen: list[int]) -> str:
+    """The remembered ids are most of a busy user's state: their fingerprints as packed bytes
+    (11 characters each, not 20 digits), in base64 (`binascii`'s, which `base64.b64encode` calls)."""
+    return b2a_base64(struct.pack(f"<{len(seen)}Q", *seen), newline=False).decode()
 
 
 def _expand(values: list[Any]) -> None:
-    """`_compact` undone: a version 5 layout as version 4's, in place."""
+    """A version 5 layout as version 4's, in place: the times against `last_ts` back as epoch
+    milliseconds (`_times_against_last`), the breakdowns, a flat list of name (or
+    `BREAKDOWN_NAMES` index) and value, as a dict. The trailing fields version 5 leaves out while
+    empty (from `linked_to` on) load with their defaults."""
     _times_against_last(values)
     for stored in values[_V_ATTEMPTS].values():
         flat = stored[_A_BREAKDOWNS]
@@ -444,7 +509,7 @@ def _expand(values: list[Any]) -> None:
 def _times_against_last(values: list[Any]) -> None:
     """First touch, the session's and the attempts' start and last replaced by `last_ts` less
     them, in place: epoch milliseconds become milliseconds before `last_ts` (about 9 digits, not
-    13), and back, as the map is its own inverse (`_compact` and `_expand` both call it)."""
+    13), and back (`Journey.dumps` writes the same directly)."""
     last_ts: int = values[_V_LAST_TS]
     first_touch = values[_V_FIRST_TOUCH]
     if first_touch is not None:
@@ -463,13 +528,12 @@ _SESSION_AT = _JOURNEY_FIELDS.index("session")
 _ATTEMPTS_AT = _JOURNEY_FIELDS.index("attempts")
 _SEEN_AT = _JOURNEY_FIELDS.index("seen")
 # positions in a stored journey, counting its version at 0 (`Journey.dumps`), and in a stored
-# session and attempt (`Session.values`, `Attempt.values`), for `_compact` and `_expand`
+# session and attempt (`Session.values`, `Attempt.values`), for `_expand`
 # (Final: compiled, read as constants rather than looked up in the module per call)
 _V_FIRST_TOUCH: Final = _JOURNEY_FIELDS.index("first_touch") + 1
 _V_LAST_TS: Final = _JOURNEY_FIELDS.index("last_ts") + 1
 _V_SESSION: Final = _SESSION_AT + 1
 _V_ATTEMPTS: Final = _ATTEMPTS_AT + 1
-_V_LINKED: Final = _JOURNEY_FIELDS.index("linked_to") + 1
 _S_START: Final = _stored(Session).index("start")
 _S_LAST: Final = _stored(Session).index("last")
 _A_START: Final = _stored(Attempt).index("start")
@@ -572,11 +636,19 @@ def chain_slots(attempt: Attempt, funnel: CompiledFunnel) -> list[Chain | None]:
 
 def store_chain_slots(attempt: Attempt, slots: list[Chain | None]) -> None:
     """Pack the chains as offsets from the attempt's start (short numbers), trailing gaps cut."""
+    end = len(slots)
+    while end and slots[end - 1] is None:
+        end -= 1
     flat: list[int | None] = []
-    for slot in slots:
-        flat += [None, None] if slot is None else [slot[0] - attempt.start, slot[1] - attempt.start]
-    while flat and flat[-1] is None:
-        del flat[-2:]
+    start = attempt.start
+    for k in range(end):
+        slot = slots[k]
+        if slot is None:
+            flat.append(None)
+            flat.append(None)
+        else:
+            flat.append(slot[0] - start)
+            flat.append(slot[1] - start)
     attempt.chains = flat
 
 
