@@ -461,14 +461,24 @@ class Journey:
             _expand(values)
         del values[0]
         # the nested records and the packed ids are converted before the constructor sees them:
-        # compiled (mypyc), a Journey checks its fields' types when it is built
-        if values[_SESSION_AT] is not None:
-            values[_SESSION_AT] = Session(*values[_SESSION_AT])
-        values[_ATTEMPTS_AT] = {name: Attempt(*a) for name, a in values[_ATTEMPTS_AT].items()}
+        # compiled (mypyc), a Journey checks its fields' types when it is built; each is called
+        # with its arguments spelled out where it can be (a call with `*` takes the generic path)
+        stored = values[_SESSION_AT]
+        if stored is not None:
+            values[_SESSION_AT] = _session(stored)
+        values[_ATTEMPTS_AT] = {name: _attempt(a) for name, a in values[_ATTEMPTS_AT].items()}
         if version >= 2:
             packed = a2b_base64(values[_SEEN_AT])  # what `base64.b64decode` calls
             values[_SEEN_AT] = list(struct.unpack(f"<{len(packed) // 8}Q", packed))
-        journey = cls(*values)
+        if len(values) < _V_LINKED - 1:
+            journey = cls(*values)
+        else:
+            values += [None] * (len(_JOURNEY_FIELDS) - len(values))  # the trailing fields' defaults
+            v = values
+            journey = Journey(
+                v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9],
+                v[10], v[11], v[12], v[13], v[14], v[15], v[16], v[17], v[18],
+            )  # fmt: skip
         if version >= 2:
             now_s = journey.last_ts // 1000
             journey.seen_at = [now_s - age for age in journey.seen_at]
@@ -484,6 +494,20 @@ def write_state_version(version: int) -> None:
     if version not in WRITABLE_VERSIONS:
         raise ValueError(f"journey state version {version} cannot be written (one of {WRITABLE_VERSIONS})")
     _WRITING[0] = version
+
+
+def _session(v: list[Any]) -> Session:
+    if len(v) != _SESSION_FIELDS:
+        return Session(*v)
+    return Session(
+        v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13], v[14], v[15]
+    )  # fmt: skip
+
+
+def _attempt(v: list[Any]) -> Attempt:
+    if len(v) != _ATTEMPT_FIELDS:
+        return Attempt(*v)
+    return Attempt(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9])
 
 
 def _packed_ids(seen: list[int]) -> str:
@@ -534,6 +558,9 @@ _V_FIRST_TOUCH: Final = _JOURNEY_FIELDS.index("first_touch") + 1
 _V_LAST_TS: Final = _JOURNEY_FIELDS.index("last_ts") + 1
 _V_SESSION: Final = _SESSION_AT + 1
 _V_ATTEMPTS: Final = _ATTEMPTS_AT + 1
+_V_LINKED: Final = _JOURNEY_FIELDS.index("linked_to") + 1
+_SESSION_FIELDS: Final = len(_stored(Session))
+_ATTEMPT_FIELDS: Final = len(_stored(Attempt))
 _S_START: Final = _stored(Session).index("start")
 _S_LAST: Final = _stored(Session).index("last")
 _A_START: Final = _stored(Attempt).index("start")
@@ -692,7 +719,7 @@ def attempt_end(funnel: CompiledFunnel, attempt: Attempt) -> tuple[int, DropoffR
             at, reason = window_end, "window_expired"
         else:
             at, reason = step_end, "step_timeout"
-        if (at, index) >= (latest_at, latest_index):
+        if at >= latest_at:  # (at, index) >= (latest_at, latest_index): index only grows
             latest_at, latest_index, latest_reason = at, index, reason
     return None if latest_index < 0 else (latest_at, latest_reason)
 
@@ -1088,8 +1115,6 @@ class JourneyMachine:
         journey.due = False  # the event changes the session at least
         name = event.event
         plan = self._plans.get(name) or self._plan(name)
-        if plan.funnels:
-            journey.attempts_due = False  # and the attempts, when a funnel can take it
         session = self._session_for(journey, event, ts, now, out)
         if plan.page_view:
             session.page_views += 1
@@ -1280,11 +1305,13 @@ class JourneyMachine:
             first = matched[0] if funnel.order == "any" else 0
             if first not in matched:
                 return
+            journey.attempts_due = False  # the attempts change (`drop` says so itself)
             attempt = self._open(journey, funnel, key, event, now, out)
             if not funnel.best_chain:
                 previous_at = attempt.last if first else None
                 self._reach(journey, funnel, key, attempt, first, event, now, out, previous_at)
                 return
+        journey.attempts_due = False
         if funnel.best_chain:
             self._extend_chains(journey, funnel, key, attempt, matched, earlier, fresh, event, now, out)
         elif funnel.order == "any":
