@@ -12,8 +12,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
+from binascii import a2b_base64, b2a_base64
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from typing import Any, Final, Literal
 
 import orjson
@@ -22,7 +24,8 @@ from streams.core.config.durations import format_duration_ms
 from streams.core.config.matching import CompiledConfig, CompiledFunnel, CompiledGoal, CompiledMicro, Matcher
 from streams.core.config.versions import Definition, continues, shared_steps
 from streams.core.input.channel import Traffic, classify_traffic
-from streams.core.input.event import ClickEvent, from_epoch_ms, url_path
+from streams.core.input.event import Audience, Campaign, ClickEvent, Page, from_epoch_ms, url_path
+from streams.core.input.fields import lookup, text_values
 from streams.core.records.ids import output_id, short_hash
 from streams.core.records.outputs import (
     Carried,
@@ -44,7 +47,7 @@ stub, held items and merged ids (trailing fields: versions 1 and 2 load with the
 a reader of version 2 refuses a version 3 state rather than misread it). 4: each attempt names
 the funnel version it was written under, as an index into its journey's table of versions
 (`Journey.versions`); attempts of versions 1 to 3 load with no version (`Attempt.version` -1).
-5: the same fields, smaller (`_compact`): times as milliseconds before `last_ts`, well-known
+5: the same fields, smaller (`Journey.dumps`, `_expand`): times as milliseconds before `last_ts`, well-known
 breakdown names as numbers, trailing empty fields left out."""
 LOADABLE_VERSIONS = frozenset({1, 2, 3, 4, STATE_VERSION})
 WRITABLE_VERSIONS = (4, STATE_VERSION)
@@ -139,6 +142,27 @@ class Session:
         self.source = source
         self.medium = medium
         self.term = term
+
+    def values_before(self, last_ts: int) -> list[Any]:
+        """`values` as version 5 stores them: the start and last as milliseconds before `last_ts`."""
+        return [
+            self.number,
+            self.id,
+            last_ts - self.start,
+            last_ts - self.last,
+            self.landing,
+            self.channel,
+            self.campaign,
+            self.page_views,
+            self.events,
+            self.micros,
+            self.goals,
+            self.returning,
+            self.audience,
+            self.source,
+            self.medium,
+            self.term,
+        ]
 
     def values(self) -> list[Any]:
         """The stored fields in order: the positional form journeys are stored in."""
@@ -337,10 +361,74 @@ class Journey:
         return self.user_id if self.user_id is not None else self.anonymous_id  # type: ignore[return-value]
 
     def dumps(self) -> bytes:
-        session, seen, now_s = self.session, self.seen, self.last_ts // 1000
-        # the stored fields in order (`_stored`), after the version
-        values = [
+        if _WRITING[0] != STATE_VERSION:
+            return self._dumps_v4()
+        # version 5 written directly (`_expand` says what it is against version 4's layout): no
+        # version 4 lists built first and rewritten in place
+        last_ts, session, first_touch = self.last_ts, self.session, self.first_touch
+        codes = _BREAKDOWN_CODES
+        attempts: dict[str, list[Any]] = {}
+        for name, a in self.attempts.items():
+            flat: list[Any] = []
+            for label, value in a.breakdowns.items():
+                flat.append(codes.get(label, label))
+                flat.append(value)
+            attempts[name] = [
+                a.number,
+                last_ts - a.start,
+                last_ts - a.last,
+                a.reached,
+                a.done_mask,
+                a.session_id,
+                flat,
+                a.stalled,
+                a.chains,
+                a.version,
+            ]
+        values: list[Any] = [
             STATE_VERSION,
+            self.user_id,
+            self.anonymous_id,
+            last_ts - first_touch if first_touch is not None else None,
+            self.first_landing,
+            self.first_channel,
+            last_ts,
+            self.sequence,
+            self.sessions,
+            self.page_views,
+            session.values_before(last_ts) if session is not None else None,
+            attempts,
+            self.path,
+            _packed_ids(self.seen),
+            self._seen_ages(),
+        ]
+        # the trailing fields while empty are left out (they load with their defaults)
+        linked_to, held, merged = self.linked_to, self.held, self.merged
+        ties, versions = self.ties, self.versions
+        if versions:
+            values += [linked_to, held, merged, ties, versions]
+        elif ties:
+            values += [linked_to, held, merged, ties]
+        elif merged:
+            values += [linked_to, held, merged]
+        elif held:
+            values += [linked_to, held]
+        elif linked_to is not None:
+            values.append(linked_to)
+        # orjson's result keeps the buffer it grew while encoding (about 8 KiB for a 1.5 KB
+        # state); the table holds one per user, so it keeps an exact-size copy instead
+        return bytes(memoryview(orjson.dumps(values)))
+
+    def _seen_ages(self) -> list[int]:
+        now_s = self.last_ts // 1000
+        return [now_s - at for at in self.seen_at]
+
+    def _dumps_v4(self) -> bytes:
+        """Version 4 (`write_state_version`, a rolling upgrade): the stored fields in order
+        (`_stored`), after the version."""
+        session = self.session
+        values = [
+            4,
             self.user_id,
             self.anonymous_id,
             self.first_touch,
@@ -353,23 +441,14 @@ class Journey:
             session.values() if session is not None else None,
             {name: a.values() for name, a in self.attempts.items()},
             self.path,
-            # the remembered ids are most of a busy user's state: fingerprints as packed bytes
-            # (11 characters each, not 20 digits) and their times as ages in seconds
-            base64.b64encode(struct.pack(f"<{len(seen)}Q", *seen)).decode(),
-            [now_s - at for at in self.seen_at],
+            _packed_ids(self.seen),
+            self._seen_ages(),
             self.linked_to,
             self.held,
             self.merged,
             self.ties,
             self.versions,
         ]
-        writing = _WRITING[0]
-        if writing == STATE_VERSION:
-            _compact(values)
-        else:
-            values[0] = writing
-        # orjson's result keeps the buffer it grew while encoding (about 8 KiB for a 1.5 KB
-        # state); the table holds one per user, so it keeps an exact-size copy instead
         return bytes(memoryview(orjson.dumps(values)))
 
     @classmethod
@@ -382,14 +461,24 @@ class Journey:
             _expand(values)
         del values[0]
         # the nested records and the packed ids are converted before the constructor sees them:
-        # compiled (mypyc), a Journey checks its fields' types when it is built
-        if values[_SESSION_AT] is not None:
-            values[_SESSION_AT] = Session(*values[_SESSION_AT])
-        values[_ATTEMPTS_AT] = {name: Attempt(*a) for name, a in values[_ATTEMPTS_AT].items()}
+        # compiled (mypyc), a Journey checks its fields' types when it is built; each is called
+        # with its arguments spelled out where it can be (a call with `*` takes the generic path)
+        stored = values[_SESSION_AT]
+        if stored is not None:
+            values[_SESSION_AT] = _session(stored)
+        values[_ATTEMPTS_AT] = {name: _attempt(a) for name, a in values[_ATTEMPTS_AT].items()}
         if version >= 2:
-            packed = base64.b64decode(values[_SEEN_AT])
+            packed = a2b_base64(values[_SEEN_AT])  # what `base64.b64decode` calls
             values[_SEEN_AT] = list(struct.unpack(f"<{len(packed) // 8}Q", packed))
-        journey = cls(*values)
+        if len(values) < _V_LINKED - 1:
+            journey = cls(*values)
+        else:
+            values += [None] * (len(_JOURNEY_FIELDS) - len(values))  # the trailing fields' defaults
+            v = values
+            journey = Journey(
+                v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9],
+                v[10], v[11], v[12], v[13], v[14], v[15], v[16], v[17], v[18],
+            )  # fmt: skip
         if version >= 2:
             now_s = journey.last_ts // 1000
             journey.seen_at = [now_s - age for age in journey.seen_at]
@@ -407,29 +496,31 @@ def write_state_version(version: int) -> None:
     _WRITING[0] = version
 
 
-def _compact(values: list[Any]) -> None:
-    """A version 4 layout made version 5's, in place: the times against `last_ts`
-    (`_times_against_last`); breakdowns as a flat list of name (or `BREAKDOWN_NAMES` index) and
-    value; the trailing fields from `linked_to` on left out while they are empty (they load with
-    their defaults)."""
-    values[0] = STATE_VERSION
-    _times_against_last(values)
-    codes = _BREAKDOWN_CODES
-    for stored in values[_V_ATTEMPTS].values():
-        flat: list[Any] = []
-        for name, value in stored[_A_BREAKDOWNS].items():
-            flat.append(codes.get(name, name))
-            flat.append(value)
-        stored[_A_BREAKDOWNS] = flat
-    end = len(values)
-    # None, [] or {} (the trailing fields' defaults); never a string
-    while end > _V_LINKED and not values[end - 1] and values[end - 1] != "":
-        end -= 1
-    del values[end:]
+def _session(v: list[Any]) -> Session:
+    if len(v) != _SESSION_FIELDS:
+        return Session(*v)
+    return Session(
+        v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13], v[14], v[15]
+    )  # fmt: skip
+
+
+def _attempt(v: list[Any]) -> Attempt:
+    if len(v) != _ATTEMPT_FIELDS:
+        return Attempt(*v)
+    return Attempt(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9])
+
+
+def _packed_ids(seen: list[int]) -> str:
+    """The remembered ids are most of a busy user's state: their fingerprints as packed bytes
+    (11 characters each, not 20 digits), in base64 (`binascii`'s, which `base64.b64encode` calls)."""
+    return b2a_base64(struct.pack(f"<{len(seen)}Q", *seen), newline=False).decode()
 
 
 def _expand(values: list[Any]) -> None:
-    """`_compact` undone: a version 5 layout as version 4's, in place."""
+    """A version 5 layout as version 4's, in place: the times against `last_ts` back as epoch
+    milliseconds (`_times_against_last`), the breakdowns, a flat list of name (or
+    `BREAKDOWN_NAMES` index) and value, as a dict. The trailing fields version 5 leaves out while
+    empty (from `linked_to` on) load with their defaults."""
     _times_against_last(values)
     for stored in values[_V_ATTEMPTS].values():
         flat = stored[_A_BREAKDOWNS]
@@ -442,7 +533,7 @@ def _expand(values: list[Any]) -> None:
 def _times_against_last(values: list[Any]) -> None:
     """First touch, the session's and the attempts' start and last replaced by `last_ts` less
     them, in place: epoch milliseconds become milliseconds before `last_ts` (about 9 digits, not
-    13), and back, as the map is its own inverse (`_compact` and `_expand` both call it)."""
+    13), and back (`Journey.dumps` writes the same directly)."""
     last_ts: int = values[_V_LAST_TS]
     first_touch = values[_V_FIRST_TOUCH]
     if first_touch is not None:
@@ -461,13 +552,15 @@ _SESSION_AT = _JOURNEY_FIELDS.index("session")
 _ATTEMPTS_AT = _JOURNEY_FIELDS.index("attempts")
 _SEEN_AT = _JOURNEY_FIELDS.index("seen")
 # positions in a stored journey, counting its version at 0 (`Journey.dumps`), and in a stored
-# session and attempt (`Session.values`, `Attempt.values`), for `_compact` and `_expand`
+# session and attempt (`Session.values`, `Attempt.values`), for `_expand`
 # (Final: compiled, read as constants rather than looked up in the module per call)
 _V_FIRST_TOUCH: Final = _JOURNEY_FIELDS.index("first_touch") + 1
 _V_LAST_TS: Final = _JOURNEY_FIELDS.index("last_ts") + 1
 _V_SESSION: Final = _SESSION_AT + 1
 _V_ATTEMPTS: Final = _ATTEMPTS_AT + 1
 _V_LINKED: Final = _JOURNEY_FIELDS.index("linked_to") + 1
+_SESSION_FIELDS: Final = len(_stored(Session))
+_ATTEMPT_FIELDS: Final = len(_stored(Attempt))
 _S_START: Final = _stored(Session).index("start")
 _S_LAST: Final = _stored(Session).index("last")
 _A_START: Final = _stored(Attempt).index("start")
@@ -475,6 +568,23 @@ _A_LAST: Final = _stored(Attempt).index("last")
 _A_BREAKDOWNS: Final = _stored(Attempt).index("breakdowns")
 
 Outputs = list[OutputEvent]
+
+_MOMENTS: Final[dict[int, datetime]] = {}
+MAX_MOMENTS: Final = 4_096
+"""Event times whose datetime `moment` keeps (bounded: emptied when full)."""
+
+
+def moment(ms: int) -> datetime:
+    """`from_epoch_ms`, remembered: an attempt's start, a session's start and end recur in several
+    outputs (each step reached, its drop-off or stall), and a datetime costs some thirty times a
+    dictionary lookup to build. The same object for the same millisecond (datetimes are
+    immutable), so the outputs are the same."""
+    known = _MOMENTS.get(ms)
+    if known is None:
+        if len(_MOMENTS) >= MAX_MOMENTS:
+            _MOMENTS.clear()
+        known = _MOMENTS[ms] = from_epoch_ms(ms)
+    return known
 
 
 Chain = tuple[int, int]
@@ -525,7 +635,7 @@ def held_values(funnel: CompiledFunnel, event: ClickEvent) -> tuple[str, ...] | 
     (such an event cannot share a value with the other steps, so it counts for no attempt)."""
     values: list[str] = []
     for path in funnel.hold:
-        value = event.lookup(path)
+        value = lookup(event, path)
         if value is None:
             return None
         values.append(str(value)[:MAX_BREAKDOWN_VALUE])
@@ -553,11 +663,19 @@ def chain_slots(attempt: Attempt, funnel: CompiledFunnel) -> list[Chain | None]:
 
 def store_chain_slots(attempt: Attempt, slots: list[Chain | None]) -> None:
     """Pack the chains as offsets from the attempt's start (short numbers), trailing gaps cut."""
+    end = len(slots)
+    while end and slots[end - 1] is None:
+        end -= 1
     flat: list[int | None] = []
-    for slot in slots:
-        flat += [None, None] if slot is None else [slot[0] - attempt.start, slot[1] - attempt.start]
-    while flat and flat[-1] is None:
-        del flat[-2:]
+    start = attempt.start
+    for k in range(end):
+        slot = slots[k]
+        if slot is None:
+            flat.append(None)
+            flat.append(None)
+        else:
+            flat.append(slot[0] - start)
+            flat.append(slot[1] - start)
     attempt.chains = flat
 
 
@@ -601,7 +719,7 @@ def attempt_end(funnel: CompiledFunnel, attempt: Attempt) -> tuple[int, DropoffR
             at, reason = window_end, "window_expired"
         else:
             at, reason = step_end, "step_timeout"
-        if (at, index) >= (latest_at, latest_index):
+        if at >= latest_at:  # (at, index) >= (latest_at, latest_index): index only grows
             latest_at, latest_index, latest_reason = at, index, reason
     return None if latest_index < 0 else (latest_at, latest_reason)
 
@@ -964,11 +1082,11 @@ class JourneyMachine:
                 user_id=journey.user_id,
                 anonymous_id=journey.anonymous_id,
                 session_id=attempt.session_id,
-                timestamp=from_epoch_ms(journey.last_ts),
+                timestamp=moment(journey.last_ts),
                 funnel=name,
                 step=step,
                 step_index=k,
-                started_at=from_epoch_ms(attempt.start),
+                started_at=moment(attempt.start),
                 breakdowns=attempt.breakdowns,
                 funnel_version=written,
             )
@@ -977,9 +1095,12 @@ class JourneyMachine:
     # ---- events -----------------------------------------------------------------------
 
     def apply(self, journey: Journey | None, event: ClickEvent) -> tuple[Journey, Outputs]:
+        # the model's fields as the dict they are kept in: compiled, each is then a dict lookup
+        # rather than a generic attribute lookup (about a quarter of its instructions)
+        read = event.__dict__
         if journey is None:
-            journey = Journey(event.user_id, event.anonymous_id)
-        fingerprint = short_hash(event.event_id)
+            journey = Journey(read["user_id"], read["anonymous_id"])
+        fingerprint = short_hash(read["event_id"])
         if fingerprint in journey.seen:
             return journey, []
         ts, last_ts = event.ts_ms, journey.last_ts
@@ -995,16 +1116,14 @@ class JourneyMachine:
             now = last_ts
         out = self.advance(journey, now)
         journey.due = False  # the event changes the session at least
-        name = event.event
+        name: str = read["event"]
         plan = self._plans.get(name) or self._plan(name)
-        if plan.funnels:
-            journey.attempts_due = False  # and the attempts, when a funnel can take it
-        session = self._session_for(journey, event, now, out)
+        session = self._session_for(journey, read, ts, now, out)
         if plan.page_view:
             session.page_views += 1
             journey.page_views += 1
         if session.landing is None:
-            page = event.page
+            page = read["page"]
             if page is not None:
                 session.landing = url_path(page.url)
         session.events += 1
@@ -1042,22 +1161,29 @@ class JourneyMachine:
             journey.seen = [journey.seen[i] for i in keep]
             journey.seen_at = [journey.seen_at[i] for i in keep]
 
-    def _session_for(self, journey: Journey, event: ClickEvent, now: int, out: Outputs) -> Session:
+    def _session_for(
+        self, journey: Journey, read: dict[str, Any], ts: int, now: int, out: Outputs
+    ) -> Session:
         """The open session, or a new one on a new session id or campaign.
 
-        An event older than the journey's latest (late, but within the tolerance) joins the open
-        session whatever it carries: reopening the past would depend on arrival order.
+        `read`: the event's fields (`apply`). An event older than the journey's latest (late, but
+        within the tolerance) joins the open session whatever it carries: reopening the past
+        would depend on arrival order.
         """
         current = journey.session
-        given, event_session = event.campaign, event.session_id  # (a model's attribute: a lookup)
-        campaign = list(given.key()) if given is not None else None
+        given: Campaign | None = read["campaign"]
+        event_session: str | None = read["session_id"]
+        campaign: list[str | None] | None = None
+        if given is not None:  # its fields, not `Campaign.key`: a method the interpreter runs
+            named = given.__dict__
+            campaign = [named["source"], named["medium"], named["name"]]
         if current is not None:
             same_id = event_session is None or event_session == current.id
             same_campaign = campaign is None or campaign == current.campaign
-            if (same_id and same_campaign) or event.ts_ms < journey.last_ts:
+            if (same_id and same_campaign) or ts < journey.last_ts:
                 return current
             self._close_session(journey, now, out)
-        page = event.page
+        page: Page | None = read["page"]
         page_url = page.url if page is not None else None
         referrer = page.referrer if page is not None else None
         if given is not None:
@@ -1076,8 +1202,8 @@ class JourneyMachine:
         journey.sequence += 1
         session_id = event_session or "s-" + output_id(journey.identity, journey.sequence)[:16]
         session = Session(journey.sequence, session_id, now, now, landing, channel, campaign)
-        audience = event.audience
-        session.audience = audience.values() if audience is not None else None
+        audience: Audience | None = read["audience"]
+        session.audience = text_values(audience.__dict__) if audience is not None else None  # `values`
         session.source, session.medium, session.term = traffic.source, traffic.medium, traffic.term
         journey.session = session
         journey.sessions += 1
@@ -1098,7 +1224,7 @@ class JourneyMachine:
                 if funnel.scope == "session":
                     self.drop(journey, funnel, "session_ended", at, out, key)
         campaign = session.campaign
-        ended = from_epoch_ms(session.last)
+        ended = moment(session.last)
         out.append(
             build(
                 SessionSummary,
@@ -1107,12 +1233,14 @@ class JourneyMachine:
                 anonymous_id=journey.anonymous_id,
                 session_id=session.id,
                 timestamp=ended,
-                started_at=from_epoch_ms(session.start),
+                started_at=moment(session.start),
                 ended_at=ended,
                 duration_ms=session.last - session.start,
                 landing_page=session.landing,
                 channel=session.channel,
-                campaign=dict(zip(("source", "medium", "name"), campaign, strict=True)) if campaign else None,
+                campaign=(
+                    {"source": campaign[0], "medium": campaign[1], "name": campaign[2]} if campaign else None
+                ),
                 page_views=session.page_views,
                 events=session.events,
                 microconversions=session.micros,
@@ -1185,11 +1313,13 @@ class JourneyMachine:
             first = matched[0] if funnel.order == "any" else 0
             if first not in matched:
                 return
+            journey.attempts_due = False  # the attempts change (`drop` says so itself)
             attempt = self._open(journey, funnel, key, event, now, out)
             if not funnel.best_chain:
                 previous_at = attempt.last if first else None
                 self._reach(journey, funnel, key, attempt, first, event, now, out, previous_at)
                 return
+        journey.attempts_due = False
         if funnel.best_chain:
             self._extend_chains(journey, funnel, key, attempt, matched, earlier, fresh, event, now, out)
         elif funnel.order == "any":
@@ -1343,24 +1473,26 @@ class JourneyMachine:
                 **self._breakdowns(funnel.attributed, event, session),
             }
         self._record_micro(journey, session, step.name)
+        read = event.__dict__  # (`apply`)
+        event_id = read["event_id"]
         out.append(
             build(
                 MicroConversion,
-                id=output_id("micro", journey.identity, event.event_id, funnel.name, step.name),
+                id=output_id("micro", journey.identity, event_id, funnel.name, step.name),
                 user_id=journey.user_id,
                 anonymous_id=journey.anonymous_id,
                 session_id=session.id,
-                timestamp=event.timestamp,
+                timestamp=read["timestamp"],
                 kind="milestone",
                 name=step.name,
                 funnel=funnel.name,
                 step=step.name,
                 step_index=index,
                 final=complete,
-                event=event.event,
-                event_id=event.event_id,
-                started_at=from_epoch_ms(attempt.start),
-                previous_at=from_epoch_ms(previous_at) if previous_at is not None else None,
+                event=read["event"],
+                event_id=event_id,
+                started_at=moment(attempt.start),
+                previous_at=moment(previous_at) if previous_at is not None else None,
                 landing_page=session.landing,
                 channel=session.channel,
                 breakdowns=attempt.breakdowns,
@@ -1385,13 +1517,24 @@ class JourneyMachine:
         attempt = journey.attempts.pop(key)
         journey.attempts_due = False
         journey.ties.pop(tie_key(funnel.version, key), None)
+        # the fields spelled out rather than `**_attempt_fields`: compiled, a call with a `**`
+        # merge goes through the generic call path, this one is a direct call
         out.append(
             build(
                 Dropoff,
                 id=output_id("dropoff", journey.identity, funnel.name, attempt.number),
                 reason=reason,
                 time_in_funnel_ms=attempt.last - attempt.start,
-                **self._attempt_fields(journey, funnel, attempt, at),
+                user_id=journey.user_id,
+                anonymous_id=journey.anonymous_id,
+                session_id=attempt.session_id,
+                timestamp=moment(at),
+                funnel=funnel.name,
+                step=funnel.steps[attempt.reached].name,
+                step_index=attempt.reached,
+                started_at=moment(attempt.start),
+                breakdowns=attempt.breakdowns,
+                funnel_version=funnel.version,
             )
         )
 
@@ -1405,7 +1548,16 @@ class JourneyMachine:
                 Stalled,
                 id=output_id("stalled", journey.identity, funnel.name, attempt.number, attempt.last),
                 idle_ms=at - attempt.last,
-                **self._attempt_fields(journey, funnel, attempt, at),
+                user_id=journey.user_id,
+                anonymous_id=journey.anonymous_id,
+                session_id=attempt.session_id,
+                timestamp=moment(at),
+                funnel=funnel.name,
+                step=funnel.steps[attempt.reached].name,
+                step_index=attempt.reached,
+                started_at=moment(attempt.start),
+                breakdowns=attempt.breakdowns,
+                funnel_version=funnel.version,
             )
         )
 
@@ -1413,16 +1565,16 @@ class JourneyMachine:
     def _attempt_fields(
         journey: Journey, funnel: CompiledFunnel, attempt: Attempt, at: int
     ) -> dict[str, Any]:
-        """What a drop-off and a stall say of the attempt they end or flag."""
+        """What a carried attempt's output says of it (`drop` and `_stall` spell the same out)."""
         return {
             "user_id": journey.user_id,
             "anonymous_id": journey.anonymous_id,
             "session_id": attempt.session_id,
-            "timestamp": from_epoch_ms(at),
+            "timestamp": moment(at),
             "funnel": funnel.name,
             "step": funnel.steps[attempt.reached].name,
             "step_index": attempt.reached,
-            "started_at": from_epoch_ms(attempt.start),
+            "started_at": moment(attempt.start),
             "breakdowns": attempt.breakdowns,
             "funnel_version": funnel.version,
         }
@@ -1468,7 +1620,7 @@ class JourneyMachine:
         value_path: tuple[str, ...] | None,
         dimensions: dict[str, str | None],
     ) -> MacroConversion:
-        raw_value = event.lookup(value_path) if value_path else None
+        raw_value = lookup(event, value_path) if value_path else None
         value = (
             float(raw_value)
             if isinstance(raw_value, int | float) and not isinstance(raw_value, bool)
@@ -1492,7 +1644,7 @@ class JourneyMachine:
             channel=session.channel,
             first_touch=build(
                 FirstTouch,
-                timestamp=from_epoch_ms(first_touch),
+                timestamp=moment(first_touch),
                 landing_page=journey.first_landing,
                 channel=journey.first_channel,
             ),
@@ -1522,7 +1674,7 @@ class JourneyMachine:
                 parts = split.get(path)
                 if parts is None:
                     parts = split[path] = tuple(path.split("."))  # the configuration's paths
-                value = event.lookup(parts)
+                value = lookup(event, parts)
             values[path] = None if value is None else str(value)[:MAX_BREAKDOWN_VALUE]
         return values
 
