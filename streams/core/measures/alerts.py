@@ -75,6 +75,7 @@ from streams.core.measures.rule_state import (
     Firing,
     RuleState,
     add_cells,
+    moment_ms,
 )
 from streams.core.measures.seen_ids import SeenIds
 from streams.core.measures.stats import fisher_less, scan_look_level, wilson_interval
@@ -87,7 +88,7 @@ DEFAULT_INTERVAL_LEVEL = 0.95  # the window rate's interval when a rule has no c
 DEFAULT_FALSE_ALARM_EVERY = 90 * DAY_MS
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: compiled, a frozen dataclass's __init__ sets each field by object.__setattr__
 class Verdict:
     rate: float | None
     baseline_rate: float | None
@@ -243,6 +244,8 @@ class AlertEvaluator:
         A microconversion delivered twice (the journeys agent republishes a run it had not
         finished acknowledging) counts once: its id is remembered until its minute is judged;
         after that a copy is late and ignored, so no id is remembered for longer."""
+        # a dict's own lookups (what offline mode and the service pass), not Mapping's method calls
+        output = output if isinstance(output, dict) else dict(output)
         if output.get("type") != "micro" or output.get("kind") != "milestone":
             return
         funnel = str(output.get("funnel"))
@@ -255,9 +258,7 @@ class AlertEvaluator:
             route = [entry for entry in route if entry[0].funnel_version == version]
             if not route:
                 return
-        timestamp = output["timestamp"]
-        moment = timestamp if isinstance(timestamp, datetime) else datetime.fromisoformat(str(timestamp))
-        at_ms = to_epoch_ms(moment)
+        at_ms = moment_ms(output["timestamp"])
         minute = at_ms // MINUTE_MS * MINUTE_MS
         identifier = output.get("id")
         if identifier is not None and not self._ids.first(str(identifier), minute):

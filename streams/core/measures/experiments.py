@@ -25,20 +25,20 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from streams.core.config.matching import CompiledConfig, CompiledFunnel
 from streams.core.config.model import Experiment
-from streams.core.input.event import from_epoch_ms, to_epoch_ms
+from streams.core.input.event import from_epoch_ms
 from streams.core.measures.cardinality import BREAKDOWN_CAP
 from streams.core.measures.counters import breakdown_values
+from streams.core.measures.rule_state import moment_ms
 from streams.core.measures.seen_ids import SeenIds
 from streams.core.measures.stats import MixtureSPRT, wilson_interval
 from streams.core.records.ids import output_id
 from streams.core.records.outputs import ExperimentUpdate, VariantResult
 
-MINUTE_MS = 60_000
+MINUTE_MS: Final = 60_000  # Final: compiled, a constant rather than a dict lookup per use
 MAX_VARIANTS = BREAKDOWN_CAP
 """The default cap on variants (`CONVERSIONS_BREAKDOWN_CAP`, the same as every client-chosen
 value's): values beyond it (a mistyped or free-form field) count as unassigned: bounded state."""
@@ -248,6 +248,8 @@ class ExperimentEvaluator:
         A microconversion delivered twice (the journeys agent republishes a run it had not
         finished acknowledging) counts once: its id is remembered until its minute is judged,
         and after that any copy is late and ignored, so no id needs remembering for longer."""
+        # a dict's own lookups (what offline mode and the service pass), not Mapping's method calls
+        output = output if isinstance(output, dict) else dict(output)
         if output.get("type") != "micro" or output.get("kind") != "milestone":
             return
         states = self._by_funnel.get(str(output.get("funnel")))
@@ -258,9 +260,7 @@ class ExperimentEvaluator:
             states = [s for s in states if s.funnel.version == version]
             if not states:
                 return
-        timestamp = output["timestamp"]
-        moment = timestamp if isinstance(timestamp, datetime) else datetime.fromisoformat(str(timestamp))
-        at_ms = to_epoch_ms(moment)
+        at_ms = moment_ms(output["timestamp"])
         minute = at_ms // MINUTE_MS * MINUTE_MS
         identifier = output.get("id")
         if identifier is not None and not self._ids.first(str(identifier), minute):

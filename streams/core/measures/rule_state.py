@@ -13,16 +13,19 @@ import math
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, Final
 
 from streams.core.config.matching import CompiledFunnel
 from streams.core.config.model import AlertRule
+from streams.core.input.event import to_epoch_ms
 from streams.core.measures.cardinality import BREAKDOWN_CAP, Admitted
 from streams.core.measures.cusum import Design
 
-MINUTE_MS = 60_000
-WEEK_MS = 7 * 86_400_000
-DAY_MS = 86_400_000
+# Final: compiled, a constant in the C code of every module that uses it, not a dict lookup
+MINUTE_MS: Final = 60_000
+WEEK_MS: Final = 7 * 86_400_000
+DAY_MS: Final = 86_400_000
 COMBO_CAP_FACTOR = 4  # combinations of the funnel's breakdowns kept per rule: this many times the cap
 RESOLVE_QUANTILE = 0.9  # resolve_after's default: this quantile of the observed times to convert
 RESOLVE_MIN_OBSERVED = 30  # times to convert observed before the quantile is trusted
@@ -33,7 +36,10 @@ ByValues = tuple[str | None, ...]
 Counts = tuple[int, int]  # (entered the step before, entered the step)
 Segment = tuple[ByValues, tuple[str | None, ...]]  # (by values, the other breakdowns' values)
 
-ENTERED, REACHED, SUCCEEDED, FAILED = range(4)
+ENTERED: Final = 0
+REACHED: Final = 1
+SUCCEEDED: Final = 2
+FAILED: Final = 3
 Cells = dict[Any, list[int]]
 """Key (by values, or a Segment) -> [entered the step before, entered the step, trials that
 succeeded, trials that failed]."""
@@ -415,6 +421,23 @@ def _minutes_out(counts: Mapping[int, Cells]) -> list[list[Any]]:
 
 def _minutes_in(data: list[list[Any]]) -> dict[int, Cells]:
     return {int(minute): _cells_in(cells) for minute, cells in data}
+
+
+_LAST_MOMENT: Final[list[Any]] = [None, 0]
+"""The last timestamp `moment_ms` converted, and its milliseconds: the microconversions of one
+event share its timestamp object, and each evaluator reads each of them."""
+
+
+def moment_ms(timestamp: Any) -> int:
+    """An output's `timestamp` (a datetime, or its ISO form from JSON) in epoch milliseconds."""
+    last = _LAST_MOMENT
+    if timestamp is last[0]:
+        known: int = last[1]
+        return known
+    moment = timestamp if isinstance(timestamp, datetime) else datetime.fromisoformat(str(timestamp))
+    at_ms = to_epoch_ms(moment)
+    last[0], last[1] = timestamp, at_ms
+    return at_ms
 
 
 def by_of_segment(key: Segment) -> ByValues:
