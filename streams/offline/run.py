@@ -95,8 +95,8 @@ class OfflineRun:
     """The engine keeps the journeys it touches decoded until this many, then writes the changed
     ones to `store` (once each) and starts again; and at the end of `run` and `flush`. A journey
     written is decoded again when its person comes back: at 20,000 the bench's 163k events
-    (28,316 people) were written and read back twice over; at 100,000 never before the end, for
-    a peak RSS 2 MB higher (bench/README.md, issue 30, session 6)."""
+    (28,316 people) were written mid-run and read back; at 100,000 never before the end, for a
+    peak RSS 9 MB higher (2 MB with `--flush`; bench/README.md, issue 30, session 6)."""
     enrichment: EnrichmentSpec | None = None
     """Audience enrichment, the IP mode and the screens, as ingest applies them (None: none)."""
     lines: int = 0
