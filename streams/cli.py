@@ -1,20 +1,26 @@
-"""The `conversions` command."""
+"""The `conversions` command.
+
+What a command needs is imported when it runs: the settings and the configuration's pydantic
+models are built at import (tens of milliseconds), which `conversions --help` does not need, and
+which `process` imports with the collector paused (`streams.offline.collector.paused`).
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import click
 import orjson
 
 from streams.compiled import describe as build_kind
-from streams.core.config.loader import ConfigError, load_config
-from streams.core.config.matching import CompiledConfig, compile_config
-from streams.core.config.model import FunnelConfig
 from streams.logging_setup import setup_logging
-from streams.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from streams.core.config.matching import CompiledConfig
+    from streams.core.config.model import FunnelConfig
+    from streams.settings import Settings
 
 
 def _fail(message: str) -> NoReturn:
@@ -23,6 +29,8 @@ def _fail(message: str) -> NoReturn:
 
 
 def _settings(**overrides: Any) -> Any:
+    from streams.settings import SettingsError, load_settings
+
     try:
         return load_settings(**overrides)
     except SettingsError as exc:
@@ -31,10 +39,19 @@ def _settings(**overrides: Any) -> Any:
 
 def _config(path: str | Path) -> FunnelConfig:
     """The funnel configuration, or exit 2 with its file, line and reason."""
+    from streams.core.config.loader import ConfigError, load_config
+
     try:
         return load_config(path)
     except ConfigError as exc:
         _fail(str(exc))
+
+
+def _compiled(path: str | Path) -> CompiledConfig:
+    """The funnel configuration compiled for the engine, or exit 2 as `_config`."""
+    from streams.core.config.matching import compile_config
+
+    return compile_config(_config(path))
 
 
 _worker_funnels = click.option(
@@ -153,13 +170,16 @@ def process(
     summary_path: Path | None,
 ) -> None:
     """Run the engine over a file, with no Kafka, and write every output as NDJSON to stdout."""
+    from streams.offline.collector import paused
     from streams.offline.collector import relaxed as relaxed_collector
-    from streams.offline.run import OfflineRun, open_input
-    from streams.offline.state import StateFileError, read, restore, write
-    from streams.progress import line_progress
 
-    settings = _settings()
-    config = compile_config(_config(config_path or settings.funnels))
+    with paused():  # start-up: what it allocates lives to the end (frozen by `relaxed_collector`)
+        from streams.offline.run import OfflineRun, open_input
+        from streams.offline.state import StateFileError, read, restore, write
+        from streams.progress import line_progress
+
+        settings = _settings()
+        config = _compiled(config_path or settings.funnels)
     payload = None
     if state_path is not None:
         if workers > 1:
@@ -676,7 +696,7 @@ def report(
     settings = _settings()
     if not settings.redis_dsn:
         _fail("REDIS_URL is not set")
-    config = compile_config(_config(settings.funnels))
+    config = _compiled(settings.funnels)
     if experiment is not None or funnel is None:
         _experiment_report(settings, config, funnel, experiment, window, end, by, as_json)
         return

@@ -19,6 +19,20 @@ from contextlib import contextmanager
 THRESHOLDS = (500_000, 50, 100)
 
 
+@contextmanager
+def paused() -> Iterator[None]:
+    """No collection while a command starts: its imports and configuration allocate hundreds of
+    thousands of objects that live to the end, which young collections would walk in vain (a
+    one-line `conversions process` ran about 3 % fewer instructions with none)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def relax() -> None:
     """For a process that ends with the run (a worker): freeze what is alive and relax."""
     gc.freeze()

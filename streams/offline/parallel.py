@@ -530,7 +530,7 @@ def _phase_people(
     assert kind == "final", kind
     ended = run.catch_up(None if final == _NONE else final)
     if job.flush:  # the parent judges what the flush released, then the input to its end
-        ended += run.flush(judge=False)
+        ended += run.flush(judge=False, save=False)
     runs.add(ended)  # the journeys are not written to the store (`Engine.flush`): nothing reads it
     runs.spill()
     released = [_judged_fields(o) for o in ended if o.type == "micro"] if job.flush else []

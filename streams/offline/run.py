@@ -91,9 +91,12 @@ class OfflineRun:
     breakdown_cap: int = BREAKDOWN_CAP
     latest_ms: int | None = None  # events stamped later are refused, as `max_future_skew_s` does on Kafka
     store: dict[str, bytes] = field(default_factory=dict)
-    cache_journeys: int = 20_000
+    cache_journeys: int = 100_000
     """The engine keeps the journeys it touches decoded until this many, then writes the changed
-    ones to `store` (once each) and starts again; and at the end of `run` and `flush`."""
+    ones to `store` (once each) and starts again; and at the end of `run` and `flush`. A journey
+    written is decoded again when its person comes back: at 20,000 the bench's 163k events
+    (28,316 people) were written mid-run and read back; at 100,000 never before the end, for a
+    peak RSS 9 MB higher (2 MB with `--flush`; bench/README.md, issue 30, session 6)."""
     enrichment: EnrichmentSpec | None = None
     """Audience enrichment, the IP mode and the screens, as ingest applies them (None: none)."""
     lines: int = 0
@@ -124,9 +127,9 @@ class OfflineRun:
     def feed(self, line: bytes) -> list[OutputEvent]:
         """One NDJSON line, which is one Kafka message value: an event or a batch array."""
         self.lines += 1
-        if not line.strip():
-            return []
         raw = line.rstrip(b"\r\n")
+        if not raw or raw.isspace():  # blank (what `line.strip()` would copy the line to tell)
+            return []
         decoded = decode_message(
             raw,
             max_bytes=self.max_message_bytes,
@@ -226,20 +229,25 @@ class OfflineRun:
 
     def write(self, lines: Iterable[bytes], out: BinaryIO, flush: bool = False) -> None:
         """`run` (and `flush`), each line's outputs written as NDJSON in one call (gathering the
-        lines of many input lines per write was measured and bought nothing)."""
+        lines of many input lines per write was measured and bought nothing).
+
+        The journeys the run changed last stay in the engine's cache, not written to `store`:
+        whatever reads the store flushes the engine first (`state.write` does); a run with no
+        state file would encode every journey once more at its end for nobody."""
         for line in lines:
             outputs = self.feed(line)
             if outputs:
                 out.write(b"".join([to_line(output) for output in outputs]))
-        self.engine.flush()
         if flush:
-            out.write(b"".join([to_line(output) for output in self.flush()]))
+            out.write(b"".join([to_line(output) for output in self.flush(save=False)]))
 
-    def flush(self, judge: bool = True) -> list[OutputEvent]:
+    def flush(self, judge: bool = True, save: bool = True) -> list[OutputEvent]:
         """Let event time run out: close every open session and attempt (end of history), then
-        (`judge`) let the evaluators judge the input to its end (`Judges.finish`)."""
+        (`judge`) let the evaluators judge the input to its end (`Judges.finish`); `save`: the
+        journeys written to `store` (`Engine.flush`), False when nothing reads it."""
         out = self._observe(FAR_FUTURE_MS + self.config.late_tolerance)
-        self.engine.flush()
+        if save:
+            self.engine.flush()
         self.counts.add_outputs(out)
         if judge:
             out += self.judges.finish(milestones(out), self._latest_ms)

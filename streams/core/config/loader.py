@@ -31,6 +31,15 @@ class ConfigError(ConversionsError, ValueError):
 
 MAX_DEPTH = 32
 
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's parser when PyYAML was built with it (a tenth of the pure parser's time); a file it
+refuses is parsed again by the pure one, whose messages the errors quote."""
+
+
+def _scalar(node: yaml.Node) -> Any:
+    """A scalar node's value, as `yaml.safe_load` gives it (its tag was resolved when composed)."""
+    return yaml.constructor.SafeConstructor().construct_object(node)
+
 
 def _construct(node: yaml.Node, path: Location, lines: dict[Location, int]) -> Any:
     """Build plain Python values from a composed YAML node, noting the line of every path."""
@@ -45,7 +54,7 @@ def _construct(node: yaml.Node, path: Location, lines: dict[Location, int]) -> A
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise ConfigError("", key_node.start_mark.line + 1, "mapping keys must be plain values")
-            key = yaml.safe_load(yaml.serialize(key_node))
+            key = _scalar(key_node)
             if key in result:
                 raise ConfigError("", key_node.start_mark.line + 1, f"duplicate key {key!r}")
             result[key] = _construct(value_node, (*path, key), lines)
@@ -53,7 +62,7 @@ def _construct(node: yaml.Node, path: Location, lines: dict[Location, int]) -> A
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_construct(item, (*path, i), lines) for i, item in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
+    return _scalar(node)
 
 
 def _line_for(loc: Location, lines: dict[Location, int]) -> int | None:
@@ -75,7 +84,10 @@ def parse_config(text: str, file: str = "<config>") -> FunnelConfig:
     if len(text.encode()) > MAX_CONFIG_BYTES:
         raise ConfigError(file, None, f"file larger than {MAX_CONFIG_BYTES} bytes")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        try:
+            node = yaml.compose(text, Loader=_Loader)
+        except yaml.YAMLError:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -89,6 +101,9 @@ def parse_config(text: str, file: str = "<config>") -> FunnelConfig:
         data = _construct(node, (), lines)
     except ConfigError as exc:
         raise ConfigError(file, exc.line, exc.reason) from None
+    except yaml.MarkedYAMLError as exc:  # a tag no safe constructor knows (`!python/...`, `<<`)
+        line = exc.problem_mark.line + 1 if exc.problem_mark is not None else None
+        raise ConfigError(file, line, f"invalid YAML: {exc.problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(
             file, lines.get(()), "the top level must be a mapping (version, goals, funnels, ...)"

@@ -89,6 +89,8 @@ def test_broken_configs_are_refused_with_line_and_reason(old: str, new: str, lin
         ("- a\n- b\n", "top level must be a mapping"),
         ("version: 1\nversion: 1\n", "duplicate key 'version'"),
         ("a: &x [*x]\n", "recursive alias"),
+        ("version: 1\nname: !foo bar\n", "invalid YAML: could not determine a constructor"),
+        ("version: 1\nx: {<<: {a: 1}}\n", "invalid YAML: could not determine a constructor"),
         ("version: 1\nfunnels: [{name: f, steps: [{name: a, match: {event: a}}]}]\n", "at least 2"),
         (
             "version: 1\nfunnels: [{name: f, steps: [{name: a, match: {event: a}, within: 1h}, "
