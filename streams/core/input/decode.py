@@ -13,15 +13,8 @@ import orjson
 from pydantic import ValidationError
 
 from streams.core.input.audience import Enricher
-from streams.core.input.event import (
-    JSON_VALIDATOR,
-    MAX_NESTING,
-    SHALLOW_VALIDATOR,
-    ClickEvent,
-    nesting_depth,
-    nesting_limit,
-)
-from streams.core.input.fields import plain_numbers, two_deep, within_nesting
+from streams.core.input.event import MAX_NESTING, SHALLOW_VALIDATOR, ClickEvent, nesting_depth, nesting_limit
+from streams.core.input.fields import two_deep, within_nesting
 from streams.core.input.formats.detect import JSON_OPENERS, InputFormat, looks_like_segment, looks_like_tsv
 from streams.core.input.formats.segment import decode_segment
 from streams.core.input.formats.snowplow import decode_snowplow
@@ -117,29 +110,6 @@ def _count_unknown(out: Decoded, event: dict[str, Any]) -> None:
         out.unknown_fields[name] = out.unknown_fields.get(name, 0) + 1
 
 
-_set_slot: Any = object.__setattr__
-
-
-def _from_json(raw: bytes, out: Decoded) -> ClickEvent | None:
-    """The common message, one event of ours, validated by pydantic straight from its bytes
-    (no dict of it made first), its unknown fields counted in `out`; or None, and the message
-    goes the whole way (orjson, then the validator), which says what is wrong with it.
-
-    The caller makes sure the answer is the whole way's: an object (not Segment's, which has no
-    `event_id`, required here), few enough brackets for the nesting limits, and only numbers
-    both parsers read alike (`fields.plain_numbers`)."""
-    try:
-        event: ClickEvent = JSON_VALIDATOR.validate_json(raw)  # type: ignore[union-attr]
-    except ValidationError:
-        return None
-    extra = event.__pydantic_extra__
-    if extra:
-        _count_unknown(out, extra)
-        event.__pydantic_fields_set__.difference_update(extra)
-    _set_slot(event, "__pydantic_extra__", None)  # as SHALLOW_VALIDATOR's, which ignores them
-    return event
-
-
 def _not_utf8(raw: bytes) -> str | None:
     """Where a message stops being UTF-8, in the words a producer's developer can act on."""
     try:
@@ -166,18 +136,6 @@ def _decode(
         detail = f"{out.format}: message is {len(raw)} bytes, the limit is {max_bytes}"
         out.rejects.append(Rejection("too_large", detail, raw, format=out.format))
         return out
-    if (
-        raw[:1] == b"{"
-        and fmt != "segment"
-        and JSON_VALIDATOR is not None
-        and within_nesting(raw, max_nesting + 1)
-        and plain_numbers(raw)
-    ):
-        event = _from_json(raw, out)
-        if event is not None:
-            out.format = "contract"
-            out.events.append(event)
-            return out
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -41,7 +41,6 @@ from streams.core.input.fields import (
 
 __all__ = [
     "EARLIEST_TIMESTAMP",
-    "JSON_VALIDATOR",
     "LATEST_TIMESTAMP",
     "MAX_NESTING",
     "PRINTABLE",
@@ -295,13 +294,11 @@ _NESTED: dict[type[BaseModel], tuple[dict[str, Any], bool]] = {
 }
 
 
-def _without_nesting_checks(model: type[BaseModel], extra: str | None = None) -> SchemaValidator:
+def _without_nesting_checks(model: type[BaseModel]) -> SchemaValidator:
     """`model`'s validator less the nesting check on `context` and `properties` (`Nested`): the
     same instances and errors for an event whose objects hold no container (`fields.two_deep`),
     where the check cannot fail, without pydantic's two calls of it per event (an eighth of the
-    validation's instructions). The validator as it is when the schema is not as expected.
-    `extra`: the top-level fields' extra behaviour instead of the model's (`"allow"` keeps the
-    unknown fields in `__pydantic_extra__`, and names them in the fields set)."""
+    validation's instructions). The validator as it is when the schema is not as expected."""
     schema = copy.deepcopy(model.__pydantic_core_schema__)
     node: Any = schema
     config = None
@@ -319,19 +316,11 @@ def _without_nesting_checks(model: type[BaseModel], extra: str | None = None) ->
         ):
             return model.__pydantic_validator__  # type: ignore[return-value]
         default["schema"] = check["schema"]
-    if extra is not None:
-        node["extra_behavior"] = extra
     return SchemaValidator(schema, config)
 
 
 SHALLOW_VALIDATOR = _without_nesting_checks(ClickEvent)
 """`ClickEvent`'s validator for an event that nests at most two levels (`fields.two_deep`)."""
-
-_KEEPING = _without_nesting_checks(ClickEvent, "allow")
-JSON_VALIDATOR = _KEEPING if _KEEPING is not ClickEvent.__pydantic_validator__ else None
-"""`SHALLOW_VALIDATOR` that keeps the unknown top-level fields (`__pydantic_extra__`), for
-`validate_json` straight from a message's bytes: `input.decode` counts them, then sets the
-instance as `SHALLOW_VALIDATOR` makes it. None when the schema is not as expected."""
 
 
 def nesting_limit(max_nesting: int) -> dict[str, int]:

@@ -97,21 +97,6 @@ def within_nesting(raw: bytes, limit: int) -> bool:
     return raw.count(b"{") + raw.count(b"[") <= limit
 
 
-_NUMBER_DIGITS: Final = bytes.maketrans(b"123456789E", b"000000000e")
-
-
-def plain_numbers(raw: bytes) -> bool:
-    """Whether every number JSON text `raw` can hold is one orjson and pydantic's parser (jiter)
-    read alike: no NaN or Infinity (jiter takes them, orjson refuses them), no run of 19 digits
-    (an integer past 64 bits: orjson refuses or rounds it, jiter keeps it) and no exponent of
-    three digits (a float past the double's range: orjson refuses it, jiter makes it infinite).
-    Strings are scanned too, which only makes the answer safer."""
-    if b"NaN" in raw or b"Infinity" in raw:
-        return False
-    digits = raw.translate(_NUMBER_DIGITS)
-    return b"0000000000000000000" not in digits and b"e000" not in digits and b"e+000" not in digits
-
-
 def two_deep(value: dict[str, Any]) -> bool:
     """Whether a JSON object nests at most two levels below itself (a container in it holds no
     container): an ordinary event, told without counting its depth level by level."""
