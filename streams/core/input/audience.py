@@ -99,12 +99,14 @@ class Enricher:
     def apply(self, decoded: Decoded) -> Decoded:
         """Enrich each event in place and drop the screened ones (counted in `decoded.screened`)."""
         kept: list[ClickEvent] = []
+        exclude_bots = self.bots == "exclude"
         for event in decoded.events:
-            reason = self.screen_before(event)
-            if reason is None:
-                self.enrich(event)
-                if self.bots == "exclude" and event.audience is not None and event.audience.bot:
-                    reason = "bot"
+            # its fields, read once: from compiled code every attribute read of a pydantic model
+            # goes through the model's `__getattr__` hook
+            fields = event.__dict__
+            reason = self._screen(event, fields)
+            if reason is None and self._enrich(fields).bot and exclude_bots:
+                reason = "bot"
             if reason is None:
                 kept.append(event)
             else:
@@ -114,31 +116,42 @@ class Enricher:
 
     def screen_before(self, event: ClickEvent) -> ScreenReason | None:
         """Erased people and denied consent, which need no enrichment to decide."""
+        return self._screen(event, event.__dict__)
+
+    def _screen(self, event: ClickEvent, fields: dict[str, Any]) -> ScreenReason | None:
         erased = self.erased
         if erased:
-            for identity in (event.user_id, event.anonymous_id):
+            for identity in (fields["user_id"], fields["anonymous_id"]):
                 at = erased.get(identity) if identity is not None else None
                 if at is not None and event.ts_ms <= at:
                     return "erased"
-        if self.denies_consent(event):
+        if self._denies(event, fields["context"]):
             return "consent"
         return None
 
     def denies_consent(self, event: ClickEvent) -> bool:
-        consent = event.context.get("consent")
-        if self.consent_category and consent is not None and isinstance(consent, Mapping):
+        return self._denies(event, event.context)
+
+    def _denies(self, event: ClickEvent, context: dict[str, Any]) -> bool:
+        consent = context.get("consent")
+        if consent is not None and self.consent_category and isinstance(consent, Mapping):
             preferences = consent.get("categoryPreferences") or consent.get("category_preferences")
             if isinstance(preferences, Mapping):
                 wanted = self.consent_category.lower()
                 for name, value in preferences.items():
                     if isinstance(name, str) and name.lower() == wanted and _denies(value):
                         return True
-        return bool(self.consent_field is not None and _denies(lookup(event, self.consent_field)))
+        return self.consent_field is not None and _denies(lookup(event, self.consent_field))
 
     def enrich(self, event: ClickEvent) -> None:
         """Set `event.audience` and apply the IP mode to `context.ip` (the event was validated
         just now and nothing else holds it yet: it is completed in place, as its campaign is)."""
-        context = event.context
+        self._enrich(event.__dict__)
+
+    def _enrich(self, fields: dict[str, Any]) -> Audience:
+        """`enrich` on the event's fields (its `__dict__`, written as `object.__setattr__` on the
+        frozen model would); the audience set."""
+        context = fields["context"]
         raw_ip = context.get("ip")
         place = NOWHERE
         if isinstance(raw_ip, str):
@@ -152,28 +165,31 @@ class Enricher:
             platform = hints.get("platform")
             platform_hint = platform if isinstance(platform, str) and platform else None
         user_agent = context.get("user_agent")
+        locale = context.get("locale")
+        given = fields["audience"]
         key = (
             user_agent if isinstance(user_agent, str) else None,
             mobile_hint,
             platform_hint,
             place,
-            context.get("locale") if isinstance(context.get("locale"), str) else None,
-            event.audience,
+            locale if isinstance(locale, str) else None,
+            given,
         )
         audience = self._audiences.get(key)
         if audience is None:
-            audience = self._audience(key[0], mobile_hint, platform_hint, place, key[4], event.audience)
+            audience = self._audience(key[0], mobile_hint, platform_hint, place, key[4], given)
             if len(self._audiences) >= MAX_CACHED:
                 self._audiences.clear()
             self._audiences[key] = audience
-        object.__setattr__(event, "audience", audience)
+        fields["audience"] = audience
         if "ip" in context:
             kept = mask(raw_ip, self.ip_mode) if isinstance(raw_ip, str) else None
             if kept != raw_ip:
                 rest = {k: v for k, v in context.items() if k != "ip"}
                 if kept is not None:
                     rest["ip"] = kept
-                object.__setattr__(event, "context", rest)
+                fields["context"] = rest
+        return audience
 
     @staticmethod
     def _audience(

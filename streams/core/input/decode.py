@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from streams.core.input.audience import Enricher
 from streams.core.input.event import MAX_NESTING, SHALLOW_VALIDATOR, ClickEvent, nesting_depth, nesting_limit
-from streams.core.input.fields import two_deep
+from streams.core.input.fields import two_deep, within_nesting
 from streams.core.input.formats.detect import JSON_OPENERS, InputFormat, looks_like_segment, looks_like_tsv
 from streams.core.input.formats.segment import decode_segment
 from streams.core.input.formats.snowplow import decode_snowplow
@@ -34,7 +34,8 @@ _CONTEXTS: dict[int, dict[str, int]] = {}
 
 def _validate_one(obj: Any, max_nesting: int = MAX_NESTING, ordinary: bool = False) -> ClickEvent | Rejection:
     """Validate one decoded JSON value; a Rejection comes back without its original bytes.
-    `ordinary`: `obj` is known to nest no deeper than `fields.two_deep` allows."""
+    `ordinary`: `obj`'s `context` and `properties` are known to nest within `max_nesting` (the
+    message has few brackets, or the object nests as `fields.two_deep` allows)."""
     if not isinstance(obj, dict):
         return Rejection("not_an_object", f"contract: expected a JSON object, got {type(obj).__name__}", b"")
     try:
@@ -146,16 +147,25 @@ def _decode(
             reason = "too_deeply_nested"
         out.rejects.append(Rejection(reason, f"{out.format}: {message}", raw, format=out.format))
         return out
+    # an object with `event_id` is ours (`looks_like_segment` says no to it), told here without
+    # a call of that interpreted function per line
     if fmt != "contract" and (
-        fmt == "segment" or looks_like_segment(parsed[0] if isinstance(parsed, list) and parsed else parsed)
+        fmt == "segment"
+        or (
+            not (type(parsed) is dict and "event_id" in parsed)
+            and looks_like_segment(parsed[0] if isinstance(parsed, list) and parsed else parsed)
+        )
     ):
         return decode_segment(parsed, raw, max_batch=max_batch, max_nesting=max_nesting)
     out.format = "contract"
     # the event object, the batch array and properties nesting max_nesting deep; orjson refuses
-    # past 1024 levels, and an ordinary event (an object whose objects hold no container: two
-    # levels, within any limit, as `outer` is at least 2) needs no walk level by level
+    # past 1024 levels. A message with at most max_nesting + 1 brackets cannot nest deeper than
+    # either limit (`properties` sits inside the event's own), and an ordinary event (an object
+    # whose objects hold no container: two levels, within any limit, as `outer` is at least 2)
+    # needs no walk level by level either
     outer = max_nesting + 2
-    ordinary = isinstance(parsed, dict) and two_deep(parsed)
+    bounded = within_nesting(raw, max_nesting + 1)
+    ordinary = bounded or (isinstance(parsed, dict) and two_deep(parsed))
     if not ordinary and nesting_depth(parsed, outer) > outer:
         detail = f"contract: nested deeper than {outer} levels"
         out.rejects.append(Rejection("too_deeply_nested", detail, raw))
@@ -164,7 +174,8 @@ def _decode(
         result = _validate_one(parsed, max_nesting, ordinary)
         if isinstance(result, ClickEvent):
             out.events.append(result)
-            if not parsed.keys() <= EVENT_FIELDS:
+            # the fields set are the contract's fields the object names: any other key is unknown
+            if len(parsed) != len(result.__pydantic_fields_set__):
                 _count_unknown(out, parsed)
         else:
             out.rejects.append(Rejection(result.reason, result.detail, raw, None, result.errors))
@@ -176,10 +187,10 @@ def _decode(
         out.rejects.append(Rejection("batch_too_large", detail, raw))
     else:
         for index, obj in enumerate(parsed):
-            result = _validate_one(obj, max_nesting)
+            result = _validate_one(obj, max_nesting, bounded)
             if isinstance(result, ClickEvent):
                 out.events.append(result)
-                if not obj.keys() <= EVENT_FIELDS:
+                if len(obj) != len(result.__pydantic_fields_set__):
                     _count_unknown(out, obj)
             else:
                 original = orjson.dumps(obj)
