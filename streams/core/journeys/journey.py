@@ -40,6 +40,7 @@ from streams.core.records.outputs import (
     Stalled,
     build,
 )
+from streams.core.records.trusted import assemble, given
 
 STATE_VERSION = 5
 """3: attempts keep their chains, journeys their same-millisecond ties and identity stitching's
@@ -67,6 +68,25 @@ BREAKDOWN_NAMES = (
 field paths); any other name as itself. Append-only would still need a new version: a reader
 must know every index a writer may use."""
 _BREAKDOWN_CODES: Final = {name: i for i, name in enumerate(BREAKDOWN_NAMES)}
+# the fields sets of the outputs made with `assemble` (each call site's dict lists every field in
+# the model's order; these are the ones it sets rather than leaves at their default)
+_DROPOFF_SET: Final = given(Dropoff, "type")
+_STALLED_SET: Final = given(Stalled, "type")
+_MILESTONE_SET: Final = given(MicroConversion, "type")
+_SECONDARY_SET: Final = given(
+    MicroConversion,
+    "type",
+    "funnel",
+    "step",
+    "step_index",
+    "final",
+    "started_at",
+    "previous_at",
+    "funnel_version",
+)
+_MACRO_SET: Final = given(MacroConversion, "type")
+_FIRST_TOUCH_SET: Final = given(FirstTouch)
+_SESSION_SET: Final = given(SessionSummary, "type")
 MAX_REMEMBERED_IDS = 256
 MAX_PATH = 50
 MAX_BREAKDOWN_VALUE = 100
@@ -1226,30 +1246,36 @@ class JourneyMachine:
         campaign = session.campaign
         ended = moment(session.last)
         out.append(
-            build(
+            assemble(
                 SessionSummary,
-                id=output_id("session", journey.identity, session.number),
-                user_id=journey.user_id,
-                anonymous_id=journey.anonymous_id,
-                session_id=session.id,
-                timestamp=ended,
-                started_at=moment(session.start),
-                ended_at=ended,
-                duration_ms=session.last - session.start,
-                landing_page=session.landing,
-                channel=session.channel,
-                campaign=(
-                    {"source": campaign[0], "medium": campaign[1], "name": campaign[2]} if campaign else None
-                ),
-                page_views=session.page_views,
-                events=session.events,
-                microconversions=session.micros,
-                conversions=list(session.goals),
-                visitor_type="returning" if session.returning else "new",
-                audience=session.audience,
-                source=session.source,
-                medium=session.medium,
-                search_term=session.term,
+                {
+                    "id": output_id("session", journey.identity, session.number),
+                    "type": "session",
+                    "user_id": journey.user_id,
+                    "anonymous_id": journey.anonymous_id,
+                    "session_id": session.id,
+                    "timestamp": ended,
+                    "started_at": moment(session.start),
+                    "ended_at": ended,
+                    "duration_ms": session.last - session.start,
+                    "landing_page": session.landing,
+                    "channel": session.channel,
+                    "campaign": (
+                        {"source": campaign[0], "medium": campaign[1], "name": campaign[2]}
+                        if campaign
+                        else None
+                    ),
+                    "page_views": session.page_views,
+                    "events": session.events,
+                    "microconversions": session.micros,
+                    "conversions": list(session.goals),
+                    "visitor_type": "returning" if session.returning else "new",
+                    "audience": session.audience,
+                    "source": session.source,
+                    "medium": session.medium,
+                    "search_term": session.term,
+                },
+                _SESSION_SET,
             )
         )
         journey.session = None
@@ -1476,27 +1502,31 @@ class JourneyMachine:
         read = event.__dict__  # (`apply`)
         event_id = read["event_id"]
         out.append(
-            build(
+            assemble(
                 MicroConversion,
-                id=output_id("micro", journey.identity, event_id, funnel.name, step.name),
-                user_id=journey.user_id,
-                anonymous_id=journey.anonymous_id,
-                session_id=session.id,
-                timestamp=read["timestamp"],
-                kind="milestone",
-                name=step.name,
-                funnel=funnel.name,
-                step=step.name,
-                step_index=index,
-                final=complete,
-                event=read["event"],
-                event_id=event_id,
-                started_at=moment(attempt.start),
-                previous_at=moment(previous_at) if previous_at is not None else None,
-                landing_page=session.landing,
-                channel=session.channel,
-                breakdowns=attempt.breakdowns,
-                funnel_version=funnel.version,
+                {
+                    "id": output_id("micro", journey.identity, event_id, funnel.name, step.name),
+                    "type": "micro",
+                    "user_id": journey.user_id,
+                    "anonymous_id": journey.anonymous_id,
+                    "session_id": session.id,
+                    "timestamp": read["timestamp"],
+                    "kind": "milestone",
+                    "name": step.name,
+                    "funnel": funnel.name,
+                    "step": step.name,
+                    "step_index": index,
+                    "final": complete,
+                    "event": read["event"],
+                    "event_id": event_id,
+                    "started_at": moment(attempt.start),
+                    "previous_at": moment(previous_at) if previous_at is not None else None,
+                    "landing_page": session.landing,
+                    "channel": session.channel,
+                    "breakdowns": attempt.breakdowns,
+                    "funnel_version": funnel.version,
+                },
+                _MILESTONE_SET,
             )
         )
         if complete:
@@ -1517,24 +1547,27 @@ class JourneyMachine:
         attempt = journey.attempts.pop(key)
         journey.attempts_due = False
         journey.ties.pop(tie_key(funnel.version, key), None)
-        # the fields spelled out rather than `**_attempt_fields`: compiled, a call with a `**`
-        # merge goes through the generic call path, this one is a direct call
+        # the fields spelled out (as `_attempt_fields` gives them), in the model's order (`assemble`)
         out.append(
-            build(
+            assemble(
                 Dropoff,
-                id=output_id("dropoff", journey.identity, funnel.name, attempt.number),
-                reason=reason,
-                time_in_funnel_ms=attempt.last - attempt.start,
-                user_id=journey.user_id,
-                anonymous_id=journey.anonymous_id,
-                session_id=attempt.session_id,
-                timestamp=moment(at),
-                funnel=funnel.name,
-                step=funnel.steps[attempt.reached].name,
-                step_index=attempt.reached,
-                started_at=moment(attempt.start),
-                breakdowns=attempt.breakdowns,
-                funnel_version=funnel.version,
+                {
+                    "id": output_id("dropoff", journey.identity, funnel.name, attempt.number),
+                    "type": "dropoff",
+                    "user_id": journey.user_id,
+                    "anonymous_id": journey.anonymous_id,
+                    "session_id": attempt.session_id,
+                    "timestamp": moment(at),
+                    "funnel": funnel.name,
+                    "step": funnel.steps[attempt.reached].name,
+                    "step_index": attempt.reached,
+                    "breakdowns": attempt.breakdowns,
+                    "funnel_version": funnel.version,
+                    "reason": reason,
+                    "started_at": moment(attempt.start),
+                    "time_in_funnel_ms": attempt.last - attempt.start,
+                },
+                _DROPOFF_SET,
             )
         )
 
@@ -1544,20 +1577,24 @@ class JourneyMachine:
         attempt.stalled = True
         journey.attempts_due = False
         out.append(
-            build(
+            assemble(
                 Stalled,
-                id=output_id("stalled", journey.identity, funnel.name, attempt.number, attempt.last),
-                idle_ms=at - attempt.last,
-                user_id=journey.user_id,
-                anonymous_id=journey.anonymous_id,
-                session_id=attempt.session_id,
-                timestamp=moment(at),
-                funnel=funnel.name,
-                step=funnel.steps[attempt.reached].name,
-                step_index=attempt.reached,
-                started_at=moment(attempt.start),
-                breakdowns=attempt.breakdowns,
-                funnel_version=funnel.version,
+                {
+                    "id": output_id("stalled", journey.identity, funnel.name, attempt.number, attempt.last),
+                    "type": "stalled",
+                    "user_id": journey.user_id,
+                    "anonymous_id": journey.anonymous_id,
+                    "session_id": attempt.session_id,
+                    "timestamp": moment(at),
+                    "funnel": funnel.name,
+                    "step": funnel.steps[attempt.reached].name,
+                    "step_index": attempt.reached,
+                    "breakdowns": attempt.breakdowns,
+                    "funnel_version": funnel.version,
+                    "started_at": moment(attempt.start),
+                    "idle_ms": at - attempt.last,
+                },
+                _STALLED_SET,
             )
         )
 
@@ -1595,20 +1632,31 @@ class JourneyMachine:
         name: str,
         dimensions: dict[str, str | None],
     ) -> MicroConversion:
-        return build(
+        return assemble(
             MicroConversion,
-            id=output_id("micro", journey.identity, event.event_id, "", name),
-            user_id=journey.user_id,
-            anonymous_id=journey.anonymous_id,
-            session_id=session.id,
-            timestamp=event.timestamp,
-            kind="secondary",
-            name=name,
-            event=event.event,
-            event_id=event.event_id,
-            landing_page=session.landing,
-            channel=session.channel,
-            breakdowns=dimensions,
+            {
+                "id": output_id("micro", journey.identity, event.event_id, "", name),
+                "type": "micro",
+                "user_id": journey.user_id,
+                "anonymous_id": journey.anonymous_id,
+                "session_id": session.id,
+                "timestamp": event.timestamp,
+                "kind": "secondary",
+                "name": name,
+                "funnel": None,
+                "step": None,
+                "step_index": None,
+                "final": False,
+                "event": event.event,
+                "event_id": event.event_id,
+                "started_at": None,
+                "previous_at": None,
+                "landing_page": session.landing,
+                "channel": session.channel,
+                "breakdowns": dimensions,
+                "funnel_version": None,
+            },
+            _SECONDARY_SET,
         )
 
     @staticmethod
@@ -1628,32 +1676,39 @@ class JourneyMachine:
         )
         currency = event.properties.get("currency")
         first_touch = journey.first_touch if journey.first_touch is not None else event.ts_ms
-        return build(
+        return assemble(
             MacroConversion,
-            id=output_id("macro", journey.identity, event.event_id, goal),
-            user_id=journey.user_id,
-            anonymous_id=journey.anonymous_id,
-            session_id=session.id,
-            timestamp=event.timestamp,
-            goal=goal,
-            value=value,
-            currency=currency if isinstance(currency, str) else None,
-            decision_time_ms=max(0, event.ts_ms - first_touch),
-            micro_path=list(journey.path),
-            landing_page=session.landing,
-            channel=session.channel,
-            first_touch=build(
-                FirstTouch,
-                timestamp=moment(first_touch),
-                landing_page=journey.first_landing,
-                channel=journey.first_channel,
-            ),
-            page_views=journey.page_views,
-            sessions=journey.sessions,
-            event=event.event,
-            event_id=event.event_id,
-            breakdowns=dimensions,
-            audience=session.audience,
+            {
+                "id": output_id("macro", journey.identity, event.event_id, goal),
+                "type": "macro",
+                "user_id": journey.user_id,
+                "anonymous_id": journey.anonymous_id,
+                "session_id": session.id,
+                "timestamp": event.timestamp,
+                "goal": goal,
+                "value": value,
+                "currency": currency if isinstance(currency, str) else None,
+                "decision_time_ms": max(0, event.ts_ms - first_touch),
+                "micro_path": list(journey.path),
+                "landing_page": session.landing,
+                "channel": session.channel,
+                "first_touch": assemble(
+                    FirstTouch,
+                    {
+                        "timestamp": moment(first_touch),
+                        "landing_page": journey.first_landing,
+                        "channel": journey.first_channel,
+                    },
+                    _FIRST_TOUCH_SET,
+                ),
+                "page_views": journey.page_views,
+                "sessions": journey.sessions,
+                "event": event.event,
+                "event_id": event.event_id,
+                "breakdowns": dimensions,
+                "audience": session.audience,
+            },
+            _MACRO_SET,
         )
 
     def _breakdowns(

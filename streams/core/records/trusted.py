@@ -70,6 +70,30 @@ def build(cls: type[M], /, **values: Any) -> M:
     return instance
 
 
+def given(cls: type[BaseModel], *left: str) -> set[str]:
+    """The fields set (`model_fields_set`) of the instances a call site of `assemble` makes: the
+    model's fields but those it `left` at their default, as `build` would have recorded them."""
+    fields = set(cls.model_fields)
+    unknown = set(left) - fields
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field {sorted(unknown)}")
+    return fields - set(left)
+
+
+def assemble(cls: type[M], values: dict[str, Any], fields_set: set[str], /) -> M:
+    """`build` for a caller that gives every field, in the model's declaration order (serialized
+    in that order), defaults included, and the fields set computed once for its call site
+    (`given`; shared by the instances, which are frozen): neither the merge of the defaults nor
+    the set of the keys per call, a third of `build`'s cost. Nothing checks the order or the
+    fields here: the tests serialize every output the engine emits against pydantic's own."""
+    instance: M = _new(cls)
+    instance.__dict__.update(values)  # an update into the empty dict clones the table whole
+    _set(instance, "__pydantic_fields_set__", fields_set)
+    _set(instance, "__pydantic_extra__", None)
+    _set(instance, "__pydantic_private__", None)
+    return instance
+
+
 def plain(value: Any) -> Any:
     """orjson's fallback: a nested model as its fields (it writes datetimes itself)."""
     if isinstance(value, BaseModel):

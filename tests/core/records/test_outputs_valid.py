@@ -17,7 +17,8 @@ import pytest
 
 from streams.core.config.loader import parse_config
 from streams.core.config.matching import compile_config
-from streams.core.records.outputs import OUTPUT_MODELS, MicroConversion, OutputEvent, build
+from streams.core.records.outputs import OUTPUT_MODELS, Dropoff, MicroConversion, OutputEvent, build
+from streams.core.records.trusted import assemble, given
 from streams.offline.run import OfflineRun
 from streams.settings import DEFAULT_FUNNELS
 from streams.tools.simulate import Incident, Simulator, VariantSplit
@@ -79,3 +80,27 @@ def test_build_fills_defaults_in_declaration_order_and_a_missing_field_cannot_be
     assert list(orjson.loads(built.to_json())) == list(MicroConversion.model_fields)
     with pytest.raises(TypeError, match="not JSON serializable"):
         build(MicroConversion, **fields).to_json()  # no event, no event_id
+
+
+def test_assemble_from_every_field_in_order_is_what_build_gives_from_the_ones_set() -> None:
+    at = datetime(2024, 3, 11, 10, tzinfo=UTC)
+    values = {
+        "id": "i",
+        "reason": "session_ended",
+        "time_in_funnel_ms": 5,
+        "anonymous_id": "a",
+        "timestamp": at,
+        "funnel": "f",
+        "step": "s",
+        "step_index": 0,
+        "started_at": at,
+        "breakdowns": {"channel": "direct"},
+    }
+    built = build(Dropoff, **values)
+    fields_set = given(Dropoff, "type", "user_id", "session_id", "funnel_version")
+    made = assemble(Dropoff, dict(built.__dict__), fields_set)
+    assert made == built == Dropoff(**values)
+    assert made.to_json() == built.to_json()
+    assert made.model_fields_set == built.model_fields_set == set(values)
+    with pytest.raises(ValueError, match="no field"):
+        given(Dropoff, "kind")
