@@ -82,12 +82,13 @@ def given(cls: type[BaseModel], *left: str) -> set[str]:
 
 def assemble(cls: type[M], values: dict[str, Any], fields_set: set[str], /) -> M:
     """`build` for a caller that gives every field, in the model's declaration order (serialized
-    in that order), defaults included, and the fields set computed once for its call site
+    in that order), defaults included, in a dict of its own that becomes the instance's (so a
+    new one per call), and the fields set computed once for its call site
     (`given`; shared by the instances, which are frozen): neither the merge of the defaults nor
     the set of the keys per call, a third of `build`'s cost. Nothing checks the order or the
     fields here: the tests serialize every output the engine emits against pydantic's own."""
     instance: M = _new(cls)
-    instance.__dict__.update(values)  # an update into the empty dict clones the table whole
+    _set(instance, "__dict__", values)  # the caller's dict itself: no copy of the table
     _set(instance, "__pydantic_fields_set__", fields_set)
     _set(instance, "__pydantic_extra__", None)
     _set(instance, "__pydantic_private__", None)
