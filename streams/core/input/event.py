@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, datetime
-from functools import cached_property, partial
-from typing import Annotated, Any, TypeVar
+from functools import cached_property
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -167,7 +167,9 @@ class ClickEvent(BaseModel):
 
     # the validators are compiled functions (`input.fields`), called by pydantic with no Python
     # frame of their own: the timestamp's above, the nesting limit's on `Nested`, and this one
-    _identity_and_campaign = model_validator(mode="after")(partial(settled, Campaign))
+    _identity_and_campaign = model_validator(mode="after")(settled)
+    campaign_model: ClassVar[type[Campaign]] = Campaign
+    """What `settled` makes the campaign the page's utm_* parameters give."""
 
     @cached_property
     def ts_ms(self) -> int:
