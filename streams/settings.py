@@ -52,7 +52,8 @@ class Settings(BaseSettings):
         frozen=True,
         populate_by_name=True,
         # each field's docstring is its description: docs/reference/settings.md is generated from them
-        use_attribute_docstrings=True,
+        # (streams/tools/docs_reference.py reads them from this source; pydantic's
+        # `use_attribute_docstrings` would parse it at every start)
     )
 
     # Kafka: None means "start the embedded local broker" (demo, tests)

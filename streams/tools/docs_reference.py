@@ -10,6 +10,8 @@ Flink's configuration tables do. The CLI is passed in: this room sits below `cli
 
 from __future__ import annotations
 
+import ast
+import inspect
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import UnionType
@@ -22,6 +24,7 @@ from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
 from streams import schemas
+from streams import settings as settings_module
 from streams.collector.server import Collector, collector_config
 from streams.core.config.model import FunnelConfig
 from streams.core.measures import counters as counter_layout
@@ -95,12 +98,34 @@ def _default(name: str, info: FieldInfo) -> str:
     return f"`{value}`"
 
 
+def setting_descriptions() -> dict[str, str]:
+    """Each setting's description: the string under its field in `streams/settings.py`, cleaned as
+    pydantic's `use_attribute_docstrings` would (`inspect.cleandoc`). Read from the source here,
+    not by pydantic: that parses the module at every start of every command (160 M instructions,
+    bench/README.md, issue 30, session 6) for this reference alone."""
+    tree = ast.parse(inspect.getsource(settings_module))
+    model = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == Settings.__name__)
+    out: dict[str, str] = {}
+    for node, after in zip(model.body, model.body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            out[node.target.id] = inspect.cleandoc(after.value.value)
+    return out
+
+
 def undocumented_settings() -> list[str]:
     """Settings without a description (each needs one: the reference shows it)."""
-    return [name for name, info in Settings.model_fields.items() if not (info.description or "").strip()]
+    described = setting_descriptions()
+    return [name for name in Settings.model_fields if not described.get(name, "").strip()]
 
 
 def settings_page() -> str:
+    described = setting_descriptions()
     rows = []
     for name, info in Settings.model_fields.items():
         rows.append(
@@ -108,7 +133,7 @@ def settings_page() -> str:
                 f"`{env_name(name, info)}`",
                 _type_name(info.annotation),
                 _default(name, info),
-                info.description or "",
+                described.get(name, ""),
             )
         )
     return (
