@@ -152,11 +152,10 @@ class OfflineRun:
         if first is not None and (self.earliest_ms is None or first < self.earliest_ms):
             self.earliest_ms = first
         out = self.apply_line(self.lines, decoded.events, decoded.rejects, self._latest_ms, latest, raw)
-        judges = self.judges
-        if latest is None or not self.judge or not judges.evaluators:
+        if latest is None or not self.judge:
             return out
         # the fields as they are (what model_dump() would copy): the evaluators only read them
-        return out + judges.after_line([o.__dict__ for o in out if o.type == "micro"], latest)
+        return out + self.judges.after_line([o.__dict__ for o in out if o.type == "micro"], latest)
 
     @property
     def latest_event_ms(self) -> int | None:

@@ -334,11 +334,6 @@ class AlertEvaluator:
     def advance(self, watermark_ms: int) -> list[Alert]:
         """Judge every minute boundary up to the watermark; the alerts that changed state."""
         boundary = watermark_ms // MINUTE_MS * MINUTE_MS
-        t = self._evaluated_to
-        if t is not None and boundary <= t and t == self._tidied_to:
-            # no minute closed (most lines): only the ids a late copy left behind to forget
-            self._ids.forget_before(t)
-            return []
         if self._evaluated_to is None:
             first_minutes = [min(r.counts) for r in self._rules if r.counts]
             if not first_minutes:

@@ -310,12 +310,6 @@ class ExperimentEvaluator:
     def advance(self, watermark_ms: int) -> list[ExperimentUpdate]:
         """Judge every complete minute up to the watermark that brought counts; the updates."""
         boundary = watermark_ms // MINUTE_MS * MINUTE_MS
-        pending, evaluated = self._oldest_pending, self._evaluated_to
-        settled = not self._seen or (evaluated is not None and evaluated != 0 and evaluated >= boundary)
-        if settled and (pending is None or pending >= boundary):
-            # no minute closed (most lines): only the ids a late copy left behind to forget
-            self._ids.forget_before(boundary)
-            return []
         out: list[ExperimentUpdate] = []
         if self._oldest_pending is not None and self._oldest_pending < boundary:
             for state in self._states:
