@@ -174,7 +174,7 @@ def profile(pid: int, seconds: float) -> dict[str, Any]:
     )
     if done.returncode != 0 or not raw.exists():
         return {"skipped": f"py-spy failed: {done.stderr.strip()[-300:]}"}
-    return {"seconds": seconds, **summarize_profile(raw.read_text())}
+    return {"seconds": seconds, **summarize_profile(raw.read_text(errors="replace"))}
 
 
 def summarize_profile(collapsed: str) -> dict[str, Any]:
@@ -182,9 +182,11 @@ def summarize_profile(collapsed: str) -> dict[str, Any]:
     total, idle = 0, 0
     by_library: Counter[str] = Counter()
     ours: Counter[str] = Counter()
-    for line in collapsed.splitlines():
+    # "\n" only: py-spy sometimes reads a frame's name mid-change and writes stray bytes, some of
+    # which str.splitlines would take for line breaks; such a torn stack is skipped
+    for line in collapsed.split("\n"):
         stack, _, count = line.rpartition(" ")
-        if not stack:
+        if not stack or not count.isdigit():
             continue
         samples, frames = int(count), stack.split(";")
         if any("_bootstrap_inner" in frame for frame in frames):
