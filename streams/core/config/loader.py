@@ -80,6 +80,18 @@ def _where(loc: Location) -> str:
     return text
 
 
+def _too_deep_line(text: str) -> int | None:
+    """The line where flow brackets first nest deeper than `MAX_DEPTH`, for an error's position
+    only (quoted brackets counted too: the file is already refused)."""
+    depth = 0
+    for number, line in enumerate(text.split("\n"), start=1):
+        for char in line:
+            depth += 1 if char in "[{" else -1 if char in "]}" else 0
+            if depth > MAX_DEPTH:
+                return number
+    return None
+
+
 def parse_config(text: str, file: str = "<config>") -> FunnelConfig:
     if len(text.encode()) > MAX_CONFIG_BYTES:
         raise ConfigError(file, None, f"file larger than {MAX_CONFIG_BYTES} bytes")
@@ -94,6 +106,8 @@ def parse_config(text: str, file: str = "<config>") -> FunnelConfig:
         raise ConfigError(file, line, f"invalid YAML: {exc.problem or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(file, None, f"invalid YAML: {exc}") from None
+    except RecursionError:  # thousands of brackets deep: libyaml refuses them, the pure parser recurses
+        raise ConfigError(file, _too_deep_line(text), f"nested deeper than {MAX_DEPTH} levels") from None
     if node is None:
         raise ConfigError(file, 1, "the file is empty")
     lines: dict[Location, int] = {}

@@ -100,6 +100,8 @@ def test_broken_configs_are_refused_with_line_and_reason(old: str, new: str, lin
         ("version: 1\ngoals: [{name: g, match: {goal: g}}]\n", "cannot match on another goal"),
         ("version: 1\nmicro: [{name: m, match: {properties.x: {nested: 1}}}]\n", "scalar"),
         ("version: 1\nmicro: [{name: 'bad name!', match: {event: x}}]\n", "should match pattern"),
+        ("version: 1\ngoals: " + "[" * 5000 + "]" * 5000 + "\n", "nested deeper than 32 levels"),
+        ("version: 1\ngoals: " + "[" * 300_000 + "]" * 300_000 + "\n", "nested deeper than 32 levels"),
         (
             "version: 1\n"
             + "a: &a [1,1,1,1,1,1,1,1,1,1]\n"
