@@ -114,11 +114,8 @@ class Enricher:
         decoded.events = kept
         return decoded
 
-    def screen_before(self, event: ClickEvent) -> ScreenReason | None:
-        """Erased people and denied consent, which need no enrichment to decide."""
-        return self._screen(event, event.__dict__)
-
     def _screen(self, event: ClickEvent, fields: dict[str, Any]) -> ScreenReason | None:
+        """Erased people and denied consent, which need no enrichment to decide."""
         erased = self.erased
         if erased:
             for identity in (fields["user_id"], fields["anonymous_id"]):
@@ -128,9 +125,6 @@ class Enricher:
         if self._denies(event, fields["context"]):
             return "consent"
         return None
-
-    def denies_consent(self, event: ClickEvent) -> bool:
-        return self._denies(event, event.context)
 
     def _denies(self, event: ClickEvent, context: dict[str, Any]) -> bool:
         consent = context.get("consent")
@@ -143,14 +137,11 @@ class Enricher:
                         return True
         return self.consent_field is not None and _denies(lookup(event, self.consent_field))
 
-    def enrich(self, event: ClickEvent) -> None:
-        """Set `event.audience` and apply the IP mode to `context.ip` (the event was validated
-        just now and nothing else holds it yet: it is completed in place, as its campaign is)."""
-        self._enrich(event.__dict__)
-
     def _enrich(self, fields: dict[str, Any]) -> Audience:
-        """`enrich` on the event's fields (its `__dict__`, written as `object.__setattr__` on the
-        frozen model would); the audience set."""
+        """Set the event's audience and apply the IP mode to `context.ip`, on its fields (its
+        `__dict__`, written as `object.__setattr__` on the frozen model would: the event was
+        validated just now and nothing else holds it yet, so it is completed in place, as its
+        campaign is); the audience set."""
         context = fields["context"]
         raw_ip = context.get("ip")
         place = NOWHERE
