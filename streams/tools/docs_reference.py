@@ -100,7 +100,8 @@ def _default(name: str, info: FieldInfo) -> str:
 
 def setting_descriptions() -> dict[str, str]:
     """Each setting's description: the string under its field in `streams/settings.py`, cleaned as
-    pydantic's `use_attribute_docstrings` would (`inspect.cleandoc`). Read from the source here,
+    pydantic's `use_attribute_docstrings` would (`inspect.cleandoc`), else its `Field`'s
+    description. Read from the source here,
     not by pydantic: that parses the module at every start of every command (160 M instructions,
     bench/README.md, issue 30, session 6) for this reference alone."""
     tree = ast.parse(inspect.getsource(settings_module))
@@ -115,6 +116,9 @@ def setting_descriptions() -> dict[str, str]:
             and isinstance(after.value.value, str)
         ):
             out[node.target.id] = inspect.cleandoc(after.value.value)
+    for name, info in Settings.model_fields.items():  # one described by `Field(description=...)`
+        if name not in out and info.description:
+            out[name] = info.description
     return out
 
 
