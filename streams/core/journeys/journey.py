@@ -165,24 +165,10 @@ class Session:
 
     def values_before(self, last_ts: int) -> list[Any]:
         """`values` as version 5 stores them: the start and last as milliseconds before `last_ts`."""
-        return [
-            self.number,
-            self.id,
-            last_ts - self.start,
-            last_ts - self.last,
-            self.landing,
-            self.channel,
-            self.campaign,
-            self.page_views,
-            self.events,
-            self.micros,
-            self.goals,
-            self.returning,
-            self.audience,
-            self.source,
-            self.medium,
-            self.term,
-        ]
+        values = self.values()
+        values[_S_START] = last_ts - self.start
+        values[_S_LAST] = last_ts - self.last
+        return values
 
     def values(self) -> list[Any]:
         """The stored fields in order: the positional form journeys are stored in."""
@@ -393,18 +379,11 @@ class Journey:
             for label, value in a.breakdowns.items():
                 flat.append(codes.get(label, label))
                 flat.append(value)
-            attempts[name] = [
-                a.number,
-                last_ts - a.start,
-                last_ts - a.last,
-                a.reached,
-                a.done_mask,
-                a.session_id,
-                flat,
-                a.stalled,
-                a.chains,
-                a.version,
-            ]
+            stored = a.values()
+            stored[_A_START] = last_ts - a.start
+            stored[_A_LAST] = last_ts - a.last
+            stored[_A_BREAKDOWNS] = flat
+            attempts[name] = stored
         values: list[Any] = [
             STATE_VERSION,
             self.user_id,
