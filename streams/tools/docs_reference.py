@@ -101,9 +101,9 @@ def _default(name: str, info: FieldInfo) -> str:
 def setting_descriptions() -> dict[str, str]:
     """Each setting's description: the string under its field in `streams/settings.py`, cleaned as
     pydantic's `use_attribute_docstrings` would (`inspect.cleandoc`), else its `Field`'s
-    description. Read from the source here,
-    not by pydantic: that parses the module at every start of every command (160 M instructions,
-    bench/README.md, issue 30, session 6) for this reference alone."""
+    description. Read from the source here, not by pydantic: that parses the module at every
+    start of every command (160 M instructions, bench/README.md, issue 30, session 6) for this
+    reference alone."""
     tree = ast.parse(inspect.getsource(settings_module))
     model = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == Settings.__name__)
     out: dict[str, str] = {}
