@@ -8,6 +8,7 @@ which `process` imports with the collector paused (`streams.offline.collector.pa
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
@@ -26,6 +27,19 @@ if TYPE_CHECKING:
 def _fail(message: str) -> NoReturn:
     click.secho(message, fg="red", err=True)
     sys.exit(2)
+
+
+def _frozen_at_exit() -> None:
+    """At interpreter shutdown, what is alive frozen (`gc.freeze`): the shutdown's own collections
+    (one, then more as the modules are cleared) walk every object not frozen, the whole heap a run
+    leaves, for nothing, since the process ends (4.5 % of a one-line `conversions process`'s
+    instructions; bench/README.md, issue 30, session 7). Registered once; harmless in a process
+    that goes on (a test's), whose end it waits for."""
+    import atexit
+    import gc
+
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
 
 
 def _settings(**overrides: Any) -> Any:
@@ -173,105 +187,109 @@ def process(
     from streams.offline.collector import paused
     from streams.offline.collector import relaxed as relaxed_collector
 
-    with paused():  # start-up: what it allocates lives to the end (frozen by `relaxed_collector`)
-        from streams.offline.run import OfflineRun, open_input
-        from streams.offline.state import StateFileError, read, restore, write
-        from streams.progress import line_progress
+    _frozen_at_exit()
+    with ExitStack() as collector:
+        with paused():  # start-up: what it allocates lives to the end (frozen by `relaxed_collector`)
+            from streams.offline.run import OfflineRun, open_input
+            from streams.offline.state import StateFileError, read, restore, write
+            from streams.progress import line_progress
 
-        settings = _settings()
-        config = _compiled(config_path or settings.funnels)
-    payload = None
-    if state_path is not None:
-        if workers > 1:
-            _fail("--state runs in one process: leave out --workers")
-        try:
-            payload = read(state_path)
-        except StateFileError as exc:
-            _fail(str(exc))
-    if input_path != "-" and not Path(input_path).is_file():
-        _fail(f"--input {input_path}: no such file (give an NDJSON file, or - for stdin)")
-    if input_path == "-" and sys.stdin.isatty():
-        click.echo(
-            "reading events from stdin (NDJSON, one per line; Ctrl-D ends); --input FILE reads a file",
-            err=True,
-        )
-    latest_ms = settings.latest_accepted_ms()
-    if workers > 1:
-        from streams.offline.parallel import Job, run_parallel
-
-        job = Job(
-            config,
-            input_path,
-            source=f"file:{input_path}",
-            partitions=partitions or settings.partitions,
-            workers=workers,
-            max_message_bytes=settings.max_message_bytes,
-            max_batch_events=settings.max_batch_events,
-            max_nesting=settings.max_nesting,
-            breakdown_cap=settings.breakdown_cap,
-            latest_ms=latest_ms,
-            flush=flush,
-            enrichment=settings.enrichment(),
-        )
-        totals = run_parallel(job, sys.stdout.buffer)
-        counts = (totals.lines, totals.events, totals.rejected)
-        unknown = totals.unknown_fields
-        funnels = totals.funnels
-    else:
-        run = OfflineRun(
-            config,
-            partitions or settings.partitions,
-            source=f"file:{input_path}",
-            max_message_bytes=settings.max_message_bytes,
-            latest_ms=latest_ms,
-            max_batch_events=settings.max_batch_events,
-            enrichment=settings.enrichment(),
-            max_nesting=settings.max_nesting,
-            breakdown_cap=settings.breakdown_cap,
-        )
-        known: list[Any] = []
-        if payload is not None:
-            resumed, known = restore(run, payload)
-            for change in resumed.changes:
-                if change.status != "unchanged":
-                    click.echo(f"since the state was saved: {change.line()}", err=True)
-            sys.stdout.buffer.write(b"".join(output.to_json() + b"\n" for output in resumed.outputs))
-        show = sys.stderr.isatty() if progress is None else progress
-        with (
-            open_input(input_path) as stream,
-            line_progress(stream, input_path, show) as lines,
-            relaxed_collector(),
-        ):
-            run.write(lines, sys.stdout.buffer, flush=flush)
+            settings = _settings()
+            config = _compiled(config_path or settings.funnels)
+            # entered (the start-up heap frozen) before the collector is back on, whose first young
+            # collection would walk all of it; left at the end of the command
+            collector.enter_context(relaxed_collector())
+        payload = None
         if state_path is not None:
-            write(state_path, run, known)
-            if flush:
-                click.echo(
-                    f"--flush: every open session and attempt was closed; {state_path} holds them "
-                    "closed (a later run does not continue them)",
-                    err=True,
-                )
-        counts = (run.lines, run.events, run.rejected)
-        unknown = run.unknown_fields
-        funnels = run.counts
-    sys.stdout.buffer.flush()
-    click.echo("{} lines, {} events, {} rejected".format(*counts), err=True)
-    if unknown:
-        named = ", ".join(f"{name!a} ({count})" for name, count in sorted(unknown.items())[:20])
-        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
-        click.echo(f"fields the contract does not have, ignored: {named}{more}", err=True)
-    for line in funnels.lines():
-        click.echo(line, err=True)
-    if summary_path is not None:
-        summary = {
-            "lines": counts[0],
-            "events": counts[1],
-            "rejected": counts[2],
-            "unknown_fields": dict(sorted(unknown.items())),
-            "flushed": flush,
-            "funnels": funnels.to_json(),
-        }
-        summary_path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+            if workers > 1:
+                _fail("--state runs in one process: leave out --workers")
+            try:
+                payload = read(state_path)
+            except StateFileError as exc:
+                _fail(str(exc))
+        if input_path != "-" and not Path(input_path).is_file():
+            _fail(f"--input {input_path}: no such file (give an NDJSON file, or - for stdin)")
+        if input_path == "-" and sys.stdin.isatty():
+            click.echo(
+                "reading events from stdin (NDJSON, one per line; Ctrl-D ends); --input FILE reads a file",
+                err=True,
+            )
+        latest_ms = settings.latest_accepted_ms()
+        if workers > 1:
+            from streams.offline.parallel import Job, run_parallel
+
+            job = Job(
+                config,
+                input_path,
+                source=f"file:{input_path}",
+                partitions=partitions or settings.partitions,
+                workers=workers,
+                max_message_bytes=settings.max_message_bytes,
+                max_batch_events=settings.max_batch_events,
+                max_nesting=settings.max_nesting,
+                breakdown_cap=settings.breakdown_cap,
+                latest_ms=latest_ms,
+                flush=flush,
+                enrichment=settings.enrichment(),
+            )
+            totals = run_parallel(job, sys.stdout.buffer)
+            counts = (totals.lines, totals.events, totals.rejected)
+            unknown = totals.unknown_fields
+            funnels = totals.funnels
+        else:
+            run = OfflineRun(
+                config,
+                partitions or settings.partitions,
+                source=f"file:{input_path}",
+                max_message_bytes=settings.max_message_bytes,
+                latest_ms=latest_ms,
+                max_batch_events=settings.max_batch_events,
+                enrichment=settings.enrichment(),
+                max_nesting=settings.max_nesting,
+                breakdown_cap=settings.breakdown_cap,
+            )
+            known: list[Any] = []
+            if payload is not None:
+                resumed, known = restore(run, payload)
+                for change in resumed.changes:
+                    if change.status != "unchanged":
+                        click.echo(f"since the state was saved: {change.line()}", err=True)
+                sys.stdout.buffer.write(b"".join(output.to_json() + b"\n" for output in resumed.outputs))
+            show = sys.stderr.isatty() if progress is None else progress
+            with (
+                open_input(input_path) as stream,
+                line_progress(stream, input_path, show) as lines,
+            ):
+                run.write(lines, sys.stdout.buffer, flush=flush)
+            if state_path is not None:
+                write(state_path, run, known)
+                if flush:
+                    click.echo(
+                        f"--flush: every open session and attempt was closed; {state_path} holds them "
+                        "closed (a later run does not continue them)",
+                        err=True,
+                    )
+            counts = (run.lines, run.events, run.rejected)
+            unknown = run.unknown_fields
+            funnels = run.counts
+        sys.stdout.buffer.flush()
+        click.echo("{} lines, {} events, {} rejected".format(*counts), err=True)
+        if unknown:
+            named = ", ".join(f"{name!a} ({count})" for name, count in sorted(unknown.items())[:20])
+            more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+            click.echo(f"fields the contract does not have, ignored: {named}{more}", err=True)
+        for line in funnels.lines():
+            click.echo(line, err=True)
+        if summary_path is not None:
+            summary = {
+                "lines": counts[0],
+                "events": counts[1],
+                "rejected": counts[2],
+                "unknown_fields": dict(sorted(unknown.items())),
+                "flushed": flush,
+                "funnels": funnels.to_json(),
+            }
+            summary_path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
 
 
 _partitions = click.option(

@@ -47,7 +47,10 @@ Breakdowns = dict[str, str | None]
 
 
 class OutputEvent(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # validators and serializers built when first used (a validation, a dump, a schema): the
+    # engine builds and serializes outputs without them (`records.trusted`), and building them
+    # at import took 2 % of a one-line `conversions process` (bench/README.md, issue 30, session 7)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     id: str
     type: str
@@ -103,7 +106,7 @@ class MicroConversion(OutputEvent):
 
 
 class FirstTouch(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     timestamp: datetime
     landing_page: str | None
@@ -204,7 +207,7 @@ class SessionSummary(OutputEvent):
 class SegmentDrop(BaseModel):
     """A breakdown value whose own rate fell, with its part of the missing conversions."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     breakdown: str
     value: str | None
@@ -222,7 +225,7 @@ class SegmentDrop(BaseModel):
 class MixShift(BaseModel):
     """A breakdown value whose share of the entries rose while it converts below the average."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     breakdown: str
     value: str | None
@@ -237,7 +240,7 @@ class MixShift(BaseModel):
 class RootCause(BaseModel):
     """What explains a fired alert's drop, per breakdown of the funnel (README "Alerts")."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     missing: float
     """Conversions the window would have had at the baseline rate, minus those it had."""
@@ -309,7 +312,7 @@ class VariantResult(BaseModel):
     """One variant of an experiment, live: its attempts, conversions and, against the control,
     the difference of rates with its always-valid confidence sequence and p-value."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     variant: str
     entered: int
