@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
 from streams.core.input.audience import EnrichmentSpec
@@ -55,6 +55,21 @@ class Settings(BaseSettings):
         # (streams/tools/docs_reference.py reads them from this source; pydantic's
         # `use_attribute_docstrings` would parse it at every start)
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The arguments, then the environment. No `.env` file and no secrets directory is
+        configured: those two sources, always empty, still went through every field at each
+        `Settings()`, as long again as the environment (12 M instructions; bench/README.md,
+        issue 30, session 7)."""
+        return init_settings, env_settings
 
     # Kafka: None means "start the embedded local broker" (demo, tests)
     kafka_bootstrap_servers: str | None = _env("KAFKA_BOOTSTRAP_SERVERS")
