@@ -25,8 +25,9 @@ class _Missing:
 
 
 _MISSING: Final = _Missing()
-_JSON: Final = orjson.OPT_UTC_Z
-_LINE: Final = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
+# Any: compiled, an object ready to pass (an int constant is boxed again per call)
+_JSON: Final[Any] = orjson.OPT_UTC_Z
+_LINE: Final[Any] = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
 # Final: compiled, each is a C static rather than a lookup in the module's dict per call
 _TEMPLATES: Final[dict[type[BaseModel], tuple[dict[str, Any], tuple[tuple[str, Any], ...]]]] = {}
 _new: Final = object.__new__
