@@ -54,14 +54,10 @@ class Judges:
         if not micro and minute == self._judged_minute:
             return []  # they judge whole minutes: with nothing new and none complete, nothing to do
         self._judged_minute = minute
-        # each output to every evaluator in turn (each still sees them in order): the second
-        # finds the timestamp the first converted in `moment_ms`'s one-entry cache
-        evaluators = self.evaluators
-        for output in micro:
-            for evaluator in evaluators:
-                evaluator.observe(output)
         judged: list[OutputEvent] = []
-        for evaluator in evaluators:
+        for evaluator in self.evaluators:
+            for output in micro:
+                evaluator.observe(output)
             judged.extend(evaluator.advance(watermark))
         return judged
 
