@@ -54,10 +54,14 @@ class Judges:
         if not micro and minute == self._judged_minute:
             return []  # they judge whole minutes: with nothing new and none complete, nothing to do
         self._judged_minute = minute
-        judged: list[OutputEvent] = []
-        for evaluator in self.evaluators:
-            for output in micro:
+        # each output to every evaluator in turn (each still sees them in order): the second
+        # finds the timestamp the first converted in `moment_ms`'s one-entry cache
+        evaluators = self.evaluators
+        for output in micro:
+            for evaluator in evaluators:
                 evaluator.observe(output)
+        judged: list[OutputEvent] = []
+        for evaluator in evaluators:
             judged.extend(evaluator.advance(watermark))
         return judged
 
