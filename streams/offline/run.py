@@ -54,10 +54,15 @@ class Judges:
         if not micro and minute == self._judged_minute:
             return []  # they judge whole minutes: with nothing new and none complete, nothing to do
         self._judged_minute = minute
-        judged: list[OutputEvent] = []
-        for evaluator in self.evaluators:
-            for output in micro:
+        # each output to every evaluator in turn (each still sees them in order, and advances
+        # after all of them): 6.9 M instructions less on the bench's 40k lines than evaluator by
+        # evaluator (bench/README.md, issue 30, session 7)
+        evaluators = self.evaluators
+        for output in micro:
+            for evaluator in evaluators:
                 evaluator.observe(output)
+        judged: list[OutputEvent] = []
+        for evaluator in evaluators:
             judged.extend(evaluator.advance(watermark))
         return judged
 

@@ -51,20 +51,29 @@ class Books:
 @dataclass
 class FunnelCounts:
     books: dict[Key, Books] = field(default_factory=dict)
+    _by_funnel: dict[str, dict[str | None, Books]] = field(default_factory=dict, repr=False, compare=False)
+    """`books` by funnel, then by version as outputs carry it (None and "" apart, the same
+    `Books`): each output's books in two string-keyed lookups, no key tuple made and hashed."""
 
     def _books(self, funnel: str, version: str | None) -> Books:
-        key = (funnel, version or "")
-        books = self.books.get(key)
+        versions = self._by_funnel.get(funnel)
+        if versions is None:
+            versions = self._by_funnel[funnel] = {}
+        books = versions.get(version)
         if books is None:
-            books = self.books[key] = Books()
+            key = (funnel, version or "")
+            books = self.books.get(key)
+            if books is None:
+                books = self.books[key] = Books()
+            versions[version] = books
         return books
 
     def add_outputs(self, outputs: Iterable[OutputEvent]) -> None:
         for output in outputs:
-            kind = output.type
+            fields = output.__dict__  # one attribute lookup, then the fields by dict lookups
+            kind: str = fields["type"]
             if kind not in ("micro", "dropoff", "carried"):
                 continue
-            fields = output.__dict__
             funnel = fields.get("funnel")
             if funnel is None:
                 continue  # a secondary microconversion
