@@ -50,7 +50,7 @@ from streams.core.journeys.identity import (
     Merge,
     Source,
     Step,
-    decide,
+    decide_ids,
     decode_item,
     forwarder_source,
     is_forwarder,
@@ -66,6 +66,17 @@ from streams.core.records.outputs import DeadLetter, IdentityLink, build
 def _refused_any(outputs: Outputs) -> bool:
     """Whether an item's outputs hold a dead letter (an event refused when it was released)."""
     return any(isinstance(output, DeadLetter) for output in outputs)
+
+
+def _identity(user: str | None, anonymous: str | None) -> str:
+    """`ClickEvent.identity` from the fields read (validation requires one of the two)."""
+    return user if user is not None else anonymous  # type: ignore[return-value]
+
+
+def _ts_ms(read: dict[str, Any], event: ClickEvent) -> int:
+    """`event.ts_ms` from the fields read: validation (`fields.settled`) keeps it among them."""
+    known = read.get("ts_ms")
+    return known if known is not None else event.ts_ms
 
 
 NO_TIME: Final = -(1 << 62)
@@ -364,23 +375,29 @@ class Engine:
     ) -> Outputs:
         """Apply one event on its home partition. Deadlines fire in `observe`, when sources move on.
         `source`, where the event was read, travels with it when it is held or forwarded."""
+        # the model's fields as the dict they are kept in: compiled, each is then a dict lookup
+        # rather than a generic attribute lookup on the model
+        read = event.__dict__
+        user: str | None = read["user_id"]
+        anonymous: str | None = read["anonymous_id"]
         if not self.rules.stitch:
+            identity = _identity(user, anonymous)
             if partition is None:
-                partition = self.partition_of(event.identity)
+                partition = self.partition_of(identity)
             clock = self._clock(partition)
-            applied, out = self.machine.apply(self.load(event.identity), event)
+            applied, out = self.machine.apply(self.load(identity), event)
             self._save(clock, applied)
             return out
-        home = self.rules.home(event)
+        home = anonymous if anonymous is not None else _identity(user, anonymous)  # `rules.home`
         if partition is None:
             partition = self.partition_of(home)
         clock = self._clock(partition)
-        if event.anonymous_id is None:  # the person's own event: held with what is forwarded to it
-            return self._send(
-                partition, Forwarded(home, self._event_dict(event), event.ts_ms, source=source), event
-            )
+        ts = _ts_ms(read, event)
+        if anonymous is None:  # the person's own event: held with what is forwarded to it
+            return self._send(partition, Forwarded(home, self._event_dict(event), ts, source=source), event)
         journey = self.load(home)
-        decision, person = decide(self.rules, journey.linked_to if journey else None, event)
+        linked_to = journey.linked_to if journey is not None else None
+        decision, person = decide_ids(self.rules, linked_to, user, anonymous, read["event"])
         if decision == "local":
             applied, out = self.machine.apply(journey, event)
             self._save(clock, applied)
@@ -388,9 +405,9 @@ class Engine:
         out = []
         if decision == "link":
             state = None
-            stub = Journey(None, home, linked_to=person, last_ts=event.ts_ms)
+            stub = Journey(None, home, linked_to=person, last_ts=ts)
             if journey is not None:
-                out += self.machine.advance(journey, event.ts_ms)
+                out += self.machine.advance(journey, ts)
                 if journey.held:
                     self._fill_held(journey)
                 state = journey.dumps()
@@ -399,22 +416,19 @@ class Engine:
                 # them, so a copy delivered again (a redone run) is not forwarded a second time
                 stub.seen, stub.seen_at = list(journey.seen), list(journey.seen_at)
             self._save(clock, stub)
-            merge = Merge(person, home, state, event.to_json_dict(), event.ts_ms, source=source)
+            # its event's JSON form as a forwarded event's (`_event_dict`): offline, only if read
+            merge = Merge(person, home, state, self._event_dict(event), ts, source=source)
             return out + self._send(partition, merge, event, journey)
         else:
-            if (
-                journey is not None
-                and journey.linked_to is not None
-                and short_hash(event.event_id) in journey.seen
-            ):
+            if journey is not None and linked_to is not None and short_hash(read["event_id"]) in journey.seen:
                 return []  # applied by the anonymous journey before it was merged
             if decision == "refuse":
-                assert journey is not None and journey.linked_to is not None
-                out.append(self._refused(event, journey.linked_to))
-            if journey is not None and journey.linked_to is not None and event.ts_ms > journey.last_ts:
-                journey.last_ts = event.ts_ms  # the link lives on while its anonymous id is seen
+                assert journey is not None and linked_to is not None
+                out.append(self._refused(event, linked_to))
+            if journey is not None and linked_to is not None and ts > journey.last_ts:
+                journey.last_ts = ts  # the link lives on while its anonymous id is seen
                 self._save(clock, journey)
-            item = Forwarded(person, self._event_dict(event), event.ts_ms, source=source)
+            item = Forwarded(person, self._event_dict(event), ts, source=source)
         return out + self._send(partition, item, event)
 
     def forget(self, identity: str) -> list[str]:

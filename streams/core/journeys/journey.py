@@ -15,7 +15,7 @@ import struct
 from binascii import a2b_base64, b2a_base64
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 import orjson
@@ -309,6 +309,10 @@ class Journey:
     settled: JourneyMachine | None = field(default=None, compare=False, repr=False)
     """Not stored: the machine that settled its attempts (`JourneyMachine._reconcile`): none of
     them is written under another definition than that machine's, until `changed`."""
+    seen_floor: int = field(default=0, compare=False, repr=False)
+    """Not stored: the least of `seen_at` when `seen_of` is that very list (`_remember`, which
+    alone appends to it in place; whatever replaces the list leaves `seen_of` behind)."""
+    seen_of: list[int] | None = field(default=None, compare=False, repr=False)
 
     def __init__(
         self,
@@ -354,6 +358,8 @@ class Journey:
         self.due = False
         self.attempts_due = False
         self.settled = None
+        self.seen_floor = 0
+        self.seen_of = None
 
     def changed(self) -> None:
         """Forget the cached next deadline (the session, the attempts or `last_ts` changed) and
@@ -568,7 +574,8 @@ _A_BREAKDOWNS: Final = _stored(Attempt).index("breakdowns")
 
 Outputs = list[OutputEvent]
 
-_MOMENTS: Final[dict[int, datetime]] = {}
+_MOMENTS: Final[dict[object, datetime]] = {}
+"""By event time (keys `object`: `moment` boxes its int once, for both lookups)."""
 MAX_MOMENTS: Final = 4_096
 """Event times whose datetime `moment` keeps (bounded: emptied when full)."""
 
@@ -578,12 +585,40 @@ def moment(ms: int) -> datetime:
     outputs (each step reached, its drop-off or stall), and a datetime costs some thirty times a
     dictionary lookup to build. The same object for the same millisecond (datetimes are
     immutable), so the outputs are the same."""
-    known = _MOMENTS.get(ms)
+    key: object = ms
+    known = _MOMENTS.get(key)
     if known is None:
         if len(_MOMENTS) >= MAX_MOMENTS:
             _MOMENTS.clear()
-        known = _MOMENTS[ms] = from_epoch_ms(ms)
+        known = _civil(ms) if 0 <= ms < _CIVIL_MS else from_epoch_ms(ms)
+        _MOMENTS[key] = known
     return known
+
+
+_CIVIL_MS: Final = 253_402_300_800_000
+"""The first millisecond of year 10000, past what a datetime holds."""
+
+
+def _civil(ms: int) -> datetime:
+    """`from_epoch_ms(ms)` for 0 <= ms < `_CIVIL_MS`, the same datetime made from its fields by the
+    positional constructor: about a quarter of `fromtimestamp`'s cost with a time zone (which
+    builds a second datetime to apply it). The date from the day number as in H. Hinnant's
+    `civil_from_days` (proleptic Gregorian, days counted from 1970-01-01), in native ints."""
+    days = ms // 86_400_000
+    rest = ms - days * 86_400_000
+    z = days + 719_468
+    era = z // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1_460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (1 if month <= 2 else 0)
+    seconds = rest // 1_000
+    return datetime(
+        year, month, day, seconds // 3_600, seconds // 60 % 60, seconds % 60, rest % 1_000 * 1_000, UTC
+    )
 
 
 Chain = tuple[int, int]
@@ -1102,7 +1137,9 @@ class JourneyMachine:
         fingerprint = short_hash(read["event_id"])
         if fingerprint in journey.seen:
             return journey, []
-        ts, last_ts = event.ts_ms, journey.last_ts
+        given_ts = read.get("ts_ms")  # set by validation (`fields.settled`)
+        ts: int = given_ts if given_ts is not None else event.ts_ms
+        last_ts = journey.last_ts
         if last_ts - ts > self.config.late_tolerance:
             return journey, [self._late(journey, event)]
         self._remember(journey, fingerprint, ts)
@@ -1150,10 +1187,17 @@ class JourneyMachine:
 
     def _remember(self, journey: Journey, fingerprint: int, ts_ms: int) -> None:
         """Keep the ids a duplicate could still arrive for: one older than the tolerance is late."""
+        seen_at = journey.seen_at
+        at = ts_ms // 1000
         journey.seen.append(fingerprint)
-        journey.seen_at.append(ts_ms // 1000)
+        seen_at.append(at)
         horizon_s = (max(journey.last_ts, ts_ms) - self.config.late_tolerance) // 1000 - 1
-        if len(journey.seen_at) <= MAX_REMEMBERED_IDS and min(journey.seen_at) >= horizon_s:
+        if journey.seen_of is seen_at:  # its least time known: no scan of the list
+            journey.seen_floor = min(journey.seen_floor, at)
+        else:
+            journey.seen_floor = min(seen_at)
+            journey.seen_of = seen_at
+        if len(seen_at) <= MAX_REMEMBERED_IDS and journey.seen_floor >= horizon_s:
             return  # nothing to forget (most events)
         keep = [i for i, at in enumerate(journey.seen_at) if at >= horizon_s][-MAX_REMEMBERED_IDS:]
         if len(keep) < len(journey.seen):
