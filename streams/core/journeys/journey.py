@@ -15,7 +15,7 @@ import struct
 from binascii import a2b_base64, b2a_base64
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final, Literal
 
 import orjson
@@ -590,35 +590,8 @@ def moment(ms: int) -> datetime:
     if known is None:
         if len(_MOMENTS) >= MAX_MOMENTS:
             _MOMENTS.clear()
-        known = _civil(ms) if 0 <= ms < _CIVIL_MS else from_epoch_ms(ms)
-        _MOMENTS[key] = known
+        known = _MOMENTS[key] = from_epoch_ms(ms)
     return known
-
-
-_CIVIL_MS: Final = 253_402_300_800_000
-"""The first millisecond of year 10000, past what a datetime holds."""
-
-
-def _civil(ms: int) -> datetime:
-    """`from_epoch_ms(ms)` for 0 <= ms < `_CIVIL_MS`, the same datetime made from its fields by the
-    positional constructor: about a quarter of `fromtimestamp`'s cost with a time zone (which
-    builds a second datetime to apply it). The date from the day number as in H. Hinnant's
-    `civil_from_days` (proleptic Gregorian, days counted from 1970-01-01), in native ints."""
-    days = ms // 86_400_000
-    rest = ms - days * 86_400_000
-    z = days + 719_468
-    era = z // 146_097
-    doe = z - era * 146_097
-    yoe = (doe - doe // 1_460 + doe // 36_524 - doe // 146_096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    day = doy - (153 * mp + 2) // 5 + 1
-    month = mp + 3 if mp < 10 else mp - 9
-    year = yoe + era * 400 + (1 if month <= 2 else 0)
-    seconds = rest // 1_000
-    return datetime(
-        year, month, day, seconds // 3_600, seconds // 60 % 60, seconds % 60, rest % 1_000 * 1_000, UTC
-    )
 
 
 Chain = tuple[int, int]
@@ -1217,6 +1190,7 @@ class JourneyMachine:
         given: Campaign | None = read["campaign"]
         event_session: str | None = read["session_id"]
         campaign: list[str | None] | None = None
+        named: dict[str, Any] | None = None
         if given is not None:  # its fields, not `Campaign.key`: a method the interpreter runs
             named = given.__dict__
             campaign = [named["source"], named["medium"], named["name"]]
@@ -1227,11 +1201,14 @@ class JourneyMachine:
                 return current
             self._close_session(journey, now, out)
         page: Page | None = read["page"]
-        page_url = page.url if page is not None else None
-        referrer = page.referrer if page is not None else None
-        if given is not None:
-            seen: tuple[str | None, ...] = (referrer, page_url, given.source, given.medium)
-            seen += (given.name, given.term)
+        page_url: str | None = None
+        referrer: str | None = None
+        if page is not None:  # its fields from its dict, as the event's (`apply`)
+            page_fields = page.__dict__
+            page_url, referrer = page_fields["url"], page_fields["referrer"]
+        if named is not None:
+            seen: tuple[str | None, ...] = (referrer, page_url, named["source"], named["medium"])
+            seen += (named["name"], named["term"])
         else:
             seen = (referrer, page_url)
         traffic = self._traffic.get(seen)
@@ -1644,8 +1621,10 @@ class JourneyMachine:
     @staticmethod
     def _record_micro(journey: Journey, session: Session, name: str) -> None:
         session.micros += 1
-        journey.path.append(name)
-        del journey.path[:-MAX_PATH]
+        path = journey.path
+        path.append(name)
+        if len(path) > MAX_PATH:  # (a slice deleted only then: a generic operation)
+            del path[:-MAX_PATH]
 
     @staticmethod
     def _micro(

@@ -15,9 +15,10 @@ from streams.core.config.loader import parse_config
 from streams.core.config.matching import CompiledConfig, compile_config
 from streams.core.input.decode import decode_message
 from streams.core.input.event import ClickEvent
-from streams.core.input.fields import from_epoch_ms
 from streams.core.journeys.engine import Engine
-from streams.core.journeys.journey import _CIVIL_MS, Outputs, _civil, moment
+from streams.core.journeys.journey import Outputs
+from streams.core.records.outputs import IdentityLink
+from streams.core.records.trusted import build
 from streams.settings import DEFAULT_FUNNELS
 from streams.tools.simulate import Simulator
 from tests.core.journeys.test_journey_properties import clickstreams, config
@@ -213,23 +214,6 @@ def test_an_event_names_plan_keeps_only_what_its_name_leaves_open() -> None:
     assert machine._plan("no_such_event").funnels == ()
 
 
-def test_an_event_times_datetime_is_the_one_from_epoch_ms_gives() -> None:
-    """`moment` builds a datetime from its fields (`_civil`): the same value, zone and text as
-    `from_epoch_ms`, over every kind of day (leap days, century and year ends) to year 9999."""
-    rng = random.Random(5)
-    days = [0, 59, 60, 365, 10_956, 11_016, 11_017, 47_481, 2_932_896]  # 2000-02-29, 2100-03-01...
-    times = [d * 86_400_000 + rng.randrange(86_400_000) for d in days + list(range(0, 2_932_896, 97))]
-    times += [0, 1, 86_399_999, 86_400_000, 2**32 * 1000 - 1, 2**32 * 1000, _CIVIL_MS - 1]
-    times += [rng.randrange(1_600_000_000_000, 1_900_000_000_000) for _ in range(20_000)]
-    for ms in times:
-        made, reference = _civil(ms), from_epoch_ms(ms)
-        assert made == reference and made.tzinfo is reference.tzinfo, ms
-        assert made.isoformat() == reference.isoformat(), ms
-        assert moment(ms) == reference
-    for ms in (-1, -86_400_001):  # before 1970: `from_epoch_ms` itself
-        assert moment(ms) == from_epoch_ms(ms)
-
-
 def test_a_journeys_remembered_least_seen_time_is_the_least_of_its_seen_times() -> None:
     """`_remember` keeps the least of `seen_at` rather than scan it per event: over late and
     merged deliveries, flushed now and then (journeys decoded afresh), it is the list's least."""
@@ -246,3 +230,24 @@ def test_a_journeys_remembered_least_seen_time_is_the_least_of_its_seen_times() 
         if i % 1_500 == 1_499:
             engine.flush()
     assert checked > 10_000
+
+
+def test_a_linked_identity_output_is_the_one_build_makes_of_its_fields() -> None:
+    """`Engine._linked` assembles the output from every field in the model's order: the same
+    fields, order, fields set and JSON as `build` from the fields it set, and valid."""
+    engine = Engine(DEFAULT, {}, 4, expected_sources=["s"])
+    latest, linked = 0, 0
+    for event in _simulated():
+        outputs = engine.process(event)
+        latest = max(latest, event.ts_ms)
+        outputs += engine.observe_all("s", latest)
+        for output in outputs:
+            if isinstance(output, IdentityLink) and output.action == "linked":
+                fields = {k: v for k, v in output.__dict__.items() if k in output.model_fields_set}
+                built = build(IdentityLink, **fields)
+                assert list(output.__dict__.items()) == list(built.__dict__.items())
+                assert output.model_fields_set == built.model_fields_set
+                assert output.to_json() == built.to_json()
+                assert IdentityLink.model_validate(output.model_dump()) == output
+                linked += 1
+    assert linked > 20
