@@ -1718,6 +1718,7 @@ class JourneyMachine:
     ) -> dict[str, str | None]:
         values: dict[str, str | None] = {}
         split = self._split
+        read: dict[str, Any] | None = None
         for path in paths:
             if path == "landing_page":
                 value: Any = session.landing
@@ -1731,7 +1732,11 @@ class JourneyMachine:
                 parts = split.get(path)
                 if parts is None:
                     parts = split[path] = tuple(path.split("."))  # the configuration's paths
-                value = lookup(event, parts)
+                if read is None:
+                    read = event.__dict__
+                # a field's value from the event's dict (`apply`), as `getattr` on the model gives
+                # it without the generic attribute lookup; anything else from the model
+                value = lookup(read, parts) if parts[0] in read else lookup(event, parts)
             values[path] = None if value is None else str(value)[:MAX_BREAKDOWN_VALUE]
         return values
 
