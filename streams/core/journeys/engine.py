@@ -50,7 +50,7 @@ from streams.core.journeys.identity import (
     Merge,
     Source,
     Step,
-    decide,
+    decide_ids,
     decode_item,
     forwarder_source,
     is_forwarder,
@@ -60,12 +60,30 @@ from streams.core.journeys.journey import Journey, JourneyMachine, Outputs
 from streams.core.journeys.merge import MAX_MERGED_IDS, merge_journeys, merged_first_touch
 from streams.core.journeys.notices import Notice, decode_notice
 from streams.core.records.ids import output_id, short_hash
-from streams.core.records.outputs import DeadLetter, IdentityLink, build
+from streams.core.records.outputs import DeadLetter, IdentityLink
+from streams.core.records.trusted import assemble, given
+
+_LINKED_SET: Final = given(IdentityLink, "type", "reason", "linked_user_id")
+"""The fields set of a `linked` identity output (`_linked`): all but those left at their default."""
 
 
 def _refused_any(outputs: Outputs) -> bool:
     """Whether an item's outputs hold a dead letter (an event refused when it was released)."""
-    return any(isinstance(output, DeadLetter) for output in outputs)
+    for output in outputs:  # noqa: SIM110 (a loop: compiled, any() builds a generator per call)
+        if isinstance(output, DeadLetter):
+            return True
+    return False
+
+
+def _identity(user: str | None, anonymous: str | None) -> str:
+    """`ClickEvent.identity` from the fields read (validation requires one of the two)."""
+    return user if user is not None else anonymous  # type: ignore[return-value]
+
+
+def _ts_ms(read: dict[str, Any], event: ClickEvent) -> int:
+    """`event.ts_ms` from the fields read: validation (`fields.settled`) keeps it among them."""
+    known = read.get("ts_ms")
+    return known if known is not None else event.ts_ms
 
 
 NO_TIME: Final = -(1 << 62)
@@ -364,23 +382,29 @@ class Engine:
     ) -> Outputs:
         """Apply one event on its home partition. Deadlines fire in `observe`, when sources move on.
         `source`, where the event was read, travels with it when it is held or forwarded."""
+        # the model's fields as the dict they are kept in: compiled, each is then a dict lookup
+        # rather than a generic attribute lookup on the model
+        read = event.__dict__
+        user: str | None = read["user_id"]
+        anonymous: str | None = read["anonymous_id"]
         if not self.rules.stitch:
+            identity = _identity(user, anonymous)
             if partition is None:
-                partition = self.partition_of(event.identity)
+                partition = self.partition_of(identity)
             clock = self._clock(partition)
-            applied, out = self.machine.apply(self.load(event.identity), event)
+            applied, out = self.machine.apply(self.load(identity), event)
             self._save(clock, applied)
             return out
-        home = self.rules.home(event)
+        home = anonymous if anonymous is not None else _identity(user, anonymous)  # `rules.home`
         if partition is None:
             partition = self.partition_of(home)
         clock = self._clock(partition)
-        if event.anonymous_id is None:  # the person's own event: held with what is forwarded to it
-            return self._send(
-                partition, Forwarded(home, self._event_dict(event), event.ts_ms, source=source), event
-            )
+        ts = _ts_ms(read, event)
+        if anonymous is None:  # the person's own event: held with what is forwarded to it
+            return self._send(partition, Forwarded(home, self._event_dict(event), ts, source=source), event)
         journey = self.load(home)
-        decision, person = decide(self.rules, journey.linked_to if journey else None, event)
+        linked_to = journey.linked_to if journey is not None else None
+        decision, person = decide_ids(self.rules, linked_to, user, anonymous, read["event"])
         if decision == "local":
             applied, out = self.machine.apply(journey, event)
             self._save(clock, applied)
@@ -388,9 +412,9 @@ class Engine:
         out = []
         if decision == "link":
             state = None
-            stub = Journey(None, home, linked_to=person, last_ts=event.ts_ms)
+            stub = Journey(None, home, linked_to=person, last_ts=ts)
             if journey is not None:
-                out += self.machine.advance(journey, event.ts_ms)
+                out += self.machine.advance(journey, ts)
                 if journey.held:
                     self._fill_held(journey)
                 state = journey.dumps()
@@ -399,22 +423,19 @@ class Engine:
                 # them, so a copy delivered again (a redone run) is not forwarded a second time
                 stub.seen, stub.seen_at = list(journey.seen), list(journey.seen_at)
             self._save(clock, stub)
-            merge = Merge(person, home, state, event.to_json_dict(), event.ts_ms, source=source)
+            # its event's JSON form as a forwarded event's (`_event_dict`): offline, only if read
+            merge = Merge(person, home, state, self._event_dict(event), ts, source=source)
             return out + self._send(partition, merge, event, journey)
         else:
-            if (
-                journey is not None
-                and journey.linked_to is not None
-                and short_hash(event.event_id) in journey.seen
-            ):
+            if journey is not None and linked_to is not None and short_hash(read["event_id"]) in journey.seen:
                 return []  # applied by the anonymous journey before it was merged
             if decision == "refuse":
-                assert journey is not None and journey.linked_to is not None
-                out.append(self._refused(event, journey.linked_to))
-            if journey is not None and journey.linked_to is not None and event.ts_ms > journey.last_ts:
-                journey.last_ts = event.ts_ms  # the link lives on while its anonymous id is seen
+                assert journey is not None and linked_to is not None
+                out.append(self._refused(event, linked_to))
+            if journey is not None and linked_to is not None and ts > journey.last_ts:
+                journey.last_ts = ts  # the link lives on while its anonymous id is seen
                 self._save(clock, journey)
-            item = Forwarded(person, self._event_dict(event), event.ts_ms, source=source)
+            item = Forwarded(person, self._event_dict(event), ts, source=source)
         return out + self._send(partition, item, event)
 
     def forget(self, identity: str) -> list[str]:
@@ -700,32 +721,38 @@ class Engine:
             if journey.anonymous_id is None:
                 journey.anonymous_id = item.anonymous_id
         event = self._event_of(item, keep=True)  # its event applies later, as a step of its own
-        # in this order: the output's fields come out in it (`_linked`)
+        read = event.__dict__  # (`process`)
+        # every field of the output in the model's order (`assemble`); `_linked` sets the last three
         link: dict[str, Any] = {
-            "id": output_id("identity", item.anonymous_id, item.person, event.event_id),
+            "id": output_id("identity", item.anonymous_id, item.person, read["event_id"]),
+            "type": "identity",
             "user_id": item.person,
             "anonymous_id": item.anonymous_id,
-            "session_id": event.session_id,
-            "timestamp": event.timestamp,
+            "session_id": read["session_id"],
+            "timestamp": read["timestamp"],
             "action": "linked",
-            "event": event.event,
-            "event_id": event.event_id,
+            "event": read["event"],
+            "event_id": read["event_id"],
+            "reason": None,
+            "linked_user_id": None,
             "anonymous_history": anonymous is not None,
             "user_history": user_history,
+            "first_touch": None,
+            "attempts_kept": None,
             "attempts_merged": ended,
         }
         return out, link
 
     @staticmethod
     def _linked(journey: Journey, link: dict[str, Any]) -> IdentityLink:
-        """The identity output `_merge` began, completed with what the merge kept and built once,
-        unvalidated (`build`): every value is of its field's type already. Its fields come out
-        in the order one built before the merge and copied with these three set gave."""
+        """The identity output `_merge` began, completed with what the merge kept and made once,
+        unvalidated (`assemble`): every value is of its field's type already, every field given
+        in the model's order, the fields set those `build` would record."""
         if journey.session is not None:
             link["session_id"] = journey.session.id
         link["first_touch"] = merged_first_touch(journey)
         link["attempts_kept"] = {key: attempt.reached for key, attempt in journey.attempts.items()}
-        return build(IdentityLink, **link)
+        return assemble(IdentityLink, link, _LINKED_SET)
 
     @staticmethod
     def _refused(event: ClickEvent, linked_to: str) -> IdentityLink:
@@ -749,7 +776,7 @@ class Engine:
         """A source has delivered everything up to `event_time`: apply and fire what that makes due."""
         clock = self._clocks.get(partition) or self._clock(partition)
         out: Outputs = []
-        self._observed(partition, clock, source, event_time, out)
+        self._observed(partition, clock, source, event_time, out, event_time)
         return out
 
     def observe_all(self, source: str, event_time: int) -> Outputs:
@@ -759,14 +786,23 @@ class Engine:
         if not every:
             every = [self._clock(partition) for partition in range(self.partitions)]
             self._every = every
+        boxed: object = event_time  # one Python int for every partition's `sources`
         for partition in range(len(every)):
-            self._observed(partition, every[partition], source, event_time, out)
+            self._observed(partition, every[partition], source, event_time, out, boxed)
         return out
 
     def _observed(
-        self, partition: int, clock: _PartitionClock, source: str, event_time: int, out: Outputs
+        self,
+        partition: int,
+        clock: _PartitionClock,
+        source: str,
+        event_time: int,
+        out: Outputs,
+        boxed: object,
     ) -> None:
-        """`observe`, its outputs added to `out` (one list per call, however many partitions)."""
+        """`observe`, its outputs added to `out` (one list per call, however many partitions);
+        `boxed`: `event_time` as the object `sources` keeps (compiled, a native int is boxed
+        anew wherever it goes into a dict)."""
         waiting = clock.waiting_for
         moved = False
         if len(waiting) and source in waiting:  # len(): a native read of the set's size
@@ -775,11 +811,11 @@ class Engine:
         sources = clock.sources
         prior = sources.get(source)
         if prior is None or event_time > prior:
-            sources[source] = event_time
+            sources[source] = boxed  # type: ignore[assignment]
             reached = event_time
             moved = True
         else:
-            reached = prior  # (a native int: `event_time` is boxed once, for the dict)
+            reached = prior
         if moved:
             # the floor moves only with the sources: unchanged, it is still right
             if not len(waiting) and len(sources) == 1:  # offline's one source: `_floor` without the loop

@@ -85,16 +85,23 @@ def decide(rules: IdentityRules, linked_to: str | None, event: ClickEvent) -> tu
     - `link`: link the anonymous id to the event's user, then the user's journey;
     - `refuse`: the anonymous id belongs to another user; the event goes to its own user alone.
     """
-    user = event.user_id
-    if not rules.stitch or event.anonymous_id is None:
-        return "local", event.identity
+    read = event.__dict__
+    return decide_ids(rules, linked_to, read["user_id"], read["anonymous_id"], read["event"])
+
+
+def decide_ids(
+    rules: IdentityRules, linked_to: str | None, user: str | None, anonymous: str | None, name: str
+) -> tuple[Decision, str]:
+    """`decide` from the event's ids and name (`Engine.process` has read them already)."""
+    if not rules.stitch or anonymous is None:
+        return "local", user if user is not None else anonymous  # type: ignore[return-value]
     if linked_to is not None:
         if user is None or user == linked_to:
             return "forward", linked_to
         return "refuse", user
     if user is None:
-        return "local", event.anonymous_id
-    if rules.links(event):
+        return "local", anonymous
+    if rules.link_on is None or name in rules.link_on:  # `links`
         return "link", user
     return "forward", user
 

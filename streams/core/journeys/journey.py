@@ -309,6 +309,10 @@ class Journey:
     settled: JourneyMachine | None = field(default=None, compare=False, repr=False)
     """Not stored: the machine that settled its attempts (`JourneyMachine._reconcile`): none of
     them is written under another definition than that machine's, until `changed`."""
+    seen_floor: int = field(default=0, compare=False, repr=False)
+    """Not stored: the least of `seen_at` when `seen_of` is that very list (`_remember`, which
+    alone appends to it in place; whatever replaces the list leaves `seen_of` behind)."""
+    seen_of: list[int] | None = field(default=None, compare=False, repr=False)
 
     def __init__(
         self,
@@ -354,6 +358,8 @@ class Journey:
         self.due = False
         self.attempts_due = False
         self.settled = None
+        self.seen_floor = 0
+        self.seen_of = None
 
     def changed(self) -> None:
         """Forget the cached next deadline (the session, the attempts or `last_ts` changed) and
@@ -568,7 +574,8 @@ _A_BREAKDOWNS: Final = _stored(Attempt).index("breakdowns")
 
 Outputs = list[OutputEvent]
 
-_MOMENTS: Final[dict[int, datetime]] = {}
+_MOMENTS: Final[dict[object, datetime]] = {}
+"""By event time (keys `object`: `moment` boxes its int once, for both lookups)."""
 MAX_MOMENTS: Final = 4_096
 """Event times whose datetime `moment` keeps (bounded: emptied when full)."""
 
@@ -578,11 +585,12 @@ def moment(ms: int) -> datetime:
     outputs (each step reached, its drop-off or stall), and a datetime costs some thirty times a
     dictionary lookup to build. The same object for the same millisecond (datetimes are
     immutable), so the outputs are the same."""
-    known = _MOMENTS.get(ms)
+    key: object = ms
+    known = _MOMENTS.get(key)
     if known is None:
         if len(_MOMENTS) >= MAX_MOMENTS:
             _MOMENTS.clear()
-        known = _MOMENTS[ms] = from_epoch_ms(ms)
+        known = _MOMENTS[key] = from_epoch_ms(ms)
     return known
 
 
@@ -1102,7 +1110,9 @@ class JourneyMachine:
         fingerprint = short_hash(read["event_id"])
         if fingerprint in journey.seen:
             return journey, []
-        ts, last_ts = event.ts_ms, journey.last_ts
+        given_ts = read.get("ts_ms")  # set by validation (`fields.settled`)
+        ts: int = given_ts if given_ts is not None else event.ts_ms
+        last_ts = journey.last_ts
         if last_ts - ts > self.config.late_tolerance:
             return journey, [self._late(journey, event)]
         self._remember(journey, fingerprint, ts)
@@ -1150,10 +1160,17 @@ class JourneyMachine:
 
     def _remember(self, journey: Journey, fingerprint: int, ts_ms: int) -> None:
         """Keep the ids a duplicate could still arrive for: one older than the tolerance is late."""
+        seen_at = journey.seen_at
+        at = ts_ms // 1000
         journey.seen.append(fingerprint)
-        journey.seen_at.append(ts_ms // 1000)
+        seen_at.append(at)
         horizon_s = (max(journey.last_ts, ts_ms) - self.config.late_tolerance) // 1000 - 1
-        if len(journey.seen_at) <= MAX_REMEMBERED_IDS and min(journey.seen_at) >= horizon_s:
+        if journey.seen_of is seen_at:  # its least time known: no scan of the list
+            journey.seen_floor = min(journey.seen_floor, at)
+        else:
+            journey.seen_floor = min(seen_at)
+            journey.seen_of = seen_at
+        if len(seen_at) <= MAX_REMEMBERED_IDS and journey.seen_floor >= horizon_s:
             return  # nothing to forget (most events)
         keep = [i for i, at in enumerate(journey.seen_at) if at >= horizon_s][-MAX_REMEMBERED_IDS:]
         if len(keep) < len(journey.seen):
@@ -1173,6 +1190,7 @@ class JourneyMachine:
         given: Campaign | None = read["campaign"]
         event_session: str | None = read["session_id"]
         campaign: list[str | None] | None = None
+        named: dict[str, Any] | None = None
         if given is not None:  # its fields, not `Campaign.key`: a method the interpreter runs
             named = given.__dict__
             campaign = [named["source"], named["medium"], named["name"]]
@@ -1183,11 +1201,14 @@ class JourneyMachine:
                 return current
             self._close_session(journey, now, out)
         page: Page | None = read["page"]
-        page_url = page.url if page is not None else None
-        referrer = page.referrer if page is not None else None
-        if given is not None:
-            seen: tuple[str | None, ...] = (referrer, page_url, given.source, given.medium)
-            seen += (given.name, given.term)
+        page_url: str | None = None
+        referrer: str | None = None
+        if page is not None:  # its fields from its dict, as the event's (`apply`)
+            page_fields = page.__dict__
+            page_url, referrer = page_fields["url"], page_fields["referrer"]
+        if named is not None:
+            seen: tuple[str | None, ...] = (referrer, page_url, named["source"], named["medium"])
+            seen += (named["name"], named["term"])
         else:
             seen = (referrer, page_url)
         traffic = self._traffic.get(seen)
@@ -1600,8 +1621,10 @@ class JourneyMachine:
     @staticmethod
     def _record_micro(journey: Journey, session: Session, name: str) -> None:
         session.micros += 1
-        journey.path.append(name)
-        del journey.path[:-MAX_PATH]
+        path = journey.path
+        path.append(name)
+        if len(path) > MAX_PATH:  # (a slice deleted only then: a generic operation)
+            del path[:-MAX_PATH]
 
     @staticmethod
     def _micro(
@@ -1695,6 +1718,7 @@ class JourneyMachine:
     ) -> dict[str, str | None]:
         values: dict[str, str | None] = {}
         split = self._split
+        read: dict[str, Any] | None = None
         for path in paths:
             if path == "landing_page":
                 value: Any = session.landing
@@ -1708,7 +1732,11 @@ class JourneyMachine:
                 parts = split.get(path)
                 if parts is None:
                     parts = split[path] = tuple(path.split("."))  # the configuration's paths
-                value = lookup(event, parts)
+                if read is None:
+                    read = event.__dict__
+                # a field's value from the event's dict (`apply`), as `getattr` on the model gives
+                # it without the generic attribute lookup; anything else from the model
+                value = lookup(read, parts) if parts[0] in read else lookup(event, parts)
             values[path] = None if value is None else str(value)[:MAX_BREAKDOWN_VALUE]
         return values
 

@@ -114,15 +114,17 @@ def test_a_merge_gives_the_same_outputs_and_states_with_the_live_or_the_decoded_
 
 
 def test_a_held_event_written_before_its_release_is_stored_whole_and_applies_the_same() -> None:
-    """Without forwarding, a held event's JSON form is made only if its journey is written before
-    the event is released (`Engine._event_dict`): flushed between the events and the observation
-    that releases them, the held bodies carry each event's whole form, and the outputs and the
-    final states are those of flushing once at the end."""
+    """Without forwarding, a held event's JSON form (a forwarded event's or a merge's linking
+    event's) is made only if its journey is written before the event is released
+    (`Engine._event_dict`): flushed between the events and the observation that releases them, the
+    held bodies carry each event's whole form, and the outputs and the final states are those of
+    flushing once at the end."""
     held: list[dict[str, Any]] = []
     expected = replay(Recording(), flush_every=None)
     between = Recording()
     assert replay(between, flush_every=None, held_at_flush=held) == expected
     assert len(held) > 50
+    assert sum("merge" in body for body in held) > 5
     for body in held:
         event = body["event"]
         assert event and ClickEvent.model_validate(event).to_json_dict() == event

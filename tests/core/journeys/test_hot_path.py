@@ -17,6 +17,8 @@ from streams.core.input.decode import decode_message
 from streams.core.input.event import ClickEvent
 from streams.core.journeys.engine import Engine
 from streams.core.journeys.journey import Outputs
+from streams.core.records.outputs import IdentityLink
+from streams.core.records.trusted import build
 from streams.settings import DEFAULT_FUNNELS
 from streams.tools.simulate import Simulator
 from tests.core.journeys.test_journey_properties import clickstreams, config
@@ -210,3 +212,42 @@ def test_an_event_names_plan_keeps_only_what_its_name_leaves_open() -> None:
     assert needs_goal.goal == "purchase" and needs_goal.events is None
     assert machine._plan("refund").funnels[0][2:] == ((None,), [])  # checkout's exclusion alone
     assert machine._plan("no_such_event").funnels == ()
+
+
+def test_a_journeys_remembered_least_seen_time_is_the_least_of_its_seen_times() -> None:
+    """`_remember` keeps the least of `seen_at` rather than scan it per event: over late and
+    merged deliveries, flushed now and then (journeys decoded afresh), it is the list's least."""
+    engine = Engine(DEFAULT, {}, 4, expected_sources=["s"])
+    latest, checked = 0, 0
+    for i, event in enumerate(_late_deliveries(_simulated(users=80))):
+        engine.process(event)
+        latest = max(latest, event.ts_ms)
+        engine.observe_all("s", latest)
+        for journey in engine._cache.values():
+            if journey is not None and journey.seen_of is journey.seen_at:
+                assert journey.seen_floor == min(journey.seen_at), journey.identity
+                checked += 1
+        if i % 1_500 == 1_499:
+            engine.flush()
+    assert checked > 10_000
+
+
+def test_a_linked_identity_output_is_the_one_build_makes_of_its_fields() -> None:
+    """`Engine._linked` assembles the output from every field in the model's order: the same
+    fields, order, fields set and JSON as `build` from the fields it set, and valid."""
+    engine = Engine(DEFAULT, {}, 4, expected_sources=["s"])
+    latest, linked = 0, 0
+    for event in _simulated():
+        outputs = engine.process(event)
+        latest = max(latest, event.ts_ms)
+        outputs += engine.observe_all("s", latest)
+        for output in outputs:
+            if isinstance(output, IdentityLink) and output.action == "linked":
+                fields = {k: v for k, v in output.__dict__.items() if k in output.model_fields_set}
+                built = build(IdentityLink, **fields)
+                assert list(output.__dict__.items()) == list(built.__dict__.items())
+                assert output.model_fields_set == built.model_fields_set
+                assert output.to_json() == built.to_json()
+                assert IdentityLink.model_validate(output.model_dump()) == output
+                linked += 1
+    assert linked > 20
