@@ -38,10 +38,13 @@ def _validate_one(obj: Any, max_nesting: int = MAX_NESTING, ordinary: bool = Fal
     message has few brackets, or the object nests as `fields.two_deep` allows)."""
     if not isinstance(obj, dict):
         return Rejection("not_an_object", f"contract: expected a JSON object, got {type(obj).__name__}", b"")
-    try:
-        # model_validate's own work, without its Python frame (pydantic's module is not compiled)
-        if ordinary or two_deep(obj):
+    if ordinary or two_deep(obj):
+        try:
+            # model_validate's own work, without its Python frame (pydantic's module is not compiled)
             return SHALLOW_VALIDATOR.validate_python(obj)  # type: ignore[no-any-return]
+        except ValidationError:
+            pass  # the contract's validator: its errors, and what only it takes (a mapping)
+    try:
         context = _CONTEXTS.get(max_nesting) or _CONTEXTS.setdefault(max_nesting, nesting_limit(max_nesting))
         return ClickEvent.__pydantic_validator__.validate_python(obj, context=context)  # type: ignore[no-any-return]
     except ValidationError as exc:

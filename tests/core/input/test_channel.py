@@ -185,3 +185,15 @@ def test_unwanted_referrals_are_configurable() -> None:
     assert classify_traffic(None, referrer, SHOP).channel == "Referral"
     unwanted = (*DEFAULT_UNWANTED_REFERRALS, "example-psp.com")
     assert classify_traffic(None, referrer, SHOP, unwanted).channel == "Direct"
+
+
+def test_the_referers_json_the_engine_reads_is_the_vendored_referers_yml() -> None:
+    """The engine reads referer-parser's list as JSON (parsed at each process's start in a fifth
+    of the instructions); referers.yml stays the verbatim copy. Updated one without the other,
+    the channels would follow the stale file."""
+    from streams.tools.referers_json import FOLDER, as_json, from_yaml
+
+    written = (FOLDER / "referers.json").read_bytes()
+    assert written == as_json(from_yaml()), (
+        "referers.json differs from referers.yml: run `python -m streams.tools.referers_json`"
+    )

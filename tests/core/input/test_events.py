@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from types import MappingProxyType
 from urllib.parse import parse_qs
 
 import orjson
@@ -9,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from streams.core.input.decode import decode_message
+from streams.core.input.decode import _validate_one, decode_message
 from streams.core.input.event import (
     MAX_NESTING,
     SHALLOW_VALIDATOR,
@@ -20,6 +21,7 @@ from streams.core.input.event import (
     url_path,
 )
 from streams.core.input.fields import first_values, two_deep
+from streams.core.input.rejection import Rejection
 from tests.helpers import event
 
 
@@ -185,13 +187,42 @@ def _validated(validate: object, value: object, **context: object) -> object:
 
 @given(EVENTISH)
 def test_the_shallow_validator_gives_what_the_full_one_gives_for_an_ordinary_event(value: object) -> None:
-    """Decoding skips the nesting check where it cannot fail (`two_deep`): the same event, or the
-    same errors, as `ClickEvent`'s own validator with the nesting limit."""
+    """Decoding skips the nesting check where it cannot fail (`two_deep`) and takes `context` and
+    `properties` as the dicts they are: the event it accepts is the one `ClickEvent`'s own
+    validator with the nesting limit makes, and what it refuses is decided by that validator,
+    whose errors the rejection carries."""
     assert SHALLOW_VALIDATOR is not ClickEvent.__pydantic_validator__  # the schema was as expected
     if isinstance(value, dict) and two_deep(value):
         full = ClickEvent.__pydantic_validator__.validate_python
         expected = _validated(full, value, context={"max_nesting": MAX_NESTING})
-        assert _validated(SHALLOW_VALIDATOR.validate_python, value) == expected
+        shallow = _validated(SHALLOW_VALIDATOR.validate_python, value)
+        if isinstance(shallow, tuple):
+            assert shallow == expected
+        decoded = _validate_one(value, MAX_NESTING, ordinary=True)
+        if isinstance(expected, tuple):
+            assert isinstance(decoded, ClickEvent)
+            assert (type(decoded), decoded.__dict__, decoded.__pydantic_fields_set__) == expected
+        else:
+            assert isinstance(decoded, Rejection)
+            assert decoded.errors == [
+                {"loc": ".".join(str(p) for p in e["loc"]), "type": e["type"], "msg": e["msg"]}
+                for e in expected  # type: ignore[attr-defined]
+            ]
+
+
+def test_context_and_properties_given_as_other_mappings_are_taken_as_before() -> None:
+    """The shallow validator takes only dicts as they are; a mapping of another type (from a
+    decoder of another format) still becomes the dict the contract's validator makes of it."""
+    given_context = MappingProxyType({"locale": "en-US"})
+    value = {"event_id": "e", "event": "x", "user_id": "u", "timestamp": 1_700_000_000_000}
+    value["context"] = given_context
+    decoded = _validate_one(value, MAX_NESTING, ordinary=True)
+    assert isinstance(decoded, ClickEvent)
+    assert type(decoded.context) is dict and decoded.context == {"locale": "en-US"}
+    refused = _validate_one({**value, "context": "en-US"}, MAX_NESTING, ordinary=True)
+    assert isinstance(refused, Rejection) and refused.reason == "invalid_event"
+    wanted = {"loc": "context", "type": "dict_type", "msg": "Input should be a valid dictionary"}
+    assert refused.errors == [wanted]
 
 
 @pytest.mark.parametrize("depth", [MAX_NESTING + 3, 400, 900, 1_020])
