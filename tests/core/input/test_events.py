@@ -19,7 +19,7 @@ from streams.core.input.event import (
     to_epoch_ms,
     url_path,
 )
-from streams.core.input.fields import first_values, two_deep
+from streams.core.input.fields import first_values, nesting_depth, two_deep
 from tests.helpers import event
 
 
@@ -192,6 +192,12 @@ def test_the_shallow_validator_gives_what_the_full_one_gives_for_an_ordinary_eve
         full = ClickEvent.__pydantic_validator__.validate_python
         expected = _validated(full, value, context={"max_nesting": MAX_NESTING})
         assert _validated(SHALLOW_VALIDATOR.validate_python, value) == expected
+
+
+@given(st.dictionaries(st.text(max_size=10), JSON, max_size=6))
+def test_two_deep_is_a_nesting_of_at_most_two_levels(value: dict[str, object]) -> None:
+    """`two_deep` (decoding's look at an event's values) agrees with the level-by-level count."""
+    assert two_deep(value) == (nesting_depth(value) <= 2)
 
 
 @pytest.mark.parametrize("depth", [MAX_NESTING + 3, 400, 900, 1_020])
