@@ -161,7 +161,7 @@ def _decode(
     # the event object, the batch array and properties nesting max_nesting deep; orjson refuses
     # past 1024 levels. An ordinary event (an object whose objects hold no container: two
     # levels, within any limit, as `outer` is at least 2) needs no walk level by level, told by
-    # a look at its values (compiled, a third of the cost of counting the message's brackets);
+    # a look at its values (compiled, two fifths of the cost of counting the message's brackets);
     # nor does a message with at most max_nesting + 1 brackets, which cannot nest deeper than
     # either limit (`properties` sits inside the event's own)
     outer = max_nesting + 2
