@@ -162,13 +162,13 @@ def _decode(
         return decode_segment(parsed, raw, max_batch=max_batch, max_nesting=max_nesting)
     out.format = "contract"
     # the event object, the batch array and properties nesting max_nesting deep; orjson refuses
-    # past 1024 levels. A message with at most max_nesting + 1 brackets cannot nest deeper than
-    # either limit (`properties` sits inside the event's own), and an ordinary event (an object
-    # whose objects hold no container: two levels, within any limit, as `outer` is at least 2)
-    # needs no walk level by level either
+    # past 1024 levels. An ordinary event (an object whose objects hold no container: two
+    # levels, within any limit, as `outer` is at least 2) needs no walk level by level, told by
+    # a look at its values (compiled, two fifths of the cost of counting the message's brackets);
+    # nor does a message with at most max_nesting + 1 brackets, which cannot nest deeper than
+    # either limit (`properties` sits inside the event's own)
     outer = max_nesting + 2
-    bounded = within_nesting(raw, max_nesting + 1)
-    ordinary = bounded or (isinstance(parsed, dict) and two_deep(parsed))
+    ordinary = (isinstance(parsed, dict) and two_deep(parsed)) or within_nesting(raw, max_nesting + 1)
     if not ordinary and nesting_depth(parsed, outer) > outer:
         detail = f"contract: nested deeper than {outer} levels"
         out.rejects.append(Rejection("too_deeply_nested", detail, raw))
@@ -190,7 +190,7 @@ def _decode(
         out.rejects.append(Rejection("batch_too_large", detail, raw))
     else:
         for index, obj in enumerate(parsed):
-            result = _validate_one(obj, max_nesting, bounded)
+            result = _validate_one(obj, max_nesting, ordinary)
             if isinstance(result, ClickEvent):
                 out.events.append(result)
                 if len(obj) != len(result.__pydantic_fields_set__):

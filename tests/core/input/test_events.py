@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from types import MappingProxyType
 from urllib.parse import parse_qs
 
@@ -20,7 +20,7 @@ from streams.core.input.event import (
     to_epoch_ms,
     url_path,
 )
-from streams.core.input.fields import first_values, two_deep
+from streams.core.input.fields import first_values, nesting_depth, two_deep
 from streams.core.input.rejection import Rejection
 from tests.helpers import event
 
@@ -223,6 +223,42 @@ def test_context_and_properties_given_as_other_mappings_are_taken_as_before() ->
     assert isinstance(refused, Rejection) and refused.reason == "invalid_event"
     wanted = {"loc": "context", "type": "dict_type", "msg": "Input should be a valid dictionary"}
     assert refused.errors == [wanted]
+
+
+@given(st.dictionaries(st.text(max_size=10), JSON, max_size=6))
+def test_two_deep_is_a_nesting_of_at_most_two_levels(value: dict[str, object]) -> None:
+    """`two_deep` (decoding's look at an event's values) agrees with the level-by-level count."""
+    assert two_deep(value) == (nesting_depth(value) <= 2)
+
+
+def _timestamp_as_read_before(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+ZONES: st.SearchStrategy[tzinfo] = st.one_of(st.just(UTC), st.timezones())
+
+
+@given(
+    st.one_of(
+        st.datetimes(datetime(2000, 1, 1), datetime(2099, 12, 31)),
+        st.datetimes(datetime(2000, 1, 1), datetime(2099, 12, 31), timezones=ZONES),
+    )
+    .map(lambda d: d.isoformat(sep=" "))
+    .flatmap(lambda text: st.sampled_from([text, text.replace("+00:00", "Z")]))
+)
+def test_a_timestamp_string_is_read_as_astimezone_reads_it(text: str) -> None:
+    """`parse_timestamp` skips `astimezone` for a moment already in UTC: the same datetime, its
+    zone `datetime.UTC` itself (what pydantic keeps, and `to_epoch_ms` subtracts from)."""
+    try:
+        expected = _timestamp_as_read_before(text)
+    except ValueError:  # outside 2000..2100 once in UTC, say
+        return
+    if not datetime(2000, 1, 1, tzinfo=UTC) <= expected < datetime(2100, 1, 1, tzinfo=UTC):
+        return
+    parsed = parse_timestamp(text)
+    assert (parsed, parsed.utcoffset(), parsed.tzinfo) == (expected, expected.utcoffset(), UTC)
+    assert parsed.tzinfo is UTC
 
 
 @pytest.mark.parametrize("depth", [MAX_NESTING + 3, 400, 900, 1_020])
