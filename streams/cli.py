@@ -34,7 +34,9 @@ def _frozen_at_exit() -> None:
     (one, then more as the modules are cleared) walk every object not frozen, the whole heap a run
     leaves, for nothing, since the process ends (4.5 % of a one-line `conversions process`'s
     instructions; bench/README.md, issue 30, session 7). Registered once; harmless in a process
-    that goes on (a test's), whose end it waits for."""
+    that goes on (a test's), whose end it waits for. So garbage in reference cycles is not
+    finalized at shutdown: the command's clean-up must not rely on it (`process` closes its
+    files and removes its temporary folders itself)."""
     import atexit
     import gc
 

@@ -68,7 +68,8 @@ class Settings(BaseSettings):
         """The arguments, then the environment. No `.env` file and no secrets directory is
         configured: those two sources, always empty, still went through every field at each
         `Settings()`, as long again as the environment (12 M instructions; bench/README.md,
-        issue 30, session 7)."""
+        issue 30, session 7). pydantic-settings' `_env_file` and `_secrets_dir` arguments are
+        ignored."""
         return init_settings, env_settings
 
     # Kafka: None means "start the embedded local broker" (demo, tests)

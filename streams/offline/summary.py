@@ -51,9 +51,12 @@ class Books:
 @dataclass
 class FunnelCounts:
     books: dict[Key, Books] = field(default_factory=dict)
-    _by_funnel: dict[str, dict[str | None, Books]] = field(default_factory=dict, repr=False, compare=False)
+    _by_funnel: dict[str, dict[str | None, Books]] = field(
+        init=False, default_factory=dict, repr=False, compare=False
+    )
     """`books` by funnel, then by version as outputs carry it (None and "" apart, the same
-    `Books`): each output's books in two string-keyed lookups, no key tuple made and hashed."""
+    `Books`): each output's books in two string-keyed lookups, no key tuple made and hashed. An
+    index of `books`, whose entries are only ever added, never replaced."""
 
     def _books(self, funnel: str, version: str | None) -> Books:
         versions = self._by_funnel.get(funnel)

@@ -159,6 +159,8 @@ class ClickEvent(BaseModel):
     ]
     page: Page | None = None
     campaign: Campaign | None = None
+    # decoding may keep the parsed message's own dicts here (`SHALLOW_VALIDATOR`): never change
+    # an event's `context` or `properties` in place (the enricher replaces `context`)
     context: Nested = Field(default_factory=dict)
     properties: Nested = Field(default_factory=dict)
     audience: Audience | None = None
@@ -327,7 +329,8 @@ def _without_nesting_checks(model: type[BaseModel]) -> SchemaValidator:
 
 SHALLOW_VALIDATOR = _without_nesting_checks(ClickEvent)
 """`ClickEvent`'s validator for an event that nests at most two levels (`fields.two_deep`); what
-it refuses, `ClickEvent`'s own validator decides."""
+it refuses, `ClickEvent`'s own validator decides. For `validate_python` only (its is-instance
+checks do not run on JSON input)."""
 
 
 def nesting_limit(max_nesting: int) -> dict[str, int]:

@@ -53,6 +53,7 @@ from streams.core.journeys.identity import (
     decide_ids,
     decode_item,
     forwarder_source,
+    home_key,
     is_forwarder,
     release_order,
 )
@@ -73,11 +74,6 @@ def _refused_any(outputs: Outputs) -> bool:
         if isinstance(output, DeadLetter):
             return True
     return False
-
-
-def _identity(user: str | None, anonymous: str | None) -> str:
-    """`ClickEvent.identity` from the fields read (validation requires one of the two)."""
-    return user if user is not None else anonymous  # type: ignore[return-value]
 
 
 def _ts_ms(read: dict[str, Any], event: ClickEvent) -> int:
@@ -388,14 +384,14 @@ class Engine:
         user: str | None = read["user_id"]
         anonymous: str | None = read["anonymous_id"]
         if not self.rules.stitch:
-            identity = _identity(user, anonymous)
+            identity = home_key(False, user, anonymous)  # `ClickEvent.identity`
             if partition is None:
                 partition = self.partition_of(identity)
             clock = self._clock(partition)
             applied, out = self.machine.apply(self.load(identity), event)
             self._save(clock, applied)
             return out
-        home = anonymous if anonymous is not None else _identity(user, anonymous)  # `rules.home`
+        home = home_key(True, user, anonymous)
         if partition is None:
             partition = self.partition_of(home)
         clock = self._clock(partition)

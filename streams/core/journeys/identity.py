@@ -59,40 +59,33 @@ class IdentityRules:
 
     def home(self, event: ClickEvent) -> str:
         """The key whose partition decides for this event (see the module docstring)."""
-        if self.stitch and event.anonymous_id is not None:
-            return event.anonymous_id
-        return event.identity
+        read = event.__dict__
+        return home_key(self.stitch, read["user_id"], read["anonymous_id"])
 
-    def links(self, event: ClickEvent) -> bool:
-        """Whether this event, carrying both ids, may link them."""
-        return (
-            self.stitch
-            and event.user_id is not None
-            and event.anonymous_id is not None
-            and (self.link_on is None or event.event in self.link_on)
-        )
+
+def home_key(stitch: bool, user: str | None, anonymous: str | None) -> str:
+    """`IdentityRules.home` from the event's ids (`Engine.process` has read them already)."""
+    if stitch and anonymous is not None:
+        return anonymous
+    return user if user is not None else anonymous  # type: ignore[return-value]
 
 
 Decision = Literal["local", "forward", "link", "refuse"]
 
 
-def decide(rules: IdentityRules, linked_to: str | None, event: ClickEvent) -> tuple[Decision, str]:
-    """What the home partition does with an event, given the user its anonymous id is linked to.
+def decide_ids(
+    rules: IdentityRules, linked_to: str | None, user: str | None, anonymous: str | None, name: str
+) -> tuple[Decision, str]:
+    """What the home partition does with an event (its ids and name), given the user its anonymous
+    id is linked to.
 
     Returns the decision and the person (journey key) the event belongs to:
     - `local`: the anonymous id's own journey, here;
     - `forward`: another person's journey (the linked user, or the event's own user);
-    - `link`: link the anonymous id to the event's user, then the user's journey;
+    - `link`: link the anonymous id to the event's user (an event carrying both ids, named in
+      `identity.link_on` when that is set), then the user's journey;
     - `refuse`: the anonymous id belongs to another user; the event goes to its own user alone.
     """
-    read = event.__dict__
-    return decide_ids(rules, linked_to, read["user_id"], read["anonymous_id"], read["event"])
-
-
-def decide_ids(
-    rules: IdentityRules, linked_to: str | None, user: str | None, anonymous: str | None, name: str
-) -> tuple[Decision, str]:
-    """`decide` from the event's ids and name (`Engine.process` has read them already)."""
     if not rules.stitch or anonymous is None:
         return "local", user if user is not None else anonymous  # type: ignore[return-value]
     if linked_to is not None:
@@ -101,7 +94,7 @@ def decide_ids(
         return "refuse", user
     if user is None:
         return "local", anonymous
-    if rules.link_on is None or name in rules.link_on:  # `links`
+    if rules.link_on is None or name in rules.link_on:
         return "link", user
     return "forward", user
 
