@@ -192,7 +192,7 @@ def process(
     _frozen_at_exit()
     with ExitStack() as collector:
         with paused():  # start-up: what it allocates lives to the end (frozen by `relaxed_collector`)
-            from streams.offline.run import OfflineRun, open_input
+            from streams.offline.run import OfflineRun, open_input, open_output
             from streams.offline.state import StateFileError, read, restore, write
             from streams.progress import line_progress
 
@@ -217,6 +217,7 @@ def process(
                 err=True,
             )
         latest_ms = settings.latest_accepted_ms()
+        out = open_output()
         if workers > 1:
             from streams.offline.parallel import Job, run_parallel
 
@@ -234,7 +235,7 @@ def process(
                 flush=flush,
                 enrichment=settings.enrichment(),
             )
-            totals = run_parallel(job, sys.stdout.buffer)
+            totals = run_parallel(job, out)
             counts = (totals.lines, totals.events, totals.rejected)
             unknown = totals.unknown_fields
             funnels = totals.funnels
@@ -256,13 +257,13 @@ def process(
                 for change in resumed.changes:
                     if change.status != "unchanged":
                         click.echo(f"since the state was saved: {change.line()}", err=True)
-                sys.stdout.buffer.write(b"".join(output.to_json() + b"\n" for output in resumed.outputs))
+                out.write(b"".join(output.to_json() + b"\n" for output in resumed.outputs))
             show = sys.stderr.isatty() if progress is None else progress
             with (
                 open_input(input_path) as stream,
                 line_progress(stream, input_path, show) as lines,
             ):
-                run.write(lines, sys.stdout.buffer, flush=flush)
+                run.write(lines, out, flush=flush)
             if state_path is not None:
                 write(state_path, run, known)
                 if flush:
@@ -274,7 +275,7 @@ def process(
             counts = (run.lines, run.events, run.rejected)
             unknown = run.unknown_fields
             funnels = run.counts
-        sys.stdout.buffer.flush()
+        out.flush()
         click.echo("{} lines, {} events, {} rejected".format(*counts), err=True)
         if unknown:
             named = ", ".join(f"{name!a} ({count})" for name, count in sorted(unknown.items())[:20])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +15,7 @@ from click.testing import CliRunner
 from streams.cli import main
 from streams.core.config.loader import parse_config
 from streams.core.config.matching import compile_config
-from streams.offline.run import OfflineRun
+from streams.offline.run import WRITE_BLOCK, OfflineRun
 from streams.settings import DEFAULT_FUNNELS
 from streams.tools.simulate import Incident, Simulator
 from tests.helpers import incident_funnels
@@ -113,6 +115,25 @@ def test_process_command_writes_ndjson_with_a_type(tmp_path: Path) -> None:
     ]
     assert all(r["id"] and r["timestamp"] for r in records)
     assert "events," in result.stderr and "rejected" in result.stderr
+
+
+def test_outputs_written_to_a_file_in_large_blocks_are_the_ones_the_run_gives(tmp_path: Path) -> None:
+    """Standard output redirected to a file is written in `WRITE_BLOCK`s (a test's stream, with no
+    file descriptor, as Python buffers it): the same bytes, more than a block of them, in order,
+    with the stderr summary after."""
+    source = tmp_path / "events.ndjson"
+    source.write_bytes(b"\n".join(Simulator(seed=4, users=400, days=1, bad_rate=0.02).lines()) + b"\n")
+    arguments = ["process", "--config", str(DEFAULT_FUNNELS), "--input", str(source), "--flush"]
+    expected = CliRunner().invoke(main, arguments)
+    assert expected.exit_code == 0, expected.output
+    written = tmp_path / "outputs.ndjson"
+    with written.open("wb") as sink:
+        command = [sys.executable, "-m", "streams.cli", *arguments]
+        done = subprocess.run(command, stdout=sink, stderr=subprocess.PIPE, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert written.stat().st_size > WRITE_BLOCK
+    assert written.read_bytes() == expected.stdout_bytes
+    assert b"events," in done.stderr
 
 
 def test_process_reads_stdin_and_refuses_a_bad_config(tmp_path: Path) -> None:
