@@ -9,6 +9,8 @@ experiment evaluators judge that line's microconversions. `streams.offline.paral
 from __future__ import annotations
 
 import io
+import os
+import stat
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -272,18 +274,20 @@ def open_input(path: str) -> BinaryIO:
 
 
 WRITE_BLOCK = 1 << 20
-"""Outputs reach a file or a pipe in blocks of this size. In Python's 8 KiB blocks, writing the
-bench's 111 MB of outputs to a file cost about 0.2 s more CPU, 5 % of the run (bench/README.md,
-issue 30, session 7)."""
+"""Outputs reach a regular file in blocks of this size. Written a line at a time (as
+`PYTHONUNBUFFERED=1`, common in container images, makes standard output) or in Python's 8 KiB
+blocks, the bench's 111 MB of outputs cost 0.2-0.5 s more CPU, 5-12 % of the compiled run
+(bench/README.md, issue 30, session 7)."""
 
 
 def open_output() -> BinaryIO:
-    """Standard output for the outputs' NDJSON: a file or a pipe written in `WRITE_BLOCK`s, a
-    terminal (or a stream that is not a file's, as a test's) as Python buffers it. The caller
-    flushes it when done; it leaves standard output open."""
+    """Standard output for the outputs' NDJSON. A regular file is written in `WRITE_BLOCK`s, even
+    with `PYTHONUNBUFFERED` (the file is whole when the command ends); a pipe or a terminal, and a
+    stream that is no file's (a test's), as Python's settings buffer them, so that a reader
+    downstream gets outputs as they come. The caller flushes it; it leaves standard output open."""
     sys.stdout.flush()
     buffer = sys.stdout.buffer
-    raw = getattr(buffer, "raw", None)
-    if not isinstance(raw, io.FileIO) or raw.isatty():
+    raw = getattr(buffer, "raw", buffer)  # unbuffered: the buffer is the file itself
+    if not isinstance(raw, io.FileIO) or not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
         return buffer
     return open(raw.fileno(), "wb", buffering=WRITE_BLOCK, closefd=False)

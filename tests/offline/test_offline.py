@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -134,6 +135,33 @@ def test_outputs_written_to_a_file_in_large_blocks_are_the_ones_the_run_gives(tm
     assert written.stat().st_size > WRITE_BLOCK
     assert written.read_bytes() == expected.stdout_bytes
     assert b"events," in done.stderr
+
+
+CHOICE = """
+import sys
+from streams.offline.run import open_output
+out = open_output()
+print(type(out).__name__, out is sys.stdout.buffer, file=sys.stderr)
+"""
+
+
+def test_a_regular_file_gets_large_blocks_even_unbuffered_and_a_pipe_what_python_says(tmp_path: Path) -> None:
+    """`PYTHONUNBUFFERED=1` (container images set it) made every output line a write: a file
+    still gets `WRITE_BLOCK`s, a pipe the unbuffered stream its reader may be waiting on."""
+    unbuffered = os.environ | {"PYTHONUNBUFFERED": "1"}
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    chosen = {}
+    for name, env in (("unbuffered", unbuffered), ("buffered", buffered)):
+        with (tmp_path / f"{name}.out").open("wb") as sink:
+            to_file = subprocess.run(
+                [sys.executable, "-c", CHOICE], check=True, stdout=sink, stderr=subprocess.PIPE, env=env
+            )
+        to_pipe = subprocess.run([sys.executable, "-c", CHOICE], check=True, capture_output=True, env=env)
+        chosen[name] = (to_file.stderr.decode().split(), to_pipe.stderr.decode().split())
+    assert chosen == {
+        "unbuffered": (["BufferedWriter", "False"], ["FileIO", "True"]),
+        "buffered": (["BufferedWriter", "False"], ["BufferedWriter", "True"]),
+    }
 
 
 def test_process_reads_stdin_and_refuses_a_bad_config(tmp_path: Path) -> None:
