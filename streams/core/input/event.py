@@ -38,6 +38,7 @@ from streams.core.input.fields import (
     utm_values,
     within_nesting,
 )
+from streams.core.records.trusted import assemble
 
 __all__ = [
     "EARLIEST_TIMESTAMP",
@@ -235,24 +236,10 @@ class ClickEvent(BaseModel):
                 raise TypeError(f"{name} must be a string")
         if type(data["context"]) is not dict or type(data["properties"]) is not dict:
             raise TypeError("context and properties must be objects")
-        return _instance(cls, data, item.keys() & _FIELDS, None)
+        return assemble(cls, data, item.keys() & _FIELDS)
 
 
-_new = object.__new__
-_set = object.__setattr__
 _Model = TypeVar("_Model", bound=BaseModel)
-
-
-def _instance(
-    cls: type[_Model], data: dict[str, Any], fields_set: set[str], extra: dict[str, Any] | None
-) -> _Model:
-    """A model instance holding `data` as validation would have left it (pydantic's own slots)."""
-    instance = _new(cls)
-    _set(instance, "__dict__", data)
-    _set(instance, "__pydantic_fields_set__", fields_set)
-    _set(instance, "__pydantic_extra__", extra)
-    _set(instance, "__pydantic_private__", None)
-    return instance
 
 
 def _trusted(cls: type[_Model], values: dict[str, Any] | None) -> _Model | None:
@@ -267,7 +254,7 @@ def _trusted(cls: type[_Model], values: dict[str, Any] | None) -> _Model | None:
         if values[name] is not None and type(values[name]) is not str:
             raise TypeError(f"{cls.__name__}.{name} must be a string")
     if values.keys() <= defaults.keys():
-        return _instance(cls, {**defaults, **values}, set(values), {} if allows_extra else None)
+        return assemble(cls, {**defaults, **values}, set(values), {} if allows_extra else None)
     if not allows_extra:
         raise ValueError(f"{cls.__name__} has no field {(values.keys() - defaults.keys()).pop()!r}")
     data = defaults.copy()
@@ -277,7 +264,7 @@ def _trusted(cls: type[_Model], values: dict[str, Any] | None) -> _Model | None:
             data[name] = value
         else:
             extra[name] = value
-    return _instance(cls, data, set(values), extra)
+    return assemble(cls, data, set(values), extra)
 
 
 _FIELDS = frozenset(ClickEvent.model_fields) - {"ts_ms"}

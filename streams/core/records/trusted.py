@@ -88,17 +88,21 @@ def given(cls: type[BaseModel], *left: str) -> set[str]:
     return fields - set(left)
 
 
-def assemble(cls: type[M], values: dict[str, Any], fields_set: set[str], /) -> M:
+def assemble(
+    cls: type[M], values: dict[str, Any], fields_set: set[str], extra: dict[str, Any] | None = None, /
+) -> M:
     """`build` for a caller that gives every field, in the model's declaration order (serialized
     in that order), defaults included, in a dict of its own that becomes the instance's (so a
     new one per call), and the fields set computed once for its call site
     (`given`; shared by the instances, which are frozen): neither the merge of the defaults nor
     the set of the keys per call, a third of `build`'s cost. Nothing checks the order or the
-    fields here: the tests serialize every output the engine emits against pydantic's own."""
+    fields here: the tests serialize every output the engine emits against pydantic's own.
+    `extra`: what validation leaves in a model that allows extra fields (`{}` when none came),
+    None for one that does not (the outputs; the event's own models pass theirs)."""
     instance: M = _new(cls)
     _set_dict(instance, values)  # the caller's dict itself: no copy of the table
     _set_fields_set(instance, fields_set)
-    _set_extra(instance, None)
+    _set_extra(instance, extra)
     _set_private(instance, None)
     return instance
 
